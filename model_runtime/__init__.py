@@ -1,0 +1,1 @@
+"""deepscout.model_runtime"""

@@ -1,0 +1,27 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def hotpotqa_dir() -> Path:
+    """The shared HotpotQA dev set (100 questions, 994 passages), beside the checkout."""
+    path = Path(os.environ.get("DEEPSCOUT_HOTPOTQA_DIR", REPO_ROOT.parent / "shared" / "data" / "hotpotqa"))
+    if not (path / "hotpotqa_train.json").is_file():
+        pytest.skip(f"HotpotQA dev set not found at {path}")
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    """Settings isolated in a temporary home; the model cache stays shared so models are fetched once."""
+    from deepscout.settings import Settings
+
+    return Settings(home=tmp_path / "home")
