@@ -1,0 +1,27 @@
+"""Prompt text for the eval harness (judges and the RAG baseline); strings only."""
+
+PAIRWISE_JUDGE_SYSTEM = """You are a strict, impartial judge of answers to research questions.
+Compare two answers, A and B, to the same question. Prefer the answer that is correct, complete and
+supported; length and style do not matter. If a gold answer is given, an answer that contradicts it is
+wrong. If both are equally good or equally bad, say "tie". Reply with the winner ("A", "B" or "tie")
+and one short sentence of reason."""
+
+PAIRWISE_JUDGE_USER = """Question: {question}
+{gold_line}
+Answer A:
+{answer_a}
+
+Answer B:
+{answer_b}
+
+Which answer is better: A, B, or tie?"""
+
+RAG_SYSTEM = """You answer questions using only the numbered passages given. Cite the passages you use as
+[n] right after the claim they support. If the passages do not contain the answer, say so briefly.
+Answer in one or two sentences."""
+
+RAG_USER = """Passages:
+{passages}
+
+Question: {question}
+Answer:"""
