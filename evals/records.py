@@ -1,0 +1,96 @@
+"""What an eval run produces, as plain records: the runner stores them, the report reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepscout.evals.datasets import EvalItem
+from deepscout.evals.judges import Outcome
+from deepscout.evals.scoring import ObjectiveScore, score_answer
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    source_id: int
+    doc_id: str | None
+    title: str
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Cost of one answer: calls to tools, tokens in the prompts, tokens actually computed (not reused
+    from a cache), tokens generated, and wall time."""
+
+    tool_calls: int = 0
+    prompt_tokens: int = 0
+    computed_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SystemAnswer:
+    item_id: str
+    system: str
+    answer: str
+    sources: tuple[SourceRef, ...] = ()
+    read_doc_ids: tuple[str, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "system": self.system,
+            "answer": self.answer,
+            "sources": [s.__dict__ for s in self.sources],
+            "read_doc_ids": list(self.read_doc_ids),
+            "usage": self.usage.__dict__,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SystemAnswer:
+        return cls(
+            item_id=data["item_id"],
+            system=data["system"],
+            answer=data["answer"],
+            sources=tuple(SourceRef(**s) for s in data.get("sources", [])),
+            read_doc_ids=tuple(data.get("read_doc_ids", [])),
+            usage=Usage(**data.get("usage", {})),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The pairwise outcome for the first system against the second on one item."""
+
+    item_id: str
+    first: str
+    second: str
+    outcome: Outcome
+    order_flip: bool
+    reason_first_as_a: str
+    reason_first_as_b: str
+
+
+@dataclass(frozen=True)
+class EvidenceRecall:
+    share: float
+    all_found: bool
+
+
+def evidence_recall(item: EvalItem, answer: SystemAnswer) -> EvidenceRecall | None:
+    """Share of the gold supporting documents the system actually read; None when there is no gold."""
+    if not item.supporting_doc_ids:
+        return None
+    read = set(answer.read_doc_ids)
+    found = sum(1 for doc in item.supporting_doc_ids if doc in read)
+    return EvidenceRecall(found / len(item.supporting_doc_ids), found == len(item.supporting_doc_ids))
+
+
+def objective(item: EvalItem, answer: SystemAnswer) -> ObjectiveScore:
+    return score_answer(answer.answer, item.answers)

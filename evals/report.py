@@ -1,0 +1,322 @@
+"""Render an eval run as Markdown and a self-contained HTML page, with PNG charts.
+
+Layout: the pairwise table (win/loss/tie by category with bootstrap 95% intervals, as the DeepSeek-V4
+paper lays it out), objective scores, evidence recall, judge calibration, the cost table per system,
+charts, and a per-question drill-down with both answers, the verdicts and the sources.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from deepscout.evals.datasets import EvalItem
+from deepscout.evals.records import SystemAnswer, Verdict
+from deepscout.evals.stats import Interval
+from deepscout.evals.summary import (
+    CostRow,
+    JudgeCalibration,
+    PairwiseRow,
+    SystemScores,
+    cost_rows,
+    judge_calibration,
+    pairwise_rows,
+    system_scores,
+)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    markdown: Path
+    html: Path
+    charts: tuple[Path, ...]
+    summary_json: Path
+
+
+def _pct(interval: Interval) -> str:
+    if interval.estimate != interval.estimate:
+        return "–"
+    return f"{100 * interval.estimate:.1f}% [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+
+
+def _ratio(value: float) -> str:
+    return "–" if value != value else f"{100 * value:.1f}%"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _charts(
+    out_dir: Path, pairwise: Sequence[PairwiseRow], costs: Sequence[CostRow], first: str, second: str
+) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    if pairwise:
+        fig, ax = plt.subplots(figsize=(7, 0.6 * len(pairwise) + 2))
+        labels = [row.category for row in pairwise]
+        left = [0.0] * len(pairwise)
+        for name, color, values in (
+            (f"{first} wins", "#2e7d32", [r.win.estimate for r in pairwise]),
+            ("tie", "#9e9e9e", [r.tie.estimate for r in pairwise]),
+            (f"{second} wins", "#c62828", [r.loss.estimate for r in pairwise]),
+        ):
+            ax.barh(labels, values, left=left, color=color, label=name)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of items")
+        ax.set_title(f"Pairwise: {first} vs {second}")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8)
+        fig.tight_layout()
+        path = out_dir / "pairwise.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    if costs:
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+        names = [row.system for row in costs]
+        for ax, (title, values) in zip(
+            axes,
+            (
+                ("tool calls / question", [r.tool_calls for r in costs]),
+                ("tokens computed / question", [r.computed_tokens for r in costs]),
+                ("latency s / question", [r.latency_s for r in costs]),
+            ),
+            strict=True,
+        ):
+            ax.bar(names, values, color=["#1565c0", "#ef6c00", "#6a1b9a"][: len(names)])
+            ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        path = out_dir / "cost.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _sections(
+    manifest: dict[str, Any],
+    pairwise: Sequence[PairwiseRow],
+    scores: Sequence[SystemScores],
+    calibration: JudgeCalibration,
+    costs: Sequence[CostRow],
+    first: str,
+    second: str,
+) -> list[tuple[str, str]]:
+    """(title, markdown table) pairs shared by both renderings."""
+    return [
+        (
+            f"Pairwise: {first} vs {second} (win = {first} preferred; 95% bootstrap intervals)",
+            _table(
+                ["category", "n", f"{first} win", f"{first} loss", "tie"],
+                [[r.category, r.n, _pct(r.win), _pct(r.loss), _pct(r.tie)] for r in pairwise],
+            ),
+        ),
+        (
+            "Objective scores",
+            _table(
+                ["system", "n", "exact match", "token F1", "answer contained", "errors"],
+                [
+                    [s.system, s.n, _pct(s.exact_match), _pct(s.f1), _pct(s.contains), s.errors]
+                    for s in scores
+                ],
+            ),
+        ),
+        (
+            "Evidence recall (gold supporting documents the system read)",
+            _table(
+                ["system", "recall", "all found"],
+                [[s.system, _pct(s.evidence_recall), _pct(s.all_evidence_found)] for s in scores],
+            ),
+        ),
+        (
+            "Judge calibration",
+            _table(
+                ["judged items", "order flips", "items one system got right", "judge agrees with objective"],
+                [
+                    [
+                        calibration.n,
+                        _ratio(calibration.order_flip_rate),
+                        calibration.decisive_items,
+                        _ratio(calibration.agreement_with_objective),
+                    ]
+                ],
+            ),
+        ),
+        (
+            "Cost per question",
+            _table(
+                [
+                    "system",
+                    "n",
+                    "tool calls",
+                    "prompt tokens",
+                    "tokens computed",
+                    "output tokens",
+                    "latency s",
+                ],
+                [
+                    [
+                        c.system,
+                        c.n,
+                        f"{c.tool_calls:.1f}",
+                        f"{c.prompt_tokens:.0f}",
+                        f"{c.computed_tokens:.0f}",
+                        f"{c.output_tokens:.0f}",
+                        f"{c.latency_s:.1f}",
+                    ]
+                    for c in costs
+                ],
+            ),
+        ),
+        (
+            "Manifest",
+            "```json\n" + json.dumps(manifest, indent=2, sort_keys=True) + "\n```",
+        ),
+    ]
+
+
+def _drilldown_markdown(
+    items: Sequence[EvalItem], answers: Sequence[SystemAnswer], verdicts: Sequence[Verdict]
+) -> str:
+    by_key = {(a.item_id, a.system): a for a in answers}
+    verdict_of = {v.item_id: v for v in verdicts}
+    systems = sorted({a.system for a in answers})
+    parts = []
+    for item in items:
+        if not any((item.id, s) in by_key for s in systems):
+            continue
+        parts.append(f"### {item.question}\n\nGold: {' | '.join(item.answers)} · {item.tags}\n")
+        for system in systems:
+            answer = by_key.get((item.id, system))
+            if answer is None:
+                continue
+            sources = "; ".join(f"[{i}] {s.title}" for i, s in enumerate(answer.sources, start=1))
+            text = f"ERROR: {answer.error}" if answer.error else answer.answer
+            parts.append(f"**{system}**: {text}\n\nSources: {sources or 'none'}\n")
+        if (verdict := verdict_of.get(item.id)) is not None:
+            parts.append(
+                f"Verdict for {verdict.first}: **{verdict.outcome}**"
+                f"{' (orders disagreed)' if verdict.order_flip else ''} — "
+                f"{verdict.first} as A: {verdict.reason_first_as_a} / as B: {verdict.reason_first_as_b}\n"
+            )
+    return "\n".join(parts)
+
+
+def _markdown_to_html_table(markdown: str) -> str:
+    if markdown.startswith("```"):
+        return f"<pre>{html.escape(markdown.strip('`').removeprefix('json'))}</pre>"
+    rows = [line.strip("|").split(" | ") for line in markdown.splitlines() if not line.startswith("|---")]
+    head, body = rows[0], rows[1:]
+    out = [
+        "<table><thead><tr>",
+        *[f"<th>{html.escape(c.strip())}</th>" for c in head],
+        "</tr></thead><tbody>",
+    ]
+    for row in body:
+        out += ["<tr>", *[f"<td>{html.escape(c.strip())}</td>" for c in row], "</tr>"]
+    return "".join([*out, "</tbody></table>"])
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto}details{margin:.4em 0}
+.win{color:#2e7d32}.loss{color:#c62828}.tie{color:#666}img{max-width:100%}"""
+
+
+def _drilldown_html(
+    items: Sequence[EvalItem], answers: Sequence[SystemAnswer], verdicts: Sequence[Verdict]
+) -> str:
+    by_key = {(a.item_id, a.system): a for a in answers}
+    verdict_of = {v.item_id: v for v in verdicts}
+    systems = sorted({a.system for a in answers})
+    out = []
+    for item in items:
+        present = [by_key[(item.id, s)] for s in systems if (item.id, s) in by_key]
+        if not present:
+            continue
+        verdict = verdict_of.get(item.id)
+        badge = f' <span class="{verdict.outcome}">[{verdict.outcome}]</span>' if verdict else ""
+        out.append(f"<details><summary>{html.escape(item.question)}{badge}</summary>")
+        out.append(
+            f"<p><b>Gold:</b> {html.escape(' | '.join(item.answers))} · {html.escape(str(item.tags))}</p>"
+        )
+        for answer in present:
+            text = f"ERROR: {answer.error}" if answer.error else answer.answer
+            sources = "".join(
+                f"<li>[{i}] {html.escape(s.title)}</li>" for i, s in enumerate(answer.sources, start=1)
+            )
+            out.append(f"<p><b>{html.escape(answer.system)}</b>: {html.escape(text)}</p><ul>{sources}</ul>")
+        if verdict:
+            out.append(
+                f"<p>Verdict for {html.escape(verdict.first)}: <b>{verdict.outcome}</b>"
+                f"{' (orders disagreed)' if verdict.order_flip else ''}<br>"
+                f"as A: {html.escape(verdict.reason_first_as_a)}<br>"
+                f"as B: {html.escape(verdict.reason_first_as_b)}</p>"
+            )
+        out.append("</details>")
+    return "\n".join(out)
+
+
+def write_report(
+    *,
+    out_dir: Path,
+    manifest: dict[str, Any],
+    items: Sequence[EvalItem],
+    answers: Sequence[SystemAnswer],
+    verdicts: Sequence[Verdict],
+    first: str = "agent",
+    second: str = "rag",
+) -> ReportFiles:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairwise = pairwise_rows(items, verdicts)
+    scores = system_scores(items, answers)
+    calibration = judge_calibration(items, answers, verdicts)
+    costs = cost_rows(answers)
+    charts = _charts(out_dir, pairwise, costs, first, second)
+    sections = _sections(manifest, pairwise, scores, calibration, costs, first, second)
+    title = f"deepscout eval {manifest.get('run_id', '')}: {first} vs {second}"
+
+    markdown = [f"# {title}\n"]
+    for heading, body in sections:
+        markdown.append(f"## {heading}\n\n{body}\n")
+    markdown += [f"![{p.stem}]({p.name})\n" for p in charts]
+    markdown.append("## Per question\n\n" + _drilldown_markdown(items, answers, verdicts))
+    md_path = out_dir / "report.md"
+    md_path.write_text("\n".join(markdown), encoding="utf-8")
+
+    images = "".join(
+        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in charts
+    )
+    body = "".join(f"<h2>{html.escape(h)}</h2>{_markdown_to_html_table(t)}" for h, t in sections)
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}<h2>Charts</h2>{images}"
+        f"<h2>Per question</h2>{_drilldown_html(items, answers, verdicts)}</body></html>"
+    )
+    html_path = out_dir / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+
+    summary_path = out_dir / "summary.json"
+    summary = {
+        "manifest": manifest,
+        "pairwise": [asdict(r) for r in pairwise],
+        "scores": [asdict(s) for s in scores],
+        "judge": asdict(calibration),
+        "cost": [asdict(c) for c in costs],
+    }
+    summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return ReportFiles(md_path, html_path, tuple(charts), summary_path)
