@@ -1,0 +1,1 @@
+"""Model definitions run by the embedded runtime."""
