@@ -72,6 +72,10 @@ class StructuredOutputError(ChatModelError, ValueError):
         super().__init__(f"{message} (after {attempts} attempt(s)); last output: {last_output[:500]!r}")
 
 
+class ContextOverflowError(ChatModelError, ValueError):
+    """The prompt does not fit the model's context window; trim the conversation or pick a larger model."""
+
+
 class ChatBackendError(ChatModelError):
     """A remote server rejected a request (e.g. HTTP 400); carries the status and the server's message."""
 
@@ -83,9 +87,9 @@ class ChatBackendError(ChatModelError):
 class GenerationControl:
     """Deadline and cancellation checks shared by the backends' prefill and decode loops."""
 
-    def __init__(self, deadline: float | None = None, cancel: threading.Event | None = None) -> None:
+    def __init__(self, deadline: float | None = None, *cancel: threading.Event) -> None:
         self.deadline = deadline
-        self.cancel = cancel
+        self.cancel_events = cancel
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> GenerationControl:
@@ -96,7 +100,12 @@ class GenerationControl:
             raise TypeError(f"deadline must be a time.monotonic() value, got {type(deadline).__name__}")
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise TypeError(f"cancel must be a threading.Event, got {type(cancel).__name__}")
-        return cls(None if deadline is None else float(deadline), cancel)
+        events = () if cancel is None else (cancel,)
+        return cls(None if deadline is None else float(deadline), *events)
+
+    def with_event(self, event: threading.Event) -> GenerationControl:
+        """The same deadline and events plus ``event`` (e.g. a stream closed by its consumer)."""
+        return GenerationControl(self.deadline, *self.cancel_events, event)
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (None when there is none)."""
@@ -104,7 +113,7 @@ class GenerationControl:
 
     def check(self, stage: str) -> None:
         """Raise if the deadline passed or cancellation was requested; ``stage`` names where we stopped."""
-        if self.cancel is not None and self.cancel.is_set():
+        if any(event.is_set() for event in self.cancel_events):
             raise GenerationCancelled(f"generation cancelled during {stage}")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise GenerationDeadlineExceeded(f"deadline exceeded during {stage}")
