@@ -1,0 +1,1 @@
+"""Alembic migrations of the deepscout database (run through ``deepscout.memory.db.migrate``)."""
