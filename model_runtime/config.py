@@ -282,8 +282,9 @@ _NON_SCALAR = {
 
 def _mlp_schedule(n: int, n_hash: int) -> tuple[MlpKind, ...]:
     """The first `n_hash` layers hash-routed, the rest routed by score."""
-    kinds: list[MlpKind] = ["hash_moe"] * min(n, n_hash) + ["moe"] * max(0, n - n_hash)
-    return tuple(kinds)
+    hashed: MlpKind = "hash_moe"
+    routed: MlpKind = "moe"
+    return (hashed,) * min(n, n_hash) + (routed,) * max(0, n - n_hash)
 
 
 def _default_layer_types(n: int) -> tuple[LayerKind, ...]:
@@ -339,7 +340,7 @@ def tiny(
         "layer_types": kinds,
         "mlp_layer_types": _mlp_schedule(n, num_hash_layers),
         "sliding_window": 128,
-        "index_n_heads": 4,
+        "index_n_heads": 32,
         "index_head_dim": 16,
         "index_topk": 16,
         "hc_mult": 4,
