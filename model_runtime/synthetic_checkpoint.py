@@ -257,7 +257,23 @@ def make_synthetic_checkpoint(
     expert_dtype: ExpertDtype = "fp4",
     max_shard_bytes: int = 4 << 20,
 ) -> DeepseekV4Model:
-    """A random V4-Flash-shaped model written to ``out_dir``; returns the (snapped) model it holds."""
+    """A random V4-Flash-shaped model written to ``out_dir`` (with a byte-level tokenizer.json when the
+    vocabulary holds 256 ids); returns the (snapped) model it holds."""
     model = DeepseekV4Model.random(args or flash_shaped_small(), seed=seed)
     write_checkpoint(model, out_dir, expert_dtype=expert_dtype, max_shard_bytes=max_shard_bytes)
+    if model.args.vocab_size >= 256:
+        write_byte_tokenizer(out_dir)
     return model
+
+
+def write_byte_tokenizer(out_dir: str | Path) -> Path:
+    """A byte-level ``tokenizer.json`` (ids 0..255, no merges) so ``--text`` works on synthetic checkpoints."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    path = Path(out_dir) / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
