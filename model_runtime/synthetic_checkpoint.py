@@ -267,7 +267,7 @@ def make_synthetic_checkpoint(
 
 
 def write_byte_tokenizer(out_dir: str | Path) -> Path:
-    """A byte-level ``tokenizer.json`` (ids 0..255, no merges) so ``--text`` works on synthetic checkpoints."""
+    """A byte-level ``tokenizer.json`` (ids 0..255, no merges) so ``--text`` runs on synthetic checkpoints."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())

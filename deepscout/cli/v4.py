@@ -64,7 +64,7 @@ def run(
     stop_at_eos: Annotated[bool, typer.Option("--stop-at-eos/--no-stop-at-eos")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Load a DeepSeek-V4 checkpoint (official format: BF16, FP8 block, MXFP4 experts) and generate greedily."""
+    """Load a DeepSeek-V4 checkpoint (official format: BF16, FP8 blocks, MXFP4 experts), decode greedily."""
     import torch
 
     from deepscout.model_runtime.checkpoint_run import PromptError, run_checkpoint
@@ -126,7 +126,7 @@ def make_synthetic(
     shard_mb: Annotated[float, typer.Option("--shard-mb", min=0.01)] = 4.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Write a random V4-Flash-shaped checkpoint in the official format (FP8 blocks, MXFP4 experts, shards)."""
+    """Write a random V4-Flash-shaped checkpoint in the official format (FP8, MXFP4 experts, shards)."""
     from deepscout.model_runtime.cache.protocol import LayerKind
     from deepscout.model_runtime.config import ModelConfigError
     from deepscout.model_runtime.synthetic_checkpoint import flash_shaped_small, make_synthetic_checkpoint
