@@ -25,3 +25,15 @@ def settings(tmp_path: Path):
     from deepscout.settings import Settings
 
     return Settings(home=tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def smollm2_chat_model():
+    """The embedded SmolLM2 chat model, fetched and converted once per machine (slow tests only)."""
+    from deepscout.model_runtime.chat import load_chat_model
+    from deepscout.model_runtime.smollm2 import fetch_smollm2
+    from deepscout.settings import Settings
+
+    shared = Settings()
+    fetch_smollm2(shared, quiet=True)
+    return load_chat_model("smollm2", settings=shared)
