@@ -1,0 +1,258 @@
+"""The Python API: ``research(question, ...)`` and its async streaming variant ``aresearch_stream``.
+
+A run is a LangGraph thread checkpointed in ``Settings.home``; calling ``research`` again with the
+``thread_id`` of an interrupted run resumes it from its last checkpoint (a finished thread returns its
+stored result). The run, its steps, tool calls, sources and answer are stored through the memory
+repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from deepscout.agent.context import ContextManager
+from deepscout.agent.graph import build_graph, sqlite_checkpointer
+from deepscout.agent.nodes import Event, RunContext
+from deepscout.agent.settings import AgentSettings, Budgets
+from deepscout.agent.state import ResearchState, SourceRecord, StepRecord
+from deepscout.memory import repository
+from deepscout.memory.corpus import CorpusIndex
+from deepscout.memory.db import Database, open_database, write_session
+from deepscout.model_runtime.chat import ChatModel, load_chat_model
+from deepscout.settings import Settings
+from deepscout.tools.base import ToolContext, ToolQuotas
+from deepscout.tools.registry import build_tools
+
+PROMPT_OVERHEAD_TOKENS = 450
+"""Tokens kept free for the reflection and answer instructions and the structured-output schema."""
+
+
+class ResearchInputError(ValueError):
+    """The question or the run's options are unusable; the message says what to change."""
+
+
+@dataclass
+class Citation:
+    n: int
+    source_id: int
+    title: str
+    url: str | None
+
+
+@dataclass
+class ResearchResult:
+    answer: str
+    citations: list[Citation]
+    """The sources the answer cites, in order of first citation."""
+    sources: list[SourceRecord]
+    """Every document read, numbered as cited (``[n]``) — listed even when the answer cites none."""
+    trace: list[StepRecord]
+    usage: dict[str, Any]
+    run_id: str
+    thread_id: str
+    status: str = "model"
+    """``model`` (the model's answer) or ``fallback`` (passages, when the model gave no answer)."""
+    stop_reason: str | None = None
+    removed_citations: list[str] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _usage(state: ResearchState, seconds: float) -> dict[str, Any]:
+    trace = state.get("trace", [])
+    totals: dict[str, Any] = {
+        "prompt_tokens": sum(step["prompt_tokens"] for step in trace),
+        "reused_tokens": sum(step["reused_tokens"] for step in trace),
+        "computed_tokens": sum(step["computed_tokens"] for step in trace),
+        "output_tokens": sum(step["output_tokens"] for step in trace),
+    }
+    totals.update(
+        tool_calls=state.get("tool_calls_used", 0),
+        steps=state.get("step", 0),
+        model_calls=sum(1 for step in trace if step["prompt_tokens"]),
+        seconds=round(seconds, 3),
+    )
+    return totals
+
+
+def _result(state: ResearchState, thread_id: str, seconds: float) -> ResearchResult:
+    sources = list(state.get("sources", []))
+    by_n = {source["n"]: source for source in sources}
+    citations = [
+        Citation(n=n, source_id=by_n[n]["source_id"], title=by_n[n]["title"], url=by_n[n]["url"])
+        for n in state.get("citations", [])
+        if n in by_n
+    ]
+    return ResearchResult(
+        answer=state.get("answer", ""),
+        citations=citations,
+        sources=sources,
+        trace=list(state.get("trace", [])),
+        usage=_usage(state, seconds),
+        run_id=state["run_id"],
+        thread_id=thread_id,
+        status=state.get("answer_status", "model"),
+        stop_reason=state.get("stop_reason"),
+        removed_citations=list(state.get("removed_citations", [])),
+        dropped=[dict(record) for record in state.get("dropped", [])],
+    )
+
+
+def _agent_settings(
+    settings: Settings,
+    model: str | ChatModel | None,
+    search: str,
+    budgets: Budgets | None,
+    agent: AgentSettings | None,
+) -> AgentSettings:
+    base = agent or AgentSettings(model=settings.model)
+    update: dict[str, Any] = {"search": search}
+    if isinstance(model, str):
+        update["model"] = model
+    elif model is None and agent is None:
+        update["model"] = settings.model
+    if budgets is not None:
+        update["budgets"] = budgets
+    return AgentSettings.model_validate({**base.model_dump(), **update})
+
+
+def research(
+    question: str,
+    *,
+    settings: Settings,
+    model: str | ChatModel | None = None,
+    search: str = "local",
+    budgets: Budgets | None = None,
+    thread_id: str | None = None,
+    agent: AgentSettings | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    database: Database | None = None,
+) -> ResearchResult:
+    """Research ``question`` and return the cited answer, the sources read, the trace and the usage.
+
+    ``model`` is a spec (``smollm2``, ``openai:MODEL``...) or a loaded :class:`ChatModel` (reused across
+    runs). ``thread_id`` names the run's checkpoint thread: an unfinished thread is resumed, a finished
+    one returns its result. ``on_event`` receives progress events (queries, sources, tokens...).
+    """
+    started = time.monotonic()
+    emit = on_event or (lambda event: None)
+    question = " ".join(question.split())
+    thread_id = thread_id or uuid.uuid4().hex
+    options = _agent_settings(settings, model, search, budgets, agent)
+    checkpointer = sqlite_checkpointer(settings.home)
+    graph = build_graph(checkpointer)
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id}, "recursion_limit": 200}
+    snapshot = graph.get_state(config)
+    stored: ResearchState = snapshot.values  # type: ignore[assignment]
+    resuming = bool(stored)
+    if resuming:
+        if not snapshot.next:
+            return _result(stored, thread_id, 0.0)
+        question = stored["question"]
+    elif not question:
+        raise ResearchInputError("the question is empty; ask something, e.g. 'Who directed Alien?'")
+    own_database = database is None
+    db = database or open_database(settings)
+    try:
+        corpus = CorpusIndex(db.session_factory)
+        if options.search in ("local", "both"):
+            corpus.require_documents()
+        chat = model if isinstance(model, ChatModel) else load_chat_model(options.model, settings=settings)
+        budget = options.budgets
+        deadline = started + budget.wall_time_s
+        tool_context = ToolContext(
+            session_factory=db.session_factory,
+            corpus=corpus,
+            settings=settings,
+            quotas=ToolQuotas(max_calls=budget.max_tool_calls),
+            collection=options.collection,
+            deadline=deadline,
+        )
+        tool_context.provenance.add_from_user_text(question)
+        limit = min(chat.context_window, budget.max_context_tokens or chat.context_window)
+        reserve = options.reflect_max_tokens + options.answer_max_tokens + PROMPT_OVERHEAD_TOKENS
+        run_context = RunContext(
+            model=chat,
+            tools=build_tools(options.search, tool_context),
+            tool_context=tool_context,
+            settings=options,
+            context=ContextManager(chat, limit_tokens=limit, reserve_tokens=reserve),
+            session_factory=db.session_factory,
+            deadline=deadline,
+            loop_deadline=deadline - options.answer_time_share * budget.wall_time_s,
+            emit=emit,
+        )
+        if resuming:
+            run_id = stored["run_id"]
+            emit({"type": "resume", "thread_id": thread_id, "run_id": run_id, "step": stored.get("step", 0)})
+            graph_input: ResearchState | None = None
+        else:
+            with write_session(db.session_factory) as session:
+                repository.get_or_create_thread(session, thread_id=thread_id, title=question[:200])
+                run = repository.create_run(
+                    session,
+                    question=question,
+                    settings=options.model_dump(mode="json"),
+                    manifest={"model": options.model, "corpus": corpus.manifest(), "search": options.search},
+                    sampling={"temperature": options.temperature},
+                    thread_id=thread_id,
+                )
+                run_id = run.id
+            emit({"type": "start", "thread_id": thread_id, "run_id": run_id, "question": question})
+            graph_input = {"question": question, "run_id": run_id, "step": 0, "tool_calls_used": 0}
+        try:
+            graph.invoke(graph_input, config, context=run_context)
+        except BaseException as error:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            with write_session(db.session_factory) as session:
+                message = f"{type(error).__name__}: {error}"
+                repository.finish_run(session, run_id=run_id, status=status, error=message)
+            raise
+        final: ResearchState = graph.get_state(config).values  # type: ignore[assignment]
+        result = _result(final, thread_id, time.monotonic() - started)
+        with write_session(db.session_factory) as session:
+            repository.finish_run(session, run_id=run_id, status="succeeded", usage=result.usage)
+        return result
+    finally:
+        checkpointer.conn.close()
+        if own_database:
+            db.dispose()
+
+
+async def aresearch_stream(question: str, **kwargs: Any) -> AsyncIterator[Event]:
+    """Like :func:`research`, as an async stream of progress events ending with
+    ``{"type": "result", "result": ResearchResult}``; an error in the run is raised from the iterator.
+
+    The run itself executes in a worker thread (the embedded model computes on the CPU), so the event
+    loop stays free while it works.
+    """
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def push(event: Event) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    def work() -> None:
+        try:
+            result = research(question, on_event=push, **kwargs)
+            push({"type": "result", "result": result})
+        except BaseException as error:  # handed to the consumer
+            push({"type": "error", "error": error})  # raised by the consumer, never yielded
+
+    worker = threading.Thread(target=work, name="deepscout-research", daemon=True)
+    worker.start()
+    while True:
+        event = await events.get()
+        if event["type"] == "error":
+            raise event["error"]
+        yield event
+        if event["type"] == "result":
+            break
+    await asyncio.to_thread(worker.join)

@@ -1,0 +1,56 @@
+"""Typed settings of one research run: budgets, search mode and model choice.
+
+Created by the entry point (CLI, API, evals) and passed down; nothing here reads the environment at import.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deepscout.tools.registry import SearchMode
+
+
+class Budgets(BaseModel):
+    """What one run may spend. The loop stops at the first budget reached and answers from what it has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(default=3, ge=1, le=50, description="Search rounds (act → read → reflect).")
+    max_tool_calls: int = Field(default=16, ge=1, le=1000, description="Tool calls (searches and reads).")
+    max_context_tokens: int | None = Field(
+        default=None,
+        ge=512,
+        description="Prompt + answer tokens; None means the model's whole context window.",
+    )
+    wall_time_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Wall time of the run; stops a prefill or decode in progress when it runs out.",
+    )
+
+
+class AgentSettings(BaseModel):
+    """How the agent researches: which model, which tools, how much it reads and writes per step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default="smollm2", description="Chat model spec (see model_runtime.chat).")
+    search: SearchMode = Field(default="local", description="local corpus, web, or both.")
+    budgets: Budgets = Field(default_factory=Budgets)
+    collection: str | None = Field(default=None, description="Restrict corpus search to one collection.")
+    queries_per_step: int = Field(default=3, ge=1, le=8, description="Most search queries per round.")
+    hits_per_query: int = Field(default=5, ge=1, le=50, description="Results kept from each search.")
+    reads_per_step: int = Field(default=3, ge=1, le=20, description="Documents read per round.")
+    read_chars: int = Field(
+        default=60_000, ge=500, description="Characters asked of read_document per document."
+    )
+    plan_max_tokens: int = Field(default=96, ge=16, description="Tokens the planner may write.")
+    reflect_max_tokens: int = Field(default=96, ge=16, description="Tokens the reflection may write.")
+    answer_max_tokens: int = Field(default=256, ge=16, description="Tokens the answer may write.")
+    answer_time_share: float = Field(
+        default=0.3,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the wall time kept for the answer; the loop stops early to leave it.",
+    )
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature (0: greedy).")

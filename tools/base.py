@@ -1,0 +1,113 @@
+"""What every tool of a run shares: the :class:`ToolContext` (database, corpus, run, settings, quotas,
+counters and URL provenance) and the quota error.
+
+Tools are LangChain ``StructuredTool``s with pydantic arguments; the function's docstring is the
+description the model sees. Tools return ``(content, artifact)``: ``content`` is the text for the model,
+wrapped as untrusted data (:mod:`deepscout.tools.untrusted`); ``artifact`` is structured data for the
+agent (search hits, the document read). ``tool.metadata["role"]`` says what a tool does for the agent:
+``search`` (artifact: a list of hits, see :class:`SearchHitArtifact`), ``read`` (artifact: a
+:class:`DocumentArtifact`), or ``fetch`` (a URL in, a stored page out, artifact: a DocumentArtifact).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+from deepscout.tools.guards import UrlProvenance
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from deepscout.memory.corpus import CorpusIndex
+    from deepscout.settings import Settings
+    from deepscout.tools.web_settings import WebSettings
+
+ToolRole = Literal["search", "read", "fetch"]
+
+
+class ToolQuotaExceeded(RuntimeError):
+    """A run asked for more tool calls than its budget allows."""
+
+
+class SearchHitArtifact(TypedDict):
+    """One search result as a ``search`` tool hands it to the agent."""
+
+    source_id: int | None
+    """The stored source (corpus documents, cached pages); None for a web result not fetched yet."""
+    title: str
+    snippet: str
+    score: float
+    url: str | None
+
+
+class DocumentArtifact(TypedDict):
+    """A window of a stored document, as ``read``/``fetch`` tools hand it to the agent."""
+
+    source_id: int
+    title: str
+    url: str | None
+    offset: int
+    end: int
+    total_chars: int
+    text: str
+
+
+@dataclass
+class ToolQuotas:
+    """Per-run limits: all tool calls together, and optionally per tool name."""
+
+    max_calls: int
+    per_tool: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ToolCounters:
+    """Calls made so far in the run (thread-safe: tools run in parallel)."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.calls.values())
+
+    def charge(self, name: str, quotas: ToolQuotas) -> None:
+        """Count one call of ``name``; raise ToolQuotaExceeded (counting nothing) if over a quota."""
+        with self._lock:
+            if sum(self.calls.values()) >= quotas.max_calls:
+                raise ToolQuotaExceeded(
+                    f"tool-call budget of {quotas.max_calls} used up; answer from what was found"
+                )
+            limit = quotas.per_tool.get(name)
+            if limit is not None and self.calls[name] >= limit:
+                raise ToolQuotaExceeded(f"quota of {limit} calls of {name} used up for this run")
+            self.calls[name] += 1
+
+
+@dataclass
+class ToolContext:
+    """Everything the tools of one run share. Built by the agent (or a test) per run."""
+
+    session_factory: sessionmaker[Session]
+    corpus: CorpusIndex
+    settings: Settings
+    quotas: ToolQuotas
+    run_id: str | None = None
+    collection: str | None = None
+    """Restrict corpus search to this collection (None: all)."""
+    web_settings: WebSettings | None = None
+    counters: ToolCounters = field(default_factory=ToolCounters)
+    provenance: UrlProvenance = field(default_factory=UrlProvenance)
+    deadline: float | None = None
+    """``time.monotonic()`` by which tools should give up (the run's wall-time budget)."""
+
+    def charge(self, name: str) -> None:
+        self.counters.charge(name, self.quotas)
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()

@@ -1,0 +1,55 @@
+"""``corpus_search``: full-text (BM25) search over the local corpus, one query per call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.tools import StructuredTool
+from pydantic import BaseModel, ConfigDict, Field
+
+from deepscout.tools.base import SearchHitArtifact, ToolContext
+from deepscout.tools.untrusted import wrap_untrusted
+
+NAME = "corpus_search"
+
+
+class CorpusSearchArgs(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "Bram Stoker birthplace"}, {"query": "Dracula author"}]},
+    )
+
+    query: str = Field(min_length=1, max_length=300, description="Short keyword query naming one fact.")
+    k: int = Field(default=5, ge=1, le=20, description="How many results to return.")
+
+
+def build_corpus_search(ctx: ToolContext) -> StructuredTool:
+    def corpus_search(query: str, k: int = 5) -> tuple[str, list[SearchHitArtifact]]:
+        """Search the local document collection. Returns numbered results: source id, title, snippet."""
+        ctx.charge(NAME)
+        hits = ctx.corpus.search(query, k=k, collection=ctx.collection)
+        artifact: list[SearchHitArtifact] = [
+            {
+                "source_id": hit.source_id,
+                "title": hit.title,
+                "snippet": hit.snippet,
+                "score": float(hit.score),
+                "url": hit.url,
+            }
+            for hit in hits
+        ]
+        ctx.provenance.add_many((hit["url"] for hit in artifact if hit["url"]), "search")
+        if not artifact:
+            return f"No documents match {query!r}.", artifact
+        lines = [f"source {hit['source_id']}: {hit['title']} — {hit['snippet']}" for hit in artifact]
+        return wrap_untrusted("\n".join(lines), origin=NAME, label=query), artifact
+
+    tool = StructuredTool.from_function(
+        func=corpus_search,
+        name=NAME,
+        args_schema=CorpusSearchArgs,
+        response_format="content_and_artifact",
+    )
+    metadata: dict[str, Any] = {"role": "search"}
+    tool.metadata = metadata
+    return tool
