@@ -266,7 +266,9 @@ class CompletionParser:
                 self._take(tag_at - text_end + len(TOOL_CALLS_OPEN))
                 self._phase = "between_invokes"
                 return True
-            if not final and tag_at >= 0 and _could_become(buffer[tag_at:], TOOL_CALLS_OPEN):
+            if tag_at >= 0 and _could_become(buffer[tag_at:], TOOL_CALLS_OPEN):
+                if final:
+                    self._fail(f"the text ended inside an unfinished {TOOL_CALLS_OPEN} tag", at=tag_at)
                 self._emit_content(events, self._take(self._content_end(tag_at)))
                 return False
             self._fail(f"DSML markup outside a {TOOL_CALLS_OPEN} block", at=dsml_at)
