@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 FP8_BLOCK = 128
 FP4_BLOCK = 32
@@ -137,12 +138,12 @@ def quantize_fp8_block(
     rows, cols = weight.shape
     n_r, n_c = fp8_scale_shape((rows, cols))
     w = weight.detach().to(torch.float32)
-    padded = torch.zeros(n_r * FP8_BLOCK, n_c * FP8_BLOCK, dtype=torch.float32)
-    padded[:rows, :cols] = w
-    amax = padded.view(n_r, FP8_BLOCK, n_c, FP8_BLOCK).abs().amax(dim=(1, 3))
-    scale = _block_scale(amax, FP8_E4M3_MAX, scale_format)
-    expanded = scale.repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK, 1)[:rows, :cols]
-    q = (w / expanded).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    if (n_r * FP8_BLOCK, n_c * FP8_BLOCK) != (rows, cols):
+        w = F.pad(w, (0, n_c * FP8_BLOCK - cols, 0, n_r * FP8_BLOCK - rows))
+    blocks = w.reshape(n_r, FP8_BLOCK, n_c, FP8_BLOCK)
+    scale = _block_scale(blocks.abs().amax(dim=(1, 3)), FP8_E4M3_MAX, scale_format)
+    scaled = (blocks / scale[:, None, :, None]).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX)
+    q = scaled.view(n_r * FP8_BLOCK, n_c * FP8_BLOCK)[:rows, :cols].to(torch.float8_e4m3fn).contiguous()
     return q, _store_scale(scale, scale_format)
 
 
