@@ -228,9 +228,11 @@ def render_prompt(
 ) -> str:
     """The V4 prompt text for ``turns``, ending with the assistant opening when a user turn is last.
 
-    ``tools`` (and ``response_format``) are written into the first system turn, or into an empty system
-    turn placed first when the conversation has none. ``reasoning_effort="max"`` (Think Max) requires
-    ``thinking=True`` and a ``context_window`` of at least 384K tokens.
+    ``tools`` are written into the first system turn, or into an empty system turn placed first when the
+    conversation has none. ``response_format`` (a JSON schema the answer must follow) is written after
+    the last user turn's text, as the format does for a developer turn, so the conversation before it
+    stays a shared token prefix. ``reasoning_effort="max"`` (Think Max) requires ``thinking=True`` and a
+    ``context_window`` of at least 384K tokens.
     """
     if reasoning_effort not in (None, "high", "max"):
         raise PromptEncodingError(f"reasoning_effort must be 'high', 'max' or None, got {reasoning_effort!r}")
@@ -246,11 +248,7 @@ def render_prompt(
         raise PromptEncodingError("cannot render an empty conversation")
 
     items = _merge(turns)
-    system_extra = ""
-    if tools:
-        system_extra += "\n\n" + render_tools_section(tools)
-    if response_format is not None:
-        system_extra += "\n\n" + _RESPONSE_FORMAT_SECTION.format(schema=_to_json(response_format))
+    system_extra = "\n\n" + render_tools_section(tools) if tools else ""
     system_index = 0 if items and isinstance(items[0], SystemTurn) else None
     if system_extra and system_index is None:
         items.insert(0, SystemTurn(""))
@@ -258,6 +256,13 @@ def render_prompt(
 
     keep_all_reasoning = not drop_thinking or bool(tools)
     last_user = max((i for i, item in enumerate(items) if isinstance(item, _UserBlock)), default=-1)
+    if response_format is not None:
+        if last_user < 0:
+            raise PromptEncodingError("a response format needs a user turn to follow")
+        section = _RESPONSE_FORMAT_SECTION.format(schema=_to_json(response_format))
+        block = items[last_user]
+        assert isinstance(block, _UserBlock)
+        items[last_user] = _UserBlock([*block.parts, section])
 
     pieces = [BOS]
     if reasoning_effort == "max":

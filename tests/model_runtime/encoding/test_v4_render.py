@@ -88,14 +88,16 @@ def test_tools_without_system_turn_get_an_empty_one(search_tools: list[ToolSpec]
     assert prompt == f"{B}\n\n{render_tools_section(search_tools)}{U}Q{A}</think>"
 
 
-def test_response_format_follows_the_system_prompt() -> None:
+def test_response_format_follows_the_last_user_text() -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
     prompt = render_prompt([SystemTurn("S"), UserTurn("Q")], response_format=schema)
-    expected_system = (
-        "S\n\n## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n"
+    expected_user = (
+        "Q\n\n## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n"
         '{"type": "object", "properties": {"answer": {"type": "string"}}}'
     )
-    assert prompt == f"{B}{expected_system}{U}Q{A}</think>"
+    assert prompt == f"{B}S{U}{expected_user}{A}</think>"
+    with pytest.raises(PromptEncodingError, match="user turn"):
+        render_prompt([SystemTurn("S")], response_format=schema)
 
 
 def test_tool_results_after_calls_open_the_next_assistant_turn() -> None:
