@@ -1,0 +1,133 @@
+"""``deepscout v4 make-synthetic`` and ``deepscout v4 run``: generation on an official-format checkpoint
+matches the in-memory model, and broken inputs end with one clear error line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from deepscout.cli import app
+from deepscout.model_runtime.checkpoint_run import greedy_generate
+from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
+from deepscout.model_runtime.synthetic_checkpoint import make_synthetic_checkpoint
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DeepseekV4Model]:
+    torch.set_num_threads(2)
+    directory = tmp_path_factory.mktemp("v4_cli")
+    return directory, make_synthetic_checkpoint(directory, seed=7)
+
+
+def _run(*args: str) -> dict:
+    result = runner.invoke(app, ["v4", "run", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_run_generates_what_the_written_model_generates(written: tuple[Path, DeepseekV4Model]) -> None:
+    directory, model = written
+    prompt = [5, 17, 300, 42, 9, 250, 77]
+    out = _run(
+        str(directory),
+        "--prompt-ids",
+        ",".join(map(str, prompt)),
+        "--max-new-tokens",
+        "6",
+        "--no-stop-at-eos",
+    )
+    expected, _, _, _ = greedy_generate(model, prompt, 6)
+    assert out["prompt_ids"] == prompt and out["new_ids"] == expected and len(expected) == 6
+    assert out["stored_formats"]["mxfp4"] == 96 and out["tensors"] == len(model.state_dict())
+    assert out["text"] is None
+
+
+def test_run_with_text_uses_the_checkpoints_tokenizer(written: tuple[Path, DeepseekV4Model]) -> None:
+    directory, model = written
+    out = _run(str(directory), "--text", "Hi there", "--max-new-tokens", "3", "--no-stop-at-eos")
+    assert len(out["prompt_ids"]) == len("Hi there") and isinstance(out["text"], str)
+    expected, _, _, _ = greedy_generate(model, out["prompt_ids"], 3)
+    assert out["new_ids"] == expected
+
+
+def test_run_in_bfloat16_prints_a_summary(written: tuple[Path, DeepseekV4Model]) -> None:
+    directory, _ = written
+    result = runner.invoke(
+        app,
+        [
+            "v4",
+            "run",
+            str(directory),
+            "--prompt-ids",
+            "1 2 3",
+            "--dtype",
+            "bfloat16",
+            "--max-new-tokens",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "loaded 208 tensors" in result.stdout and "generated (" in result.stdout
+
+
+def test_make_synthetic_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    options = [
+        "--layers",
+        "hca,csa",
+        "--experts",
+        "4",
+        "--hidden-size",
+        "128",
+        "--vocab-size",
+        "256",
+        "--shard-mb",
+        "0.25",
+    ]
+    result = runner.invoke(app, ["v4", "make-synthetic", str(tmp_path), *options])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "config.json").is_file() and len(list(tmp_path.glob("*.safetensors"))) > 1
+    out = _run(str(tmp_path), "--prompt-ids", "3,4,5", "--max-new-tokens", "2", "--no-stop-at-eos")
+    assert len(out["new_ids"]) == 2 and out["stored_formats"]["mxfp4"] == 3 * 4 * 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt-ids", "1,2", "--text", "x"], "exactly one of --prompt-ids or --text"),
+        (["--prompt-ids", "1,b"], "must be integers"),
+        (["--prompt-ids", "1,999999"], "outside this model's vocabulary"),
+    ],
+)
+def test_run_rejects_bad_prompts(
+    written: tuple[Path, DeepseekV4Model], args: list[str], message: str
+) -> None:
+    directory, _ = written
+    result = runner.invoke(app, ["v4", "run", str(directory), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_run_names_a_missing_shard(written: tuple[Path, DeepseekV4Model], tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(written[0], tmp_path / "ckpt"))
+    shard = sorted(directory.glob("*.safetensors"))[0]
+    shard.unlink()
+    result = runner.invoke(app, ["v4", "run", str(directory), "--prompt-ids", "1"])
+    assert result.exit_code == 2 and f"missing shard '{shard.name}'" in result.output
+
+
+def test_text_needs_a_tokenizer(written: tuple[Path, DeepseekV4Model], tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(written[0], tmp_path / "ckpt"))
+    (directory / "tokenizer.json").unlink()
+    result = runner.invoke(app, ["v4", "run", str(directory), "--text", "hello"])
+    assert result.exit_code == 2 and "has no tokenizer.json" in result.output
+
+
+def test_make_synthetic_rejects_unknown_layer_kinds(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["v4", "make-synthetic", str(tmp_path), "--layers", "sliding,dense"])
+    assert result.exit_code == 2 and "--layers takes sliding, csa, hca" in result.output
