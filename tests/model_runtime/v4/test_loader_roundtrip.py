@@ -148,3 +148,38 @@ def test_fp8_experts_and_several_layer_schedules_round_trip(tmp_path: Path, v4: 
     loaded, _ = load_model(tmp_path)
     ids = torch.randint(2, args.vocab_size, (1, 70), generator=torch.Generator().manual_seed(1))
     assert torch.equal(_logits(loaded, ids, 2, v4), _logits(model, ids, 2, v4))
+
+
+def test_transformers_loads_the_same_checkpoint_to_the_same_weights_and_logits(
+    written: tuple[Path, DeepseekV4Model], v4: Any
+) -> None:
+    """An independent reader of the official format: transformers' DeepSeek-V4 renaming plus its FP8/FP4
+    dequantiser read our synthetic checkpoint with nothing missing or unexpected, to identical weights."""
+    import transformers
+    from transformers import DeepseekV4ForCausalLM, FineGrainedFP8Config
+
+    from deepscout.model_runtime.models.weight_names import is_mtp, to_hf_state_dict
+
+    directory, _ = written
+    transformers.logging.set_verbosity_error()
+    oracle, info = DeepseekV4ForCausalLM.from_pretrained(
+        directory,
+        quantization_config=FineGrainedFP8Config(dequantize=True),
+        dtype=torch.float32,
+        output_loading_info=True,
+    )
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"))
+    loaded, _ = load_model(directory)
+    ours = to_hf_state_dict({k: v for k, v in loaded.state_dict().items() if not is_mtp(k)})
+    theirs = oracle.state_dict()
+    assert set(ours) == set(theirs)
+    for name, value in ours.items():
+        assert torch.equal(theirs[name].to(value.dtype), value), name
+    # transformers leaves dequantised weights in bfloat16 (exact: e4m3/e2m1 times a power of two fits)
+    oracle = oracle.float().eval()
+    oracle.config._attn_implementation = "eager"
+    ids = torch.randint(2, loaded.args.vocab_size, (1, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = oracle(ids).logits[0]
+        mine = loaded(ids, [v4.new_cache(loaded.args)])[0]
+    v4.assert_close(mine, reference)
