@@ -28,8 +28,6 @@ from deepscout.model_runtime.weights.quant import (
     SCALE_DTYPES,
     QuantFormat,
     QuantizedTensor,
-    dequantize_fp8_block,
-    dequantize_mxfp4,
     fp8_scale_shape,
 )
 from deepscout.model_runtime.weights.safetensors_stream import ShardedSafetensors, TensorInfo
@@ -64,10 +62,6 @@ class StoredWeight:
     @property
     def is_floating(self) -> bool:
         return self.format != "plain" or self.data.dtype.is_floating_point
-
-    @property
-    def stored_names(self) -> tuple[str, ...]:
-        return (self.data.name,) if self.scale is None else (self.data.name, self.scale.name)
 
 
 def _classify(data: TensorInfo, scale: TensorInfo | None) -> StoredWeight:
@@ -155,20 +149,6 @@ class Checkpoint:
         scale = self.tensors.read(weight.scale.name)
         fmt: QuantFormat = "fp8_block" if weight.format == "fp8_block" else "mxfp4"
         return QuantizedTensor(format=fmt, data=data, scale=scale, shape=weight.shape)
-
-    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The weight dequantised to ``dtype`` (floating weights; None keeps a plain tensor's own dtype)."""
-        weight = self.weights[name]
-        if weight.format == "plain":
-            data = self.tensors.read(weight.data.name)
-            return data if dtype is None or dtype == data.dtype else data.to(dtype)
-        assert weight.scale is not None
-        data = self.tensors.read(weight.data.name)
-        scale = self.tensors.read(weight.scale.name)
-        target = dtype or torch.float32
-        if weight.format == "fp8_block":
-            return dequantize_fp8_block(data, scale, dtype=target)
-        return dequantize_mxfp4(data, scale, dtype=target)
 
     def close(self) -> None:
         self.tensors.close()

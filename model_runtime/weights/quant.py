@@ -69,12 +69,6 @@ def fp8_scale_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return (-(-rows // FP8_BLOCK), -(-cols // FP8_BLOCK))
 
 
-def mxfp4_shapes(shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(packed data shape, scale shape) of a logical ``[N, K]`` MXFP4 weight (K a multiple of 32)."""
-    rows, cols = shape
-    return (rows, cols // 2), (rows, cols // FP4_BLOCK)
-
-
 # ---------------------------------------------------------------------------------------------- scales
 def decode_scales(scale: torch.Tensor) -> torch.Tensor:
     """Block scales as float32 multipliers: e8m0 (dtype or raw uint8 bytes) → 2^(b-127), floats as is."""

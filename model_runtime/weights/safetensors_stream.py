@@ -144,12 +144,6 @@ class ShardedSafetensors:
     def __contains__(self, name: object) -> bool:
         return name in self._infos
 
-    def __len__(self) -> int:
-        return len(self._infos)
-
-    def names(self) -> list[str]:
-        return sorted(self._infos)
-
     def info(self, name: str) -> TensorInfo:
         try:
             return self._infos[name]
@@ -174,9 +168,3 @@ class ShardedSafetensors:
     def close(self) -> None:
         """Close every open mapping (tensors still held keep theirs alive)."""
         self._open.clear()
-
-    def __enter__(self) -> ShardedSafetensors:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
