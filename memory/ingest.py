@@ -51,28 +51,37 @@ class CorpusInput:
 
 
 def open_input(path: Path) -> CorpusInput:
-    """Recognise the format of ``path`` and count its documents, reading nothing twice into memory."""
+    """Recognise the format of ``path``, check every document and count them.
+
+    The whole input is read once here, so a malformed line or file is reported before anything is
+    stored (an ingest never stops half-way on bad input); documents are then read again, lazily.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise CorpusFormatError(path, "no such file or folder")
     if path.is_dir():
-        files = _text_files(path)
-        if not files:
+        if not _text_files(path):
             raise CorpusFormatError(path, f"folder holds no {'/'.join(TEXT_SUFFIXES)} files")
-        return CorpusInput(path, "text", len(files))
+        return _checked(CorpusInput(path, "text", 0))
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        count = sum(1 for _, line in _read_lines(path) if line.strip())
-        return CorpusInput(path, "jsonl", count)
+        return _checked(CorpusInput(path, "jsonl", 0))
     if suffix == ".json":
         return CorpusInput(path, "hotpotqa", len(_load_hotpotqa(path)))
     if suffix in TEXT_SUFFIXES:
-        return CorpusInput(path, "text", 1)
+        return _checked(CorpusInput(path, "text", 0))
     raise CorpusFormatError(
         path,
         "unknown corpus format: expected a .jsonl file (id, title, text, url), a HotpotQA .json corpus "
         "(title → sentences) or a folder of .txt/.md files",
     )
+
+
+def _checked(found: CorpusInput) -> CorpusInput:
+    count = sum(1 for _ in found.documents())
+    if count == 0:
+        raise CorpusFormatError(found.path, "holds no documents")
+    return CorpusInput(found.path, found.format, count)
 
 
 def read_jsonl(path: Path) -> Iterator[CorpusDocument]:
