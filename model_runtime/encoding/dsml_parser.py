@@ -128,8 +128,12 @@ def _default_call_id() -> str:
 class CompletionParser:
     """Incremental parser of one assistant turn; ``feed`` chunks, then ``finish``."""
 
-    def __init__(self, *, thinking: bool, call_id: Callable[[], str] = _default_call_id) -> None:
+    def __init__(
+        self, *, thinking: bool, tool_calls: bool = True, call_id: Callable[[], str] = _default_call_id
+    ) -> None:
+        """``tool_calls=False`` (no tools bound): everything after the reasoning is answer text."""
         self._phase: _Phase = "reasoning" if thinking else "content"
+        self._tool_calls = tool_calls
         self._call_id = call_id
         self._buffer = ""
         self._offset = 0
@@ -229,14 +233,15 @@ class CompletionParser:
 
     def _in_reasoning(self, events: list[ParseEvent], final: bool) -> bool:
         buffer = self._buffer
-        found = {marker: buffer.find(marker) for marker in (THINK_END, EOS, TOOL_CALLS_OPEN)}
+        markers = (THINK_END, EOS, TOOL_CALLS_OPEN) if self._tool_calls else (THINK_END, EOS)
+        found = {marker: buffer.find(marker) for marker in markers}
         hits = {marker: at for marker, at in found.items() if at >= 0}
         if not hits:
-            keep = 0 if final else _held_suffix(buffer, (THINK_END, EOS, TOOL_CALLS_OPEN))
+            keep = 0 if final else _held_suffix(buffer, markers)
             self._emit_reasoning(events, self._take(len(buffer) - keep))
             return False
         marker, at = min(hits.items(), key=lambda hit: hit[1])
-        if marker == TOOL_CALLS_OPEN:
+        if marker == TOOL_CALLS_OPEN and self._tool_calls:
             self._fail(f"a tool-call block began inside the reasoning, before {THINK_END}", at=at)
         self._emit_reasoning(events, self._take(at))
         self._take(len(marker))
@@ -250,7 +255,7 @@ class CompletionParser:
 
     def _in_content(self, events: list[ParseEvent], final: bool) -> bool:
         buffer = self._buffer
-        dsml_at = buffer.find(DSML)
+        dsml_at = buffer.find(DSML) if self._tool_calls else -1
         eos_at = buffer.find(EOS)
         if eos_at >= 0 and (dsml_at < 0 or eos_at < dsml_at):
             self._emit_content(events, self._take(eos_at))
@@ -272,7 +277,7 @@ class CompletionParser:
                 self._emit_content(events, self._take(self._content_end(tag_at)))
                 return False
             self._fail(f"DSML markup outside a {TOOL_CALLS_OPEN} block", at=dsml_at)
-        keep = 0 if final else _held_suffix(buffer, _CONTENT_MARKERS)
+        keep = 0 if final else _held_suffix(buffer, _CONTENT_MARKERS if self._tool_calls else (EOS,))
         self._emit_content(events, self._take(len(buffer) - keep))
         return False
 
@@ -432,9 +437,9 @@ class CompletionParser:
 
 
 def parse_completion(
-    text: str, *, thinking: bool, call_id: Callable[[], str] = _default_call_id
+    text: str, *, thinking: bool, tool_calls: bool = True, call_id: Callable[[], str] = _default_call_id
 ) -> ParsedCompletion:
     """Parse a whole generated assistant turn (the text after the prompt's ``<think>``/``</think>``)."""
-    parser = CompletionParser(thinking=thinking, call_id=call_id)
+    parser = CompletionParser(thinking=thinking, tool_calls=tool_calls, call_id=call_id)
     parser.feed(text)
     return parser.finish()[1]

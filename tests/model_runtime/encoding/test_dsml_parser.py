@@ -200,3 +200,12 @@ def test_malformed_output_raises_a_clear_error(name: str) -> None:
     assert whole.value.position == by_char.value.position
     assert 0 <= whole.value.position <= len(text)
     assert "malformed DeepSeek-V4 output at character" in str(whole.value)
+
+
+def test_without_tools_dsml_is_answer_text() -> None:
+    text = f'r</think>see <{D}invoke name="x"> here{EOS}'
+    parsed = parse_completion(text, thinking=True, tool_calls=False)
+    assert parsed.content == f'see <{D}invoke name="x"> here'
+    assert parsed.tool_calls == () and parsed.ended_with_eos
+    with pytest.raises(DSMLParseError):
+        parse_completion(text, thinking=True)

@@ -1,0 +1,788 @@
+"""Our DeepSeek-V4 runtime as a chat model: ``deepseek-v4:PATH`` and ``deepseek-v4:random-tiny``.
+
+``PATH`` is a V4 checkpoint directory (``config.json`` + safetensors in the official format, loaded by
+:mod:`deepscout.model_runtime.loader`); ``random-tiny`` is a tiny random-weight V4 (float32) with the real
+V4 tokenizer, for tests — its output is noise, but every part of the path is real.
+
+Prompts are written in the V4 chat format (:mod:`deepscout.model_runtime.encoding.deepseek_v4`) and
+tokenized with the V4 tokenizer; the generated text is parsed back as it streams (reasoning, answer, DSML
+tool calls → LangChain ``tool_calls``). Structured output renders the schema as the format's response
+format and decodes the answer under the JSON-schema grammar (llguidance), then validates it. Generation
+runs on the engine (:mod:`deepscout.model_runtime.engine`), whose sessions continue from the longest
+cached token prefix, so an append-only conversation prefills only its new tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import llguidance
+import torch
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deepscout.model_runtime.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.chat import (
+    ChatModel,
+    ContextOverflowError,
+    GenerationControl,
+    ModelNotFetchedError,
+    StructuredOutputError,
+)
+from deepscout.model_runtime.checkpoint_run import new_sequence_cache
+from deepscout.model_runtime.config import ModelArgs, tiny
+from deepscout.model_runtime.constrained import (
+    GrammarCache,
+    GrammarGuide,
+    JsonGrammar,
+    schema_errors,
+    strict_schema,
+)
+from deepscout.model_runtime.encoding.conversions import REASONING_KEY, tool_specs, turns_from_langchain
+from deepscout.model_runtime.encoding.deepseek_v4 import ReasoningEffort, render_prompt
+from deepscout.model_runtime.encoding.dsml_parser import (
+    CompletionParser,
+    ContentDelta,
+    DSMLParseError,
+    ParsedCompletion,
+    ParseEvent,
+    ReasoningDelta,
+    ToolCallArgumentsDelta,
+    ToolCallStarted,
+)
+from deepscout.model_runtime.encoding.messages import ToolSpec
+from deepscout.model_runtime.encoding.tokenizer import V4Tokenizer, load_v4_tokenizer
+from deepscout.model_runtime.loader import load_model
+from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
+
+if TYPE_CHECKING:
+    from deepscout.settings import Settings
+
+RANDOM_TINY = "random-tiny"
+RANDOM_TINY_CONTEXT = 32_768
+"""Context window of ``random-tiny`` (its positions are real; only its weights are random)."""
+RETRY_TEMPERATURE = 0.7
+
+
+class V4BackendSettings(BaseSettings):
+    """How the embedded V4 backend generates; from ``DEEPSCOUT_V4_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPSCOUT_V4_", extra="ignore")
+
+    thinking: bool = Field(default=False, description="Thinking mode (<think>) instead of chat mode.")
+    reasoning_effort: Literal["high", "max"] | None = Field(
+        default=None, description="'max' is Think Max (needs thinking and a context of at least 384K)."
+    )
+    max_new_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, description="0 decodes greedily.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Weights and cache dtype.")
+    context_window: int | None = Field(default=None, ge=1, description="Override config.json's window.")
+    structured_retries: int = Field(default=2, ge=0, description="Retries after invalid output, sampled.")
+
+
+class ToolCallOutputError(StructuredOutputError):
+    """The model's tool calls were malformed DSML, named an unbound tool, or were missing when required."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One call: the prompt ids, how to read the output, and the grammar when it is constrained."""
+
+    prompt_ids: list[int]
+    kind: Literal["text", "tools", "structured"]
+    thinking: bool
+    tool_names: frozenset[str] = frozenset()
+    required_tool: str | bool = False
+    """A tool name, True (any tool) or False (calling is optional)."""
+    grammar: JsonGrammar | None = None
+
+
+@dataclass
+class _Decoded:
+    """The text of one generation, parsed, with the engine's counters."""
+
+    parsed: ParsedCompletion
+    raw_text: str
+    outcome: GenerationOutcome
+    events: list[ParseEvent] = field(default_factory=list)
+
+
+class EmbeddedV4ChatModel(ChatModel):
+    """DeepSeek-V4 on our engine, speaking the V4 chat format with the real V4 tokenizer."""
+
+    model_name: str = "deepseek-v4"
+    thinking: bool = False
+    reasoning_effort: ReasoningEffort | None = None
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    structured_retries: int = 2
+
+    _runtime: V4Runtime = PrivateAttr()
+
+    @classmethod
+    def from_runtime(cls, runtime: V4Runtime, **fields: Any) -> EmbeddedV4ChatModel:
+        model = cls(**fields)
+        model._runtime = runtime
+        model.context_window = runtime.context_window
+        return model
+
+    @property
+    def runtime(self) -> V4Runtime:
+        return self._runtime
+
+    @property
+    def _llm_type(self) -> str:
+        return "deepscout-embedded-v4"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "thinking": self.thinking}
+
+    # ----------------------------------------------------------------- tools and structured output
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools; ``tool_choice``: None/"auto" (optional), "any"/"required"/True, "none", or a name."""
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        kwargs.pop("ls_structured_output_format", None)
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Decode one JSON object under ``schema`` (a pydantic class or a JSON schema), then validate it."""
+        kwargs.pop("method", None)
+        kwargs.pop("strict", None)
+        if kwargs:
+            raise ValueError(f"unsupported arguments {sorted(kwargs)}")
+        pydantic_class = schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
+        json_schema = pydantic_class.model_json_schema() if pydantic_class else dict(schema)  # type: ignore[arg-type]
+        bound = self.bind(response_format={"schema": json_schema})
+
+        def parse(message: AIMessage) -> dict[str, Any] | BaseModel:
+            raw = str(message.content)
+            if pydantic_class is None:
+                parsed: dict[str, Any] = json.loads(raw)
+                return parsed
+            try:
+                return pydantic_class.model_validate_json(raw)
+            except ValidationError as error:
+                raise StructuredOutputError(
+                    f"output does not validate as {pydantic_class.__name__}: {error}",
+                    attempts=int(message.response_metadata.get("attempts", 1)),
+                    last_output=raw,
+                ) from error
+
+        parser = RunnableLambda(parse)
+        if not include_raw:
+            return bound | parser
+        return RunnableMap(raw=bound) | RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+
+    # ----------------------------------------------------------------- prompts
+
+    def count_tokens(self, messages: Sequence[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Tokens of the V4 prompt for ``messages`` (with ``tools`` listed), assistant opening included."""
+        text = render_prompt(
+            turns_from_langchain(messages),
+            tools=tool_specs(tools or []),
+            thinking=self.thinking,
+            reasoning_effort=self.reasoning_effort,
+            context_window=self.context_window,
+        )
+        return self._runtime.tokenizer.count_tokens(text)
+
+    def _plan(self, messages: Sequence[BaseMessage], kwargs: dict[str, Any]) -> _Plan:
+        if not messages:
+            raise ValueError("cannot generate from an empty message list")
+        turns = turns_from_langchain(messages)
+        response_format = kwargs.get("response_format")
+        tool_choice = kwargs.get("tool_choice")
+        specs = tool_specs(kwargs.get("tools") or [])
+        if tool_choice == "none":
+            specs = []
+        required = _required_tool(tool_choice, specs)
+        if response_format is not None:
+            schema = strict_schema(response_format["schema"])
+            # Chat mode: the answer is the JSON object itself, decoded under its grammar.
+            text = render_prompt(
+                turns, tools=specs, thinking=False, response_format=schema, context_window=None
+            )
+            return _Plan(
+                self._runtime.tokenizer.encode(text),
+                "structured",
+                thinking=False,
+                grammar=self._runtime.grammars.get(schema),
+            )
+        text = render_prompt(
+            turns,
+            tools=specs,
+            thinking=self.thinking,
+            reasoning_effort=self.reasoning_effort,
+            context_window=self.context_window,
+        )
+        kind: Literal["text", "tools"] = "tools" if specs else "text"
+        names = frozenset(spec.name for spec in specs)
+        return _Plan(self._runtime.tokenizer.encode(text), kind, self.thinking, names, required)
+
+    # ----------------------------------------------------------------- generation
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        control = GenerationControl.from_kwargs(kwargs)
+        plan = self._plan(messages, kwargs)
+        attempts = 1 + (self.structured_retries if plan.kind != "text" else 0)
+        problems: list[str] = []
+        first_prefill: dict[str, int] | None = None
+        output_tokens = 0
+        decoded: _Decoded | None = None
+        for attempt in range(attempts):
+            temperature = self.temperature if attempt == 0 else max(self.temperature, RETRY_TEMPERATURE)
+            try:
+                decoded = self._decode(plan, control, temperature=temperature, seed=attempt)
+            except _BadOutput as error:
+                first_prefill = first_prefill or error.outcome.prefill
+                output_tokens += len(error.outcome.token_ids)
+                problems.append(f"attempt {attempt + 1}: {error.problem}")
+                decoded = None
+                last_text = error.raw_text
+                continue
+            first_prefill = first_prefill or decoded.outcome.prefill
+            output_tokens += len(decoded.outcome.token_ids)
+            problem = self._problem(plan, decoded)
+            if problem is None:
+                message = self._message(plan, decoded, first_prefill, output_tokens, attempt + 1)
+                return ChatResult(generations=[ChatGeneration(message=message)])
+            problems.append(f"attempt {attempt + 1}: {problem}")
+            last_text = decoded.raw_text
+        error_class = StructuredOutputError if plan.kind == "structured" else ToolCallOutputError
+        raise error_class(
+            f"{self.model_name} produced no valid {plan.kind} output: {' | '.join(problems)}",
+            attempts=attempts,
+            last_output=last_text,
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        control = GenerationControl.from_kwargs(kwargs)
+        plan = self._plan(messages, kwargs)
+        if plan.kind == "structured" or plan.required_tool:
+            # Output that must be valid whole (and may be retried) is handed over as one chunk.
+            result = self._generate(messages, stop, run_manager, **kwargs, deadline=control.deadline)
+            message = result.generations[0].message
+            assert isinstance(message, AIMessage)
+            yield ChatGenerationChunk(message=_to_chunk(message))
+            return
+        stream = self._runtime.stream_tokens(
+            plan.prompt_ids,
+            max_new_tokens=self._room(plan),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=0,
+            control=control,
+            guide=None,
+        )
+        reader = _OutputReader(self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools")
+        try:
+            while True:
+                token_id = next(stream)
+                events = reader.push(token_id)
+                if reader.error is not None:
+                    stream.close()
+                    error = reader.error
+                    raise ToolCallOutputError(str(error), attempts=1, last_output=reader.text) from error
+                for event in events:
+                    chunk = _event_chunk(event)
+                    if chunk is not None:
+                        if run_manager is not None and isinstance(event, ContentDelta):
+                            run_manager.on_llm_new_token(event.text, chunk=chunk)
+                        yield chunk
+        except StopIteration as stopped:
+            outcome: GenerationOutcome = stopped.value
+        try:
+            last_events, parsed = reader.finish()
+        except DSMLParseError as error:
+            raise ToolCallOutputError(str(error), attempts=1, last_output=reader.text) from error
+        for event in last_events:
+            chunk = _event_chunk(event)
+            if chunk is not None:
+                yield chunk
+        decoded = _Decoded(parsed, reader.text, outcome)
+        problem = self._problem(plan, decoded)
+        if problem is not None:
+            raise ToolCallOutputError(problem, attempts=1, last_output=reader.text)
+        final = self._message(plan, decoded, outcome.prefill, len(outcome.token_ids), 1)
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=final.usage_metadata,
+                response_metadata=final.response_metadata,
+                chunk_position="last",
+            )
+        )
+
+    def _room(self, plan: _Plan) -> int:
+        room = self.context_window - len(plan.prompt_ids)
+        if room <= 0:
+            raise ContextOverflowError(
+                f"the prompt takes {len(plan.prompt_ids)} tokens; {self.model_name}'s context window is "
+                f"{self.context_window}"
+            )
+        return min(self.max_new_tokens, room)
+
+    def _decode(self, plan: _Plan, control: GenerationControl, *, temperature: float, seed: int) -> _Decoded:
+        guide = plan.grammar.guide() if plan.grammar is not None else None
+        stream = self._runtime.stream_tokens(
+            plan.prompt_ids,
+            max_new_tokens=self._room(plan),
+            temperature=temperature,
+            top_p=self.top_p,
+            seed=seed,
+            control=control,
+            guide=guide,
+        )
+        reader = _OutputReader(self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools")
+        events: list[ParseEvent] = []
+        try:
+            while True:
+                events += reader.push(next(stream))
+        except StopIteration as stopped:
+            outcome: GenerationOutcome = stopped.value
+        try:
+            last_events, parsed = reader.finish()
+        except DSMLParseError as error:
+            raise _BadOutput(str(error), reader.text, outcome) from error
+        return _Decoded(parsed, reader.text, outcome, events + last_events)
+
+    def _problem(self, plan: _Plan, decoded: _Decoded) -> str | None:
+        """Why the output is unusable for this call, or None."""
+        parsed = decoded.parsed
+        if plan.kind == "structured":
+            assert plan.grammar is not None
+            try:
+                value = json.loads(parsed.content)
+            except json.JSONDecodeError as error:
+                finish = decoded.outcome.finish_reason
+                return f"not JSON ({error.msg}; finish={finish}): {parsed.content[:200]!r}"
+            errors = schema_errors(plan.grammar.schema, value)
+            return "; ".join(errors[:5]) if errors else None
+        unknown = [call.name for call in parsed.tool_calls if call.name not in plan.tool_names]
+        if unknown:
+            return f"called unbound tool(s) {unknown}; bound: {sorted(plan.tool_names)}"
+        if plan.required_tool is True and not parsed.tool_calls:
+            return "a tool call was required but the model answered with text"
+        if isinstance(plan.required_tool, str) and plan.required_tool not in {
+            call.name for call in parsed.tool_calls
+        }:
+            return f"a call of {plan.required_tool!r} was required"
+        return None
+
+    def _message(
+        self, plan: _Plan, decoded: _Decoded, prefill: dict[str, int], output_tokens: int, attempts: int
+    ) -> AIMessage:
+        outcome = decoded.outcome
+        parsed = decoded.parsed
+        metadata: dict[str, Any] = {
+            "model_name": self.model_name,
+            "finish_reason": "tool_calls" if parsed.tool_calls else outcome.finish_reason,
+            "prefill": prefill,
+            "attempts": attempts,
+            "timings": {
+                "prefill_s": round(outcome.prefill_seconds, 4),
+                "first_token_s": round(outcome.first_token_seconds, 4),
+                "decode_s": round(outcome.decode_seconds, 4),
+                "decode_tokens": len(outcome.token_ids),
+            },
+            "raw_output": decoded.raw_text,
+        }
+        usage = {
+            "input_tokens": prefill["prompt_tokens"],
+            "output_tokens": output_tokens,
+            "total_tokens": prefill["prompt_tokens"] + output_tokens,
+        }
+        extra = {REASONING_KEY: parsed.reasoning} if parsed.reasoning else {}
+        calls = [
+            {"name": call.name, "args": call.arguments, "id": call.id, "type": "tool_call"}
+            for call in parsed.tool_calls
+        ]
+        return AIMessage(
+            content=parsed.content,
+            additional_kwargs=extra,
+            tool_calls=calls,
+            usage_metadata=usage,
+            response_metadata=metadata,
+        )
+
+
+class _BadOutput(Exception):
+    def __init__(self, problem: str, raw_text: str, outcome: GenerationOutcome) -> None:
+        self.problem = problem
+        self.raw_text = raw_text
+        self.outcome = outcome
+        super().__init__(problem)
+
+
+class _OutputReader:
+    """Generated ids → text (UTF-8-safe) → parse events; stops reading at the end-of-sentence token."""
+
+    def __init__(self, tokenizer: V4Tokenizer, thinking: bool, *, tool_calls: bool) -> None:
+        self._decoder = tokenizer.stream_decoder()
+        self._parser = CompletionParser(thinking=thinking, tool_calls=tool_calls)
+        self._eos = tokenizer.special.eos
+        self._pieces: list[str] = []
+        self.error: DSMLParseError | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    def push(self, token_id: int) -> list[ParseEvent]:
+        """Events the token made certain; after malformed output, none (see :attr:`error`)."""
+        if token_id == self._eos:
+            return []
+        piece = self._decoder.step(token_id)
+        self._pieces.append(piece)
+        if self.error is not None or not piece:
+            return []
+        try:
+            return self._parser.feed(piece)
+        except DSMLParseError as error:
+            self.error = error
+            return []
+
+    def finish(self) -> tuple[list[ParseEvent], ParsedCompletion]:
+        """The last events and the parsed turn; raises the first parse error met."""
+        if self.error is not None:
+            raise self.error
+        return self._parser.finish()
+
+
+def _event_chunk(event: ParseEvent) -> ChatGenerationChunk | None:
+    if isinstance(event, ContentDelta):
+        return ChatGenerationChunk(message=AIMessageChunk(content=event.text))
+    if isinstance(event, ReasoningDelta):
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content="", additional_kwargs={REASONING_KEY: event.text})
+        )
+    if isinstance(event, ToolCallStarted):
+        chunk = tool_call_chunk(name=event.name, args="", id=event.id, index=event.index)
+        return ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
+    if isinstance(event, ToolCallArgumentsDelta):
+        chunk = tool_call_chunk(name=None, args=event.text, id=None, index=event.index)
+        return ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
+    return None
+
+
+def _to_chunk(message: AIMessage) -> AIMessageChunk:
+    chunks = [
+        tool_call_chunk(name=call["name"], args=json.dumps(call["args"]), id=call["id"], index=index)
+        for index, call in enumerate(message.tool_calls)
+    ]
+    return AIMessageChunk(
+        content=message.content,
+        additional_kwargs=message.additional_kwargs,
+        tool_call_chunks=chunks,
+        usage_metadata=message.usage_metadata,
+        response_metadata=message.response_metadata,
+        chunk_position="last",
+    )
+
+
+def _required_tool(tool_choice: Any, specs: Sequence[ToolSpec]) -> str | bool:
+    if tool_choice in (None, "auto", "none", False):
+        return False
+    if tool_choice in ("any", "required", True):
+        return True
+    name = tool_choice
+    if isinstance(tool_choice, dict):
+        name = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+    if not isinstance(name, str) or name not in {spec.name for spec in specs}:
+        raise ValueError(f"tool_choice names {name!r}, which is not among the bound tools")
+    return name
+
+
+# --------------------------------------------------------------------------------------------- runtime
+
+
+@dataclass
+class GenerationOutcome:
+    """One generation's token ids, why it stopped, and the prefill counters and timings."""
+
+    token_ids: list[int]
+    finish_reason: str
+    """``stop`` (end of sentence, or the grammar completed) or ``length``."""
+    prefill: dict[str, int]
+    """``prompt_tokens``, ``reused_tokens`` (continued from a cached session), ``computed_tokens``."""
+    prefill_seconds: float
+    first_token_seconds: float
+    decode_seconds: float
+
+
+@dataclass
+class _Session:
+    """A cache and the token ids it holds (it can only be extended, never cut back)."""
+
+    tokens: list[int]
+    cache: ContiguousSequenceCache
+
+
+class SessionPool:
+    """A few caches tagged with their tokens; a prompt continues the one holding its longest prefix.
+
+    A cache can only grow, so a session is reusable when all its tokens begin the prompt. Each generation
+    leaves two sessions behind: a copy at the end of the prompt, and the prompt plus what was generated —
+    the next turn continues the longer one when the history re-renders the answer with the same ids,
+    and the prompt copy otherwise.
+    """
+
+    def __init__(self, factory: Callable[[], ContiguousSequenceCache], max_sessions: int = 4) -> None:
+        if max_sessions < 2:
+            raise ValueError("max_sessions must be at least 2 (prompt copy + continued session)")
+        self._factory = factory
+        self._max = max_sessions
+        self._sessions: list[_Session] = []
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def take(self, prompt: Sequence[int]) -> _Session:
+        """The session to continue ``prompt`` from (removed from the pool), or a fresh one.
+
+        At least the last prompt token is always computed, since its logits start decoding.
+        """
+        best: _Session | None = None
+        for session in self._sessions:
+            size = len(session.tokens)
+            fits = size < len(prompt) and list(prompt[:size]) == session.tokens
+            if fits and (best is None or size > len(best.tokens)):
+                best = session
+        if best is None:
+            return _Session([], self._factory())
+        self._sessions.remove(best)
+        return best
+
+    def put(self, session: _Session) -> None:
+        """Keep ``session`` (most recent last), dropping the least recently stored beyond the limit."""
+        self._sessions = [s for s in self._sessions if s.tokens != session.tokens]
+        self._sessions.append(session)
+        del self._sessions[: max(0, len(self._sessions) - self._max)]
+
+
+class V4Runtime:
+    """A loaded V4 model with its tokenizer, grammars and sessions; one generation at a time."""
+
+    def __init__(
+        self,
+        model: DeepseekV4Model,
+        tokenizer: V4Tokenizer,
+        *,
+        context_window: int,
+        prefill_chunk_tokens: int = 256,
+        max_sessions: int = 4,
+    ) -> None:
+        if tokenizer.vocab_size > model.args.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.args.vocab_size}; "
+                "use the tokenizer.json that belongs to this checkpoint"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context_window = context_window
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.sessions = SessionPool(lambda: new_sequence_cache(model), max_sessions)
+        ll_tokenizer = llguidance.LLTokenizer(
+            tokenizer.to_json(), n_vocab=model.args.vocab_size, eos_token=tokenizer.special.eos
+        )
+        self.grammars = GrammarCache(ll_tokenizer, model.args.vocab_size)
+        self._lock = threading.Lock()
+
+    def stream_tokens(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        control: GenerationControl,
+        guide: GrammarGuide | None,
+    ) -> Generator[int, None, GenerationOutcome]:
+        """Prefill ``prompt_ids`` (continuing a cached session) and yield each new token id as it is sampled.
+
+        Stops after the end-of-sentence token (yielded), when the grammar completes, or at
+        ``max_new_tokens``; checks the deadline / cancellation between prefill chunks and tokens.
+        """
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        eos = self.tokenizer.special.eos
+        generator = torch.Generator().manual_seed(seed)
+        with self._lock, torch.no_grad():
+            started = time.perf_counter()
+            session = self.sessions.take(prompt)
+            reused = len(session.tokens)
+            logits = self._prefill(session, prompt[reused:], control)
+            prefill_seconds = time.perf_counter() - started
+            self.sessions.put(_Session(list(session.tokens), copy.deepcopy(session.cache)))
+            new_ids: list[int] = []
+            finish = "length"
+            first_token_seconds = 0.0
+            decode_started = time.perf_counter()
+            try:
+                while len(new_ids) < max_new_tokens:
+                    control.check("decode")
+                    token = _sample(logits, temperature, top_p, generator, guide)
+                    if not new_ids:
+                        first_token_seconds = time.perf_counter() - started
+                    new_ids.append(token)
+                    yield token
+                    if token == eos:
+                        finish = "stop"
+                        break
+                    if guide is not None:
+                        guide.accept(token)
+                        if guide.finished:
+                            finish = "stop"
+                            break
+                    if len(new_ids) == max_new_tokens:
+                        break
+                    logits = self.model(torch.tensor([[token]]), [session.cache], last_only=True)[0]
+                    session.tokens.append(token)
+            finally:
+                self.sessions.put(session)
+        return GenerationOutcome(
+            token_ids=new_ids,
+            finish_reason=finish,
+            prefill={
+                "prompt_tokens": len(prompt),
+                "reused_tokens": reused,
+                "computed_tokens": len(prompt) - reused,
+            },
+            prefill_seconds=prefill_seconds,
+            first_token_seconds=first_token_seconds,
+            decode_seconds=time.perf_counter() - decode_started,
+        )
+
+    def _prefill(self, session: _Session, new_ids: list[int], control: GenerationControl) -> torch.Tensor:
+        """Feed ``new_ids`` in chunks; the logits after the last one."""
+        logits: torch.Tensor | None = None
+        for start in range(0, len(new_ids), self.prefill_chunk_tokens):
+            control.check("prefill")
+            chunk = new_ids[start : start + self.prefill_chunk_tokens]
+            logits = self.model(torch.tensor([chunk]), [session.cache], last_only=True)[0]
+            session.tokens.extend(chunk)
+        assert logits is not None
+        return logits.float()
+
+
+def _sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator,
+    guide: GrammarGuide | None,
+) -> int:
+    scores = logits.float().clone()
+    if guide is not None:
+        guide.apply(scores)
+    if temperature <= 0.0:
+        return int(scores.argmax())
+    probs = torch.softmax(scores / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+_runtimes: dict[str, V4Runtime] = {}
+_runtimes_lock = threading.Lock()
+
+
+def random_tiny_args(vocab_size: int) -> ModelArgs:
+    """The ``random-tiny`` config: the tiny test shapes with the full V4 vocabulary."""
+    return tiny(vocab_size=vocab_size, max_position_embeddings=RANDOM_TINY_CONTEXT)
+
+
+def _build_runtime(argument: str, options: V4BackendSettings) -> V4Runtime:
+    torch.set_num_threads(os.cpu_count() or 1)
+    dtype = torch.float32 if options.dtype == "float32" else torch.bfloat16
+    if argument == RANDOM_TINY:
+        tokenizer = load_v4_tokenizer()
+        model = DeepseekV4Model.random(random_tiny_args(tokenizer.vocab_size), seed=0, dtype=torch.float32)
+    else:
+        directory = Path(argument).expanduser()
+        if not (directory / "config.json").is_file():
+            raise ModelNotFetchedError(
+                f"no DeepSeek-V4 checkpoint at {directory} (config.json not found): put the official "
+                "checkpoint directory there, write a synthetic one with `deepscout v4 make-synthetic`, or "
+                "use deepseek-v4:random-tiny"
+            )
+        own_tokenizer = directory / "tokenizer.json"
+        tokenizer = V4Tokenizer.from_file(own_tokenizer) if own_tokenizer.is_file() else load_v4_tokenizer()
+        model, _report = load_model(directory, dtype=dtype)
+    model.eval()
+    window = options.context_window or model.args.max_position_embeddings
+    return V4Runtime(model, tokenizer, context_window=window)
+
+
+def load_runtime(argument: str, options: V4BackendSettings) -> V4Runtime:
+    """The runtime for ``argument`` (``random-tiny`` or a checkpoint directory), loaded once per process."""
+    key = argument if argument == RANDOM_TINY else str(Path(argument).expanduser().resolve())
+    key = f"{key}|{options.dtype}|{options.context_window}"
+    with _runtimes_lock:
+        if key not in _runtimes:
+            _runtimes[key] = _build_runtime(argument, options)
+        return _runtimes[key]
+
+
+def load_chat_model(argument: str | None, settings: Settings) -> EmbeddedV4ChatModel:
+    """``deepseek-v4:PATH`` or ``deepseek-v4:random-tiny``, configured from ``DEEPSCOUT_V4_*``."""
+    options = V4BackendSettings()
+    runtime = load_runtime(str(argument), options)
+    return EmbeddedV4ChatModel.from_runtime(
+        runtime,
+        model_name=f"deepseek-v4:{argument}",
+        thinking=options.thinking,
+        reasoning_effort=options.reasoning_effort,
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        structured_retries=options.structured_retries,
+    )

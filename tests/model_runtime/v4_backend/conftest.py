@@ -1,0 +1,32 @@
+"""The ``deepseek-v4:random-tiny`` chat model shared by the V4 backend tests (loaded once per session)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from deepscout.model_runtime.backends.embedded_v4 import (
+    EmbeddedV4ChatModel,
+    V4BackendSettings,
+    V4Runtime,
+    load_runtime,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_runtime() -> V4Runtime:
+    return load_runtime("random-tiny", V4BackendSettings())
+
+
+@pytest.fixture
+def tiny_chat(tiny_runtime: V4Runtime) -> EmbeddedV4ChatModel:
+    return EmbeddedV4ChatModel.from_runtime(
+        tiny_runtime, model_name="deepseek-v4:random-tiny", max_new_tokens=6, structured_retries=0
+    )
+
+
+@pytest.fixture
+def unique_system() -> str:
+    """A system prompt no other test shares, so no cached session of another test matches it."""
+    return f"You are a research assistant (test {uuid.uuid4().hex[:8]})."
