@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from deepscout.memory.db import write_session
@@ -184,7 +184,7 @@ class CorpusIndex:
                 session.execute(update(Source).where(Source.id == stored[key][0]).values(**row))
                 updated += 1
         if inserts:
-            session.execute(Source.__table__.insert(), inserts)
+            session.execute(insert(Source), inserts)
         return len(inserts), updated, unchanged
 
     def _refresh_collection(self, session: Session, collection: str) -> str:

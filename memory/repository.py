@@ -160,8 +160,13 @@ def add_step(
     started_at: datetime | None = None,
     finished_at: datetime | None = None,
 ) -> Step:
-    """Append a step to the run; steps are numbered 0, 1, 2… in the order they are added."""
-    _require(session, Run, run_id)
+    """Append a step to the run; steps are numbered 0, 1, 2… in the order they are added.
+
+    The run's row is locked (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite writers are serialised anyway)
+    so that concurrent writers never take the same number.
+    """
+    if session.scalar(select(Run.id).where(Run.id == run_id).with_for_update()) is None:
+        raise RecordNotFoundError(f"No run with id {run_id!r}")
     next_index = session.scalar(
         select(func.coalesce(func.max(Step.index) + 1, 0)).where(Step.run_id == run_id)
     )

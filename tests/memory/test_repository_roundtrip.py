@@ -1,0 +1,228 @@
+"""Repository functions round-trip through a real database (SQLite, and PostgreSQL under .ci/run)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from deepscout.memory import repository as repo
+from deepscout.memory.db import Database, write_session
+
+
+def test_run_lifecycle_round_trip(database: Database) -> None:
+    with write_session(database.session_factory) as s:
+        thread = repo.create_thread(s, title="demo chat")
+        run = repo.create_run(
+            s,
+            question="Who directed 2001: A Space Odyssey?",
+            settings={"max_steps": 4, "search": "local"},
+            manifest={"model": {"spec": "smollm2", "sha256": "ab" * 32}, "corpus": {"demo": "cd" * 32}},
+            seed=7,
+            sampling={"temperature": 0.0, "top_p": 1.0},
+            thread_id=thread.id,
+        )
+        repo.add_message(s, thread_id=thread.id, role="user", content=run.question, run_id=run.id)
+        run_id, thread_id = run.id, thread.id
+    with write_session(database.session_factory) as s:
+        plan = repo.add_step(s, run_id=run_id, node="plan", data={"queries": ["2001 director"]})
+        act = repo.add_step(s, run_id=run_id, node="act")
+        repo.finish_step(s, step_id=act.id, usage={"prompt_tokens": 120, "reused_tokens": 100})
+        call = repo.add_tool_call(
+            s,
+            run_id=run_id,
+            step_id=act.id,
+            call_id="call_0",
+            name="search_corpus",
+            arguments={"query": "2001 director"},
+            output="[1] 2001: A Space Odyssey",
+            source_ids=[3, 5],
+        )
+        failed = repo.add_tool_call(
+            s, run_id=run_id, name="fetch", arguments={"url": "x"}, status="error", error="refused"
+        )
+        repo.save_answer(s, run_id=run_id, text="Kubrick [1]", citations=[{"n": 1, "source_id": 3}])
+        repo.save_answer(s, run_id=run_id, text="Stanley Kubrick [1]", citations=[{"n": 1, "source_id": 3}])
+        repo.finish_run(s, run_id=run_id, status="succeeded", usage={"tool_calls": 2})
+        assert (plan.index, act.index) == (0, 1)
+        call_id, failed_id = call.id, failed.id
+
+    with database.session_factory() as s:
+        run = repo.get_run(s, run_id=run_id)
+        assert run is not None
+        assert (
+            run.status == "succeeded" and run.finished_at is not None and run.finished_at.tzinfo is not None
+        )
+        assert run.seed == 7 and run.sampling == {"temperature": 0.0, "top_p": 1.0}
+        assert run.manifest["corpus"] == {"demo": "cd" * 32}
+        assert [step.node for step in run.steps] == ["plan", "act"]
+        assert run.steps[1].usage == {"prompt_tokens": 120, "reused_tokens": 100}
+        assert run.steps[1].finished_at is not None
+        assert [c.id for c in run.tool_calls] == [call_id, failed_id]
+        assert run.tool_calls[0].source_ids == [3, 5] and run.tool_calls[1].status == "error"
+        answer = repo.get_answer(s, run_id=run_id)
+        assert answer is not None and answer.text == "Stanley Kubrick [1]"
+        assert answer.citations == [{"n": 1, "source_id": 3}]
+        messages = repo.list_messages(s, thread_id=thread_id)
+        assert [(m.role, m.run_id) for m in messages] == [("user", run_id)]
+        assert [r.id for r in repo.list_runs(s, status="succeeded")] == [run_id]
+
+
+def test_invalid_arguments_and_missing_records_raise_clear_errors(database: Database) -> None:
+    with write_session(database.session_factory) as s:
+        with pytest.raises(repo.RecordNotFoundError, match="No run with id 'nope'"):
+            repo.add_step(s, run_id="nope", node="plan")
+        run = repo.create_run(s, question="q", run_id="fixed-id")
+        assert run.id == "fixed-id"
+        with pytest.raises(ValueError, match="succeeded, failed or interrupted"):
+            repo.finish_run(s, run_id=run.id, status="running")
+        with pytest.raises(ValueError, match="'ok' or 'error'"):
+            repo.add_tool_call(s, run_id=run.id, name="x", arguments={}, status="maybe")
+        with pytest.raises(ValueError, match="role"):
+            repo.add_message(s, thread_id="t", role="robot", content="hi")
+
+
+def test_write_session_rolls_back_on_error(database: Database) -> None:
+    with pytest.raises(RuntimeError), write_session(database.session_factory) as s:
+        repo.create_run(s, question="lost", run_id="rolled-back")
+        raise RuntimeError("boom")
+    with database.session_factory() as s:
+        assert repo.get_run(s, run_id="rolled-back") is None
+
+
+def test_pages_upsert_by_final_url_and_are_found_by_requested_url(database: Database) -> None:
+    fetched = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with write_session(database.session_factory) as s:
+        page = repo.upsert_page(
+            s,
+            url="http://example.org/a",
+            final_url="https://example.org/article",
+            title="An article",
+            text="Body text.",
+            http_status=200,
+            content_type="text/html",
+            author="A. Writer",
+            published="2025-12-31",
+            fetched_at=fetched,
+            meta={"links": ["https://example.org/b"]},
+        )
+        first_id = page.id
+    with write_session(database.session_factory) as s:
+        again = repo.upsert_page(
+            s,
+            url="https://example.org/article",
+            final_url="https://example.org/article",
+            title="An article",
+            text="Body text, revised.",
+            http_status=200,
+        )
+        assert again.id == first_id
+    with database.session_factory() as s:
+        stored = repo.get_source(s, source_id=first_id)
+        assert stored is not None and stored.key == "web:https://example.org/article"
+        assert stored.text == "Body text, revised." and stored.kind == "web"
+        assert stored.content_hash == repo.content_hash("An article", "Body text, revised.")
+        found = repo.find_page(s, url="https://example.org/article")
+        assert found is not None and found.id == first_id
+        assert repo.find_page(s, url="https://example.org/other") is None
+        assert repo.get_source_by_key(s, key=repo.web_source_key("https://example.org/article")) is not None
+
+
+def test_upsert_source_and_ordered_lookup(database: Database) -> None:
+    with write_session(database.session_factory) as s:
+        a = repo.upsert_source(
+            s,
+            key=repo.corpus_source_key("c", "1"),
+            kind="corpus",
+            title="A",
+            text="a",
+            collection="c",
+            doc_id="1",
+        )
+        b = repo.upsert_source(
+            s,
+            key=repo.corpus_source_key("c", "2"),
+            kind="corpus",
+            title="B",
+            text="b",
+            collection="c",
+            doc_id="2",
+        )
+        with pytest.raises(ValueError, match="kind"):
+            repo.upsert_source(s, key="x", kind="pdf", title="", text="")
+        ids = [b.id, 999_999, a.id]
+    with database.session_factory() as s:
+        assert [src.title for src in repo.get_sources(s, source_ids=ids)] == ["B", "A"]
+
+
+def test_search_cache_ttl_is_applied_by_the_reader(database: Database) -> None:
+    results = [{"title": "T", "url": "https://example.org", "snippet": "s", "rank": 1, "backend": "ddg"}]
+    with write_session(database.session_factory) as s:
+        repo.search_cache_put(
+            s, query="Deep  Seek", backend="ddg", region="us-en", timelimit="w", results=results
+        )
+    with database.session_factory() as s:
+        hit = repo.search_cache_get(
+            s, query="deep seek", backend="ddg", region="us-en", timelimit="w", max_age=timedelta(hours=1)
+        )
+        assert hit == results
+        assert (
+            repo.search_cache_get(
+                s,
+                query="deep seek",
+                backend="bing",
+                region="us-en",
+                timelimit="w",
+                max_age=timedelta(hours=1),
+            )
+            is None
+        )
+        later = datetime.now(UTC) + timedelta(hours=2)
+        assert (
+            repo.search_cache_get(
+                s,
+                query="deep seek",
+                backend="ddg",
+                region="us-en",
+                timelimit="w",
+                max_age=timedelta(hours=1),
+                now=later,
+            )
+            is None
+        )
+    with write_session(database.session_factory) as s:
+        repo.search_cache_put(s, query="deep seek", backend="ddg", region="us-en", timelimit="w", results=[])
+    with database.session_factory() as s:
+        assert (
+            repo.search_cache_get(
+                s, query="DEEP SEEK", backend="ddg", region="us-en", timelimit="w", max_age=timedelta(hours=1)
+            )
+            == []
+        )
+
+
+def test_concurrent_writers_share_the_database(database: Database) -> None:
+    """Eight threads each write 20 short transactions that read then write; nothing is lost or locked."""
+    with write_session(database.session_factory) as s:
+        run_id = repo.create_run(s, question="concurrency").id
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(20):
+                with write_session(database.session_factory) as s:
+                    repo.add_step(s, run_id=run_id, node=f"w{n}", data={"i": i})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with database.session_factory() as s:
+        run = repo.get_run(s, run_id=run_id)
+        assert run is not None
+        assert sorted(step.index for step in run.steps) == list(range(160))
