@@ -183,28 +183,32 @@ def vet_address(address: IPAddress, settings: WebSettings) -> None:
         if address.ipv4_mapped is not None or (
             address.packed[:12] == bytes(12) and int(address) > 1
         ):  # ::ffff:a.b.c.d and the deprecated ::a.b.c.d
-            raise UnsafeUrlError(f"address {address} is an IPv4 address in IPv6 form; refused")
-        if address in _SIX_TO_FOUR and address.sixtofour is not None:
-            vet_address(address.sixtofour, settings)
+            raise UnsafeUrlError(f"address {address} is an IPv4 address in IPv6 form")
+        embedded = address.sixtofour if address in _SIX_TO_FOUR else None
         if address in _NAT64:
-            vet_address(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), settings)
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            try:
+                vet_address(embedded, settings)
+            except UnsafeUrlError as exc:
+                raise UnsafeUrlError(f"address {address} embeds {exc}") from exc
     if address.is_unspecified or (isinstance(address, ipaddress.IPv4Address) and address.packed[0] == 0):
-        raise UnsafeUrlError(f"address {address} is unspecified ('this host'); refused")
+        raise UnsafeUrlError(f"address {address} is unspecified ('this host')")
     if address.is_multicast:
-        raise UnsafeUrlError(f"address {address} is multicast; refused")
+        raise UnsafeUrlError(f"address {address} is multicast")
     if address in _METADATA_ADDRESSES:
-        raise UnsafeUrlError(f"address {address} is a cloud metadata service; refused")
+        raise UnsafeUrlError(f"address {address} is a cloud metadata service")
     if address.is_loopback:
         if settings.allow_loopback:
             return
         raise UnsafeUrlError(
-            f"address {address} is loopback; refused (DEEPSCOUT_WEB_ALLOW_LOOPBACK=true allows it, for tests)"
+            f"address {address} is loopback (DEEPSCOUT_WEB_ALLOW_LOOPBACK=true allows it, for tests)"
         )
     if address.is_link_local and not settings.allow_private:
-        raise UnsafeUrlError(f"address {address} is link-local; refused (DEEPSCOUT_WEB_ALLOW_PRIVATE)")
+        raise UnsafeUrlError(f"address {address} is link-local (DEEPSCOUT_WEB_ALLOW_PRIVATE)")
     if not address.is_global and not settings.allow_private:
         raise UnsafeUrlError(
-            f"address {address} is private or reserved; refused (DEEPSCOUT_WEB_ALLOW_PRIVATE=true allows it)"
+            f"address {address} is private or reserved (DEEPSCOUT_WEB_ALLOW_PRIVATE=true allows it)"
         )
 
 
@@ -215,7 +219,10 @@ async def resolve_and_vet(target: CheckedUrl, settings: WebSettings) -> IPAddres
     attack on the resolver). Timeouts are the caller's: wrap this in the fetch deadline."""
     if _is_ip_literal(target.host):
         address = ipaddress.ip_address(target.host)
-        vet_address(address, settings)
+        try:
+            vet_address(address, settings)
+        except UnsafeUrlError as exc:
+            raise UnsafeUrlError(f"refused {target.url!r}: {exc}") from exc
         return address
     loop = asyncio.get_running_loop()
     try:

@@ -41,8 +41,8 @@ class RawResponse:
     final_url: str
     status: int
     content_type: str
-    body: bytes
-    truncated: bool
+    body: bytes = field(repr=False)  # asyncio's debug logging reprs task results: keep megabytes out of it
+    truncated: bool = False
     redirects: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)

@@ -296,3 +296,113 @@ def web_settings(web_server: TestWebServer):
         search_backoff_s=0.05,
         search_request_timeout_s=2,
     )
+
+
+CORPUS_DOCUMENTS = [
+    (
+        "aletsch",
+        "Aletsch Glacier",
+        "The Aletsch Glacier is the largest glacier in the Alps, in the canton of Valais.",
+    ),
+    ("rhone", "Rhone Glacier", "The Rhone Glacier is the source of the river Rhone and feeds Lake Geneva."),
+    (
+        "matterhorn",
+        "Matterhorn",
+        "The Matterhorn is a mountain of the Alps on the border of Switzerland and Italy.",
+    ),
+]
+
+
+@pytest.fixture
+def database(tmp_path: Path):
+    """A migrated SQLite database in a temporary home."""
+    from deepscout.memory.db import open_database
+    from deepscout.settings import Settings
+
+    db = open_database(Settings(home=tmp_path / "home"))
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def corpus(database):
+    """A three-document corpus about Alpine glaciers (what web search falls back to)."""
+    from deepscout.memory.corpus import CorpusIndex
+    from deepscout.memory.schemas import CorpusDocument
+
+    index = CorpusIndex(database.session_factory)
+    index.add(
+        [
+            CorpusDocument(doc_id=i, title=t, text=x, url=f"https://wiki.example/{i}")
+            for i, t, x in CORPUS_DOCUMENTS
+        ],
+        collection="alps",
+    )
+    return index
+
+
+@pytest.fixture
+def make_context(database, corpus, web_settings, tmp_path: Path):
+    """``make_context(**web_overrides)``: a fresh ToolContext (a new run) over the same database."""
+    from deepscout.settings import Settings
+    from deepscout.tools.base import ToolContext, ToolQuotas
+
+    def make(**overrides: object):
+        return ToolContext(
+            session_factory=database.session_factory,
+            corpus=corpus,
+            settings=Settings(home=tmp_path / "home"),
+            quotas=ToolQuotas(max_calls=100),
+            web_settings=web_settings.model_copy(update=overrides),
+        )
+
+    return make
+
+
+def ddg_results_page(results: list[tuple[str, str, str]]) -> str:
+    """An HTML page shaped like html.duckduckgo.com's answer, for ``(title, url, snippet)`` results."""
+    items = "\n".join(
+        f'<div class="result results_links web-result"><div class="links_main links_deep result__body">'
+        f'<h2 class="result__title"><a class="result__a" href="{url}">{title}</a></h2>'
+        f'<a class="result__snippet" href="{url}">{snippet}</a></div></div>'
+        for title, url, snippet in results
+    )
+    return f"<html><body><div id='links' class='results'>{items}</div></body></html>"
+
+
+class FakeSearchHttp:
+    """Stands in for ddgs's HTTP client (``ddgs.http_client.HttpClient.request``) and records every call.
+
+    Each answer's status is taken from ``script`` while it lasts, then ``status``; a 200 answer's body is
+    the first of ``pages`` whose key occurs in the URL (``""`` matches every URL); ``delay_s`` makes each
+    call hang that long first (a network that does not answer)."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.script: list[int] = []
+        self.pages: dict[str, str] = {"": ""}
+        self.delay_s = 0.0
+        self.calls: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def request(self, method: str, url: str, *args: object, **kwargs: object):
+        from types import SimpleNamespace
+
+        from ddgs.http_client import Response
+
+        with self._lock:
+            self.calls.append((time.monotonic(), url))
+            status = self.script.pop(0) if self.script else self.status
+        time.sleep(self.delay_s)
+        body = next((page for key, page in self.pages.items() if key in url), "") if status == 200 else ""
+        return Response(SimpleNamespace(status_code=status, content=body.encode(), text=body))
+
+
+@pytest.fixture
+def fake_search_http(monkeypatch: pytest.MonkeyPatch) -> FakeSearchHttp:
+    """ddgs's HTTP client patched to answer from a ``FakeSearchHttp`` (no real web traffic)."""
+    from ddgs.http_client import HttpClient
+
+    fake = FakeSearchHttp()
+    monkeypatch.setattr(HttpClient, "request", lambda self, *a, **k: fake.request(*a, **k))
+    return fake
