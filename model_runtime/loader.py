@@ -109,7 +109,25 @@ def load_model(
     """Build the model config.json describes and load its weights (dequantised to ``dtype``; norms, sinks,
     biases and mHC parameters stay float32 as the model keeps them)."""
     checkpoint = Checkpoint(directory, release_after_bytes=release_after_bytes)
-    args = ModelArgs.from_dict(checkpoint.config)
-    model = DeepseekV4Model(args, attn_impl=attn_impl).cast(dtype)
+    model = allocate_model(ModelArgs.from_dict(checkpoint.config), dtype=dtype, attn_impl=attn_impl)
     report = load_weights(model, checkpoint)
     return model.eval(), report
+
+
+def allocate_model(
+    args: ModelArgs, *, dtype: torch.dtype = torch.float32, attn_impl: AttnImpl = "sparse"
+) -> DeepseekV4Model:
+    """The model with *uninitialised* parameters allocated once, directly in their final dtypes (no float32
+    detour, no random init); buffers computed from ``args`` as usual. Only for filling by ``load_weights``,
+    which refuses a checkpoint that does not cover every parameter."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        model = DeepseekV4Model(args, attn_impl=attn_impl)
+    model.cast(dtype)  # on the meta device: decides each parameter's dtype, allocates nothing
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                empty = torch.empty(param.shape, dtype=param.dtype)
+                module._parameters[name] = nn.Parameter(empty, requires_grad=param.requires_grad)
+    return model
