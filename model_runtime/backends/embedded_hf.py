@@ -50,6 +50,7 @@ from deepscout.model_runtime.constrained import (
     GrammarCache,
     JsonGrammar,
     ToolSpec,
+    cap_strings,
     dump_compact,
     schema_errors,
     strict_schema,
@@ -126,6 +127,16 @@ class _DecodePlan:
     tool_names: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class RawDecode:
+    text: str
+    schema: dict[str, Any]
+    tokens: int
+    decode_seconds: float
+    grammar_seconds: float
+    finish_reason: str
+
+
 class EmbeddedHFChatModel(ChatModel):
     """A local HF causal LM (ChatML chat format) with sessions, deadlines and constrained tool calls."""
 
@@ -133,7 +144,9 @@ class EmbeddedHFChatModel(ChatModel):
     model_name: str = "hf"
     max_new_tokens: int = 512
     temperature: float = 0.0
-    max_parallel_tool_calls: int = 4
+    max_parallel_tool_calls: int = 3
+    max_argument_chars: int = 200
+    """Cap on string tool arguments without their own maxLength (stops a small model rambling)."""
     structured_retries: int = 2
     max_sessions: int = 3
     prefill_chunk_tokens: int = 256
@@ -225,7 +238,7 @@ class EmbeddedHFChatModel(ChatModel):
         tool_choice: str | dict[str, Any] | bool | None,
         response_format: Mapping[str, Any] | None,
     ) -> _DecodePlan:
-        specs = [_tool_spec(tool) for tool in tools or []]
+        specs = [_tool_spec(tool, self.max_argument_chars) for tool in tools or []]
         forced = _forced_tool(tool_choice)
         if forced is not None:
             specs = [spec for spec in specs if spec.name == forced]
@@ -284,6 +297,40 @@ class EmbeddedHFChatModel(ChatModel):
         return "".join(parts)
 
     # ----------------------------------------------------------------- generation
+
+    def decode_raw(
+        self,
+        messages: Sequence[BaseMessage],
+        *,
+        tools: Sequence[Any],
+        tool_choice: str | None = "any",
+        constrained: bool = True,
+        max_new_tokens: int | None = None,
+    ) -> RawDecode:
+        """One greedy decode of a tool-calling turn, with or without the grammar, without validation.
+
+        For measuring the constraint (benchmarks/constrained_decoding.py): the raw text, the tool-call
+        schema it should satisfy, and the time spent in the model vs in the grammar.
+        """
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        plan = self._plan(messages, tools=formatted, tool_choice=tool_choice, response_format=None)
+        if plan.grammar is None:
+            raise ValueError("decode_raw needs bound tools (tool_choice other than 'none')")
+        guide = plan.grammar.guide() if constrained else None
+        result = self._generator.generate(
+            self._encode(plan.prompt),
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            control=GenerationControl(),
+            guide=guide,
+        )
+        return RawDecode(
+            text=self._runtime.tokenizer.decode(result.token_ids, skip_special_tokens=True),
+            schema=plan.grammar.schema,
+            tokens=len(result.token_ids),
+            decode_seconds=result.decode_seconds,
+            grammar_seconds=guide.seconds if guide is not None else 0.0,
+            finish_reason=result.finish_reason,
+        )
 
     def _generate(
         self,
@@ -523,9 +570,10 @@ def _assistant_text(message: AIMessage) -> str:
     return _text(message)
 
 
-def _tool_spec(tool: Mapping[str, Any]) -> ToolSpec:
+def _tool_spec(tool: Mapping[str, Any], max_argument_chars: int) -> ToolSpec:
     function = tool["function"]
-    parameters = strict_schema(function.get("parameters") or {"type": "object", "properties": {}})
+    declared = function.get("parameters") or {"type": "object", "properties": {}}
+    parameters = cap_strings(strict_schema(declared), max_argument_chars)
     parameters.pop("examples", None)
     return ToolSpec(name=function["name"], description=function.get("description", ""), parameters=parameters)
 

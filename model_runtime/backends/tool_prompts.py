@@ -20,37 +20,46 @@ TURN_END = "<|im_end|>"
 TOOLS_HEADER = """You can use tools. Reply with JSON only, nothing else.
 To call tools, reply with a JSON array of calls: [{"name":"TOOL","arguments":{...}}].
 Put several calls in one array when they are independent; they run in parallel.
-Use short keyword queries that name the entity and the fact you need, not the whole question."""
+Write each query with the names and key words of the user's question, one fact per query."""
 
 ANSWER_INSTRUCTION = f"""When the results above already contain the answer, reply {{"{ANSWER_KEY}":"..."}} \
 with the answer in one or two sentences instead of calling a tool."""
 
 REQUIRED_INSTRUCTION = "You must call at least one tool now."
 
-GENERIC_EXAMPLE = """Example of good parallel calls for the question "Which river flows through the \
-birthplace of the author of Dracula?":
-[{"name":"search","arguments":{"query":"Dracula author"}},\
-{"name":"search","arguments":{"query":"Bram Stoker birthplace"}}]"""
-
 TOOL_RESULT_HEADER = "Result of tool {name} (call {call_id}):"
 
 
 def tool_catalogue(tools: Sequence[ToolSpec], examples: dict[str, list[dict[str, Any]]]) -> str:
+    """Tools as signatures (``name(arg: type, ...)``) with their descriptions, then any example calls."""
     lines = ["Tools:"]
     for tool in tools:
-        lines.append(f"- {tool.name}: {tool.description.strip()}")
-        lines.append(f"  arguments schema: {dump_compact(tool.parameters)}")
+        properties = tool.parameters.get("properties", {})
+        signature = ", ".join(f"{name}: {_type_name(schema)}" for name, schema in properties.items())
+        lines.append(f"- {tool.name}({signature}): {tool.description.strip()}")
+        for name, schema in properties.items():
+            if isinstance(schema, dict) and schema.get("description"):
+                lines.append(f"  where {name} is {schema['description'].strip()}")
         for example in examples.get(tool.name, [])[:2]:
             lines.append(f"  example call: {dump_compact([{'name': tool.name, 'arguments': example}])}")
     return "\n".join(lines)
+
+
+def _type_name(schema: Any) -> str:
+    if not isinstance(schema, dict):
+        return "any"
+    if "enum" in schema:
+        return " | ".join(dump_compact(value) for value in schema["enum"])
+    kind = schema.get("type", "any")
+    if kind == "array":
+        return f"list[{_type_name(schema.get('items'))}]"
+    return str(kind)
 
 
 def tools_system_prompt(
     tools: Sequence[ToolSpec], examples: dict[str, list[dict[str, Any]]], *, allow_answer: bool
 ) -> str:
     parts = [TOOLS_HEADER, tool_catalogue(tools, examples)]
-    if not any(examples.values()):
-        parts.append(GENERIC_EXAMPLE)
     parts.append(ANSWER_INSTRUCTION if allow_answer else REQUIRED_INSTRUCTION)
     return "\n\n".join(parts)
 
