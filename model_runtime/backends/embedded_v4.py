@@ -14,19 +14,13 @@ cached token prefix, so an append-only conversation prefills only its new tokens
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import threading
-import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import llguidance
-import torch
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -35,25 +29,20 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deepscout.model_runtime.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.backends.v4_runtime import (
+    GenerationOutcome,
+    V4BackendSettings,
+    V4Runtime,
+    load_runtime,
+)
 from deepscout.model_runtime.chat import (
     ChatModel,
     ContextOverflowError,
     GenerationControl,
-    ModelNotFetchedError,
     StructuredOutputError,
 )
-from deepscout.model_runtime.checkpoint_run import new_sequence_cache
-from deepscout.model_runtime.config import ModelArgs, tiny
-from deepscout.model_runtime.constrained import (
-    GrammarCache,
-    GrammarGuide,
-    JsonGrammar,
-    schema_errors,
-    strict_schema,
-)
+from deepscout.model_runtime.constrained import JsonGrammar, schema_errors, strict_schema
 from deepscout.model_runtime.encoding.conversions import REASONING_KEY, tool_specs, turns_from_langchain
 from deepscout.model_runtime.encoding.deepseek_v4 import ReasoningEffort, render_prompt
 from deepscout.model_runtime.encoding.dsml_parser import (
@@ -67,34 +56,12 @@ from deepscout.model_runtime.encoding.dsml_parser import (
     ToolCallStarted,
 )
 from deepscout.model_runtime.encoding.messages import ToolSpec
-from deepscout.model_runtime.encoding.tokenizer import V4Tokenizer, load_v4_tokenizer
-from deepscout.model_runtime.loader import load_model
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
+from deepscout.model_runtime.encoding.tokenizer import V4Tokenizer
 
 if TYPE_CHECKING:
     from deepscout.settings import Settings
 
-RANDOM_TINY = "random-tiny"
-RANDOM_TINY_CONTEXT = 32_768
-"""Context window of ``random-tiny`` (its positions are real; only its weights are random)."""
 RETRY_TEMPERATURE = 0.7
-
-
-class V4BackendSettings(BaseSettings):
-    """How the embedded V4 backend generates; from ``DEEPSCOUT_V4_*`` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="DEEPSCOUT_V4_", extra="ignore")
-
-    thinking: bool = Field(default=False, description="Thinking mode (<think>) instead of chat mode.")
-    reasoning_effort: Literal["high", "max"] | None = Field(
-        default=None, description="'max' is Think Max (needs thinking and a context of at least 384K)."
-    )
-    max_new_tokens: int = Field(default=512, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, description="0 decodes greedily.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Weights and cache dtype.")
-    context_window: int | None = Field(default=None, ge=1, description="Override config.json's window.")
-    structured_retries: int = Field(default=2, ge=0, description="Retries after invalid output, sampled.")
 
 
 class ToolCallOutputError(StructuredOutputError):
@@ -134,6 +101,8 @@ class EmbeddedV4ChatModel(ChatModel):
     temperature: float = 0.0
     top_p: float = 1.0
     structured_retries: int = 2
+    session_id: str = Field(default_factory=lambda: f"v4-chat-{uuid.uuid4().hex[:12]}")
+    """The engine session this model's conversation continues (its next turn prefills only new tokens)."""
 
     _runtime: V4Runtime = PrivateAttr()
 
@@ -315,6 +284,7 @@ class EmbeddedV4ChatModel(ChatModel):
             seed=0,
             control=control,
             guide=None,
+            session_id=self.session_id,
         )
         reader = _OutputReader(self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools")
         try:
@@ -374,6 +344,7 @@ class EmbeddedV4ChatModel(ChatModel):
             seed=seed,
             control=control,
             guide=guide,
+            session_id=self.session_id,
         )
         reader = _OutputReader(self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools")
         events: list[ParseEvent] = []
@@ -533,243 +504,6 @@ def _required_tool(tool_choice: Any, specs: Sequence[ToolSpec]) -> str | bool:
     if not isinstance(name, str) or name not in {spec.name for spec in specs}:
         raise ValueError(f"tool_choice names {name!r}, which is not among the bound tools")
     return name
-
-
-# --------------------------------------------------------------------------------------------- runtime
-
-
-@dataclass
-class GenerationOutcome:
-    """One generation's token ids, why it stopped, and the prefill counters and timings."""
-
-    token_ids: list[int]
-    finish_reason: str
-    """``stop`` (end of sentence, or the grammar completed) or ``length``."""
-    prefill: dict[str, int]
-    """``prompt_tokens``, ``reused_tokens`` (continued from a cached session), ``computed_tokens``."""
-    prefill_seconds: float
-    first_token_seconds: float
-    decode_seconds: float
-
-
-@dataclass
-class _Session:
-    """A cache and the token ids it holds (it can only be extended, never cut back)."""
-
-    tokens: list[int]
-    cache: ContiguousSequenceCache
-
-
-class SessionPool:
-    """A few caches tagged with their tokens; a prompt continues the one holding its longest prefix.
-
-    A cache can only grow, so a session is reusable when all its tokens begin the prompt. Each generation
-    leaves two sessions behind: a copy at the end of the prompt, and the prompt plus what was generated —
-    the next turn continues the longer one when the history re-renders the answer with the same ids,
-    and the prompt copy otherwise.
-    """
-
-    def __init__(self, factory: Callable[[], ContiguousSequenceCache], max_sessions: int = 4) -> None:
-        if max_sessions < 2:
-            raise ValueError("max_sessions must be at least 2 (prompt copy + continued session)")
-        self._factory = factory
-        self._max = max_sessions
-        self._sessions: list[_Session] = []
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def take(self, prompt: Sequence[int]) -> _Session:
-        """The session to continue ``prompt`` from (removed from the pool), or a fresh one.
-
-        At least the last prompt token is always computed, since its logits start decoding.
-        """
-        best: _Session | None = None
-        for session in self._sessions:
-            size = len(session.tokens)
-            fits = size < len(prompt) and list(prompt[:size]) == session.tokens
-            if fits and (best is None or size > len(best.tokens)):
-                best = session
-        if best is None:
-            return _Session([], self._factory())
-        self._sessions.remove(best)
-        return best
-
-    def put(self, session: _Session) -> None:
-        """Keep ``session`` (most recent last), dropping the least recently stored beyond the limit."""
-        self._sessions = [s for s in self._sessions if s.tokens != session.tokens]
-        self._sessions.append(session)
-        del self._sessions[: max(0, len(self._sessions) - self._max)]
-
-
-class V4Runtime:
-    """A loaded V4 model with its tokenizer, grammars and sessions; one generation at a time."""
-
-    def __init__(
-        self,
-        model: DeepseekV4Model,
-        tokenizer: V4Tokenizer,
-        *,
-        context_window: int,
-        prefill_chunk_tokens: int = 256,
-        max_sessions: int = 4,
-    ) -> None:
-        if tokenizer.vocab_size > model.args.vocab_size:
-            raise ValueError(
-                f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.args.vocab_size}; "
-                "use the tokenizer.json that belongs to this checkpoint"
-            )
-        self.model = model
-        self.tokenizer = tokenizer
-        self.context_window = context_window
-        self.prefill_chunk_tokens = prefill_chunk_tokens
-        self.sessions = SessionPool(lambda: new_sequence_cache(model), max_sessions)
-        ll_tokenizer = llguidance.LLTokenizer(
-            tokenizer.to_json(), n_vocab=model.args.vocab_size, eos_token=tokenizer.special.eos
-        )
-        self.grammars = GrammarCache(ll_tokenizer, model.args.vocab_size)
-        self._lock = threading.Lock()
-
-    def stream_tokens(
-        self,
-        prompt_ids: Sequence[int],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        control: GenerationControl,
-        guide: GrammarGuide | None,
-    ) -> Generator[int, None, GenerationOutcome]:
-        """Prefill ``prompt_ids`` (continuing a cached session) and yield each new token id as it is sampled.
-
-        Stops after the end-of-sentence token (yielded), when the grammar completes, or at
-        ``max_new_tokens``; checks the deadline / cancellation between prefill chunks and tokens.
-        """
-        prompt = list(prompt_ids)
-        if not prompt:
-            raise ValueError("the prompt is empty")
-        eos = self.tokenizer.special.eos
-        generator = torch.Generator().manual_seed(seed)
-        with self._lock, torch.no_grad():
-            started = time.perf_counter()
-            session = self.sessions.take(prompt)
-            reused = len(session.tokens)
-            logits = self._prefill(session, prompt[reused:], control)
-            prefill_seconds = time.perf_counter() - started
-            self.sessions.put(_Session(list(session.tokens), copy.deepcopy(session.cache)))
-            new_ids: list[int] = []
-            finish = "length"
-            first_token_seconds = 0.0
-            decode_started = time.perf_counter()
-            try:
-                while len(new_ids) < max_new_tokens:
-                    control.check("decode")
-                    token = _sample(logits, temperature, top_p, generator, guide)
-                    if not new_ids:
-                        first_token_seconds = time.perf_counter() - started
-                    new_ids.append(token)
-                    yield token
-                    if token == eos:
-                        finish = "stop"
-                        break
-                    if guide is not None:
-                        guide.accept(token)
-                        if guide.finished:
-                            finish = "stop"
-                            break
-                    if len(new_ids) == max_new_tokens:
-                        break
-                    logits = self.model(torch.tensor([[token]]), [session.cache], last_only=True)[0]
-                    session.tokens.append(token)
-            finally:
-                self.sessions.put(session)
-        return GenerationOutcome(
-            token_ids=new_ids,
-            finish_reason=finish,
-            prefill={
-                "prompt_tokens": len(prompt),
-                "reused_tokens": reused,
-                "computed_tokens": len(prompt) - reused,
-            },
-            prefill_seconds=prefill_seconds,
-            first_token_seconds=first_token_seconds,
-            decode_seconds=time.perf_counter() - decode_started,
-        )
-
-    def _prefill(self, session: _Session, new_ids: list[int], control: GenerationControl) -> torch.Tensor:
-        """Feed ``new_ids`` in chunks; the logits after the last one."""
-        logits: torch.Tensor | None = None
-        for start in range(0, len(new_ids), self.prefill_chunk_tokens):
-            control.check("prefill")
-            chunk = new_ids[start : start + self.prefill_chunk_tokens]
-            logits = self.model(torch.tensor([chunk]), [session.cache], last_only=True)[0]
-            session.tokens.extend(chunk)
-        assert logits is not None
-        return logits.float()
-
-
-def _sample(
-    logits: torch.Tensor,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator,
-    guide: GrammarGuide | None,
-) -> int:
-    scores = logits.float().clone()
-    if guide is not None:
-        guide.apply(scores)
-    if temperature <= 0.0:
-        return int(scores.argmax())
-    probs = torch.softmax(scores / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-_runtimes: dict[str, V4Runtime] = {}
-_runtimes_lock = threading.Lock()
-
-
-def random_tiny_args(vocab_size: int) -> ModelArgs:
-    """The ``random-tiny`` config: the tiny test shapes with the full V4 vocabulary."""
-    return tiny(vocab_size=vocab_size, max_position_embeddings=RANDOM_TINY_CONTEXT)
-
-
-def _build_runtime(argument: str, options: V4BackendSettings) -> V4Runtime:
-    torch.set_num_threads(os.cpu_count() or 1)
-    dtype = torch.float32 if options.dtype == "float32" else torch.bfloat16
-    if argument == RANDOM_TINY:
-        tokenizer = load_v4_tokenizer()
-        model = DeepseekV4Model.random(random_tiny_args(tokenizer.vocab_size), seed=0, dtype=torch.float32)
-    else:
-        directory = Path(argument).expanduser()
-        if not (directory / "config.json").is_file():
-            raise ModelNotFetchedError(
-                f"no DeepSeek-V4 checkpoint at {directory} (config.json not found): put the official "
-                "checkpoint directory there, write a synthetic one with `deepscout v4 make-synthetic`, or "
-                "use deepseek-v4:random-tiny"
-            )
-        own_tokenizer = directory / "tokenizer.json"
-        tokenizer = V4Tokenizer.from_file(own_tokenizer) if own_tokenizer.is_file() else load_v4_tokenizer()
-        model, _report = load_model(directory, dtype=dtype)
-    model.eval()
-    window = options.context_window or model.args.max_position_embeddings
-    return V4Runtime(model, tokenizer, context_window=window)
-
-
-def load_runtime(argument: str, options: V4BackendSettings) -> V4Runtime:
-    """The runtime for ``argument`` (``random-tiny`` or a checkpoint directory), loaded once per process."""
-    key = argument if argument == RANDOM_TINY else str(Path(argument).expanduser().resolve())
-    key = f"{key}|{options.dtype}|{options.context_window}"
-    with _runtimes_lock:
-        if key not in _runtimes:
-            _runtimes[key] = _build_runtime(argument, options)
-        return _runtimes[key]
 
 
 def load_chat_model(argument: str | None, settings: Settings) -> EmbeddedV4ChatModel:

@@ -6,12 +6,8 @@ import uuid
 
 import pytest
 
-from deepscout.model_runtime.backends.embedded_v4 import (
-    EmbeddedV4ChatModel,
-    V4BackendSettings,
-    V4Runtime,
-    load_runtime,
-)
+from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel
+from deepscout.model_runtime.backends.v4_runtime import V4BackendSettings, V4Runtime, load_runtime
 
 
 @pytest.fixture(scope="session")

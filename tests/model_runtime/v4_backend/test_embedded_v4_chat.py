@@ -12,12 +12,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.tools import tool
 from pydantic import BaseModel
 
-from deepscout.model_runtime.backends.embedded_v4 import (
-    EmbeddedV4ChatModel,
-    GenerationOutcome,
-    ToolCallOutputError,
-    V4Runtime,
-)
+from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel, ToolCallOutputError
+from deepscout.model_runtime.backends.v4_runtime import GenerationOutcome, V4Runtime
 from deepscout.model_runtime.chat import GenerationDeadlineExceeded, ModelNotFetchedError, load_chat_model
 from deepscout.model_runtime.encoding.conversions import turns_from_langchain
 from deepscout.model_runtime.encoding.deepseek_v4 import ThinkMaxContextError, render_prompt

@@ -1,0 +1,247 @@
+"""A loaded DeepSeek-V4 model on the engine, with its tokenizer and grammars: what the V4 chat model runs on.
+
+:meth:`V4Runtime.stream_tokens` submits one request to the engine (:mod:`deepscout.model_runtime.engine`)
+and yields its tokens step by step. Each chat model passes its own session id, so its next turn — an
+append-only extension of the conversation — prefills only the new tokens; other prompts reuse what the
+engine's prefix cache holds. Deadlines and cancellation are checked between engine steps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import llguidance
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deepscout.model_runtime.chat import (
+    GenerationCancelled,
+    GenerationControl,
+    GenerationDeadlineExceeded,
+    ModelNotFetchedError,
+)
+from deepscout.model_runtime.config import ModelArgs, tiny
+from deepscout.model_runtime.constrained import GrammarCache, GrammarGuide
+from deepscout.model_runtime.encoding.tokenizer import V4Tokenizer, load_v4_tokenizer
+from deepscout.model_runtime.engine import (
+    Engine,
+    EngineConfig,
+    FinishReason,
+    GenerationRequest,
+    RequestOutput,
+    SamplingParams,
+)
+from deepscout.model_runtime.loader import load_model
+from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
+
+RANDOM_TINY = "random-tiny"
+RANDOM_TINY_CONTEXT = 32_768
+"""Context window of ``random-tiny`` (its positions are real; only its weights are random)."""
+BLOCK_TOKENS = 128
+"""Source tokens covered by one paged KV block (lcm of the CSA and HCA compression ratios)."""
+
+
+class V4BackendSettings(BaseSettings):
+    """How the embedded V4 backend runs; from ``DEEPSCOUT_V4_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPSCOUT_V4_", extra="ignore")
+
+    thinking: bool = Field(default=False, description="Thinking mode (<think>) instead of chat mode.")
+    reasoning_effort: Literal["high", "max"] | None = Field(
+        default=None, description="'max' is Think Max (needs thinking and a context of at least 384K)."
+    )
+    max_new_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, description="0 decodes greedily.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Weights dtype.")
+    kv_dtype: Literal["float32", "bfloat16", "paper"] = Field(
+        default="float32", description="KV storage: float32, bfloat16, or the paper's FP8/FP4 layout."
+    )
+    context_window: int | None = Field(default=None, ge=1, description="Override config.json's window.")
+    kv_blocks: int | None = Field(
+        default=None, ge=1, description="Paged KV blocks (128 tokens each); default: two full contexts."
+    )
+    structured_retries: int = Field(default=2, ge=0, description="Retries after invalid output, sampled.")
+
+
+@dataclass
+class GenerationOutcome:
+    """One generation's token ids, why it stopped, and the prefill counters and timings."""
+
+    token_ids: list[int]
+    finish_reason: str
+    """``stop`` (end of sentence) or ``length``."""
+    prefill: dict[str, int]
+    """``prompt_tokens``; ``reused_tokens`` (from the session or the prefix cache); ``computed_tokens``."""
+    prefill_seconds: float
+    first_token_seconds: float
+    decode_seconds: float
+
+
+class GrammarProcessor:
+    """The engine's per-row logits hook driving a grammar: accept what was sampled, mask what may follow."""
+
+    def __init__(self, guide: GrammarGuide) -> None:
+        self._guide = guide
+        self._accepted = 0
+
+    def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        for token in generated[self._accepted :]:
+            self._guide.accept(int(token))
+        self._accepted = len(generated)
+        masked = logits.clone()
+        self._guide.apply(masked)
+        return masked
+
+
+class V4Runtime:
+    """A V4 model on the engine with the tokenizer and grammars; one generation runs at a time."""
+
+    def __init__(
+        self, model: DeepseekV4Model, tokenizer: V4Tokenizer, engine: Engine, *, context_window: int
+    ):
+        if tokenizer.vocab_size > model.args.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.args.vocab_size}; "
+                "use the tokenizer.json that belongs to this checkpoint"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.context_window = context_window
+        self._grammars: GrammarCache | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def grammars(self) -> GrammarCache:
+        """JSON-schema grammars for this tokenizer (built on first use: about a second)."""
+        with self._lock:
+            if self._grammars is None:
+                ll_tokenizer = llguidance.LLTokenizer(
+                    self.tokenizer.to_json(),
+                    n_vocab=self.model.args.vocab_size,
+                    eos_token=self.tokenizer.special.eos,
+                )
+                self._grammars = GrammarCache(ll_tokenizer, self.model.args.vocab_size)
+            return self._grammars
+
+    def stream_tokens(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        control: GenerationControl,
+        guide: GrammarGuide | None,
+        session_id: str | None = None,
+    ) -> Generator[int, None, GenerationOutcome]:
+        """Run one request on the engine, yielding each new token id (the end-of-sentence one included).
+
+        Raises GenerationDeadlineExceeded / GenerationCancelled when ``control`` says so between steps.
+        """
+        sampling = SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            logits_processor=None if guide is None else GrammarProcessor(guide),
+        )
+        request = GenerationRequest(
+            prompt_ids=list(prompt_ids),
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            stop_token_ids=[self.tokenizer.special.eos],
+            deadline=control.deadline,
+            session_id=session_id,
+        )
+        with self._lock:
+            started = time.perf_counter()
+            request_id = self.engine.add_request(request)
+            first_token_at: float | None = None
+            final: RequestOutput | None = None
+            try:
+                while final is None:
+                    control.check("prefill" if first_token_at is None else "decode")
+                    for output in self.engine.step():
+                        if output.request_id != request_id:
+                            continue
+                        if output.new_token_ids and first_token_at is None:
+                            first_token_at = time.perf_counter()
+                        yield from output.new_token_ids
+                        if output.finished:
+                            final = output
+            finally:
+                if final is None:
+                    self.engine.cancel(request_id)
+                    self.engine.step()  # report the cancellation so the engine forgets the request
+        stage = "prefill" if first_token_at is None else "decode"
+        if final.finish_reason is FinishReason.DEADLINE:
+            raise GenerationDeadlineExceeded(f"deadline exceeded during {stage}")
+        if final.finish_reason is FinishReason.CANCELLED:
+            raise GenerationCancelled(f"generation cancelled during {stage}")
+        ended = time.perf_counter()
+        first = first_token_at or ended
+        return GenerationOutcome(
+            token_ids=list(final.token_ids),
+            finish_reason="stop" if final.finish_reason is FinishReason.STOP else "length",
+            prefill={
+                "prompt_tokens": final.prompt_tokens,
+                "reused_tokens": final.reused_tokens,
+                "computed_tokens": final.prefilled_tokens,
+            },
+            prefill_seconds=first - started,
+            first_token_seconds=first - started,
+            decode_seconds=ended - first,
+        )
+
+
+_runtimes: dict[str, V4Runtime] = {}
+_runtimes_lock = threading.Lock()
+
+
+def random_tiny_args(vocab_size: int) -> ModelArgs:
+    """The ``random-tiny`` config: the tiny test shapes with the full V4 vocabulary."""
+    return tiny(vocab_size=vocab_size, max_position_embeddings=RANDOM_TINY_CONTEXT)
+
+
+def _build_runtime(argument: str, options: V4BackendSettings) -> V4Runtime:
+    torch.set_num_threads(os.cpu_count() or 1)
+    if argument == RANDOM_TINY:
+        tokenizer = load_v4_tokenizer()
+        model = DeepseekV4Model.random(random_tiny_args(tokenizer.vocab_size), seed=0, dtype=torch.float32)
+        kv_dtype: Literal["float32", "bfloat16", "paper"] = "float32"
+    else:
+        directory = Path(argument).expanduser()
+        if not (directory / "config.json").is_file():
+            raise ModelNotFetchedError(
+                f"no DeepSeek-V4 checkpoint at {directory} (config.json not found): put the official "
+                "checkpoint directory there, write a synthetic one with `deepscout v4 make-synthetic`, or "
+                "use deepseek-v4:random-tiny"
+            )
+        own_tokenizer = directory / "tokenizer.json"
+        tokenizer = V4Tokenizer.from_file(own_tokenizer) if own_tokenizer.is_file() else load_v4_tokenizer()
+        dtype = torch.float32 if options.dtype == "float32" else torch.bfloat16
+        model, _report = load_model(directory, dtype=dtype)
+        kv_dtype = options.kv_dtype
+    window = options.context_window or model.args.max_position_embeddings
+    blocks = options.kv_blocks or 2 * -(-window // BLOCK_TOKENS)
+    engine = Engine(model, EngineConfig.model_validate({"kv_dtype": kv_dtype, "num_blocks": blocks}))
+    return V4Runtime(model, tokenizer, engine, context_window=window)
+
+
+def load_runtime(argument: str, options: V4BackendSettings) -> V4Runtime:
+    """The runtime for ``argument`` (``random-tiny`` or a checkpoint directory), loaded once per process."""
+    key = argument if argument == RANDOM_TINY else str(Path(argument).expanduser().resolve())
+    key = f"{key}|{options.dtype}|{options.kv_dtype}|{options.context_window}|{options.kv_blocks}"
+    with _runtimes_lock:
+        if key not in _runtimes:
+            _runtimes[key] = _build_runtime(argument, options)
+        return _runtimes[key]
