@@ -385,6 +385,10 @@ class FakeSearchHttp:
         self.calls: list[tuple[float, str]] = []
         self._lock = threading.Lock()
 
+    def serve_results(self, results: list[tuple[str, str, str]]) -> None:
+        """Answer every request with a DuckDuckGo-shaped page of ``(title, url, snippet)`` results."""
+        self.pages = {"": ddg_results_page(results)}
+
     def request(self, method: str, url: str, *args: object, **kwargs: object):
         from types import SimpleNamespace
 
