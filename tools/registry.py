@@ -25,7 +25,10 @@ TOOL_FACTORIES: dict[ToolGroup, list[str]] = {
         "deepscout.tools.corpus_search:build_corpus_search",
         "deepscout.tools.read_document:build_read_document",
     ],
-    "web": [],
+    "web": [
+        "deepscout.tools.web_search:build_web_search",
+        "deepscout.tools.fetch:build_fetch_url",
+    ],
 }
 MODE_GROUPS: dict[SearchMode, tuple[ToolGroup, ...]] = {
     "local": ("local",),
