@@ -72,7 +72,8 @@ def check_compatible(
 
 
 def load_weights(model: nn.Module, checkpoint: Checkpoint, *, strict: bool = True) -> LoadReport:
-    """Copy every checkpoint tensor into ``model`` (in each parameter's own dtype), one tensor at a time."""
+    """Copy every checkpoint tensor into ``model`` (in each parameter's own dtype), one tensor at a time;
+    closes the checkpoint's mappings when done."""
     start = time.perf_counter()
     targets = {name: t for name, t in model.state_dict(keep_vars=True).items()}
     check_compatible(targets, checkpoint, strict=strict)
@@ -126,8 +127,7 @@ def allocate_model(
         model = DeepseekV4Model(args, attn_impl=attn_impl)
     model.cast(dtype)  # on the meta device: decides each parameter's dtype, allocates nothing
     for module in model.modules():
-        for name, param in list(module._parameters.items()):
-            if param is not None:
-                empty = torch.empty(param.shape, dtype=param.dtype)
-                module._parameters[name] = nn.Parameter(empty, requires_grad=param.requires_grad)
+        for name, param in list(module.named_parameters(recurse=False)):
+            empty = torch.empty(param.shape, dtype=param.dtype)
+            module.register_parameter(name, nn.Parameter(empty, requires_grad=param.requires_grad))
     return model

@@ -159,6 +159,47 @@ def _stored_tensors(
             yield stored
 
 
+class _ShardWriter:
+    """Collects stored tensors into shards of at most ``max_bytes`` (a tensor group never splits), writes
+    each full shard at once, and names them ``model-0000i-of-0000n`` once the count is known."""
+
+    def __init__(self, out: Path, max_bytes: int) -> None:
+        self.out = out
+        self.max_bytes = max_bytes
+        self.current: dict[str, torch.Tensor] = {}
+        self.current_bytes = 0
+        self.written: list[Path] = []
+        self.shard_of: dict[str, int] = {}
+        self.total_bytes = 0
+
+    def add(self, group: dict[str, torch.Tensor]) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in group.values())
+        if self.current and self.current_bytes + nbytes > self.max_bytes:
+            self._flush()
+        for key, tensor in group.items():
+            self.current[key] = tensor
+            self.shard_of[key] = len(self.written)
+        self.current_bytes += nbytes
+        self.total_bytes += nbytes
+
+    def _flush(self) -> None:
+        path = self.out / f".shard-{len(self.written):05d}.tmp"
+        save_file(self.current, str(path), metadata={"format": "pt"})
+        self.written.append(path)
+        self.current, self.current_bytes = {}, 0
+
+    def finish(self) -> dict[str, object]:
+        """Rename the shards to their final names; returns the index json."""
+        if self.current:
+            self._flush()
+        count = len(self.written)
+        names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        for path, final in zip(self.written, names, strict=True):
+            path.replace(self.out / final)
+        weight_map = {key: names[i] for key, i in sorted(self.shard_of.items())}
+        return {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+
+
 def write_checkpoint(
     model: DeepseekV4Model,
     out_dir: str | Path,
@@ -172,38 +213,10 @@ def write_checkpoint(
     become exactly what the checkpoint holds. Returns ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    sizes = [0]
-    pending: list[Path] = []
-
-    def flush() -> None:
-        path = out / f".shard-{len(pending):05d}.tmp"
-        save_file(shards[-1], str(path), metadata={"format": "pt"})
-        pending.append(path)
-        shards[-1] = {}
-        sizes[-1] = 0
-
-    weight_map: dict[str, int] = {}
-    total = 0
-    for stored in _stored_tensors(model, expert_dtype, scale_format, snap):
-        nbytes = sum(t.numel() * t.element_size() for t in stored.values())
-        if shards[-1] and sizes[-1] + nbytes > max_shard_bytes:
-            flush()
-        for key, tensor in stored.items():
-            shards[-1][key] = tensor
-            weight_map[key] = len(pending)
-        sizes[-1] += nbytes
-        total += nbytes
-    if shards[-1]:
-        flush()
-    names = [f"model-{i + 1:05d}-of-{len(pending):05d}.safetensors" for i in range(len(pending))]
-    for path, final in zip(pending, names, strict=True):
-        path.replace(out / final)
-    index = {
-        "metadata": {"total_size": total},
-        "weight_map": {key: names[i] for key, i in sorted(weight_map.items())},
-    }
-    (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    writer = _ShardWriter(out, max_shard_bytes)
+    for group in _stored_tensors(model, expert_dtype, scale_format, snap):
+        writer.add(group)
+    (out / INDEX_FILE).write_text(json.dumps(writer.finish(), indent=2) + "\n")
     config = official_config(model.args, expert_dtype=expert_dtype)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

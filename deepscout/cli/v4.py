@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from deepscout.cli.errors import fail
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 app = typer.Typer(help="Run the embedded DeepSeek-V4 runtime on a checkpoint.", no_args_is_help=True)
 
@@ -36,7 +39,7 @@ def _parse_ids(text: str) -> list[int]:
         fail(f"--prompt-ids must be integers separated by commas or spaces, got {text!r}")
 
 
-def _tokenizer(directory: Path):  # -> tokenizers.Tokenizer
+def _tokenizer(directory: Path) -> Tokenizer:
     from tokenizers import Tokenizer
 
     path = directory / "tokenizer.json"
