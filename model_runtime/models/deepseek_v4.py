@@ -113,8 +113,8 @@ def apply_rope(x: torch.Tensor, table: RopeTable, *, inverse: bool = False) -> t
 
     `inverse` applies the conjugate rotation (used on the attention output, paper §2.3.3).
     """
-    cos = table.cos.to(x.dtype).repeat_interleave(2, dim=-1)
-    sin = table.sin.to(x.dtype).repeat_interleave(2, dim=-1)
+    cos = table.cos.repeat_interleave(2, dim=-1)
+    sin = table.sin.repeat_interleave(2, dim=-1)
     if inverse:
         sin = -sin
     if x.dim() == 3:
@@ -492,7 +492,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (weights `[n, k]`, expert indices `[n, k]`)."""
-        logits = F.linear(x, self.weight)
+        logits = F.linear(x.float(), self.weight.float())  # routing decisions in float32
         if self.score_func == "sqrtsoftplus":
             scores = F.softplus(logits).sqrt()
         elif self.score_func == "sigmoid":
@@ -625,10 +625,11 @@ class Block(nn.Module):
         a = self.args
         hc = HcSettings(a.hc_sinkhorn_iters, a.hc_eps, a.rms_norm_eps)
         x, post, comb = hc_split(streams, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, hc)
-        out = self.attn(self.attn_norm(x), segments, caches, rope, compress_rope, impl)
+        dtype = self.attn.wq_a.weight.dtype
+        out = self.attn(self.attn_norm(x).to(dtype), segments, caches, rope, compress_rope, impl)
         streams = hc_merge(out, streams, post, comb)
         x, post, comb = hc_split(streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, hc)
-        return hc_merge(self.ffn(self.ffn_norm(x), token_ids), streams, post, comb)
+        return hc_merge(self.ffn(self.ffn_norm(x).to(dtype), token_ids), streams, post, comb)
 
 
 class MTPBlock(Block):
@@ -709,9 +710,13 @@ class DeepseekV4Model(nn.Module):
         attention sinks, compressor position biases, router bias), so every code path is exercised."""
         model = cls(args, attn_impl=attn_impl)
         gen = torch.Generator().manual_seed(seed)
+        branch_scale = (2 * (args.num_hidden_layers + args.num_nextn_predict_layers)) ** -0.5
         with torch.no_grad():
             for name, param in model.named_parameters():
-                param.copy_(_random_like(name, param, gen))
+                value = _random_like(name, param, gen)
+                if name.endswith(_RESIDUAL_OUTPUTS):  # scaled like GPT-2's residual projections
+                    value = value * branch_scale
+                param.copy_(value)
             for module in model.modules():
                 if isinstance(module, Gate) and module.hash_routed:
                     table = torch.rand(args.vocab_size, args.n_routed_experts, generator=gen).argsort(dim=-1)
@@ -763,7 +768,8 @@ class DeepseekV4Model(nn.Module):
         token_ids, segments = _pack(input_ids, caches, lengths)
         impl = attn_impl or self.attn_impl
         x = self.embed(token_ids)
-        streams = x.unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
+        # the residual streams stay in float32 whatever the weights' dtype (blocks compute in that dtype)
+        streams = x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
         positions = torch.cat([s.positions for s in segments]).to(x.device)
         compress_rope = self.rope_spec(LayerKind.CSA)
         tables = {kind: self.rope_spec(kind).at(positions) for kind in (LayerKind.SLIDING, LayerKind.CSA)}
@@ -786,7 +792,7 @@ class DeepseekV4Model(nn.Module):
             self.hc_head_base,
             self._hc,
         )
-        return self.head(self.norm(x))
+        return self.head(self.norm(x).to(self.head.weight.dtype))
 
     def forward_mtp(
         self,
@@ -803,7 +809,8 @@ class DeepseekV4Model(nn.Module):
         a = self.args
         block = cast(MTPBlock, self.mtp[depth])
         e = block.enorm(self.embed(next_ids))
-        x = block.e_proj(e).unsqueeze(1) + block.h_proj(block.hnorm(streams))
+        h = block.h_proj(block.hnorm(streams).to(block.h_proj.weight.dtype))
+        x = (block.e_proj(e).unsqueeze(1) + h).float()
         positions = torch.cat([s.positions for s in segments]).to(x.device)
         table = self.rope_spec(block.attn.kind).at(positions)
         layer_caches = [c.layer(a.num_hidden_layers + depth) for c in caches]
@@ -816,7 +823,7 @@ class DeepseekV4Model(nn.Module):
             block.hc_head_base,
             self._hc,
         )
-        return self.head(block.norm(x))
+        return self.head(block.norm(x).to(self.head.weight.dtype))
 
 
 def _pack(
@@ -837,6 +844,9 @@ def _pack(
         offset += n
     token_ids = torch.cat([input_ids[row, :n] for row, n in enumerate(lens)])
     return token_ids, segments
+
+
+_RESIDUAL_OUTPUTS = ("attn.wo_b.weight", "w2.weight")
 
 
 def _random_like(name: str, param: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
