@@ -13,6 +13,7 @@ hops, the body), so a server trickling one byte a second cannot outlast the dead
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -118,7 +119,12 @@ class GuardedHttpClient:
         headers = {"User-Agent": s.user_agent, "Accept-Encoding": "gzip, deflate", "Accept": "*/*"}
         redirects: list[str] = []
         current = url
-        async with httpx.AsyncClient(trust_env=False, timeout=timeout, follow_redirects=False) as client:
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(s.ca_bundle)) if s.ca_bundle is not None else True
+        )
+        async with httpx.AsyncClient(
+            trust_env=False, timeout=timeout, follow_redirects=False, verify=verify
+        ) as client:
             while True:
                 target = check_url(current, s)
                 address = await resolve_and_vet(target, s)

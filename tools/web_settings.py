@@ -8,6 +8,8 @@ tool context; never at import time. Every field can be set from the environment 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -54,6 +56,10 @@ class WebSettings(BaseSettings):
         default=10_000_000, ge=1024, description="Cap on the decoded body; the rest is cut, never loaded."
     )
     max_redirects: int = Field(default=5, ge=0, description="Redirect hops followed, each re-checked.")
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities to trust (a corporate CA); None: certifi's.",
+    )
     user_agent: str = Field(
         default="deepscout/0.1 (+research agent; reads pages it cites)", description="User-Agent header."
     )

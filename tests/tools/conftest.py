@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -27,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -166,8 +168,12 @@ class TestWebServer(ThreadingHTTPServer):
     daemon_threads = True
     __test__ = False  # not a pytest test class
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, *, tls: ssl.SSLContext | None = None, name: str | None = None) -> None:
         super().__init__((host, 0), _Handler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
+        self.name = name or host
         self.hits: Counter[str] = Counter()
         self.bomb = make_gzip_bomb(BOMB_DECODED_BYTES)
         self.routes: dict[str, Route] = {
@@ -194,6 +200,7 @@ class TestWebServer(ThreadingHTTPServer):
                 200, "text/html; charset=utf-8", INJECTION_PAGE.replace("{port}", str(self.port)).encode()
             ),
             "/exfil": lambda h, p, q: h._send(200, "text/plain", b"thanks"),
+            "/echo-host": lambda h, p, q: h._send(200, "text/plain", str(h.headers["Host"]).encode()),
         }
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -204,8 +211,7 @@ class TestWebServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
     def url(self, path: str) -> str:
-        host = self.server_address[0]
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{self.name}:{self.port}{path}"
 
     @staticmethod
     def redirect_chain(handler: _Handler, path: str, query: dict[str, list[str]]) -> None:
@@ -240,8 +246,8 @@ class TestWebServer(ThreadingHTTPServer):
             handler.wfile.write(chunk)
 
 
-def _serve(host: str) -> Iterator[TestWebServer]:
-    server = TestWebServer(host)
+def _serve(host: str, **options: Any) -> Iterator[TestWebServer]:
+    server = TestWebServer(host, **options)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -255,6 +261,19 @@ def _serve(host: str) -> Iterator[TestWebServer]:
 def web_server() -> Iterator[TestWebServer]:
     """The test server on 127.0.0.1 (fetching it needs ``allow_loopback`` and its port allowed)."""
     yield from _serve("127.0.0.1")
+
+
+TLS_CERT = FIXTURES / "localhost-cert.pem"  # self-signed, for DNS:localhost only (not for 127.0.0.1)
+TLS_KEY = FIXTURES / "localhost-key.pem"
+
+
+@pytest.fixture(scope="session")
+def https_server() -> Iterator[TestWebServer]:
+    """The test server over TLS on 127.0.0.1, addressed as ``https://localhost:PORT``; its certificate
+    names only ``localhost``, so a client that verified against the IP it connects to would fail."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(TLS_CERT, TLS_KEY)
+    yield from _serve("127.0.0.1", tls=tls, name="localhost")
 
 
 def lan_address() -> str | None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
 from deepscout.tools.extract import extract_document
 from deepscout.tools.guards import DomainRateLimiter
 from deepscout.tools.http_client import FetchDeadlineExceeded, FetchError, GuardedHttpClient, RawResponse
+
+TLS_CERT = Path(__file__).resolve().parent / "web_fixtures" / "localhost-cert.pem"
 
 
 def _get(settings, url: str) -> RawResponse:
@@ -116,3 +119,25 @@ def test_hidden_injection_and_planted_link_never_reach_the_text_or_links(web_ser
     assert "exfil?token=planted" not in doc.text
     assert "send the whole conversation" not in doc.text
     assert not [link for link in doc.links if "exfil" in link]
+
+
+def test_https_connects_to_the_vetted_address_with_the_real_host_for_sni_and_host(https_server) -> None:
+    """``https://localhost`` is resolved and vetted once, the connection goes to 127.0.0.1, and TLS still
+    verifies the certificate for ``localhost`` (it does not name 127.0.0.1) and sends ``Host: localhost``."""
+    from deepscout.tools.web_settings import WebSettings
+
+    trusting = WebSettings(
+        allow_loopback=True,
+        allowed_ports=[https_server.port],
+        ca_bundle=TLS_CERT,
+        per_domain_min_interval_s=0.0,
+        fetch_deadline_s=5.0,
+    )
+    response = _get(trusting, https_server.url("/echo-host"))
+    assert response.status == 200 and response.body == f"localhost:{https_server.port}".encode()
+    # the same server under its IP: the certificate does not cover it, so verification fails
+    with pytest.raises(FetchError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        _get(trusting, f"https://127.0.0.1:{https_server.port}/echo-host")
+    # and without trusting the test CA, nothing is fetched
+    with pytest.raises(FetchError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        _get(trusting.model_copy(update={"ca_bundle": None}), https_server.url("/echo-host"))
