@@ -24,6 +24,9 @@ TABLES = {
     "sources",
     "corpus_collections",
     "search_cache",
+    "eval_runs",
+    "eval_answers",
+    "eval_verdicts",
 }
 
 
@@ -42,7 +45,7 @@ def test_upgrade_on_an_empty_database_builds_the_modelled_schema(database_url: s
         migrate(engine)
         with engine.connect() as connection:
             script_head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
-        assert current_revision(engine) == script_head == "0001_baseline"
+        assert current_revision(engine) == script_head == "0002_evals"
         assert set(inspect(engine).get_table_names()) >= TABLES
         with engine.connect() as connection:
             context = MigrationContext.configure(
@@ -50,7 +53,7 @@ def test_upgrade_on_an_empty_database_builds_the_modelled_schema(database_url: s
             )
             assert compare_metadata(context, Base.metadata) == []
         migrate(engine)  # a second upgrade is a no-op
-        assert current_revision(engine) == "0001_baseline"
+        assert current_revision(engine) == "0002_evals"
     finally:
         engine.dispose()
 
@@ -119,7 +122,7 @@ def test_concurrent_first_migrations_do_not_collide(tmp_path: Path) -> None:
         thread.join()
     try:
         assert errors == []
-        assert current_revision(engines[0]) == "0001_baseline"
+        assert current_revision(engines[0]) == "0002_evals"
     finally:
         for engine in engines:
             engine.dispose()
