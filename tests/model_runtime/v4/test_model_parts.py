@@ -78,7 +78,7 @@ def test_config_json_with_legacy_keys(tmp_path: Path) -> None:
 def test_bad_configs_are_named(change: dict, message: str) -> None:
     with pytest.raises(ModelConfigError, match=message):
         ModelArgs.from_dict({**FLASH_STYLE_CONFIG, **change})
-    with pytest.raises(ModelConfigError, match="no config.json"):
+    with pytest.raises(ModelConfigError, match=r"no config\.json"):
         ModelArgs.from_json("/nonexistent-dir")
 
 
