@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -49,8 +50,9 @@ def test_run_lifecycle_round_trip(database: Database) -> None:
         call_id, failed_id = call.id, failed.id
 
     with database.session_factory() as s:
-        run = repo.get_run(s, run_id=run_id)
-        assert run is not None
+        stored = repo.get_run(s, run_id=run_id)
+        assert stored is not None
+        run = stored
         assert (
             run.status == "succeeded" and run.finished_at is not None and run.finished_at.tzinfo is not None
         )
@@ -226,3 +228,43 @@ def test_concurrent_writers_share_the_database(database: Database) -> None:
         run = repo.get_run(s, run_id=run_id)
         assert run is not None
         assert sorted(step.index for step in run.steps) == list(range(160))
+
+
+WRITER_SCRIPT = """
+import sys
+from deepscout.memory import repository as repo
+from deepscout.memory.db import create_db_engine, make_session_factory, write_session
+engine = create_db_engine(sys.argv[1])
+factory = make_session_factory(engine)
+for i in range(int(sys.argv[3])):
+    with write_session(factory) as s:
+        repo.add_step(s, run_id=sys.argv[2], node="proc", data={"i": i})
+        repo.upsert_source(s, key=f"web:https://example.org/{i}", kind="web", title="t", text=str(i))
+"""
+
+
+def test_sqlite_writers_in_separate_processes_queue_instead_of_failing(tmp_path: Path) -> None:
+    """Three processes write to one SQLite file at once: BEGIN IMMEDIATE + busy timeout serialise them."""
+    import subprocess
+    import sys
+
+    from deepscout.memory.db import create_db_engine, make_session_factory, migrate
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    engine = create_db_engine(url)
+    migrate(engine)
+    factory = make_session_factory(engine)
+    with write_session(factory) as s:
+        run_id = repo.create_run(s, question="processes").id
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER_SCRIPT, url, run_id, "40"], stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    failures = [w.stderr.read() if w.stderr else "" for w in writers if w.wait(timeout=120) != 0]
+    assert failures == []
+    with factory() as s:
+        run = repo.get_run(s, run_id=run_id)
+        assert run is not None and sorted(step.index for step in run.steps) == list(range(120))
+    engine.dispose()
