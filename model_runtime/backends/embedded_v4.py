@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,7 +88,6 @@ class _Decoded:
     parsed: ParsedCompletion
     raw_text: str
     outcome: GenerationOutcome
-    events: list[ParseEvent] = field(default_factory=list)
 
 
 class EmbeddedV4ChatModel(ChatModel):
@@ -228,12 +227,17 @@ class EmbeddedV4ChatModel(ChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         control = GenerationControl.from_kwargs(kwargs)
+        _refuse_stop_strings(stop)
         plan = self._plan(messages, kwargs)
+        return ChatResult(generations=[ChatGeneration(message=self._complete(plan, control))])
+
+    def _complete(self, plan: _Plan, control: GenerationControl) -> AIMessage:
+        """Generate and check the output whole, retrying (sampled) when it is unusable for the call."""
         attempts = 1 + (self.structured_retries if plan.kind != "text" else 0)
         problems: list[str] = []
         first_prefill: dict[str, int] | None = None
         output_tokens = 0
-        decoded: _Decoded | None = None
+        last_text = ""
         for attempt in range(attempts):
             temperature = self.temperature if attempt == 0 else max(self.temperature, RETRY_TEMPERATURE)
             try:
@@ -242,15 +246,13 @@ class EmbeddedV4ChatModel(ChatModel):
                 first_prefill = first_prefill or error.outcome.prefill
                 output_tokens += len(error.outcome.token_ids)
                 problems.append(f"attempt {attempt + 1}: {error.problem}")
-                decoded = None
                 last_text = error.raw_text
                 continue
             first_prefill = first_prefill or decoded.outcome.prefill
             output_tokens += len(decoded.outcome.token_ids)
             problem = self._problem(plan, decoded)
             if problem is None:
-                message = self._message(plan, decoded, first_prefill, output_tokens, attempt + 1)
-                return ChatResult(generations=[ChatGeneration(message=message)])
+                return self._message(plan, decoded, first_prefill, output_tokens, attempt + 1)
             problems.append(f"attempt {attempt + 1}: {problem}")
             last_text = decoded.raw_text
         error_class = StructuredOutputError if plan.kind == "structured" else ToolCallOutputError
@@ -268,13 +270,11 @@ class EmbeddedV4ChatModel(ChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         control = GenerationControl.from_kwargs(kwargs)
+        _refuse_stop_strings(stop)
         plan = self._plan(messages, kwargs)
         if plan.kind == "structured" or plan.required_tool:
             # Output that must be valid whole (and may be retried) is handed over as one chunk.
-            result = self._generate(messages, stop, run_manager, **kwargs, deadline=control.deadline)
-            message = result.generations[0].message
-            assert isinstance(message, AIMessage)
-            yield ChatGenerationChunk(message=_to_chunk(message))
+            yield ChatGenerationChunk(message=_to_chunk(self._complete(plan, control)))
             return
         stream = self._runtime.stream_tokens(
             plan.prompt_ids,
@@ -347,17 +347,16 @@ class EmbeddedV4ChatModel(ChatModel):
             session_id=self.session_id,
         )
         reader = _OutputReader(self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools")
-        events: list[ParseEvent] = []
         try:
             while True:
-                events += reader.push(next(stream))
+                reader.push(next(stream))
         except StopIteration as stopped:
             outcome: GenerationOutcome = stopped.value
         try:
-            last_events, parsed = reader.finish()
+            _events, parsed = reader.finish()
         except DSMLParseError as error:
             raise _BadOutput(str(error), reader.text, outcome) from error
-        return _Decoded(parsed, reader.text, outcome, events + last_events)
+        return _Decoded(parsed, reader.text, outcome)
 
     def _problem(self, plan: _Plan, decoded: _Decoded) -> str | None:
         """Why the output is unusable for this call, or None."""
@@ -491,6 +490,14 @@ def _to_chunk(message: AIMessage) -> AIMessageChunk:
         response_metadata=message.response_metadata,
         chunk_position="last",
     )
+
+
+def _refuse_stop_strings(stop: list[str] | None) -> None:
+    if stop:
+        raise ValueError(
+            f"stop strings {stop!r} are not supported by the DeepSeek-V4 backend: the model ends its turn "
+            "with its end-of-sentence token"
+        )
 
 
 def _required_tool(tool_choice: Any, specs: Sequence[ToolSpec]) -> str | bool:
