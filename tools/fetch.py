@@ -91,7 +91,7 @@ class PageFetcher:
     async def _fetch_and_store(self, url: str, requested: str) -> StoredPage:
         s = self._state.settings
         self._state.take_quota("fetch")
-        raw = await self._client.get(url)
+        raw = await self._client.get(url, run_deadline=self._ctx.deadline)
         if not 200 <= raw.status < 300:
             raise FetchError(f"{url}: the server answered HTTP {raw.status}")
         doc = await asyncio.to_thread(extract_document, raw.body, raw.content_type, raw.final_url)

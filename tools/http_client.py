@@ -97,21 +97,22 @@ class GuardedHttpClient:
         self._settings = settings
         self._rate_limiter = rate_limiter
 
-    async def get(self, url: str) -> RawResponse:
-        """Fetch ``url``; raises ``UrlRefusedError`` (guards), ``FetchDeadlineExceeded`` or ``FetchError``."""
+    async def get(self, url: str, *, run_deadline: float | None = None) -> RawResponse:
+        """Fetch ``url`` within ``fetch_deadline_s`` and before ``run_deadline`` (a ``time.monotonic()``
+        value) if given; raises ``UrlRefusedError`` (guards), ``FetchDeadlineExceeded`` or ``FetchError``."""
         s = self._settings
         started = time.monotonic()
         deadline = started + s.fetch_deadline_s
+        why = f"the {s.fetch_deadline_s:g}s deadline (DEEPSCOUT_WEB_FETCH_DEADLINE_S)"
+        if run_deadline is not None and run_deadline < deadline:
+            deadline, why = run_deadline, "the run's wall-time budget"
         try:
-            async with asyncio.timeout(s.fetch_deadline_s):
+            async with asyncio.timeout(max(0.0, deadline - started)):
                 return await self._get(url, deadline, started)
         except TimeoutError as exc:
             if isinstance(exc, FetchError):
                 raise
-            raise FetchDeadlineExceeded(
-                f"{url}: fetch did not finish within the {s.fetch_deadline_s:g}s deadline "
-                "(DEEPSCOUT_WEB_FETCH_DEADLINE_S)"
-            ) from exc
+            raise FetchDeadlineExceeded(f"{url}: fetch did not finish within {why}") from exc
 
     async def _get(self, url: str, deadline: float, started: float) -> RawResponse:
         s = self._settings

@@ -389,24 +389,35 @@ def ddg_results_page(results: list[tuple[str, str, str]]) -> str:
     return f"<html><body><div id='links' class='results'>{items}</div></body></html>"
 
 
+def mojeek_results_page(results: list[tuple[str, str, str]]) -> str:
+    """An HTML page shaped like www.mojeek.com's answer."""
+    items = "\n".join(
+        f'<li><h2><a href="{url}">{title}</a></h2><p class="s">{snippet}</p></li>'
+        for title, url, snippet in results
+    )
+    return f"<html><body><ul class='results-standard'>{items}</ul></body></html>"
+
+
 class FakeSearchHttp:
     """Stands in for ddgs's HTTP client (``ddgs.http_client.HttpClient.request``) and records every call.
 
-    Each answer's status is taken from ``script`` while it lasts, then ``status``; a 200 answer's body is
+    Each answer's status is the first of ``status_by_url`` whose key occurs in the URL, else taken from
+    ``script`` while it lasts, else ``status``; a 200 answer's body is
     the first of ``pages`` whose key occurs in the URL (``""`` matches every URL); ``delay_s`` makes each
     call hang that long first (a network that does not answer)."""
 
     def __init__(self) -> None:
         self.status = 200
         self.script: list[int] = []
+        self.status_by_url: dict[str, int] = {}
         self.pages: dict[str, str] = {"": ""}
         self.delay_s = 0.0
         self.calls: list[tuple[float, str]] = []
         self._lock = threading.Lock()
 
     def serve_results(self, results: list[tuple[str, str, str]]) -> None:
-        """Answer every request with a DuckDuckGo-shaped page of ``(title, url, snippet)`` results."""
-        self.pages = {"": ddg_results_page(results)}
+        """Answer with a Mojeek- or DuckDuckGo-shaped page of ``(title, url, snippet)`` results."""
+        self.pages = {"mojeek": mojeek_results_page(results), "": ddg_results_page(results)}
 
     def request(self, method: str, url: str, *args: object, **kwargs: object):
         from types import SimpleNamespace
@@ -415,7 +426,8 @@ class FakeSearchHttp:
 
         with self._lock:
             self.calls.append((time.monotonic(), url))
-            status = self.script.pop(0) if self.script else self.status
+            by_url = [code for key, code in self.status_by_url.items() if key in url]
+            status = by_url[0] if by_url else self.script.pop(0) if self.script else self.status
         time.sleep(self.delay_s)
         body = next((page for key, page in self.pages.items() if key in url), "") if status == 200 else ""
         return Response(SimpleNamespace(status_code=status, content=body.encode(), text=body))

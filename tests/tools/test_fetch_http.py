@@ -141,3 +141,24 @@ def test_https_connects_to_the_vetted_address_with_the_real_host_for_sni_and_hos
     # and without trusting the test CA, nothing is fetched
     with pytest.raises(FetchError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         _get(trusting.model_copy(update={"ca_bundle": None}), https_server.url("/echo-host"))
+
+
+def test_the_run_deadline_cuts_a_fetch_short(web_server, web_settings) -> None:
+    client = GuardedHttpClient(web_settings, DomainRateLimiter(0.0))
+    started = time.monotonic()
+    with pytest.raises(FetchDeadlineExceeded, match="the run's wall-time budget"):
+        asyncio.run(client.get(web_server.url("/trickle"), run_deadline=started + 0.5))
+    assert time.monotonic() - started < 1.0
+
+
+def test_requests_to_one_host_are_spaced_by_the_per_domain_rate_limit(web_server, web_settings) -> None:
+    client = GuardedHttpClient(web_settings, DomainRateLimiter(0.3))
+
+    async def twice() -> float:
+        started = time.monotonic()
+        await asyncio.gather(
+            client.get(web_server.url("/notes.txt")), client.get(web_server.url("/data.json"))
+        )
+        return time.monotonic() - started
+
+    assert asyncio.run(twice()) >= 0.3

@@ -84,6 +84,21 @@ def test_a_rate_limit_that_lifts_is_retried_into_results(make_context, fake_sear
     assert f"1. Aletsch Glacier - Wikipedia — {WIKI}" in message.content
 
 
+def test_a_rate_limited_backend_falls_back_to_the_next(make_context, fake_search_http) -> None:
+    fake_search_http.status_by_url = {"duckduckgo": 429}
+    fake_search_http.serve_results(RESULTS)
+    ctx = make_context(text_backends=["duckduckgo", "mojeek"], search_retries=1, search_backoff_s=0.05)
+    message = _call(build_web_search(ctx), query="Aletsch glacier")
+    assert [url for _, url in fake_search_http.calls][:2] == ["https://html.duckduckgo.com/html/"] * 2
+    assert "mojeek" in fake_search_http.calls[2][1] and len(fake_search_http.calls) == 3
+    assert [hit["url"] for hit in message.artifact] == [RESULTS[0][1], RESULTS[1][1]]
+    # cached under the backend that answered
+    again = _call(
+        build_web_search(make_context(text_backends=["duckduckgo", "mojeek"])), query="Aletsch glacier"
+    )
+    assert len(fake_search_http.calls) == 3 and again.artifact == message.artifact
+
+
 def test_a_hanging_backend_is_abandoned_at_our_deadline(make_context, fake_search_http) -> None:
     fake_search_http.delay_s = 8.0
     ctx = make_context(text_backends=["duckduckgo", "mojeek"], search_deadline_s=1.0)
