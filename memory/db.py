@@ -33,6 +33,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from deepscout.settings import Settings
 
@@ -74,6 +75,9 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
     database = parsed.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if database in ("", ":memory:"):
+        # One shared connection: an in-memory database exists once per connection, not per file.
+        kwargs.setdefault("poolclass", StaticPool)
     connect_args = dict(kwargs.pop("connect_args", {}))
     connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
     connect_args.setdefault("check_same_thread", False)
