@@ -12,12 +12,15 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urljoin, urlsplit
 
 import trafilatura
 from lxml import html as lxml_html
 from trafilatura.utils import load_html
+
+if TYPE_CHECKING:
+    from pypdf import PdfReader
 
 DocumentKind = Literal["html", "pdf", "text", "json"]
 
@@ -133,20 +136,32 @@ def _extract_pdf(body: bytes, url: str) -> ExtractedDocument:
         raise ExtractionError(f"{url}: the PDF could not be read ({exc})") from exc
     text = "\n\n".join(f"[page {i}]\n{page.strip()}" for i, page in enumerate(pages, start=1) if page.strip())
     created = info.creation_date if info is not None else None
-    links = [
-        str(annot.get_object()["/A"]["/URI"])
-        for page in reader.pages
-        for annot in (page.get("/Annots") or [])
-        if "/A" in annot.get_object() and "/URI" in annot.get_object()["/A"]
-    ]
     return ExtractedDocument(
         kind="pdf",
         text=_tidy(text),
         title=(info.title if info is not None else None) or None,
         author=(info.author if info is not None else None) or None,
         published=created.date().isoformat() if created is not None else None,
-        links=[link for link in links if urlsplit(link).scheme in {"http", "https"}],
+        links=_pdf_links(reader),
     )
+
+
+def _pdf_links(reader: PdfReader) -> list[str]:
+    """The http(s) targets of the PDF's link annotations (URI actions), in page order."""
+    from pypdf.errors import PyPdfError
+
+    links: list[str] = []
+    for page in reader.pages:
+        try:
+            annotations = [a.get_object() for a in (page.get("/Annots") or [])]
+            for annotation in annotations:
+                action = annotation.get("/A")
+                uri = str(action.get("/URI", "")) if action is not None else ""
+                if urlsplit(uri).scheme in {"http", "https"} and uri not in links:
+                    links.append(uri)
+        except (PyPdfError, AttributeError, KeyError, TypeError, ValueError):
+            continue  # a malformed annotation costs its page's links, not the document
+    return links
 
 
 def extract_document(body: bytes, content_type: str, url: str) -> ExtractedDocument:

@@ -73,8 +73,11 @@ def _pdf_string(text: str) -> str:
     return "(" + text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ")"
 
 
-def make_pdf(pages: list[list[str]], *, title: str, author: str, created: str = "D:20230501120000Z") -> bytes:
-    """A minimal valid PDF (catalog, pages, Helvetica, a text stream per page, Info) with a correct xref."""
+def make_pdf(
+    pages: list[list[str]], *, title: str, author: str, link: str, created: str = "D:20230501120000Z"
+) -> bytes:
+    """A minimal valid PDF (catalog, pages, Helvetica, a text stream per page, a link annotation on the
+    last page, Info) with a correct xref."""
     objects: list[bytes] = []
     page_ids = [3 + 2 * i for i in range(len(pages))]
     font_id = 3 + 2 * len(pages)
@@ -87,9 +90,15 @@ def make_pdf(pages: list[list[str]], *, title: str, author: str, created: str = 
         ops += [f"{_pdf_string(line)} Tj T*" for line in lines]
         ops.append("ET")
         stream = "\n".join(ops).encode("latin-1")
+        annots = (
+            f" /Annots [<< /Type /Annot /Subtype /Link /Rect [72 600 300 620] "
+            f"/A << /S /URI /URI {_pdf_string(link)} >> >>]"
+            if pid == page_ids[-1]
+            else ""
+        )
         objects.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-            f"/Resources << /Font << /F1 {font_id} 0 R >> >> /Contents {pid + 1} 0 R >>".encode()
+            f"/Resources << /Font << /F1 {font_id} 0 R >> >> /Contents {pid + 1} 0 R{annots} >>".encode()
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
@@ -116,6 +125,7 @@ SURVEY_PDF = make_pdf(
     ],
     title="Alpine Glacier Survey 2023",
     author="GLAMOS",
+    link="https://www.glamos.ch/en/",
 )
 
 

@@ -57,6 +57,7 @@ def test_pdf_text_and_metadata(web_server, web_settings) -> None:
     assert (doc.title, doc.author, doc.published) == ("Alpine Glacier Survey 2023", "GLAMOS", "2023-05-01")
     assert "[page 1]" in doc.text and "[page 2]" in doc.text
     assert "The Aletsch glacier thinned by 1.4 metres per year." in doc.text
+    assert doc.links == ["https://www.glamos.ch/en/"]
 
 
 def test_plain_text_and_json(web_server, web_settings) -> None:
