@@ -10,19 +10,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.outputs import LLMResult
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 from langgraph.types import Command
-from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from deepscout.agent import prompts
@@ -45,6 +41,7 @@ from deepscout.agent.state import (
     StepRecord,
     StopReason,
 )
+from deepscout.agent.structured import UsageRecorder, output_limit, structured_call
 from deepscout.memory import repository
 from deepscout.memory.db import write_session
 from deepscout.memory.models import Step
@@ -53,7 +50,6 @@ from deepscout.tools.base import ToolContext
 from deepscout.tools.registry import tools_with_role
 
 logger = logging.getLogger(__name__)
-Schema = TypeVar("Schema", bound=BaseModel)
 Event = dict[str, Any]
 
 
@@ -74,76 +70,29 @@ class RunContext:
     emit: Callable[[Event], None] = field(default=lambda event: None)
 
 
-# --------------------------------------------------------------------------- model calls
-
-
-class _UsageRecorder(BaseCallbackHandler):
-    """Collects the prefill counters and usage of the model calls made under it."""
-
-    def __init__(self) -> None:
-        self.messages: list[BaseMessage] = []
-
-    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        for generations in response.generations:
-            for generation in generations:
-                message = getattr(generation, "message", None)
-                if message is not None:
-                    self.messages.append(message)
-
-    def usage(self) -> dict[str, Any]:
-        totals: dict[str, Any] = {
-            "prompt_tokens": 0,
-            "reused_tokens": 0,
-            "computed_tokens": 0,
-            "output_tokens": 0,
-            "first_token_s": None,
-        }
-        for message in self.messages:
-            prefill = message.response_metadata.get("prefill") or {}
-            for key in ("prompt_tokens", "reused_tokens", "computed_tokens"):
-                totals[key] += int(prefill.get(key, 0))
-            usage = getattr(message, "usage_metadata", None) or {}
-            totals["output_tokens"] += int(usage.get("output_tokens", 0))
-            timings = message.response_metadata.get("timings") or {}
-            if totals["first_token_s"] is None and timings.get("first_token_s") is not None:
-                totals["first_token_s"] = float(timings["first_token_s"])
-        return totals
-
-
-@contextmanager
-def _output_limit(model: ChatModel, max_tokens: int) -> Iterator[None]:
-    """Cap the tokens the next generation may write (backends that expose ``max_new_tokens``)."""
-    previous = getattr(model, "max_new_tokens", None)
-    if previous is None:
-        yield
-        return
-    object.__setattr__(model, "max_new_tokens", max_tokens)
-    try:
-        yield
-    finally:
-        object.__setattr__(model, "max_new_tokens", previous)
-
-
-def _structured(
-    run: RunContext, schema: type[Schema], messages: Sequence[BaseMessage], max_tokens: int
-) -> tuple[Schema, dict[str, Any]]:
-    recorder = _UsageRecorder()
-    runnable = run.model.with_structured_output(schema)
-    with _output_limit(run.model, max_tokens):
-        result = runnable.invoke(list(messages), {"callbacks": [recorder]}, deadline=run.loop_deadline)
-    if not isinstance(result, schema):
-        result = schema.model_validate(result)
-    return result, recorder.usage()
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def _clean_queries(queries: Sequence[str], done: Sequence[str], limit: int) -> list[str]:
+def _vocabulary(state: ResearchState, transcript: Sequence[BaseMessage]) -> set[str]:
+    """Terms of the question and of the documents read: what a useful query draws on."""
+    words = set(terms(state["question"]))
+    for _, doc in documents_in(transcript):
+        words.update(terms(doc.title))
+        words.update(terms(doc.text))
+    return words
+
+
+def _clean_queries(
+    queries: Sequence[str], done: Sequence[str], limit: int, vocabulary: set[str] | None = None
+) -> list[str]:
+    """Queries normalised, new, and (given a vocabulary) sharing a term with it: a small model sometimes
+    parrots the worked example's queries, which name nothing in the question or the documents."""
     seen = {q.casefold() for q in done}
     cleaned: list[str] = []
     for query in queries:
         text = " ".join(query.split()).strip(" \"'")
+        if vocabulary is not None and not set(terms(text)) & vocabulary:
+            continue
         if text and text.casefold() not in seen:
             seen.add(text.casefold())
             cleaned.append(text)
@@ -247,6 +196,15 @@ def _run_tools(
         return list(pool.map(invoke, calls))
 
 
+def _opening(question: str) -> list[BaseMessage]:
+    """System prompt, worked example, question: the same prefix for every run but the last turn."""
+    messages: list[BaseMessage] = [SystemMessage(content=prompts.SYSTEM_PROMPT)]
+    for role, text in prompts.EXAMPLE_TURNS:
+        messages.append(AIMessage(content=text) if role == "assistant" else HumanMessage(content=text))
+    messages.append(HumanMessage(content=prompts.QUESTION.format(question=question)))
+    return messages
+
+
 def _focus(state: ResearchState) -> str:
     return " ".join([state["question"], *state.get("queries_done", []), *state.get("pending_queries", [])])
 
@@ -264,37 +222,47 @@ def plan(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Literal[
     started = time.monotonic()
     transcript = list(state.get("transcript") or [])
     if not transcript:
-        transcript = [
-            SystemMessage(content=prompts.SYSTEM_PROMPT),
-            HumanMessage(content=prompts.QUESTION.format(question=state["question"])),
-        ]
-    if time.monotonic() >= run.loop_deadline:
-        return Command(goto="answer", update={"transcript": transcript, **_stop("wall_time", run)})
+        transcript = _opening(state["question"])
     limit = run.settings.queries_per_step
     instruction = HumanMessage(content=prompts.PLAN_INSTRUCTION.format(n=limit))
     usage: dict[str, Any] | None = None
     proposed: list[str] = []
     error: str | None = None
-    try:
-        result, usage = _structured(run, QueryPlan, [*transcript, instruction], run.settings.plan_max_tokens)
-        proposed = result.queries
-    except GenerationDeadlineExceeded:
-        return Command(goto="answer", update={"transcript": transcript, **_stop("wall_time", run)})
-    except StructuredOutputError as exc:
-        error = str(exc)
-        logger.warning("planner gave no valid plan; searching the question itself: %s", exc)
+    out_of_time = time.monotonic() >= run.loop_deadline
+    if not out_of_time:
+        try:
+            result, usage = structured_call(
+                run.model,
+                QueryPlan,
+                [*transcript, instruction],
+                max_tokens=run.settings.plan_max_tokens,
+                deadline=run.loop_deadline,
+            )
+            proposed = result.queries
+        except GenerationDeadlineExceeded:
+            out_of_time = True
+        except StructuredOutputError as exc:
+            error = str(exc)
+            logger.warning("planner gave no valid plan; searching the question itself: %s", exc)
     done = state.get("queries_done", [])
-    queries = _clean_queries(proposed, done, limit) or _clean_queries([state["question"]], done, 1)
+    queries = _clean_queries(proposed, done, limit, _vocabulary(state, transcript))
+    queries = queries or _clean_queries([state["question"]], done, 1)
     record = _trace(state, "plan", started, usage, 0, queries=queries, proposed=proposed, error=error)
     _persist(run, state, record)
     _emit_usage(run, "plan", record)
+    stop: dict[str, Any] = {}
+    if out_of_time:
+        # Out of time before anything was read: searching the question costs no model time.
+        stop = _stop("wall_time", run)
+        if state.get("sources") or not queries:
+            return Command(goto="answer", update={"transcript": transcript, "trace": [record], **stop})
     if not queries:
         return Command(
             goto="answer", update={"transcript": transcript, "trace": [record], **_stop("no_queries", run)}
         )
     run.emit({"type": "queries", "step": state.get("step", 0) + 1, "queries": queries})
     transcript += [instruction, AIMessage(content=QueryPlan(queries=queries).model_dump_json())]
-    update = {"transcript": transcript, "pending_queries": queries, "trace": [record]}
+    update = {"transcript": transcript, "pending_queries": queries, "trace": [record], **stop}
     return Command(goto="act", update=update)
 
 
@@ -464,8 +432,12 @@ def reflect(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Liter
         content=prompts.REFLECT_INSTRUCTION.format(question=state["question"], n=limit, used="; ".join(done))
     )
     try:
-        result, usage = _structured(
-            run, Reflection, [*transcript, instruction], run.settings.reflect_max_tokens
+        result, usage = structured_call(
+            run.model,
+            Reflection,
+            [*transcript, instruction],
+            max_tokens=run.settings.reflect_max_tokens,
+            deadline=run.loop_deadline,
         )
     except GenerationDeadlineExceeded:
         return Command(goto="answer", update=_stop("wall_time", run))
@@ -474,7 +446,7 @@ def reflect(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Liter
         record = _trace(state, "reflect", started, None, 0, error=str(exc))
         _persist(run, state, record)
         return Command(goto="plan", update={"trace": [record]})
-    queries = _clean_queries(result.next_queries, done, limit)
+    queries = _clean_queries(result.next_queries, done, limit, _vocabulary(state, transcript))
     shown = Reflection(enough=result.enough, next_queries=queries)
     transcript += [instruction, AIMessage(content=shown.model_dump_json())]
     record = _trace(state, "reflect", started, usage, 0, enough=result.enough, next_queries=queries)
@@ -495,7 +467,7 @@ def _fallback_answer(state: ResearchState, reason: str, limit: int = 3) -> str:
     transcript = state.get("transcript", [])
     pool = [(doc.n, passage) for _, doc in documents_in(transcript) for passage in split_passages(doc.text)]
     if not pool:
-        return f"No answer: {reason}, and no documents were found."
+        return f"No answer: {reason}."
     scores = bm25_scores([p for _, p in pool], terms(_focus(state)))
     best = sorted(range(len(pool)), key=lambda i: -scores[i])[:limit]
     passages = "\n".join(f"- {pool[i][1][:400]} [{pool[i][0]}]" for i in sorted(best))
@@ -522,10 +494,10 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
         transcript = placement.transcript
         for drop in placement.dropped:
             run.emit({"type": "dropped", **drop})
-        recorder = _UsageRecorder()
+        recorder = UsageRecorder()
         parts: list[str] = []
         try:
-            with _output_limit(run.model, run.settings.answer_max_tokens):
+            with output_limit(run.model, run.settings.answer_max_tokens):
                 for chunk in run.model.stream(
                     [*transcript, instruction], {"callbacks": [recorder]}, deadline=run.deadline
                 ):

@@ -1,46 +1,61 @@
 """Prompt strings of the research agent (text only; no logic).
 
-The system prompt is the same for every step of every run, so an embedded backend reuses its KV cache
-across steps and runs. Each step appends its instruction as a new user turn (append-only prompts).
-Few-shot examples show the tiny default model what good queries, reflections and cited answers look like.
+Every transcript starts with the same system prompt and the same worked example (as real chat turns),
+so an embedded backend reuses its KV cache across steps and runs; each step then appends its
+instruction as a new user turn (append-only prompts). The worked example shows the tiny default model
+the exact reply formats: a JSON plan, JSON reflections, and a plain-text answer citing [n].
 """
 
 from __future__ import annotations
 
 from deepscout.tools.untrusted import UNTRUSTED_RULE
 
-SYSTEM_PROMPT = f"""You are a careful research assistant. You answer questions from documents \
-that you find with a search engine, and you cite the documents you use as [n].
-{UNTRUSTED_RULE}
-
-Example.
-Question: Which river flows through the birthplace of the author of Dracula?
-Search queries: {{"queries":["Dracula author","Bram Stoker birthplace"]}}
-Documents:
-[1] Dracula: Dracula is an 1897 novel by Bram Stoker.
-[2] Bram Stoker: Bram Stoker was born in Clontarf, Dublin.
-Enough? {{"enough":false,"next_queries":["river Dublin"]}}
-[3] River Liffey: The Liffey flows through the centre of Dublin.
-Enough? {{"enough":true,"next_queries":[]}}
-Answer: Dracula was written by Bram Stoker [1], who was born in Dublin [2]; the River Liffey flows \
-through Dublin [3]."""
+SYSTEM_PROMPT = f"""You are a careful research assistant. You answer questions from documents that \
+you find with a search engine, and you cite the documents you use as [n].
+{UNTRUSTED_RULE}"""
 
 QUESTION = "Question: {question}"
 
 PLAN_INSTRUCTION = """Write up to {n} short keyword search queries for the question, one fact per \
-query, naming the entity and the fact you need. Do not copy the whole question."""
+query. Reply in JSON: {{"queries":["...","..."]}}"""
 
-DOCUMENTS_HEADER = "Documents found (round {step}):"
+REFLECT_INSTRUCTION = """Do the documents answer the question "{question}"? Reply in JSON: \
+{{"enough":true,"next_queries":[]}} if they do, or {{"enough":false,"next_queries":["..."]}} with up \
+to {n} new short keyword queries for the missing facts."""
+
+ANSWER_INSTRUCTION = """Answer the question "{question}" in one to three plain sentences, using only \
+the documents. Put the number of the document after each fact, like [1]."""
 
 NO_DOCUMENTS = "Round {step}: the searches found no new documents."
 
-REFLECT_INSTRUCTION = """Do the documents above answer the question "{question}"? If yes, reply \
-enough=true. If not, reply enough=false and write up to {n} new short keyword queries for the \
-missing facts (not queries already used: {used})."""
+NEXT_QUESTION = "That was an example. Now a new question; its documents are numbered from [1] again."
 
-ANSWER_INSTRUCTION = """Answer the question "{question}" in one to three sentences, using only the \
-documents above. Put the number of the document you use after each fact, like [1]. If the documents \
-do not say, answer that they do not say."""
+_EXAMPLE_QUESTION = "Which river flows through the birthplace of the author of Dracula?"
+
+_EXAMPLE_DOCUMENT = """[{n}] {title}
+<untrusted_data origin="read_document">
+{text}
+</untrusted_data>"""
+
+EXAMPLE_TURNS: tuple[tuple[str, str], ...] = (
+    ("user", QUESTION.format(question=_EXAMPLE_QUESTION)),
+    ("user", PLAN_INSTRUCTION.format(n=3)),
+    ("assistant", '{"queries":["Dracula author","Bram Stoker birthplace"]}'),
+    ("user", _EXAMPLE_DOCUMENT.format(n=1, title="Dracula", text="Dracula is an 1897 novel by Bram Stoker.")),
+    ("user", _EXAMPLE_DOCUMENT.format(n=2, title="Bram Stoker", text="Bram Stoker was born in Dublin.")),
+    ("user", REFLECT_INSTRUCTION.format(question=_EXAMPLE_QUESTION, n=3)),
+    ("assistant", '{"enough":false,"next_queries":["river Dublin"]}'),
+    ("user", _EXAMPLE_DOCUMENT.format(n=3, title="River Liffey", text="The Liffey flows through Dublin.")),
+    ("user", REFLECT_INSTRUCTION.format(question=_EXAMPLE_QUESTION, n=3)),
+    ("assistant", '{"enough":true,"next_queries":[]}'),
+    ("user", ANSWER_INSTRUCTION.format(question=_EXAMPLE_QUESTION)),
+    (
+        "assistant",
+        "Dracula was written by Bram Stoker [1], who was born in Dublin [2]. The River Liffey flows "
+        "through Dublin [3].",
+    ),
+    ("user", NEXT_QUESTION),
+)
 
 FALLBACK_ANSWER = """The model did not produce an answer ({reason}). The most relevant passages found:
 {passages}"""

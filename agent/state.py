@@ -13,12 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field
 # --------------------------------------------------------------------------- structured model outputs
 
 
+Query = Annotated[str, Field(min_length=3, max_length=80)]
+"""A search query: a few keywords (the lower bound stops a small model from writing empty strings)."""
+
+
 class QueryPlan(BaseModel):
     """The planner's output: short keyword queries, one fact each."""
 
     model_config = ConfigDict(extra="forbid")
 
-    queries: list[str] = Field(min_length=1, max_length=4, description="Short keyword search queries.")
+    queries: list[Query] = Field(min_length=1, max_length=4, description="Short keyword search queries.")
 
 
 class Reflection(BaseModel):
@@ -27,7 +31,7 @@ class Reflection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enough: bool = Field(description="True when the documents read already answer the question.")
-    next_queries: list[str] = Field(
+    next_queries: list[Query] = Field(
         default_factory=list, max_length=4, description="Queries for the facts still missing."
     )
 
