@@ -2,7 +2,8 @@
 
 Per step, under a token budget (`max_tokens_per_step`): first one token for every decoding sequence, then
 prefill chunks (at most `prefill_chunk` tokens of one sequence, cut to end on a block boundary when the
-prefill goes on, so the state can be snapshotted there), then newly admitted requests in arrival order.
+prefill goes on; with prefix caching the last chunk of a prompt also stops at its last snapshot boundary,
+so the state there can be snapshotted for later reuse), then newly admitted requests in arrival order.
 Memory per step is bounded by the budget whatever the context length.
 
 When blocks run out: with `pool_policy="queue"` a request is admitted only once all the blocks it can
@@ -87,10 +88,13 @@ class Scheduler:
         assert seq.cache is not None
         start, pending = seq.cache.num_tokens, seq.pending
         length = min(pending, self.config.prefill_chunk, budget)
-        if length < pending:
-            bt = self.caches.block_tokens
-            aligned = (start + length) // bt * bt
-            if aligned > start:
+        if length > 1 and (length < pending or self.config.prefix_caching):
+            # end on a block boundary (a snapshot boundary with prefix caching) when one lies inside
+            step = self.caches.block_tokens
+            if length == pending:
+                step *= self.config.snapshot_every
+            aligned = (start + length) // step * step
+            if start < aligned < start + length:
                 length = aligned - start
         if not self._make_room(seq, start + length, chunks):
             return None
