@@ -20,7 +20,7 @@ RELATIVE_TOLERANCE = 1e-4
 @pytest.fixture(autouse=True)
 def _two_threads() -> Iterator[None]:
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 
@@ -97,7 +97,7 @@ def make_pair() -> Callable[[ModelArgs, int], Pair]:
     def make(args: ModelArgs, seed: int = 0) -> Pair:
         key = (args, seed)
         if key not in built:
-            torch.set_num_threads(2)
+            torch.set_num_threads(1)
             model = DeepseekV4Model.random(args, seed).eval()
             built[key] = Pair(args, model, build_oracle(model), {})
         return built[key]

@@ -10,7 +10,6 @@ requirement), each config >= 95%, mean KL < 2e-3 (about 4x the worst measured co
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +22,6 @@ SCHEDULES = [(S, S), (C, C), (H, H), (S, C, H, C)]
 CHUNKS = [200, 100] + [1] * 20
 
 
-@pytest.mark.slow
 def test_bf16_agrees_with_float32_reference(make_pair, v4) -> None:
     agreements, kls = [], []
     for schedule in SCHEDULES:
