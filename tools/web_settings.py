@@ -34,7 +34,9 @@ class WebSettings(BaseSettings):
     search_request_timeout_s: int = Field(
         default=5, ge=1, description="Timeout ddgs gives each of its HTTP requests (whole seconds)."
     )
-    search_retries: int = Field(default=2, ge=0, description="Retries per backend on rate limits/timeouts.")
+    search_retries: int = Field(
+        default=1, ge=0, description="Retries per backend on rate limits/timeouts, before the next backend."
+    )
     search_backoff_s: float = Field(
         default=0.5, ge=0, description="First backoff delay; doubles on each retry (with jitter)."
     )
