@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from itertools import islice
 from typing import Any
 
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from deepscout.memory.db import write_session
 from deepscout.memory.models import CorpusCollection, Source, utcnow
-from deepscout.memory.repository import content_hash, corpus_source_key
+from deepscout.memory.repository import clean_text, content_hash, corpus_source_key
 from deepscout.memory.schemas import AddReport, CollectionInfo, CorpusDocument, ProgressCallback, SearchHit
 
 FETCH_HINT = (
@@ -175,7 +176,8 @@ class CorpusIndex:
         }
         inserts: list[dict[str, Any]] = []
         updated = unchanged = 0
-        for key, doc in by_key.items():
+        for key, original in by_key.items():
+            doc = replace(original, title=clean_text(original.title), text=clean_text(original.text))
             digest = content_hash(doc.title, doc.text)
             if key not in stored:
                 inserts.append(_source_row(key, collection, doc, digest))

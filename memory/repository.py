@@ -26,7 +26,8 @@ Sources (corpus documents and web pages share one table; see docs/architecture.m
     ``upsert_page(s, *, url, final_url, title, text, http_status, ...)`` → the page under
     ``web:<final_url>``; ``find_page(s, *, url)`` → the stored page requested as, or redirected to, ``url``;
     ``get_source(s, *, source_id)``, ``get_sources(s, *, source_ids)`` (in the order asked),
-    ``get_source_by_key(s, *, key)``; ``corpus_source_key``, ``web_source_key``, ``content_hash``.
+    ``get_source_by_key(s, *, key)``; ``corpus_source_key``, ``web_source_key``, ``content_hash``,
+    ``clean_text`` (titles and texts are stored without NUL characters or lone surrogates).
 
 Web search cache (keyed by normalised query, backend, region and time limit; the reader applies the TTL)
     ``search_cache_get(s, *, query, backend, region=None, timelimit=None, max_age, now=None)`` → the cached
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -62,6 +64,7 @@ from deepscout.memory.models import (
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 T = TypeVar("T")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RecordNotFoundError(LookupError):
@@ -294,6 +297,14 @@ def web_source_key(final_url: str) -> str:
     return f"web:{final_url}"
 
 
+def clean_text(value: str) -> str:
+    """Text every database accepts: NUL characters dropped (PostgreSQL refuses them), lone surrogates
+    (possible in JSON input) replaced by U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return _SURROGATE.sub("\ufffd", value)
+
+
 def content_hash(title: str, text: str) -> str:
     """SHA-256 over title and text: what decides whether a stored document changed."""
     digest = hashlib.sha256()
@@ -324,6 +335,7 @@ def upsert_source(
     """Insert the source, or update the one with the same ``key`` (its id stays the same)."""
     if kind not in SOURCE_KINDS:
         raise ValueError(f"Source kind must be one of {', '.join(SOURCE_KINDS)}, not {kind!r}")
+    title, text = clean_text(title), clean_text(text)
     fields: dict[str, Any] = {
         "kind": kind,
         "title": title,

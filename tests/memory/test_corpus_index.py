@@ -201,3 +201,14 @@ def test_empty_corpus_error_names_the_fetch_commands(index: CorpusIndex) -> None
     index.add([CorpusDocument("1", "x", "y")], collection="one")
     with pytest.raises(ValueError, match="k must be"):
         index.search("x", k=0)
+
+
+def test_nul_characters_and_lone_surrogates_are_stored_cleanly(index: CorpusIndex, tmp_path: Path) -> None:
+    path = tmp_path / "odd.jsonl"
+    path.write_text(
+        '{"id": "n", "title": "Nul\\u0000title", "text": "bad \\ud800 surrogate and \\u0000 nul"}\n'
+    )
+    index.add(open_input(path).documents(), collection="odd")
+    [hit] = index.search("surrogate", k=1)
+    source = index.get(hit.source_id)
+    assert source.title == "Nultitle" and source.text == "bad \ufffd surrogate and  nul"
