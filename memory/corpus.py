@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from deepscout.memory.db import write_session
 from deepscout.memory.models import CorpusCollection, Source, utcnow
-from deepscout.memory.repository import clean_text, content_hash, corpus_source_key
+from deepscout.memory.repository import clean_json, clean_text, content_hash, corpus_source_key
 from deepscout.memory.schemas import AddReport, CollectionInfo, CorpusDocument, ProgressCallback, SearchHit
 
 FETCH_HINT = (
@@ -177,7 +177,12 @@ class CorpusIndex:
         inserts: list[dict[str, Any]] = []
         updated = unchanged = 0
         for key, original in by_key.items():
-            doc = replace(original, title=clean_text(original.title), text=clean_text(original.text))
+            doc = replace(
+                original,
+                title=clean_text(original.title),
+                text=clean_text(original.text),
+                meta=clean_json(original.meta),
+            )
             digest = content_hash(doc.title, doc.text)
             if key not in stored:
                 inserts.append(_source_row(key, collection, doc, digest))

@@ -27,7 +27,7 @@ Sources (corpus documents and web pages share one table; see docs/architecture.m
     ``web:<final_url>``; ``find_page(s, *, url)`` → the stored page requested as, or redirected to, ``url``;
     ``get_source(s, *, source_id)``, ``get_sources(s, *, source_ids)`` (in the order asked),
     ``get_source_by_key(s, *, key)``; ``corpus_source_key``, ``web_source_key``, ``content_hash``,
-    ``clean_text`` (titles and texts are stored without NUL characters or lone surrogates).
+    ``clean_text``/``clean_json`` (text and meta are stored without NUL characters or lone surrogates).
 
 Web search cache (keyed by normalised query, backend, region and time limit; the reader applies the TTL)
     ``search_cache_get(s, *, query, backend, region=None, timelimit=None, max_age, now=None)`` → the cached
@@ -305,6 +305,17 @@ def clean_text(value: str) -> str:
     return _SURROGATE.sub("\ufffd", value)
 
 
+def clean_json(value: Any) -> Any:
+    """``value`` with :func:`clean_text` applied to every string in it (keys included)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(v) for v in value]
+    return value
+
+
 def content_hash(title: str, text: str) -> str:
     """SHA-256 over title and text: what decides whether a stored document changed."""
     digest = hashlib.sha256()
@@ -350,7 +361,7 @@ def upsert_source(
         "author": author,
         "published": published,
         "fetched_at": fetched_at,
-        "meta": meta or {},
+        "meta": clean_json(meta or {}),
     }
     source = get_source_by_key(session, key=key)
     if source is None:

@@ -206,9 +206,11 @@ def test_empty_corpus_error_names_the_fetch_commands(index: CorpusIndex) -> None
 def test_nul_characters_and_lone_surrogates_are_stored_cleanly(index: CorpusIndex, tmp_path: Path) -> None:
     path = tmp_path / "odd.jsonl"
     path.write_text(
-        '{"id": "n", "title": "Nul\\u0000title", "text": "bad \\ud800 surrogate and \\u0000 nul"}\n'
+        '{"id": "n", "title": "Nul\\u0000title", "text": "bad \\ud800 surrogate and \\u0000 nul", '
+        '"note": "x\\u0000y"}\n'
     )
     index.add(open_input(path).documents(), collection="odd")
     [hit] = index.search("surrogate", k=1)
     source = index.get(hit.source_id)
     assert source.title == "Nultitle" and source.text == "bad \ufffd surrogate and  nul"
+    assert source.meta == {"note": "xy"}
