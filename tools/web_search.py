@@ -186,8 +186,10 @@ class WebSearcher:
         if self._ctx.deadline is not None:
             deadline = min(deadline, self._ctx.deadline)
         failures: list[str] = []
+        reachable = False  # some backend answered, with nothing: the web is up, the query finds nothing
         for backend in backends:
             results = self._try_backend(query, kind, backend, timelimit, limit, deadline, failures)
+            reachable = reachable or results is not None
             if results:
                 with write_session(self._ctx.session_factory) as session:
                     repository.search_cache_put(
@@ -202,6 +204,9 @@ class WebSearcher:
             if time.monotonic() >= deadline:
                 failures.append(f"deadline of {s.search_deadline_s:g}s reached")
                 break
+        failures = list(dict.fromkeys(failures))  # a retried backend's repeated reason once
+        if reachable:
+            return SearchOutcome("web", [], None, failures, [])
         logger.warning(
             "web search for %r failed after %.1fs: %s", query, time.monotonic() - started, failures
         )
@@ -237,12 +242,13 @@ class WebSearcher:
         limit: int,
         deadline: float,
         failures: list[str],
-    ) -> list[WebResult]:
+    ) -> list[WebResult] | None:
+        """The backend's results (empty when it answered with none), or None when it failed."""
         s = self._settings
         for attempt in range(s.search_retries + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return []
+                return None
             self._state.count("search_requests")
             try:
                 raw = call_with_deadline(
@@ -254,20 +260,19 @@ class WebSearcher:
                 reason = "rate limited" if isinstance(exc, _RateLimited) else "timed out"
                 failures.append(f"{kind}:{backend} {reason} ({exc or f'no answer in {remaining:.1f}s'})")
                 if attempt == s.search_retries:
-                    return []
+                    return None
                 delay = s.search_backoff_s * (2**attempt) * random.uniform(0.8, 1.2)
                 time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
                 continue
-            except (
-                _BackendFailed
-            ) as exc:  # connection refused, DNS, TLS: retrying the same backend won't help
+            except _BackendFailed as exc:
+                # connection refused, DNS, TLS, a page it cannot parse: a retry would fail the same way
                 failures.append(f"{kind}:{backend} failed ({exc})")
-                return []
+                return None
             results = _normalise(raw, kind, backend, limit)
             if not results:
                 failures.append(f"{kind}:{backend} found nothing")
             return results
-        return []
+        return None
 
     def _one_request(self, query: str, kind: SearchKind, backend: str, timelimit: str | None) -> list[Any]:
         from ddgs.exceptions import DDGSException, TimeoutException
@@ -280,18 +285,16 @@ class WebSearcher:
             raw = engine.search(query, region=s.region, safesearch=s.safesearch, timelimit=timelimit)
         except TimeoutException as exc:
             raise _BackendTimeout(str(exc)) from exc
-        except DDGSException as exc:
-            if any(code in RATE_LIMIT_STATUSES for code in recorder.statuses):
-                raise _RateLimited(f"HTTP {recorder.statuses[-1]}") from exc
-            raise _BackendFailed(str(exc)) from exc
-        except Exception as exc:  # parsing errors on an unexpected page
-            if any(code in RATE_LIMIT_STATUSES for code in recorder.statuses):
-                raise _RateLimited(f"HTTP {recorder.statuses[-1]}") from exc
-            raise _BackendFailed(f"{type(exc).__name__}: {exc}") from exc
-        if not raw and any(code in RATE_LIMIT_STATUSES for code in recorder.statuses):
-            raise _RateLimited(f"HTTP {recorder.statuses[-1]}")
-        if not raw and recorder.statuses and all(code >= 500 for code in recorder.statuses):
-            raise _BackendFailed(f"HTTP {recorder.statuses[-1]}")
+        except Exception as exc:  # DDGSException (network, TLS, no token) or a parse error on an odd page
+            if limited := [code for code in recorder.statuses if code in RATE_LIMIT_STATUSES]:
+                raise _RateLimited(f"HTTP {limited[-1]}") from exc
+            detail = str(exc) if isinstance(exc, DDGSException) else f"{type(exc).__name__}: {exc}"
+            raise _BackendFailed(detail[:200]) from exc
+        if not raw:
+            if limited := [code for code in recorder.statuses if code in RATE_LIMIT_STATUSES]:
+                raise _RateLimited(f"HTTP {limited[-1]}")
+            if recorder.statuses and all(code >= 500 for code in recorder.statuses):
+                raise _BackendFailed(f"HTTP {recorder.statuses[-1]}")
         return list(raw or [])
 
     def _corpus_fallback(self, query: str, limit: int, failures: list[str]) -> SearchOutcome:

@@ -99,6 +99,14 @@ def test_a_rate_limited_backend_falls_back_to_the_next(make_context, fake_search
     assert len(fake_search_http.calls) == 3 and again.artifact == message.artifact
 
 
+def test_a_query_the_web_has_nothing_for_is_not_a_network_failure(make_context, fake_search_http) -> None:
+    fake_search_http.serve_results([])
+    ctx = make_context(text_backends=["duckduckgo", "mojeek"])
+    message = _call(build_web_search(ctx), query="zxqv glorp")
+    assert message.content == "No web results for 'zxqv glorp'." and message.artifact == []
+    assert web_run_state(ctx).counters["search_corpus_fallbacks"] == 0
+
+
 def test_a_hanging_backend_is_abandoned_at_our_deadline(make_context, fake_search_http) -> None:
     fake_search_http.delay_s = 8.0
     ctx = make_context(text_backends=["duckduckgo", "mojeek"], search_deadline_s=1.0)
