@@ -124,6 +124,8 @@ def _normalise(raw: list[Any], kind: SearchKind, backend: str, limit: int) -> li
     for item in raw:
         record = item if isinstance(item, dict) else asdict(item)
         url = str(record.get("href") or record.get("url") or "").strip()
+        if url.startswith("//"):  # protocol-relative links in some result pages
+            url = "https:" + url
         if not url.lower().startswith(("http://", "https://")):
             continue
         key = normalize_url(url)
