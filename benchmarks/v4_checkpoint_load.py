@@ -3,7 +3,8 @@
 Writes a synthetic checkpoint (``--width flash``: V4-Flash's real tensor shapes — hidden 4096, 64 heads of
 512, vocab 129280, FP8 128×128 blocks, MXFP4 experts of 2048×4096 — with fewer layers and experts; ``small``:
 the reduced width the tests use), then loads it in a fresh process per dtype and reports load time,
-throughput and the peak RSS beyond the model itself (VmHWM reset just before loading). Prints a table and
+throughput and the peak RSS beyond the model itself (model allocated and made resident first, then VmHWM
+reset, then the weights loaded: the loader's worst transient overhead at any moment). Prints a table and
 writes ``benchmarks/results/v4_checkpoint_load.json`` (or ``--json PATH``).
 
     python benchmarks/v4_checkpoint_load.py --width small
@@ -23,39 +24,44 @@ from pathlib import Path
 from typing import Any
 
 _LOAD = r"""
-import json, re, resource, sys, time
+import json, re, sys, time
 import torch
 from deepscout.model_runtime.config import ModelArgs
-from deepscout.model_runtime.loader import allocate_model, load_model
+from deepscout.model_runtime.loader import allocate_model, load_weights
+from deepscout.model_runtime.weights.checkpoint import Checkpoint
 
 def status(key):
-    found = re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read())
-    return int(found.group(1)) * 1024 if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 directory, dtype = sys.argv[1], getattr(torch, sys.argv[2])
 args = ModelArgs.from_json(directory)
 allocate_model(args.with_(num_hidden_layers=1, layer_types=args.layer_types[:1], mlp_layer_types=("moe",)))
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    peak_reset = True
-except OSError:
-    peak_reset = False
-before = status("VmRSS")
 start = time.perf_counter()
-model, report = load_model(directory, dtype=dtype)
-seconds = time.perf_counter() - start
+checkpoint = Checkpoint(directory)
+model = allocate_model(args, dtype=dtype)
 tensors = list(model.state_dict().values())
+model_bytes = sum(t.numel() * t.element_size() for t in tensors)
+with torch.no_grad():
+    for t in tensors:
+        t.zero_()  # resident first, so the peak below is the loader's transient overhead at any moment
+prepare = time.perf_counter() - start
+reset_peak()
+before = status("VmRSS")
+report = load_weights(model, checkpoint)
 print(json.dumps({
     "dtype": sys.argv[2],
-    "seconds": seconds,
+    "seconds": report.seconds,
+    "prepare_seconds": prepare,
     "stored_bytes": report.stored_bytes,
-    "model_bytes": sum(t.numel() * t.element_size() for t in tensors),
+    "model_bytes": model_bytes,
     "largest_tensor_bytes": max(t.numel() * t.element_size() for t in tensors),
-    "peak_beyond_model": status("VmHWM") - before - sum(t.numel() * t.element_size() for t in tensors),
+    "peak_beyond_model": status("VmHWM") - before,
     "tensors": report.tensors,
     "threads": torch.get_num_threads(),
-    "peak_reset": peak_reset,
 }))
 """
 
