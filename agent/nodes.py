@@ -73,8 +73,11 @@ class RunContext:
 # --------------------------------------------------------------------------- helpers
 
 
+_EXAMPLE_TERMS = frozenset(terms(" ".join(text for _, text in prompts.EXAMPLE_TURNS)))
+
+
 def _vocabulary(state: ResearchState, transcript: Sequence[BaseMessage]) -> set[str]:
-    """Terms of the question and of the documents read: what a useful query draws on."""
+    """Terms of the question and of the documents read."""
     words = set(terms(state["question"]))
     for _, doc in documents_in(transcript):
         words.update(terms(doc.title))
@@ -82,16 +85,22 @@ def _vocabulary(state: ResearchState, transcript: Sequence[BaseMessage]) -> set[
     return words
 
 
+def _parroted(query: str, vocabulary: set[str]) -> bool:
+    """True for a query made only of the worked example's words and none of the question's or the
+    documents' (a small model sometimes copies the example's queries)."""
+    words = set(terms(query))
+    return bool(words) and words <= _EXAMPLE_TERMS and not words & vocabulary
+
+
 def _clean_queries(
     queries: Sequence[str], done: Sequence[str], limit: int, vocabulary: set[str] | None = None
 ) -> list[str]:
-    """Queries normalised, new, and (given a vocabulary) sharing a term with it: a small model sometimes
-    parrots the worked example's queries, which name nothing in the question or the documents."""
+    """Queries normalised, new, and not parroted from the worked example."""
     seen = {q.casefold() for q in done}
     cleaned: list[str] = []
     for query in queries:
         text = " ".join(query.split()).strip(" \"'")
-        if vocabulary is not None and not set(terms(text)) & vocabulary:
+        if vocabulary is not None and _parroted(text, vocabulary):
             continue
         if text and text.casefold() not in seen:
             seen.add(text.casefold())
@@ -188,6 +197,9 @@ def _run_tools(
             return None, record
         assert isinstance(message, ToolMessage)
         record["output"] = str(message.content)[:20_000]
+        if message.status == "error":
+            record.update(status="error", error=record["output"])
+            return None, record
         return message, record
 
     if not calls:
@@ -419,12 +431,17 @@ def reflect(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Liter
     run = runtime.context
     started = time.monotonic()
     budgets = run.settings.budgets
+    spent: StopReason | None = None
     if state.get("step", 0) >= budgets.max_steps:
-        return Command(goto="answer", update=_stop("max_steps", run))
-    if _budget_left(run, state) <= 0:
-        return Command(goto="answer", update=_stop("max_tool_calls", run))
-    if time.monotonic() >= run.loop_deadline:
-        return Command(goto="answer", update=_stop("wall_time", run))
+        spent = "max_steps"
+    elif _budget_left(run, state) <= 0:
+        spent = "max_tool_calls"
+    elif time.monotonic() >= run.loop_deadline:
+        spent = "wall_time"
+    if spent is not None:
+        record = _trace(state, "reflect", started, None, 0, budget_spent=spent)
+        _persist(run, state, record)
+        return Command(goto="answer", update={"trace": [record], **_stop(spent, run)})
     transcript = list(state.get("transcript", []))
     done = state.get("queries_done", [])
     limit = run.settings.queries_per_step
@@ -440,7 +457,9 @@ def reflect(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Liter
             deadline=run.loop_deadline,
         )
     except GenerationDeadlineExceeded:
-        return Command(goto="answer", update=_stop("wall_time", run))
+        record = _trace(state, "reflect", started, None, 0, budget_spent="wall_time")
+        _persist(run, state, record)
+        return Command(goto="answer", update={"trace": [record], **_stop("wall_time", run)})
     except StructuredOutputError as exc:
         logger.warning("reflection gave no valid output; planning again: %s", exc)
         record = _trace(state, "reflect", started, None, 0, error=str(exc))

@@ -30,7 +30,7 @@ NO_DOCUMENTS = "Round {step}: the searches found no new documents."
 
 NEXT_QUESTION = "That was an example. Now a new question; its documents are numbered from [1] again."
 
-_EXAMPLE_QUESTION = "Which river flows through the birthplace of the author of Dracula?"
+_EXAMPLE_QUESTION = "Which sea lies by the birthplace of the composer of The Four Seasons?"
 
 _EXAMPLE_DOCUMENT = """[{n}] {title}
 <untrusted_data origin="read_document">
@@ -40,19 +40,19 @@ _EXAMPLE_DOCUMENT = """[{n}] {title}
 EXAMPLE_TURNS: tuple[tuple[str, str], ...] = (
     ("user", QUESTION.format(question=_EXAMPLE_QUESTION)),
     ("user", PLAN_INSTRUCTION.format(n=3)),
-    ("assistant", '{"queries":["Dracula author","Bram Stoker birthplace"]}'),
-    ("user", _EXAMPLE_DOCUMENT.format(n=1, title="Dracula", text="Dracula is an 1897 novel by Bram Stoker.")),
-    ("user", _EXAMPLE_DOCUMENT.format(n=2, title="Bram Stoker", text="Bram Stoker was born in Dublin.")),
+    ("assistant", '{"queries":["The Four Seasons composer","Antonio Vivaldi birthplace"]}'),
+    ("user", _EXAMPLE_DOCUMENT.format(n=1, title="The Four Seasons", text="The Four Seasons is by Vivaldi.")),
+    ("user", _EXAMPLE_DOCUMENT.format(n=2, title="Antonio Vivaldi", text="Vivaldi was born in Venice.")),
     ("user", REFLECT_INSTRUCTION.format(question=_EXAMPLE_QUESTION, n=3)),
-    ("assistant", '{"enough":false,"next_queries":["river Dublin"]}'),
-    ("user", _EXAMPLE_DOCUMENT.format(n=3, title="River Liffey", text="The Liffey flows through Dublin.")),
+    ("assistant", '{"enough":false,"next_queries":["Venice sea"]}'),
+    ("user", _EXAMPLE_DOCUMENT.format(n=3, title="Venice", text="Venice lies on the Adriatic Sea.")),
     ("user", REFLECT_INSTRUCTION.format(question=_EXAMPLE_QUESTION, n=3)),
     ("assistant", '{"enough":true,"next_queries":[]}'),
     ("user", ANSWER_INSTRUCTION.format(question=_EXAMPLE_QUESTION)),
     (
         "assistant",
-        "Dracula was written by Bram Stoker [1], who was born in Dublin [2]. The River Liffey flows "
-        "through Dublin [3].",
+        "The Four Seasons was composed by Antonio Vivaldi [1], who was born in Venice [2]. Venice lies "
+        "on the Adriatic Sea [3].",
     ),
     ("user", NEXT_QUESTION),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.tools import StructuredTool
+from langchain_core.tools import StructuredTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepscout.memory import repository
@@ -16,8 +16,8 @@ NAME = "read_document"
 MAX_LENGTH = 200_000
 
 
-class UnknownSourceError(LookupError):
-    """No stored document has the requested source id."""
+class UnknownSourceError(ToolException, LookupError):
+    """No stored document has the requested source id (returned to the model as the tool's error)."""
 
 
 class ReadDocumentArgs(BaseModel):
@@ -67,6 +67,7 @@ def build_read_document(ctx: ToolContext) -> StructuredTool:
         name=NAME,
         args_schema=ReadDocumentArgs,
         response_format="content_and_artifact",
+        handle_tool_error=True,
     )
     metadata: dict[str, Any] = {"role": "read"}
     tool.metadata = metadata

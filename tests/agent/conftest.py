@@ -37,10 +37,11 @@ def _words(messages: Sequence[BaseMessage]) -> list[str]:
 class ScriptedChatModel(ChatModel):
     """Replies with scripted texts in order; counts whitespace tokens; reports prefix reuse like the
     embedded backend (tokens shared with the previous prompt are "reused"). A reply may be a callable
-    taking the prompt messages, and ``delay_s`` makes every reply slow (for the wall-time budget)."""
+    taking the prompt messages; ``delays`` maps a reply's index to seconds of "decoding" before it,
+    which a ``deadline`` interrupts like the real backends do."""
 
     replies: list[str | Callable[[list[BaseMessage]], str]]
-    delay_s: float = 0.0
+    delays: dict[int, float] = Field(default_factory=dict)
     max_new_tokens: int = 512
     _index: int = PrivateAttr(default=0)
     _cached: list[str] = PrivateAttr(default_factory=list)
@@ -66,15 +67,15 @@ class ScriptedChatModel(ChatModel):
         reused = 0
         while reused < min(len(words), len(self._cached)) and words[reused] == self._cached[reused]:
             reused += 1
-        ends = time.monotonic() + self.delay_s
+        if self._index >= len(self.replies):
+            raise AssertionError(f"the script has no reply #{self._index + 1}")
+        reply = self.replies[self._index]
+        ends = time.monotonic() + self.delays.get(self._index, 0.0)
+        self._index += 1  # an interrupted reply is used up, as an abandoned generation is
         while time.monotonic() < ends:
             control.check("decode")
             time.sleep(0.01)
         control.check("decode")
-        if self._index >= len(self.replies):
-            raise AssertionError(f"the script has no reply #{self._index + 1}")
-        reply = self.replies[self._index]
-        self._index += 1
         text = reply(list(messages)) if callable(reply) else reply
         self._cached = words + text.split()
         prompt = len(words)
@@ -126,7 +127,7 @@ def checkpoint_file(settings) -> Path:
 
 @pytest.fixture
 def scripted() -> Callable[..., ScriptedChatModel]:
-    """Builds a ScriptedChatModel: ``scripted(replies, delay_s=0.0)``."""
+    """Builds a ScriptedChatModel: ``scripted(replies, delays={index: seconds})``."""
 
     def build(replies: list[Any], **fields: Any) -> ScriptedChatModel:
         return ScriptedChatModel(replies=replies, **fields)
