@@ -42,9 +42,15 @@ from deepscout.model_runtime.chat import (
     GenerationControl,
     StructuredOutputError,
 )
-from deepscout.model_runtime.constrained import JsonGrammar, schema_errors, strict_schema
+from deepscout.model_runtime.constrained import GrammarGuide, schema_errors, strict_schema
 from deepscout.model_runtime.encoding.conversions import REASONING_KEY, tool_specs, turns_from_langchain
-from deepscout.model_runtime.encoding.deepseek_v4 import ReasoningEffort, render_prompt
+from deepscout.model_runtime.encoding.deepseek_v4 import (
+    PromptSegment,
+    ReasoningEffort,
+    render_prompt,
+    render_prompt_segments,
+)
+from deepscout.model_runtime.encoding.dsml_grammar import tool_calls_grammar
 from deepscout.model_runtime.encoding.dsml_parser import (
     CompletionParser,
     ContentDelta,
@@ -56,7 +62,7 @@ from deepscout.model_runtime.encoding.dsml_parser import (
     ToolCallStarted,
 )
 from deepscout.model_runtime.encoding.messages import ToolSpec
-from deepscout.model_runtime.encoding.tokenizer import V4Tokenizer
+from deepscout.model_runtime.encoding.tokenizer import EOS, THINK_END, THINK_START, V4Tokenizer
 
 if TYPE_CHECKING:
     from deepscout.settings import Settings
@@ -78,7 +84,10 @@ class _Plan:
     tool_names: frozenset[str] = frozenset()
     required_tool: str | bool = False
     """A tool name, True (any tool) or False (calling is optional)."""
-    grammar: JsonGrammar | None = None
+    guide: Callable[[], GrammarGuide] | None = None
+    """Makes the grammar state of one generation (structured output, required tool calls)."""
+    schema: dict[str, Any] | None = None
+    """The JSON schema structured output must satisfy."""
 
 
 @dataclass
@@ -197,16 +206,25 @@ class EmbeddedV4ChatModel(ChatModel):
         if response_format is not None:
             schema = strict_schema(response_format["schema"])
             # Chat mode: the answer is the JSON object itself, decoded under its grammar.
-            text = render_prompt(
-                turns, tools=specs, thinking=False, response_format=schema, context_window=None
-            )
+            segments = render_prompt_segments(turns, tools=specs, thinking=False, response_format=schema)
+            grammar = self._runtime.grammars.get(schema)
+            ids = self._encode(segments, messages)
+            return _Plan(ids, "structured", thinking=False, guide=grammar.guide, schema=schema)
+        names = frozenset(spec.name for spec in specs)
+        if required:
+            # Chat mode, and the output is a DSML block of the allowed tools, decoded under its grammar.
+            allowed = [spec for spec in specs if required is True or spec.name == required]
+            segments = render_prompt_segments(turns, tools=specs, context_window=self.context_window)
+            grammar_text = tool_calls_grammar(allowed)
             return _Plan(
-                self._runtime.tokenizer.encode(text),
-                "structured",
+                self._encode(segments, messages),
+                "tools",
                 thinking=False,
-                grammar=self._runtime.grammars.get(schema),
+                tool_names=names,
+                required_tool=required,
+                guide=lambda: self._runtime.lark_guide(grammar_text),
             )
-        text = render_prompt(
+        segments = render_prompt_segments(
             turns,
             tools=specs,
             thinking=self.thinking,
@@ -214,8 +232,33 @@ class EmbeddedV4ChatModel(ChatModel):
             context_window=self.context_window,
         )
         kind: Literal["text", "tools"] = "tools" if specs else "text"
-        names = frozenset(spec.name for spec in specs)
-        return _Plan(self._runtime.tokenizer.encode(text), kind, self.thinking, names, required)
+        return _Plan(self._encode(segments, messages), kind, self.thinking, names)
+
+    def _encode(self, segments: Sequence[PromptSegment], messages: Sequence[BaseMessage]) -> list[int]:
+        """Prompt ids; an assistant turn this model generated keeps the ids it was generated as.
+
+        Re-encoding generated text need not give back the sampled ids (BPE has many spellings of one
+        text), and a changed id would end the engine's reuse of the conversation there. A turn's own ids
+        are used when they decode to exactly the turn's rendered text and the text before it ends with a
+        special token (where tokenization is split anyway).
+        """
+        tokenizer = self._runtime.tokenizer
+        ids: list[int] = []
+        pending = ""
+        for segment in segments:
+            generated = None
+            if segment.assistant_turn is not None and (not pending or pending.endswith(_SPLIT_AFTER)):
+                generated = _generated_ids(messages[segment.assistant_turn], segment.text, tokenizer)
+            if generated is None:
+                pending += segment.text
+                continue
+            if pending:
+                ids += tokenizer.encode(pending)
+            ids += generated
+            pending = ""
+        if pending:
+            ids += tokenizer.encode(pending)
+        return ids
 
     # ----------------------------------------------------------------- generation
 
@@ -335,7 +378,7 @@ class EmbeddedV4ChatModel(ChatModel):
         return min(self.max_new_tokens, room)
 
     def _decode(self, plan: _Plan, control: GenerationControl, *, temperature: float, seed: int) -> _Decoded:
-        guide = plan.grammar.guide() if plan.grammar is not None else None
+        guide = plan.guide() if plan.guide is not None else None
         stream = self._runtime.stream_tokens(
             plan.prompt_ids,
             max_new_tokens=self._room(plan),
@@ -361,14 +404,13 @@ class EmbeddedV4ChatModel(ChatModel):
     def _problem(self, plan: _Plan, decoded: _Decoded) -> str | None:
         """Why the output is unusable for this call, or None."""
         parsed = decoded.parsed
-        if plan.kind == "structured":
-            assert plan.grammar is not None
+        if plan.schema is not None:
             try:
                 value = json.loads(parsed.content)
             except json.JSONDecodeError as error:
                 finish = decoded.outcome.finish_reason
                 return f"not JSON ({error.msg}; finish={finish}): {parsed.content[:200]!r}"
-            errors = schema_errors(plan.grammar.schema, value)
+            errors = schema_errors(plan.schema, value)
             return "; ".join(errors[:5]) if errors else None
         unknown = [call.name for call in parsed.tool_calls if call.name not in plan.tool_names]
         if unknown:
@@ -398,6 +440,7 @@ class EmbeddedV4ChatModel(ChatModel):
                 "decode_tokens": len(outcome.token_ids),
             },
             "raw_output": decoded.raw_text,
+            TOKEN_IDS_KEY: list(outcome.token_ids),
         }
         usage = {
             "input_tokens": prefill["prompt_tokens"],
@@ -490,6 +533,24 @@ def _to_chunk(message: AIMessage) -> AIMessageChunk:
         response_metadata=message.response_metadata,
         chunk_position="last",
     )
+
+
+_SPLIT_AFTER = (THINK_START, THINK_END, EOS)
+TOKEN_IDS_KEY = "token_ids"
+"""``response_metadata`` key of the ids an AIMessage was generated as."""
+
+
+def _generated_ids(message: BaseMessage, text: str, tokenizer: V4Tokenizer) -> list[int] | None:
+    """The ids ``message`` was generated as, when they spell exactly ``text`` (its rendering)."""
+    stored = message.response_metadata.get(TOKEN_IDS_KEY) if isinstance(message, AIMessage) else None
+    if not isinstance(stored, list) or not stored or not all(isinstance(t, int) for t in stored):
+        return None
+    decoded = tokenizer.decode(stored)
+    if decoded == text:
+        return list(stored)
+    if decoded + EOS == text:  # stopped by the token limit: the history closes the turn
+        return [*stored, tokenizer.special.eos]
+    return None
 
 
 def _refuse_stop_strings(stop: list[str] | None) -> None:

@@ -28,7 +28,7 @@ from deepscout.model_runtime.chat import (
     ModelNotFetchedError,
 )
 from deepscout.model_runtime.config import ModelArgs, tiny
-from deepscout.model_runtime.constrained import GrammarCache, GrammarGuide
+from deepscout.model_runtime.constrained import GrammarCache, GrammarGuide, SchemaError
 from deepscout.model_runtime.encoding.tokenizer import V4Tokenizer, load_v4_tokenizer
 from deepscout.model_runtime.engine import (
     Engine,
@@ -116,21 +116,39 @@ class V4Runtime:
         self.tokenizer = tokenizer
         self.engine = engine
         self.context_window = context_window
+        self._ll_tokenizer: llguidance.LLTokenizer | None = None
         self._grammars: GrammarCache | None = None
         self._lock = threading.Lock()
 
     @property
-    def grammars(self) -> GrammarCache:
-        """JSON-schema grammars for this tokenizer (built on first use: about a second)."""
+    def ll_tokenizer(self) -> llguidance.LLTokenizer:
+        """The tokenizer as llguidance sees it (built on first use: about two seconds)."""
         with self._lock:
-            if self._grammars is None:
-                ll_tokenizer = llguidance.LLTokenizer(
+            if self._ll_tokenizer is None:
+                self._ll_tokenizer = llguidance.LLTokenizer(
                     self.tokenizer.to_json(),
                     n_vocab=self.model.args.vocab_size,
                     eos_token=self.tokenizer.special.eos,
                 )
-                self._grammars = GrammarCache(ll_tokenizer, self.model.args.vocab_size)
+            return self._ll_tokenizer
+
+    @property
+    def grammars(self) -> GrammarCache:
+        """Compiled JSON-schema grammars for structured output."""
+        tokenizer = self.ll_tokenizer
+        with self._lock:
+            if self._grammars is None:
+                self._grammars = GrammarCache(tokenizer, self.model.args.vocab_size)
             return self._grammars
+
+    def lark_guide(self, grammar: str) -> GrammarGuide:
+        """A fresh guide for one generation under a Lark grammar (llguidance dialect)."""
+        matcher = llguidance.LLMatcher(
+            self.ll_tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0
+        )
+        if matcher.is_error():
+            raise SchemaError(f"llguidance rejected the grammar: {matcher.get_error()}")
+        return GrammarGuide(matcher, self.model.args.vocab_size)
 
     def stream_tokens(
         self,

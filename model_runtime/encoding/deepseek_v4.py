@@ -216,6 +216,15 @@ def _merge(turns: Sequence[Turn]) -> list[_Item]:
     return items
 
 
+@dataclass(frozen=True)
+class PromptSegment:
+    """A piece of the prompt; an assistant turn's text (from its reasoning to its EOS) is one segment."""
+
+    text: str
+    assistant_turn: int | None = None
+    """Index in ``turns`` of the assistant turn this segment renders (None for everything else)."""
+
+
 def render_prompt(
     turns: Sequence[Turn],
     *,
@@ -226,6 +235,29 @@ def render_prompt(
     drop_thinking: bool = True,
     response_format: dict[str, Any] | None = None,
 ) -> str:
+    """The V4 prompt text for ``turns`` (see :func:`render_prompt_segments` for the arguments)."""
+    segments = render_prompt_segments(
+        turns,
+        tools=tools,
+        thinking=thinking,
+        reasoning_effort=reasoning_effort,
+        context_window=context_window,
+        drop_thinking=drop_thinking,
+        response_format=response_format,
+    )
+    return "".join(segment.text for segment in segments)
+
+
+def render_prompt_segments(
+    turns: Sequence[Turn],
+    *,
+    tools: Sequence[ToolSpec] = (),
+    thinking: bool = False,
+    reasoning_effort: ReasoningEffort | None = None,
+    context_window: int | None = None,
+    drop_thinking: bool = True,
+    response_format: dict[str, Any] | None = None,
+) -> list[PromptSegment]:
     """The V4 prompt text for ``turns``, ending with the assistant opening when a user turn is last.
 
     ``tools`` are written into the first system turn, or into an empty system turn placed first when the
@@ -264,22 +296,28 @@ def render_prompt(
         assert isinstance(block, _UserBlock)
         items[last_user] = _UserBlock([*block.parts, section])
 
+    turn_index = {id(turn): i for i, turn in enumerate(turns) if isinstance(turn, AssistantTurn)}
     pieces = [BOS]
     if reasoning_effort == "max":
         pieces.append(REASONING_EFFORT_MAX_INSTRUCTION)
+    segments: list[PromptSegment] = []
     for index, item in enumerate(items):
         if isinstance(item, SystemTurn):
             pieces.append(item.content + (system_extra if index == system_index else ""))
         elif isinstance(item, AssistantTurn):
             with_reasoning = thinking and (keep_all_reasoning or index > last_user)
-            pieces.append(render_assistant_turn(item, with_reasoning=with_reasoning))
+            segments.append(PromptSegment("".join(pieces)))
+            pieces = []
+            text = render_assistant_turn(item, with_reasoning=with_reasoning)
+            segments.append(PromptSegment(text, turn_index[id(item)]))
         else:
             pieces.append(item.render())
             following = items[index + 1] if index + 1 < len(items) else None
             if following is None or isinstance(following, AssistantTurn):
                 opens_thinking = thinking and (keep_all_reasoning or index >= last_user)
                 pieces.append(ASSISTANT + (THINK_START if opens_thinking else THINK_END))
-    return "".join(pieces)
+    segments.append(PromptSegment("".join(pieces)))
+    return [segment for segment in segments if segment.text]
 
 
 def encode_prompt(

@@ -8,7 +8,14 @@ from collections.abc import Callable, Generator
 from typing import Literal
 
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.tools import tool
 from pydantic import BaseModel
 
@@ -200,3 +207,30 @@ def test_required_tool_call_missing_is_an_error(
     monkeypatch.setattr(tiny_chat.runtime, "stream_tokens", _scripted(tiny_chat.runtime, "No tools today."))
     with pytest.raises(ToolCallOutputError, match="tool call was required"):
         tiny_chat.bind_tools([search], tool_choice="any").invoke([HumanMessage("Search!")])
+
+
+@tool
+def mark(relevant: bool) -> str:
+    """Mark the last document as relevant or not."""
+    return str(relevant)
+
+
+def test_required_tool_call_is_decoded_under_the_dsml_grammar(
+    tiny_chat: EmbeddedV4ChatModel, unique_system: str
+) -> None:
+    """Even random weights write a valid call when the DSML grammar constrains the decoding."""
+    tiny_chat.max_new_tokens = 160
+    bound = tiny_chat.bind_tools([search, mark], tool_choice="mark")
+    messages: list[BaseMessage] = [SystemMessage(unique_system), HumanMessage("Is document 3 relevant?")]
+    message = bound.invoke(messages)
+    assert isinstance(message, AIMessage)
+    assert message.tool_calls, message.response_metadata["raw_output"]
+    assert {call["name"] for call in message.tool_calls} == {"mark"}
+    assert all(isinstance(call["args"]["relevant"], bool) for call in message.tool_calls)
+    assert message.response_metadata["raw_output"].startswith(f"\n\n<{D}tool_calls>\n")
+    # the call and its result extend the conversation: the next turn reuses the whole first prompt
+    first_prompt = message.response_metadata["prefill"]["prompt_tokens"]
+    messages += [message, *[ToolMessage("ok", tool_call_id=call["id"]) for call in message.tool_calls]]
+    tiny_chat.max_new_tokens = 4
+    follow_up = tiny_chat.bind_tools([search, mark]).invoke(messages)
+    assert follow_up.response_metadata["prefill"]["reused_tokens"] >= first_prompt
