@@ -192,3 +192,21 @@ def test_rate_limiter_spaces_requests_to_one_host_and_refuses_past_the_deadline(
     assert stamps[3] - stamps[2] < 0.1
     with pytest.raises(TimeoutError, match="rate limit"):
         asyncio.run(limiter.acquire("a.example", time.monotonic() + 0.01))
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("http://169.254.169.254/latest/meta-data/iam/", "cloud metadata"),
+        ("http://10.0.0.1/admin", "private or reserved"),
+        ("http://[::ffff:10.0.0.1]/", "IPv4 address in IPv6 form"),
+        ("http://2130706433/", "disguised IPv4"),
+        ("file:///etc/passwd", "only http and https"),
+        ("http://127.0.0.1:22/", "port 22 is not in allowed_ports"),
+    ],
+)
+def test_every_redirect_hop_is_rechecked(web_server, web_settings, target: str, reason: str) -> None:
+    """From the allowed loopback server, a redirect to an internal target is refused before connecting."""
+    client = GuardedHttpClient(web_settings, DomainRateLimiter(0.0))
+    with pytest.raises(UnsafeUrlError, match=reason):
+        asyncio.run(client.get(web_server.url(f"/redirect-to?url={target}")))
