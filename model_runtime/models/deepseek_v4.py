@@ -228,8 +228,9 @@ class Indexer(nn.Module):
 
     def scores(self, q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Index scores `[n, T]` (float32) of queries against keys `[T, dim]`."""
-        logits = torch.einsum("nhd,td->nht", q.float(), keys.float())
-        return (F.relu(logits) * self.head_dim**-0.5 * weights[..., None]).sum(dim=1)
+        logits = torch.matmul(q.float(), keys.float().t()).relu_()  # [n, heads, T]
+        head_weights = (weights * self.head_dim**-0.5).unsqueeze(1)  # [n, 1, heads]
+        return torch.bmm(head_weights, logits).squeeze(1)
 
 
 def causal_entry_limit(positions: torch.Tensor, ratio: int) -> torch.Tensor:
