@@ -13,6 +13,7 @@ Concurrency design for SQLite (one writer at a time, many readers):
   threads of concurrent runs in one process queue on a cheap Python lock rather than on SQLite's busy
   loop. Other processes (a second ``deepscout ask``, the eval runner) queue on ``BEGIN IMMEDIATE`` and
   the busy timeout. Keep write transactions short: never hold one across a model call or a fetch.
+  Write sessions do not nest: a second one opened in the same thread raises ``NestedWriteError``.
 * Reads use a plain ``session_factory()`` session; WAL gives each read transaction a consistent snapshot.
 
 On PostgreSQL :func:`write_session` is an ordinary transaction (no process lock: MVCC handles concurrent
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _WRITE_OPTION = "deepscout_write"
 _PG_MIGRATION_LOCK_ID = 0x64656570  # "deep": an arbitrary, fixed advisory-lock key
 
-_write_locks: dict[str, threading.RLock] = {}
+_write_locks: dict[str, threading.Lock] = {}
 _write_locks_guard = threading.Lock()
+_held_here = threading.local()  # the databases whose write lock this thread holds
 
 
 class DatabaseError(RuntimeError):
@@ -111,10 +113,29 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def _write_lock(engine: Engine) -> threading.RLock:
+class NestedWriteError(RuntimeError):
+    """A second SQLite write transaction was opened in a thread that already holds one."""
+
+
+@contextmanager
+def _sqlite_write_lock(engine: Engine) -> Iterator[None]:
+    """The process-level write lock of this database; opening it twice in one thread is an error
+    (it would wait on itself until SQLite's busy timeout)."""
     key = engine.url.render_as_string(hide_password=False)
+    held: set[str] = _held_here.__dict__.setdefault("keys", set())
+    if key in held:
+        raise NestedWriteError(
+            "A write_session is already open in this thread for this database; pass its session down "
+            "instead of opening a second one (SQLite has one writer at a time)."
+        )
     with _write_locks_guard:
-        return _write_locks.setdefault(key, threading.RLock())
+        lock = _write_locks.setdefault(key, threading.Lock())
+    with lock:
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
 
 
 def _engine_of(session_factory: sessionmaker[Session]) -> Engine:
@@ -136,7 +157,7 @@ def write_session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
             yield session
         return
     writer = engine.execution_options(**{_WRITE_OPTION: True})
-    with _write_lock(engine), session_factory(bind=writer) as session, session.begin():
+    with _sqlite_write_lock(engine), session_factory(bind=writer) as session, session.begin():
         yield session
 
 
@@ -153,7 +174,9 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     Safe to call on every start: an up-to-date database is left as it is, and concurrent callers
     serialise (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock).
     """
-    lock = _write_lock(engine) if engine.dialect.name == "sqlite" else threading.RLock()
+    lock: AbstractContextManager[None] = (
+        _sqlite_write_lock(engine) if engine.dialect.name == "sqlite" else nullcontext()
+    )
     writer = engine.execution_options(**{_WRITE_OPTION: True})
     with lock, writer.connect() as connection, connection.begin():
         if engine.dialect.name == "postgresql":

@@ -268,3 +268,20 @@ def test_sqlite_writers_in_separate_processes_queue_instead_of_failing(tmp_path:
         run = repo.get_run(s, run_id=run_id)
         assert run is not None and sorted(step.index for step in run.steps) == list(range(120))
     engine.dispose()
+
+
+def test_nested_sqlite_write_sessions_fail_fast(tmp_path: Path) -> None:
+    from deepscout.memory.db import NestedWriteError, create_db_engine, make_session_factory, migrate
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'nested.db'}")
+    migrate(engine)
+    factory = make_session_factory(engine)
+    try:
+        with write_session(factory) as outer:
+            repo.create_run(outer, question="outer", run_id="outer")
+            with pytest.raises(NestedWriteError, match="pass its session down"), write_session(factory):
+                pass
+        with write_session(factory) as again:  # the lock was released
+            assert repo.get_run(again, run_id="outer") is not None
+    finally:
+        engine.dispose()
