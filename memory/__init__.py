@@ -1,1 +1,8 @@
-"""deepscout.memory"""
+"""deepscout.memory: persistence (SQLAlchemy + Alembic, SQLite by default, PostgreSQL supported) and
+the local corpus.
+
+Modules: ``db`` (engines, sessions, ``write_session``, ``migrate``, ``open_database``), ``models``
+(tables), ``repository`` (keyword-only read/write functions), ``corpus`` (``CorpusIndex``: full-text
+search), ``ingest`` (JSONL / HotpotQA / text readers), ``demo_corpus`` (the Wikipedia demo corpus),
+``schemas`` (value objects). Nothing runs at import time.
+"""
