@@ -144,6 +144,7 @@ def research(
     started = time.monotonic()
     emit = on_event or (lambda event: None)
     question = " ".join(question.split())
+    resume_requested = thread_id is not None
     thread_id = thread_id or uuid.uuid4().hex
     options = _agent_settings(settings, model, search, budgets, agent)
     checkpointer = sqlite_checkpointer(settings.home)
@@ -157,6 +158,11 @@ def research(
             return _result(stored, thread_id, 0.0)
         question = stored["question"]
     elif not question:
+        if resume_requested:
+            raise ResearchInputError(
+                f"no run with thread id {thread_id!r} to resume, and no question was given; check the id "
+                "printed when the run started, or ask a question"
+            )
         raise ResearchInputError("the question is empty; ask something, e.g. 'Who directed Alien?'")
     own_database = database is None
     db = database or open_database(settings)

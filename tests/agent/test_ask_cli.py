@@ -1,0 +1,61 @@
+"""``deepscout ask``: bad input gives a clear error and a non-zero exit; a real run prints the cited answer
+and the sources (with a scripted backend registered for the test)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from deepscout.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(settings, monkeypatch):
+    monkeypatch.setenv("DEEPSCOUT_HOME", str(settings.home))
+    return settings.home
+
+
+def test_empty_question_is_an_error(home) -> None:
+    result = runner.invoke(app, ["ask", "   "])
+    assert result.exit_code == 2
+    assert "question is empty" in result.output
+
+
+def test_unknown_model_is_an_error(home) -> None:
+    result = runner.invoke(app, ["ask", "Who wrote Dracula?", "--model", "gpt-17"])
+    assert result.exit_code == 2
+    assert "unknown model spec 'gpt-17'" in result.output and "smollm2" in result.output
+
+
+def test_unknown_search_mode_is_an_error(home) -> None:
+    result = runner.invoke(app, ["ask", "Who wrote Dracula?", "--search", "intranet"])
+    assert result.exit_code == 2
+    assert "local, web, both" in result.output
+
+
+def test_missing_corpus_is_an_error(home) -> None:
+    result = runner.invoke(app, ["ask", "Who wrote Dracula?"])
+    assert result.exit_code == 2
+    assert "corpus is empty" in result.output and "deepscout setup" in result.output
+
+
+def test_resume_of_an_unknown_thread_is_an_error(home, small_corpus) -> None:
+    result = runner.invoke(app, ["ask", "--resume", "nope"])
+    assert result.exit_code == 2
+    assert "no run with thread id 'nope'" in result.output
+
+
+def test_ask_prints_answer_and_sources(home, small_corpus, scripted, monkeypatch) -> None:
+    from deepscout.model_runtime import chat
+
+    monkeypatch.setattr(chat, "_registry", dict(chat._registry))  # the test backend leaves with the test
+    model = scripted(['{"queries":["Dracula author"]}', "Bram Stoker wrote Dracula [1] [8]."])
+    chat.register_backend("scripted", lambda argument, settings: model, takes_argument=False)
+    result = runner.invoke(app, ["ask", "Who wrote Dracula?", "--model", "scripted", "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Bram Stoker wrote Dracula [1]." in result.output
+    assert "[1] Dracula (source" in result.output
+    assert "removed citation [8]" in result.output
+    assert "searching: Dracula author" in result.output
