@@ -2,10 +2,11 @@
 
 Each call: the search cache (``memory``'s ``search_cache`` table, keyed by query, backend, region and time
 limit, with a TTL) is asked first for every backend; then the backends are tried in order, each attempt in
-a worker thread that is abandoned at our own deadline; rate limits (HTTP 202/403/429) and timeouts are
-retried with exponential backoff, other failures move to the next backend; when no backend answers, the
-local corpus is searched instead, with a note saying why. Results are normalised (title, url, snippet,
-rank, backend) and their URLs recorded as fetchable (provenance).
+a worker thread that is abandoned at our own deadline. A backend that is rate limited (HTTP 202/403/429)
+or times out hands over to the next one at once and is retried in the next round, after an exponential
+backoff (``search_retries`` rounds); one that fails otherwise (connection refused, TLS) is dropped. When no
+backend answers, the local corpus is searched instead, with a note saying why. Results are normalised
+(title, url, snippet, rank, backend) and their URLs recorded as fetchable (provenance).
 
 ddgs engines are used one by one (``ddgs.engines.ENGINES``) rather than through ``DDGS.text``, which
 folds rate limits, empty answers and errors into one "No results found": the status of each HTTP answer
@@ -189,22 +190,26 @@ class WebSearcher:
             deadline = min(deadline, self._ctx.deadline)
         failures: list[str] = []
         reachable = False  # some backend answered, with nothing: the web is up, the query finds nothing
-        for backend in backends:
-            results = self._try_backend(query, kind, backend, timelimit, limit, deadline, failures)
-            reachable = reachable or results is not None
-            if results:
-                with write_session(self._ctx.session_factory) as session:
-                    repository.search_cache_put(
-                        session,
-                        query=query,
-                        backend=f"{kind}:{backend}",
-                        region=s.region,
-                        timelimit=timelimit,
-                        results=[asdict(r) for r in results],
-                    )
-                return SearchOutcome("web", results, backend, failures, [])
-            if time.monotonic() >= deadline:
-                failures.append(f"deadline of {s.search_deadline_s:g}s reached")
+        pending = list(backends)
+        for round_ in range(s.search_retries + 1):
+            if round_:  # back off before retrying the backends that were rate limited or timed out
+                delay = s.search_backoff_s * 2 ** (round_ - 1) * random.uniform(0.8, 1.2)
+                time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            transient: list[str] = []
+            for backend in pending:
+                if time.monotonic() >= deadline:
+                    failures.append(f"deadline of {deadline - started:.3g}s reached")
+                    break
+                answer = self._attempt(query, kind, backend, timelimit, limit, deadline, failures)
+                if answer == "transient":
+                    transient.append(backend)
+                elif answer is not None:
+                    reachable = True
+                    if answer:
+                        self._cache(query, kind, backend, timelimit, answer)
+                        return SearchOutcome("web", answer, backend, list(dict.fromkeys(failures)), [])
+            pending = transient
+            if not pending or time.monotonic() >= deadline:
                 break
         failures = list(dict.fromkeys(failures))  # a retried backend's repeated reason once
         if reachable:
@@ -213,6 +218,19 @@ class WebSearcher:
             "web search for %r failed after %.1fs: %s", query, time.monotonic() - started, failures
         )
         return self._corpus_fallback(query, limit, failures)
+
+    def _cache(
+        self, query: str, kind: SearchKind, backend: str, timelimit: str | None, results: list[WebResult]
+    ) -> None:
+        with write_session(self._ctx.session_factory) as session:
+            repository.search_cache_put(
+                session,
+                query=query,
+                backend=f"{kind}:{backend}",
+                region=self._settings.region,
+                timelimit=timelimit,
+                results=[asdict(r) for r in results],
+            )
 
     def _from_cache(
         self, query: str, kind: SearchKind, backends: list[str], timelimit: str | None, limit: int
@@ -235,7 +253,7 @@ class WebSearcher:
                     return SearchOutcome("cache", [WebResult(**row) for row in rows][:limit], backend, [], [])
         return None
 
-    def _try_backend(
+    def _attempt(
         self,
         query: str,
         kind: SearchKind,
@@ -244,37 +262,27 @@ class WebSearcher:
         limit: int,
         deadline: float,
         failures: list[str],
-    ) -> list[WebResult] | None:
-        """The backend's results (empty when it answered with none), or None when it failed."""
-        s = self._settings
-        for attempt in range(s.search_retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self._state.count("search_requests")
-            try:
-                raw = call_with_deadline(
-                    lambda: self._one_request(query, kind, backend, timelimit),
-                    remaining,
-                    name=f"ddgs-{backend}",
-                )
-            except (_RateLimited, _BackendTimeout, TimeoutError) as exc:
-                reason = "rate limited" if isinstance(exc, _RateLimited) else "timed out"
-                failures.append(f"{kind}:{backend} {reason} ({exc or f'no answer in {remaining:.1f}s'})")
-                if attempt == s.search_retries:
-                    return None
-                delay = s.search_backoff_s * (2**attempt) * random.uniform(0.8, 1.2)
-                time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-                continue
-            except _BackendFailed as exc:
-                # connection refused, DNS, TLS, a page it cannot parse: a retry would fail the same way
-                failures.append(f"{kind}:{backend} failed ({exc})")
-                return None
-            results = _normalise(raw, kind, backend, limit)
-            if not results:
-                failures.append(f"{kind}:{backend} found nothing")
-            return results
-        return None
+    ) -> list[WebResult] | Literal["transient"] | None:
+        """One request to one backend: its results (empty when it answered with none), ``"transient"``
+        (rate limited or timed out: worth a retry after a backoff), or None (failed for good)."""
+        remaining = deadline - time.monotonic()
+        self._state.count("search_requests")
+        try:
+            raw = call_with_deadline(
+                lambda: self._one_request(query, kind, backend, timelimit), remaining, name=f"ddgs-{backend}"
+            )
+        except (_RateLimited, _BackendTimeout, TimeoutError) as exc:
+            reason = "rate limited" if isinstance(exc, _RateLimited) else "timed out"
+            failures.append(f"{kind}:{backend} {reason} ({exc or f'no answer in {remaining:.1f}s'})")
+            return "transient"
+        except _BackendFailed as exc:
+            # connection refused, DNS, TLS, a page it cannot parse: a retry would fail the same way
+            failures.append(f"{kind}:{backend} failed ({exc})")
+            return None
+        results = _normalise(raw, kind, backend, limit)
+        if not results:
+            failures.append(f"{kind}:{backend} found nothing")
+        return results
 
     def _one_request(self, query: str, kind: SearchKind, backend: str, timelimit: str | None) -> list[Any]:
         from ddgs.exceptions import DDGSException, TimeoutException
