@@ -22,7 +22,9 @@ class WebSettings(BaseSettings):
         default=["duckduckgo", "brave", "mojeek", "wikipedia"],
         description="ddgs text backends, tried in this order (fallback on rate limits and errors).",
     )
-    news_backends: list[str] = Field(default=["duckduckgo"], description="ddgs news backends, in order.")
+    news_backends: list[str] = Field(
+        default=["duckduckgo", "yahoo", "bing"], description="ddgs news backends, tried in this order."
+    )
     region: str = Field(default="us-en", description="ddgs region, e.g. us-en, uk-en, de-de.")
     safesearch: str = Field(default="moderate", description="ddgs safesearch: on, moderate, off.")
     search_proxy: str | None = Field(
