@@ -26,6 +26,7 @@ from deepscout.model_runtime.weights.errors import (
     TensorDtypeError,
     TensorShapeError,
     UnexpectedTensorsError,
+    dtype_name,
 )
 from deepscout.model_runtime.weights.quant import QuantizedTensor
 
@@ -41,20 +42,14 @@ class LoadReport:
     seconds: float = 0.0
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def check_compatible(
-    targets: dict[str, torch.Tensor], checkpoint: Checkpoint, *, strict: bool = True
-) -> None:
+def check_compatible(targets: dict[str, torch.Tensor], checkpoint: Checkpoint) -> None:
     """Raise if the checkpoint's tensors do not fit the model exactly (names, shapes, dtype kinds)."""
     stored = checkpoint.weights
     missing = sorted(set(targets) - set(stored))
     if missing:
         raise MissingTensorsError(missing)
     unexpected = sorted(set(stored) - set(targets))
-    if unexpected and strict:
+    if unexpected:
         raise UnexpectedTensorsError(unexpected)
     for name, target in targets.items():
         weight: StoredWeight = stored[name]
@@ -62,21 +57,21 @@ def check_compatible(
             raise TensorShapeError(name, weight.shape, tuple(target.shape))
         if target.is_floating_point() and not weight.is_floating:
             raise TensorDtypeError(
-                name, _dtype_name(weight.data.dtype), ["bfloat16", "float32", "float8_e4m3fn + scale"],
+                name, dtype_name(weight.data.dtype), ["bfloat16", "float32", "float8_e4m3fn + scale"],
                 why="the model holds a floating-point weight here",
             )  # fmt: skip
         if not target.is_floating_point() and weight.is_floating:
             raise TensorDtypeError(
-                name, _dtype_name(weight.data.dtype), ["int32", "int64"], why="it is an index table"
+                name, dtype_name(weight.data.dtype), ["int32", "int64"], why="it is an index table"
             )
 
 
-def load_weights(model: nn.Module, checkpoint: Checkpoint, *, strict: bool = True) -> LoadReport:
+def load_weights(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
     """Copy every checkpoint tensor into ``model`` (in each parameter's own dtype), one tensor at a time;
     closes the checkpoint's mappings when done."""
     start = time.perf_counter()
-    targets = {name: t for name, t in model.state_dict(keep_vars=True).items()}
-    check_compatible(targets, checkpoint, strict=strict)
+    targets = dict(model.state_dict(keep_vars=True))
+    check_compatible(targets, checkpoint)
     formats: Counter[str] = Counter()
     stored_bytes = 0
     with torch.no_grad():
@@ -88,7 +83,7 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint, *, strict: bool = Tru
             else:
                 target.copy_(value)
             del value
-            formats[weight.format if weight.format != "plain" else _dtype_name(weight.data.dtype)] += 1
+            formats[weight.format if weight.format != "plain" else dtype_name(weight.data.dtype)] += 1
             stored_bytes += weight.data.nbytes + (weight.scale.nbytes if weight.scale is not None else 0)
     checkpoint.close()
     return LoadReport(

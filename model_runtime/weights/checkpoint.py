@@ -21,6 +21,7 @@ from deepscout.model_runtime.weights.errors import (
     CheckpointNotFoundError,
     TensorDtypeError,
     TensorShapeError,
+    dtype_name,
 )
 from deepscout.model_runtime.weights.quant import (
     FP4_BLOCK,
@@ -36,10 +37,6 @@ StoredFormat = Literal["plain", "fp8_block", "mxfp4"]
 SCALE_SUFFIXES = (".scale", ".weight_scale_inv")
 PLAIN_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 INTEGER_DTYPES = (torch.int32, torch.int64, torch.int16, torch.uint8, torch.int8)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -79,18 +76,18 @@ def _classify(data: TensorInfo, scale: TensorInfo | None) -> StoredWeight:
         expected_scale = (data.shape[0], data.shape[1] * 2 // FP4_BLOCK) if len(data.shape) == 2 else ()
     elif scale is not None:
         raise TensorDtypeError(
-            name, _dtype_name(data.dtype), ["float8_e4m3fn (FP8)", "int8/uint8/float4_e2m1fn_x2 (MXFP4)"],
+            name, dtype_name(data.dtype), ["float8_e4m3fn (FP8)", "int8/uint8/float4_e2m1fn_x2 (MXFP4)"],
             why=f"it has a block scale {scale.name}, so it must be quantised",
         )  # fmt: skip
     else:
         if data.dtype not in PLAIN_FLOAT_DTYPES + INTEGER_DTYPES:
-            expected = [_dtype_name(d) for d in PLAIN_FLOAT_DTYPES]
-            raise TensorDtypeError(name, _dtype_name(data.dtype), expected)
+            expected = [dtype_name(d) for d in PLAIN_FLOAT_DTYPES]
+            raise TensorDtypeError(name, dtype_name(data.dtype), expected)
         return StoredWeight(name=name, data=data, scale=None, format="plain")
     if len(data.shape) != 2:
         raise CheckpointError(f"quantised tensor {name!r} must be 2-D, got shape {list(data.shape)}")
     if scale.dtype not in SCALE_DTYPES:
-        raise TensorDtypeError(scale.name, _dtype_name(scale.dtype), [_dtype_name(d) for d in SCALE_DTYPES])
+        raise TensorDtypeError(scale.name, dtype_name(scale.dtype), [dtype_name(d) for d in SCALE_DTYPES])
     if fmt == "mxfp4" and (data.shape[1] * 2) % FP4_BLOCK:
         row = data.shape[1] * 2
         raise CheckpointError(f"MXFP4 tensor {name!r}: row length {row} is not a multiple of {FP4_BLOCK}")

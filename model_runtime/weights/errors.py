@@ -5,6 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float8_e4m3fn`` → ``float8_e4m3fn``, for messages."""
+    return str(dtype).removeprefix("torch.")
+
 
 class CheckpointError(ValueError):
     """A checkpoint directory cannot be loaded as it is."""
