@@ -109,7 +109,8 @@ class SessionPool:
                 return _Session(cache=DynamicCache(config=self._config)), 0
             if reusable < len(best.tokens) and len(self._sessions) < self._max_sessions:
                 # Keep the longer conversation intact and branch off a copy of the shared prefix.
-                return _Session(cache=_copy_prefix(best.cache, reusable, self._config)), reusable
+                copy = _copy_prefix(best.cache, reusable, self._config)
+                return _Session(cache=copy, tokens=list(prompt[:reusable])), reusable
             self._sessions.remove(best)
             _crop(best.cache, len(best.tokens), reusable)
             del best.tokens[reusable:]
