@@ -77,14 +77,20 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            chunk = self._plan(seq, budget, chunks)
-            if chunk is None:
+            chunk = self._plan(seq, budget, chunks, admitting=True)
+            if chunk is None:  # no room without preempting older sequences: back to the queue head
+                self.caches.release(seq, keep_session=True)
+                self.running.remove(seq)
+                seq.status = SequenceStatus.WAITING
+                self.waiting.appendleft(seq)
                 break
             chunks.append(chunk)
             budget -= chunk.length
         return chunks
 
-    def _plan(self, seq: Sequence, budget: int, chunks: list[Chunk]) -> Chunk | None:
+    def _plan(
+        self, seq: Sequence, budget: int, chunks: list[Chunk], *, admitting: bool = False
+    ) -> Chunk | None:
         assert seq.cache is not None
         start, pending = seq.cache.num_tokens, seq.pending
         length = min(pending, self.config.prefill_chunk, budget)
@@ -96,7 +102,10 @@ class Scheduler:
             aligned = (start + length) // step * step
             if start < aligned < start + length:
                 length = aligned - start
-        if not self._make_room(seq, start + length, chunks):
+        if admitting:
+            if not self.caches.ensure_blocks(seq, start + length):
+                return None
+        elif not self._make_room(seq, start + length, chunks):
             return None
         return Chunk(seq, start, length, sample=length == pending)
 

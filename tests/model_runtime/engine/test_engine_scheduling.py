@@ -1,0 +1,163 @@
+"""Scheduling: ragged batches, pool-exhaustion policies (queue; preempt + recompute), cancellation,
+deadlines, stop tokens, request validation, sampling."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from deepscout.model_runtime.engine import (
+    CapacityError,
+    Engine,
+    EngineConfig,
+    FinishReason,
+    GenerationRequest,
+    RequestError,
+    SamplingParams,
+)
+from deepscout.model_runtime.engine.sampling import sample, top_p_filter
+from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
+
+
+def test_sequences_of_different_lengths_decode_together(tiny_model: DeepseekV4Model, eh: Any) -> None:
+    prompts = [eh.random_tokens(n, seed=n) for n in (40, 150, 260)]
+    config = EngineConfig(num_blocks=16, prefix_caching=False)
+    batched = Engine(tiny_model, config)
+    together = batched.generate([GenerationRequest(p, max_new_tokens=5) for p in prompts])
+    alone_steps = 0
+    for prompt, out in zip(prompts, together, strict=True):
+        single = Engine(tiny_model, config)
+        (ref,) = single.generate([GenerationRequest(prompt, max_new_tokens=5)])
+        alone_steps += single.steps
+        assert out.token_ids == ref.token_ids and out.finish_reason is FinishReason.LENGTH
+    assert batched.steps == 5 < alone_steps  # one prefill step for all three, then shared decode steps
+
+
+def _two_long_requests(eh: Any, sampling: SamplingParams) -> list[GenerationRequest]:
+    # 230 prompt + 40 new tokens = 270 tokens = 3 blocks each; a pool of 4 cannot hold both
+    return [
+        GenerationRequest(eh.random_tokens(230, seed=s), max_new_tokens=40, sampling=sampling)
+        for s in (21, 22)
+    ]
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [SamplingParams(), SamplingParams(temperature=1.0, top_p=0.9, seed=5)],
+    ids=["greedy", "top_p"],
+)
+def test_preemption_and_recompute_give_identical_outputs(
+    tiny_model: DeepseekV4Model, eh: Any, sampling: SamplingParams
+) -> None:
+    roomy = Engine(tiny_model, EngineConfig(num_blocks=16, prefix_caching=False))
+    expected = roomy.generate(_two_long_requests(eh, sampling))
+    tight = Engine(tiny_model, EngineConfig(num_blocks=4, prefix_caching=False, pool_policy="preempt"))
+    got = tight.generate(_two_long_requests(eh, sampling))
+    assert tight.scheduler.preemptions == 1 and got[1].preemptions == 1
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert got[1].prefilled_tokens > 230  # its prompt and first tokens were computed twice
+    assert tight.caches.blocks.num_free == 4
+
+
+def test_queue_policy_waits_for_blocks_instead_of_preempting(tiny_model: DeepseekV4Model, eh: Any) -> None:
+    requests = _two_long_requests(eh, SamplingParams())
+    engine = Engine(tiny_model, EngineConfig(num_blocks=4, prefix_caching=False, pool_policy="queue"))
+    ids = [engine.add_request(r) for r in requests]
+    finished_at: dict[str, int] = {}
+    first_token_at: dict[str, int] = {}
+    step = 0
+    while engine.has_unfinished():
+        step += 1
+        for out in engine.step():
+            first_token_at.setdefault(out.request_id, step)
+            if out.finished:
+                finished_at[out.request_id] = step
+    assert engine.scheduler.preemptions == 0
+    assert first_token_at[ids[1]] > finished_at[ids[0]]  # the second waited for the first's blocks
+    roomy = Engine(tiny_model, EngineConfig(num_blocks=16, prefix_caching=False))
+    assert roomy.generate(_two_long_requests(eh, SamplingParams()))[1].finish_reason is FinishReason.LENGTH
+
+
+def test_cancel_and_deadline_are_honoured_between_steps(tiny_model: DeepseekV4Model, eh: Any) -> None:
+    engine = Engine(tiny_model, EngineConfig(num_blocks=8, prefill_chunk=128))
+    cancel = threading.Event()
+    rid = engine.add_request(GenerationRequest(eh.random_tokens(300, seed=30), cancel=cancel))
+    late = engine.add_request(GenerationRequest([5, 6, 7], deadline=time.monotonic() - 1))
+    outs = {o.request_id: o for o in engine.step()}
+    assert outs[late].finish_reason is FinishReason.DEADLINE and outs[late].prefilled_tokens == 0
+    assert rid not in outs  # first 128-token chunk done, nothing sampled yet
+    cancel.set()
+    (out,) = engine.step()
+    assert out.request_id == rid and out.finish_reason is FinishReason.CANCELLED
+    assert out.prefilled_tokens == 128 and out.token_ids == []
+    assert not engine.has_unfinished() and engine.caches.states.num_free == engine.config.num_state_slots
+    other = engine.add_request(GenerationRequest([9, 9, 9], max_new_tokens=50))
+    engine.step()
+    engine.cancel(other)
+    (out,) = engine.step()
+    assert out.finish_reason is FinishReason.CANCELLED and len(out.token_ids) == 1
+
+
+def test_stop_tokens_and_logprobs(tiny_model: DeepseekV4Model, eh: Any) -> None:
+    engine = Engine(tiny_model, EngineConfig(num_blocks=8))
+    prompt = eh.random_tokens(50, seed=40)
+    greedy = engine.generate([GenerationRequest(prompt, max_new_tokens=6)])[0].token_ids
+    stop = greedy[2]
+    request = GenerationRequest(
+        prompt, max_new_tokens=6, stop_token_ids=[stop], sampling=SamplingParams(logprobs=True)
+    )
+    out = engine.generate([request])[0]
+    assert out.token_ids == greedy[: greedy.index(stop) + 1] and out.finish_reason is FinishReason.STOP
+    ref = eh.reference_logits(tiny_model, prompt).log_softmax(-1)[-1, greedy[0]].item()
+    assert out.logprobs is not None and abs(out.logprobs[0] - ref) < 1e-4
+
+
+def test_logits_processor_constrains_sampling(tiny_model: DeepseekV4Model) -> None:
+    def only_seven(generated: Any, logits: torch.Tensor) -> torch.Tensor:
+        masked = torch.full_like(logits, float("-inf"))
+        masked[7] = logits[7]
+        return masked
+
+    engine = Engine(tiny_model, EngineConfig(num_blocks=8))
+    request = GenerationRequest(
+        [3, 4, 5], max_new_tokens=3, sampling=SamplingParams(logits_processor=only_seven)
+    )
+    assert engine.generate([request])[0].token_ids == [7, 7, 7]
+
+
+def test_invalid_requests_are_refused(tiny_model: DeepseekV4Model) -> None:
+    engine = Engine(tiny_model, EngineConfig(num_blocks=2))
+    with pytest.raises(RequestError, match="empty"):
+        engine.add_request(GenerationRequest([]))
+    with pytest.raises(RequestError, match=r"\[0, 256\)"):
+        engine.add_request(GenerationRequest([300]))
+    with pytest.raises(CapacityError, match="num_blocks"):
+        engine.add_request(GenerationRequest([1] * 200, max_new_tokens=100))
+    with pytest.raises(RequestError, match="top_p"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="num_state_slots"):
+        EngineConfig(max_running=4, num_state_slots=2)
+
+
+def test_sampling_is_seeded_per_position_and_respects_top_p() -> None:
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    params = [
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(),
+        SamplingParams(temperature=0.7, seed=2),
+    ]
+    first = sample(logits, params, [10, 10, 10])
+    assert first == sample(logits, params, [10, 10, 10])
+    assert first[0][1] == int(logits[1].argmax())
+    draws = {sample(logits[:1], params[:1], [p])[0][0] for p in range(40)}
+    assert len(draws) > 5  # different positions draw different tokens
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = top_p_filter(probs, torch.tensor([0.7]))
+    assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    narrow = [SamplingParams(temperature=1.0, top_p=1e-6, seed=s) for s in range(5)]
+    tokens, _ = sample(logits[:1].expand(5, -1), narrow, [0] * 5)
+    assert set(tokens) == {int(logits[0].argmax())}
