@@ -210,3 +210,29 @@ def test_every_redirect_hop_is_rechecked(web_server, web_settings, target: str, 
     client = GuardedHttpClient(web_settings, DomainRateLimiter(0.0))
     with pytest.raises(UnsafeUrlError, match=reason):
         asyncio.run(client.get(web_server.url(f"/redirect-to?url={target}")))
+
+
+def test_the_name_is_resolved_once_and_the_connection_goes_to_the_vetted_address(
+    web_server, web_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rebind.test`` exists only in a patched resolver that answers 127.0.0.1 once and a public address
+    after that (DNS rebinding). The fetch works, sends ``Host: rebind.test``, and asks the resolver once:
+    the connection went to the address that was vetted, not to a second answer."""
+    import socket
+    from asyncio import base_events
+
+    asked: list[str] = []
+    original = base_events.BaseEventLoop.getaddrinfo
+
+    async def resolver(self, host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != "rebind.test":
+            return await original(self, host, port, *args, **kwargs)  # IP literals, for the connect
+        asked.append(host)
+        address = "127.0.0.1" if len(asked) == 1 else "93.184.215.14"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    monkeypatch.setattr(base_events.BaseEventLoop, "getaddrinfo", resolver)
+    client = GuardedHttpClient(web_settings, DomainRateLimiter(0.0))
+    response = asyncio.run(client.get(f"http://rebind.test:{web_server.port}/echo-host"))
+    assert response.body == f"rebind.test:{web_server.port}".encode()
+    assert asked == ["rebind.test"]
