@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from deepscout.tools.guards import DomainRateLimiter, check_url, resolve_and_vet
+from deepscout.tools.guards import DomainRateLimiter, UnsafeUrlError, check_url, resolve_and_vet
 from deepscout.tools.web_settings import WebSettings
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -136,7 +136,10 @@ class GuardedHttpClient:
                     await self._rate_limiter.acquire(target.host, deadline)
                 except TimeoutError as exc:
                     raise FetchError(f"{current}: {exc}") from exc
-                logical = httpx.URL(current)
+                try:
+                    logical = httpx.URL(current)
+                except httpx.InvalidURL as exc:
+                    raise UnsafeUrlError(f"refused {current!r}: malformed URL ({exc})") from exc
                 host_header = target.host if logical.port is None else f"{target.host}:{logical.port}"
                 request = client.build_request(
                     "GET",

@@ -236,3 +236,11 @@ def test_the_name_is_resolved_once_and_the_connection_goes_to_the_vetted_address
     response = asyncio.run(client.get(f"http://rebind.test:{web_server.port}/echo-host"))
     assert response.body == f"rebind.test:{web_server.port}".encode()
     assert asked == ["rebind.test"]
+
+
+def test_a_malformed_url_is_refused_with_a_clear_error(web_server, web_settings) -> None:
+    client = GuardedHttpClient(web_settings, DomainRateLimiter(0.0))
+    with pytest.raises(UnsafeUrlError, match="malformed URL"):
+        asyncio.run(client.get(web_server.url("/article\x00")))
+    with pytest.raises(UnsafeUrlError, match="malformed URL"):
+        check_url("http://[::1/", STRICT)
