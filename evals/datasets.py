@@ -46,6 +46,16 @@ class EvalItem:
             "supporting_doc_ids": list(self.supporting_doc_ids),
         }
 
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> EvalItem:
+        return cls(
+            id=str(row["id"]),
+            question=str(row["question"]),
+            answers=tuple(map(str, row["answers"])),
+            tags={str(k): str(v) for k, v in (row.get("tags") or {}).items()},
+            supporting_doc_ids=tuple(map(str, row.get("supporting_doc_ids") or ())),
+        )
+
 
 @dataclass(frozen=True)
 class CorpusDoc:
@@ -203,18 +213,9 @@ def load_jsonl_dataset(path: Path) -> Dataset:
     items = []
     for number, row in _read_jsonl(path):
         where = f"{path}:{number}"
-        answers = row.get("answers") or ([row["answer"]] if row.get("answer") else None)
-        if not answers:
-            raise DatasetError(f"{where}: missing field 'answers'")
-        items.append(
-            EvalItem(
-                id=str(_require(row, "id", where)),
-                question=str(_require(row, "question", where)),
-                answers=tuple(map(str, answers)),
-                tags={str(k): str(v) for k, v in (row.get("tags") or {}).items()},
-                supporting_doc_ids=tuple(map(str, row.get("supporting_doc_ids") or ())),
-            )
-        )
+        for key in ("id", "question", "answers"):
+            _require(row, key, where)
+        items.append(EvalItem.from_json(row))
     corpus_path = path.with_name("corpus.jsonl")
     corpus = None
     if corpus_path.is_file():

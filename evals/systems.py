@@ -1,0 +1,181 @@
+"""The two systems under test, answering the same items over the same corpus snapshot and model.
+
+- :class:`AgentSystem`: the LangGraph research agent (any configuration).
+- :class:`RagSystem`: a strong baseline, not a straw man — the same retriever the agent uses, the top-k
+  documents placed whole into the prompt while they fit the same context budget as the agent's, one
+  generation with the same model, citations resolved the same way.
+
+Both record tool calls, prompt tokens, tokens actually computed (not reused from a cache), output tokens
+and latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from sqlalchemy.orm import Session, sessionmaker
+
+from deepscout.agent.api import research
+from deepscout.agent.citations import resolve_citations
+from deepscout.agent.settings import AgentSettings
+from deepscout.agent.structured import output_limit
+from deepscout.evals.datasets import EvalItem
+from deepscout.evals.prompts import RAG_SYSTEM, RAG_USER
+from deepscout.evals.records import SourceRef, SystemAnswer, Usage
+from deepscout.memory import repository
+from deepscout.memory.corpus import CorpusIndex
+from deepscout.memory.db import Database
+from deepscout.model_runtime.chat import ChatModel, GenerationDeadlineExceeded
+from deepscout.settings import Settings
+from deepscout.tools.retrieval import Retriever
+
+PROMPT_OVERHEAD_TOKENS = 64
+"""Tokens kept free for the chat template around the RAG prompt."""
+
+
+class System(Protocol):
+    name: str
+
+    def answer(self, item: EvalItem) -> SystemAnswer: ...
+
+
+def _doc_ids(session_factory: sessionmaker[Session], source_ids: Sequence[int]) -> dict[int, str | None]:
+    with session_factory() as session:
+        return {s.id: s.doc_id for s in repository.get_sources(session, source_ids=list(source_ids))}
+
+
+@dataclass
+class AgentSystem:
+    """The research agent; each item runs in its own checkpoint thread, so an interrupted item resumes."""
+
+    settings: Settings
+    database: Database
+    chat: ChatModel
+    agent: AgentSettings
+    run_id: str
+    name: str = "agent"
+
+    def thread_id(self, item: EvalItem) -> str:
+        return f"eval-{self.run_id}-{hashlib.sha1(item.id.encode()).hexdigest()[:16]}"
+
+    def answer(self, item: EvalItem) -> SystemAnswer:
+        started = time.monotonic()
+        result = research(
+            item.question,
+            settings=self.settings,
+            model=self.chat,
+            search=self.agent.search,
+            agent=self.agent,
+            thread_id=self.thread_id(item),
+            database=self.database,
+        )
+        doc_ids = _doc_ids(self.database.session_factory, [s["source_id"] for s in result.sources])
+        usage = result.usage
+        return SystemAnswer(
+            item_id=item.id,
+            system=self.name,
+            answer=result.answer,
+            sources=tuple(
+                SourceRef(s["source_id"], doc_ids.get(s["source_id"]), s["title"], s["url"])
+                for s in result.sources
+            ),
+            read_doc_ids=tuple(d for d in doc_ids.values() if d),
+            usage=Usage(
+                tool_calls=int(usage.get("tool_calls", 0)),
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                computed_tokens=int(usage.get("computed_tokens", 0)),
+                output_tokens=int(usage.get("output_tokens", 0)),
+                latency_s=round(time.monotonic() - started, 3),
+            ),
+        )
+
+
+def _usage_of(message: BaseMessage, prompt_tokens: int) -> tuple[int, int, int]:
+    """(prompt, computed, output) tokens of one generation, from the backend's counters when it has them."""
+    prefill: dict[str, Any] = message.response_metadata.get("prefill") or {}
+    usage: dict[str, Any] = getattr(message, "usage_metadata", None) or {}
+    prompt = int(prefill.get("prompt_tokens") or usage.get("input_tokens") or prompt_tokens)
+    computed = int(prefill.get("computed_tokens", prompt))
+    return prompt, computed, int(usage.get("output_tokens", 0))
+
+
+@dataclass
+class RagSystem:
+    """Retrieve once, read the top-k documents whole while they fit, answer once."""
+
+    chat: ChatModel
+    corpus: CorpusIndex
+    retriever: Retriever
+    collection: str | None
+    top_k: int
+    context_tokens: int
+    answer_max_tokens: int
+    wall_time_s: float
+    name: str = "rag"
+
+    def _prompt(self, question: str, passages: list[str]) -> list[BaseMessage]:
+        return [
+            SystemMessage(RAG_SYSTEM),
+            HumanMessage(RAG_USER.format(passages="\n\n".join(passages), question=question)),
+        ]
+
+    def _fit(self, question: str, texts: list[str]) -> list[str]:
+        """Passages ``[n] title\\ntext`` whole while they fit the budget; the first that does not fit is cut
+        to the room left, and the rest are left out."""
+        budget = self.context_tokens - self.answer_max_tokens - PROMPT_OVERHEAD_TOKENS
+        passages: list[str] = []
+        for n, text in enumerate(texts, start=1):
+            candidate = f"[{n}] {text}"
+            if self.chat.count_tokens(self._prompt(question, [*passages, candidate])) <= budget:
+                passages.append(candidate)
+                continue
+            low, high = 0, len(candidate)
+            while low < high:  # the longest prefix that fits
+                mid = (low + high + 1) // 2
+                if self.chat.count_tokens(self._prompt(question, [*passages, candidate[:mid]])) <= budget:
+                    low = mid
+                else:
+                    high = mid - 1
+            if low > len(f"[{n}] ") + 40:
+                passages.append(candidate[:low])
+            break
+        return passages
+
+    def answer(self, item: EvalItem) -> SystemAnswer:
+        started = time.monotonic()
+        hits = self.retriever.search(item.question, k=self.top_k, collection=self.collection)
+        sources = [self.corpus.get(hit.source_id) for hit in hits]
+        passages = self._fit(item.question, [f"{s.title}\n{s.text}" for s in sources])
+        used = sources[: len(passages)]
+        messages = self._prompt(item.question, passages)
+        prompt_tokens = self.chat.count_tokens(messages)
+        error = None
+        try:
+            with output_limit(self.chat, self.answer_max_tokens):
+                message = self.chat.invoke(messages, deadline=started + self.wall_time_s)
+            text = message.content if isinstance(message.content, str) else str(message.content)
+            prompt, computed, output = _usage_of(message, prompt_tokens)
+        except GenerationDeadlineExceeded as exc:
+            text, error = "", f"wall-time budget ran out: {exc}"
+            prompt, computed, output = prompt_tokens, prompt_tokens, 0
+        resolved = resolve_citations(text.strip(), range(1, len(used) + 1))
+        return SystemAnswer(
+            item_id=item.id,
+            system=self.name,
+            answer=resolved.text,
+            sources=tuple(SourceRef(s.id, s.doc_id, s.title, s.url) for s in used),
+            read_doc_ids=tuple(s.doc_id for s in used if s.doc_id),
+            usage=Usage(
+                tool_calls=1,
+                prompt_tokens=prompt,
+                computed_tokens=computed,
+                output_tokens=output,
+                latency_s=round(time.monotonic() - started, 3),
+            ),
+            error=error,
+        )
