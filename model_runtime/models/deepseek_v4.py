@@ -706,11 +706,16 @@ class DeepseekV4Model(nn.Module):
         *,
         dtype: torch.dtype = torch.float32,
         attn_impl: AttnImpl = "sparse",
+        device: torch.device | str = "cpu",
     ) -> DeepseekV4Model:
         """Random weights for tests/benchmarks, including what transformers' init leaves at zero (hash table,
-        attention sinks, compressor position biases, router bias), so every code path is exercised."""
-        model = cls(args, attn_impl=attn_impl)
-        gen = torch.Generator().manual_seed(seed)
+        attention sinks, compressor position biases, router bias), so every code path is exercised.
+
+        Values are drawn on `device` (fast for large shapes); a seed gives different values per device type.
+        """
+        with torch.device(device):
+            model = cls(args, attn_impl=attn_impl)
+        gen = torch.Generator(device=device).manual_seed(seed)
         branch_scale = (2 * (args.num_hidden_layers + args.num_nextn_predict_layers)) ** -0.5
         with torch.no_grad():
             for name, param in model.named_parameters():
@@ -720,7 +725,10 @@ class DeepseekV4Model(nn.Module):
                 param.copy_(value)
             for module in model.modules():
                 if isinstance(module, Gate) and module.hash_routed:
-                    table = torch.rand(args.vocab_size, args.n_routed_experts, generator=gen).argsort(dim=-1)
+                    table = torch.rand(
+                        args.vocab_size, args.n_routed_experts, generator=gen, device=gen.device
+                    )
+                    table = table.argsort(dim=-1)
                     module.tid2eid.copy_(table[:, : args.num_experts_per_tok])
         return model.cast(dtype)
 
@@ -854,16 +862,16 @@ def _random_like(name: str, param: torch.Tensor, gen: torch.Generator) -> torch.
     """Random values with healthy magnitudes for each kind of parameter."""
     shape = param.shape
     if name.endswith("norm.weight"):
-        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen, device=gen.device)
     if name.endswith(("attn_sink", "ape")):
-        return torch.randn(shape, generator=gen)
+        return torch.randn(shape, generator=gen, device=gen.device)
     if name.endswith("gate.bias"):
-        return 0.1 * torch.randn(shape, generator=gen)
+        return 0.1 * torch.randn(shape, generator=gen, device=gen.device)
     if name.endswith(("_base",)):
-        return 0.5 * torch.randn(shape, generator=gen)
+        return 0.5 * torch.randn(shape, generator=gen, device=gen.device)
     if name.endswith("_scale"):
-        return 0.5 + torch.rand(shape, generator=gen)
+        return 0.5 + torch.rand(shape, generator=gen, device=gen.device)
     if name == "embed.weight":
-        return torch.randn(shape, generator=gen)
+        return torch.randn(shape, generator=gen, device=gen.device)
     fan_in = shape[-1]
-    return torch.randn(shape, generator=gen) * fan_in**-0.5
+    return torch.randn(shape, generator=gen, device=gen.device) * fan_in**-0.5
