@@ -10,6 +10,7 @@ in a second, not after minutes of loading.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ from deepscout.model_runtime.weights.errors import (
 )
 from deepscout.model_runtime.weights.quant import QuantizedTensor
 
+#: Tensors the official code's state dict holds twice (each MTP block refers to the shared embedding and
+#: head), so a checkpoint may carry ``mtp.{k}.embed.weight`` / ``mtp.{k}.head.weight``. They are accepted
+#: (shape checked) and not read; the model uses the shared tensors.
+SHARED_ALIASES = (
+    (re.compile(r"mtp\.\d+\.embed\.weight"), "embed.weight"),
+    (re.compile(r"mtp\.\d+\.head\.weight"), "head.weight"),
+)
+
+
+def _alias_of(name: str) -> str | None:
+    return next((target for pattern, target in SHARED_ALIASES if pattern.fullmatch(name)), None)
+
 
 @dataclass(frozen=True)
 class LoadReport:
@@ -48,9 +61,14 @@ def check_compatible(targets: dict[str, torch.Tensor], checkpoint: Checkpoint) -
     missing = sorted(set(targets) - set(stored))
     if missing:
         raise MissingTensorsError(missing)
-    unexpected = sorted(set(stored) - set(targets))
+    extra = sorted(set(stored) - set(targets))
+    aliases = {name: alias for name in extra if (alias := _alias_of(name)) in targets}
+    unexpected = [name for name in extra if name not in aliases]
     if unexpected:
         raise UnexpectedTensorsError(unexpected)
+    for name, target_name in aliases.items():
+        if stored[name].shape != tuple(targets[target_name].shape):
+            raise TensorShapeError(name, stored[name].shape, tuple(targets[target_name].shape))
     for name, target in targets.items():
         weight: StoredWeight = stored[name]
         if weight.shape != tuple(target.shape):

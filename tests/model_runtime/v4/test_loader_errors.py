@@ -185,3 +185,27 @@ def test_a_checkpoint_without_an_index_is_read_from_its_shards(ckpt: Path) -> No
     (ckpt / INDEX_FILE).unlink()
     model, report = load_model(ckpt)
     assert report.tensors == len(model.state_dict())
+
+
+def _add_tensor(directory: Path, name: str, value: torch.Tensor) -> None:
+    index = json.loads((directory / INDEX_FILE).read_text())
+    shard = index["weight_map"]["embed.weight"]
+    tensors = load_file(str(directory / shard))
+    tensors[name] = value
+    save_file(tensors, str(directory / shard), metadata={"format": "pt"})
+    index["weight_map"][name] = shard
+    (directory / INDEX_FILE).write_text(json.dumps(index))
+
+
+def test_mtp_aliases_of_the_shared_embedding_and_head_are_accepted(ckpt: Path) -> None:
+    embed = load_file(str(ckpt / _index(ckpt)["embed.weight"]))["embed.weight"]
+    _add_tensor(ckpt, "mtp.0.embed.weight", embed)
+    _add_tensor(ckpt, "mtp.0.head.weight", torch.zeros(512, 256, dtype=torch.bfloat16))
+    model, report = load_model(ckpt)
+    assert report.tensors == len(model.state_dict()) and "mtp.0.embed.weight" not in model.state_dict()
+
+
+def test_an_mtp_alias_of_the_wrong_shape_is_a_shape_error(ckpt: Path) -> None:
+    _add_tensor(ckpt, "mtp.0.head.weight", torch.zeros(256, 256, dtype=torch.bfloat16))
+    with pytest.raises(TensorShapeError, match=r"'mtp.0.head.weight' has shape \[256, 256\]"):
+        load_model(ckpt)
