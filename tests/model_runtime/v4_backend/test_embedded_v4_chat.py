@@ -3,6 +3,7 @@ accounting, prefix reuse, structured output, streaming, deadlines and tool-call 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Literal
@@ -21,7 +22,12 @@ from pydantic import BaseModel
 
 from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel, ToolCallOutputError
 from deepscout.model_runtime.backends.v4_runtime import GenerationOutcome, V4Runtime
-from deepscout.model_runtime.chat import GenerationDeadlineExceeded, ModelNotFetchedError, load_chat_model
+from deepscout.model_runtime.chat import (
+    GenerationCancelled,
+    GenerationDeadlineExceeded,
+    ModelNotFetchedError,
+    load_chat_model,
+)
 from deepscout.model_runtime.encoding.conversions import turns_from_langchain
 from deepscout.model_runtime.encoding.deepseek_v4 import ThinkMaxContextError, render_prompt
 from deepscout.settings import Settings
@@ -115,6 +121,24 @@ def test_deadline_stops_generation(tiny_chat: EmbeddedV4ChatModel, unique_system
     messages = [SystemMessage(unique_system), HumanMessage("Write a long essay.")]
     with pytest.raises(GenerationDeadlineExceeded):
         tiny_chat.invoke(messages, deadline=time.monotonic())
+
+
+def test_a_stream_stopped_mid_decode_leaves_the_engine_usable(
+    tiny_chat: EmbeddedV4ChatModel, unique_system: str
+) -> None:
+    tiny_chat.max_new_tokens = 400
+    messages = [SystemMessage(unique_system), HumanMessage("Write a long essay.")]
+    cancel = threading.Event()
+    received = []
+    with pytest.raises(GenerationCancelled):
+        for chunk in tiny_chat.stream(messages, cancel=cancel):
+            received.append(chunk)
+            cancel.set()  # stop after the first streamed text
+    assert received
+    assert not tiny_chat.runtime.engine.has_unfinished()
+    tiny_chat.max_new_tokens = 2
+    after = tiny_chat.invoke(messages)
+    assert after.usage_metadata is not None and after.usage_metadata["output_tokens"] >= 1
 
 
 def test_think_max_needs_a_384k_context(tiny_runtime: V4Runtime) -> None:
