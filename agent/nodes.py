@@ -8,6 +8,7 @@ run's :class:`RunContext`, handed to the graph as LangGraph's runtime context (n
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -481,6 +482,17 @@ def reflect(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Liter
     return Command(goto="plan", update=update)
 
 
+def _grounding(text: str, state: ResearchState, transcript: Sequence[BaseMessage]) -> float:
+    """Share of the answer's content words found in the question or the documents read (1.0 for none).
+
+    A small model sometimes writes the worked example's answer again, or an answer from nowhere; such a
+    reply shares few words with what was read."""
+    words = set(terms(re.sub(r"\[\d+\]", " ", text)))
+    if not words:
+        return 1.0
+    return len(words & _vocabulary(state, transcript)) / len(words)
+
+
 def _fallback_answer(state: ResearchState, reason: str, limit: int = 3) -> str:
     """The most relevant passages of the sources read, each cited, when the model gave no answer."""
     transcript = state.get("transcript", [])
@@ -535,6 +547,10 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
             run.emit({"type": "stop", "reason": "wall_time"})
         if status == "model" and not text:
             text, status = _fallback_answer(state, "it wrote nothing"), "fallback"
+        elif status == "model" and _grounding(text, state, transcript) < run.settings.min_grounding:
+            reason = "its answer used too few words of the question and the documents read"
+            logger.warning("answer not grounded in the documents, replaced by passages: %r", text)
+            text, status = _fallback_answer(state, reason), "fallback"
     resolved = resolve_citations(text, [source["n"] for source in sources])
     for marker in resolved.removed:
         run.emit({"type": "citation_removed", "marker": marker})

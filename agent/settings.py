@@ -53,4 +53,11 @@ class AgentSettings(BaseModel):
         lt=1.0,
         description="Share of the wall time kept for the answer; the loop stops early to leave it.",
     )
+    min_grounding: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Least share of the answer's words found in the question and documents read; "
+        "a less grounded answer is replaced by the most relevant passages (0 disables the check).",
+    )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature (0: greedy).")

@@ -127,15 +127,24 @@ def structured_call(
     *,
     max_tokens: int,
     deadline: float,
+    stop: Sequence[str] = ("]}",),
 ) -> tuple[Schema, dict[str, Any]]:
     """``schema`` from the model: a free reply parsed leniently, else schema-constrained decoding.
 
+    ``stop`` ends the free reply where the object closes (the default suits objects whose last field is
+    a list, as the plan and the reflection are; the cut brackets are restored by :func:`balance_json`),
+    so a model that would chat on after the JSON spends no time doing so.
     Raises the backend's ``GenerationDeadlineExceeded`` and ``StructuredOutputError`` unchanged.
     """
     recorder = UsageRecorder()
     config: dict[str, Any] = {"callbacks": [recorder]}
     with output_limit(model, max_tokens):
-        reply = model.invoke(list(messages), config, deadline=deadline)  # type: ignore[arg-type]
+        reply = model.invoke(
+            list(messages),
+            config,  # type: ignore[arg-type]
+            stop=list(stop) or None,
+            deadline=deadline,
+        )
         parsed = parse_lenient(schema, str(reply.content))
         if parsed is None:
             runnable = model.with_structured_output(schema)

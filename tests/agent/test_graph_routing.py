@@ -124,3 +124,28 @@ def test_model_that_cites_nothing_still_lists_sources(settings, small_corpus, sc
     )
     assert result.citations == []
     assert result.sources and result.sources[0]["title"] == "Dracula"
+
+
+def test_ungrounded_answer_is_replaced_by_cited_passages(settings, small_corpus, scripted) -> None:
+    # The tiny model sometimes repeats the worked example's answer instead of answering.
+    parroted = "The Four Seasons was composed by Antonio Vivaldi [1], who was born in Venice [2]."
+    model = scripted(['{"queries":["Dracula author"]}', parroted])
+    result = research(
+        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
+    )
+    assert result.status == "fallback"
+    assert "Vivaldi" not in result.answer
+    assert "Bram Stoker" in result.answer and "[1]" in result.answer
+
+
+def test_structured_replies_are_repaired_when_cut_or_unbalanced() -> None:
+    from deepscout.agent.state import QueryPlan, Reflection
+    from deepscout.agent.structured import balance_json, parse_lenient
+
+    assert balance_json('{"queries":["a b","c d"') == '{"queries":["a b","c d"]}'
+    assert balance_json('noise {"queries":["x y"]] trailing') == '{"queries":["x y"]}'
+    plan = parse_lenient(QueryPlan, 'Sure! {"queries":["Gallu demon","Lilu demon"]]')
+    assert plan is not None and plan.queries == ["Gallu demon", "Lilu demon"]
+    reflection = parse_lenient(Reflection, '{"enough":false,"next_queries":["Lilu spirit"')
+    assert reflection is not None and reflection.next_queries == ["Lilu spirit"]
+    assert parse_lenient(QueryPlan, '{"queries":[""]}') is None  # empty queries are not a plan
