@@ -47,7 +47,6 @@ from deepscout.model_runtime.encoding.conversions import REASONING_KEY, tool_spe
 from deepscout.model_runtime.encoding.deepseek_v4 import (
     PromptSegment,
     ReasoningEffort,
-    render_prompt,
     render_prompt_segments,
 )
 from deepscout.model_runtime.encoding.dsml_grammar import tool_calls_grammar
@@ -184,14 +183,14 @@ class EmbeddedV4ChatModel(ChatModel):
 
     def count_tokens(self, messages: Sequence[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Tokens of the V4 prompt for ``messages`` (with ``tools`` listed), assistant opening included."""
-        text = render_prompt(
+        segments = render_prompt_segments(
             turns_from_langchain(messages),
             tools=tool_specs(tools or []),
             thinking=self.thinking,
             reasoning_effort=self.reasoning_effort,
             context_window=self.context_window,
         )
-        return self._runtime.tokenizer.count_tokens(text)
+        return len(self._encode(segments, messages))
 
     def _plan(self, messages: Sequence[BaseMessage], kwargs: dict[str, Any]) -> _Plan:
         if not messages:

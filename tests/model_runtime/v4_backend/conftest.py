@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel
@@ -23,6 +21,7 @@ def tiny_chat(tiny_runtime: V4Runtime) -> EmbeddedV4ChatModel:
 
 
 @pytest.fixture
-def unique_system() -> str:
-    """A system prompt no other test shares, so no cached session of another test matches it."""
-    return f"You are a research assistant (test {uuid.uuid4().hex[:8]})."
+def unique_system(request: pytest.FixtureRequest) -> str:
+    """A system prompt no other test shares (so no cached session of another test matches it), the
+    same on every run (so the random model's output, and the test, are deterministic)."""
+    return f"You are a research assistant ({request.node.name})."
