@@ -8,7 +8,8 @@ Per layer the cache keeps two kinds of data (paper §2.3, "heterogeneous KV cach
 
 (a) fixed-size *state* — bounded at any context length:
     * the sliding-window ring: the last `sliding_window` raw KV entries (normed + RoPE'd, `[n, head_dim]`)
-      with their absolute positions (`[n]`, int64), every layer kind;
+      with their absolute positions (`[n]`, int64), every layer kind; the positions read back are
+      consecutive and end at `num_tokens - 1` (the model slices the band by position arithmetic);
     * per compressor (`"main"` on CSA and HCA layers, `"indexer"` on CSA layers) a `CompressorTail`:
       the projected rows of the tokens since the last complete compressed entry (< ratio rows, raw
       projections `kv` and gate logits *without* the position bias), and on CSA (overlapping windows, m=4)

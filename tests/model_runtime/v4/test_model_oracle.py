@@ -74,9 +74,10 @@ def test_topk_truncation_is_real_and_exact(make_pair, v4) -> None:
     assert diff > 1e-2 * oracle.abs().max().item()
 
 
-def test_greedy_generation_is_token_identical(make_pair, v4) -> None:
-    pair = make_pair(SCHEDULES["mixed"])
-    prompt = v4.random_ids(pair.args, 130, seed=7)
+@pytest.mark.parametrize(("schedule", "prompt_length"), [("mixed", 130), ("hca", 250), ("csa", 61)])
+def test_greedy_generation_is_token_identical(make_pair, v4, schedule: str, prompt_length: int) -> None:
+    pair = make_pair(SCHEDULES[schedule])
+    prompt = v4.random_ids(pair.args, prompt_length, seed=7)
     new_tokens = 12
     with torch.no_grad():
         reference = pair.oracle.generate(
