@@ -36,6 +36,8 @@ class ReportFiles:
     html: Path
     charts: tuple[Path, ...]
     summary_json: Path
+    tables: tuple[tuple[str, str], ...]
+    """(heading, Markdown table) of every summary section, as the report shows them."""
 
 
 def _pct(interval: Interval) -> str:
@@ -319,4 +321,4 @@ def write_report(
         "cost": [asdict(c) for c in costs],
     }
     summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return ReportFiles(md_path, html_path, tuple(charts), summary_path)
+    return ReportFiles(md_path, html_path, tuple(charts), summary_path, tuple(sections))
