@@ -22,7 +22,7 @@ SCHEDULES: dict[str, ModelArgs] = {
 
 
 @pytest.mark.parametrize("impl", ["sparse", "naive"])
-@pytest.mark.parametrize("length", [1, 7, 256, 301])
+@pytest.mark.parametrize("length", [1, 4, 7, 128, 256, 301])
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_full_prefill_matches_oracle(make_pair, v4, schedule: str, length: int, impl: str) -> None:
     pair = make_pair(SCHEDULES[schedule])
