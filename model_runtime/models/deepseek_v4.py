@@ -328,7 +328,7 @@ class Attention(nn.Module):
             if index_q is not None and index_w is not None:
                 row_index = (index_q[rows], index_w[rows])
             attend = self._attend_sparse if impl == "sparse" else self._attend_naive
-            outputs.append(attend(q[rows], positions, keys, key_pos, cache, row_index))
+            outputs.append(attend(q[rows], seg, positions, keys, key_pos, cache, row_index))
         out = apply_rope(torch.cat(outputs), rope, inverse=True)
         return self._project_out(out)
 
@@ -344,10 +344,12 @@ class Attention(nn.Module):
     def _selected_entries(
         self,
         positions: torch.Tensor,
+        last_position: int,
         cache: LayerCache,
         row_index: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """For queries at `positions`: the compressed entries they attend to and their validity `[n, k]`.
+        """For queries at `positions` (the last is `last_position`): the compressed entries they attend to
+        and their validity `[n, k]`.
 
         CSA: the indexer's top-k among causal entries, gathered per query (`[n, k, dim]`). HCA: every causal
         entry, shared by the block's queries (`[k, dim]`). None when there is nothing to attend to.
@@ -356,7 +358,7 @@ class Attention(nn.Module):
             return None
         limit = causal_entry_limit(positions, self.ratio)
         if self.kind is LayerKind.HCA:
-            n_needed = int(limit.max())
+            n_needed = (last_position + 1) // self.ratio
             if n_needed == 0:
                 return None
             entries = cache.all_entries("main")[:n_needed]
@@ -381,19 +383,21 @@ class Attention(nn.Module):
     def _attend_sparse(
         self,
         q: torch.Tensor,
+        seg: RowSegment,
         positions: torch.Tensor,
         keys: torch.Tensor,
         key_pos: torch.Tensor,
         cache: LayerCache,
         row_index: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        """Window band + selected entries only, in query blocks."""
-        first_key = int(key_pos[0])
+        """Window band + selected entries only, in query blocks (bounds from host integers: no syncs)."""
+        first_key = seg.start - (key_pos.shape[0] - seg.length)  # window positions are consecutive
         outs = []
         for b0 in range(0, q.shape[0], _QUERY_BLOCK):
             qb, pb = q[b0 : b0 + _QUERY_BLOCK], positions[b0 : b0 + _QUERY_BLOCK]
-            lo = max(int(pb[0]) - self.window + 1 - first_key, 0)
-            hi = int(pb[-1]) - first_key + 1
+            first, last = seg.start + b0, seg.start + b0 + qb.shape[0] - 1
+            lo = max(first - self.window + 1 - first_key, 0)
+            hi = last - first_key + 1
             band, band_pos = keys[lo:hi], key_pos[lo:hi]
             logits = torch.einsum("nhd,kd->nhk", qb, band) * self.scale
             visible = (band_pos[None, :] <= pb[:, None]) & (band_pos[None, :] > pb[:, None] - self.window)
@@ -401,7 +405,7 @@ class Attention(nn.Module):
             row_idx = None
             if row_index is not None:
                 row_idx = (row_index[0][b0 : b0 + _QUERY_BLOCK], row_index[1][b0 : b0 + _QUERY_BLOCK])
-            selected = self._selected_entries(pb, cache, row_idx)
+            selected = self._selected_entries(pb, last, cache, row_idx)
             if selected is None:
                 probs = self._softmax_with_sink(logits)
                 outs.append(torch.einsum("nhk,kd->nhd", probs, band))
@@ -420,6 +424,7 @@ class Attention(nn.Module):
     def _attend_naive(
         self,
         q: torch.Tensor,
+        seg: RowSegment,
         positions: torch.Tensor,
         keys: torch.Tensor,
         key_pos: torch.Tensor,
