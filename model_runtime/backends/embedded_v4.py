@@ -15,6 +15,7 @@ cached token prefix, so an append-only conversation prefills only its new tokens
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ class _Plan:
     """Makes the grammar state of one generation (structured output, required tool calls)."""
     schema: dict[str, Any] | None = None
     """The JSON schema structured output must satisfy."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: the text ends before the first one (free-form output only)."""
 
 
 @dataclass
@@ -192,7 +195,7 @@ class EmbeddedV4ChatModel(ChatModel):
         )
         return len(self._encode(segments, messages))
 
-    def _plan(self, messages: Sequence[BaseMessage], kwargs: dict[str, Any]) -> _Plan:
+    def _plan(self, messages: Sequence[BaseMessage], kwargs: dict[str, Any], stop: list[str] | None) -> _Plan:
         if not messages:
             raise ValueError("cannot generate from an empty message list")
         turns = turns_from_langchain(messages)
@@ -231,7 +234,8 @@ class EmbeddedV4ChatModel(ChatModel):
             context_window=self.context_window,
         )
         kind: Literal["text", "tools"] = "tools" if specs else "text"
-        return _Plan(self._encode(segments, messages), kind, self.thinking, names)
+        ids = self._encode(segments, messages)
+        return _Plan(ids, kind, self.thinking, names, stop=tuple(stop or ()))
 
     def _encode(self, segments: Sequence[PromptSegment], messages: Sequence[BaseMessage]) -> list[int]:
         """Prompt ids; an assistant turn this model generated keeps the ids it was generated as.
@@ -269,8 +273,7 @@ class EmbeddedV4ChatModel(ChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         control = GenerationControl.from_kwargs(kwargs)
-        _refuse_stop_strings(stop)
-        plan = self._plan(messages, kwargs)
+        plan = self._plan(messages, kwargs, stop)
         return ChatResult(generations=[ChatGeneration(message=self._complete(plan, control))])
 
     def _complete(self, plan: _Plan, control: GenerationControl) -> AIMessage:
@@ -312,12 +315,12 @@ class EmbeddedV4ChatModel(ChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         control = GenerationControl.from_kwargs(kwargs)
-        _refuse_stop_strings(stop)
-        plan = self._plan(messages, kwargs)
+        plan = self._plan(messages, kwargs, stop)
         if plan.kind == "structured" or plan.required_tool:
             # Output that must be valid whole (and may be retried) is handed over as one chunk.
             yield ChatGenerationChunk(message=_to_chunk(self._complete(plan, control)))
             return
+        stopping = threading.Event()
         stream = self._runtime.stream_tokens(
             plan.prompt_ids,
             max_new_tokens=self._room(plan),
@@ -327,12 +330,17 @@ class EmbeddedV4ChatModel(ChatModel):
             control=control,
             guide=None,
             session_id=self.session_id,
+            stop=stopping,
         )
-        reader = _OutputReader(self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools")
+        reader = _OutputReader(
+            self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools", stop=plan.stop
+        )
         try:
             while True:
                 token_id = next(stream)
                 events = reader.push(token_id)
+                if reader.stopped:
+                    stopping.set()
                 if reader.error is not None:
                     stream.close()
                     error = reader.error
@@ -378,6 +386,7 @@ class EmbeddedV4ChatModel(ChatModel):
 
     def _decode(self, plan: _Plan, control: GenerationControl, *, temperature: float, seed: int) -> _Decoded:
         guide = plan.guide() if plan.guide is not None else None
+        stopping = threading.Event()
         stream = self._runtime.stream_tokens(
             plan.prompt_ids,
             max_new_tokens=self._room(plan),
@@ -387,11 +396,16 @@ class EmbeddedV4ChatModel(ChatModel):
             control=control,
             guide=guide,
             session_id=self.session_id,
+            stop=stopping,
         )
-        reader = _OutputReader(self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools")
+        reader = _OutputReader(
+            self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools", stop=plan.stop
+        )
         try:
             while True:
                 reader.push(next(stream))
+                if reader.stopped:
+                    stopping.set()
         except StopIteration as stopped:
             outcome: GenerationOutcome = stopped.value
         try:
@@ -469,38 +483,58 @@ class _BadOutput(Exception):
 
 
 class _OutputReader:
-    """Generated ids → text (UTF-8-safe) → parse events; stops reading at the end-of-sentence token."""
+    """Generated ids → text (UTF-8-safe) → parse events; ends at the end-of-sentence token or at the
+    first stop string (excluded from the text; a suffix that may begin one is held back until decided)."""
 
-    def __init__(self, tokenizer: V4Tokenizer, thinking: bool, *, tool_calls: bool) -> None:
+    def __init__(
+        self, tokenizer: V4Tokenizer, thinking: bool, *, tool_calls: bool, stop: Sequence[str] = ()
+    ) -> None:
         self._decoder = tokenizer.stream_decoder()
         self._parser = CompletionParser(thinking=thinking, tool_calls=tool_calls)
         self._eos = tokenizer.special.eos
-        self._pieces: list[str] = []
+        self._stop = [text for text in stop if text]
+        self._hold = max((len(text) - 1 for text in self._stop), default=0)
+        self._raw = ""
+        self._fed = 0
+        self.stopped = False
+        """True once a stop string appeared: the caller ends the generation."""
         self.error: DSMLParseError | None = None
 
     @property
     def text(self) -> str:
-        return "".join(self._pieces)
+        """The generated text (up to the stop string, when one appeared)."""
+        return self._raw
 
     def push(self, token_id: int) -> list[ParseEvent]:
         """Events the token made certain; after malformed output, none (see :attr:`error`)."""
-        if token_id == self._eos:
+        if token_id == self._eos or self.stopped:
             return []
-        piece = self._decoder.step(token_id)
-        self._pieces.append(piece)
-        if self.error is not None or not piece:
+        start = max(0, len(self._raw) - self._hold)
+        self._raw += self._decoder.step(token_id)
+        cuts = [at for at in (self._raw.find(text, start) for text in self._stop) if at >= 0]
+        if cuts:
+            self._raw = self._raw[: min(cuts)]
+            self.stopped = True
+            return self._feed(len(self._raw))
+        return self._feed(len(self._raw) - self._hold)
+
+    def finish(self) -> tuple[list[ParseEvent], ParsedCompletion]:
+        """The last events and the parsed turn; raises the first parse error met."""
+        events = self._feed(len(self._raw))
+        if self.error is not None:
+            raise self.error
+        last, parsed = self._parser.finish()
+        return events + last, parsed
+
+    def _feed(self, upto: int) -> list[ParseEvent]:
+        if self.error is not None or upto <= self._fed:
             return []
+        piece, self._fed = self._raw[self._fed : upto], upto
         try:
             return self._parser.feed(piece)
         except DSMLParseError as error:
             self.error = error
             return []
-
-    def finish(self) -> tuple[list[ParseEvent], ParsedCompletion]:
-        """The last events and the parsed turn; raises the first parse error met."""
-        if self.error is not None:
-            raise self.error
-        return self._parser.finish()
 
 
 def _event_chunk(event: ParseEvent) -> ChatGenerationChunk | None:
@@ -550,14 +584,6 @@ def _generated_ids(message: BaseMessage, text: str, tokenizer: V4Tokenizer) -> l
     if decoded + EOS == text:  # stopped by the token limit: the history closes the turn
         return [*stored, tokenizer.special.eos]
     return None
-
-
-def _refuse_stop_strings(stop: list[str] | None) -> None:
-    if stop:
-        raise ValueError(
-            f"stop strings {stop!r} are not supported by the DeepSeek-V4 backend: the model ends its turn "
-            "with its end-of-sentence token"
-        )
 
 
 def _required_tool(tool_choice: Any, specs: Sequence[ToolSpec]) -> str | bool:

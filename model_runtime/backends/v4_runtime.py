@@ -161,10 +161,13 @@ class V4Runtime:
         control: GenerationControl,
         guide: GrammarGuide | None,
         session_id: str | None = None,
+        stop: threading.Event | None = None,
     ) -> Generator[int, None, GenerationOutcome]:
         """Run one request on the engine, yielding each new token id (the end-of-sentence one included).
 
-        Raises GenerationDeadlineExceeded / GenerationCancelled when ``control`` says so between steps.
+        ``stop`` set by the consumer (e.g. on a stop string) ends the generation before the next step with
+        ``finish_reason="stop"``. Raises GenerationDeadlineExceeded / GenerationCancelled when ``control``
+        says so between steps.
         """
         sampling = SamplingParams(
             temperature=temperature,
@@ -184,36 +187,40 @@ class V4Runtime:
             started = time.perf_counter()
             request_id = self.engine.add_request(request)
             first_token_at: float | None = None
-            final: RequestOutput | None = None
+            latest: RequestOutput | None = None
+            stopped_early = False
             try:
-                while final is None:
+                while latest is None or not latest.finished:
+                    if stop is not None and stop.is_set() and latest is not None:
+                        stopped_early = True
+                        break
                     control.check("prefill" if first_token_at is None else "decode")
                     for output in self.engine.step():
                         if output.request_id != request_id:
                             continue
                         if output.new_token_ids and first_token_at is None:
                             first_token_at = time.perf_counter()
+                        latest = output
                         yield from output.new_token_ids
-                        if output.finished:
-                            final = output
             finally:
-                if final is None:
+                if latest is None or not latest.finished:
                     self.engine.cancel(request_id)
                     self.engine.step()  # report the cancellation so the engine forgets the request
+        assert latest is not None
         stage = "prefill" if first_token_at is None else "decode"
-        if final.finish_reason is FinishReason.DEADLINE:
+        if latest.finish_reason is FinishReason.DEADLINE:
             raise GenerationDeadlineExceeded(f"deadline exceeded during {stage}")
-        if final.finish_reason is FinishReason.CANCELLED:
+        if latest.finish_reason is FinishReason.CANCELLED and not stopped_early:
             raise GenerationCancelled(f"generation cancelled during {stage}")
         ended = time.perf_counter()
         first = first_token_at or ended
         return GenerationOutcome(
-            token_ids=list(final.token_ids),
-            finish_reason="stop" if final.finish_reason is FinishReason.STOP else "length",
+            token_ids=list(latest.token_ids),
+            finish_reason="stop" if stopped_early or latest.finish_reason is FinishReason.STOP else "length",
             prefill={
-                "prompt_tokens": final.prompt_tokens,
-                "reused_tokens": final.reused_tokens,
-                "computed_tokens": final.prefilled_tokens,
+                "prompt_tokens": latest.prompt_tokens,
+                "reused_tokens": latest.reused_tokens,
+                "computed_tokens": latest.prefilled_tokens,
             },
             prefill_seconds=first - started,
             first_token_seconds=first - started,

@@ -261,3 +261,27 @@ def test_required_tool_call_is_decoded_under_the_dsml_grammar(
     tiny_chat.max_new_tokens = 4
     follow_up = tiny_chat.bind_tools([search, mark]).invoke(messages)
     assert follow_up.response_metadata["prefill"]["reused_tokens"] >= first_prompt
+
+
+def test_stop_strings_end_the_text_and_the_generation(
+    tiny_chat: EmbeddedV4ChatModel, unique_system: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_chat.max_new_tokens = 40
+    messages = [SystemMessage(unique_system), HumanMessage("Say anything.")]
+    free = tiny_chat.invoke(messages)
+    stop = free.content[len(free.content) // 2 :][:2]  # a string the model is going to write
+    assert stop
+    cut = tiny_chat.invoke(messages, stop=[stop])
+    assert cut.content == free.content[: free.content.index(stop)]
+    assert cut.response_metadata["finish_reason"] == "stop"
+    assert cut.usage_metadata is not None and free.usage_metadata is not None
+    assert cut.usage_metadata["output_tokens"] < free.usage_metadata["output_tokens"]
+    streamed = "".join(str(chunk.content) for chunk in tiny_chat.stream(messages, stop=[stop]))
+    assert streamed == cut.content
+    # a stop string split across tokens is found too, and never streamed in part
+    monkeypatch.setattr(
+        tiny_chat.runtime, "stream_tokens", _scripted(tiny_chat.runtime, '{"queries":["a"]} and on')
+    )
+    assert tiny_chat.invoke(messages, stop=["]}"]).content == '{"queries":["a"'
+    chunks = [str(chunk.content) for chunk in tiny_chat.stream(messages, stop=["]}"])]
+    assert "".join(chunks) == '{"queries":["a"'
