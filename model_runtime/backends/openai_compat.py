@@ -130,14 +130,14 @@ class OpenAICompatChatModel(ChatModel):
         return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def count_tokens(self, messages: Sequence[BaseMessage], tools: Sequence[Any] | None = None) -> int:
-        """Tokens in the V4 tokenizer for DeepSeek models when it is available, else an estimate
-        (UTF-8 bytes / 4, rounded up) — the server's ``usage`` on each answer is the exact count."""
+        """Tokens of the V4-format prompt in the V4 tokenizer for DeepSeek models; for other servers an
+        estimate (UTF-8 bytes / 4, rounded up). The server's ``usage`` on each answer is the exact count."""
         payload = [message_to_openai(message) for message in messages]
         formatted = [convert_to_openai_tool(tool) for tool in tools] if tools else []
         if _is_deepseek(self.model_name):
-            counted = _deepseek_token_count(payload, formatted)
-            if counted is not None:
-                return counted
+            from deepscout.model_runtime.encoding.tokenizer import count_chat_tokens
+
+            return count_chat_tokens(payload, tools=formatted or None, thinking=self.thinking_active)
         text = json.dumps(payload, ensure_ascii=False) + json.dumps(formatted, ensure_ascii=False)
         return math.ceil(len(text.encode()) / 4)
 
@@ -364,18 +364,6 @@ def _error_text(error: openai.APIStatusError) -> str:
         if isinstance(inner, dict) and "message" in inner:
             return str(inner["message"])
     return str(error.message)
-
-
-def _deepseek_token_count(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int | None:
-    """The V4 tokenizer's count of the rendered prompt, when the encoding module is installed."""
-    try:
-        from deepscout.model_runtime.encoding import tokenizer as v4_tokenizer
-    except ImportError:
-        return None
-    counter = getattr(v4_tokenizer, "count_chat_tokens", None)
-    if counter is None:
-        return None
-    return int(counter(messages, tools=tools or None))
 
 
 def load_chat_model(argument: str | None, settings: Settings) -> OpenAICompatChatModel:

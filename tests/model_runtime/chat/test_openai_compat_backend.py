@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -145,3 +146,18 @@ def test_unreachable_server_is_a_clear_error(settings, monkeypatch):
     model = load_chat_model("openai:some-model", settings=settings)
     with pytest.raises(ChatBackendError, match=r"cannot reach http://127\.0\.0\.1:9/v1"):
         model.invoke("hi")
+
+
+def test_async_invoke_and_v4_token_counts(server_env, settings):
+    from deepscout.model_runtime.encoding.tokenizer import count_chat_tokens
+
+    model = load_chat_model("openai:deepseek-v4-flash", settings=settings)
+    reply = asyncio.run(model.ainvoke([HumanMessage("async hello")]))
+    assert reply.content == "You said: async hello"
+    messages = [HumanMessage("who directed 2001"), reply]
+    expected = count_chat_tokens(
+        [{"role": "user", "content": "who directed 2001"}, {"role": "assistant", "content": reply.content}],
+        thinking=True,
+    )
+    assert model.count_tokens(messages) == expected > 5
+    assert model.count_tokens(messages, tools=[search_corpus]) > expected
