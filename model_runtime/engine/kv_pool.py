@@ -22,7 +22,12 @@ import torch
 from deepscout.model_runtime.cache.protocol import CompressorName, LayerKind
 from deepscout.model_runtime.config import ModelArgs
 from deepscout.model_runtime.engine.config import IndexerFormat, KvDtype
-from deepscout.model_runtime.weights.quant import FP4_BLOCK, FP8_E4M3_MAX, dequantize_mxfp4, quantize_mxfp4
+from deepscout.model_runtime.weights.quant import (
+    E2M1_MAGNITUDES,
+    FP4_BLOCK,
+    FP8_E4M3_MAX,
+    quantize_mxfp4,
+)
 
 
 class KvFormatError(ValueError):
@@ -127,6 +132,9 @@ class Mxfp4Storage(EntryStorage):
         super().__init__(dim)
         self.packed = torch.zeros(blocks, per_block, dim // 2, dtype=torch.uint8, device=device)
         self.scale = torch.zeros(blocks, per_block, dim // FP4_BLOCK, dtype=torch.uint8, device=device)
+        self._values = torch.tensor(
+            E2M1_MAGNITUDES + tuple(-v for v in E2M1_MAGNITUDES), dtype=torch.float32, device=device
+        )
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -138,11 +146,12 @@ class Mxfp4Storage(EntryStorage):
         self.scale[blocks, offsets] = scale.view(torch.uint8).to(self.scale.device)
 
     def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        packed = self.packed[blocks, offsets]
-        scale = self.scale[blocks, offsets]
-        lead = packed.shape[:-1]
-        flat = dequantize_mxfp4(packed.reshape(-1, packed.shape[-1]), scale.reshape(-1, scale.shape[-1]))
-        return flat.view(*lead, self.dim).to(torch.bfloat16)
+        """Decoded on the storage device: e2m1 codes through a value table, times 2^(scale byte - 127)."""
+        packed = self.packed[blocks, offsets].long()
+        codes = torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2)
+        values = self._values[codes].unflatten(-1, (-1, FP4_BLOCK))
+        scale = torch.exp2(self.scale[blocks, offsets].float() - 127.0)
+        return (values * scale[..., None]).flatten(-2).to(torch.bfloat16)
 
 
 def block_tokens(args: ModelArgs) -> int:

@@ -3,8 +3,11 @@ contiguous cache, and the float32 tolerance check (max|diff| <= 1e-4 * max|ref|)
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -73,3 +76,20 @@ def tiny_args() -> ModelArgs:
 def tiny_model(tiny_args: ModelArgs) -> DeepseekV4Model:
     torch.set_num_threads(2)
     return DeepseekV4Model.random(tiny_args, seed=0).eval()
+
+
+def _probe_module() -> ModuleType:
+    """long_context_probe.py (a script run in a subprocess) also defines the narrow config."""
+    path = Path(__file__).with_name("long_context_probe.py")
+    spec = importlib.util.spec_from_file_location("engine_long_context_probe", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def narrow_model() -> DeepseekV4Model:
+    torch.set_num_threads(2)
+    args: ModelArgs = _probe_module().narrow_args()  # every width cut down, real window and ratios
+    return DeepseekV4Model.random(args, seed=1).eval()

@@ -13,22 +13,14 @@ from pathlib import Path
 import torch
 
 from deepscout.model_runtime.cache.protocol import LayerKind
-from deepscout.model_runtime.config import tiny
+from deepscout.model_runtime.config import ModelArgs, tiny
 from deepscout.model_runtime.engine import Engine, EngineConfig, GenerationRequest
 from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def main(tokens: int, chunk: int) -> None:
-    torch.set_num_threads(2)
-    # All three layer kinds at their real window/ratios; narrow everything else so 64K tokens run in CI.
-    args = tiny(
+def narrow_args() -> ModelArgs:
+    """All three layer kinds at the real window (128) and ratios (4, 128), every width cut down."""
+    return tiny(
         (LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA),
         hidden_size=32,
         moe_intermediate_size=16,
@@ -41,6 +33,18 @@ def main(tokens: int, chunk: int) -> None:
         hc_sinkhorn_iters=3,
         index_n_heads=2,
     )
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main(tokens: int, chunk: int) -> None:
+    torch.set_num_threads(2)
+    args = narrow_args()
     model = DeepseekV4Model.random(args, seed=0).eval()
     blocks = -(-(tokens + 1) // 128) + 2
     config = EngineConfig(

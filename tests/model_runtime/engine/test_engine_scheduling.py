@@ -23,14 +23,14 @@ from deepscout.model_runtime.engine.sampling import sample, top_p_filter
 from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
 
 
-def test_sequences_of_different_lengths_decode_together(tiny_model: DeepseekV4Model, eh: Any) -> None:
+def test_sequences_of_different_lengths_decode_together(narrow_model: DeepseekV4Model, eh: Any) -> None:
     prompts = [eh.random_tokens(n, seed=n) for n in (40, 150, 260)]
     config = EngineConfig(num_blocks=16, prefix_caching=False)
-    batched = Engine(tiny_model, config)
+    batched = Engine(narrow_model, config)
     together = batched.generate([GenerationRequest(p, max_new_tokens=5) for p in prompts])
     alone_steps = 0
     for prompt, out in zip(prompts, together, strict=True):
-        single = Engine(tiny_model, config)
+        single = Engine(narrow_model, config)
         (ref,) = single.generate([GenerationRequest(prompt, max_new_tokens=5)])
         alone_steps += single.steps
         assert out.token_ids == ref.token_ids and out.finish_reason is FinishReason.LENGTH
@@ -38,9 +38,9 @@ def test_sequences_of_different_lengths_decode_together(tiny_model: DeepseekV4Mo
 
 
 def _two_long_requests(eh: Any, sampling: SamplingParams) -> list[GenerationRequest]:
-    # 230 prompt + 40 new tokens = 270 tokens = 3 blocks each; a pool of 4 cannot hold both
+    # 250 prompt + 12 new tokens = 262 tokens = 3 blocks each; a pool of 4 cannot hold both
     return [
-        GenerationRequest(eh.random_tokens(230, seed=s), max_new_tokens=40, sampling=sampling)
+        GenerationRequest(eh.random_tokens(250, seed=s), max_new_tokens=12, sampling=sampling)
         for s in (21, 22)
     ]
 
@@ -51,21 +51,21 @@ def _two_long_requests(eh: Any, sampling: SamplingParams) -> list[GenerationRequ
     ids=["greedy", "top_p"],
 )
 def test_preemption_and_recompute_give_identical_outputs(
-    tiny_model: DeepseekV4Model, eh: Any, sampling: SamplingParams
+    narrow_model: DeepseekV4Model, eh: Any, sampling: SamplingParams
 ) -> None:
-    roomy = Engine(tiny_model, EngineConfig(num_blocks=16, prefix_caching=False))
+    roomy = Engine(narrow_model, EngineConfig(num_blocks=16, prefix_caching=False))
     expected = roomy.generate(_two_long_requests(eh, sampling))
-    tight = Engine(tiny_model, EngineConfig(num_blocks=4, prefix_caching=False, pool_policy="preempt"))
+    tight = Engine(narrow_model, EngineConfig(num_blocks=4, prefix_caching=False, pool_policy="preempt"))
     got = tight.generate(_two_long_requests(eh, sampling))
     assert tight.scheduler.preemptions == 1 and got[1].preemptions == 1
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
-    assert got[1].prefilled_tokens > 230  # its prompt and first tokens were computed twice
+    assert got[1].prefilled_tokens > 250  # its prompt and first tokens were computed twice
     assert tight.caches.blocks.num_free == 4
 
 
-def test_queue_policy_waits_for_blocks_instead_of_preempting(tiny_model: DeepseekV4Model, eh: Any) -> None:
+def test_queue_policy_waits_for_blocks_instead_of_preempting(narrow_model: DeepseekV4Model, eh: Any) -> None:
     requests = _two_long_requests(eh, SamplingParams())
-    engine = Engine(tiny_model, EngineConfig(num_blocks=4, prefix_caching=False, pool_policy="queue"))
+    engine = Engine(narrow_model, EngineConfig(num_blocks=4, prefix_caching=False, pool_policy="queue"))
     ids = [engine.add_request(r) for r in requests]
     finished_at: dict[str, int] = {}
     first_token_at: dict[str, int] = {}
@@ -78,12 +78,12 @@ def test_queue_policy_waits_for_blocks_instead_of_preempting(tiny_model: Deepsee
                 finished_at[out.request_id] = step
     assert engine.scheduler.preemptions == 0
     assert first_token_at[ids[1]] > finished_at[ids[0]]  # the second waited for the first's blocks
-    roomy = Engine(tiny_model, EngineConfig(num_blocks=16, prefix_caching=False))
+    roomy = Engine(narrow_model, EngineConfig(num_blocks=16, prefix_caching=False))
     assert roomy.generate(_two_long_requests(eh, SamplingParams()))[1].finish_reason is FinishReason.LENGTH
 
 
-def test_cancel_and_deadline_are_honoured_between_steps(tiny_model: DeepseekV4Model, eh: Any) -> None:
-    engine = Engine(tiny_model, EngineConfig(num_blocks=8, prefill_chunk=128))
+def test_cancel_and_deadline_are_honoured_between_steps(narrow_model: DeepseekV4Model, eh: Any) -> None:
+    engine = Engine(narrow_model, EngineConfig(num_blocks=8, prefill_chunk=128))
     cancel = threading.Event()
     rid = engine.add_request(GenerationRequest(eh.random_tokens(300, seed=30), cancel=cancel))
     late = engine.add_request(GenerationRequest([5, 6, 7], deadline=time.monotonic() - 1))
@@ -102,8 +102,8 @@ def test_cancel_and_deadline_are_honoured_between_steps(tiny_model: DeepseekV4Mo
     assert out.finish_reason is FinishReason.CANCELLED and len(out.token_ids) == 1
 
 
-def test_stop_tokens_and_logprobs(tiny_model: DeepseekV4Model, eh: Any) -> None:
-    engine = Engine(tiny_model, EngineConfig(num_blocks=8))
+def test_stop_tokens_and_logprobs(narrow_model: DeepseekV4Model, eh: Any) -> None:
+    engine = Engine(narrow_model, EngineConfig(num_blocks=8))
     prompt = eh.random_tokens(50, seed=40)
     greedy = engine.generate([GenerationRequest(prompt, max_new_tokens=6)])[0].token_ids
     stop = greedy[2]
@@ -112,25 +112,25 @@ def test_stop_tokens_and_logprobs(tiny_model: DeepseekV4Model, eh: Any) -> None:
     )
     out = engine.generate([request])[0]
     assert out.token_ids == greedy[: greedy.index(stop) + 1] and out.finish_reason is FinishReason.STOP
-    ref = eh.reference_logits(tiny_model, prompt).log_softmax(-1)[-1, greedy[0]].item()
+    ref = eh.reference_logits(narrow_model, prompt).log_softmax(-1)[-1, greedy[0]].item()
     assert out.logprobs is not None and abs(out.logprobs[0] - ref) < 1e-4
 
 
-def test_logits_processor_constrains_sampling(tiny_model: DeepseekV4Model) -> None:
+def test_logits_processor_constrains_sampling(narrow_model: DeepseekV4Model) -> None:
     def only_seven(generated: Any, logits: torch.Tensor) -> torch.Tensor:
         masked = torch.full_like(logits, float("-inf"))
         masked[7] = logits[7]
         return masked
 
-    engine = Engine(tiny_model, EngineConfig(num_blocks=8))
+    engine = Engine(narrow_model, EngineConfig(num_blocks=8))
     request = GenerationRequest(
         [3, 4, 5], max_new_tokens=3, sampling=SamplingParams(logits_processor=only_seven)
     )
     assert engine.generate([request])[0].token_ids == [7, 7, 7]
 
 
-def test_invalid_requests_are_refused(tiny_model: DeepseekV4Model) -> None:
-    engine = Engine(tiny_model, EngineConfig(num_blocks=2))
+def test_invalid_requests_are_refused(narrow_model: DeepseekV4Model) -> None:
+    engine = Engine(narrow_model, EngineConfig(num_blocks=2))
     with pytest.raises(RequestError, match="empty"):
         engine.add_request(GenerationRequest([]))
     with pytest.raises(RequestError, match=r"\[0, 256\)"):

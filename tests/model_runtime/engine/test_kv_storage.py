@@ -9,6 +9,7 @@ from deepscout.model_runtime.cache.protocol import CompressorTail, LayerKind
 from deepscout.model_runtime.config import ModelArgs, tiny
 from deepscout.model_runtime.engine.kv_pool import KVBlockPool, KvFormatError
 from deepscout.model_runtime.engine.state_cache import SnapshotStore, StatePool, StatePoolExhausted
+from deepscout.model_runtime.weights.quant import dequantize_mxfp4
 
 
 def _normed(n: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -56,7 +57,11 @@ def test_paper_layout_bytes_per_entry_and_error() -> None:
     keys = _normed(32, 128, seed=1)
     indexer = pool.storage(1, "indexer")
     indexer.write(*idx, keys)
-    err = (indexer.read(*idx).float() - keys).abs().max()
+    decoded = indexer.read(*idx).float()
+    stored = indexer.tensors  # (packed e2m1 pairs, e8m0 scales): the checkpoint loader's MXFP4 format
+    reference = dequantize_mxfp4(stored[0][0], stored[1][0])
+    assert torch.equal(decoded, reference.bfloat16().float())
+    err = (decoded - keys).abs().max()
     assert err <= 0.26 * keys.abs().max()  # e2m1 with a power-of-two scale per 32 values
     fp8 = KVBlockPool(args, 2, "paper", indexer_format="fp8")
     assert fp8.nbytes_by_kind()["csa.indexer"] // 2 == 32 * 128
