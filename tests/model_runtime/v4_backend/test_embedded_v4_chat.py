@@ -285,3 +285,28 @@ def test_stop_strings_end_the_text_and_the_generation(
     assert tiny_chat.invoke(messages, stop=["]}"]).content == '{"queries":["a"'
     chunks = [str(chunk.content) for chunk in tiny_chat.stream(messages, stop=["]}"])]
     assert "".join(chunks) == '{"queries":["a"'
+
+
+def test_thinking_mode_reasoning_is_kept_apart_and_rendered_back(
+    tiny_runtime: V4Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = EmbeddedV4ChatModel.from_runtime(tiny_runtime, thinking=True, max_new_tokens=64)
+    text = "The novel is Dune; its author is Herbert.</think>Frank Herbert [1]."
+    monkeypatch.setattr(tiny_runtime, "stream_tokens", _scripted(tiny_runtime, text))
+    messages: list[BaseMessage] = [HumanMessage("Who wrote Dune?")]
+    assert model.runtime.tokenizer.decode(model._plan(messages, {}, None).prompt_ids).endswith("<think>")
+    reply = model.invoke(messages)
+    assert reply.content == "Frank Herbert [1]."
+    assert reply.additional_kwargs["reasoning_content"] == "The novel is Dune; its author is Herbert."
+    merged = None
+    for chunk in model.stream(messages):
+        merged = chunk if merged is None else merged + chunk
+    assert isinstance(merged, AIMessageChunk)
+    assert merged.content == reply.content
+    assert merged.additional_kwargs["reasoning_content"] == reply.additional_kwargs["reasoning_content"]
+    # the next turn drops that reasoning (no tools bound) and opens the earlier turn with </think>
+    follow = render_prompt(turns_from_langchain([*messages, reply, HumanMessage("When?")]), thinking=True)
+    assert "Herbert.</think>" not in follow
+    assert follow.endswith(
+        "<｜Assistant｜></think>Frank Herbert [1].<｜end▁of▁sentence｜><｜User｜>When?<｜Assistant｜><think>"
+    )
