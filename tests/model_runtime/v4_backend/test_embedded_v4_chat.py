@@ -266,7 +266,7 @@ def test_required_tool_call_is_decoded_under_the_dsml_grammar(
 def test_stop_strings_end_the_text_and_the_generation(
     tiny_chat: EmbeddedV4ChatModel, unique_system: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tiny_chat.max_new_tokens = 40
+    tiny_chat.max_new_tokens = 16
     messages = [SystemMessage(unique_system), HumanMessage("Say anything.")]
     free = tiny_chat.invoke(messages)
     stop = free.content[len(free.content) // 2 :][:2]  # a string the model is going to write
