@@ -7,6 +7,7 @@ run's :class:`RunContext`, handed to the graph as LangGraph's runtime context (n
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -77,6 +78,11 @@ class RunContext:
 _EXAMPLE_TERMS = frozenset(terms(" ".join(text for _, text in prompts.EXAMPLE_TURNS)))
 
 
+def _compact(value: dict[str, Any]) -> str:
+    """JSON as the worked example writes it (no spaces), for the model's own turns in the transcript."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def _vocabulary(state: ResearchState, transcript: Sequence[BaseMessage]) -> set[str]:
     """Terms of the question and of the documents read."""
     words = set(terms(state["question"]))
@@ -101,6 +107,8 @@ def _clean_queries(
     cleaned: list[str] = []
     for query in queries:
         text = " ".join(query.split()).strip(" \"'")
+        if not terms(text):  # punctuation or stopwords only, e.g. a stray "]}"
+            continue
         if vocabulary is not None and _parroted(text, vocabulary):
             continue
         if text and text.casefold() not in seen:
@@ -274,7 +282,7 @@ def plan(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Literal[
             goto="answer", update={"transcript": transcript, "trace": [record], **_stop("no_queries", run)}
         )
     run.emit({"type": "queries", "step": state.get("step", 0) + 1, "queries": queries})
-    transcript += [instruction, AIMessage(content=QueryPlan(queries=queries).model_dump_json())]
+    transcript += [instruction, AIMessage(content=_compact({"queries": queries}))]
     update = {"transcript": transcript, "pending_queries": queries, "trace": [record], **stop}
     return Command(goto="act", update=update)
 
@@ -467,8 +475,8 @@ def reflect(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Liter
         _persist(run, state, record)
         return Command(goto="plan", update={"trace": [record]})
     queries = _clean_queries(result.next_queries, done, limit, _vocabulary(state, transcript))
-    shown = Reflection(enough=result.enough, next_queries=queries)
-    transcript += [instruction, AIMessage(content=shown.model_dump_json())]
+    shown = _compact({"enough": result.enough, "next_queries": queries})
+    transcript += [instruction, AIMessage(content=shown)]
     record = _trace(state, "reflect", started, usage, 0, enough=result.enough, next_queries=queries)
     _persist(run, state, record)
     _emit_usage(run, "reflect", record)
