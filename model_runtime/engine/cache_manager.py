@@ -5,7 +5,8 @@ Reuse at admission, best of:
 * the request's session, when the tokens it processed are a prefix of the new prompt (any length: its
   live state continues where it stopped, so only the new tokens are prefilled);
 * the prefix cache: the longest verified chain of registered full blocks that ends at a boundary with a
-  state snapshot (the state there is restored into a fresh slot, the blocks are shared).
+  state snapshot (the state there is restored into a fresh slot, the blocks are shared);
+* the session's on-disk KV (`spill_dir`), written when the idle session was evicted from memory.
 At least one prompt token is always left to compute, since its logits give the first sample.
 """
 
@@ -21,6 +22,7 @@ from deepscout.model_runtime.engine.kv_pool import KVBlockPool, state_dtype
 from deepscout.model_runtime.engine.paged_cache import PagedSequenceCache
 from deepscout.model_runtime.engine.prefix_cache import HashFn, chain_hash
 from deepscout.model_runtime.engine.sequence import Sequence
+from deepscout.model_runtime.engine.spill import SessionSpill, SpilledSession
 from deepscout.model_runtime.engine.state_cache import SnapshotStore, StatePool
 
 
@@ -43,6 +45,7 @@ class CacheManager:
         )
         self.block_tokens = self.kv.block_tokens
         self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.spill = None if config.spill_dir is None else SessionSpill(config.spill_dir, self.kv)
 
     # ------------------------------------------------------------------ admission
     def admit(self, seq: Sequence) -> bool:
@@ -58,8 +61,13 @@ class CacheManager:
         if self.config.prefix_caching:
             matched = self.blocks.match(tokens)
             reuse_blocks = self._restorable(matched, limit)
+        spilled = None if session is not None else self._spilled(seq.request.session_id, tokens, limit)
         if session is not None and len(session.tokens) >= reuse_blocks * self.block_tokens:
             seq.cache = session.cache
+        elif spilled is not None and len(spilled.tokens) > reuse_blocks * self.block_tokens:
+            seq.cache = self._load_spilled(spilled)
+            assert self.spill is not None and seq.request.session_id is not None
+            self.spill.discard(seq.request.session_id)  # the session lives in memory again
         else:
             if session is not None:
                 self._drop_cache(session.cache)
@@ -92,6 +100,48 @@ class CacheManager:
             return session
         self._drop_cache(session.cache)  # diverged: its full blocks stay in the prefix cache
         return None
+
+    def _spilled(self, session_id: str | None, tokens: list[int], limit: int) -> SpilledSession | None:
+        """The session's on-disk KV when it covers a prefix of `tokens` leaving one to compute, and the
+        blocks to load it are free."""
+        if self.spill is None or session_id is None:
+            return None
+        spilled = self.spill.peek(session_id)
+        if spilled is None:
+            return None
+        n = len(spilled.tokens)
+        if n > limit or tokens[:n] != spilled.tokens:
+            return None
+        while self.blocks.blocks_for(n) > self.blocks.num_free:
+            if not self._evict_session():  # the active request outranks idle sessions
+                return None
+        return spilled
+
+    def _load_spilled(self, spilled: SpilledSession) -> PagedSequenceCache:
+        assert self.spill is not None
+        count = self.blocks.blocks_for(len(spilled.tokens))
+        blocks = self.blocks.allocate(count)
+        self.spill.load_blocks(spilled, count, blocks)
+        cache = PagedSequenceCache(self.kv, self.states, self.states.allocate(), blocks)
+        self.states.restore(cache.slot, spilled.snapshot)
+        cache.set_position(len(spilled.tokens))
+        return cache
+
+    def _spill_session(self, session_id: str, session: Session) -> None:
+        """Write the session's blocks up to its last checkpoint (a snapshot boundary) to disk."""
+        assert self.spill is not None
+        cache, bt = session.cache, self.block_tokens
+        full = cache.num_tokens // bt
+        for j in range(full, 0, -1):
+            if j * bt == cache.num_tokens:
+                snapshot = self.states.capture(cache.slot, cache.num_tokens)
+            else:
+                found = self.snapshots.get(cache.block_table[j - 1])
+                if found is None:
+                    continue
+                snapshot = found
+            self.spill.save(session_id, session.tokens[: j * bt], cache.block_table[:j], snapshot)
+            return
 
     def _restorable(self, matched: list[int], limit: int) -> int:
         """How many of the matched blocks can be reused: the longest run ending at a snapshot."""
@@ -156,7 +206,9 @@ class CacheManager:
         """Free the least recently used idle session; False when there is none."""
         if not self.sessions:
             return False
-        _, session = self.sessions.popitem(last=False)
+        session_id, session = self.sessions.popitem(last=False)
+        if self.spill is not None:
+            self._spill_session(session_id, session)
         self._drop_cache(session.cache)
         return True
 

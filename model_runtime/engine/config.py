@@ -32,6 +32,7 @@ class EngineConfig(BaseModel):
     snapshot_every: int = Field(1, ge=1, description="snapshot the state every N block boundaries")
     snapshot_budget_bytes: int = Field(256 << 20, ge=0, description="memory for state snapshots (LRU)")
     max_idle_sessions: int = Field(4, ge=0, description="finished sessions kept (LRU) for their next turn")
+    spill_dir: str | None = Field(None, description="write evicted idle sessions' KV here (on-disk cache)")
     device: str = "cpu"
 
     @model_validator(mode="after")

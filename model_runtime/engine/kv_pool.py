@@ -210,6 +210,10 @@ class KVBlockPool:
             kind = self.layer_kinds[layer].value if layer < len(self.layer_kinds) else "missing"
             raise KvFormatError(f"layer {layer} ({kind}) has no paged {name!r} entries") from None
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every storage tensor (first dim = block id), in a fixed order."""
+        return [t for stores in self._stores for store in stores.values() for t in store.tensors]
+
     def nbytes_by_kind(self) -> dict[str, int]:
         """Allocated bytes per layer kind and compressor, e.g. {"csa.main": ..., "csa.indexer": ...}."""
         out: dict[str, int] = {}

@@ -223,11 +223,12 @@ class StatePool:
 
     def restore(self, slot: int, snapshot: StateSnapshot) -> None:
         self._meta[slot] = self._fresh_meta()
+        dev = self._layers[0].window_kv.device if self._layers else torch.device("cpu")
         for i, layer in enumerate(snapshot.layers):
-            self.write_window(slot, i, layer.window_kv, layer.window_pos)
+            self.write_window(slot, i, layer.window_kv.to(dev), layer.window_pos.to(dev))
             for name, tail in layer.tails.items():
                 if tail is not None:
-                    self.write_tail(slot, i, name, tail)  # type: ignore[arg-type]
+                    self.write_tail(slot, i, name, _clone_tail(tail, dev))  # type: ignore[arg-type]
 
 
 def _tail_tensors(
@@ -243,12 +244,15 @@ def _tail_tensors(
     )
 
 
-def _clone_tail(tail: CompressorTail) -> CompressorTail:
+def _clone_tail(tail: CompressorTail, device: torch.device | None = None) -> CompressorTail:
+    def copy(t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if device is None else t.to(device, copy=True)
+
     return CompressorTail(
-        kv=tail.kv.clone(),
-        gate=tail.gate.clone(),
-        overlap_kv=None if tail.overlap_kv is None else tail.overlap_kv.clone(),
-        overlap_gate=None if tail.overlap_gate is None else tail.overlap_gate.clone(),
+        kv=copy(tail.kv),
+        gate=copy(tail.gate),
+        overlap_kv=None if tail.overlap_kv is None else copy(tail.overlap_kv),
+        overlap_gate=None if tail.overlap_gate is None else copy(tail.overlap_gate),
     )
 
 

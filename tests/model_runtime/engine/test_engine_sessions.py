@@ -97,3 +97,24 @@ def test_bfloat16_and_paper_layouts_generate_close_to_float32(tiny_model: Deepse
         last = out.prompt_logits[-1]
         cos = torch.nn.functional.cosine_similarity(last, ref, dim=0).item()
         assert cos > 0.99, (kv_dtype, cos)
+
+
+def test_evicted_session_is_spilled_to_disk_and_restored(
+    tiny_model: DeepseekV4Model, eh: Any, tmp_path: Any
+) -> None:
+    config = EngineConfig(num_blocks=4, max_idle_sessions=1, spill_dir=str(tmp_path), prefill_chunk=512)
+    engine = Engine(tiny_model, config)
+    a_prompt = eh.random_tokens(300, seed=50)
+    a = _turn(engine, a_prompt, "a")
+    b = _turn(engine, eh.random_tokens(300, seed=51), "b")  # evicts idle "a" from memory, then its blocks
+    assert b.finished and engine.caches.spill is not None and engine.caches.spill.writes == 1
+    assert len(list(tmp_path.iterdir())) == 1
+    assert engine.caches.blocks.match(a_prompt) == []  # no longer in the prefix cache
+    a2_prompt = a_prompt + a.token_ids + eh.random_tokens(20, seed=52)
+    a2 = _turn(engine, a2_prompt, "a")
+    assert a2.reused_tokens == 256  # blocks 0-1 and the state checkpoint at 256 came back from disk
+    assert a2.prefilled_tokens == len(a2_prompt) - 256
+    eh.assert_close(a2.prompt_logits, eh.reference_logits(tiny_model, a2_prompt)[256:])
+    spill = engine.caches.spill
+    assert not spill.path_for("a").exists()  # back in memory: its file is gone
+    assert spill.path_for("b").exists() and spill.writes == 2  # "b" made room for it and went to disk
