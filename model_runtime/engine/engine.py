@@ -14,12 +14,13 @@ Public API (the only entry points):
         deadline=time.monotonic() + 30,  # optional; honoured between steps
         cancel=threading.Event(),        # optional; honoured between steps (or engine.cancel(rid))
         session_id="chat-42",            # optional; append-only conversation kept between turns
+        return_prompt_logits=False,      # optional; float32 logits of the prefilled positions
     ))
     while engine.has_unfinished():
         for out in engine.step():        # list[RequestOutput]: requests that produced tokens or finished
             out.request_id, out.new_token_ids, out.token_ids, out.logprobs,
             out.finished, out.finish_reason,  # FinishReason.STOP | LENGTH | CANCELLED | DEADLINE
-            out.prompt_tokens, out.reused_tokens, out.prefilled_tokens
+            out.prompt_tokens, out.reused_tokens, out.prefilled_tokens, out.preemptions
     outputs = engine.generate([request, ...])   # runs steps until these finish; outputs in request order
     engine.cancel(rid)
 
@@ -34,7 +35,13 @@ seeded per position, so its output is unchanged.
 Sessions: a request with `session_id` keeps its sequence (state slot + blocks) when it finishes; the next
 request of the session whose prompt extends the tokens already processed prefills only the new tokens.
 Otherwise the prefix cache (chained hashes of full 128-token blocks, tokens verified) plus a state snapshot
-at a block boundary gives the longest reusable prefix; sequences sharing a prefix share its blocks.
+at a block boundary gives the longest reusable prefix; sequences sharing a prefix share its blocks. Idle
+sessions beyond `max_idle_sessions` are evicted LRU; with `spill_dir` their blocks and the state checkpoint
+at their last snapshot boundary go to disk and come back on the session's next turn.
+
+Counters for a chat backend: prompt_tokens = len(prompt); reused_tokens = taken from a session, the prefix
+cache or disk; prefilled_tokens = run through the model as prompt (= prompt_tokens - reused_tokens unless
+the request was preempted and recomputed). The engine is single-threaded: call it from one thread.
 """
 
 from __future__ import annotations
