@@ -124,8 +124,7 @@ def main() -> None:
     for failure in outcome.failures:
         print(f"failed: {failure}")
     for heading, table in files.tables:
-        if heading != "Manifest":
-            print(f"\n## {heading}\n\n{table}")
+        print(f"\n## {heading}\n\n{table}")
     print(f"\nreport: {files.markdown}\n        {files.html}")
 
     result = {

@@ -75,6 +75,10 @@ class Verdict:
     order_flip: bool
     reason_first_as_a: str
     reason_first_as_b: str
+    winner_first_as_a: str | None = None
+    """The judge's pick ("A", "B" or "tie") with the first system shown as A; None in older runs."""
+    winner_first_as_b: str | None = None
+    """The judge's pick with the first system shown as B (so "B" there means the first system)."""
 
 
 @dataclass(frozen=True)

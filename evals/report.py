@@ -77,10 +77,11 @@ def _charts(
             ax.barh(labels, values, left=left, color=color, label=name)
             left = [a + b for a, b in zip(left, values, strict=True)]
         ax.set_xlim(0, 1)
+        ax.invert_yaxis()  # top to bottom in the table's order
         ax.set_xlabel("share of items")
         ax.set_title(f"Pairwise: {first} vs {second}")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8)
-        fig.tight_layout()
+        fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         path = out_dir / "pairwise.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -108,7 +109,6 @@ def _charts(
 
 
 def _sections(
-    manifest: dict[str, Any],
     pairwise: Sequence[PairwiseRow],
     scores: Sequence[SystemScores],
     calibration: JudgeCalibration,
@@ -182,11 +182,28 @@ def _sections(
                 ],
             ),
         ),
-        (
-            "Manifest",
-            "```json\n" + json.dumps(manifest, indent=2, sort_keys=True) + "\n```",
-        ),
     ]
+
+
+def _manifest_block(manifest: dict[str, Any]) -> str:
+    return "```json\n" + json.dumps(manifest, indent=2, sort_keys=True) + "\n```"
+
+
+def _tags(item: EvalItem) -> str:
+    return ", ".join(f"{key}: {value}" for key, value in item.tags.items())
+
+
+def _orders(verdict: Verdict) -> tuple[str, str]:
+    """What the judge said in each order: its pick (when stored) and its reason."""
+    picks = (verdict.winner_first_as_a, verdict.winner_first_as_b)
+    labels = [
+        f"{verdict.first} as {slot}" + (f", judge picked {pick}" if pick else "")
+        for slot, pick in zip(("A", "B"), picks, strict=True)
+    ]
+    return (
+        f"{labels[0]}: {verdict.reason_first_as_a}",
+        f"{labels[1]}: {verdict.reason_first_as_b}",
+    )
 
 
 def _drilldown_markdown(
@@ -199,7 +216,7 @@ def _drilldown_markdown(
     for item in items:
         if not any((item.id, s) in by_key for s in systems):
             continue
-        parts.append(f"### {item.question}\n\nGold: {' | '.join(item.answers)} · {item.tags}\n")
+        parts.append(f"### {item.question}\n\nGold: {' | '.join(item.answers)} ({_tags(item)})\n")
         for system in systems:
             answer = by_key.get((item.id, system))
             if answer is None:
@@ -208,10 +225,10 @@ def _drilldown_markdown(
             text = f"ERROR: {answer.error}" if answer.error else answer.answer
             parts.append(f"**{system}**: {text}\n\nSources: {sources or 'none'}\n")
         if (verdict := verdict_of.get(item.id)) is not None:
+            as_a, as_b = _orders(verdict)
             parts.append(
                 f"Verdict for {verdict.first}: **{verdict.outcome}**"
-                f"{' (orders disagreed)' if verdict.order_flip else ''} — "
-                f"{verdict.first} as A: {verdict.reason_first_as_a} / as B: {verdict.reason_first_as_b}\n"
+                f"{' (orders disagreed)' if verdict.order_flip else ''} — {as_a} / {as_b}\n"
             )
     return "\n".join(parts)
 
@@ -253,7 +270,7 @@ def _drilldown_html(
         badge = f' <span class="{verdict.outcome}">[{verdict.outcome}]</span>' if verdict else ""
         out.append(f"<details><summary>{html.escape(item.question)}{badge}</summary>")
         out.append(
-            f"<p><b>Gold:</b> {html.escape(' | '.join(item.answers))} · {html.escape(str(item.tags))}</p>"
+            f"<p><b>Gold:</b> {html.escape(' | '.join(item.answers))} ({html.escape(_tags(item))})</p>"
         )
         for answer in present:
             text = f"ERROR: {answer.error}" if answer.error else answer.answer
@@ -262,11 +279,11 @@ def _drilldown_html(
             )
             out.append(f"<p><b>{html.escape(answer.system)}</b>: {html.escape(text)}</p><ul>{sources}</ul>")
         if verdict:
+            as_a, as_b = _orders(verdict)
             out.append(
                 f"<p>Verdict for {html.escape(verdict.first)}: <b>{verdict.outcome}</b>"
                 f"{' (orders disagreed)' if verdict.order_flip else ''}<br>"
-                f"as A: {html.escape(verdict.reason_first_as_a)}<br>"
-                f"as B: {html.escape(verdict.reason_first_as_b)}</p>"
+                f"{html.escape(as_a)}<br>{html.escape(as_b)}</p>"
             )
         out.append("</details>")
     return "\n".join(out)
@@ -288,7 +305,8 @@ def write_report(
     calibration = judge_calibration(items, answers, verdicts)
     costs = cost_rows(answers)
     charts = _charts(out_dir, pairwise, costs, first, second)
-    sections = _sections(manifest, pairwise, scores, calibration, costs, first, second)
+    sections = _sections(pairwise, scores, calibration, costs, first, second)
+    manifest_block = _manifest_block(manifest)
     title = f"deepscout eval {manifest.get('run_id', '')}: {first} vs {second}"
 
     markdown = [f"# {title}\n"]
@@ -296,6 +314,7 @@ def write_report(
         markdown.append(f"## {heading}\n\n{body}\n")
     markdown += [f"![{p.stem}]({p.name})\n" for p in charts]
     markdown.append("## Per question\n\n" + _drilldown_markdown(items, answers, verdicts))
+    markdown.append(f"## Manifest\n\n{manifest_block}\n")
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(markdown), encoding="utf-8")
 
@@ -307,7 +326,8 @@ def write_report(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}<h2>Charts</h2>{images}"
-        f"<h2>Per question</h2>{_drilldown_html(items, answers, verdicts)}</body></html>"
+        f"<h2>Per question</h2>{_drilldown_html(items, answers, verdicts)}"
+        f"<h2>Manifest</h2>{_markdown_to_html_table(manifest_block)}</body></html>"
     )
     html_path = out_dir / "report.html"
     html_path.write_text(page, encoding="utf-8")

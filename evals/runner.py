@@ -283,6 +283,8 @@ def _judge(
             order_flip=result.order_flip,
             reason_first_as_a=result.first_as_a.reason,
             reason_first_as_b=result.first_as_b.reason,
+            winner_first_as_a=result.first_as_a.winner,
+            winner_first_as_b=result.first_as_b.winner,
         )
         try:
             with write_session(db.session_factory) as session:

@@ -12,11 +12,19 @@ from deepscout.evals.records import SystemAnswer, Verdict, evidence_recall, obje
 from deepscout.evals.stats import Interval, bootstrap_mean
 
 ALL = "all"
+DIFFICULTY_ORDER = ("easy", "medium", "hard")
 
 
 def category(item: EvalItem) -> str:
     """The paper's categories: difficulty × objective/subjective, from the item's tags as they are."""
     return f"{item.tags.get('difficulty', 'unknown')} / {item.tags.get('kind', 'objective')}"
+
+
+def _category_order(name: str) -> tuple[bool, int, str]:
+    """Easy, medium, hard (other difficulties after them by name), the overall row last."""
+    difficulty = name.split(" / ", 1)[0]
+    rank = DIFFICULTY_ORDER.index(difficulty) if difficulty in DIFFICULTY_ORDER else len(DIFFICULTY_ORDER)
+    return name == ALL, rank, name
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,7 @@ def pairwise_rows(items: Sequence[EvalItem], verdicts: Sequence[Verdict]) -> lis
         groups[category(by_id[verdict.item_id])].append(verdict)
         groups[ALL].append(verdict)
     rows = []
-    for name in sorted(groups, key=lambda g: (g == ALL, g)):
+    for name in sorted(groups, key=_category_order):
         group = groups[name]
         rows.append(
             PairwiseRow(

@@ -90,11 +90,13 @@ def test_agent_rag_and_judge_over_the_openai_backend(
         first, second = (r.answers for r in judged)
         assert first == (by_key[(item.id, "agent")].answer, by_key[(item.id, "rag")].answer)
         assert second == (first[1], first[0])
-    outcomes = {v.item_id: (v.outcome, v.order_flip) for v in verdicts}
+    outcomes = {
+        v.item_id: (v.outcome, v.order_flip, v.winner_first_as_a, v.winner_first_as_b) for v in verdicts
+    }
     assert outcomes == {
-        items[0].id: ("win", False),
-        items[1].id: ("win", False),
-        items[2].id: ("tie", True),
+        items[0].id: ("win", False, "A", "B"),
+        items[1].id: ("win", False, "A", "B"),
+        items[2].id: ("tie", True, "A", "A"),
     }
 
     files = write_report(
@@ -103,5 +105,9 @@ def test_agent_rag_and_judge_over_the_openai_backend(
     page = files.html.read_text()
     assert all(item.question in page for item in items)
     assert "openai:test-model" in page and "Cost per question" in page
-    assert "| all | 3 | 66.7% [" in files.markdown.read_text()
+    markdown = files.markdown.read_text()
+    assert "| all | 3 | 66.7% [" in markdown
+    rows = [line.split(" | ")[0] for line in markdown.splitlines() if line.startswith("| ") and " / " in line]
+    assert rows == ["| easy / objective", "| medium / objective", "| hard / objective"]  # the paper's order
+    assert "agent as A, judge picked A: A is better supported." in page
     assert {p.name for p in files.charts} == {"pairwise.png", "cost.png"}
