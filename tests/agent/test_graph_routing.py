@@ -38,9 +38,9 @@ def test_plan_act_read_reflect_loop_answer(settings, small_corpus, scripted) -> 
     assert by_n[1] == "Dracula" and "Bram Stoker" in by_n.values()
     assert [c.n for c in result.citations] == [1, 3]
     assert result.citations[0].title == "Dracula"
-    # The second round searched the reflection's query, not the planner's again.
+    # Round 1 searched the plan and the question itself; round 2 the reflection's query only.
     searched = [event["query"] for event in events if event["type"] == "search"]
-    assert searched == ["Dracula author", "Bram Stoker birthplace"]
+    assert searched == ["Dracula author", QUESTION, "Bram Stoker birthplace"]
     # Append-only prompts: each model call extends the previous prompt, so the fake backend reuses it.
     model_steps = [step for step in result.trace if step["prompt_tokens"]]
     assert all(step["reused_tokens"] > 0 for step in model_steps[1:])
@@ -78,10 +78,11 @@ def test_max_tool_calls_stops_the_loop(settings, small_corpus, scripted) -> None
         QUESTION,
         settings=settings,
         model=model,
-        budgets=Budgets(max_steps=5, max_tool_calls=4),
+        budgets=Budgets(max_steps=5, max_tool_calls=5),
         database=small_corpus,
     )
-    assert result.usage["tool_calls"] == 4  # three searches and one read, then the budget is spent
+    # Four searches (three planned, plus the question) and one read, then the budget is spent.
+    assert result.usage["tool_calls"] == 5
     assert result.stop_reason == "max_tool_calls"
     assert len(result.sources) == 1
 
