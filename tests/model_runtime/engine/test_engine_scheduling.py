@@ -161,3 +161,19 @@ def test_sampling_is_seeded_per_position_and_respects_top_p() -> None:
     narrow = [SamplingParams(temperature=1.0, top_p=1e-6, seed=s) for s in range(5)]
     tokens, _ = sample(logits[:1].expand(5, -1), narrow, [0] * 5)
     assert set(tokens) == {int(logits[0].argmax())}
+
+
+def test_snapshot_frequency_and_budget_bound_prefix_reuse(narrow_model: DeepseekV4Model, eh: Any) -> None:
+    base = eh.random_tokens(300, seed=60)
+
+    def reused(engine: Engine, prompt: list[int]) -> int:
+        return engine.generate([GenerationRequest(prompt, max_new_tokens=1)])[0].reused_tokens
+
+    every_other = Engine(narrow_model, EngineConfig(num_blocks=16, snapshot_every=2))
+    reused(every_other, base)
+    assert len(every_other.caches.snapshots) == 1  # at 256 only, not at 128
+    assert reused(every_other, base[:200] + [7] * 20) == 0
+    assert reused(every_other, base[:280] + [7] * 20) == 256
+    no_budget = Engine(narrow_model, EngineConfig(num_blocks=16, snapshot_budget_bytes=0))
+    reused(no_budget, base)
+    assert len(no_budget.caches.snapshots) == 0 and reused(no_budget, [*base[:280], 7]) == 0
