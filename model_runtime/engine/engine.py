@@ -75,6 +75,11 @@ class Engine:
     """Continuous-batching generation with DeepSeek-V4 over the heterogeneous paged KV cache."""
 
     def __init__(self, model: DeepseekV4Model, config: EngineConfig, *, hash_fn: HashFn = chain_hash) -> None:
+        device = model.embed.weight.device
+        if device != torch.device(config.device):
+            raise ValueError(
+                f"the model is on {device} but EngineConfig.device is {config.device!r}; make them agree"
+            )
         self.model = model.eval()
         self.config = config
         self.caches = CacheManager(model.args, config, hash_fn=hash_fn)

@@ -177,3 +177,17 @@ def test_snapshot_frequency_and_budget_bound_prefix_reuse(narrow_model: Deepseek
     no_budget = Engine(narrow_model, EngineConfig(num_blocks=16, snapshot_budget_bytes=0))
     reused(no_budget, base)
     assert len(no_budget.caches.snapshots) == 0 and reused(no_budget, [*base[:280], 7]) == 0
+
+
+def test_colliding_block_hashes_never_reuse_foreign_blocks(narrow_model: DeepseekV4Model, eh: Any) -> None:
+    colliding = Engine(narrow_model, EngineConfig(num_blocks=16), hash_fn=lambda parent, tokens: 0)
+    plain = Engine(narrow_model, EngineConfig(num_blocks=16, prefix_caching=False))
+    first, second = eh.random_tokens(300, seed=70), eh.random_tokens(300, seed=71)
+    for prompt in (first, second, first[:260] + second[:30]):
+        (got,) = colliding.generate([GenerationRequest(prompt, max_new_tokens=3)])
+        (want,) = plain.generate([GenerationRequest(prompt, max_new_tokens=3)])
+        assert got.token_ids == want.token_ids
+        assert got.reused_tokens == (256 if prompt[:256] == first[:256] and prompt is not first else 0)
+    assert colliding.caches.blocks.prefix.collisions > 0
+    with pytest.raises(ValueError, match=r"EngineConfig\.device"):
+        Engine(narrow_model, EngineConfig(device="meta"))
