@@ -9,7 +9,8 @@ Storage formats (`EngineConfig.kv_dtype`):
 * "paper": main entries as FP8 e4m3 nope dims + BF16 rope dims (head_dim 512, rope 64: 448 + 128 = 576 B),
   indexer keys FP8 e4m3 or MXFP4 (e2m1 pairs + one e8m0 scale per 32 values: 68 B for 128 dims). Entries
   are RMS-normalised by the compressor, so FP8 needs no scale (|x| stays far inside e4m3's ±448).
-Reads return bfloat16 for the quantised formats.
+Reads return bfloat16 for the quantised formats. Storage is allocated uninitialised (`torch.empty`): only
+entries already written are ever read, and on the CPU pages become resident as blocks fill.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class EntryStorage(ABC):
 class PlainStorage(EntryStorage):
     def __init__(self, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(shape[2])
-        self.data = torch.zeros(shape, dtype=dtype, device=device)
+        self.data = torch.empty(shape, dtype=dtype, device=device)
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -85,8 +86,8 @@ class Fp8RopeStorage(EntryStorage):
         super().__init__(shape[2])
         blocks, per_block, dim = shape
         self.rope_dim = rope_dim
-        self.nope = torch.zeros(blocks, per_block, dim - rope_dim, dtype=torch.float8_e4m3fn, device=device)
-        self.rope = torch.zeros(blocks, per_block, rope_dim, dtype=torch.bfloat16, device=device)
+        self.nope = torch.empty(blocks, per_block, dim - rope_dim, dtype=torch.float8_e4m3fn, device=device)
+        self.rope = torch.empty(blocks, per_block, rope_dim, dtype=torch.bfloat16, device=device)
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -106,7 +107,7 @@ class Fp8Storage(EntryStorage):
 
     def __init__(self, shape: tuple[int, int, int], device: torch.device) -> None:
         super().__init__(shape[2])
-        self.data = torch.zeros(shape, dtype=torch.float8_e4m3fn, device=device)
+        self.data = torch.empty(shape, dtype=torch.float8_e4m3fn, device=device)
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -130,8 +131,8 @@ class Mxfp4Storage(EntryStorage):
                 "use indexer_format='fp8'"
             )
         super().__init__(dim)
-        self.packed = torch.zeros(blocks, per_block, dim // 2, dtype=torch.uint8, device=device)
-        self.scale = torch.zeros(blocks, per_block, dim // FP4_BLOCK, dtype=torch.uint8, device=device)
+        self.packed = torch.empty(blocks, per_block, dim // 2, dtype=torch.uint8, device=device)
+        self.scale = torch.empty(blocks, per_block, dim // FP4_BLOCK, dtype=torch.uint8, device=device)
         self._values = torch.tensor(
             E2M1_MAGNITUDES + tuple(-v for v in E2M1_MAGNITUDES), dtype=torch.float32, device=device
         )

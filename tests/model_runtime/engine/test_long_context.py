@@ -1,6 +1,9 @@
 """Memory stays bounded: a 64K-token prompt prefilled in chunks grows peak RSS by roughly the compressed
 cache plus per-step transients, nowhere near S×T.
 
+The block pool is allocated uninitialised before the measurement, so the compressed entries written
+during the prefill count in the growth (pages become resident as blocks fill).
+
 The probe runs in a fresh subprocess (peak RSS is per process) on the narrow config (real window 128 and
 ratios 4/128, small widths). glibc's dynamic mmap threshold is pinned so that freed transient buffers
 are returned to the OS instead of being kept in the heap: RSS then measures live memory, not allocator
