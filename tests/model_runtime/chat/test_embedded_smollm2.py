@@ -168,3 +168,14 @@ def test_prompt_over_the_context_window_is_refused(smollm2_chat_model):
     assert smollm2_chat_model.context_window == 8192
     with pytest.raises(ContextOverflowError, match="8192"):
         smollm2_chat_model.invoke([HumanMessage("word " * 9000)])
+
+
+def test_hf_folder_spec_loads_a_local_folder(smollm2_chat_model, settings):
+    from deepscout.model_runtime.chat import load_chat_model
+
+    model = load_chat_model(f"hf:{smollm2_chat_model.model_path}", settings=settings)
+    assert model.model_name == "hf:smollm2-135m-instruct" and model.context_window == 8192
+    assert model._runtime is smollm2_chat_model._runtime  # weights load once per process
+    assert model.count_tokens([HumanMessage("hello")]) == smollm2_chat_model.count_tokens(
+        [HumanMessage("hello")]
+    )
