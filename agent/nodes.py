@@ -75,7 +75,8 @@ class RunContext:
 # --------------------------------------------------------------------------- helpers
 
 
-_EXAMPLE_TERMS = frozenset(terms(" ".join(text for _, text in prompts.EXAMPLE_TURNS)))
+_EXAMPLE_TERMS = frozenset(terms(" ".join(prompts.EXAMPLE_ENTITIES)))
+"""The worked example's named entities (a reply naming them, unprompted, copied the example)."""
 
 
 def _compact(value: dict[str, Any]) -> str:
@@ -93,10 +94,10 @@ def _vocabulary(state: ResearchState, transcript: Sequence[BaseMessage]) -> set[
 
 
 def _parroted(query: str, vocabulary: set[str]) -> bool:
-    """True for a query made only of the worked example's words and none of the question's or the
-    documents' (a small model sometimes copies the example's queries)."""
+    """True for a query naming the worked example's entities but nothing of the question or the
+    documents (a small model sometimes copies the example's queries)."""
     words = set(terms(query))
-    return bool(words) and words <= _EXAMPLE_TERMS and not words & vocabulary
+    return bool(words & _EXAMPLE_TERMS) and not words & vocabulary
 
 
 def _clean_queries(
@@ -505,7 +506,7 @@ def _ungrounded(
     if not words:
         return None
     vocabulary = _vocabulary(state, transcript)
-    if len(words & _EXAMPLE_TERMS - vocabulary) >= 2:
+    if words & _EXAMPLE_TERMS - vocabulary:
         return "its answer repeated the worked example"
     if len(words & vocabulary) / len(words) < min_share:
         return "its answer used too few words of the question and the documents read"

@@ -3,7 +3,9 @@
 Every transcript starts with the same system prompt and the same worked example (as real chat turns),
 so an embedded backend reuses its KV cache across steps and runs; each step then appends its
 instruction as a new user turn (append-only prompts). The worked example shows the tiny default model
-the exact reply formats: a JSON plan, JSON reflections, and a plain-text answer citing [n].
+the exact reply formats of the plan and the reflections. It holds no example answer: with one,
+SmolLM2-135M wrote that answer again for 4 of 5 HotpotQA questions ("The Four Seasons was directed by
+Antonio Vivaldi.").
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ REFLECT_INSTRUCTION = """Do the documents answer the question "{question}"? Repl
 {{"enough":true,"next_queries":[]}} if they do, or {{"enough":false,"next_queries":["..."]}} with up \
 to {n} new short keyword queries for the missing facts."""
 
-ANSWER_INSTRUCTION = """Answer the question "{question}" in one to three plain sentences, using only \
-the documents. Put the number of the document after each fact, like [1]."""
+ANSWER_INSTRUCTION = """Answer the question "{question}" in one to three plain sentences (not JSON), \
+using only the documents of this question. Put the number of the document after each fact, like [1]."""
 
 NO_DOCUMENTS = "Round {step}: the searches found no new documents."
 
@@ -48,14 +50,11 @@ EXAMPLE_TURNS: tuple[tuple[str, str], ...] = (
     ("user", _EXAMPLE_DOCUMENT.format(n=3, title="Venice", text="Venice lies on the Adriatic Sea.")),
     ("user", REFLECT_INSTRUCTION.format(question=_EXAMPLE_QUESTION, n=3)),
     ("assistant", '{"enough":true,"next_queries":[]}'),
-    ("user", ANSWER_INSTRUCTION.format(question=_EXAMPLE_QUESTION)),
-    (
-        "assistant",
-        "The Four Seasons was composed by Antonio Vivaldi [1], who was born in Venice [2]. Venice lies "
-        "on the Adriatic Sea [3].",
-    ),
     ("user", NEXT_QUESTION),
 )
+
+EXAMPLE_ENTITIES = ("Four Seasons", "Antonio Vivaldi", "Venice", "Adriatic")
+"""The example's named entities: a query or answer naming them unprompted copied the example."""
 
 FALLBACK_ANSWER = """The model did not produce an answer ({reason}). The most relevant passages found:
 {passages}"""
