@@ -508,6 +508,8 @@ def _ungrounded(
     vocabulary = _vocabulary(state, transcript)
     if words & _EXAMPLE_TERMS - vocabulary:
         return "its answer repeated the worked example"
+    if words <= set(terms(state["question"])):
+        return "its answer only repeated the question"
     if len(words & vocabulary) / len(words) < min_share:
         return "its answer used too few words of the question and the documents read"
     return None

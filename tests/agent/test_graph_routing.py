@@ -140,6 +140,15 @@ def test_ungrounded_answer_is_replaced_by_cited_passages(settings, small_corpus,
     assert "Bram Stoker" in result.answer and "[1]" in result.answer
 
 
+def test_answer_echoing_the_question_is_replaced(settings, small_corpus, scripted) -> None:
+    model = scripted(['{"queries":["Dracula author"]}', '"Where was the author of Dracula born?"'])
+    result = research(
+        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
+    )
+    assert result.status == "fallback"
+    assert "only repeated the question" in result.answer
+
+
 def test_structured_replies_are_repaired_when_cut_or_unbalanced() -> None:
     from deepscout.agent.state import QueryPlan, Reflection
     from deepscout.agent.structured import balance_json, parse_lenient
