@@ -93,24 +93,28 @@ def _vocabulary(state: ResearchState, transcript: Sequence[BaseMessage]) -> set[
     return words
 
 
-def _parroted(query: str, vocabulary: set[str]) -> bool:
-    """True for a query naming the worked example's entities but nothing of the question or the
-    documents (a small model sometimes copies the example's queries)."""
-    words = set(terms(query))
-    return bool(words & _EXAMPLE_TERMS) and not words & vocabulary
+def _without_example(query: str, vocabulary: set[str]) -> str:
+    """``query`` without the worked example's entities that the question and documents do not name.
+
+    SmolLM2 often carries them into its own queries ("The Four Seasons is both a destination and a
+    airport in the same state"), and full-text search then reads unrelated documents ("season")."""
+    for entity in prompts.EXAMPLE_ENTITIES:
+        if not set(terms(entity)) & vocabulary:
+            query = re.sub(re.escape(entity), " ", query, flags=re.IGNORECASE)
+    return " ".join(query.split())
 
 
 def _clean_queries(
     queries: Sequence[str], done: Sequence[str], limit: int, vocabulary: set[str] | None = None
 ) -> list[str]:
-    """Queries normalised, new, and not parroted from the worked example."""
+    """Queries normalised, new, and rid of what was copied from the worked example."""
     seen = {q.casefold() for q in done}
     cleaned: list[str] = []
     for query in queries:
         text = " ".join(query.split()).strip(" \"'")
+        if vocabulary is not None:
+            text = _without_example(text, vocabulary)
         if not terms(text):  # punctuation or stopwords only, e.g. a stray "]}"
-            continue
-        if vocabulary is not None and _parroted(text, vocabulary):
             continue
         if text and text.casefold() not in seen:
             seen.add(text.casefold())

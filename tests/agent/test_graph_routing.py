@@ -107,7 +107,7 @@ def test_reflection_loops_back_to_plan_without_new_queries(settings, small_corpu
 def test_parroted_and_invalid_plans_fall_back_to_the_question(settings, small_corpus, scripted) -> None:
     # The first reply is not JSON; the schema-constrained retry parrots the worked example's queries
     # or writes no words at all (seen from SmolLM2: a query "]}").
-    model = scripted(["I will search.", '{"queries":["Vivaldi birthplace","]}"]}', "Stoker [1]."])
+    model = scripted(["I will search.", '{"queries":["Antonio Vivaldi","]}"]}', "Stoker [1]."])
     result = research(
         "Who wrote Dracula?",
         settings=settings,
@@ -117,6 +117,15 @@ def test_parroted_and_invalid_plans_fall_back_to_the_question(settings, small_co
     )
     plan = result.trace[0]
     assert plan["detail"]["queries"] == ["Who wrote Dracula?"]
+
+
+def test_worked_example_entities_are_cut_from_queries(settings, small_corpus, scripted) -> None:
+    plan = '{"queries":["The Four Seasons author of Dracula","Venice"]}'
+    model = scripted([plan, "Bram Stoker wrote Dracula [1]."])
+    result = research(
+        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
+    )
+    assert result.trace[0]["detail"]["queries"] == ["The author of Dracula", QUESTION]
 
 
 def test_model_that_cites_nothing_still_lists_sources(settings, small_corpus, scripted) -> None:
