@@ -30,6 +30,7 @@ from deepscout.model_runtime.chat import ChatModel, load_chat_model
 from deepscout.settings import Settings
 from deepscout.tools.base import ToolContext, ToolQuotas
 from deepscout.tools.registry import build_tools
+from deepscout.tools.retrieval import build_retriever
 
 PROMPT_OVERHEAD_TOKENS = 450
 """Tokens kept free for the reflection and answer instructions and the structured-output schema."""
@@ -180,6 +181,7 @@ def research(
             quotas=ToolQuotas(max_calls=budget.max_tool_calls),
             collection=options.collection,
             deadline=deadline,
+            retriever=build_retriever(options.retrieval, corpus, db.session_factory, settings.cache_dir),
         )
         tool_context.provenance.add_from_user_text(question)
         limit = min(chat.context_window, budget.max_context_tokens or chat.context_window)

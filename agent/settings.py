@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepscout.tools.registry import SearchMode
+from deepscout.tools.retrieval import RetrievalKind
 
 
 class Budgets(BaseModel):
@@ -38,6 +39,7 @@ class AgentSettings(BaseModel):
     search: SearchMode = Field(default="local", description="local corpus, web, or both.")
     budgets: Budgets = Field(default_factory=Budgets)
     collection: str | None = Field(default=None, description="Restrict corpus search to one collection.")
+    retrieval: RetrievalKind = Field(default="bm25", description="Corpus ranking: bm25, dense or hybrid.")
     queries_per_step: int = Field(default=3, ge=1, le=8, description="Most search queries per round.")
     hits_per_query: int = Field(default=5, ge=1, le=50, description="Results kept from each search.")
     reads_per_step: int = Field(default=3, ge=1, le=20, description="Documents read per round.")

@@ -181,6 +181,7 @@ def _run(
                 search=options.search,  # type: ignore[arg-type]
                 budgets=budgets,
                 collection=collection,
+                retrieval=options.retrieval,
                 answer_max_tokens=options.answer_max_tokens,
             ),
             run_id=run_id,

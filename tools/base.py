@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from deepscout.memory.corpus import CorpusIndex
     from deepscout.settings import Settings
+    from deepscout.tools.retrieval import Retriever
     from deepscout.tools.web_settings import WebSettings
 
 ToolRole = Literal["search", "read", "fetch"]
@@ -105,6 +106,8 @@ class ToolContext:
     provenance: UrlProvenance = field(default_factory=UrlProvenance)
     deadline: float | None = None
     """``time.monotonic()`` by which tools should give up (the run's wall-time budget)."""
+    retriever: Retriever | None = None
+    """What ``corpus_search`` ranks with (see :mod:`deepscout.tools.retrieval`); None: the corpus's BM25."""
 
     def charge(self, name: str) -> None:
         self.counters.charge(name, self.quotas)

@@ -1,4 +1,5 @@
-"""``corpus_search``: full-text (BM25) search over the local corpus, one query per call."""
+"""``corpus_search``: search over the local corpus, one query per call, with the run's retriever
+(BM25 by default; dense or hybrid, see :mod:`deepscout.tools.retrieval`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def build_corpus_search(ctx: ToolContext) -> StructuredTool:
     def corpus_search(query: str, k: int = 5) -> tuple[str, list[SearchHitArtifact]]:
         """Search the local document collection. Returns numbered results: source id, title, snippet."""
         ctx.charge(NAME)
-        hits = ctx.corpus.search(query, k=k, collection=ctx.collection)
+        retriever = ctx.retriever or ctx.corpus
+        hits = retriever.search(query, k=k, collection=ctx.collection)
         artifact: list[SearchHitArtifact] = [
             {
                 "source_id": hit.source_id,

@@ -211,6 +211,8 @@ def build_retriever(
 ) -> Retriever:
     if kind == "bm25":
         return corpus
+    if encoder is None:
+        minilm_dir()  # fail now, not at the first search, when the model package is missing
     dense = DenseRetriever(corpus, session_factory, cache_dir, encoder)
     if kind == "dense":
         return dense

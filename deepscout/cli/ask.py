@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from deepscout.agent.api import ResearchResult
 
 SEARCH_MODES = ("local", "web", "both")
+RETRIEVALS = ("bm25", "dense", "hybrid")
 
 
 def _progress(console: Console) -> Any:
@@ -92,6 +93,9 @@ def ask(
         float, typer.Option("--wall-time", min=1.0, help="Seconds for the whole run.")
     ] = 300.0,
     collection: Annotated[str | None, typer.Option("--collection", help="Search one collection.")] = None,
+    retrieval: Annotated[
+        str, typer.Option("--retrieval", help="Corpus ranking: bm25, dense (MiniLM) or hybrid.")
+    ] = "bm25",
     resume: Annotated[
         str | None, typer.Option("--resume", metavar="THREAD", help="Resume an interrupted run.")
     ] = None,
@@ -101,6 +105,8 @@ def ask(
         fail("the question is empty; ask something, e.g. deepscout ask 'Who directed Alien?'")
     if search not in SEARCH_MODES:
         fail(f"unknown search mode {search!r}; use one of: {', '.join(SEARCH_MODES)}")
+    if retrieval not in RETRIEVALS:
+        fail(f"unknown retrieval {retrieval!r}; use one of: {', '.join(RETRIEVALS)}")
 
     from deepscout.agent.api import ResearchInputError, research
     from deepscout.agent.context import ContextBudgetError
@@ -110,6 +116,7 @@ def ask(
     from deepscout.model_runtime.chat import ChatModelError, parse_spec
     from deepscout.settings import Settings
     from deepscout.tools.registry import ToolsUnavailableError
+    from deepscout.tools.retrieval import DenseModelMissingError
 
     settings = Settings()
     spec = model or settings.model
@@ -133,7 +140,7 @@ def ask(
             search=search,
             budgets=budgets,
             thread_id=thread_id,
-            agent=AgentSettings(model=spec, collection=collection),
+            agent=AgentSettings(model=spec, collection=collection, retrieval=retrieval),  # type: ignore[arg-type]
             on_event=_progress(stderr),
         )
     except (
@@ -143,6 +150,7 @@ def ask(
         ToolsUnavailableError,
         DatabaseError,
         ContextBudgetError,
+        DenseModelMissingError,
     ) as error:
         fail(str(error))
     except KeyboardInterrupt:

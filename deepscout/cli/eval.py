@@ -27,7 +27,7 @@ def run(
     limit: Annotated[int | None, typer.Option(help="Only the first N items.")] = None,
     concurrency: Annotated[int, typer.Option(help="Items in flight (remote backends only).")] = 1,
     search: Annotated[str, typer.Option(help="local, web or both.")] = "local",
-    retrieval: Annotated[str, typer.Option(help="bm25, dense or hybrid (RAG baseline).")] = "bm25",
+    retrieval: Annotated[str, typer.Option(help="bm25, dense or hybrid (both systems).")] = "bm25",
     top_k: Annotated[int, typer.Option(help="Documents the RAG baseline reads.")] = 5,
     max_steps: Annotated[int, typer.Option(help="Agent search rounds.")] = 3,
     max_tool_calls: Annotated[int, typer.Option(help="Agent tool calls.")] = 16,

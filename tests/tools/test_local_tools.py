@@ -126,3 +126,22 @@ def test_registry_modes(database, settings, monkeypatch) -> None:
     monkeypatch.setitem(TOOL_FACTORIES, "web", [])
     with pytest.raises(ToolsUnavailableError, match="--search local"):
         build_tools("both", ctx)
+
+
+def test_corpus_search_ranks_with_the_runs_retriever(database: Database, settings) -> None:
+    """A run's retriever (dense or hybrid in real runs) decides the ranking; the corpus serves the text."""
+    corpus = CorpusIndex(database.session_factory)
+    lighthouse = corpus.search("lighthouse keeper", k=1)[0]
+    asked: list[tuple[str, int, str | None]] = []
+
+    class LighthouseOnly:
+        def search(self, query: str, k: int = 10, collection: str | None = None):
+            asked.append((query, k, collection))
+            return [lighthouse]
+
+    ctx = _context(database, settings)
+    ctx.retriever = LighthouseOnly()
+    tool = tools_with_role(build_tools("local", ctx), "search")[0]
+    message = _call(tool, query="Bram Stoker", k=2)
+    assert asked == [("Bram Stoker", 2, None)]
+    assert [hit["source_id"] for hit in message.artifact] == [lighthouse.source_id]
