@@ -3,6 +3,7 @@ that stop the loop."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from deepscout.agent.api import research
@@ -149,8 +150,15 @@ def test_ungrounded_answer_is_replaced_by_cited_passages(settings, small_corpus,
     assert "Bram Stoker" in result.answer and "[1]" in result.answer
 
 
-def test_answer_echoing_the_question_is_replaced(settings, small_corpus, scripted) -> None:
-    model = scripted(['{"queries":["Dracula author"]}', '"Where was the author of Dracula born?"'])
+@pytest.mark.parametrize(
+    "echo",
+    [
+        '"Where was the author of Dracula born?"',
+        'The answer to the question "Where was the author of Dracula born?" is [1].',
+    ],
+)
+def test_answer_echoing_the_question_is_replaced(settings, small_corpus, scripted, echo: str) -> None:
+    model = scripted(['{"queries":["Dracula author"]}', echo])
     result = research(
         QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
     )
