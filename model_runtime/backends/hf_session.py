@@ -11,6 +11,7 @@ checking the deadline / cancellation between chunks and between tokens.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -166,6 +167,9 @@ class HFGenerator:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.pool = SessionPool(model.config, max_sessions)
         self._lock = threading.Lock()
+        # transformers renamed the forward's cache argument (``past_key_values`` → ``cache`` in 5.24).
+        forward_parameters = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
 
     @torch.inference_mode()
     def generate(
@@ -206,7 +210,9 @@ class HFGenerator:
 
     def _forward(self, session: _Session, token_ids: Sequence[int]) -> torch.Tensor:
         ids = torch.tensor([list(token_ids)], dtype=torch.long)
-        output = self.model(input_ids=ids, past_key_values=session.cache, use_cache=True, logits_to_keep=1)
+        output = self.model(
+            input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_argument: session.cache}
+        )
         session.tokens.extend(token_ids)
         logits: torch.Tensor = output.logits[0, -1].float()
         return logits
