@@ -43,7 +43,7 @@ from deepscout.agent.state import (
     StepRecord,
     StopReason,
 )
-from deepscout.agent.structured import UsageRecorder, output_limit, structured_call
+from deepscout.agent.structured import UsageRecorder, structured_call
 from deepscout.memory import repository
 from deepscout.memory.db import write_session
 from deepscout.memory.models import Step
@@ -560,16 +560,18 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
         recorder = UsageRecorder()
         parts: list[str] = []
         try:
-            with output_limit(run.model, run.settings.answer_max_tokens):
-                for chunk in run.model.stream(
-                    [*transcript, instruction], {"callbacks": [recorder]}, deadline=run.deadline
-                ):
-                    delta = chunk.content if isinstance(chunk.content, str) else ""
-                    if delta:
-                        if first_token_at is None:
-                            first_token_at = time.monotonic()
-                        parts.append(delta)
-                        run.emit({"type": "answer_token", "text": delta})
+            for chunk in run.model.stream(
+                [*transcript, instruction],
+                {"callbacks": [recorder]},
+                deadline=run.deadline,
+                max_new_tokens=run.settings.answer_max_tokens,
+            ):
+                delta = chunk.content if isinstance(chunk.content, str) else ""
+                if delta:
+                    if first_token_at is None:
+                        first_token_at = time.monotonic()
+                    parts.append(delta)
+                    run.emit({"type": "answer_token", "text": delta})
             text = "".join(parts).strip()
             usage = recorder.usage()
         except GenerationDeadlineExceeded:

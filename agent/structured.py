@@ -11,8 +11,7 @@ whose output is always valid.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -59,22 +58,6 @@ class UsageRecorder(BaseCallbackHandler):
             if totals["first_token_s"] is None and timings.get("first_token_s") is not None:
                 totals["first_token_s"] = float(timings["first_token_s"])
         return totals
-
-
-@contextmanager
-def output_limit(model: ChatModel, max_tokens: int) -> Iterator[None]:
-    """Cap the tokens the next generation may write, on backends that expose ``max_new_tokens``.
-
-    The model object is the run's own for the duration of the call (one generation at a time)."""
-    previous = getattr(model, "max_new_tokens", None)
-    if previous is None:
-        yield
-        return
-    object.__setattr__(model, "max_new_tokens", max_tokens)
-    try:
-        yield
-    finally:
-        object.__setattr__(model, "max_new_tokens", previous)
 
 
 def balance_json(text: str) -> str:
@@ -138,16 +121,21 @@ def structured_call(
     """
     recorder = UsageRecorder()
     config: dict[str, Any] = {"callbacks": [recorder]}
-    with output_limit(model, max_tokens):
-        reply = model.invoke(
+    reply = model.invoke(
+        list(messages),
+        config,  # type: ignore[arg-type]
+        stop=list(stop) or None,
+        deadline=deadline,
+        max_new_tokens=max_tokens,
+    )
+    parsed = parse_lenient(schema, str(reply.content))
+    if parsed is None:
+        runnable = model.with_structured_output(schema)
+        result = runnable.invoke(
             list(messages),
             config,  # type: ignore[arg-type]
-            stop=list(stop) or None,
             deadline=deadline,
+            max_new_tokens=max_tokens,
         )
-        parsed = parse_lenient(schema, str(reply.content))
-        if parsed is None:
-            runnable = model.with_structured_output(schema)
-            result = runnable.invoke(list(messages), config, deadline=deadline)  # type: ignore[arg-type]
-            parsed = result if isinstance(result, schema) else schema.model_validate(result)
+        parsed = result if isinstance(result, schema) else schema.model_validate(result)
     return parsed, recorder.usage()

@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from deepscout.agent.api import research
 from deepscout.agent.citations import resolve_citations
 from deepscout.agent.settings import AgentSettings
-from deepscout.agent.structured import output_limit
 from deepscout.evals.datasets import EvalItem
 from deepscout.evals.prompts import RAG_SYSTEM, RAG_USER
 from deepscout.evals.records import SourceRef, SystemAnswer, Usage
@@ -156,8 +155,9 @@ class RagSystem:
         prompt_tokens = self.chat.count_tokens(messages)
         error = None
         try:
-            with output_limit(self.chat, self.answer_max_tokens):
-                message = self.chat.invoke(messages, deadline=started + self.wall_time_s)
+            message = self.chat.invoke(
+                messages, deadline=started + self.wall_time_s, max_new_tokens=self.answer_max_tokens
+            )
             text = message.content if isinstance(message.content, str) else str(message.content)
             prompt, computed, output = _usage_of(message, prompt_tokens)
         except GenerationDeadlineExceeded as exc:

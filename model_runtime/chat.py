@@ -12,9 +12,10 @@ Backends are listed in :mod:`deepscout.model_runtime.backends` by the module tha
 backend's heavy imports (torch, transformers, openai) happen only when that backend is loaded.
 Extra backends (tests, plugins) can be added at run time with :func:`register_backend`.
 
-Every :class:`ChatModel` accepts two extra keyword arguments on ``invoke``/``stream``/``ainvoke``/...:
-``deadline`` (a ``time.monotonic()`` value) and ``cancel`` (a ``threading.Event``); either stops prefill or
-decode in progress and raises :class:`GenerationDeadlineExceeded` / :class:`GenerationCancelled`.
+Every :class:`ChatModel` accepts three extra keyword arguments on ``invoke``/``stream``/``ainvoke``/...:
+``deadline`` (a ``time.monotonic()`` value) and ``cancel`` (a ``threading.Event``), either of which stops
+prefill or decode in progress and raises :class:`GenerationDeadlineExceeded` / :class:`GenerationCancelled`,
+and ``max_new_tokens``, the most tokens this call may write (the model's own setting otherwise).
 """
 
 from __future__ import annotations
@@ -85,27 +86,40 @@ class ChatBackendError(ChatModelError):
 
 
 class GenerationControl:
-    """Deadline and cancellation checks shared by the backends' prefill and decode loops."""
+    """The per-call limits shared by the backends' prefill and decode loops: a deadline, cancellation
+    events, and a cap on the tokens this call may write."""
 
-    def __init__(self, deadline: float | None = None, *cancel: threading.Event) -> None:
+    def __init__(
+        self, deadline: float | None = None, *cancel: threading.Event, max_new_tokens: int | None = None
+    ) -> None:
         self.deadline = deadline
         self.cancel_events = cancel
+        self.max_new_tokens = max_new_tokens
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> GenerationControl:
-        """Pop ``deadline`` and ``cancel`` from a ``_generate``/``_stream`` kwargs dict."""
+        """Pop ``deadline``, ``cancel`` and ``max_new_tokens`` from ``_generate``/``_stream`` kwargs."""
         deadline = kwargs.pop("deadline", None)
         cancel = kwargs.pop("cancel", None)
+        max_new_tokens = kwargs.pop("max_new_tokens", None)
         if deadline is not None and not isinstance(deadline, (int, float)):
             raise TypeError(f"deadline must be a time.monotonic() value, got {type(deadline).__name__}")
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise TypeError(f"cancel must be a threading.Event, got {type(cancel).__name__}")
+        if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         events = () if cancel is None else (cancel,)
-        return cls(None if deadline is None else float(deadline), *events)
+        return cls(None if deadline is None else float(deadline), *events, max_new_tokens=max_new_tokens)
 
     def with_event(self, event: threading.Event) -> GenerationControl:
-        """The same deadline and events plus ``event`` (e.g. a stream closed by its consumer)."""
-        return GenerationControl(self.deadline, *self.cancel_events, event)
+        """The same limits plus ``event`` (e.g. a stream closed by its consumer)."""
+        return GenerationControl(
+            self.deadline, *self.cancel_events, event, max_new_tokens=self.max_new_tokens
+        )
+
+    def output_cap(self, default: int) -> int:
+        """Tokens this call may write: its own ``max_new_tokens``, else the model's ``default``."""
+        return default if self.max_new_tokens is None else self.max_new_tokens
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (None when there is none)."""

@@ -418,7 +418,7 @@ class EmbeddedHFChatModel(ChatModel):
                 f"the prompt takes {len(prompt_ids)} tokens; {self.model_name}'s context window is "
                 f"{self.context_window}"
             )
-        max_new = min(self.max_new_tokens, room)
+        max_new = min(control.output_cap(self.max_new_tokens), room)
         attempts = 1 if plan.grammar is None else 1 + self.structured_retries
         first_prefill: dict[str, int] | None = None
         output_tokens = 0

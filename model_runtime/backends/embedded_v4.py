@@ -323,7 +323,7 @@ class EmbeddedV4ChatModel(ChatModel):
         stopping = threading.Event()
         stream = self._runtime.stream_tokens(
             plan.prompt_ids,
-            max_new_tokens=self._room(plan),
+            max_new_tokens=self._room(plan, control),
             temperature=self.temperature,
             top_p=self.top_p,
             seed=0,
@@ -375,21 +375,21 @@ class EmbeddedV4ChatModel(ChatModel):
             )
         )
 
-    def _room(self, plan: _Plan) -> int:
+    def _room(self, plan: _Plan, control: GenerationControl) -> int:
         room = self.context_window - len(plan.prompt_ids)
         if room <= 0:
             raise ContextOverflowError(
                 f"the prompt takes {len(plan.prompt_ids)} tokens; {self.model_name}'s context window is "
                 f"{self.context_window}"
             )
-        return min(self.max_new_tokens, room)
+        return min(control.output_cap(self.max_new_tokens), room)
 
     def _decode(self, plan: _Plan, control: GenerationControl, *, temperature: float, seed: int) -> _Decoded:
         guide = plan.guide() if plan.guide is not None else None
         stopping = threading.Event()
         stream = self._runtime.stream_tokens(
             plan.prompt_ids,
-            max_new_tokens=self._room(plan),
+            max_new_tokens=self._room(plan, control),
             temperature=temperature,
             top_p=self.top_p,
             seed=seed,

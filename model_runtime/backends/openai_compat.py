@@ -144,7 +144,11 @@ class OpenAICompatChatModel(ChatModel):
     # ----------------------------------------------------------------- requests
 
     def _request(
-        self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+        self,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        max_tokens: int | None,
     ) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model_name,
@@ -157,8 +161,8 @@ class OpenAICompatChatModel(ChatModel):
             extra_body["thinking"] = {"type": "enabled" if self.thinking else "disabled"}
         if self.reasoning_effort:
             request["reasoning_effort"] = self.reasoning_effort
-        if self.max_tokens is not None:
-            request["max_tokens"] = self.max_tokens
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
         if self.temperature is not None and not self.thinking_active:
             request["temperature"] = self.temperature
         if stop:
@@ -186,7 +190,7 @@ class OpenAICompatChatModel(ChatModel):
         import openai
 
         control = GenerationControl.from_kwargs(kwargs)
-        request = self._request(messages, stop, kwargs)
+        request = self._request(messages, stop, kwargs, control.max_new_tokens or self.max_tokens)
         control.check("request")
         remaining = control.remaining()
         timeout = self.timeout_s if remaining is None else max(0.001, min(self.timeout_s, remaining))

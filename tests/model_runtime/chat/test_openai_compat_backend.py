@@ -161,3 +161,13 @@ def test_async_invoke_and_v4_token_counts(server_env, settings):
     )
     assert model.count_tokens(messages) == expected > 5
     assert model.count_tokens(messages, tools=[search_corpus]) > expected
+
+
+def test_per_call_output_cap_is_sent_as_max_tokens(server_env, settings):
+    model = load_chat_model("openai:deepseek-v4-flash", settings=settings)
+    model.invoke([HumanMessage("hello there")], max_new_tokens=7)
+    assert server_env.requests[-1]["max_tokens"] == 7
+    model.invoke([HumanMessage("hello there")])
+    assert "max_tokens" not in server_env.requests[-1]
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.invoke([HumanMessage("hello there")], max_new_tokens=0)

@@ -123,6 +123,14 @@ def test_deadline_stops_generation(tiny_chat: EmbeddedV4ChatModel, unique_system
         tiny_chat.invoke(messages, deadline=time.monotonic())
 
 
+def test_per_call_output_cap(tiny_chat: EmbeddedV4ChatModel, unique_system: str) -> None:
+    messages = [SystemMessage(unique_system), HumanMessage("Write a long essay.")]
+    reply = tiny_chat.invoke(messages, max_new_tokens=3)
+    assert reply.usage_metadata is not None and reply.usage_metadata["output_tokens"] <= 3
+    streamed = list(tiny_chat.stream(messages, max_new_tokens=2))
+    assert streamed[-1].usage_metadata is not None and streamed[-1].usage_metadata["output_tokens"] <= 2
+
+
 def test_a_stream_stopped_mid_decode_leaves_the_engine_usable(
     tiny_chat: EmbeddedV4ChatModel, unique_system: str
 ) -> None:
