@@ -15,12 +15,10 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -31,15 +29,14 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel, PrivateAttr, ValidationError
+from pydantic import PrivateAttr
 
 from deepscout.model_runtime import smollm2
 from deepscout.model_runtime.backends import tool_prompts
+from deepscout.model_runtime.backends.grammar_chat import GrammarChatModel
 from deepscout.model_runtime.backends.hf_session import GenerationResult, HFGenerator
 from deepscout.model_runtime.chat import (
-    ChatModel,
     ContextOverflowError,
     GenerationControl,
     ModelNotFetchedError,
@@ -137,7 +134,7 @@ class RawDecode:
     finish_reason: str
 
 
-class EmbeddedHFChatModel(ChatModel):
+class EmbeddedHFChatModel(GrammarChatModel):
     """A local HF causal LM (ChatML chat format) with sessions, deadlines and constrained tool calls."""
 
     model_path: str
@@ -171,53 +168,6 @@ class EmbeddedHFChatModel(ChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "model_path": self.model_path}
-
-    # ----------------------------------------------------------------- tools and structured output
-
-    def bind_tools(
-        self,
-        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
-        *,
-        tool_choice: str | dict[str, Any] | bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools; ``tool_choice``: None/"auto" (optional), "any"/"required"/True, "none", or a name."""
-        formatted = [convert_to_openai_tool(tool) for tool in tools]
-        kwargs.pop("ls_structured_output_format", None)
-        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
-
-    def with_structured_output(
-        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
-    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
-        """Decode one JSON object under ``schema`` (a pydantic class or a JSON schema), then validate it."""
-        kwargs.pop("method", None)
-        kwargs.pop("strict", None)
-        if kwargs:
-            raise ValueError(f"unsupported arguments {sorted(kwargs)}")
-        pydantic_class = schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
-        json_schema = pydantic_class.model_json_schema() if pydantic_class else dict(schema)  # type: ignore[arg-type]
-        bound = self.bind(response_format={"schema": json_schema})
-
-        def parse(message: AIMessage) -> dict[str, Any] | BaseModel:
-            raw = str(message.response_metadata.get("raw_output", message.content))
-            if pydantic_class is None:
-                parsed: dict[str, Any] = json.loads(raw)
-                return parsed
-            try:
-                return pydantic_class.model_validate_json(raw)
-            except ValidationError as error:
-                raise StructuredOutputError(
-                    f"output does not validate as {pydantic_class.__name__}: {error}",
-                    attempts=int(message.response_metadata.get("attempts", 1)),
-                    last_output=raw,
-                ) from error
-
-        parser = RunnableLambda(parse)
-        if not include_raw:
-            return bound | parser
-        return RunnableMap(raw=bound) | RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
-        )
 
     # ----------------------------------------------------------------- prompts
 
