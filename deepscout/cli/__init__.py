@@ -5,6 +5,8 @@ Heavy imports (torch, transformers, langgraph) happen inside the commands, so ``
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from deepscout.cli import ask, corpus, eval, models, v4
@@ -24,4 +26,6 @@ app.add_typer(v4.app, name="v4")
 
 
 def main() -> None:
+    # The CLI shows its own progress; transformers' per-load progress bars would only interleave with it.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app()
