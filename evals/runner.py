@@ -166,7 +166,8 @@ def _run(
             items=dataset.items,
         )
     with db.session_factory() as session:
-        done = store.answered(session, run_id=run_id)
+        ids = {item.id for item in dataset.items}  # a stored longer run may hold items past --limit
+        done = {key for key in store.answered(session, run_id=run_id) if key[0] in ids}
         verdicts_done = store.judged(session, run_id=run_id)
 
     model = chat or load_chat_model(options.model, settings=settings)
