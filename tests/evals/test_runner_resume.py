@@ -99,6 +99,10 @@ def test_longer_limit_extends_the_run_and_new_config_gets_new_id(
         EvalOptions(dataset=dataset, model="unused", limit=4), settings=settings, chat=UnusedChat()
     )
     assert longer.run_id == short.run_id and longer.skipped == 4 and longer.answered == 4
+    shorter_again = run_eval(
+        EvalOptions(dataset=dataset, model="unused", limit=2), settings=settings, chat=UnusedChat()
+    )
+    assert shorter_again.answered == 0 and shorter_again.skipped == 4  # only the items within the limit
     other = run_eval(
         EvalOptions(dataset=dataset, model="unused", limit=2, top_k=3), settings=settings, chat=UnusedChat()
     )
