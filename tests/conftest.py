@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,26 @@ def smollm2_chat_model():
     shared = Settings()
     fetch_smollm2(shared, quiet=True)
     return load_chat_model("smollm2", settings=shared)
+
+
+ServeOnLoopback = Callable[[type[ThreadingHTTPServer], type[BaseHTTPRequestHandler]], str]
+
+
+@pytest.fixture
+def serve_on_loopback() -> Iterator[ServeOnLoopback]:
+    """``serve(server_class, handler_class) -> "http://127.0.0.1:PORT"``: a real HTTP server on a free
+    loopback port, in a thread; every server started is stopped after the test."""
+    running: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+
+    def serve(server_class: type[ThreadingHTTPServer], handler_class: type[BaseHTTPRequestHandler]) -> str:
+        httpd = server_class(("127.0.0.1", 0), handler_class)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        running.append((httpd, thread))
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield serve
+    for httpd, thread in running:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()

@@ -23,7 +23,6 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -246,17 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def eval_chat_server() -> Iterator[EvalChatServer]:
+def eval_chat_server(serve_on_loopback: Any) -> EvalChatServer:
     """The role-playing chat-completions server on 127.0.0.1 (a free port), stopped after the test."""
     handler = type("Handler", (_Handler,), {})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    state = EvalChatServer(url=f"http://127.0.0.1:{httpd.server_address[1]}/v1")
+    state = EvalChatServer(url=serve_on_loopback(ThreadingHTTPServer, handler) + "/v1")
     handler.server_state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    return state

@@ -10,7 +10,6 @@ Thinking is on by default for ``deepseek-v4*`` models and switched by ``{"thinki
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -204,17 +203,9 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 @pytest.fixture
-def chat_server() -> Iterator[FakeChatServer]:
+def chat_server(serve_on_loopback: Any) -> FakeChatServer:
     """A chat-completions server on 127.0.0.1 (a free port), stopped after the test."""
     handler = type("Handler", (_Handler,), {})
-    httpd = _QuietServer(("127.0.0.1", 0), handler)
-    state = FakeChatServer(url=f"http://127.0.0.1:{httpd.server_address[1]}/v1")
+    state = FakeChatServer(url=serve_on_loopback(_QuietServer, handler) + "/v1")
     handler.server_state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    return state
