@@ -21,23 +21,24 @@ from langchain_core.runnables import RunnableConfig
 from deepscout.agent.context import ContextManager
 from deepscout.agent.graph import build_graph, sqlite_checkpointer
 from deepscout.agent.nodes import Event, RunContext
-from deepscout.agent.settings import AgentSettings, Budgets
+from deepscout.agent.options import AgentSettings, Budgets
 from deepscout.agent.state import ResearchState, SourceRecord, StepRecord
+from deepscout.errors import DeepscoutError
 from deepscout.memory import repository
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database, open_database, write_session
 from deepscout.model_runtime.chat import ChatModel, load_chat_model
 from deepscout.settings import Settings
-from deepscout.tools.base import ToolContext, ToolQuotas
+from deepscout.tools.base import ToolContext
+from deepscout.tools.quotas import ToolQuotas
 from deepscout.tools.registry import build_tools
 from deepscout.tools.retrieval import build_retriever
-from deepscout.tools.web_settings import WebSettings
 
 PROMPT_OVERHEAD_TOKENS = 450
 """Tokens kept free for the reflection and answer instructions and the structured-output schema."""
 
 
-class ResearchInputError(ValueError):
+class ResearchInputError(DeepscoutError, ValueError):
     """The question or the run's options are unusable; the message says what to change."""
 
 
@@ -136,15 +137,13 @@ def research(
     agent: AgentSettings | None = None,
     on_event: Callable[[Event], None] | None = None,
     database: Database | None = None,
-    web_settings: WebSettings | None = None,
 ) -> ResearchResult:
     """Research ``question`` and return the cited answer, the sources read, the trace and the usage.
 
     ``model`` is a spec (``smollm2``, ``openai:MODEL``...) or a loaded :class:`ChatModel` (reused across
     runs). ``thread_id`` names the run's checkpoint thread: an unfinished thread is resumed, a finished
     one returns its result. ``on_event`` receives progress events (queries, sources, tokens...).
-    ``web_settings`` (timeouts, caps, allow/deny lists) apply when ``search`` uses the web; by default they
-    are read from the environment (``DEEPSCOUT_WEB_*``) at the start of the run.
+    ``settings.web`` (timeouts, caps, allow/deny lists) applies when ``search`` uses the web.
     """
     started = time.monotonic()
     emit = on_event or (lambda event: None)
@@ -186,7 +185,6 @@ def research(
             collection=options.collection,
             deadline=deadline,
             retriever=build_retriever(options.retrieval, corpus, db.session_factory, settings.cache_dir),
-            web_settings=web_settings or (WebSettings() if options.search != "local" else None),
         )
         tool_context.provenance.add_from_user_text(question)
         limit = min(chat.context_window, budget.max_context_tokens or chat.context_window)

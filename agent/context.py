@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import BaseMessage, HumanMessage
 
 from deepscout.agent.state import DroppedRecord
+from deepscout.errors import DeepscoutError
 from deepscout.tools.untrusted import wrap_untrusted
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ PASSAGE_CHARS = 600
 """Long paragraphs are cut into sentence groups of about this many characters."""
 
 
-class ContextBudgetError(RuntimeError):
+class ContextBudgetError(DeepscoutError, RuntimeError):
     """The fixed part of the prompt (system prompt, question, instructions) alone exceeds the budget."""
 
 

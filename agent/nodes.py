@@ -33,7 +33,7 @@ from deepscout.agent.context import (
     split_passages,
     terms,
 )
-from deepscout.agent.settings import AgentSettings
+from deepscout.agent.options import AgentSettings
 from deepscout.agent.state import (
     HitRecord,
     QueryPlan,
@@ -46,7 +46,7 @@ from deepscout.agent.state import (
 from deepscout.agent.structured import UsageRecorder, structured_call
 from deepscout.memory import repository
 from deepscout.memory.db import write_session
-from deepscout.memory.models import Step
+from deepscout.memory.tables import Step
 from deepscout.model_runtime.chat import ChatModel, GenerationDeadlineExceeded, StructuredOutputError
 from deepscout.tools.base import ToolContext
 from deepscout.tools.registry import tools_with_role

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from deepscout.agent.api import research
-from deepscout.agent.settings import Budgets
+from deepscout.agent.options import Budgets
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import open_database
 from deepscout.memory.ingest import read_hotpotqa
 from deepscout.model_runtime.chat import load_chat_model
-from deepscout.model_runtime.smollm2 import fetch_smollm2
+from deepscout.model_runtime.chat.backends.smollm2 import fetch_smollm2
 from deepscout.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,10 +27,10 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
-from deepscout.model_runtime.backends.embedded_hf import EmbeddedHFChatModel
 from deepscout.model_runtime.chat import load_chat_model
-from deepscout.model_runtime.constrained import schema_errors
-from deepscout.model_runtime.smollm2 import fetch_smollm2
+from deepscout.model_runtime.chat.backends.embedded_hf import EmbeddedHFChatModel
+from deepscout.model_runtime.chat.backends.smollm2 import fetch_smollm2
+from deepscout.model_runtime.chat.constrained import schema_errors
 from deepscout.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

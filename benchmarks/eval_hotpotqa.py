@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepscout.agent.settings import Budgets
+from deepscout.agent.options import Budgets
 from deepscout.evals.report import write_report
 from deepscout.evals.runner import EvalOptions, run_eval
 from deepscout.evals.store import load_run

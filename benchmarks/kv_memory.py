@@ -26,11 +26,10 @@ from typing import Any
 
 import torch
 
-from deepscout.model_runtime.cache.protocol import LayerKind
-from deepscout.model_runtime.config import ModelArgs, flash_shaped
-from deepscout.model_runtime.engine.config import IndexerFormat, KvDtype
-from deepscout.model_runtime.engine.kv_pool import KVBlockPool, state_dtype
-from deepscout.model_runtime.engine.state_cache import StatePool
+from deepscout.model_runtime.v4.engine.engine_config import IndexerFormat, KvDtype
+from deepscout.model_runtime.v4.engine.kv_pool import KVBlockPool, state_dtype
+from deepscout.model_runtime.v4.engine.state_cache import StatePool
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, flash_shaped
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "kv_memory.json"

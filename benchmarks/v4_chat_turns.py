@@ -27,13 +27,14 @@ from typing import Any
 import torch
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel
-from deepscout.model_runtime.backends.v4_runtime import V4BackendSettings, V4Runtime, load_runtime
-from deepscout.model_runtime.encoding.conversions import turns_from_langchain
-from deepscout.model_runtime.encoding.deepseek_v4 import render_prompt, render_tool_calls
-from deepscout.model_runtime.encoding.dsml_parser import parse_completion
-from deepscout.model_runtime.encoding.messages import ToolCall
-from deepscout.model_runtime.engine import Engine, EngineConfig
+from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel
+from deepscout.model_runtime.v4.chat_format.conversions import turns_from_langchain
+from deepscout.model_runtime.v4.chat_format.dsml_parser import parse_completion
+from deepscout.model_runtime.v4.chat_format.messages import ToolCall
+from deepscout.model_runtime.v4.chat_format.render import render_prompt, render_tool_calls
+from deepscout.model_runtime.v4.engine import Engine, EngineConfig
+from deepscout.model_runtime.v4.runtime import V4Runtime, load_runtime
+from deepscout.settings import V4Settings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "v4_chat_turns.json"
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--hotpotqa", type=Path, default=DEFAULT_HOTPOTQA)
     args = parser.parse_args()
     texts = passages(args.hotpotqa, args.turns)
-    runtime = load_runtime("random-tiny", V4BackendSettings())
+    runtime = load_runtime("random-tiny", V4Settings())
     fields: dict[str, Any] = {"model_name": "deepseek-v4:random-tiny", "max_new_tokens": 8}
     shared = EmbeddedV4ChatModel.from_runtime(runtime, **fields)
     no_cache_engine = Engine(

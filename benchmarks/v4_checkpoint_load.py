@@ -26,9 +26,9 @@ from typing import Any
 _LOAD = r"""
 import json, re, sys, time
 import torch
-from deepscout.model_runtime.config import ModelArgs
-from deepscout.model_runtime.loader import allocate_model, load_weights
-from deepscout.model_runtime.weights.checkpoint import Checkpoint
+from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.weights.loader import allocate_model, load_weights
+from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint
 
 def status(key):
     return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
@@ -67,16 +67,15 @@ print(json.dumps({
 
 
 def _args(width: str, layers: list[str], experts: int) -> Any:
-    from deepscout.model_runtime.cache.protocol import LayerKind
-    from deepscout.model_runtime.config import YarnScaling
-    from deepscout.model_runtime.synthetic_checkpoint import flash_shaped_small
+    from deepscout.model_runtime.v4.model_config import LayerKind, YarnScaling
+    from deepscout.model_runtime.v4.weights.synthetic import flash_shaped_small
 
     kinds = tuple(
         {"sliding": LayerKind.SLIDING, "csa": LayerKind.CSA, "hca": LayerKind.HCA}[k] for k in layers
     )
     if width == "small":
         return flash_shaped_small(kinds, n_routed_experts=experts)
-    from deepscout.model_runtime.config import ModelArgs
+    from deepscout.model_runtime.v4.model_config import ModelArgs
 
     n = len(kinds)
     return ModelArgs(
@@ -102,8 +101,8 @@ def main() -> None:
 
     import torch
 
-    from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
-    from deepscout.model_runtime.synthetic_checkpoint import write_checkpoint
+    from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+    from deepscout.model_runtime.v4.weights.synthetic import write_checkpoint
 
     args = _args(options.width, options.layers.split(","), options.experts)
     start = time.perf_counter()

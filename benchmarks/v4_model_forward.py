@@ -26,10 +26,9 @@ from typing import Any
 
 import torch
 
-from deepscout.model_runtime.cache.contiguous import ContiguousSequenceCache
-from deepscout.model_runtime.cache.protocol import LayerKind
-from deepscout.model_runtime.config import ModelArgs, YarnScaling, tiny
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
+from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, YarnScaling, tiny
 
 KINDS = {"sliding": LayerKind.SLIDING, "csa": LayerKind.CSA, "hca": LayerKind.HCA}
 

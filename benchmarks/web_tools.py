@@ -31,14 +31,13 @@ from typing import Any
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import open_database
 from deepscout.memory.schemas import CorpusDocument
-from deepscout.settings import Settings
-from deepscout.tools.base import ToolContext, ToolQuotas
+from deepscout.settings import Settings, WebSettings
+from deepscout.tools.base import ToolContext
 from deepscout.tools.extract import extract_document
 from deepscout.tools.guards import DomainRateLimiter
 from deepscout.tools.http_client import FetchDeadlineExceeded, GuardedHttpClient
+from deepscout.tools.quotas import ToolQuotas
 from deepscout.tools.web_search import WebSearcher
-from deepscout.tools.web_settings import WebSettings
-from deepscout.tools.web_state import web_run_state
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "web_tools.json"
@@ -150,11 +149,10 @@ def main() -> None:
             ctx = ToolContext(
                 session_factory=db.session_factory,
                 corpus=corpus,
-                settings=Settings(home=Path(home)),
+                settings=Settings(home=Path(home), web=web),
                 quotas=ToolQuotas(max_calls=10),
-                web_settings=web,
             )
-            state = web_run_state(ctx)
+            state = ctx.web
             started = time.perf_counter()
             outcome = WebSearcher(ctx, state).search("Aletsch glacier")
             rows.append(

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepscout.errors import DeepscoutError
 
-class DatasetError(ValueError):
+
+class DatasetError(DeepscoutError, ValueError):
     """A data set file is missing or malformed; the message names the file and the line."""
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepscout.evals.prompts import PAIRWISE_JUDGE_SYSTEM, PAIRWISE_JUDGE_USER
+from deepscout.evals.judge_prompts import PAIRWISE_JUDGE_SYSTEM, PAIRWISE_JUDGE_USER
 
 Winner = Literal["A", "B", "tie"]
 Outcome = Literal["win", "loss", "tie"]

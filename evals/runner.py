@@ -14,7 +14,8 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
-from deepscout.agent.settings import AgentSettings, Budgets
+from deepscout.agent.options import AgentSettings, Budgets
+from deepscout.errors import DeepscoutError
 from deepscout.evals import store
 from deepscout.evals.datasets import Dataset, EvalItem, load_dataset
 from deepscout.evals.judges import PairwiseJudge
@@ -35,7 +36,7 @@ Progress = Callable[[str, int, int], None]
 """``progress(label, done, total)``."""
 
 
-class EvalInputError(ValueError):
+class EvalInputError(DeepscoutError, ValueError):
     """The eval cannot run as asked; the message says what to change."""
 
 

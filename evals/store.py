@@ -13,12 +13,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deepscout.errors import DeepscoutError
 from deepscout.evals.datasets import EvalItem
 from deepscout.evals.records import SystemAnswer, Verdict
-from deepscout.memory.models import EvalAnswer, EvalRun, EvalVerdict
+from deepscout.memory.tables import EvalAnswer, EvalRun, EvalVerdict
 
 
-class EvalRunNotFoundError(LookupError):
+class EvalRunNotFoundError(DeepscoutError, LookupError):
     """No eval run has this id (or prefix)."""
 
 

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from deepscout.agent.api import research
 from deepscout.agent.citations import resolve_citations
-from deepscout.agent.settings import AgentSettings
+from deepscout.agent.options import AgentSettings
 from deepscout.evals.datasets import EvalItem
-from deepscout.evals.prompts import RAG_SYSTEM, RAG_USER
+from deepscout.evals.judge_prompts import RAG_SYSTEM, RAG_USER
 from deepscout.evals.records import SourceRef, SystemAnswer, Usage
 from deepscout.memory import repository
 from deepscout.memory.corpus import CorpusIndex

@@ -28,10 +28,11 @@ from typing import Any
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from deepscout.errors import DeepscoutError
 from deepscout.memory.db import write_session
-from deepscout.memory.models import CorpusCollection, Source, utcnow
 from deepscout.memory.repository import clean_json, clean_text, content_hash, corpus_source_key
 from deepscout.memory.schemas import AddReport, CollectionInfo, CorpusDocument, ProgressCallback, SearchHit
+from deepscout.memory.tables import CorpusCollection, Source, utcnow
 
 FETCH_HINT = (
     "run `deepscout setup` or `deepscout corpus fetch-demo` for the demo corpus, "
@@ -59,7 +60,7 @@ STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _TERM = re.compile(r"[^\W_]+")
 
 
-class CorpusError(Exception):
+class CorpusError(DeepscoutError):
     """Base class of corpus errors; the message says what to do."""
 
 

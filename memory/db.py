@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from deepscout.errors import DeepscoutError
 from deepscout.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -48,7 +49,7 @@ _write_locks_guard = threading.Lock()
 _held_here = threading.local()  # the databases whose write lock this thread holds
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(DeepscoutError, RuntimeError):
     """The database cannot be opened or migrated; the message names the URL and the fix."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from deepscout.errors import DeepscoutError
 from deepscout.memory.schemas import CorpusDocument
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -25,7 +26,7 @@ InputFormat = Literal["jsonl", "hotpotqa", "text"]
 MAX_TITLE_CHARS = 200
 
 
-class CorpusFormatError(ValueError):
+class CorpusFormatError(DeepscoutError, ValueError):
     """Unreadable or malformed corpus input; the message names the file (and line) and what is wrong."""
 
     def __init__(self, path: Path, problem: str, line: int | None = None) -> None:

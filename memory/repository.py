@@ -48,7 +48,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from deepscout.memory.models import (
+from deepscout.errors import DeepscoutError
+from deepscout.memory.tables import (
     RUN_STATUSES,
     SOURCE_KINDS,
     Answer,
@@ -67,7 +68,7 @@ T = TypeVar("T")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class RecordNotFoundError(LookupError):
+class RecordNotFoundError(DeepscoutError, LookupError):
     """A run, step or thread named by id does not exist."""
 
 

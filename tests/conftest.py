@@ -13,6 +13,13 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The test run is an entry point: it sets the process up as the CLI does."""
+    from deepscout.process import configure_process
+
+    configure_process()
+
+
 @pytest.fixture(scope="session")
 def hotpotqa_dir() -> Path:
     """The shared HotpotQA dev set (100 questions, 994 passages), beside the checkout."""
@@ -34,7 +41,7 @@ def settings(tmp_path: Path):
 def smollm2_chat_model():
     """The embedded SmolLM2 chat model, fetched and converted once per machine (slow tests only)."""
     from deepscout.model_runtime.chat import load_chat_model
-    from deepscout.model_runtime.smollm2 import fetch_smollm2
+    from deepscout.model_runtime.chat.backends.smollm2 import fetch_smollm2
     from deepscout.settings import Settings
 
     shared = Settings()

@@ -1,5 +1,5 @@
 """What every tool of a run shares: the :class:`ToolContext` (database, corpus, run, settings, quotas,
-counters and URL provenance) and the quota error.
+counters, the web tools' run state and URL provenance) and the artifacts tools hand to the agent.
 
 Tools are LangChain ``StructuredTool``s with pydantic arguments; the function's docstring is the
 description the model sees. Tools return ``(content, artifact)``: ``content`` is the text for the model,
@@ -11,13 +11,13 @@ agent (search hits, the document read). ``tool.metadata["role"]`` says what a to
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from deepscout.tools.guards import UrlProvenance
+from deepscout.tools.quotas import ToolCounters, ToolQuotas
+from deepscout.tools.web_state import WebRunState
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -25,13 +25,8 @@ if TYPE_CHECKING:
     from deepscout.memory.corpus import CorpusIndex
     from deepscout.settings import Settings
     from deepscout.tools.retrieval import Retriever
-    from deepscout.tools.web_settings import WebSettings
 
 ToolRole = Literal["search", "read", "fetch"]
-
-
-class ToolQuotaExceeded(RuntimeError):
-    """A run asked for more tool calls than its budget allows."""
 
 
 class SearchHitArtifact(TypedDict):
@@ -58,39 +53,6 @@ class DocumentArtifact(TypedDict):
 
 
 @dataclass
-class ToolQuotas:
-    """Per-run limits: all tool calls together, and optionally per tool name."""
-
-    max_calls: int
-    per_tool: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class ToolCounters:
-    """Calls made so far in the run (thread-safe: tools run in parallel)."""
-
-    calls: Counter[str] = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return sum(self.calls.values())
-
-    def charge(self, name: str, quotas: ToolQuotas) -> None:
-        """Count one call of ``name``; raise ToolQuotaExceeded (counting nothing) if over a quota."""
-        with self._lock:
-            if sum(self.calls.values()) >= quotas.max_calls:
-                raise ToolQuotaExceeded(
-                    f"tool-call budget of {quotas.max_calls} used up; answer from what was found"
-                )
-            limit = quotas.per_tool.get(name)
-            if limit is not None and self.calls[name] >= limit:
-                raise ToolQuotaExceeded(f"quota of {limit} calls of {name} used up for this run")
-            self.calls[name] += 1
-
-
-@dataclass
 class ToolContext:
     """Everything the tools of one run share. Built by the agent (or a test) per run."""
 
@@ -101,13 +63,17 @@ class ToolContext:
     run_id: str | None = None
     collection: str | None = None
     """Restrict corpus search to this collection (None: all)."""
-    web_settings: WebSettings | None = None
     counters: ToolCounters = field(default_factory=ToolCounters)
     provenance: UrlProvenance = field(default_factory=UrlProvenance)
     deadline: float | None = None
     """``time.monotonic()`` by which tools should give up (the run's wall-time budget)."""
     retriever: Retriever | None = None
     """What ``corpus_search`` ranks with (see :mod:`deepscout.tools.retrieval`); None: the corpus's BM25."""
+    web: WebRunState = field(init=False)
+    """The web tools' state for this run, from ``settings.web`` (see :mod:`deepscout.tools.web_state`)."""
+
+    def __post_init__(self) -> None:
+        self.web = WebRunState.start(self.settings.web)
 
     def charge(self, name: str) -> None:
         self.counters.charge(name, self.quotas)

@@ -19,6 +19,8 @@ import trafilatura
 from lxml import html as lxml_html
 from trafilatura.utils import load_html
 
+from deepscout.errors import DeepscoutError
+
 if TYPE_CHECKING:
     from pypdf import PdfReader
 
@@ -32,7 +34,7 @@ _HIDDEN_XPATH = (
 _CHARSET = re.compile(r"charset=[\"']?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
 
 
-class ExtractionError(ValueError):
+class ExtractionError(DeepscoutError, ValueError):
     """A body that cannot be read as a document (unknown type, broken PDF, empty page)."""
 
 

@@ -22,13 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deepscout.memory import repository
 from deepscout.memory.db import write_session
-from deepscout.memory.models import Source
+from deepscout.memory.tables import Source
 from deepscout.tools.base import DocumentArtifact, ToolContext
 from deepscout.tools.extract import ExtractionError, extract_document
 from deepscout.tools.guards import check_url, normalize_url
 from deepscout.tools.http_client import FetchError, GuardedHttpClient
 from deepscout.tools.untrusted import wrap_untrusted
-from deepscout.tools.web_state import WebRunState, web_run_state
+from deepscout.tools.web_state import WebRunState
 
 NAME = "fetch_url"
 DEFAULT_LENGTH = 60_000
@@ -167,7 +167,7 @@ def _tool_output(page: StoredPage, length: int) -> tuple[str, DocumentArtifact]:
 
 
 def build_fetch_url(ctx: ToolContext) -> StructuredTool:
-    fetcher = PageFetcher(ctx, web_run_state(ctx))
+    fetcher = PageFetcher(ctx, ctx.web)
 
     def fetch_url(url: str, length: int = DEFAULT_LENGTH) -> tuple[str, DocumentArtifact]:
         """Read a web page by URL (one from search results, the user, or a page read); stores it and returns

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from deepscout.tools.web_settings import WebSettings
+from deepscout.errors import DeepscoutError
+from deepscout.settings import WebSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UrlOrigin = Literal["search", "user", "page"]
@@ -41,7 +42,7 @@ _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class UrlRefusedError(ValueError):
+class UrlRefusedError(DeepscoutError, ValueError):
     """A URL the web tools will not fetch; the message says why and what would allow it."""
 
 

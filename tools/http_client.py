@@ -21,14 +21,15 @@ from urllib.parse import urljoin
 
 import httpx
 
+from deepscout.errors import DeepscoutError
+from deepscout.settings import WebSettings
 from deepscout.tools.guards import DomainRateLimiter, UnsafeUrlError, check_url, resolve_and_vet
-from deepscout.tools.web_settings import WebSettings
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DECODE_STEP = 1 << 18  # decoded bytes produced per zlib call: bounds memory per step
 
 
-class FetchError(RuntimeError):
+class FetchError(DeepscoutError, RuntimeError):
     """A fetch that failed on the network or broke a limit; the message names the URL and the reason."""
 
 

@@ -15,6 +15,7 @@ from typing import Literal, get_args
 
 from langchain_core.tools import BaseTool
 
+from deepscout.errors import DeepscoutError
 from deepscout.tools.base import ToolContext
 
 SearchMode = Literal["local", "web", "both"]
@@ -38,11 +39,11 @@ MODE_GROUPS: dict[SearchMode, tuple[ToolGroup, ...]] = {
 ALWAYS = ("deepscout.tools.read_document:build_read_document",)
 
 
-class UnknownSearchModeError(ValueError):
+class UnknownSearchModeError(DeepscoutError, ValueError):
     """The search mode is not local, web or both."""
 
 
-class ToolsUnavailableError(RuntimeError):
+class ToolsUnavailableError(DeepscoutError, RuntimeError):
     """The mode asks for a tool group that has no tools installed."""
 
 

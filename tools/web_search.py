@@ -28,13 +28,14 @@ from typing import Any, Literal, TypeVar
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepscout.errors import DeepscoutError
 from deepscout.memory import repository
 from deepscout.memory.corpus import CorpusError
 from deepscout.memory.db import write_session
 from deepscout.tools.base import SearchHitArtifact, ToolContext
 from deepscout.tools.guards import normalize_url
 from deepscout.tools.untrusted import wrap_untrusted
-from deepscout.tools.web_state import WebRunState, web_run_state
+from deepscout.tools.web_state import WebRunState
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ RATE_LIMIT_STATUSES = frozenset({202, 403, 429})
 T = TypeVar("T")
 
 
-class UnknownBackendError(ValueError):
+class UnknownBackendError(DeepscoutError, ValueError):
     """A configured ddgs backend does not exist for that kind of search."""
 
 
-class WebSearchUnavailable(RuntimeError):
+class WebSearchUnavailable(DeepscoutError, RuntimeError):
     """No backend answered within the deadline and there was no corpus to fall back to."""
 
 
@@ -356,7 +357,7 @@ def _stored_page_ids(ctx: ToolContext, urls: list[str]) -> dict[str, int]:
 
 
 def build_web_search(ctx: ToolContext) -> StructuredTool:
-    state = web_run_state(ctx)
+    state = ctx.web
     searcher = WebSearcher(ctx, state)
 
     def web_search(

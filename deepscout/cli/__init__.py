@@ -5,11 +5,10 @@ Heavy imports (torch, transformers, langgraph) happen inside the commands, so ``
 
 from __future__ import annotations
 
-import os
-
 import typer
 
-from deepscout.cli import ask, corpus, eval, models, v4
+from deepscout.cli import ask_command, corpus_commands, eval_commands, models_commands, v4_commands
+from deepscout.process import configure_process
 
 app = typer.Typer(
     name="deepscout",
@@ -17,15 +16,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-app.command("ask")(ask.ask)
-app.command("setup")(models.setup)
-app.add_typer(corpus.app, name="corpus")
-app.add_typer(models.app, name="models")
-app.add_typer(eval.app, name="eval")
-app.add_typer(v4.app, name="v4")
+app.command("ask")(ask_command.ask)
+app.command("setup")(models_commands.setup)
+app.add_typer(corpus_commands.app, name="corpus")
+app.add_typer(models_commands.app, name="models")
+app.add_typer(eval_commands.app, name="eval")
+app.add_typer(v4_commands.app, name="v4")
 
 
 def main() -> None:
-    # The CLI shows its own progress; transformers' per-load progress bars would only interleave with it.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    configure_process()
     app()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from deepscout.memory.models import Base, include_in_autogenerate
+from deepscout.memory.tables import Base, include_in_autogenerate
 
 
 def _run(connection: Connection) -> None:

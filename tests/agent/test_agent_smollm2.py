@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from deepscout.agent.api import research
-from deepscout.agent.settings import Budgets
-from deepscout.memory.models import Answer, Run, Step
+from deepscout.agent.options import Budgets
+from deepscout.memory.tables import Answer, Run, Step
 
 pytestmark = pytest.mark.slow
 QUESTIONS = 3

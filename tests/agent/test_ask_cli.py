@@ -48,11 +48,11 @@ def test_resume_of_an_unknown_thread_is_an_error(home, small_corpus) -> None:
 
 
 def test_ask_prints_answer_and_sources(home, small_corpus, scripted, monkeypatch) -> None:
-    from deepscout.model_runtime import chat
+    from deepscout.model_runtime.chat import BackendEntry, backend_registry
 
-    monkeypatch.setattr(chat, "_registry", dict(chat._registry))  # the test backend leaves with the test
     model = scripted(['{"queries":["Dracula author"]}', "Bram Stoker wrote Dracula [1] [8]."])
-    chat.register_backend("scripted", lambda argument, settings: model, takes_argument=False)
+    entry = BackendEntry("scripted", "scripted", lambda argument, settings: model, takes_argument=False)
+    monkeypatch.setattr(backend_registry, "BUILTIN_BACKENDS", (*backend_registry.BUILTIN_BACKENDS, entry))
     result = runner.invoke(app, ["ask", "Who wrote Dracula?", "--model", "scripted", "--max-steps", "1"])
     assert result.exit_code == 0, result.output
     assert "Bram Stoker wrote Dracula [1]." in result.output

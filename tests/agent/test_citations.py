@@ -6,7 +6,7 @@ import logging
 
 from deepscout.agent.api import research
 from deepscout.agent.citations import resolve_citations
-from deepscout.agent.settings import Budgets
+from deepscout.agent.options import Budgets
 
 
 def test_known_citations_are_kept_in_order() -> None:

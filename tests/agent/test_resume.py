@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from deepscout.agent.api import research
-from deepscout.agent.settings import Budgets
-from deepscout.memory.models import Run, Step, ToolCall
+from deepscout.agent.options import Budgets
+from deepscout.memory.tables import Run, Step, ToolCall
 
 QUESTION = "Where was the author of Dracula born?"
 

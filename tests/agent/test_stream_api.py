@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from deepscout.agent.api import ResearchResult, aresearch_stream
-from deepscout.agent.settings import Budgets
+from deepscout.agent.options import Budgets
 
 
 def test_aresearch_stream_yields_events_then_the_result(settings, small_corpus, scripted) -> None:

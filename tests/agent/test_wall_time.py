@@ -8,7 +8,7 @@ import time
 import pytest
 
 from deepscout.agent.api import research
-from deepscout.agent.settings import AgentSettings, Budgets
+from deepscout.agent.options import AgentSettings, Budgets
 
 QUESTION = "Where was the author of Dracula born?"
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from deepscout.agent import prompts as agent_prompts
-from deepscout.evals import prompts as eval_prompts
+from deepscout.evals import judge_prompts as eval_prompts
 
 AGENT_ANSWER_PREFIX = "From the research:"
 RAG_ANSWER_PREFIX = "From the passages:"

@@ -16,7 +16,7 @@ from deepscout.evals.records import SystemAnswer, Usage
 from deepscout.evals.runner import EvalInputError, EvalOptions, run_eval
 from deepscout.evals.systems import AgentSystem, RagSystem
 from deepscout.memory.db import open_database
-from deepscout.memory.models import EvalAnswer, EvalRun
+from deepscout.memory.tables import EvalAnswer, EvalRun
 from deepscout.model_runtime.chat import ChatModel
 
 

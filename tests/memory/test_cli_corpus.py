@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from deepscout.cli.corpus import app
+from deepscout.cli.corpus_commands import app
 
 
 @pytest.fixture

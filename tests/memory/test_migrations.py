@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
 from deepscout.memory.db import MIGRATIONS_DIR, _alembic_config, create_db_engine, current_revision, migrate
-from deepscout.memory.models import Base, include_in_autogenerate
+from deepscout.memory.tables import Base, include_in_autogenerate
 
 TABLES = {
     "threads",

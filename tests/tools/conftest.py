@@ -310,7 +310,7 @@ def lan_web_server() -> Iterator[TestWebServer]:
 @pytest.fixture
 def web_settings(web_server: TestWebServer):
     """Web settings for tests: loopback and the server's port allowed, short limits, no rate-limit waits."""
-    from deepscout.tools.web_settings import WebSettings
+    from deepscout.settings import WebSettings
 
     return WebSettings(
         allow_loopback=True,
@@ -374,15 +374,15 @@ def corpus(database):
 def make_context(database, corpus, web_settings, tmp_path: Path):
     """``make_context(**web_overrides)``: a fresh ToolContext (a new run) over the same database."""
     from deepscout.settings import Settings
-    from deepscout.tools.base import ToolContext, ToolQuotas
+    from deepscout.tools.base import ToolContext
+    from deepscout.tools.quotas import ToolQuotas
 
     def make(**overrides: object):
         return ToolContext(
             session_factory=database.session_factory,
             corpus=corpus,
-            settings=Settings(home=tmp_path / "home"),
+            settings=Settings(home=tmp_path / "home", web=web_settings.model_copy(update=overrides)),
             quotas=ToolQuotas(max_calls=100),
-            web_settings=web_settings.model_copy(update=overrides),
         )
 
     return make

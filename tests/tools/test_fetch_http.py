@@ -125,7 +125,7 @@ def test_hidden_injection_and_planted_link_never_reach_the_text_or_links(web_ser
 def test_https_connects_to_the_vetted_address_with_the_real_host_for_sni_and_host(https_server) -> None:
     """``https://localhost`` is resolved and vetted once, the connection goes to 127.0.0.1, and TLS still
     verifies the certificate for ``localhost`` (it does not name 127.0.0.1) and sends ``Host: localhost``."""
-    from deepscout.tools.web_settings import WebSettings
+    from deepscout.settings import WebSettings
 
     trusting = WebSettings(
         allow_loopback=True,

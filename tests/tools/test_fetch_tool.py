@@ -10,13 +10,12 @@ import pytest
 from langchain_core.messages import ToolMessage
 
 from deepscout.memory import repository
-from deepscout.tools.base import ToolQuotaExceeded
 from deepscout.tools.fetch import build_fetch_url
 from deepscout.tools.guards import UnsafeUrlError, UnseenUrlError
 from deepscout.tools.http_client import FetchError
+from deepscout.tools.quotas import ToolQuotaExceeded
 from deepscout.tools.registry import build_tools
 from deepscout.tools.untrusted import CLOSE_TAG, OPEN_TAG
-from deepscout.tools.web_state import web_run_state
 
 
 def _call(tool, **args: Any) -> ToolMessage:
@@ -51,7 +50,7 @@ def test_page_is_stored_whole_and_replayed_without_the_network(make_context, web
     replay = _call(build_fetch_url(second), url=url, length=200)
     assert web_server.hits["/article"] == before + 1
     assert replay.content == message.content and replay.artifact == artifact
-    counters = web_run_state(second).counters
+    counters = second.web.counters
     assert (counters["fetch_network"], counters["fetch_store_hits"]) == (0, 1)
 
 

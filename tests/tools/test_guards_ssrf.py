@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from deepscout.settings import WebSettings
 from deepscout.tools.guards import (
     DomainRateLimiter,
     UnsafeUrlError,
@@ -19,7 +20,6 @@ from deepscout.tools.guards import (
     vet_address,
 )
 from deepscout.tools.http_client import GuardedHttpClient
-from deepscout.tools.web_settings import WebSettings
 
 STRICT = WebSettings()  # the defaults: no loopback, no private addresses, ports 80 and 443
 

@@ -12,7 +12,8 @@ from langchain_core.messages import ToolMessage
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database, open_database
 from deepscout.memory.schemas import CorpusDocument
-from deepscout.tools.base import ToolContext, ToolQuotaExceeded, ToolQuotas
+from deepscout.tools.base import ToolContext
+from deepscout.tools.quotas import ToolQuotaExceeded, ToolQuotas
 from deepscout.tools.registry import (
     TOOL_FACTORIES,
     ToolsUnavailableError,

@@ -60,7 +60,7 @@ def test_web_research_then_an_offline_replay(
     settings, database, web_server, fake_search_http, monkeypatch
 ) -> None:
     from deepscout.agent.api import research
-    from deepscout.agent.settings import Budgets
+    from deepscout.agent.options import Budgets
 
     # the agent builds its own tool context: the web settings come from the environment
     monkeypatch.setenv("DEEPSCOUT_WEB_ALLOW_LOOPBACK", "true")

@@ -7,7 +7,6 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from deepscout.tools.registry import build_tools
-from deepscout.tools.web_state import web_run_state
 
 
 def _script(article: str, pdf: str) -> list[AIMessage]:
@@ -58,13 +57,13 @@ def test_second_run_searches_and_fetches_nothing(make_context, fake_search_http,
     first_messages = _run(first, _script(article, pdf), question)
     searches, pages = len(fake_search_http.calls), web_server.hits["/article"] + web_server.hits["/doc.pdf"]
     assert searches == 1 and pages >= 2
-    assert web_run_state(first).counters["fetch_network"] == 2
+    assert first.web.counters["fetch_network"] == 2
 
     second = make_context(text_backends=["duckduckgo"])
     second_messages = _run(second, _script(article, pdf), question)
     assert len(fake_search_http.calls) == searches
     assert web_server.hits["/article"] + web_server.hits["/doc.pdf"] == pages
-    counters = web_run_state(second).counters
+    counters = second.web.counters
     assert counters["search_network"] == 0 and counters["fetch_network"] == 0
     assert counters["search_cache_hits"] == 1 and counters["fetch_store_hits"] == 2
     # the model saw the same pages both times; the replayed search also says they are stored, so an

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import ToolMessage
 
-from deepscout.tools.base import ToolQuotaExceeded
+from deepscout.tools.quotas import ToolQuotaExceeded
 from deepscout.tools.untrusted import OPEN_TAG
 from deepscout.tools.web_search import UnknownBackendError, WebSearchUnavailable, build_web_search
-from deepscout.tools.web_state import web_run_state
 
 
 def _call(tool, **args: Any) -> ToolMessage:
@@ -49,9 +48,9 @@ def test_no_network_fails_over_to_the_local_corpus_within_five_seconds(make_cont
     assert "Web search is unavailable" in message.content and "ConnectError" in message.content
     assert message.artifact and message.artifact[0]["title"] == "Aletsch Glacier"
     assert message.artifact[0]["source_id"] is not None  # a stored corpus document the agent can read
-    counters = web_run_state(ctx).counters
+    counters = ctx.web.counters
     assert counters["search_corpus_fallbacks"] == 1
-    assert counters["search_requests"] == len(ctx.web_settings.text_backends)  # no futile retries
+    assert counters["search_requests"] == len(ctx.settings.web.text_backends)  # no futile retries
 
 
 @pytest.mark.parametrize("status", [202, 429])
@@ -106,7 +105,7 @@ def test_a_query_the_web_has_nothing_for_is_not_a_network_failure(make_context, 
     ctx = make_context(text_backends=["duckduckgo", "mojeek"])
     message = _call(build_web_search(ctx), query="zxqv glorp")
     assert message.content == "No web results for 'zxqv glorp'." and message.artifact == []
-    assert web_run_state(ctx).counters["search_corpus_fallbacks"] == 0
+    assert ctx.web.counters["search_corpus_fallbacks"] == 0
 
 
 def test_a_hanging_backend_is_abandoned_at_our_deadline(make_context, fake_search_http) -> None:
@@ -144,8 +143,8 @@ def test_results_are_normalised_recorded_as_fetchable_and_cached(make_context, f
     assert len(fake_search_http.calls) == calls
     assert replay.artifact == message.artifact
     assert second.provenance.origin_of(RESULTS[1][1]) == "search"
-    assert web_run_state(second).counters["search_cache_hits"] == 1
-    assert web_run_state(second).counters["search_network"] == 0
+    assert second.web.counters["search_cache_hits"] == 1
+    assert second.web.counters["search_network"] == 0
     # other time range: other cache key
     _call(build_web_search(second), query="aletsch glacier", timelimit="w")
     assert len(fake_search_http.calls) == calls + 1

@@ -13,11 +13,9 @@ from deepscout.model_runtime.chat import (
     GenerationDeadlineExceeded,
     ModelNotFetchedError,
     UnknownModelError,
-    known_backends,
     load_chat_model,
-    parse_spec,
-    register_backend,
 )
+from deepscout.model_runtime.chat.backend_registry import BackendRegistry
 from deepscout.settings import Settings
 
 
@@ -31,11 +29,12 @@ def test_unknown_spec_lists_the_known_ones(spec, settings):
 
 
 def test_builtin_specs_parse():
-    assert parse_spec("smollm2")[0].name == "smollm2"
-    assert parse_spec("hf:/models/x")[1] == "/models/x"
-    assert parse_spec("openai:deepseek-v4-flash")[1] == "deepseek-v4-flash"
-    assert parse_spec("deepseek-v4:random-tiny")[1] == "random-tiny"
-    assert [entry.name for entry in known_backends()][:4] == ["smollm2", "hf", "openai", "deepseek-v4"]
+    registry = BackendRegistry()
+    assert registry.parse("smollm2")[0].name == "smollm2"
+    assert registry.parse("hf:/models/x")[1] == "/models/x"
+    assert registry.parse("openai:deepseek-v4-flash")[1] == "deepseek-v4-flash"
+    assert registry.parse("deepseek-v4:random-tiny")[1] == "random-tiny"
+    assert [entry.name for entry in registry.entries()][:4] == ["smollm2", "hf", "openai", "deepseek-v4"]
 
 
 def test_missing_smollm2_names_the_setup_command(tmp_path):
@@ -56,8 +55,11 @@ def test_registered_backend_gets_argument_and_settings(settings):
         seen["args"] = (argument, received_settings)
         return "a model"
 
-    register_backend("test-echo", factory, usage="test-echo:X")
-    assert load_chat_model("test-echo:abc", settings=settings) == "a model"
+    registry = BackendRegistry()
+    registry.register("test-echo", factory, usage="test-echo:X")
+    assert load_chat_model("test-echo:abc", settings=settings, registry=registry) == "a model"
+    with pytest.raises(UnknownModelError):
+        load_chat_model("test-echo:abc", settings=settings)  # registered on that registry alone
     assert seen["args"] == ("abc", settings)
 
 

@@ -149,7 +149,7 @@ def test_unreachable_server_is_a_clear_error(settings, monkeypatch):
 
 
 def test_async_invoke_and_v4_token_counts(server_env, settings):
-    from deepscout.model_runtime.encoding.tokenizer import count_chat_tokens
+    from deepscout.model_runtime.v4.chat_format.token_count import count_chat_tokens
 
     model = load_chat_model("openai:deepseek-v4-flash", settings=settings)
     reply = asyncio.run(model.ainvoke([HumanMessage("async hello")]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig
 
-from deepscout.model_runtime.backends.hf_session import SessionPool, common_prefix_length
+from deepscout.model_runtime.chat.backends.hf_session import SessionPool, common_prefix_length
 
 CONFIG = LlamaConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, hidden_size=8)
 

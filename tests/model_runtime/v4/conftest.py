@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from deepscout.model_runtime.cache.contiguous import ContiguousSequenceCache
-from deepscout.model_runtime.config import ModelArgs
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
-from deepscout.model_runtime.models.weight_names import to_hf_state_dict
+from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.weights.weight_names import to_hf_state_dict
 
 RELATIVE_TOLERANCE = 1e-4
 

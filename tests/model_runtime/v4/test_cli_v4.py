@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from deepscout.cli import app
-from deepscout.model_runtime.checkpoint_run import greedy_generate
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
-from deepscout.model_runtime.synthetic_checkpoint import make_synthetic_checkpoint
+from deepscout.model_runtime.v4.checkpoint_run import greedy_generate
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.weights.synthetic import make_synthetic_checkpoint
 
 runner = CliRunner()
 

@@ -10,10 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepscout.model_runtime.config import ModelConfigError
-from deepscout.model_runtime.loader import load_model
-from deepscout.model_runtime.synthetic_checkpoint import make_synthetic_checkpoint
-from deepscout.model_runtime.weights.errors import (
+from deepscout.model_runtime.v4.model_config import ModelConfigError
+from deepscout.model_runtime.v4.weights.checkpoint_errors import (
     CheckpointError,
     CheckpointNotFoundError,
     MissingShardError,
@@ -22,7 +20,9 @@ from deepscout.model_runtime.weights.errors import (
     TensorShapeError,
     UnexpectedTensorsError,
 )
-from deepscout.model_runtime.weights.safetensors_stream import INDEX_FILE, ShardedSafetensors
+from deepscout.model_runtime.v4.weights.loader import load_model
+from deepscout.model_runtime.v4.weights.safetensors_stream import INDEX_FILE, ShardedSafetensors
+from deepscout.model_runtime.v4.weights.synthetic import make_synthetic_checkpoint
 
 
 @pytest.fixture(scope="module")

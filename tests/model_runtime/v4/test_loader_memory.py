@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
-from deepscout.model_runtime.synthetic_checkpoint import flash_shaped_small, write_checkpoint
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.weights.synthetic import flash_shaped_small, write_checkpoint
 
 MIB = 1 << 20
 # allocator and interpreter noise allowed beyond the model and two copies of the largest dequantised tensor
@@ -23,9 +23,9 @@ SLACK = 8 * MIB
 _MEASURE = r"""
 import json, re, sys
 import torch
-from deepscout.model_runtime.config import ModelArgs
-from deepscout.model_runtime.loader import allocate_model, load_weights
-from deepscout.model_runtime.weights.checkpoint import Checkpoint
+from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.weights.loader import allocate_model, load_weights
+from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint
 
 def status(key):
     text = open("/proc/self/status").read()

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from deepscout.model_runtime.weights.quant import (
+from deepscout.model_runtime.v4.weights.quant import (
     FP8_BLOCK,
     QuantizedTensor,
     decode_scales,

@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from deepscout.model_runtime.config import ModelArgs
-from deepscout.model_runtime.loader import load_model
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
-from deepscout.model_runtime.synthetic_checkpoint import flash_shaped_small, make_synthetic_checkpoint
-from deepscout.model_runtime.weights.checkpoint import Checkpoint
-from deepscout.model_runtime.weights.quant import QuantizedTensor
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint
+from deepscout.model_runtime.v4.weights.loader import load_model
+from deepscout.model_runtime.v4.weights.quant import QuantizedTensor
+from deepscout.model_runtime.v4.weights.synthetic import flash_shaped_small, make_synthetic_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_transformers_loads_the_same_checkpoint_to_the_same_weights_and_logits(
     import transformers
     from transformers import DeepseekV4ForCausalLM, FineGrainedFP8Config
 
-    from deepscout.model_runtime.models.weight_names import is_mtp, to_hf_state_dict
+    from deepscout.model_runtime.v4.weights.weight_names import is_mtp, to_hf_state_dict
 
     directory, _ = written
     transformers.logging.set_verbosity_error()

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepscout.model_runtime.loader import load_model
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
-from deepscout.model_runtime.synthetic_checkpoint import flash_shaped_small, make_synthetic_checkpoint
-from deepscout.model_runtime.weights.checkpoint import Checkpoint
-from deepscout.model_runtime.weights.safetensors_stream import INDEX_FILE, ShardedSafetensors
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint
+from deepscout.model_runtime.v4.weights.loader import load_model
+from deepscout.model_runtime.v4.weights.safetensors_stream import INDEX_FILE, ShardedSafetensors
+from deepscout.model_runtime.v4.weights.synthetic import flash_shaped_small, make_synthetic_checkpoint
 
 
 def test_headers_describe_every_dtype_and_reads_return_the_stored_values(tmp_path: Path) -> None:

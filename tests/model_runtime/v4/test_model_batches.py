@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.cache.protocol import LayerKind
-from deepscout.model_runtime.config import tiny
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model, ForwardInputError
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model, ForwardInputError
+from deepscout.model_runtime.v4.model_config import LayerKind, tiny
 
 S, C, H = LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA
 ARGS = tiny((S, C, H, C), num_hash_layers=1)

@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepscout.model_runtime.cache.protocol import LayerKind
-from deepscout.model_runtime.config import tiny
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import LayerKind, tiny
 
 S, C, H = LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA
 SCHEDULES = [(S, S), (C, C), (H, H), (S, C, H, C)]

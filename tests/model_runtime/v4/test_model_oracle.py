@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.cache.protocol import LayerKind
-from deepscout.model_runtime.config import ModelArgs, tiny
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, tiny
 
 S, C, H = LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA
 

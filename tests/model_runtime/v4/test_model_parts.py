@@ -8,11 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepscout.model_runtime.cache.contiguous import CacheUsageError, ContiguousLayerCache
-from deepscout.model_runtime.cache.protocol import CompressorTail, LayerCache, LayerKind, SequenceCache
-from deepscout.model_runtime.config import ModelArgs, ModelConfigError, YarnScaling, flash_shaped, tiny
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model, Gate, rope_inv_freq
-from deepscout.model_runtime.models.weight_names import (
+from deepscout.model_runtime.v4.cache.contiguous import CacheUsageError, ContiguousLayerCache
+from deepscout.model_runtime.v4.cache.protocol import CompressorTail, LayerCache, SequenceCache
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model, Gate, rope_inv_freq
+from deepscout.model_runtime.v4.model_config import (
+    LayerKind,
+    ModelArgs,
+    ModelConfigError,
+    YarnScaling,
+    flash_shaped,
+    tiny,
+)
+from deepscout.model_runtime.v4.weights.weight_names import (
     UnknownWeightNameError,
     from_hf_state_dict,
     hf_name,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel
-from deepscout.model_runtime.backends.v4_runtime import V4BackendSettings, V4Runtime, load_runtime
+from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel
+from deepscout.model_runtime.v4.runtime import V4Runtime, load_runtime
+from deepscout.settings import V4Settings
 
 
 @pytest.fixture(scope="session")
 def tiny_runtime() -> V4Runtime:
-    return load_runtime("random-tiny", V4BackendSettings())
+    return load_runtime("random-tiny", V4Settings())
 
 
 @pytest.fixture

@@ -20,16 +20,16 @@ from langchain_core.messages import (
 from langchain_core.tools import tool
 from pydantic import BaseModel
 
-from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel, ToolCallOutputError
-from deepscout.model_runtime.backends.v4_runtime import GenerationOutcome, V4Runtime
 from deepscout.model_runtime.chat import (
     GenerationCancelled,
     GenerationDeadlineExceeded,
     ModelNotFetchedError,
     load_chat_model,
 )
-from deepscout.model_runtime.encoding.conversions import turns_from_langchain
-from deepscout.model_runtime.encoding.deepseek_v4 import ThinkMaxContextError, render_prompt
+from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel, ToolCallOutputError
+from deepscout.model_runtime.v4.chat_format.conversions import turns_from_langchain
+from deepscout.model_runtime.v4.chat_format.render import ThinkMaxContextError, render_prompt
+from deepscout.model_runtime.v4.runtime import GenerationOutcome, V4Runtime
 from deepscout.settings import Settings
 
 D = "｜DSML｜"

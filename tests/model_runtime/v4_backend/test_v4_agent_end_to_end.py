@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from deepscout.agent.api import research
-from deepscout.agent.settings import AgentSettings, Budgets
-from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel
-from deepscout.model_runtime.backends.v4_runtime import V4Runtime
+from deepscout.agent.options import AgentSettings, Budgets
+from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel
+from deepscout.model_runtime.v4.runtime import V4Runtime
 from deepscout.settings import Settings
 
 DOCUMENTS = [

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from deepscout.model_runtime.backends.embedded_v4 import EmbeddedV4ChatModel
-from deepscout.model_runtime.backends.v4_runtime import random_tiny_args
 from deepscout.model_runtime.chat import load_chat_model
-from deepscout.model_runtime.encoding.tokenizer import load_v4_tokenizer
-from deepscout.model_runtime.models.deepseek_v4 import DeepseekV4Model
-from deepscout.model_runtime.synthetic_checkpoint import write_checkpoint
+from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel
+from deepscout.model_runtime.v4.chat_format.tokenizer import load_v4_tokenizer
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.runtime import random_tiny_args
+from deepscout.model_runtime.v4.weights.synthetic import write_checkpoint
 from deepscout.settings import Settings
 
 

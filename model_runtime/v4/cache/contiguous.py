@@ -1,0 +1,160 @@
+"""A plain contiguous implementation of the cache protocol: growable tensors per layer (tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail, WindowView
+from deepscout.model_runtime.v4.model_config import LayerKind
+
+
+class CacheUsageError(ValueError):
+    """A cache method was called in a way the protocol does not allow."""
+
+
+class _GrowableRows:
+    """Append-only `[n, dim]` rows in one tensor whose capacity doubles when full."""
+
+    def __init__(self, dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        self._data = torch.empty(0, dim, dtype=dtype, device=device)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, rows: torch.Tensor) -> None:
+        n = rows.shape[0]
+        if self._size + n > self._data.shape[0]:
+            capacity = max(16, 2 * self._data.shape[0], self._size + n)
+            grown = self._data.new_empty(capacity, self._data.shape[1])
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size : self._size + n] = rows
+        self._size += n
+
+    def view(self) -> torch.Tensor:
+        return self._data[: self._size]
+
+
+class ContiguousLayerCache:
+    """One sequence's cache for one layer, stored contiguously in `dtype` on `device`."""
+
+    def __init__(
+        self,
+        kind: LayerKind,
+        *,
+        head_dim: int,
+        index_head_dim: int,
+        sliding_window: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self._kind = kind
+        self._window = sliding_window
+        self._dtype = dtype
+        device = torch.device(device)
+        self._window_kv = torch.empty(0, head_dim, dtype=dtype, device=device)
+        self._window_pos = torch.empty(0, dtype=torch.long, device=device)
+        self._tails: dict[str, CompressorTail] = {}
+        self._entries: dict[str, _GrowableRows] = {}
+        if kind is not LayerKind.SLIDING:
+            self._entries["main"] = _GrowableRows(head_dim, dtype, device)
+        if kind is LayerKind.CSA:
+            self._entries["indexer"] = _GrowableRows(index_head_dim, dtype, device)
+
+    @property
+    def kind(self) -> LayerKind:
+        return self._kind
+
+    def read_window(self) -> WindowView:
+        return WindowView(self._window_kv, self._window_pos)
+
+    def write_window(self, kv: torch.Tensor, positions: torch.Tensor) -> None:
+        if positions.numel() and self._window_pos.numel() and positions[0] <= self._window_pos[-1]:
+            raise CacheUsageError("window positions must increase; got a position at or before the last one")
+        self._window_kv = torch.cat([self._window_kv, kv.to(self._dtype)])[-self._window :]
+        self._window_pos = torch.cat([self._window_pos, positions])[-self._window :]
+
+    def read_tail(self, name: CompressorName) -> CompressorTail | None:
+        self._entries_of(name)
+        return self._tails.get(name)
+
+    def write_tail(self, name: CompressorName, tail: CompressorTail) -> None:
+        self._entries_of(name)
+        self._tails[name] = CompressorTail(
+            kv=tail.kv.to(self._dtype),
+            gate=tail.gate.to(self._dtype),
+            overlap_kv=None if tail.overlap_kv is None else tail.overlap_kv.to(self._dtype),
+            overlap_gate=None if tail.overlap_gate is None else tail.overlap_gate.to(self._dtype),
+        )
+
+    def num_entries(self, name: CompressorName) -> int:
+        return len(self._entries_of(name))
+
+    def append_entries(self, name: CompressorName, entries: torch.Tensor) -> None:
+        self._entries_of(name).append(entries.to(self._dtype))
+
+    def gather_entries(self, name: CompressorName, indices: torch.Tensor) -> torch.Tensor:
+        rows = self._entries_of(name).view()
+        return rows[indices]
+
+    def all_entries(self, name: CompressorName) -> torch.Tensor:
+        return self._entries_of(name).view()
+
+    def _entries_of(self, name: CompressorName) -> _GrowableRows:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise CacheUsageError(f"a {self._kind.value} layer has no {name!r} compressor") from None
+
+    def nbytes(self) -> int:
+        """Bytes held by this layer's tensors (window, tails, entries at their current size)."""
+        total = self._window_kv.nbytes + self._window_pos.nbytes
+        for tail in self._tails.values():
+            for t in (tail.kv, tail.gate, tail.overlap_kv, tail.overlap_gate):
+                total += 0 if t is None else t.nbytes
+        return total + sum(rows.view().nbytes for rows in self._entries.values())
+
+
+class ContiguousSequenceCache:
+    """One sequence's cache: a `ContiguousLayerCache` per attention layer (main layers, then MTP layers)."""
+
+    def __init__(
+        self,
+        layer_kinds: Sequence[LayerKind],
+        *,
+        head_dim: int,
+        index_head_dim: int,
+        sliding_window: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self._layers = [
+            ContiguousLayerCache(
+                kind,
+                head_dim=head_dim,
+                index_head_dim=index_head_dim,
+                sliding_window=sliding_window,
+                dtype=dtype,
+                device=device,
+            )
+            for kind in layer_kinds
+        ]
+        self._num_tokens = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self._num_tokens
+
+    def layer(self, index: int) -> ContiguousLayerCache:
+        return self._layers[index]
+
+    def advance(self, n: int) -> None:
+        if n < 0:
+            raise CacheUsageError(f"cannot advance by a negative count ({n})")
+        self._num_tokens += n
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self._layers)

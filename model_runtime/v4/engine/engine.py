@@ -1,0 +1,206 @@
+"""The DeepSeek-V4 inference engine: requests in, tokens out, over the heterogeneous paged KV cache.
+
+Public API (the only entry points):
+
+    from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+
+    engine = Engine(model, EngineConfig(kv_dtype="float32", num_blocks=1024, prefill_chunk=512))
+    rid = engine.add_request(GenerationRequest(
+        prompt_ids=[...],                 # the whole prompt (a session turn: the whole conversation so far)
+        max_new_tokens=256,
+        sampling=SamplingParams(temperature=0.0, top_p=1.0, seed=0, logprobs=False,
+                                logits_processor=None),   # per-row hook, e.g. a grammar mask
+        stop_token_ids=[eos_id],
+        deadline=time.monotonic() + 30,  # optional; honoured between steps
+        cancel=threading.Event(),        # optional; honoured between steps (or engine.cancel(rid))
+        session_id="chat-42",            # optional; append-only conversation kept between turns
+        return_prompt_logits=False,      # optional; float32 logits of the prefilled positions
+    ))
+    while engine.has_unfinished():
+        for out in engine.step():        # list[RequestOutput]: requests that produced tokens or finished
+            out.request_id, out.new_token_ids, out.token_ids, out.logprobs,
+            out.finished, out.finish_reason,  # FinishReason.STOP | LENGTH | CANCELLED | DEADLINE
+            out.prompt_tokens, out.reused_tokens, out.prefilled_tokens, out.preemptions
+    outputs = engine.generate([request, ...])   # runs steps until these finish; outputs in request order
+    engine.cancel(rid)
+
+`add_request` validates (RequestError) and raises `CapacityError` when a prompt can never fit the pool.
+One step runs one forward over a packed ragged batch: every decoding sequence gets one token, the rest of
+the step's token budget goes to prefill chunks (`prefill_chunk`, ending on 128-token block boundaries so
+state snapshots can be taken there). When the block pool runs out, `pool_policy="queue"` admits a request
+only once blocks for its prompt + max_new_tokens are free; `"preempt"` allocates as it goes and, when
+needed, preempts the most recently admitted sequence (its cache freed) and recomputes it later — sampling is
+seeded per position, so its output is unchanged.
+
+Sessions: a request with `session_id` keeps its sequence (state slot + blocks) when it finishes; the next
+request of the session whose prompt extends the tokens already processed prefills only the new tokens.
+Otherwise the prefix cache (chained hashes of full 128-token blocks, tokens verified) plus a state snapshot
+at a block boundary gives the longest reusable prefix; sequences sharing a prefix share its blocks. Idle
+sessions beyond `max_idle_sessions` are evicted LRU; with `spill_dir` their blocks and the state checkpoint
+at their last snapshot boundary go to disk and come back on the session's next turn.
+
+Counters for a chat backend: prompt_tokens = len(prompt); reused_tokens = taken from a session, the prefix
+cache or disk; prefilled_tokens = run through the model as prompt (= prompt_tokens - reused_tokens unless
+the request was preempted and recomputed). The engine is single-threaded: call it from one thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence as Seq
+
+import torch
+
+from deepscout.errors import DeepscoutError
+from deepscout.model_runtime.v4.engine.cache_manager import CacheManager
+from deepscout.model_runtime.v4.engine.engine_config import EngineConfig
+from deepscout.model_runtime.v4.engine.model_runner import ModelRunner
+from deepscout.model_runtime.v4.engine.prefix_cache import HashFn, chain_hash
+from deepscout.model_runtime.v4.engine.request import FinishReason, GenerationRequest, RequestOutput
+from deepscout.model_runtime.v4.engine.sampling import sample
+from deepscout.model_runtime.v4.engine.scheduler import Chunk, Scheduler
+from deepscout.model_runtime.v4.engine.sequence import Sequence, SequenceStatus
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+
+
+class CapacityError(DeepscoutError, ValueError):
+    """A request can never fit the KV block pool; shorten it or raise EngineConfig.num_blocks."""
+
+
+class UnknownRequestError(DeepscoutError, KeyError):
+    """No request with this id is known to the engine."""
+
+
+class Engine:
+    """Continuous-batching generation with DeepSeek-V4 over the heterogeneous paged KV cache."""
+
+    def __init__(self, model: DeepseekV4Model, config: EngineConfig, *, hash_fn: HashFn = chain_hash) -> None:
+        device = model.embed.weight.device
+        if device != torch.device(config.device):
+            raise ValueError(
+                f"the model is on {device} but EngineConfig.device is {config.device!r}; make them agree"
+            )
+        self.model = model.eval()
+        self.config = config
+        self.caches = CacheManager(model.args, config, hash_fn=hash_fn)
+        self.scheduler = Scheduler(config, self.caches)
+        self.runner = ModelRunner(model)
+        self._ids = itertools.count()
+        self._sequences: dict[str, Sequence] = {}
+        self._finished_unreported: list[Sequence] = []
+        self.steps = 0
+        self.forward_tokens = 0
+
+    # ------------------------------------------------------------------ public API
+    def add_request(self, request: GenerationRequest) -> str:
+        """Queue a request; returns its id."""
+        request.validate(self.model.args.vocab_size)
+        needed = self.caches.blocks.blocks_for(len(request.prompt_ids) + request.max_new_tokens)
+        if needed > self.config.num_blocks:
+            raise CapacityError(
+                f"prompt + max_new_tokens = {len(request.prompt_ids) + request.max_new_tokens} tokens need "
+                f"{needed} KV blocks; the pool has {self.config.num_blocks} (EngineConfig.num_blocks)"
+            )
+        arrival = next(self._ids)
+        request_id = f"req-{arrival}"
+        seq = Sequence(request_id, request, arrival, [int(t) for t in request.prompt_ids])
+        self._sequences[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request before the next step (its output reports FinishReason.CANCELLED)."""
+        seq = self._sequences.get(request_id)
+        if seq is None:
+            raise UnknownRequestError(request_id)
+        if not seq.finished:
+            self._finish(seq, FinishReason.CANCELLED)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work() or bool(self._finished_unreported)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one forward; returns the requests that produced tokens or finished in it."""
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            reason = _stop_reason(seq)
+            if reason is not None:
+                self._finish(seq, reason)
+        reported = self._finished_unreported
+        self._finished_unreported = []
+        chunks = self.scheduler.schedule()
+        if chunks:
+            self._run(chunks)
+        touched = {id(s): s for s in reported}
+        for chunk in chunks:
+            if chunk.seq.new_tokens or chunk.seq.finished:
+                touched[id(chunk.seq)] = chunk.seq
+        outputs = [s.to_output() for s in touched.values()]
+        for seq in touched.values():
+            seq.new_tokens = []
+            if seq.finished:
+                self._sequences.pop(seq.request_id, None)
+        return outputs
+
+    def generate(self, requests: Seq[GenerationRequest]) -> list[RequestOutput]:
+        """Add the requests and step until all of them finish; final outputs in request order."""
+        ids = [self.add_request(r) for r in requests]
+        final: dict[str, RequestOutput] = {}
+        while len(final) < len(ids):
+            for out in self.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[i] for i in ids if i in final]
+
+    # ------------------------------------------------------------------ internals
+    def _run(self, chunks: list[Chunk]) -> None:
+        logits = self.runner.run(chunks)
+        self.steps += 1
+        self.forward_tokens += sum(c.length for c in chunks)
+        sampling: list[tuple[Sequence, torch.Tensor]] = []
+        for chunk, sample_logits, prompt_logits in zip(chunks, logits.sample, logits.prompt, strict=True):
+            seq = chunk.seq
+            if chunk.length > 1 or not seq.output or chunk.start < len(seq.prompt):
+                seq.prefilled_tokens += chunk.length
+            if prompt_logits is not None:
+                seq.prompt_logits.append(prompt_logits)
+                seq.prompt_logits_upto = min(chunk.start + chunk.length, len(seq.prompt))
+            self.caches.after_forward(seq)
+            if sample_logits is not None:
+                processor = seq.request.sampling.logits_processor
+                if processor is not None:
+                    sample_logits = processor(list(seq.output), sample_logits)
+                sampling.append((seq, sample_logits))
+        if not sampling:
+            return
+        seqs = [s for s, _ in sampling]
+        tokens, logprobs = sample(
+            torch.stack([lg for _, lg in sampling]),
+            [s.request.sampling for s in seqs],
+            [len(s.tokens) for s in seqs],
+        )
+        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
+            seq.output.append(token)
+            seq.logprobs.append(logprob)
+            seq.new_tokens.append(token)
+            if token in seq.request.stop_token_ids:
+                self._finish(seq, FinishReason.STOP, report=False)
+            elif len(seq.output) >= seq.request.max_new_tokens:
+                self._finish(seq, FinishReason.LENGTH, report=False)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, *, report: bool = True) -> None:
+        self.scheduler.remove(seq)
+        self.caches.release(seq, keep_session=True)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        if report:
+            self._finished_unreported.append(seq)
+
+
+def _stop_reason(seq: Sequence) -> FinishReason | None:
+    request = seq.request
+    if request.cancel is not None and request.cancel.is_set():
+        return FinishReason.CANCELLED
+    if request.deadline is not None and time.monotonic() >= request.deadline:
+        return FinishReason.DEADLINE
+    return None

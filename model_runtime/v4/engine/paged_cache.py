@@ -1,0 +1,167 @@
+"""The paged implementation of the cache protocol: state from a `StatePool` slot, compressed entries in
+`KVBlockPool` blocks named by the sequence's block table (logical block j -> physical block id).
+
+Entry `e` of a compressor with `P` entries per block lives in logical block `e // P` at offset `e % P`.
+Blocks are shared read-only between sequences with a common prefix: a sequence only ever appends entries
+past its processed tokens, i.e. into blocks it owns alone. The engine grows the block table before a
+forward (`CacheCapacityError` otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepscout.errors import DeepscoutError
+from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail, WindowView
+from deepscout.model_runtime.v4.engine.kv_pool import KVBlockPool
+from deepscout.model_runtime.v4.engine.state_cache import StatePool
+from deepscout.model_runtime.v4.model_config import LayerKind
+
+
+class CacheCapacityError(DeepscoutError, RuntimeError):
+    """Entries were appended past the sequence's allocated blocks (an engine bookkeeping bug)."""
+
+
+class PagedLayerCache:
+    """One sequence's view of one main attention layer."""
+
+    def __init__(self, seq: PagedSequenceCache, index: int, kind: LayerKind) -> None:
+        self._seq = seq
+        self._index = index
+        self._kind = kind
+        self._counts: dict[str, int] = {}
+        self._memo: dict[str, torch.Tensor] = {}
+        pool = seq.kv_pool
+        if kind is not LayerKind.SLIDING:
+            self._counts["main"] = 0
+        if kind is LayerKind.CSA:
+            self._counts["indexer"] = 0
+        self._per_block = pool.entries_per_block(kind) if kind is not LayerKind.SLIDING else 0
+        self.reset_counts(seq.num_tokens)
+
+    def reset_counts(self, num_tokens: int) -> None:
+        """Entries present after `num_tokens` tokens: exactly those whose window is complete."""
+        ratio = self._seq.kv_pool.args.ratio(self._kind)
+        for name in self._counts:
+            self._counts[name] = num_tokens // ratio
+        self._memo.clear()
+
+    @property
+    def kind(self) -> LayerKind:
+        return self._kind
+
+    def read_window(self) -> WindowView:
+        return self._seq.states.read_window(self._seq.slot, self._index)
+
+    def write_window(self, kv: torch.Tensor, positions: torch.Tensor) -> None:
+        self._seq.states.write_window(self._seq.slot, self._index, kv, positions)
+
+    def read_tail(self, name: CompressorName) -> CompressorTail | None:
+        self._count(name)
+        return self._seq.states.read_tail(self._seq.slot, self._index, name)
+
+    def write_tail(self, name: CompressorName, tail: CompressorTail) -> None:
+        self._count(name)
+        self._seq.states.write_tail(self._seq.slot, self._index, name, tail)
+
+    def num_entries(self, name: CompressorName) -> int:
+        return self._count(name)
+
+    def append_entries(self, name: CompressorName, entries: torch.Tensor) -> None:
+        n = entries.shape[0]
+        if n == 0:
+            return
+        first = self._count(name)
+        index = torch.arange(first, first + n)
+        blocks, offsets = self._locate(index)
+        self._seq.kv_pool.storage(self._index, name).write(blocks, offsets, entries)
+        self._counts[name] = first + n
+        self._memo.pop(name, None)
+
+    def gather_entries(self, name: CompressorName, indices: torch.Tensor) -> torch.Tensor:
+        count = self._count(name)
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= count):
+            raise IndexError(f"entry index out of range [0, {count}) for {name!r}")
+        blocks, offsets = self._locate(indices.cpu())
+        return self._seq.kv_pool.storage(self._index, name).read(blocks, offsets)
+
+    def all_entries(self, name: CompressorName) -> torch.Tensor:
+        """All entries in order; the gathered copy is kept until the next append (the model reads it once
+        per query block)."""
+        count = self._count(name)
+        memo = self._memo.get(name)
+        if memo is None or memo.shape[0] != count:
+            blocks, offsets = self._locate(torch.arange(count))
+            memo = self._seq.kv_pool.storage(self._index, name).read(blocks, offsets)
+            self._memo[name] = memo
+        return memo
+
+    def _locate(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logical = index // self._per_block
+        table = self._seq.block_table_tensor()
+        if index.numel() and int(logical.max()) >= table.shape[0]:
+            raise CacheCapacityError(
+                f"entry {int(index.max())} needs logical block {int(logical.max())}, "
+                f"but only {table.shape[0]} blocks are allocated"
+            )
+        device = self._seq.kv_pool.device
+        return table[logical].to(device), (index % self._per_block).to(device)
+
+    def _count(self, name: CompressorName) -> int:
+        try:
+            return self._counts[name]
+        except KeyError:
+            raise ValueError(f"a {self._kind.value} layer has no {name!r} compressor") from None
+
+
+class PagedSequenceCache:
+    """One sequence's cache: a state slot, a block table, and the processed-token count."""
+
+    def __init__(
+        self,
+        kv_pool: KVBlockPool,
+        states: StatePool,
+        slot: int,
+        block_table: list[int] | None = None,
+        num_tokens: int = 0,
+    ) -> None:
+        self.kv_pool = kv_pool
+        self.states = states
+        self.slot = slot
+        self.block_table: list[int] = list(block_table or [])
+        self._num_tokens = num_tokens
+        self._table_tensor: torch.Tensor | None = None
+        self.registered_blocks = 0  # leading full blocks already offered to the prefix cache
+        self._layers = [PagedLayerCache(self, i, kind) for i, kind in enumerate(kv_pool.layer_kinds)]
+
+    @property
+    def num_tokens(self) -> int:
+        return self._num_tokens
+
+    def layer(self, index: int) -> PagedLayerCache:
+        if not 0 <= index < len(self._layers):
+            raise IndexError(
+                f"the paged cache covers the {len(self._layers)} main layers; layer {index} "
+                "(an MTP layer?) is not cached by the engine"
+            )
+        return self._layers[index]
+
+    def advance(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"cannot advance by a negative count ({n})")
+        self._num_tokens += n
+
+    def set_position(self, num_tokens: int) -> None:
+        """Jump to `num_tokens` processed tokens (after restoring a snapshot taken there)."""
+        self._num_tokens = num_tokens
+        for layer in self._layers:
+            layer.reset_counts(num_tokens)
+
+    def extend_blocks(self, blocks: list[int]) -> None:
+        self.block_table.extend(blocks)
+        self._table_tensor = None
+
+    def block_table_tensor(self) -> torch.Tensor:
+        if self._table_tensor is None or self._table_tensor.shape[0] != len(self.block_table):
+            self._table_tensor = torch.tensor(self.block_table, dtype=torch.long)
+        return self._table_tensor

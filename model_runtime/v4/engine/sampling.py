@@ -1,0 +1,52 @@
+"""Token sampling on the logits' device: greedy, or temperature + top-p with per-position seeds.
+
+Sampled rows use the exponential-race form of categorical sampling (argmax of p / E, E ~ Exp(1)), with the
+noise drawn from a generator seeded by (request seed, position): the same request at the same position
+always draws the same token, which keeps outputs identical when a preempted sequence is recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from deepscout.model_runtime.v4.engine.request import SamplingParams
+
+_SEED_STRIDE = 1_000_003
+
+
+def top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Zero the tail of each row outside its nucleus (the smallest set of most likely tokens with mass
+    >= top_p; the most likely token is always kept); rows renormalised. `probs` `[B, V]`, `top_p` `[B]`."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(before >= top_p[:, None], 0.0)
+    filtered = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+def sample(
+    logits: torch.Tensor, params: Sequence[SamplingParams], positions: Sequence[int]
+) -> tuple[list[int], list[float]]:
+    """One token per row of `logits` `[B, V]` (float32) and its log-probability under the model's
+    (untempered) distribution. `positions[i]` is the position the sampled token will take."""
+    device = logits.device
+    greedy = torch.tensor([p.temperature == 0 for p in params], device=device)
+    chosen = logits.argmax(dim=-1)
+    if not bool(greedy.all()):
+        temps = torch.tensor([p.temperature or 1.0 for p in params], device=device, dtype=logits.dtype)
+        probs = (logits / temps[:, None]).softmax(dim=-1)
+        top_p = torch.tensor([p.top_p for p in params], device=device, dtype=logits.dtype)
+        probs = top_p_filter(probs, top_p)
+        noise = torch.empty_like(probs)
+        for row, (p, pos) in enumerate(zip(params, positions, strict=True)):
+            if p.temperature > 0:
+                gen = torch.Generator(device=device).manual_seed(p.seed * _SEED_STRIDE + pos)
+                noise[row].exponential_(generator=gen)
+            else:
+                noise[row] = 1.0
+        sampled = (probs / noise).argmax(dim=-1)
+        chosen = torch.where(greedy, chosen, sampled)
+    logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None]).squeeze(1)
+    return chosen.tolist(), logprobs.tolist()

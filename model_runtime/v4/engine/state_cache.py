@@ -1,0 +1,298 @@
+"""The fixed-size per-sequence state: a preallocated pool of slots, and snapshots of it for prefix reuse.
+
+A slot holds, per main attention layer: the sliding-window ring (`[window, head_dim]` raw KV + positions),
+and per compressor the uncompressed tail (< ratio tokens of raw projections and gate logits) plus, on CSA,
+the overlap state (the Ca half of the last complete window). Its size does not depend on context length.
+
+A `StateSnapshot` copies a slot at a block boundary (tails are empty there, so it is mostly the windows);
+`SnapshotStore` keeps snapshots under a memory budget (LRU) so a later sequence with the same prefix can
+restore the state and reuse the prefix's blocks instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from deepscout.errors import DeepscoutError
+from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail, WindowView
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs
+
+
+class StatePoolExhausted(DeepscoutError, RuntimeError):
+    """Every state slot is held by a running sequence or a session; raise EngineConfig.num_state_slots."""
+
+
+@dataclass
+class _TailMeta:
+    length: int = 0
+    written: bool = False
+    has_overlap: bool = False
+
+
+@dataclass
+class _LayerMeta:
+    window_len: int = 0
+    window_head: int = 0  # ring index of the oldest entry
+    tails: dict[str, _TailMeta] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _TailTensors:
+    kv: torch.Tensor  # [slots, ratio, width]
+    gate: torch.Tensor
+    overlap_kv: torch.Tensor | None  # [slots, ratio, dim] (CSA only)
+    overlap_gate: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _LayerState:
+    window_kv: torch.Tensor  # [slots, window, head_dim]
+    window_pos: torch.Tensor  # [slots, window] int64
+    tails: dict[str, _TailTensors]
+
+
+@dataclass(frozen=True)
+class LayerSnapshot:
+    window_kv: torch.Tensor
+    window_pos: torch.Tensor
+    tails: dict[str, CompressorTail | None]
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """A copy of one slot's state after `num_tokens` tokens."""
+
+    num_tokens: int
+    layers: tuple[LayerSnapshot, ...]
+
+    @property
+    def nbytes(self) -> int:
+        total = 0
+        for layer in self.layers:
+            total += layer.window_kv.nbytes + layer.window_pos.nbytes
+            for tail in layer.tails.values():
+                if tail is not None:
+                    for t in (tail.kv, tail.gate, tail.overlap_kv, tail.overlap_gate):
+                        total += 0 if t is None else t.nbytes
+        return total
+
+
+class StatePool:
+    """`num_slots` preallocated state slots for the model's main attention layers."""
+
+    def __init__(
+        self,
+        args: ModelArgs,
+        num_slots: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.num_slots = num_slots
+        self.window = args.sliding_window
+        self.dtype = dtype
+        dev = torch.device(device)
+        self._layers: list[_LayerState] = []
+        for kind in args.layer_types:
+            tails: dict[str, _TailTensors] = {}
+            if kind is not LayerKind.SLIDING:
+                tails["main"] = _tail_tensors(num_slots, args.ratio(kind), args.head_dim, kind, dtype, dev)
+            if kind is LayerKind.CSA:
+                tails["indexer"] = _tail_tensors(
+                    num_slots, args.csa_ratio, args.index_head_dim, kind, dtype, dev
+                )
+            self._layers.append(
+                _LayerState(
+                    window_kv=torch.zeros(num_slots, self.window, args.head_dim, dtype=dtype, device=dev),
+                    window_pos=torch.zeros(num_slots, self.window, dtype=torch.long, device=dev),
+                    tails=tails,
+                )
+            )
+        self._meta: list[list[_LayerMeta]] = [self._fresh_meta() for _ in range(num_slots)]
+        self._free = list(range(num_slots - 1, -1, -1))
+
+    def _fresh_meta(self) -> list[_LayerMeta]:
+        return [_LayerMeta(tails={name: _TailMeta() for name in layer.tails}) for layer in self._layers]
+
+    # ------------------------------------------------------------------ slots
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self) -> int:
+        """A cleared slot."""
+        if not self._free:
+            raise StatePoolExhausted(f"all {self.num_slots} state slots are in use")
+        slot = self._free.pop()
+        self._meta[slot] = self._fresh_meta()
+        return slot
+
+    def free(self, slot: int) -> None:
+        if slot in self._free:
+            raise ValueError(f"state slot {slot} is already free")
+        self._free.append(slot)
+
+    @property
+    def nbytes(self) -> int:
+        """Allocated bytes of the whole pool."""
+        total = 0
+        for layer in self._layers:
+            total += layer.window_kv.untyped_storage().nbytes() + layer.window_pos.untyped_storage().nbytes()
+            for tail in layer.tails.values():
+                for t in (tail.kv, tail.gate, tail.overlap_kv, tail.overlap_gate):
+                    total += 0 if t is None else t.untyped_storage().nbytes()
+        return total
+
+    @property
+    def slot_nbytes(self) -> int:
+        return self.nbytes // self.num_slots
+
+    # ------------------------------------------------------------------ window ring
+    def read_window(self, slot: int, layer: int) -> WindowView:
+        meta, state = self._meta[slot][layer], self._layers[layer]
+        order = (meta.window_head + torch.arange(meta.window_len)) % self.window
+        order = order.to(state.window_kv.device)
+        return WindowView(state.window_kv[slot, order], state.window_pos[slot, order])
+
+    def write_window(self, slot: int, layer: int, kv: torch.Tensor, positions: torch.Tensor) -> None:
+        meta, state = self._meta[slot][layer], self._layers[layer]
+        n = kv.shape[0]
+        if n == 0:
+            return
+        if n >= self.window:
+            state.window_kv[slot] = kv[-self.window :].to(self.dtype)
+            state.window_pos[slot] = positions[-self.window :]
+            meta.window_head, meta.window_len = 0, self.window
+            return
+        start = (meta.window_head + meta.window_len) % self.window
+        index = ((start + torch.arange(n)) % self.window).to(state.window_kv.device)
+        state.window_kv[slot, index] = kv.to(self.dtype)
+        state.window_pos[slot, index] = positions
+        overflow = max(0, meta.window_len + n - self.window)
+        meta.window_len = min(self.window, meta.window_len + n)
+        meta.window_head = (meta.window_head + overflow) % self.window
+
+    # ------------------------------------------------------------------ compressor tails
+    def read_tail(self, slot: int, layer: int, name: CompressorName) -> CompressorTail | None:
+        meta = self._tail_meta(slot, layer, name)
+        if not meta.written:
+            return None
+        t = self._layers[layer].tails[name]
+        overlap = meta.has_overlap and t.overlap_kv is not None and t.overlap_gate is not None
+        return CompressorTail(
+            kv=t.kv[slot, : meta.length],
+            gate=t.gate[slot, : meta.length],
+            overlap_kv=t.overlap_kv[slot] if overlap and t.overlap_kv is not None else None,
+            overlap_gate=t.overlap_gate[slot] if overlap and t.overlap_gate is not None else None,
+        )
+
+    def write_tail(self, slot: int, layer: int, name: CompressorName, tail: CompressorTail) -> None:
+        meta = self._tail_meta(slot, layer, name)
+        t = self._layers[layer].tails[name]
+        n = tail.kv.shape[0]
+        if n > t.kv.shape[1]:
+            raise ValueError(f"a compressor tail holds < ratio rows; got {n} for ratio {t.kv.shape[1]}")
+        t.kv[slot, :n] = tail.kv.to(self.dtype)
+        t.gate[slot, :n] = tail.gate.to(self.dtype)
+        meta.length, meta.written = n, True
+        meta.has_overlap = tail.overlap_kv is not None
+        if tail.overlap_kv is not None and tail.overlap_gate is not None:
+            if t.overlap_kv is None or t.overlap_gate is None:
+                raise ValueError("overlap state is only kept on CSA layers")
+            t.overlap_kv[slot] = tail.overlap_kv.to(self.dtype)
+            t.overlap_gate[slot] = tail.overlap_gate.to(self.dtype)
+
+    def _tail_meta(self, slot: int, layer: int, name: CompressorName) -> _TailMeta:
+        try:
+            return self._meta[slot][layer].tails[name]
+        except KeyError:
+            raise ValueError(f"layer {layer} has no {name!r} compressor") from None
+
+    # ------------------------------------------------------------------ snapshots
+    def capture(self, slot: int, num_tokens: int) -> StateSnapshot:
+        layers = []
+        for i, layer in enumerate(self._layers):
+            view = self.read_window(slot, i)
+            tails: dict[str, CompressorTail | None] = {}
+            for name in layer.tails:
+                tail = self.read_tail(slot, i, name)  # type: ignore[arg-type]
+                tails[name] = None if tail is None else _clone_tail(tail)
+            layers.append(LayerSnapshot(view.kv.clone(), view.positions.clone(), tails))
+        return StateSnapshot(num_tokens, tuple(layers))
+
+    def restore(self, slot: int, snapshot: StateSnapshot) -> None:
+        self._meta[slot] = self._fresh_meta()
+        dev = self._layers[0].window_kv.device if self._layers else torch.device("cpu")
+        for i, layer in enumerate(snapshot.layers):
+            self.write_window(slot, i, layer.window_kv.to(dev), layer.window_pos.to(dev))
+            for name, tail in layer.tails.items():
+                if tail is not None:
+                    self.write_tail(slot, i, name, _clone_tail(tail, dev))  # type: ignore[arg-type]
+
+
+def _tail_tensors(
+    slots: int, ratio: int, dim: int, kind: LayerKind, dtype: torch.dtype, device: torch.device
+) -> _TailTensors:
+    overlap = kind is LayerKind.CSA
+    width = (2 if overlap else 1) * dim
+    return _TailTensors(
+        kv=torch.zeros(slots, ratio, width, dtype=dtype, device=device),
+        gate=torch.zeros(slots, ratio, width, dtype=dtype, device=device),
+        overlap_kv=torch.zeros(slots, ratio, dim, dtype=dtype, device=device) if overlap else None,
+        overlap_gate=torch.zeros(slots, ratio, dim, dtype=dtype, device=device) if overlap else None,
+    )
+
+
+def _clone_tail(tail: CompressorTail, device: torch.device | None = None) -> CompressorTail:
+    def copy(t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if device is None else t.to(device, copy=True)
+
+    return CompressorTail(
+        kv=copy(tail.kv),
+        gate=copy(tail.gate),
+        overlap_kv=None if tail.overlap_kv is None else copy(tail.overlap_kv),
+        overlap_gate=None if tail.overlap_gate is None else copy(tail.overlap_gate),
+    )
+
+
+class SnapshotStore:
+    """State snapshots keyed by the registered block that ends at the snapshot's boundary; LRU under a
+    byte budget (a snapshot larger than the whole budget is not kept)."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._items: OrderedDict[int, StateSnapshot] = OrderedDict()
+        self.nbytes = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._items
+
+    def put(self, key: int, snapshot: StateSnapshot) -> bool:
+        size = snapshot.nbytes
+        if size > self.budget_bytes:
+            return False
+        self.discard(key)
+        while self.nbytes + size > self.budget_bytes:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= old.nbytes
+            self.dropped += 1
+        self._items[key] = snapshot
+        self.nbytes += size
+        return True
+
+    def get(self, key: int) -> StateSnapshot | None:
+        snap = self._items.get(key)
+        if snap is not None:
+            self._items.move_to_end(key)
+        return snap
+
+    def discard(self, key: int) -> None:
+        snap = self._items.pop(key, None)
+        if snap is not None:
+            self.nbytes -= snap.nbytes

@@ -1,0 +1,146 @@
+"""Load a DeepSeek-V4 checkpoint directory (official names, BF16/FP8/MXFP4) into our model, streaming.
+
+Every tensor the model holds (parameters and the persistent ``tid2eid`` tables) is matched by its official
+name, checked against the shape config.json implies and the kind of dtype it needs, then read from its
+shard through mmap, dequantised if stored as FP8/MXFP4, and copied into place; nothing else of the
+checkpoint is held in memory (see :mod:`deepscout.model_runtime.v4.weights.safetensors_stream`). All names,
+shapes and dtypes are checked before the first byte of tensor data is read, so a mismatched config fails
+in a second, not after minutes of loading.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deepscout.model_runtime.v4.model.transformer import AttnImpl, DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint, StoredWeight
+from deepscout.model_runtime.v4.weights.checkpoint_errors import (
+    MissingTensorsError,
+    TensorDtypeError,
+    TensorShapeError,
+    UnexpectedTensorsError,
+    dtype_name,
+)
+from deepscout.model_runtime.v4.weights.quant import QuantizedTensor
+
+#: Tensors the official code's state dict holds twice (each MTP block refers to the shared embedding and
+#: head), so a checkpoint may carry ``mtp.{k}.embed.weight`` / ``mtp.{k}.head.weight``. They are accepted
+#: (shape checked) and not read; the model uses the shared tensors.
+SHARED_ALIASES = (
+    (re.compile(r"mtp\.\d+\.embed\.weight"), "embed.weight"),
+    (re.compile(r"mtp\.\d+\.head\.weight"), "head.weight"),
+)
+
+
+def _alias_of(name: str) -> str | None:
+    return next((target for pattern, target in SHARED_ALIASES if pattern.fullmatch(name)), None)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a load read: tensor counts by stored format, bytes read from the shards, seconds taken."""
+
+    directory: Path
+    tensors: int
+    stored_bytes: int
+    formats: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def check_compatible(targets: dict[str, torch.Tensor], checkpoint: Checkpoint) -> None:
+    """Raise if the checkpoint's tensors do not fit the model exactly (names, shapes, dtype kinds)."""
+    stored = checkpoint.weights
+    missing = sorted(set(targets) - set(stored))
+    if missing:
+        raise MissingTensorsError(missing)
+    extra = sorted(set(stored) - set(targets))
+    aliases = {name: alias for name in extra if (alias := _alias_of(name)) in targets}
+    unexpected = [name for name in extra if name not in aliases]
+    if unexpected:
+        raise UnexpectedTensorsError(unexpected)
+    for name, target_name in aliases.items():
+        if stored[name].shape != tuple(targets[target_name].shape):
+            raise TensorShapeError(name, stored[name].shape, tuple(targets[target_name].shape))
+    for name, target in targets.items():
+        weight: StoredWeight = stored[name]
+        if weight.shape != tuple(target.shape):
+            raise TensorShapeError(name, weight.shape, tuple(target.shape))
+        if target.is_floating_point() and not weight.is_floating:
+            raise TensorDtypeError(
+                name, dtype_name(weight.data.dtype), ["bfloat16", "float32", "float8_e4m3fn + scale"],
+                why="the model holds a floating-point weight here",
+            )  # fmt: skip
+        if not target.is_floating_point() and weight.is_floating:
+            raise TensorDtypeError(
+                name, dtype_name(weight.data.dtype), ["int32", "int64"], why="it is an index table"
+            )
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
+    """Copy every checkpoint tensor into ``model`` (in each parameter's own dtype), one tensor at a time;
+    closes the checkpoint's mappings when done."""
+    start = time.perf_counter()
+    targets = dict(model.state_dict(keep_vars=True))
+    check_compatible(targets, checkpoint)
+    formats: Counter[str] = Counter()
+    stored_bytes = 0
+    with torch.no_grad():
+        for name, target in targets.items():
+            weight = checkpoint.weights[name]
+            value = checkpoint.read_stored(name)
+            if isinstance(value, QuantizedTensor):
+                target.copy_(value.dequantize(target.dtype))
+            else:
+                target.copy_(value)
+            del value
+            formats[weight.format if weight.format != "plain" else dtype_name(weight.data.dtype)] += 1
+            stored_bytes += weight.data.nbytes + (weight.scale.nbytes if weight.scale is not None else 0)
+    checkpoint.close()
+    return LoadReport(
+        directory=checkpoint.directory,
+        tensors=len(targets),
+        stored_bytes=stored_bytes,
+        formats=dict(sorted(formats.items())),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def load_model(
+    directory: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_impl: AttnImpl = "sparse",
+    release_after_bytes: int = 64 << 20,
+) -> tuple[DeepseekV4Model, LoadReport]:
+    """Build the model config.json describes and load its weights (dequantised to ``dtype``; norms, sinks,
+    biases and mHC parameters stay float32 as the model keeps them)."""
+    checkpoint = Checkpoint(directory, release_after_bytes=release_after_bytes)
+    model = allocate_model(ModelArgs.from_dict(checkpoint.config), dtype=dtype, attn_impl=attn_impl)
+    report = load_weights(model, checkpoint)
+    return model.eval(), report
+
+
+def allocate_model(
+    args: ModelArgs, *, dtype: torch.dtype = torch.float32, attn_impl: AttnImpl = "sparse"
+) -> DeepseekV4Model:
+    """The model with *uninitialised* parameters allocated once, directly in their final dtypes (no float32
+    detour, no random init); buffers computed from ``args`` as usual. Only for filling by ``load_weights``,
+    which refuses a checkpoint that does not cover every parameter."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        model = DeepseekV4Model(args, attn_impl=attn_impl)
+    model.cast(dtype)  # on the meta device: decides each parameter's dtype, allocates nothing
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            empty = torch.empty(param.shape, dtype=param.dtype)
+            module.register_parameter(name, nn.Parameter(empty, requires_grad=param.requires_grad))
+    return model
