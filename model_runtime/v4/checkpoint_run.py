@@ -15,7 +15,8 @@ import torch
 
 from deepscout.errors import DeepscoutError
 from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
-from deepscout.model_runtime.v4.model.transformer import AttnImpl, DeepseekV4Model
+from deepscout.model_runtime.v4.model.attention import AttnImpl
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs
 from deepscout.model_runtime.v4.weights.loader import LoadReport, load_model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NotRequired, TypedDict, Unpack
 
 import torch
 
@@ -36,6 +37,17 @@ class _GrowableRows:
 
     def view(self) -> torch.Tensor:
         return self._data[: self._size]
+
+
+class LayerLayout(TypedDict):
+    """The keyword arguments of `ContiguousLayerCache` besides its kind (defaults there);
+    `ContiguousSequenceCache` passes them to every layer."""
+
+    head_dim: int
+    index_head_dim: int
+    sliding_window: int
+    dtype: NotRequired[torch.dtype]
+    device: NotRequired[torch.device | str]
 
 
 class ContiguousLayerCache:
@@ -83,12 +95,7 @@ class ContiguousLayerCache:
 
     def write_tail(self, name: CompressorName, tail: CompressorTail) -> None:
         self._entries_of(name)
-        self._tails[name] = CompressorTail(
-            kv=tail.kv.to(self._dtype),
-            gate=tail.gate.to(self._dtype),
-            overlap_kv=None if tail.overlap_kv is None else tail.overlap_kv.to(self._dtype),
-            overlap_gate=None if tail.overlap_gate is None else tail.overlap_gate.to(self._dtype),
-        )
+        self._tails[name] = tail.map(lambda t: t.to(self._dtype))
 
     def num_entries(self, name: CompressorName) -> int:
         return len(self._entries_of(name))
@@ -112,36 +119,15 @@ class ContiguousLayerCache:
     def nbytes(self) -> int:
         """Bytes held by this layer's tensors (window, tails, entries at their current size)."""
         total = self._window_kv.nbytes + self._window_pos.nbytes
-        for tail in self._tails.values():
-            for t in (tail.kv, tail.gate, tail.overlap_kv, tail.overlap_gate):
-                total += 0 if t is None else t.nbytes
+        total += sum(t.nbytes for tail in self._tails.values() for t in tail.tensors())
         return total + sum(rows.view().nbytes for rows in self._entries.values())
 
 
 class ContiguousSequenceCache:
     """One sequence's cache: a `ContiguousLayerCache` per attention layer (main layers, then MTP layers)."""
 
-    def __init__(
-        self,
-        layer_kinds: Sequence[LayerKind],
-        *,
-        head_dim: int,
-        index_head_dim: int,
-        sliding_window: int,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self._layers = [
-            ContiguousLayerCache(
-                kind,
-                head_dim=head_dim,
-                index_head_dim=index_head_dim,
-                sliding_window=sliding_window,
-                dtype=dtype,
-                device=device,
-            )
-            for kind in layer_kinds
-        ]
+    def __init__(self, layer_kinds: Sequence[LayerKind], **layout: Unpack[LayerLayout]) -> None:
+        self._layers = [ContiguousLayerCache(kind, **layout) for kind in layer_kinds]
         self._num_tokens = 0
 
     @property

@@ -30,6 +30,7 @@ Stable since commit "cache protocol v1"; changes are named in commit messages.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -61,6 +62,19 @@ class CompressorTail:
     gate: torch.Tensor
     overlap_kv: torch.Tensor | None = None
     overlap_gate: torch.Tensor | None = None
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors held: `kv`, `gate`, then the overlap pair where present."""
+        return tuple(t for t in (self.kv, self.gate, self.overlap_kv, self.overlap_gate) if t is not None)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> CompressorTail:
+        """The same tail with `fn` applied to each tensor (absent overlap state stays absent)."""
+        return CompressorTail(
+            kv=fn(self.kv),
+            gate=fn(self.gate),
+            overlap_kv=None if self.overlap_kv is None else fn(self.overlap_kv),
+            overlap_gate=None if self.overlap_gate is None else fn(self.overlap_gate),
+        )
 
 
 @runtime_checkable

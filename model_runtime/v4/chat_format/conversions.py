@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from deepscout.model_runtime.chat.message_text import content_text
 from deepscout.model_runtime.chat.tool_spec import ToolSpec
 from deepscout.model_runtime.v4.chat_format.messages import (
     AssistantTurn,
@@ -24,35 +25,23 @@ REASONING_KEY = "reasoning_content"
 """Where an AIMessage keeps its reasoning (``additional_kwargs``), as the DeepSeek API names it."""
 
 
-def _text(content: str | Sequence[Any] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(
-        part if isinstance(part, str) else str(part.get("text", ""))
-        for part in content
-        if isinstance(part, str) or part.get("type") == "text"
-    )
-
-
 def turns_from_langchain(messages: Sequence[BaseMessage]) -> list[Turn]:
     """V4 turns of a LangChain conversation (reasoning from ``additional_kwargs['reasoning_content']``)."""
     turns: list[Turn] = []
     for message in messages:
         if isinstance(message, SystemMessage):
-            turns.append(SystemTurn(_text(message.content)))
+            turns.append(SystemTurn(content_text(message.content)))
         elif isinstance(message, HumanMessage):
-            turns.append(UserTurn(_text(message.content)))
+            turns.append(UserTurn(content_text(message.content)))
         elif isinstance(message, AIMessage):
             calls = tuple(
                 ToolCall(name=call["name"], arguments=dict(call["args"]), id=call.get("id") or "")
                 for call in message.tool_calls
             )
             reasoning = message.additional_kwargs.get(REASONING_KEY) or ""
-            turns.append(AssistantTurn(_text(message.content), str(reasoning), calls))
+            turns.append(AssistantTurn(content_text(message.content), str(reasoning), calls))
         elif isinstance(message, ToolMessage):
-            turns.append(ToolResultTurn(_text(message.content), tool_call_id=message.tool_call_id))
+            turns.append(ToolResultTurn(content_text(message.content), tool_call_id=message.tool_call_id))
         else:
             raise PromptEncodingError(
                 f"the V4 chat format has no place for a {type(message).__name__} ({message.type!r}); "
@@ -76,7 +65,7 @@ def turns_from_openai(messages: Sequence[Mapping[str, Any]]) -> list[Turn]:
     turns: list[Turn] = []
     for message in messages:
         role = message.get("role")
-        content = _text(message.get("content"))
+        content = content_text(message.get("content"))
         if role in ("system", "developer"):
             turns.append(SystemTurn(content))
         elif role == "user":

@@ -1,6 +1,6 @@
 """A Lark grammar (llguidance dialect) of a DSML tool-call block for a given tool set.
 
-Decoding under it makes a model write exactly what :func:`.deepseek_v4.render_tool_calls` writes: the
+Decoding under it makes a model write exactly what :func:`.render.render_tool_calls` writes: the
 block with one to ``max_calls`` invokes of the given tools, each parameter in schema order (required
 ones always, optional ones optionally), strings raw with ``string="true"`` (no ``<``, bounded length) and
 every other value as JSON valid for its schema with ``string="false"``. Used when a call is required.

@@ -13,7 +13,8 @@ Output grammar after the prompt's ``<think>`` (thinking) or ``</think>`` (chat):
 
 (whitespace between elements is free). Anything else inside a tool-call block, a DSML marker outside
 one, a ``string="false"`` value that is not JSON, a repeated parameter or a block left open at the end
-raises :class:`DSMLParseError` with the character offset where the text went wrong.
+raises :class:`DSMLParseError` with the character offset where the text went wrong. The events and the
+parsed turn are defined in :mod:`.completion_events`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal, NoReturn
 
 from deepscout.errors import DeepscoutError
-from deepscout.model_runtime.v4.chat_format.messages import AssistantTurn, ToolCall
+from deepscout.model_runtime.v4.chat_format.completion_events import (
+    ContentDelta,
+    ParsedCompletion,
+    ParseEvent,
+    ReasoningDelta,
+    ToolCallArgumentsDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+from deepscout.model_runtime.v4.chat_format.marker_prefix import could_become, held_suffix
+from deepscout.model_runtime.v4.chat_format.messages import ToolCall
 from deepscout.model_runtime.v4.chat_format.render import (
     INVOKE_CLOSE,
     INVOKE_OPEN,
@@ -53,73 +63,9 @@ class DSMLParseError(DeepscoutError, ValueError):
         super().__init__(f"malformed DeepSeek-V4 output at character {position}: {message}")
 
 
-@dataclass(frozen=True)
-class ReasoningDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class ContentDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolCallStarted:
-    index: int
-    id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class ToolCallArgumentsDelta:
-    """A fragment of the call's arguments as JSON text; the fragments of one call concatenate to it."""
-
-    index: int
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolCallFinished:
-    index: int
-    call: ToolCall
-
-
-ParseEvent = ReasoningDelta | ContentDelta | ToolCallStarted | ToolCallArgumentsDelta | ToolCallFinished
-
-
-@dataclass(frozen=True)
-class ParsedCompletion:
-    """One generated assistant turn."""
-
-    reasoning: str
-    content: str
-    tool_calls: tuple[ToolCall, ...]
-    reasoning_closed: bool
-    """False when thinking mode ended (end of text or EOS) before ``</think>``: there is no answer."""
-    ended_with_eos: bool
-
-    def to_turn(self) -> AssistantTurn:
-        return AssistantTurn(content=self.content, reasoning=self.reasoning, tool_calls=self.tool_calls)
-
-
 _Phase = Literal[
     "reasoning", "content", "between_invokes", "in_invoke", "in_parameter", "after_calls", "done"
 ]
-
-
-def _held_suffix(text: str, markers: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``markers``."""
-    longest = 0
-    for marker in markers:
-        for size in range(min(len(marker) - 1, len(text)), longest, -1):
-            if text.endswith(marker[:size]):
-                longest = size
-                break
-    return longest
-
-
-def _could_become(text: str, *markers: str) -> bool:
-    return any(marker.startswith(text) for marker in markers)
 
 
 def _default_call_id() -> str:
@@ -196,10 +142,29 @@ class CompletionParser:
         self._offset += size
         return taken
 
-    def _skip_whitespace(self) -> None:
+    def _skip_whitespace(self) -> str:
+        """Drop leading whitespace; returns what remains of the buffer."""
         stripped = self._buffer.lstrip()
         self._offset += len(self._buffer) - len(stripped)
         self._buffer = stripped
+        return stripped
+
+    def _take_marker(self, marker: str) -> bool:
+        """Consume ``marker`` when the buffer starts with it."""
+        if not self._buffer.startswith(marker):
+            return False
+        self._take(len(marker))
+        return True
+
+    def _enter(self, phase: _Phase) -> bool:
+        """Move to ``phase``; True, so a handler can return it as "progress made"."""
+        self._phase = phase
+        return True
+
+    def _end_of_sentence(self) -> bool:
+        """The end-of-sentence marker was consumed: nothing but whitespace may follow."""
+        self._ended_with_eos = True
+        return self._enter("done")
 
     def _emit_reasoning(self, events: list[ParseEvent], text: str) -> None:
         if text:
@@ -238,7 +203,7 @@ class CompletionParser:
         found = {marker: buffer.find(marker) for marker in markers}
         hits = {marker: at for marker, at in found.items() if at >= 0}
         if not hits:
-            keep = 0 if final else _held_suffix(buffer, markers)
+            keep = 0 if final else held_suffix(buffer, markers)
             self._emit_reasoning(events, self._take(len(buffer) - keep))
             return False
         marker, at = min(hits.items(), key=lambda hit: hit[1])
@@ -248,11 +213,8 @@ class CompletionParser:
         self._take(len(marker))
         if marker == THINK_END:
             self._reasoning_closed = True
-            self._phase = "content"
-        else:
-            self._ended_with_eos = True
-            self._phase = "done"
-        return True
+            return self._enter("content")
+        return self._end_of_sentence()
 
     def _in_content(self, events: list[ParseEvent], final: bool) -> bool:
         buffer = self._buffer
@@ -261,24 +223,21 @@ class CompletionParser:
         if eos_at >= 0 and (dsml_at < 0 or eos_at < dsml_at):
             self._emit_content(events, self._take(eos_at))
             self._take(len(EOS))
-            self._ended_with_eos = True
-            self._phase = "done"
-            return True
+            return self._end_of_sentence()
         if dsml_at >= 0:
             tag_at = dsml_at - 1
             if tag_at >= 0 and buffer.startswith(TOOL_CALLS_OPEN, tag_at):
                 text_end = self._content_end(tag_at)
                 self._emit_content(events, self._take(text_end))
                 self._take(tag_at - text_end + len(TOOL_CALLS_OPEN))
-                self._phase = "between_invokes"
-                return True
-            if tag_at >= 0 and _could_become(buffer[tag_at:], TOOL_CALLS_OPEN):
+                return self._enter("between_invokes")
+            if tag_at >= 0 and could_become(buffer[tag_at:], TOOL_CALLS_OPEN):
                 if final:
                     self._fail(f"the text ended inside an unfinished {TOOL_CALLS_OPEN} tag", at=tag_at)
                 self._emit_content(events, self._take(self._content_end(tag_at)))
                 return False
             self._fail(f"DSML markup outside a {TOOL_CALLS_OPEN} block", at=dsml_at)
-        keep = 0 if final else _held_suffix(buffer, _CONTENT_MARKERS if self._tool_calls else (EOS,))
+        keep = 0 if final else held_suffix(buffer, _CONTENT_MARKERS if self._tool_calls else (EOS,))
         self._emit_content(events, self._take(len(buffer) - keep))
         return False
 
@@ -289,14 +248,11 @@ class CompletionParser:
         return tag_at
 
     def _between_invokes(self, events: list[ParseEvent], final: bool) -> bool:
-        self._skip_whitespace()
-        buffer = self._buffer
+        buffer = self._skip_whitespace()
         if not buffer:
             return False
-        if buffer.startswith(TOOL_CALLS_CLOSE):
-            self._take(len(TOOL_CALLS_CLOSE))
-            self._phase = "after_calls"
-            return True
+        if self._take_marker(TOOL_CALLS_CLOSE):
+            return self._enter("after_calls")
         if buffer.startswith(INVOKE_OPEN):
             name_end = buffer.find('"', len(INVOKE_OPEN))
             if name_end < 0 or len(buffer) < name_end + 2:
@@ -311,25 +267,21 @@ class CompletionParser:
             self._arguments = {}
             events.append(ToolCallStarted(len(self._calls), self._call_id_current, name))
             self._emit_arguments(events, "{")
-            self._phase = "in_invoke"
-            return True
-        if not final and _could_become(buffer, TOOL_CALLS_CLOSE, INVOKE_OPEN):
+            return self._enter("in_invoke")
+        if not final and could_become(buffer, TOOL_CALLS_CLOSE, INVOKE_OPEN):
             return False
         self._fail(f'expected {INVOKE_OPEN}NAME"> or {TOOL_CALLS_CLOSE}, found {buffer[:40]!r}', at=0)
 
     def _in_invoke(self, events: list[ParseEvent], final: bool) -> bool:
-        self._skip_whitespace()
-        buffer = self._buffer
+        buffer = self._skip_whitespace()
         if not buffer:
             return False
-        if buffer.startswith(INVOKE_CLOSE):
-            self._take(len(INVOKE_CLOSE))
+        if self._take_marker(INVOKE_CLOSE):
             self._emit_arguments(events, "}")
             call = ToolCall(name=self._call_name, arguments=dict(self._arguments), id=self._call_id_current)
             events.append(ToolCallFinished(len(self._calls), call))
             self._calls.append(call)
-            self._phase = "between_invokes"
-            return True
+            return self._enter("between_invokes")
         if buffer.startswith(PARAMETER_OPEN):
             tag_end = buffer.find(">", len(PARAMETER_OPEN))
             if tag_end < 0:
@@ -349,9 +301,8 @@ class CompletionParser:
             separator = ", " if self._arguments else ""
             quote = '"' if self._parameter_is_string else ""
             self._emit_arguments(events, f"{separator}{json.dumps(name, ensure_ascii=False)}: {quote}")
-            self._phase = "in_parameter"
-            return True
-        if not final and _could_become(buffer, INVOKE_CLOSE, PARAMETER_OPEN):
+            return self._enter("in_parameter")
+        if not final and could_become(buffer, INVOKE_CLOSE, PARAMETER_OPEN):
             return False
         self._fail(
             f'expected {PARAMETER_OPEN}KEY" ...> or {INVOKE_CLOSE} in tool {self._call_name!r}, '
@@ -368,7 +319,7 @@ class CompletionParser:
                 f"end of sentence inside parameter {self._parameter_name!r} (no {PARAMETER_CLOSE})", at=eos_at
             )
         if dsml_at < 0:
-            keep = 0 if final else _held_suffix(buffer, (PARAMETER_CLOSE, DSML, EOS))
+            keep = 0 if final else held_suffix(buffer, (PARAMETER_CLOSE, DSML, EOS))
             self._append_value(events, self._take(len(buffer) - keep))
             return False
         close_at = dsml_at - 2
@@ -376,9 +327,8 @@ class CompletionParser:
             self._append_value(events, self._take(close_at))
             self._take(len(PARAMETER_CLOSE))
             self._close_parameter(events, at=0)
-            self._phase = "in_invoke"
-            return True
-        if not final and close_at >= 0 and _could_become(buffer[close_at:], PARAMETER_CLOSE):
+            return self._enter("in_invoke")
+        if not final and close_at >= 0 and could_become(buffer[close_at:], PARAMETER_CLOSE):
             self._append_value(events, self._take(close_at))
             return False
         self._fail(
@@ -413,22 +363,17 @@ class CompletionParser:
         self._parameter_value = []
 
     def _after_calls(self, events: list[ParseEvent], final: bool) -> bool:
-        self._skip_whitespace()
-        buffer = self._buffer
+        buffer = self._skip_whitespace()
         if not buffer:
             return False
-        if buffer.startswith(EOS):
-            self._take(len(EOS))
-            self._ended_with_eos = True
-            self._phase = "done"
-            return True
-        if not final and _could_become(buffer, EOS):
+        if self._take_marker(EOS):
+            return self._end_of_sentence()
+        if not final and could_become(buffer, EOS):
             return False
         self._fail(f"text after the tool-call block: {buffer[:40]!r}", at=0)
 
     def _after_eos(self, events: list[ParseEvent], final: bool) -> bool:
-        self._skip_whitespace()
-        if self._buffer:
+        if self._skip_whitespace():
             self._fail(f"text after the end of sentence: {self._buffer[:40]!r}", at=0)
         return False
 

@@ -1,6 +1,6 @@
 """The conversation as the V4 chat format sees it: typed turns, tool specs and tool calls.
 
-Backends convert LangChain messages into these; the renderer (:mod:`.deepseek_v4`) turns them into the
+Backends convert LangChain messages into these; the renderer (:mod:`.render`) turns them into the
 prompt text and the parser (:mod:`.dsml_parser`) turns generated text back into an assistant turn.
 """
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from deepscout.model_runtime.chat.tool_spec import ToolSpec
 from deepscout.model_runtime.v4.chat_format.messages import (
@@ -222,27 +222,16 @@ class PromptSegment:
     """Index in ``turns`` of the assistant turn this segment renders (None for everything else)."""
 
 
-def render_prompt(
-    turns: Sequence[Turn],
-    *,
-    tools: Sequence[ToolSpec] = (),
-    thinking: bool = False,
-    reasoning_effort: ReasoningEffort | None = None,
-    context_window: int | None = None,
-    drop_thinking: bool = True,
-    response_format: dict[str, Any] | None = None,
-) -> str:
-    """The V4 prompt text for ``turns`` (see :func:`render_prompt_segments` for the arguments)."""
-    segments = render_prompt_segments(
-        turns,
-        tools=tools,
-        thinking=thinking,
-        reasoning_effort=reasoning_effort,
-        context_window=context_window,
-        drop_thinking=drop_thinking,
-        response_format=response_format,
-    )
-    return "".join(segment.text for segment in segments)
+class PromptOptions(TypedDict, total=False):
+    """The keyword options of :func:`render_prompt_segments` (defaults and meaning there), which
+    :func:`render_prompt` and :func:`encode_prompt` pass on unchanged."""
+
+    tools: Sequence[ToolSpec]
+    thinking: bool
+    reasoning_effort: ReasoningEffort | None
+    context_window: int | None
+    drop_thinking: bool
+    response_format: dict[str, Any] | None
 
 
 def render_prompt_segments(
@@ -317,25 +306,13 @@ def render_prompt_segments(
     return [segment for segment in segments if segment.text]
 
 
+def render_prompt(turns: Sequence[Turn], **options: Unpack[PromptOptions]) -> str:
+    """The V4 prompt text for ``turns`` (see :func:`render_prompt_segments` for the options)."""
+    return "".join(segment.text for segment in render_prompt_segments(turns, **options))
+
+
 def encode_prompt(
-    tokenizer: V4Tokenizer,
-    turns: Sequence[Turn],
-    *,
-    tools: Sequence[ToolSpec] = (),
-    thinking: bool = False,
-    reasoning_effort: ReasoningEffort | None = None,
-    context_window: int | None = None,
-    drop_thinking: bool = True,
-    response_format: dict[str, Any] | None = None,
+    tokenizer: V4Tokenizer, turns: Sequence[Turn], **options: Unpack[PromptOptions]
 ) -> list[int]:
     """Token ids of :func:`render_prompt` (the BOS and role markers encode to their single ids)."""
-    text = render_prompt(
-        turns,
-        tools=tools,
-        thinking=thinking,
-        reasoning_effort=reasoning_effort,
-        context_window=context_window,
-        drop_thinking=drop_thinking,
-        response_format=response_format,
-    )
-    return tokenizer.encode(text)
+    return tokenizer.encode(render_prompt(turns, **options))

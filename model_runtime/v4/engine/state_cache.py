@@ -40,18 +40,10 @@ class _LayerMeta:
 
 
 @dataclass(frozen=True)
-class _TailTensors:
-    kv: torch.Tensor  # [slots, ratio, width]
-    gate: torch.Tensor
-    overlap_kv: torch.Tensor | None  # [slots, ratio, dim] (CSA only)
-    overlap_gate: torch.Tensor | None
-
-
-@dataclass(frozen=True)
 class _LayerState:
     window_kv: torch.Tensor  # [slots, window, head_dim]
     window_pos: torch.Tensor  # [slots, window] int64
-    tails: dict[str, _TailTensors]
+    tails: dict[str, CompressorTail]  # all slots': kv/gate [slots, ratio, width], overlap [slots, ratio, dim]
 
 
 @dataclass(frozen=True)
@@ -73,10 +65,8 @@ class StateSnapshot:
         total = 0
         for layer in self.layers:
             total += layer.window_kv.nbytes + layer.window_pos.nbytes
-            for tail in layer.tails.values():
-                if tail is not None:
-                    for t in (tail.kv, tail.gate, tail.overlap_kv, tail.overlap_gate):
-                        total += 0 if t is None else t.nbytes
+            tails = [tail for tail in layer.tails.values() if tail is not None]
+            total += sum(t.nbytes for tail in tails for t in tail.tensors())
         return total
 
 
@@ -96,7 +86,7 @@ class StatePool:
         dev = torch.device(device)
         self._layers: list[_LayerState] = []
         for kind in args.layer_types:
-            tails: dict[str, _TailTensors] = {}
+            tails: dict[str, CompressorTail] = {}
             if kind is not LayerKind.SLIDING:
                 tails["main"] = _tail_tensors(num_slots, args.ratio(kind), args.head_dim, kind, dtype, dev)
             if kind is LayerKind.CSA:
@@ -140,9 +130,8 @@ class StatePool:
         total = 0
         for layer in self._layers:
             total += layer.window_kv.untyped_storage().nbytes() + layer.window_pos.untyped_storage().nbytes()
-            for tail in layer.tails.values():
-                for t in (tail.kv, tail.gate, tail.overlap_kv, tail.overlap_gate):
-                    total += 0 if t is None else t.untyped_storage().nbytes()
+            tensors = [t for tail in layer.tails.values() for t in tail.tensors()]
+            total += sum(t.untyped_storage().nbytes() for t in tensors)
         return total
 
     @property
@@ -234,10 +223,10 @@ class StatePool:
 
 def _tail_tensors(
     slots: int, ratio: int, dim: int, kind: LayerKind, dtype: torch.dtype, device: torch.device
-) -> _TailTensors:
+) -> CompressorTail:
     overlap = kind is LayerKind.CSA
     width = (2 if overlap else 1) * dim
-    return _TailTensors(
+    return CompressorTail(
         kv=torch.zeros(slots, ratio, width, dtype=dtype, device=device),
         gate=torch.zeros(slots, ratio, width, dtype=dtype, device=device),
         overlap_kv=torch.zeros(slots, ratio, dim, dtype=dtype, device=device) if overlap else None,
@@ -249,12 +238,7 @@ def _clone_tail(tail: CompressorTail, device: torch.device | None = None) -> Com
     def copy(t: torch.Tensor) -> torch.Tensor:
         return t.clone() if device is None else t.to(device, copy=True)
 
-    return CompressorTail(
-        kv=copy(tail.kv),
-        gate=copy(tail.gate),
-        overlap_kv=None if tail.overlap_kv is None else copy(tail.overlap_kv),
-        overlap_gate=None if tail.overlap_gate is None else copy(tail.overlap_gate),
-    )
+    return tail.map(copy)
 
 
 class SnapshotStore:

@@ -69,23 +69,25 @@ def _listing(names: Sequence[str], limit: int = 8) -> str:
     return f"{shown}{more}"
 
 
-class MissingTensorsError(CheckpointError):
+class _TensorListError(CheckpointError):
+    """Some tensors (kept in `names`) do not fit: the message gives the problem, the names, then the fix."""
+
+    def __init__(self, names: Sequence[str], problem: str, fix: str) -> None:
+        self.names = list(names)
+        super().__init__(f"{len(names)} tensor(s) {problem}: {_listing(self.names)}; {fix}")
+
+
+class MissingTensorsError(_TensorListError):
     """Tensors the model needs are absent from the checkpoint."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        self.names = list(names)
-        super().__init__(
-            f"{len(names)} tensor(s) the model needs are not in the checkpoint: {_listing(self.names)}; "
-            "the checkpoint is incomplete or config.json describes a larger model (e.g. more layers)"
-        )
+        larger = "the checkpoint is incomplete or config.json describes a larger model (e.g. more layers)"
+        super().__init__(names, "the model needs are not in the checkpoint", larger)
 
 
-class UnexpectedTensorsError(CheckpointError):
+class UnexpectedTensorsError(_TensorListError):
     """The checkpoint holds tensors the model has no place for."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        self.names = list(names)
-        super().__init__(
-            f"{len(names)} tensor(s) in the checkpoint have no place in the model: {_listing(self.names)}; "
-            "config.json describes a smaller model than these weights (e.g. fewer layers or experts)"
-        )
+        smaller = "config.json describes a smaller model than these weights (e.g. fewer layers or experts)"
+        super().__init__(names, "in the checkpoint have no place in the model", smaller)

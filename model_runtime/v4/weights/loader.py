@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deepscout.model_runtime.v4.model.transformer import AttnImpl, DeepseekV4Model
+from deepscout.model_runtime.v4.model.attention import AttnImpl
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs
 from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint, StoredWeight
 from deepscout.model_runtime.v4.weights.checkpoint_errors import (

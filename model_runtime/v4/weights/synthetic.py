@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
-from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, YarnScaling
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, tiny
 from deepscout.model_runtime.v4.weights.quant import (
     QuantizedTensor,
     ScaleFormat,
@@ -221,6 +221,21 @@ def write_checkpoint(
     return out
 
 
+_FLASH_SMALL_SHAPES: dict[str, Any] = {
+    "moe_intermediate_size": 128,
+    "head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "q_lora_rank": 128,
+    "o_lora_rank": 128,
+    "mtp_layer_types": (LayerKind.SLIDING,),
+    "index_n_heads": 4,
+    "index_head_dim": 128,
+    "index_topk": 8,
+    "max_position_embeddings": 8192,
+}
+"""Where `flash_shaped_small` departs from `tiny`: every quantised dimension a multiple of 128."""
+
+
 def flash_shaped_small(
     layer_types: tuple[LayerKind, ...] = (LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA),
     *,
@@ -231,34 +246,12 @@ def flash_shaped_small(
     **overrides: Any,
 ) -> ModelArgs:
     """V4-Flash's structure at reduced width: real FP8 128×128 and FP4 32-element blocks (every quantised
-    dimension a multiple of 128), real window/ratios, sinks, hash layers, YaRN, one MTP layer."""
-    n = len(layer_types)
-    fields: dict[str, Any] = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "moe_intermediate_size": 128,
-        "num_hidden_layers": n,
-        "num_attention_heads": 4,
-        "head_dim": 128,
-        "qk_rope_head_dim": 64,
-        "q_lora_rank": 128,
-        "o_groups": 2,
-        "o_lora_rank": 128,
-        "n_routed_experts": n_routed_experts,
-        "num_experts_per_tok": 2,
-        "layer_types": layer_types,
-        "mlp_layer_types": ("hash_moe",) * min(n, num_hash_layers) + ("moe",) * max(0, n - num_hash_layers),
-        "mtp_layer_types": (LayerKind.SLIDING,),
-        "num_nextn_predict_layers": 1,
-        "sliding_window": 128,
-        "index_n_heads": 4,
-        "index_head_dim": 128,
-        "index_topk": 8,
-        "rope_scaling": YarnScaling(factor=16.0, original_max_position_embeddings=256),
-        "max_position_embeddings": 8192,
-    }
-    fields.update(overrides)
-    return ModelArgs(**fields)
+    dimension a multiple of 128), real window/ratios, sinks, hash layers, YaRN, one MTP layer.
+
+    It is `tiny()` (same heads, groups, routing, window and YaRN) at the widths of `_FLASH_SMALL_SHAPES`.
+    """
+    sizes = {"hidden_size": hidden_size, "vocab_size": vocab_size, "n_routed_experts": n_routed_experts}
+    return tiny(layer_types, num_hash_layers=num_hash_layers, **{**_FLASH_SMALL_SHAPES, **sizes, **overrides})
 
 
 def make_synthetic_checkpoint(

@@ -1,8 +1,9 @@
 """Weight names of DeepSeek-V4: official checkpoint naming <-> transformers naming.
 
-Our model (`deepseek_v4.DeepseekV4Model`) uses the **official DeepSeek naming** of the released safetensors
-(`embed.weight`, `layers.{i}.attn.wq_a.weight`, `layers.{i}.ffn.experts.{e}.w1.weight`, `mtp.{k}.*`, ...),
-so its `state_dict()` keys are the checkpoint's keys (quantisation scales aside, which the loader consumes).
+Our model (`model.transformer.DeepseekV4Model`) uses the **official DeepSeek naming** of the released
+safetensors (`embed.weight`, `layers.{i}.attn.wq_a.weight`, `layers.{i}.ffn.experts.{e}.w1.weight`,
+`mtp.{k}.*`, ...), so its `state_dict()` keys are the checkpoint's keys (quantisation scales aside, which the
+loader consumes).
 
 transformers' `DeepseekV4ForCausalLM` uses its own names (`model.layers.{i}.self_attn.q_a_proj.weight`, ...)
 and stacks the routed experts per layer into `mlp.experts.gate_up_proj` `[E, 2I, H]` (w1 rows then w3 rows)
@@ -12,6 +13,7 @@ and `mlp.experts.down_proj` `[E, H, I]`. It has no MTP layer: `mtp.*` has no tra
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 
@@ -76,28 +78,45 @@ def is_mtp(official_name: str) -> bool:
     return official_name.startswith("mtp.")
 
 
+@dataclass(frozen=True)
+class _Renaming:
+    """One direction of the 1:1 renaming: whole top-level names, and per-layer leaves under `layer`."""
+
+    top: dict[str, str]
+    layer: re.Pattern[str]
+    leaves: dict[str, str]
+    target_layers: str
+    """The target naming's layer prefix (`layers.{i}.` is written after it)."""
+    missing: str
+    """Start of the error message for a name with no counterpart."""
+
+    def __call__(self, name: str) -> str:
+        if name in self.top:
+            return self.top[name]
+        match = self.layer.match(name)
+        if match and match.group(2) in self.leaves:
+            return f"{self.target_layers}layers.{match.group(1)}.{self.leaves[match.group(2)]}"
+        raise UnknownWeightNameError(f"{self.missing} {name!r}")
+
+
+_TO_HF = _Renaming(_TOP_LEVEL, _LAYER, _LAYER_LEAVES, "model.", "no transformers name for official tensor")
+_TO_OFFICIAL = _Renaming(
+    {hf: official for official, hf in _TOP_LEVEL.items()},
+    _HF_LAYER,
+    {hf: official for official, hf in _LAYER_LEAVES.items()},
+    "",
+    "no official name for transformers tensor",
+)
+
+
 def hf_name(official_name: str) -> str:
     """transformers name of a 1:1 official tensor (not routed experts, which are stacked; not MTP)."""
-    if official_name in _TOP_LEVEL:
-        return _TOP_LEVEL[official_name]
-    match = _LAYER.match(official_name)
-    if match and match.group(2) in _LAYER_LEAVES:
-        return f"model.layers.{match.group(1)}.{_LAYER_LEAVES[match.group(2)]}"
-    raise UnknownWeightNameError(f"no transformers name for official tensor {official_name!r}")
-
-
-_REVERSE_LAYER = {hf: official for official, hf in _LAYER_LEAVES.items()}
-_REVERSE_TOP = {hf: official for official, hf in _TOP_LEVEL.items()}
+    return _TO_HF(official_name)
 
 
 def official_name(hf_tensor_name: str) -> str:
     """Official name of a 1:1 transformers tensor (inverse of `hf_name`)."""
-    if hf_tensor_name in _REVERSE_TOP:
-        return _REVERSE_TOP[hf_tensor_name]
-    match = _HF_LAYER.match(hf_tensor_name)
-    if match and match.group(2) in _REVERSE_LAYER:
-        return f"layers.{match.group(1)}.{_REVERSE_LAYER[match.group(2)]}"
-    raise UnknownWeightNameError(f"no official name for transformers tensor {hf_tensor_name!r}")
+    return _TO_OFFICIAL(hf_tensor_name)
 
 
 def to_hf_state_dict(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

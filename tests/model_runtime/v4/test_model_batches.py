@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model, ForwardInputError
+from deepscout.model_runtime.v4.model.packing import ForwardInputError
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, tiny
 
 S, C, H = LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA

@@ -10,7 +10,9 @@ import torch
 
 from deepscout.model_runtime.v4.cache.contiguous import CacheUsageError, ContiguousLayerCache
 from deepscout.model_runtime.v4.cache.protocol import CompressorTail, LayerCache, SequenceCache
-from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model, Gate, rope_inv_freq
+from deepscout.model_runtime.v4.model.moe import Gate
+from deepscout.model_runtime.v4.model.primitives import rope_inv_freq
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import (
     LayerKind,
     ModelArgs,

@@ -9,16 +9,18 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from deepscout.model_runtime.v4.chat_format.dsml_parser import (
-    CompletionParser,
+from deepscout.model_runtime.v4.chat_format.completion_events import (
     ContentDelta,
-    DSMLParseError,
     ParsedCompletion,
     ParseEvent,
     ReasoningDelta,
     ToolCallArgumentsDelta,
     ToolCallFinished,
     ToolCallStarted,
+)
+from deepscout.model_runtime.v4.chat_format.dsml_parser import (
+    CompletionParser,
+    DSMLParseError,
     parse_completion,
 )
 from deepscout.model_runtime.v4.chat_format.messages import AssistantTurn, ToolCall

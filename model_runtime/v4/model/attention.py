@@ -1,0 +1,227 @@
+"""V4 attention: shared-KV MQA with sinks over a sliding window, plus the CSA/HCA compressed branch (§2.3).
+
+Attention runs per batch row against that row's cache, which this module reaches only through the cache
+protocol: per layer it reads and writes the window ring and lets the compressors append entries.
+
+Attention implementations (`AttnImpl`):
+* "sparse": each query attends to its sliding window (a band of the row's raw keys) plus the *selected*
+  compressed entries only — the indexer's top-k gathered from the cache on CSA layers, the causally
+  complete entries on HCA layers — in query blocks, so memory grows with window + k, not with context.
+* "naive": a dense reference: all window keys and all compressed entries with an explicit mask, as the
+  transformers implementation builds it. Used to cross-check "sparse".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from deepscout.model_runtime.v4.cache.protocol import LayerCache
+from deepscout.model_runtime.v4.model.compressor import Compressor
+from deepscout.model_runtime.v4.model.indexer import (
+    Indexer,
+    IndexQueries,
+    causal_entry_limit,
+    causal_entry_mask,
+)
+from deepscout.model_runtime.v4.model.packing import RowSegment
+from deepscout.model_runtime.v4.model.primitives import (
+    RMSNorm,
+    RopeSpec,
+    RopeTable,
+    apply_rope,
+    rms_normalize,
+)
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs
+
+AttnImpl = Literal["naive", "sparse"]
+_QUERY_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class AttentionBatch:
+    """What one layer's attention needs besides the packed hidden states: the rows' segments, each row's
+    cache of this layer, RoPE at the packed positions, the compressors' RoPE, and the implementation."""
+
+    segments: Sequence[RowSegment]
+    caches: Sequence[LayerCache]
+    rope: RopeTable
+    compress_rope: RopeSpec
+    impl: AttnImpl
+
+
+@dataclass(frozen=True)
+class _RowAttention:
+    """One row's attention inputs: its queries `[L, heads, dim]` at `positions`, the keys within reach
+    (window ring then the row's new keys) at `key_pos`, its layer cache, and its indexer queries (CSA)."""
+
+    q: torch.Tensor
+    seg: RowSegment
+    positions: torch.Tensor
+    keys: torch.Tensor
+    key_pos: torch.Tensor
+    cache: LayerCache
+    index: IndexQueries | None
+
+
+class Attention(nn.Module):
+    """Shared-KV MQA with partial RoPE, per-head sinks, sliding window, optional CSA/HCA compressed branch,
+    inverse RoPE on the output and grouped low-rank output projection (paper §2.3)."""
+
+    def __init__(self, args: ModelArgs, kind: LayerKind) -> None:
+        super().__init__()
+        self.args = args
+        self.kind = kind
+        self.n_heads = args.num_attention_heads
+        self.head_dim = args.head_dim
+        self.window = args.sliding_window
+        self.scale = self.head_dim**-0.5
+        self.attn_sink = nn.Parameter(torch.zeros(self.n_heads, dtype=torch.float32))
+        self.wq_a = nn.Linear(args.hidden_size, args.q_lora_rank, bias=False)
+        self.q_norm = RMSNorm(args.q_lora_rank, args.rms_norm_eps)
+        self.wq_b = nn.Linear(args.q_lora_rank, self.n_heads * self.head_dim, bias=False)
+        self.wkv = nn.Linear(args.hidden_size, self.head_dim, bias=False)
+        self.kv_norm = RMSNorm(self.head_dim, args.rms_norm_eps)
+        group_in = self.n_heads * self.head_dim // args.o_groups
+        self.wo_a = nn.Linear(group_in, args.o_groups * args.o_lora_rank, bias=False)
+        self.wo_b = nn.Linear(args.o_groups * args.o_lora_rank, args.hidden_size, bias=False)
+        self.ratio = args.ratio(kind)
+        self.compressor: Compressor | None = None
+        self.indexer: Indexer | None = None
+        if kind is not LayerKind.SLIDING:
+            self.compressor = Compressor(args, self.ratio, self.head_dim)
+        if kind is LayerKind.CSA:
+            self.indexer = Indexer(args)
+
+    def forward(self, x: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+        """`x` `[N, hidden]` packed normed inputs; returns `[N, hidden]`."""
+        rope, compress_rope = batch.rope, batch.compress_rope
+        n = x.shape[0]
+        q_residual = self.q_norm(self.wq_a(x))
+        q = rms_normalize(self.wq_b(q_residual).view(n, self.n_heads, self.head_dim), self.args.rms_norm_eps)
+        q = apply_rope(q, rope)
+        kv = apply_rope(self.kv_norm(self.wkv(x)), rope)
+        index = None if self.indexer is None else self.indexer.queries(x, q_residual, rope)
+        attend = self._attend_sparse if batch.impl == "sparse" else self._attend_naive
+        outputs = []
+        for seg, cache in zip(batch.segments, batch.caches, strict=True):
+            rows = slice(seg.offset, seg.offset + seg.length)
+            positions = seg.positions.to(x.device)
+            window = cache.read_window()
+            keys = torch.cat([window.kv.to(kv.dtype), kv[rows]])
+            key_pos = torch.cat([window.positions.to(x.device), positions])
+            cache.write_window(kv[rows], positions)
+            if self.compressor is not None:
+                self.compressor.compress(x[rows], cache, "main", compress_rope)
+            if self.indexer is not None:
+                self.indexer.compressor.compress(x[rows], cache, "indexer", compress_rope)
+            row_index = None if index is None else index.rows(rows)
+            outputs.append(attend(_RowAttention(q[rows], seg, positions, keys, key_pos, cache, row_index)))
+        out = apply_rope(torch.cat(outputs), rope, inverse=True)
+        return self._project_out(out)
+
+    def _project_out(self, out: torch.Tensor) -> torch.Tensor:
+        """Grouped low-rank output projection: per group `wo_a[g]`, then `wo_b` over all groups."""
+        groups = self.args.o_groups
+        grouped = out.reshape(out.shape[0], groups, -1)
+        weight = self.wo_a.weight.view(groups, -1, grouped.shape[-1])
+        mid = torch.einsum("ngi,gri->ngr", grouped, weight).flatten(1)
+        return self.wo_b(mid)
+
+    # --------------------------------------------------------------- compressed-entry selection
+    def _selected_entries(
+        self,
+        positions: torch.Tensor,
+        last_position: int,
+        cache: LayerCache,
+        index: IndexQueries | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For queries at `positions` (the last is `last_position`): the compressed entries they attend to
+        and their validity `[n, k]`.
+
+        CSA: the indexer's top-k among causal entries, gathered per query (`[n, k, dim]`). HCA: every causal
+        entry, shared by the block's queries (`[k, dim]`). None when there is nothing to attend to.
+        """
+        if self.kind is LayerKind.SLIDING:
+            return None
+        limit = causal_entry_limit(positions, self.ratio)
+        if self.kind is LayerKind.HCA:
+            n_needed = (last_position + 1) // self.ratio
+            if n_needed == 0:
+                return None
+            return cache.all_entries("main")[:n_needed], causal_entry_mask(n_needed, limit)
+        assert self.indexer is not None and index is not None
+        keys = cache.all_entries("indexer")
+        if keys.shape[0] == 0:
+            return None
+        indices, valid = self.indexer.top_k(index, keys, limit)
+        return cache.gather_entries("main", indices.clamp(max=keys.shape[0] - 1)), valid
+
+    # --------------------------------------------------------------- attention kernels
+    def _window_mask(self, key_pos: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`[n, k]`: which keys each query sees in the sliding window (causal, within `window` positions)."""
+        causal = key_pos[None, :] <= positions[:, None]
+        return causal & (key_pos[None, :] > positions[:, None] - self.window)
+
+    def _softmax_with_sink(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over the last dim with one extra per-head sink logit that absorbs mass and is dropped."""
+        sink = self.attn_sink.to(logits.dtype).view(1, -1, 1).expand(logits.shape[0], -1, 1)
+        combined = torch.cat([logits, sink], dim=-1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        return combined.softmax(dim=-1)[..., :-1]
+
+    def _attend_sparse(self, row: _RowAttention) -> torch.Tensor:
+        """Window band + selected entries only, in query blocks (bounds from host integers: no syncs)."""
+        seg, keys, key_pos = row.seg, row.keys, row.key_pos
+        first_key = seg.start - (key_pos.shape[0] - seg.length)  # window positions are consecutive
+        outs = []
+        for b0 in range(0, row.q.shape[0], _QUERY_BLOCK):
+            block = slice(b0, b0 + _QUERY_BLOCK)
+            qb, pb = row.q[block], row.positions[block]
+            first, last = seg.start + b0, seg.start + b0 + qb.shape[0] - 1
+            lo = max(first - self.window + 1 - first_key, 0)
+            hi = last - first_key + 1
+            band, band_pos = keys[lo:hi], key_pos[lo:hi]
+            logits = torch.einsum("nhd,kd->nhk", qb, band) * self.scale
+            logits = logits.masked_fill(~self._window_mask(band_pos, pb)[:, None, :], float("-inf"))
+            block_index = None if row.index is None else row.index.rows(block)
+            selected = self._selected_entries(pb, last, row.cache, block_index)
+            if selected is None:
+                probs = self._softmax_with_sink(logits)
+                outs.append(torch.einsum("nhk,kd->nhd", probs, band))
+                continue
+            entries, valid = selected
+            entries = entries.to(qb.dtype)
+            per_query = "nkd" if entries.dim() == 3 else "kd"
+            comp_logits = torch.einsum(f"nhd,{per_query}->nhk", qb, entries) * self.scale
+            comp_logits = comp_logits.masked_fill(~valid[:, None, :], float("-inf"))
+            probs = self._softmax_with_sink(torch.cat([logits, comp_logits], dim=-1))
+            pw, pc = probs[..., : band.shape[0]], probs[..., band.shape[0] :]
+            comp_out = torch.einsum(f"nhk,{per_query}->nhd", pc, entries)
+            outs.append(torch.einsum("nhk,kd->nhd", pw, band) + comp_out)
+        return torch.cat(outs)
+
+    def _attend_naive(self, row: _RowAttention) -> torch.Tensor:
+        """Dense reference: every window key and every compressed entry, with a mask."""
+        q, positions = row.q, row.positions
+        visible = self._window_mask(row.key_pos, positions)
+        all_keys = row.keys
+        if self.kind is not LayerKind.SLIDING:
+            entries = row.cache.all_entries("main").to(q.dtype)
+            limit = causal_entry_limit(positions, self.ratio)
+            entry_visible = causal_entry_mask(entries.shape[0], limit)
+            if self.kind is LayerKind.CSA and entries.shape[0]:
+                assert self.indexer is not None and row.index is not None
+                indices, valid = self.indexer.top_k(row.index, row.cache.all_entries("indexer"), limit)
+                chosen = torch.zeros_like(entry_visible)
+                chosen.scatter_(1, indices, valid)
+                entry_visible = chosen
+            all_keys = torch.cat([row.keys, entries])
+            visible = torch.cat([visible, entry_visible], dim=1)
+        logits = torch.einsum("nhd,kd->nhk", q, all_keys) * self.scale
+        logits = logits.masked_fill(~visible[:, None, :], float("-inf"))
+        return torch.einsum("nhk,kd->nhd", self._softmax_with_sink(logits), all_keys)
