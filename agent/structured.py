@@ -19,6 +19,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from pydantic import BaseModel, ValidationError
 
+from deepscout.model_runtime.chat import Usage, usage_of
+
 if TYPE_CHECKING:
     from deepscout.model_runtime.chat import ChatModel
 
@@ -40,24 +42,16 @@ class UsageRecorder(BaseCallbackHandler):
                     self.messages.append(message)
 
     def usage(self) -> dict[str, Any]:
-        totals: dict[str, Any] = {
-            "prompt_tokens": 0,
-            "reused_tokens": 0,
-            "computed_tokens": 0,
-            "output_tokens": 0,
-            "first_token_s": None,
-            "model_calls": len(self.messages),
-        }
-        for message in self.messages:
-            prefill = message.response_metadata.get("prefill") or {}
-            for key in ("prompt_tokens", "reused_tokens", "computed_tokens"):
-                totals[key] += int(prefill.get(key, 0))
-            usage = getattr(message, "usage_metadata", None) or {}
-            totals["output_tokens"] += int(usage.get("output_tokens", 0))
-            timings = message.response_metadata.get("timings") or {}
-            if totals["first_token_s"] is None and timings.get("first_token_s") is not None:
-                totals["first_token_s"] = float(timings["first_token_s"])
-        return totals
+        tokens = sum((usage_of(message) for message in self.messages), Usage())
+        first_token_s = next(
+            (
+                float(timings["first_token_s"])
+                for timings in (message.response_metadata.get("timings") or {} for message in self.messages)
+                if timings.get("first_token_s") is not None
+            ),
+            None,
+        )
+        return {**tokens.as_dict(), "first_token_s": first_token_s, "model_calls": len(self.messages)}
 
 
 def balance_json(text: str) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from deepscout.model_runtime.chat import usage_of
 from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel
 from deepscout.model_runtime.v4.chat_format.conversions import turns_from_langchain
 from deepscout.model_runtime.v4.chat_format.dsml_parser import parse_completion
@@ -59,7 +60,7 @@ def run_turns(model_for_turn: Any, texts: list[str]) -> list[dict[str, Any]]:
         started = time.perf_counter()
         reply = model.invoke(messages)
         seconds = time.perf_counter() - started
-        prefill = reply.response_metadata["prefill"]
+        prefill = usage_of(reply).prefill()
         timings = reply.response_metadata["timings"]
         rows.append(
             {

@@ -19,9 +19,11 @@ from deepscout.model_runtime.chat.exceptions import (
     GenerationDeadlineExceeded,
     ModelNotFetchedError,
     StructuredOutputError,
+    ToolCallOutputError,
     UnknownModelError,
 )
 from deepscout.model_runtime.chat.interface import ChatModel, GenerationControl
+from deepscout.model_runtime.chat.usage import Usage, usage_of
 
 __all__ = [
     "BUILTIN_BACKENDS",
@@ -37,6 +39,9 @@ __all__ = [
     "GenerationDeadlineExceeded",
     "ModelNotFetchedError",
     "StructuredOutputError",
+    "ToolCallOutputError",
     "UnknownModelError",
+    "Usage",
     "load_chat_model",
+    "usage_of",
 ]

@@ -45,6 +45,10 @@ class StructuredOutputError(ChatModelError, ValueError):
         super().__init__(f"{message} (after {attempts} attempt(s)); last output: {last_output[:500]!r}")
 
 
+class ToolCallOutputError(StructuredOutputError):
+    """The model's tool calls were malformed, named an unbound tool, or were missing when required."""
+
+
 class ContextOverflowError(ChatModelError, ValueError):
     """The prompt does not fit the model's context window; trim the conversation or pick a larger model."""
 

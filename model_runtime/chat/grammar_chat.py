@@ -8,34 +8,24 @@ with bounded retries, and reports what it decoded. Here the decoded JSON is vali
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ValidationError
 
 from deepscout.model_runtime.chat.exceptions import StructuredOutputError
-from deepscout.model_runtime.chat.interface import ChatModel
+from deepscout.model_runtime.chat.interface import BackendChatModel
 
 
-class GrammarChatModel(ChatModel):
-    """A chat model whose tool calls and structured output are decoded under a grammar."""
+class GrammarChatModel(BackendChatModel):
+    """A chat model whose tool calls and structured output are decoded under a grammar.
 
-    def bind_tools(
-        self,
-        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
-        *,
-        tool_choice: str | dict[str, Any] | bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools; ``tool_choice``: None/"auto" (optional), "any"/"required"/True, "none", or a name."""
-        formatted = [convert_to_openai_tool(tool) for tool in tools]
-        kwargs.pop("ls_structured_output_format", None)
-        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+    ``bind_tools`` (the chat model's own) records the tools and ``tool_choice`` as call arguments;
+    ``with_structured_output`` records a ``response_format`` schema the same way.
+    """
 
     def with_structured_output(
         self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any

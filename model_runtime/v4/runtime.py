@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -23,8 +22,10 @@ from deepscout.model_runtime.chat import (
     GenerationControl,
     GenerationDeadlineExceeded,
     ModelNotFetchedError,
+    Usage,
 )
 from deepscout.model_runtime.chat.constrained import GrammarCache, GrammarGuide, SchemaError
+from deepscout.model_runtime.chat.embedded_base import GenerationOutcome
 from deepscout.model_runtime.v4.chat_format.tokenizer import V4Tokenizer, load_v4_tokenizer
 from deepscout.model_runtime.v4.engine import (
     Engine,
@@ -44,20 +45,6 @@ RANDOM_TINY_CONTEXT = 32_768
 """Context window of ``random-tiny`` (its positions are real; only its weights are random)."""
 BLOCK_TOKENS = 128
 """Source tokens covered by one paged KV block (lcm of the CSA and HCA compression ratios)."""
-
-
-@dataclass
-class GenerationOutcome:
-    """One generation's token ids, why it stopped, and the prefill counters and timings."""
-
-    token_ids: list[int]
-    finish_reason: str
-    """``stop`` (end of sentence) or ``length``."""
-    prefill: dict[str, int]
-    """``prompt_tokens``; ``reused_tokens`` (from the session or the prefix cache); ``computed_tokens``."""
-    prefill_seconds: float
-    first_token_seconds: float
-    decode_seconds: float
 
 
 class GrammarProcessor:
@@ -192,11 +179,12 @@ class V4Runtime:
         return GenerationOutcome(
             token_ids=list(latest.token_ids),
             finish_reason="stop" if stopped_early or latest.finish_reason is FinishReason.STOP else "length",
-            prefill={
-                "prompt_tokens": latest.prompt_tokens,
-                "reused_tokens": latest.reused_tokens,
-                "computed_tokens": latest.prefilled_tokens,
-            },
+            usage=Usage(
+                prompt_tokens=latest.prompt_tokens,
+                reused_tokens=latest.reused_tokens,
+                computed_tokens=latest.prefilled_tokens,
+                output_tokens=len(latest.token_ids),
+            ),
             prefill_seconds=first - started,
             first_token_seconds=first - started,
             decode_seconds=ended - first,

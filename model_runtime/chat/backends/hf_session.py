@@ -21,7 +21,9 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
+from deepscout.model_runtime.chat.embedded_base import GenerationOutcome
 from deepscout.model_runtime.chat.interface import GenerationControl
+from deepscout.model_runtime.chat.usage import Usage
 
 
 class LogitsGuide(Protocol):
@@ -36,31 +38,6 @@ class LogitsGuide(Protocol):
     @property
     def finished(self) -> bool:
         """True once the grammar is complete and nothing more may be generated."""
-
-
-@dataclass
-class PrefillStats:
-    prompt_tokens: int
-    reused_tokens: int
-    computed_tokens: int
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "reused_tokens": self.reused_tokens,
-            "computed_tokens": self.computed_tokens,
-        }
-
-
-@dataclass
-class GenerationResult:
-    token_ids: list[int]
-    finish_reason: str
-    """``stop`` (end-of-turn token or grammar complete) or ``length`` (max_new_tokens reached)."""
-    prefill: PrefillStats
-    prefill_seconds: float
-    decode_seconds: float
-    first_token_seconds: float
 
 
 @dataclass
@@ -182,7 +159,7 @@ class HFGenerator:
         temperature: float = 0.0,
         seed: int | None = None,
         on_token: Callable[[int], bool] | None = None,
-    ) -> GenerationResult:
+    ) -> GenerationOutcome:
         """Continue ``prompt`` from the best cached session; ``on_token`` returning True stops decoding."""
         if not prompt:
             raise ValueError("cannot generate from an empty prompt")
@@ -199,10 +176,10 @@ class HFGenerator:
             finally:
                 self.pool.release(session)
             finished = time.monotonic()
-        return GenerationResult(
+        return GenerationOutcome(
             token_ids=generated,
             finish_reason=finish_reason,
-            prefill=PrefillStats(len(prompt), reused, len(prompt) - reused),
+            usage=Usage(len(prompt), reused, len(prompt) - reused, output_tokens=len(generated)),
             prefill_seconds=prefill_done - started,
             decode_seconds=finished - prefill_done,
             first_token_seconds=first_token - started,

@@ -18,8 +18,6 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -27,15 +25,17 @@ from langchain_core.messages import (
     HumanMessage,
     SystemMessage,
     ToolMessage,
+    message_chunk_to_message,
 )
 from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr, SecretStr
 
 from deepscout.model_runtime.chat.exceptions import ChatBackendError, GenerationDeadlineExceeded
-from deepscout.model_runtime.chat.interface import ChatModel, GenerationControl
+from deepscout.model_runtime.chat.interface import BackendChatModel, ChatCall
+from deepscout.model_runtime.chat.message_text import content_text
+from deepscout.model_runtime.chat.usage import Usage, usage_fields
 
 if TYPE_CHECKING:
     import openai
@@ -53,7 +53,7 @@ def _is_deepseek(model: str) -> bool:
     return model.lower().startswith("deepseek")
 
 
-class OpenAICompatChatModel(ChatModel):
+class OpenAICompatChatModel(BackendChatModel):
     """Chat completions over HTTP with streaming, tools, thinking control and server-side usage."""
 
     model_name: str
@@ -65,6 +65,9 @@ class OpenAICompatChatModel(ChatModel):
     max_retries: int = 2
     max_tokens: int | None = None
     temperature: float | None = None
+
+    backend_type = "deepscout-openai-compat"
+    identifying_fields = ("model_name", "base_url", "thinking")
 
     _client: openai.OpenAI = PrivateAttr()
 
@@ -79,12 +82,9 @@ class OpenAICompatChatModel(ChatModel):
         )
 
     @property
-    def _llm_type(self) -> str:
-        return "deepscout-openai-compat"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "base_url": self.base_url, "thinking": self.thinking}
+    def serves_threads_concurrently(self) -> bool:
+        """True: the server does the work; the HTTP client is thread-safe."""
+        return True
 
     @property
     def thinking_active(self) -> bool:
@@ -92,17 +92,6 @@ class OpenAICompatChatModel(ChatModel):
         if self.thinking is not None:
             return self.thinking
         return _is_deepseek(self.model_name) and "chat" not in self.model_name.lower()
-
-    def bind_tools(
-        self,
-        tools: Sequence[dict[str, Any] | type | Any],
-        *,
-        tool_choice: str | dict[str, Any] | bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        kwargs.pop("ls_structured_output_format", None)
-        formatted = [convert_to_openai_tool(tool) for tool in tools]
-        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def count_tokens(self, messages: Sequence[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Tokens of the V4-format prompt in the V4 tokenizer for DeepSeek models; for other servers an
@@ -118,16 +107,10 @@ class OpenAICompatChatModel(ChatModel):
 
     # ----------------------------------------------------------------- requests
 
-    def _request(
-        self,
-        messages: Sequence[BaseMessage],
-        stop: list[str] | None,
-        kwargs: dict[str, Any],
-        max_tokens: int | None,
-    ) -> dict[str, Any]:
+    def _request(self, call: ChatCall) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model_name,
-            "messages": [message_to_openai(message) for message in messages],
+            "messages": [message_to_openai(message) for message in call.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -136,16 +119,17 @@ class OpenAICompatChatModel(ChatModel):
             extra_body["thinking"] = {"type": "enabled" if self.thinking else "disabled"}
         if self.reasoning_effort:
             request["reasoning_effort"] = self.reasoning_effort
+        max_tokens = call.control.max_new_tokens or self.max_tokens
         if max_tokens is not None:
             request["max_tokens"] = max_tokens
         if self.temperature is not None and not self.thinking_active:
             request["temperature"] = self.temperature
-        if stop:
-            request["stop"] = stop
-        tools = kwargs.get("tools")
+        if call.stop:
+            request["stop"] = call.stop
+        tools = call.options.get("tools")
         if tools:
             request["tools"] = tools
-            choice = _tool_choice(kwargs.get("tool_choice"))
+            choice = _tool_choice(call.options.get("tool_choice"))
             if choice is not None and self.thinking_active and choice not in ("auto", "none"):
                 logger.info("thinking mode: not forcing tool_choice=%r (the server would refuse it)", choice)
                 choice = None
@@ -155,17 +139,11 @@ class OpenAICompatChatModel(ChatModel):
             request["extra_body"] = extra_body
         return request
 
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
+    def _respond_stream(self, call: ChatCall) -> Iterator[ChatGenerationChunk]:
         import openai
 
-        control = GenerationControl.from_kwargs(kwargs)
-        request = self._request(messages, stop, kwargs, control.max_new_tokens or self.max_tokens)
+        control, run_manager = call.control, call.run_manager
+        request = self._request(call)
         control.check("request")
         remaining = control.remaining()
         timeout = self.timeout_s if remaining is None else max(0.001, min(self.timeout_s, remaining))
@@ -197,30 +175,16 @@ class OpenAICompatChatModel(ChatModel):
             except openai.APITimeoutError as error:
                 raise GenerationDeadlineExceeded("deadline exceeded while streaming") from error
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        merged: AIMessageChunk | None = None
-        for generation_chunk in self._stream(messages, stop, run_manager, **kwargs):
-            chunk = generation_chunk.message
-            assert isinstance(chunk, AIMessageChunk)
-            merged = chunk if merged is None else merged + chunk
+    def _respond(self, call: ChatCall) -> AIMessage:
+        chunks = self._respond_stream(call)
+        merged = next(chunks, None)
         if merged is None:
             raise ChatBackendError(f"{self.base_url} returned an empty stream")
-        message = AIMessage(
-            content=merged.content,
-            additional_kwargs=merged.additional_kwargs,
-            tool_calls=merged.tool_calls,
-            invalid_tool_calls=merged.invalid_tool_calls,
-            usage_metadata=merged.usage_metadata,
-            response_metadata=merged.response_metadata,
-            id=merged.id,
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        for chunk in chunks:
+            merged += chunk
+        message = message_chunk_to_message(merged.message)
+        assert isinstance(message, AIMessage)
+        return message
 
 
 def _tool_choice(choice: str | dict[str, Any] | bool | None) -> str | dict[str, Any] | None:
@@ -238,13 +202,17 @@ def _tool_choice(choice: str | dict[str, Any] | bool | None) -> str | dict[str, 
 def message_to_openai(message: BaseMessage) -> dict[str, Any]:
     """One LangChain message as a chat-completions message (assistant tool calls keep their reasoning)."""
     if isinstance(message, SystemMessage):
-        return {"role": "system", "content": _text(message)}
+        return {"role": "system", "content": content_text(message.content)}
     if isinstance(message, HumanMessage):
-        return {"role": "user", "content": _text(message)}
+        return {"role": "user", "content": content_text(message.content)}
     if isinstance(message, ToolMessage):
-        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": _text(message)}
+        return {
+            "role": "tool",
+            "tool_call_id": message.tool_call_id,
+            "content": content_text(message.content),
+        }
     if isinstance(message, AIMessage):
-        payload: dict[str, Any] = {"role": "assistant", "content": _text(message) or None}
+        payload: dict[str, Any] = {"role": "assistant", "content": content_text(message.content) or None}
         if message.tool_calls:
             payload["tool_calls"] = [
                 {
@@ -262,16 +230,6 @@ def message_to_openai(message: BaseMessage) -> dict[str, Any]:
                 payload["reasoning_content"] = reasoning
         return payload
     raise ValueError(f"cannot send a {type(message).__name__} to a chat-completions server")
-
-
-def _text(message: BaseMessage) -> str:
-    if isinstance(message.content, str):
-        return message.content
-    return "".join(
-        part if isinstance(part, str) else str(part.get("text", ""))
-        for part in message.content
-        if isinstance(part, str) or part.get("type") == "text"
-    )
 
 
 def _chunk_from_event(event: Any, model_name: str) -> AIMessageChunk | None:
@@ -312,28 +270,16 @@ def _chunk_from_event(event: Any, model_name: str) -> AIMessageChunk | None:
 
 
 def _usage_fields(usage: Any, model_name: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The message fields of the server's ``usage`` (its prompt-cache hits count as reused)."""
     prompt = int(usage.prompt_tokens or 0)
-    completion = int(usage.completion_tokens or 0)
     extra = usage.model_extra or {}
     cached = extra.get("prompt_cache_hit_tokens")
     details = getattr(usage, "prompt_tokens_details", None)
     if cached is None and details is not None:
         cached = getattr(details, "cached_tokens", None)
     reused = int(cached or 0)
-    response_metadata = {**(metadata or {}), "model_name": model_name}
-    response_metadata["prefill"] = {
-        "prompt_tokens": prompt,
-        "reused_tokens": reused,
-        "computed_tokens": prompt - reused,
-    }
-    return {
-        "usage_metadata": {
-            "input_tokens": prompt,
-            "output_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
-        "response_metadata": response_metadata,
-    }
+    counted = Usage(prompt, reused, prompt - reused, output_tokens=int(usage.completion_tokens or 0))
+    return usage_fields(counted, {**(metadata or {}), "model_name": model_name})
 
 
 def _error_text(error: openai.APIStatusError) -> str:
@@ -352,14 +298,5 @@ def load_chat_model(argument: str | None, settings: Settings) -> OpenAICompatCha
     window = server.context_window or (
         DEEPSEEK_V4_CONTEXT_WINDOW if "v4" in model.lower() else DEFAULT_CONTEXT_WINDOW
     )
-    return OpenAICompatChatModel(
-        model_name=model,
-        base_url=server.base_url,
-        api_key=server.api_key,
-        thinking=server.thinking,
-        reasoning_effort=server.reasoning_effort,
-        timeout_s=server.timeout_s,
-        max_retries=server.max_retries,
-        max_tokens=server.max_tokens,
-        context_window=window,
-    )
+    fields = OpenAICompatChatModel.fields_from(server, exclude={"context_window"})
+    return OpenAICompatChatModel(model_name=model, context_window=window, **fields)

@@ -111,10 +111,14 @@ def test_forced_tool_choice_is_refused_by_the_server_and_never_sent_in_thinking_
     assert reply.tool_calls and "tool_choice" not in server_env.requests[-1]
 
 
-def test_thinking_off_forces_tool_choice_and_structured_output(server_env, settings, monkeypatch):
-    monkeypatch.setenv("DEEPSCOUT_OPENAI_THINKING", "false")
-    monkeypatch.setenv("DEEPSCOUT_OPENAI_REASONING_EFFORT", "max")
-    model = load_chat_model("openai:deepseek-v4-pro", settings=settings)
+def with_server(settings, **fields):
+    """``settings`` with these ``settings.openai`` fields, as an entry point would have built them."""
+    return settings.model_copy(update={"openai": settings.openai.model_copy(update=fields)})
+
+
+def test_thinking_off_forces_tool_choice_and_structured_output(server_env, settings):
+    configured = with_server(settings, thinking=False, reasoning_effort="max")
+    model = load_chat_model("openai:deepseek-v4-pro", settings=configured)
 
     class Query(BaseModel):
         query: str
@@ -140,10 +144,9 @@ def test_deadline_and_cancel_stop_a_slow_stream(server_env, settings):
         model.invoke([HumanMessage("another long question")], cancel=cancel)
 
 
-def test_unreachable_server_is_a_clear_error(settings, monkeypatch):
-    monkeypatch.setenv("DEEPSCOUT_OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    monkeypatch.setenv("DEEPSCOUT_OPENAI_MAX_RETRIES", "0")
-    model = load_chat_model("openai:some-model", settings=settings)
+def test_unreachable_server_is_a_clear_error(settings):
+    configured = with_server(settings, base_url="http://127.0.0.1:9/v1", max_retries=0)
+    model = load_chat_model("openai:some-model", settings=configured)
     with pytest.raises(ChatBackendError, match=r"cannot reach http://127\.0\.0\.1:9/v1"):
         model.invoke("hi")
 

@@ -19,6 +19,15 @@ def fill(session, tokens):
         session.tokens.append(token)
 
 
+def pool_holding(tokens, max_sessions):
+    """A pool of ``max_sessions`` holding one session of ``tokens``."""
+    pool = SessionPool(CONFIG, max_sessions=max_sessions)
+    session, _ = pool.acquire(tokens)
+    fill(session, tokens)
+    pool.release(session)
+    return pool
+
+
 def cached_values(session):
     return session.cache.layers[0].keys[0, 0, :, 0].int().tolist()
 
@@ -43,10 +52,7 @@ def test_append_reuses_the_whole_prefix_and_keeps_one_token_to_compute():
 
 
 def test_a_changed_prompt_branches_off_a_copy_while_there_is_room():
-    pool = SessionPool(CONFIG, max_sessions=2)
-    session, _ = pool.acquire([1, 2, 3, 4])
-    fill(session, [1, 2, 3, 4])
-    pool.release(session)
+    pool = pool_holding([1, 2, 3, 4], max_sessions=2)
     branch, reused = pool.acquire([1, 2, 9])
     assert reused == 2 and branch.tokens == [1, 2] and cached_values(branch) == [1, 2]
     fill(branch, [9])
@@ -56,10 +62,7 @@ def test_a_changed_prompt_branches_off_a_copy_while_there_is_room():
 
 
 def test_a_full_pool_crops_in_place_and_evicts_the_least_recent():
-    pool = SessionPool(CONFIG, max_sessions=1)
-    session, _ = pool.acquire([1, 2, 3, 4])
-    fill(session, [1, 2, 3, 4])
-    pool.release(session)
+    pool = pool_holding([1, 2, 3, 4], max_sessions=1)
     cropped, reused = pool.acquire([1, 2, 8])
     assert reused == 2 and cached_values(cropped) == [1, 2] and len(pool) == 0
     fill(cropped, [8])
