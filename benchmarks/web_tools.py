@@ -154,7 +154,7 @@ def main() -> None:
             )
             state = ctx.web
             started = time.perf_counter()
-            outcome = WebSearcher(ctx, state).search("Aletsch glacier")
+            outcome = WebSearcher(ctx).search("Aletsch glacier")
             rows.append(
                 {
                     "case": label,

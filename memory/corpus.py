@@ -25,14 +25,16 @@ from dataclasses import replace
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import Row, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from deepscout.errors import DeepscoutError
 from deepscout.memory.db import write_session
-from deepscout.memory.repository import clean_json, clean_text, content_hash, corpus_source_key
 from deepscout.memory.schemas import AddReport, CollectionInfo, CorpusDocument, ProgressCallback, SearchHit
+from deepscout.memory.source_records import clean_json, clean_text, content_hash, corpus_source_key
 from deepscout.memory.tables import CorpusCollection, Source, utcnow
+from deepscout.text.terms import STOPWORDS
+from deepscout.text.terms import WORD as _TERM
 
 FETCH_HINT = (
     "run `deepscout setup` or `deepscout corpus fetch-demo` for the demo corpus, "
@@ -46,18 +48,6 @@ SQLITE_TITLE_WEIGHT = 3.0
 SNIPPET_TOKENS = 32
 SNIPPET_HEADLINE_CHARS = 20000
 BATCH_SIZE = 500
-
-# Function words that carry no retrieval signal (a compact English list; numbers and names are kept).
-_STOPWORD_TEXT = """
-a about above after again against all am an and any are as at be because been before being below between
-both but by can could did do does doing down during each few for from further had has have having he her
-here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
-now of off on once only or other our ours ourselves out over own same she should so some such than that the
-their theirs them themselves then there these they this those through to too under until up very was we
-were what when where which while who whom whose why will with would you your yours yourself yourselves
-"""
-STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-_TERM = re.compile(r"[^\W_]+")
 
 
 class CorpusError(DeepscoutError):
@@ -326,18 +316,7 @@ def _search_sqlite(session: Session, terms: list[str], k: int, collection: str |
         """
     )
     params: dict[str, Any] = {"match": fts5_match_expression(terms), "k": k, "collection": collection}
-    return [
-        SearchHit(
-            source_id=row.id,
-            title=row.title,
-            snippet=row.snippet,
-            score=-float(row.rank),
-            url=row.url,
-            collection=row.collection,
-            doc_id=row.doc_id,
-        )
-        for row in session.execute(statement, params)
-    ]
+    return _hits(session.execute(statement, params), rank_sign=-1.0)  # bm25(): lower is better
 
 
 def _search_postgresql(session: Session, terms: list[str], k: int, collection: str | None) -> list[SearchHit]:
@@ -360,15 +339,21 @@ def _search_postgresql(session: Session, terms: list[str], k: int, collection: s
         """
     )
     params: dict[str, Any] = {"tsquery": tsquery_expression(terms), "k": k, "collection": collection}
+    return _hits(session.execute(statement, params), rank_sign=1.0)
+
+
+def _hits(rows: Iterable[Row[Any]], *, rank_sign: float) -> list[SearchHit]:
+    """Rows of a ranked search (id, title, url, collection, doc_id, snippet, rank) as hits whose score is
+    higher-is-better: the engine's rank times ``rank_sign``."""
     return [
         SearchHit(
             source_id=row.id,
             title=row.title,
             snippet=row.snippet,
-            score=float(row.rank),
+            score=rank_sign * float(row.rank),
             url=row.url,
             collection=row.collection,
             doc_id=row.doc_id,
         )
-        for row in session.execute(statement, params)
+        for row in rows
     ]

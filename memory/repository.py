@@ -1,8 +1,9 @@
-"""Reading and writing runs, sources and the search cache: keyword-only functions taking a Session.
+"""Reading and writing runs and threads: keyword-only functions taking a Session.
 
 The caller owns the transaction. Wrap writes in ``deepscout.memory.db.write_session(session_factory)``
 (short transactions: never hold one across a model call or a network fetch); reads can use a plain
 ``session_factory()`` session. Functions flush so that generated ids are set on the returned objects.
+Sources, fetched pages and the web search cache are in :mod:`deepscout.memory.source_records`.
 
 Threads and messages
     ``create_thread(s, *, thread_id=None, title=None)``,
@@ -15,48 +16,29 @@ Runs (the agent and the eval runner)
     run_id=None)`` → Run with status ``running``;
     ``add_step(s, *, run_id, node, data=None, usage=None, started_at=None, finished_at=None)`` → Step
     numbered 0, 1, 2… per run; ``finish_step(s, *, step_id, data=None, usage=None)``;
+    ``find_step(s, *, run_id, key)`` → the run's step whose ``data["key"]`` is ``key``, or None;
     ``add_tool_call(s, *, run_id, name, arguments, step_id=None, call_id=None, output=None, status="ok",
     error=None, source_ids=None, started_at=None, finished_at=None)``;
     ``finish_run(s, *, run_id, status, error=None, usage=None)`` (status: succeeded|failed|interrupted);
     ``save_answer(s, *, run_id, text, citations, meta=None)`` (replaces an earlier answer of the run);
     ``get_run(s, *, run_id)``, ``get_answer(s, *, run_id)``, ``list_runs(s, *, status=None, limit=50)``.
-
-Sources (corpus documents and web pages share one table; see docs/architecture.md)
-    ``upsert_source(s, *, key, kind, title, text, ...)`` → Source, inserted or updated by ``key``;
-    ``upsert_page(s, *, url, final_url, title, text, http_status, ...)`` → the page under
-    ``web:<final_url>``; ``find_page(s, *, url)`` → the stored page requested as, or redirected to, ``url``;
-    ``get_source(s, *, source_id)``, ``get_sources(s, *, source_ids)`` (in the order asked),
-    ``get_source_by_key(s, *, key)``; ``corpus_source_key``, ``web_source_key``, ``content_hash``,
-    ``clean_text``/``clean_json`` (text and meta are stored without NUL characters or lone surrogates).
-
-Web search cache (keyed by normalised query, backend, region and time limit; the reader applies the TTL)
-    ``search_cache_get(s, *, query, backend, region=None, timelimit=None, max_age, now=None)`` → the cached
-    results or None when absent or older than ``max_age``;
-    ``search_cache_put(s, *, query, backend, region=None, timelimit=None, results)`` (replaces).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deepscout.errors import DeepscoutError
 from deepscout.memory.tables import (
     RUN_STATUSES,
-    SOURCE_KINDS,
     Answer,
     Message,
     Run,
-    SearchCacheEntry,
-    Source,
     Step,
     Thread,
     ToolCall,
@@ -65,7 +47,7 @@ from deepscout.memory.tables import (
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 T = TypeVar("T")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+Finished = TypeVar("Finished", Step, Run)
 
 
 class RecordNotFoundError(DeepscoutError, LookupError):
@@ -76,10 +58,7 @@ class RecordNotFoundError(DeepscoutError, LookupError):
 
 
 def create_thread(session: Session, *, thread_id: str | None = None, title: str | None = None) -> Thread:
-    thread = Thread(title=title) if thread_id is None else Thread(id=thread_id, title=title)
-    session.add(thread)
-    session.flush()
-    return thread
+    return _insert(session, Thread(title=title) if thread_id is None else Thread(id=thread_id, title=title))
 
 
 def get_or_create_thread(session: Session, *, thread_id: str, title: str | None = None) -> Thread:
@@ -98,14 +77,11 @@ def add_message(
 ) -> Message:
     if role not in MESSAGE_ROLES:
         raise ValueError(f"Unknown message role {role!r}; expected one of {', '.join(MESSAGE_ROLES)}")
-    _require(session, Thread, thread_id)
-    message = Message(thread_id=thread_id, role=role, content=content, run_id=run_id, meta=meta or {})
-    session.add(message)
-    thread = session.get(Thread, thread_id)
-    if thread is not None:
-        thread.updated_at = utcnow()
-    session.flush()
-    return message
+    thread = _require(session, Thread, thread_id)
+    thread.updated_at = utcnow()
+    return _insert(
+        session, Message(thread_id=thread_id, role=role, content=content, run_id=run_id, meta=meta or {})
+    )
 
 
 def list_messages(session: Session, *, thread_id: str) -> list[Message]:
@@ -138,9 +114,7 @@ def create_run(
     )
     if run_id is not None:
         run.id = run_id
-    session.add(run)
-    session.flush()
-    return run
+    return _insert(session, run)
 
 
 def get_run(session: Session, *, run_id: str) -> Run | None:
@@ -183,9 +157,7 @@ def add_step(
         started_at=started_at or utcnow(),
         finished_at=finished_at,
     )
-    session.add(step)
-    session.flush()
-    return step
+    return _insert(session, step)
 
 
 def finish_step(
@@ -201,9 +173,7 @@ def finish_step(
         step.data = {**step.data, **data}
     if usage:
         step.usage = {**step.usage, **usage}
-    step.finished_at = utcnow()
-    session.flush()
-    return step
+    return _stamp_finished(session, step)
 
 
 def add_tool_call(
@@ -237,9 +207,7 @@ def add_tool_call(
         started_at=started_at or utcnow(),
         finished_at=finished_at or utcnow(),
     )
-    session.add(call)
-    session.flush()
-    return call
+    return _insert(session, call)
 
 
 def finish_run(
@@ -257,9 +225,7 @@ def finish_run(
     run.error = error
     if usage is not None:
         run.usage = usage
-    run.finished_at = utcnow()
-    session.flush()
-    return run
+    return _stamp_finished(session, run)
 
 
 def save_answer(
@@ -272,13 +238,11 @@ def save_answer(
 ) -> Answer:
     """Store the run's answer; a run has one answer, so a second call replaces the first."""
     _require(session, Run, run_id)
-    answer = session.scalar(select(Answer).where(Answer.run_id == run_id))
+    answer = get_answer(session, run_id=run_id)
     if answer is None:
-        answer = Answer(run_id=run_id, text=text, citations=citations, meta=meta or {})
-        session.add(answer)
-    else:
-        answer.text, answer.citations, answer.meta = text, citations, meta or {}
-        answer.created_at = utcnow()
+        return _insert(session, Answer(run_id=run_id, text=text, citations=citations, meta=meta or {}))
+    answer.text, answer.citations, answer.meta = text, citations, meta or {}
+    answer.created_at = utcnow()
     session.flush()
     return answer
 
@@ -287,212 +251,18 @@ def get_answer(session: Session, *, run_id: str) -> Answer | None:
     return session.scalar(select(Answer).where(Answer.run_id == run_id))
 
 
-# --- sources ----------------------------------------------------------------------------------------
-
-
-def corpus_source_key(collection: str, doc_id: str) -> str:
-    return f"corpus:{collection}:{doc_id}"
-
-
-def web_source_key(final_url: str) -> str:
-    return f"web:{final_url}"
-
-
-def clean_text(value: str) -> str:
-    """Text every database accepts: NUL characters dropped (PostgreSQL refuses them), lone surrogates
-    (possible in JSON input) replaced by U+FFFD."""
-    if "\x00" in value:
-        value = value.replace("\x00", "")
-    return _SURROGATE.sub("\ufffd", value)
-
-
-def clean_json(value: Any) -> Any:
-    """``value`` with :func:`clean_text` applied to every string in it (keys included)."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, dict):
-        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean_json(v) for v in value]
-    return value
-
-
-def content_hash(title: str, text: str) -> str:
-    """SHA-256 over title and text: what decides whether a stored document changed."""
-    digest = hashlib.sha256()
-    digest.update(title.encode("utf-8"))
-    digest.update(b"\x00")
-    digest.update(text.encode("utf-8"))
-    return digest.hexdigest()
-
-
-def upsert_source(
-    session: Session,
-    *,
-    key: str,
-    kind: str,
-    title: str,
-    text: str,
-    collection: str | None = None,
-    doc_id: str | None = None,
-    url: str | None = None,
-    final_url: str | None = None,
-    http_status: int | None = None,
-    content_type: str | None = None,
-    author: str | None = None,
-    published: str | None = None,
-    fetched_at: datetime | None = None,
-    meta: dict[str, Any] | None = None,
-) -> Source:
-    """Insert the source, or update the one with the same ``key`` (its id stays the same)."""
-    if kind not in SOURCE_KINDS:
-        raise ValueError(f"Source kind must be one of {', '.join(SOURCE_KINDS)}, not {kind!r}")
-    title, text = clean_text(title), clean_text(text)
-    fields: dict[str, Any] = {
-        "kind": kind,
-        "title": title,
-        "text": text,
-        "content_hash": content_hash(title, text),
-        "collection": collection,
-        "doc_id": doc_id,
-        "url": url,
-        "final_url": final_url,
-        "http_status": http_status,
-        "content_type": content_type,
-        "author": author,
-        "published": published,
-        "fetched_at": fetched_at,
-        "meta": clean_json(meta or {}),
-    }
-    source = get_source_by_key(session, key=key)
-    if source is None:
-        try:
-            with session.begin_nested():
-                source = Source(key=key, **fields)
-                session.add(source)
-            return source
-        except IntegrityError:  # another writer inserted the same key in between (PostgreSQL)
-            source = get_source_by_key(session, key=key)
-            if source is None:
-                raise
-    for name, value in fields.items():
-        setattr(source, name, value)
+def _insert(session: Session, row: T) -> T:
+    """Add ``row`` and flush, so that its generated id is set."""
+    session.add(row)
     session.flush()
-    return source
+    return row
 
 
-def upsert_page(
-    session: Session,
-    *,
-    url: str,
-    final_url: str,
-    title: str,
-    text: str,
-    http_status: int,
-    content_type: str | None = None,
-    author: str | None = None,
-    published: str | None = None,
-    fetched_at: datetime | None = None,
-    meta: dict[str, Any] | None = None,
-) -> Source:
-    """Store a fetched web page under ``web:<final_url>``; ``url`` is the address that was requested."""
-    return upsert_source(
-        session,
-        key=web_source_key(final_url),
-        kind="web",
-        title=title,
-        text=text,
-        url=url,
-        final_url=final_url,
-        http_status=http_status,
-        content_type=content_type,
-        author=author,
-        published=published,
-        fetched_at=fetched_at or utcnow(),
-        meta=meta,
-    )
-
-
-def find_page(session: Session, *, url: str) -> Source | None:
-    """The stored web page fetched from ``url`` or redirected to it (newest first), or None."""
-    query = (
-        select(Source)
-        .where(Source.kind == "web", (Source.final_url == url) | (Source.url == url))
-        .order_by(Source.fetched_at.desc(), Source.id.desc())
-        .limit(1)
-    )
-    return session.scalar(query)
-
-
-def get_source(session: Session, *, source_id: int) -> Source | None:
-    return session.get(Source, source_id)
-
-
-def get_sources(session: Session, *, source_ids: Sequence[int]) -> list[Source]:
-    """The sources with these ids, in the order given; unknown ids are left out."""
-    by_id = {s.id: s for s in session.scalars(select(Source).where(Source.id.in_(list(source_ids))))}
-    return [by_id[i] for i in source_ids if i in by_id]
-
-
-def get_source_by_key(session: Session, *, key: str) -> Source | None:
-    return session.scalar(select(Source).where(Source.key == key))
-
-
-# --- web search cache -------------------------------------------------------------------------------
-
-
-def search_cache_key(*, query: str, backend: str, region: str | None, timelimit: str | None) -> str:
-    """SHA-256 over the normalised query (whitespace collapsed, case folded), backend, region, time limit."""
-    normalised = " ".join(query.split()).casefold()
-    payload = json.dumps([normalised, backend, region, timelimit], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def search_cache_get(
-    session: Session,
-    *,
-    query: str,
-    backend: str,
-    region: str | None = None,
-    timelimit: str | None = None,
-    max_age: timedelta,
-    now: datetime | None = None,
-) -> list[Any] | None:
-    """The cached results, or None when there are none younger than ``max_age``."""
-    key = search_cache_key(query=query, backend=backend, region=region, timelimit=timelimit)
-    entry = session.scalar(select(SearchCacheEntry).where(SearchCacheEntry.key == key))
-    if entry is None or entry.created_at < (now or utcnow()) - max_age:
-        return None
-    return list(entry.results)
-
-
-def search_cache_put(
-    session: Session,
-    *,
-    query: str,
-    backend: str,
-    region: str | None = None,
-    timelimit: str | None = None,
-    results: list[Any],
-) -> SearchCacheEntry:
-    """Store (or replace) the results for this query, stamped now."""
-    key = search_cache_key(query=query, backend=backend, region=region, timelimit=timelimit)
-    entry = session.scalar(select(SearchCacheEntry).where(SearchCacheEntry.key == key))
-    if entry is None:
-        try:
-            with session.begin_nested():
-                entry = SearchCacheEntry(
-                    key=key, query=query, backend=backend, region=region, timelimit=timelimit, results=results
-                )
-                session.add(entry)
-            return entry
-        except IntegrityError:  # a concurrent writer stored the same key first (PostgreSQL)
-            entry = session.scalar(select(SearchCacheEntry).where(SearchCacheEntry.key == key))
-            if entry is None:
-                raise
-    entry.query, entry.results, entry.created_at = query, results, utcnow()
+def _stamp_finished(session: Session, row: Finished) -> Finished:
+    """Set the step's or run's ``finished_at`` to now and flush."""
+    row.finished_at = utcnow()
     session.flush()
-    return entry
+    return row
 
 
 def _require(session: Session, model: type[T], ident: object) -> T:
@@ -500,3 +270,9 @@ def _require(session: Session, model: type[T], ident: object) -> T:
     if found is None:
         raise RecordNotFoundError(f"No {model.__name__.lower()} with id {ident!r}")
     return found
+
+
+def find_step(session: Session, *, run_id: str, key: str) -> Step | None:
+    """The run's step stored with ``data["key"] == key`` (the agent's key for a node's work), or None."""
+    steps = session.scalars(select(Step).where(Step.run_id == run_id).order_by(Step.index))
+    return next((step for step in steps if (step.data or {}).get("key") == key), None)

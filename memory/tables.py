@@ -270,32 +270,32 @@ class EvalRun(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-class EvalAnswer(Base):
+class EvalItemRecord:
+    """The columns of a table holding records about single items of an eval run, as JSON (``payload``)."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    eval_run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvalAnswer(EvalItemRecord, Base):
     """One system's answer to one eval item, with its sources and cost (``payload``)."""
 
     __tablename__ = "eval_answers"
     __table_args__ = (UniqueConstraint("eval_run_id", "item_id", "system", name="uq_eval_answers_item"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    eval_run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
-    item_id: Mapped[str] = mapped_column(String(128))
     system: Mapped[str] = mapped_column(String(64))
-    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class EvalVerdict(Base):
+class EvalVerdict(EvalItemRecord, Base):
     """The pairwise judge's outcome on one item, both orders' reasons included (``payload``)."""
 
     __tablename__ = "eval_verdicts"
     __table_args__ = (UniqueConstraint("eval_run_id", "item_id", name="uq_eval_verdicts_item"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    eval_run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
-    item_id: Mapped[str] = mapped_column(String(128))
     outcome: Mapped[str] = mapped_column(String(8))
-    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 FULL_TEXT_OBJECTS = ("sources_fts", "search_vector", "ix_sources_search_vector")

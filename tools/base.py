@@ -44,6 +44,8 @@ class DocumentArtifact(TypedDict):
     """A window of a stored document, as ``read``/``fetch`` tools hand it to the agent."""
 
     source_id: int
+    doc_id: str | None
+    """The corpus document's id; None for a web page."""
     title: str
     url: str | None
     offset: int

@@ -20,15 +20,15 @@ from typing import Any, TypeVar
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepscout.memory import repository
+from deepscout.memory import source_records
 from deepscout.memory.db import write_session
 from deepscout.memory.tables import Source
 from deepscout.tools.base import DocumentArtifact, ToolContext
 from deepscout.tools.extract import ExtractionError, extract_document
 from deepscout.tools.guards import check_url, normalize_url
 from deepscout.tools.http_client import FetchError, GuardedHttpClient
+from deepscout.tools.tool_building import content_and_artifact_tool
 from deepscout.tools.untrusted import wrap_untrusted
-from deepscout.tools.web_state import WebRunState
 
 NAME = "fetch_url"
 DEFAULT_LENGTH = 60_000
@@ -65,10 +65,10 @@ def _stored(source: Source, *, replayed: bool) -> StoredPage:
 class PageFetcher:
     """Fetch, extract and store pages for one run; replays stored pages without the network."""
 
-    def __init__(self, ctx: ToolContext, state: WebRunState) -> None:
+    def __init__(self, ctx: ToolContext) -> None:
         self._ctx = ctx
-        self._state = state
-        self._client = GuardedHttpClient(state.settings, state.rate_limiter)
+        self._state = ctx.web
+        self._client = GuardedHttpClient(ctx.web.settings, ctx.web.rate_limiter)
 
     async def fetch(self, url: str) -> StoredPage:
         """The page at ``url`` as stored; raises ``UrlRefusedError``, ``FetchError``, ``ExtractionError`` or
@@ -79,7 +79,7 @@ class PageFetcher:
         check_url(url, s)  # also for replays: the allow/deny lists may have changed since
         requested = normalize_url(url)
         with self._ctx.session_factory() as session:
-            source = repository.find_page(session, url=requested)
+            source = source_records.find_page(session, url=requested)
             page = _stored(source, replayed=True) if source is not None else None
         if page is not None:
             self._state.count("fetch_store_hits")
@@ -108,7 +108,7 @@ class PageFetcher:
             "fetch_seconds": round(raw.elapsed_s, 3),
         }
         with write_session(self._ctx.session_factory) as session:
-            source = repository.upsert_page(
+            source = source_records.upsert_page(
                 session,
                 url=requested,
                 final_url=final_url,
@@ -156,6 +156,7 @@ def _tool_output(page: StoredPage, length: int) -> tuple[str, DocumentArtifact]:
     header = f"source {page.source_id}: {page.title} — {page.final_url} (characters 0-{end} of {total}{more})"
     artifact: DocumentArtifact = {
         "source_id": page.source_id,
+        "doc_id": None,
         "title": page.title,
         "url": page.final_url,
         "offset": 0,
@@ -167,7 +168,7 @@ def _tool_output(page: StoredPage, length: int) -> tuple[str, DocumentArtifact]:
 
 
 def build_fetch_url(ctx: ToolContext) -> StructuredTool:
-    fetcher = PageFetcher(ctx, ctx.web)
+    fetcher = PageFetcher(ctx)
 
     def fetch_url(url: str, length: int = DEFAULT_LENGTH) -> tuple[str, DocumentArtifact]:
         """Read a web page by URL (one from search results, the user, or a page read); stores it and returns
@@ -179,14 +180,11 @@ def build_fetch_url(ctx: ToolContext) -> StructuredTool:
         ctx.charge(NAME)
         return _tool_output(await fetcher.fetch(url), length)
 
-    tool = StructuredTool.from_function(
-        func=fetch_url,
-        coroutine=afetch_url,
+    return content_and_artifact_tool(
+        fetch_url,
         name=NAME,
-        description=fetch_url.__doc__,
         args_schema=FetchUrlArgs,
-        response_format="content_and_artifact",
+        role="fetch",
+        coroutine=afetch_url,
+        description=fetch_url.__doc__,
     )
-    metadata: dict[str, Any] = {"role": "fetch"}
-    tool.metadata = metadata
-    return tool

@@ -3,13 +3,12 @@ through long texts with ``offset`` and ``length`` (characters)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from langchain_core.tools import StructuredTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepscout.memory import repository
+from deepscout.memory import source_records
 from deepscout.tools.base import DocumentArtifact, ToolContext
+from deepscout.tools.tool_building import content_and_artifact_tool
 from deepscout.tools.untrusted import wrap_untrusted
 
 NAME = "read_document"
@@ -36,7 +35,7 @@ def build_read_document(ctx: ToolContext) -> StructuredTool:
         """Read a stored document by source id, from character OFFSET for LENGTH characters."""
         ctx.charge(NAME)
         with ctx.session_factory() as session:
-            source = repository.get_source(session, source_id=source_id)
+            source = source_records.get_source(session, source_id=source_id)
             if source is None:
                 raise UnknownSourceError(
                     f"no stored document has source id {source_id}; use an id from search results"
@@ -45,12 +44,13 @@ def build_read_document(ctx: ToolContext) -> StructuredTool:
             start = min(offset, total)
             end = min(start + length, total)
             text = source.text[start:end]
-            title, url = source.title, source.final_url or source.url
+            title, url, doc_id = source.title, source.final_url or source.url, source.doc_id
             links = (source.meta or {}).get("links") or []
         if links:
             ctx.provenance.add_many((str(link) for link in links), "page")
         artifact: DocumentArtifact = {
             "source_id": source_id,
+            "doc_id": doc_id,
             "title": title,
             "url": url,
             "offset": start,
@@ -62,13 +62,6 @@ def build_read_document(ctx: ToolContext) -> StructuredTool:
         header = f"source {source_id}: {title} (characters {start}-{end} of {total}{more})"
         return wrap_untrusted(f"{header}\n{text}", origin=NAME, label=title), artifact
 
-    tool = StructuredTool.from_function(
-        func=read_document,
-        name=NAME,
-        args_schema=ReadDocumentArgs,
-        response_format="content_and_artifact",
-        handle_tool_error=True,
+    return content_and_artifact_tool(
+        read_document, name=NAME, args_schema=ReadDocumentArgs, role="read", handle_tool_error=True
     )
-    metadata: dict[str, Any] = {"role": "read"}
-    tool.metadata = metadata
-    return tool

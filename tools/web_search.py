@@ -29,13 +29,14 @@ from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepscout.errors import DeepscoutError
-from deepscout.memory import repository
+from deepscout.memory import source_records
 from deepscout.memory.corpus import CorpusError
 from deepscout.memory.db import write_session
 from deepscout.tools.base import SearchHitArtifact, ToolContext
+from deepscout.tools.corpus_search import hit_artifacts, hit_lines
 from deepscout.tools.guards import normalize_url
+from deepscout.tools.tool_building import content_and_artifact_tool
 from deepscout.tools.untrusted import wrap_untrusted
-from deepscout.tools.web_state import WebRunState
 
 logger = logging.getLogger(__name__)
 
@@ -152,12 +153,12 @@ def _normalise(raw: list[Any], kind: SearchKind, backend: str, limit: int) -> li
 class WebSearcher:
     """Web search with cache, retries, backend fallback, a deadline and a corpus fallback."""
 
-    def __init__(self, ctx: ToolContext, state: WebRunState) -> None:
+    def __init__(self, ctx: ToolContext) -> None:
         from ddgs.engines import ENGINES
 
         self._ctx = ctx
-        self._state = state
-        self._settings = state.settings
+        self._state = ctx.web
+        self._settings = ctx.web.settings
         self._engines = ENGINES
         for kind, backends in (
             ("text", self._settings.text_backends),
@@ -224,7 +225,7 @@ class WebSearcher:
         self, query: str, kind: SearchKind, backend: str, timelimit: str | None, results: list[WebResult]
     ) -> None:
         with write_session(self._ctx.session_factory) as session:
-            repository.search_cache_put(
+            source_records.search_cache_put(
                 session,
                 query=query,
                 backend=f"{kind}:{backend}",
@@ -241,7 +242,7 @@ class WebSearcher:
             return None
         with self._ctx.session_factory() as session:
             for backend in backends:
-                rows = repository.search_cache_get(
+                rows = source_records.search_cache_get(
                     session,
                     query=query,
                     backend=f"{kind}:{backend}",
@@ -319,17 +320,7 @@ class WebSearcher:
                 f"web search for {query!r} failed ({reason}) and the local corpus cannot stand in: {exc}"
             ) from exc
         self._state.count("search_corpus_fallbacks")
-        corpus_hits: list[SearchHitArtifact] = [
-            {
-                "source_id": h.source_id,
-                "title": h.title,
-                "snippet": h.snippet,
-                "score": float(h.score),
-                "url": h.url,
-            }
-            for h in hits
-        ]
-        return SearchOutcome("corpus", [], None, failures, corpus_hits)
+        return SearchOutcome("corpus", [], None, failures, hit_artifacts(hits))
 
 
 class WebSearchArgs(BaseModel):
@@ -350,15 +341,14 @@ def _stored_page_ids(ctx: ToolContext, urls: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     with ctx.session_factory() as session:
         for url in urls:
-            page = repository.find_page(session, url=normalize_url(url))
+            page = source_records.find_page(session, url=normalize_url(url))
             if page is not None and page.http_status is not None and 200 <= page.http_status < 300:
                 found[url] = page.id
     return found
 
 
 def build_web_search(ctx: ToolContext) -> StructuredTool:
-    state = ctx.web
-    searcher = WebSearcher(ctx, state)
+    searcher = WebSearcher(ctx)
 
     def web_search(
         query: str, k: int = 5, kind: SearchKind = "text", timelimit: TimeLimit | None = None
@@ -371,10 +361,8 @@ def build_web_search(ctx: ToolContext) -> StructuredTool:
             ctx.provenance.add_many((h["url"] for h in outcome.corpus_hits if h["url"]), "search")
             if not outcome.corpus_hits:
                 return f"{note} none match {query!r}.", []
-            lines = [f"source {h['source_id']}: {h['title']} — {h['snippet']}" for h in outcome.corpus_hits]
-            return note + "\n" + wrap_untrusted(
-                "\n".join(lines), origin=NAME, label=query
-            ), outcome.corpus_hits
+            content = wrap_untrusted(hit_lines(outcome.corpus_hits), origin=NAME, label=query)
+            return f"{note}\n{content}", outcome.corpus_hits
         ctx.provenance.add_many((r.url for r in outcome.results), "search")
         stored = _stored_page_ids(ctx, [r.url for r in outcome.results])
         artifact: list[SearchHitArtifact] = [
@@ -396,12 +384,4 @@ def build_web_search(ctx: ToolContext) -> StructuredTool:
             lines.append(f"{r.rank}. {r.title}{dated} — {r.url}{stored_note}\n   {r.snippet}")
         return wrap_untrusted("\n".join(lines), origin=NAME, label=query), artifact
 
-    tool = StructuredTool.from_function(
-        func=web_search,
-        name=NAME,
-        args_schema=WebSearchArgs,
-        response_format="content_and_artifact",
-    )
-    metadata: dict[str, Any] = {"role": "search"}
-    tool.metadata = metadata
-    return tool
+    return content_and_artifact_tool(web_search, name=NAME, args_schema=WebSearchArgs, role="search")

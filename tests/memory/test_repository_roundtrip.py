@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from deepscout.memory import repository as repo
+from deepscout.memory import source_records as sources
 from deepscout.memory.db import Database, write_session
 
 
@@ -96,7 +97,7 @@ def test_write_session_rolls_back_on_error(database: Database) -> None:
 def test_pages_upsert_by_final_url_and_are_found_by_requested_url(database: Database) -> None:
     fetched = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     with write_session(database.session_factory) as s:
-        page = repo.upsert_page(
+        page = sources.upsert_page(
             s,
             url="http://example.org/a",
             final_url="https://example.org/article",
@@ -111,7 +112,7 @@ def test_pages_upsert_by_final_url_and_are_found_by_requested_url(database: Data
         )
         first_id = page.id
     with write_session(database.session_factory) as s:
-        again = repo.upsert_page(
+        again = sources.upsert_page(
             s,
             url="https://example.org/article",
             final_url="https://example.org/article",
@@ -121,30 +122,33 @@ def test_pages_upsert_by_final_url_and_are_found_by_requested_url(database: Data
         )
         assert again.id == first_id
     with database.session_factory() as s:
-        stored = repo.get_source(s, source_id=first_id)
+        stored = sources.get_source(s, source_id=first_id)
         assert stored is not None and stored.key == "web:https://example.org/article"
         assert stored.text == "Body text, revised." and stored.kind == "web"
-        assert stored.content_hash == repo.content_hash("An article", "Body text, revised.")
-        found = repo.find_page(s, url="https://example.org/article")
+        assert stored.content_hash == sources.content_hash("An article", "Body text, revised.")
+        found = sources.find_page(s, url="https://example.org/article")
         assert found is not None and found.id == first_id
-        assert repo.find_page(s, url="https://example.org/other") is None
-        assert repo.get_source_by_key(s, key=repo.web_source_key("https://example.org/article")) is not None
+        assert sources.find_page(s, url="https://example.org/other") is None
+        assert (
+            sources.get_source_by_key(s, key=sources.web_source_key("https://example.org/article"))
+            is not None
+        )
 
 
 def test_upsert_source_and_ordered_lookup(database: Database) -> None:
     with write_session(database.session_factory) as s:
-        a = repo.upsert_source(
+        a = sources.upsert_source(
             s,
-            key=repo.corpus_source_key("c", "1"),
+            key=sources.corpus_source_key("c", "1"),
             kind="corpus",
             title="A",
             text="a",
             collection="c",
             doc_id="1",
         )
-        b = repo.upsert_source(
+        b = sources.upsert_source(
             s,
-            key=repo.corpus_source_key("c", "2"),
+            key=sources.corpus_source_key("c", "2"),
             kind="corpus",
             title="B",
             text="b",
@@ -152,25 +156,25 @@ def test_upsert_source_and_ordered_lookup(database: Database) -> None:
             doc_id="2",
         )
         with pytest.raises(ValueError, match="kind"):
-            repo.upsert_source(s, key="x", kind="pdf", title="", text="")
+            sources.upsert_source(s, key="x", kind="pdf", title="", text="")
         ids = [b.id, 999_999, a.id]
     with database.session_factory() as s:
-        assert [src.title for src in repo.get_sources(s, source_ids=ids)] == ["B", "A"]
+        assert [src.title for src in sources.get_sources(s, source_ids=ids)] == ["B", "A"]
 
 
 def test_search_cache_ttl_is_applied_by_the_reader(database: Database) -> None:
     results = [{"title": "T", "url": "https://example.org", "snippet": "s", "rank": 1, "backend": "ddg"}]
     with write_session(database.session_factory) as s:
-        repo.search_cache_put(
+        sources.search_cache_put(
             s, query="Deep  Seek", backend="ddg", region="us-en", timelimit="w", results=results
         )
     with database.session_factory() as s:
-        hit = repo.search_cache_get(
+        hit = sources.search_cache_get(
             s, query="deep seek", backend="ddg", region="us-en", timelimit="w", max_age=timedelta(hours=1)
         )
         assert hit == results
         assert (
-            repo.search_cache_get(
+            sources.search_cache_get(
                 s,
                 query="deep seek",
                 backend="bing",
@@ -182,7 +186,7 @@ def test_search_cache_ttl_is_applied_by_the_reader(database: Database) -> None:
         )
         later = datetime.now(UTC) + timedelta(hours=2)
         assert (
-            repo.search_cache_get(
+            sources.search_cache_get(
                 s,
                 query="deep seek",
                 backend="ddg",
@@ -194,10 +198,12 @@ def test_search_cache_ttl_is_applied_by_the_reader(database: Database) -> None:
             is None
         )
     with write_session(database.session_factory) as s:
-        repo.search_cache_put(s, query="deep seek", backend="ddg", region="us-en", timelimit="w", results=[])
+        sources.search_cache_put(
+            s, query="deep seek", backend="ddg", region="us-en", timelimit="w", results=[]
+        )
     with database.session_factory() as s:
         assert (
-            repo.search_cache_get(
+            sources.search_cache_get(
                 s, query="DEEP SEEK", backend="ddg", region="us-en", timelimit="w", max_age=timedelta(hours=1)
             )
             == []
@@ -233,13 +239,14 @@ def test_concurrent_writers_share_the_database(database: Database) -> None:
 WRITER_SCRIPT = """
 import sys
 from deepscout.memory import repository as repo
+from deepscout.memory import source_records as sources
 from deepscout.memory.db import create_db_engine, make_session_factory, write_session
 engine = create_db_engine(sys.argv[1])
 factory = make_session_factory(engine)
 for i in range(int(sys.argv[3])):
     with write_session(factory) as s:
         repo.add_step(s, run_id=sys.argv[2], node="proc", data={"i": i})
-        repo.upsert_source(s, key=f"web:https://example.org/{i}", kind="web", title="t", text=str(i))
+        sources.upsert_source(s, key=f"web:https://example.org/{i}", kind="web", title="t", text=str(i))
 """
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import ToolMessage
 
-from deepscout.memory import repository
+from deepscout.memory import source_records
 from deepscout.tools.fetch import build_fetch_url
 from deepscout.tools.guards import UnsafeUrlError, UnseenUrlError
 from deepscout.tools.http_client import FetchError
@@ -37,10 +37,10 @@ def test_page_is_stored_whole_and_replayed_without_the_network(make_context, web
     assert message.content.startswith(OPEN_TAG) and message.content.endswith(CLOSE_TAG)
     assert f"read_document(source_id={artifact['source_id']}, offset=200)" in message.content
     with database.session_factory() as session:
-        source = repository.get_source(session, source_id=artifact["source_id"])
+        source = source_records.get_source(session, source_id=artifact["source_id"])
         assert source is not None
         assert (source.kind, source.key, source.http_status) == ("web", f"web:{url}", 200)
-        assert source.content_hash == repository.content_hash(source.title, source.text)
+        assert source.content_hash == source_records.content_hash(source.title, source.text)
         assert source.fetched_at is not None and source.author == "Maria Keller"
         assert "Daniel Farinotti" in source.text and len(source.text) == artifact["total_chars"]
         assert "https://www.glamos.ch/en/" in source.meta["links"]
@@ -114,7 +114,7 @@ def test_fetch_quota_and_http_errors(make_context, web_server, database) -> None
     with pytest.raises(FetchError, match="HTTP 404"):
         _call(tool, url=web_server.url("/missing"))
     with database.session_factory() as session:
-        assert repository.find_page(session, url=web_server.url("/missing")) is None
+        assert source_records.find_page(session, url=web_server.url("/missing")) is None
     with pytest.raises(ToolQuotaExceeded, match="web fetch quota of 1 per run"):
         _call(tool, url=web_server.url("/notes.txt"))
 

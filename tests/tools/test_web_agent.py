@@ -60,13 +60,15 @@ def test_web_research_then_an_offline_replay(
     settings, database, web_server, fake_search_http, monkeypatch
 ) -> None:
     from deepscout.agent.api import research
-    from deepscout.agent.options import Budgets
+    from deepscout.agent.options import Budgets, ResearchOptions
+    from deepscout.settings import Settings
 
-    # the agent builds its own tool context: the web settings come from the environment
+    # the web settings come from the environment, read when the entry point builds Settings
     monkeypatch.setenv("DEEPSCOUT_WEB_ALLOW_LOOPBACK", "true")
     monkeypatch.setenv("DEEPSCOUT_WEB_ALLOWED_PORTS", json.dumps([80, 443, web_server.port]))
     monkeypatch.setenv("DEEPSCOUT_WEB_TEXT_BACKENDS", '["duckduckgo"]')
     monkeypatch.setenv("DEEPSCOUT_WEB_PER_DOMAIN_MIN_INTERVAL_S", "0")
+    settings = Settings(home=settings.home)
     article, pdf = web_server.url("/article"), web_server.url("/doc.pdf")
     fake_search_http.serve_results(
         [("Glacier retreat doubled", article, "Ice loss doubled."), ("Glacier survey", pdf, "176 glaciers.")]
@@ -84,8 +86,7 @@ def test_web_research_then_an_offline_replay(
             "How fast is the Aletsch glacier thinning?",
             settings=settings,
             model=model,
-            search="web",
-            budgets=Budgets(max_steps=3),
+            options=ResearchOptions(search="web", budgets=Budgets(max_steps=3)),
             database=database,
         )
 
