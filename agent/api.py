@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +21,8 @@ from langchain_core.runnables import RunnableConfig
 
 from deepscout.agent.context import ContextManager
 from deepscout.agent.graph import build_graph, sqlite_checkpointer
-from deepscout.agent.nodes import Event, RunContext
-from deepscout.agent.options import AgentSettings, Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
+from deepscout.agent.run_context import Event, RunContext
 from deepscout.agent.state import ResearchState, SourceRecord, StepRecord
 from deepscout.errors import DeepscoutError
 from deepscout.memory import repository
@@ -85,8 +86,20 @@ def _usage(state: ResearchState, seconds: float) -> dict[str, Any]:
     return totals
 
 
+def _source(record: SourceRecord) -> SourceRecord:
+    """A copy of ``record``; checkpoints written before sources carried ``doc_id`` lack the key."""
+    return SourceRecord(
+        n=record["n"],
+        source_id=record["source_id"],
+        doc_id=record.get("doc_id"),
+        title=record["title"],
+        url=record["url"],
+        chars=record["chars"],
+    )
+
+
 def _result(state: ResearchState, thread_id: str, seconds: float) -> ResearchResult:
-    sources = list(state.get("sources", []))
+    sources = [_source(record) for record in state.get("sources", [])]
     by_n = {source["n"]: source for source in sources}
     citations = [
         Citation(n=n, source_id=by_n[n]["source_id"], title=by_n[n]["title"], url=by_n[n]["url"])
@@ -108,74 +121,77 @@ def _result(state: ResearchState, thread_id: str, seconds: float) -> ResearchRes
     )
 
 
-def _agent_settings(
-    settings: Settings,
-    model: str | ChatModel | None,
-    search: str,
-    budgets: Budgets | None,
-    agent: AgentSettings | None,
-) -> AgentSettings:
-    base = agent or AgentSettings(model=settings.model)
-    update: dict[str, Any] = {"search": search}
-    if isinstance(model, str):
-        update["model"] = model
-    elif model is None and agent is None:
-        update["model"] = settings.model
-    if budgets is not None:
-        update["budgets"] = budgets
-    return AgentSettings.model_validate({**base.model_dump(), **update})
+def _context_limit(chat: ChatModel, budgets: Budgets) -> int:
+    """The run's context budget in tokens: ``budgets.max_context_tokens``, which the model must hold."""
+    window = chat.context_window
+    wanted = budgets.max_context_tokens
+    if wanted is not None and wanted > window:
+        raise ResearchInputError(
+            f"max_context_tokens is {wanted} but the model's context window holds {window} tokens; "
+            f"ask for at most {window}, or leave it unset to use the whole window"
+        )
+    return wanted or window
 
 
 def research(
     question: str,
     *,
     settings: Settings,
-    model: str | ChatModel | None = None,
-    search: str = "local",
-    budgets: Budgets | None = None,
+    options: ResearchOptions | None = None,
+    model: ChatModel | None = None,
     thread_id: str | None = None,
-    agent: AgentSettings | None = None,
     on_event: Callable[[Event], None] | None = None,
     database: Database | None = None,
 ) -> ResearchResult:
     """Research ``question`` and return the cited answer, the sources read, the trace and the usage.
 
-    ``model`` is a spec (``smollm2``, ``openai:MODEL``...) or a loaded :class:`ChatModel` (reused across
-    runs). ``thread_id`` names the run's checkpoint thread: an unfinished thread is resumed, a finished
-    one returns its result. ``on_event`` receives progress events (queries, sources, tokens...).
-    ``settings.web`` (timeouts, caps, allow/deny lists) applies when ``search`` uses the web.
+    ``options`` says how (model spec, search mode, budgets, ...; default :class:`ResearchOptions`, whose
+    model defaults to ``settings.model``). ``model`` is an already loaded :class:`ChatModel` to use instead
+    of loading ``options.model`` (reused across runs). ``thread_id`` names the run's checkpoint thread:
+    an unfinished thread is resumed, a finished one returns its result. ``on_event`` receives progress
+    events (queries, sources, tokens...). ``database`` is an open database to use (default: opened from
+    ``settings`` for the run). ``settings.web`` (timeouts, caps, allow/deny lists) applies when the search
+    mode uses the web.
     """
     started = time.monotonic()
     emit = on_event or (lambda event: None)
+    options = options or ResearchOptions()
+    spec = options.model or settings.model
+    if model is not None and not isinstance(model, ChatModel):
+        raise ResearchInputError(
+            f"model must be a loaded ChatModel, not {type(model).__name__}; put a model spec in options.model"
+        )
     question = " ".join(question.split())
     resume_requested = thread_id is not None
     thread_id = thread_id or uuid.uuid4().hex
-    options = _agent_settings(settings, model, search, budgets, agent)
-    checkpointer = sqlite_checkpointer(settings.home)
-    graph = build_graph(checkpointer)
-    config: RunnableConfig = {"configurable": {"thread_id": thread_id}, "recursion_limit": 200}
-    snapshot = graph.get_state(config)
-    stored: ResearchState = snapshot.values  # type: ignore[assignment]
-    resuming = bool(stored)
-    if resuming:
-        if not snapshot.next:
-            return _result(stored, thread_id, 0.0)
-        question = stored["question"]
-    elif not question:
-        if resume_requested:
-            raise ResearchInputError(
-                f"no run with thread id {thread_id!r} to resume, and no question was given; check the id "
-                "printed when the run started, or ask a question"
-            )
-        raise ResearchInputError("the question is empty; ask something, e.g. 'Who directed Alien?'")
-    own_database = database is None
-    db = database or open_database(settings)
-    try:
+    with ExitStack() as cleanup:
+        checkpointer = sqlite_checkpointer(settings.home)
+        cleanup.callback(checkpointer.conn.close)
+        graph = build_graph(checkpointer)
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id}, "recursion_limit": 200}
+        snapshot = graph.get_state(config)
+        stored: ResearchState = snapshot.values  # type: ignore[assignment]
+        resuming = bool(stored)
+        if resuming:
+            if not snapshot.next:
+                return _result(stored, thread_id, 0.0)
+            question = stored["question"]
+        elif not question:
+            if resume_requested:
+                raise ResearchInputError(
+                    f"no run with thread id {thread_id!r} to resume, and no question was given; check the "
+                    "id printed when the run started, or ask a question"
+                )
+            raise ResearchInputError("the question is empty; ask something, e.g. 'Who directed Alien?'")
+        db = database or open_database(settings)
+        if database is None:
+            cleanup.callback(db.dispose)
         corpus = CorpusIndex(db.session_factory)
         if options.search in ("local", "both"):
             corpus.require_documents()
-        chat = model if isinstance(model, ChatModel) else load_chat_model(options.model, settings=settings)
+        chat = model if model is not None else load_chat_model(spec, settings=settings)
         budget = options.budgets
+        limit = _context_limit(chat, budget)
         deadline = started + budget.wall_time_s
         tool_context = ToolContext(
             session_factory=db.session_factory,
@@ -187,13 +203,12 @@ def research(
             retriever=build_retriever(options.retrieval, corpus, db.session_factory, settings.cache_dir),
         )
         tool_context.provenance.add_from_user_text(question)
-        limit = min(chat.context_window, budget.max_context_tokens or chat.context_window)
         reserve = options.reflect_max_tokens + options.answer_max_tokens + PROMPT_OVERHEAD_TOKENS
         run_context = RunContext(
             model=chat,
             tools=build_tools(options.search, tool_context),
             tool_context=tool_context,
-            settings=options,
+            options=options,
             context=ContextManager(chat, limit_tokens=limit, reserve_tokens=reserve),
             session_factory=db.session_factory,
             deadline=deadline,
@@ -210,8 +225,8 @@ def research(
                 run = repository.create_run(
                     session,
                     question=question,
-                    settings=options.model_dump(mode="json"),
-                    manifest={"model": options.model, "corpus": corpus.manifest(), "search": options.search},
+                    settings={**options.model_dump(mode="json"), "model": spec},
+                    manifest={"model": spec, "corpus": corpus.manifest(), "search": options.search},
                     sampling={"temperature": options.temperature},
                     thread_id=thread_id,
                 )
@@ -231,15 +246,20 @@ def research(
         with write_session(db.session_factory) as session:
             repository.finish_run(session, run_id=run_id, status="succeeded", usage=result.usage)
         return result
-    finally:
-        checkpointer.conn.close()
-        if own_database:
-            db.dispose()
 
 
-async def aresearch_stream(question: str, **kwargs: Any) -> AsyncIterator[Event]:
-    """Like :func:`research`, as an async stream of progress events ending with
-    ``{"type": "result", "result": ResearchResult}``; an error in the run is raised from the iterator.
+async def aresearch_stream(
+    question: str,
+    *,
+    settings: Settings,
+    options: ResearchOptions | None = None,
+    model: ChatModel | None = None,
+    thread_id: str | None = None,
+    database: Database | None = None,
+) -> AsyncIterator[Event]:
+    """Like :func:`research` (same arguments but ``on_event``), as an async stream of progress events
+    ending with ``{"type": "result", "result": ResearchResult}``; an error in the run is raised from the
+    iterator.
 
     The run itself executes in a worker thread (the embedded model computes on the CPU), so the event
     loop stays free while it works.
@@ -252,7 +272,15 @@ async def aresearch_stream(question: str, **kwargs: Any) -> AsyncIterator[Event]
 
     def work() -> None:
         try:
-            result = research(question, on_event=push, **kwargs)
+            result = research(
+                question,
+                settings=settings,
+                options=options,
+                model=model,
+                thread_id=thread_id,
+                on_event=push,
+                database=database,
+            )
             push({"type": "result", "result": result})
         except BaseException as error:  # handed to the consumer
             push({"type": "error", "error": error})  # raised by the consumer, never yielded

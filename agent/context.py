@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
 
-from deepscout.agent.state import DroppedRecord
+from deepscout.agent.state import DroppedRecord, ResearchState
 from deepscout.errors import DeepscoutError
+from deepscout.text.terms import terms
 from deepscout.tools.untrusted import wrap_untrusted
 
 if TYPE_CHECKING:
@@ -29,11 +30,7 @@ DOC_KEY = "deepscout_document"
 """``additional_kwargs`` key marking a document turn: {n, source_id, title, url, text}."""
 GAP = "\n\n"
 """Kept passages of one document are joined by a blank line, so they split back the same way."""
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
-_STOPWORD_TEXT = """a an and are as at be by did do does for from has have he her his how in is it its of
-on or she that the their them they this to was were what when where which who whom whose why will with"""
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 PASSAGE_CHARS = 600
 """Long paragraphs are cut into sentence groups of about this many characters."""
 
@@ -51,6 +48,8 @@ class DocumentText:
     title: str
     url: str | None
     text: str
+    doc_id: str | None = None
+    """The corpus document's id (None for a web page); not kept in the transcript."""
 
 
 @dataclass
@@ -65,8 +64,9 @@ class Placement:
     """True when earlier turns were rewritten (the prompt is no longer append-only)."""
 
 
-def terms(text: str) -> list[str]:
-    return [w for w in (m.lower() for m in _WORD.findall(text)) if w not in _STOPWORDS and len(w) > 1]
+def focus_text(state: ResearchState) -> str:
+    """What passages are ranked against: the question and the queries searched or about to be."""
+    return " ".join([state["question"], *state.get("queries_done", []), *state.get("pending_queries", [])])
 
 
 def split_passages(text: str) -> list[str]:

@@ -1,8 +1,9 @@
 """The research graph's wiring: plan → act → read → reflect → (act | plan | answer).
 
 Routing lives in the nodes (each returns a ``Command`` naming the next node), so the edges here are only
-the entry point. ``builder`` is the uncompiled graph; :func:`build_graph` compiles it with a checkpointer
-so that an interrupted run resumes by thread id.
+the entry point. The loop's nodes are in :mod:`.nodes`, the answer in :mod:`.answer_node`. ``builder`` is
+the uncompiled graph; :func:`build_graph` compiles it with a checkpointer so that an interrupted run
+resumes by thread id.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from deepscout.agent import nodes
-from deepscout.agent.nodes import RunContext
+from deepscout.agent.answer_node import answer
+from deepscout.agent.run_context import RunContext
 from deepscout.agent.state import ResearchState
 
 CHECKPOINT_FILE = "checkpoints.sqlite"
@@ -27,7 +29,7 @@ builder.add_node("plan", nodes.plan)
 builder.add_node("act", nodes.act)
 builder.add_node("read", nodes.read)
 builder.add_node("reflect", nodes.reflect)
-builder.add_node("answer", nodes.answer)
+builder.add_node("answer", answer)
 builder.add_edge(START, "plan")
 
 

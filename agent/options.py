@@ -1,6 +1,7 @@
-"""Typed settings of one research run: budgets, search mode and model choice.
+"""Typed options of one research run: budgets, search mode and model choice.
 
-Created by the entry point (CLI, API, evals) and passed down; nothing here reads the environment at import.
+Created by the entry point (CLI, API, evals) and passed down as ``research(..., options=...)``; nothing
+here reads the environment at import.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ class Budgets(BaseModel):
     )
 
 
-class AgentSettings(BaseModel):
+class ResearchOptions(BaseModel):
     """How the agent researches: which model, which tools, how much it reads and writes per step."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(default="smollm2", description="Chat model spec (see model_runtime.chat).")
+    model: str | None = Field(
+        default=None, description="Chat model spec (see model_runtime.chat); None: ``Settings.model``."
+    )
     search: SearchMode = Field(default="local", description="local corpus, web, or both.")
     budgets: Budgets = Field(default_factory=Budgets)
     collection: str | None = Field(default=None, description="Restrict corpus search to one collection.")

@@ -57,6 +57,9 @@ class SourceRecord(TypedDict):
 
     n: int
     source_id: int
+    doc_id: str | None
+    """The corpus document's id (``None`` for a web page). Checkpoints written before this key existed
+    lack it: read it with ``.get("doc_id")``."""
     title: str
     url: str | None
     chars: int

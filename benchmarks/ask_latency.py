@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deepscout.agent.api import research
-from deepscout.agent.options import Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import open_database
 from deepscout.memory.ingest import read_hotpotqa
@@ -51,7 +51,12 @@ def run_question(
             first_answer_token.append(time.monotonic() - started)
 
     result = research(
-        question, settings=settings, model=model, budgets=budgets, database=database, on_event=on_event
+        question,
+        settings=settings,
+        options=ResearchOptions(budgets=budgets),
+        model=model,
+        database=database,
+        on_event=on_event,
     )
     total = time.monotonic() - started
     steps = [

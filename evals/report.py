@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -206,25 +206,33 @@ def _orders(verdict: Verdict) -> tuple[str, str]:
     )
 
 
-def _drilldown_markdown(
+def _answer_text(answer: SystemAnswer) -> str:
+    return f"ERROR: {answer.error}" if answer.error else answer.answer
+
+
+def _per_question(
     items: Sequence[EvalItem], answers: Sequence[SystemAnswer], verdicts: Sequence[Verdict]
-) -> str:
+) -> Iterator[tuple[EvalItem, list[SystemAnswer], Verdict | None]]:
+    """Each answered item in the data set's order, its answers by system name, and its verdict if judged."""
     by_key = {(a.item_id, a.system): a for a in answers}
     verdict_of = {v.item_id: v for v in verdicts}
     systems = sorted({a.system for a in answers})
-    parts = []
     for item in items:
-        if not any((item.id, s) in by_key for s in systems):
-            continue
+        present = [by_key[(item.id, s)] for s in systems if (item.id, s) in by_key]
+        if present:
+            yield item, present, verdict_of.get(item.id)
+
+
+def _drilldown_markdown(
+    items: Sequence[EvalItem], answers: Sequence[SystemAnswer], verdicts: Sequence[Verdict]
+) -> str:
+    parts = []
+    for item, present, verdict in _per_question(items, answers, verdicts):
         parts.append(f"### {item.question}\n\nGold: {' | '.join(item.answers)} ({_tags(item)})\n")
-        for system in systems:
-            answer = by_key.get((item.id, system))
-            if answer is None:
-                continue
+        for answer in present:
             sources = "; ".join(f"[{i}] {s.title}" for i, s in enumerate(answer.sources, start=1))
-            text = f"ERROR: {answer.error}" if answer.error else answer.answer
-            parts.append(f"**{system}**: {text}\n\nSources: {sources or 'none'}\n")
-        if (verdict := verdict_of.get(item.id)) is not None:
+            parts.append(f"**{answer.system}**: {_answer_text(answer)}\n\nSources: {sources or 'none'}\n")
+        if verdict is not None:
             as_a, as_b = _orders(verdict)
             parts.append(
                 f"Verdict for {verdict.first}: **{verdict.outcome}**"
@@ -258,22 +266,15 @@ th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto}details{m
 def _drilldown_html(
     items: Sequence[EvalItem], answers: Sequence[SystemAnswer], verdicts: Sequence[Verdict]
 ) -> str:
-    by_key = {(a.item_id, a.system): a for a in answers}
-    verdict_of = {v.item_id: v for v in verdicts}
-    systems = sorted({a.system for a in answers})
     out = []
-    for item in items:
-        present = [by_key[(item.id, s)] for s in systems if (item.id, s) in by_key]
-        if not present:
-            continue
-        verdict = verdict_of.get(item.id)
+    for item, present, verdict in _per_question(items, answers, verdicts):
         badge = f' <span class="{verdict.outcome}">[{verdict.outcome}]</span>' if verdict else ""
         out.append(f"<details><summary>{html.escape(item.question)}{badge}</summary>")
         out.append(
             f"<p><b>Gold:</b> {html.escape(' | '.join(item.answers))} ({html.escape(_tags(item))})</p>"
         )
         for answer in present:
-            text = f"ERROR: {answer.error}" if answer.error else answer.answer
+            text = _answer_text(answer)
             sources = "".join(
                 f"<li>[{i}] {html.escape(s.title)}</li>" for i, s in enumerate(answer.sources, start=1)
             )

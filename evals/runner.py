@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
-from deepscout.agent.options import AgentSettings, Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
 from deepscout.errors import DeepscoutError
 from deepscout.evals import store
 from deepscout.evals.datasets import Dataset, EvalItem, load_dataset
@@ -178,7 +178,7 @@ def _run(
             settings=settings,
             database=db,
             chat=model,
-            agent=AgentSettings(
+            options=ResearchOptions(
                 model=options.model,
                 search=options.search,  # type: ignore[arg-type]
                 budgets=budgets,
@@ -216,9 +216,9 @@ def _run(
                 item_id=item.id, system=name, answer="", error=f"{type(error).__name__}: {error}"
             )
 
-    # The embedded models compute on this machine's cores and are not shared between threads;
-    # concurrency is for remote backends.
-    workers = options.concurrency if options.model.startswith("openai:") else 1
+    # An embedded model computes on this machine's cores and is not shared between threads;
+    # concurrency is for the backends that say one instance serves several (remote servers).
+    workers = options.concurrency if model.serves_threads_concurrently else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for future in as_completed([pool.submit(answer, work) for work in todo]):
             result = future.result()

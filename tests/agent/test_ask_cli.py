@@ -59,3 +59,20 @@ def test_ask_prints_answer_and_sources(home, small_corpus, scripted, monkeypatch
     assert "[1] Dracula (source" in result.output
     assert "removed citation [8]" in result.output
     assert "searching: Dracula author" in result.output
+
+
+def test_a_context_budget_over_the_window_is_one_error_line(
+    home, small_corpus, scripted, monkeypatch
+) -> None:
+    from deepscout.model_runtime.chat import BackendEntry, backend_registry
+
+    model = scripted([], context_window=2048)
+    entry = BackendEntry("scripted", "scripted", lambda argument, settings: model, takes_argument=False)
+    monkeypatch.setattr(backend_registry, "BUILTIN_BACKENDS", (*backend_registry.BUILTIN_BACKENDS, entry))
+    result = runner.invoke(
+        app, ["ask", "Who wrote Dracula?", "--model", "scripted", "--max-context-tokens", "4096"]
+    )
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "4096" in errors[0] and "2048" in errors[0]
+    assert "Traceback" not in result.output

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from deepscout.agent.api import research
-from deepscout.agent.citations import resolve_citations
-from deepscout.agent.options import Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
+from deepscout.text.citations import resolve_citations
 
 
 def test_known_citations_are_kept_in_order() -> None:
@@ -17,7 +17,7 @@ def test_known_citations_are_kept_in_order() -> None:
 
 
 def test_unknown_citations_are_removed_and_logged(caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="deepscout.agent.citations"):
+    with caplog.at_level(logging.WARNING, logger="deepscout.text.citations"):
         resolved = resolve_citations("Stoker wrote Dracula [1][7]. He was Irish [3, 1; 9] .", [1, 3])
     assert resolved.text == "Stoker wrote Dracula [1]. He was Irish [3][1]."
     assert resolved.cited == [1, 3]
@@ -33,12 +33,12 @@ def test_brackets_that_are_not_citations_are_left_alone() -> None:
 
 def test_answer_loses_invented_citations_end_to_end(settings, small_corpus, scripted, caplog) -> None:
     model = scripted(['{"queries":["Dracula author"]}', "Bram Stoker wrote Dracula [1] [4]."])
-    with caplog.at_level(logging.WARNING, logger="deepscout.agent.citations"):
+    with caplog.at_level(logging.WARNING, logger="deepscout.text.citations"):
         result = research(
             "Who wrote Dracula?",
             settings=settings,
             model=model,
-            budgets=Budgets(max_steps=1),
+            options=ResearchOptions(budgets=Budgets(max_steps=1)),
             database=small_corpus,
         )
     known = {source["n"] for source in result.sources}

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from deepscout.agent.api import research
-from deepscout.agent.options import Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
 from deepscout.memory.tables import Answer, Run, Step, ToolCall
 
 QUESTION = "Where was the author of Dracula born?"
@@ -27,7 +27,7 @@ def test_plan_act_read_reflect_loop_answer(settings, small_corpus, scripted) -> 
         QUESTION,
         settings=settings,
         model=model,
-        budgets=Budgets(max_steps=4),
+        options=ResearchOptions(budgets=Budgets(max_steps=4)),
         database=small_corpus,
         on_event=events.append,
     )
@@ -60,7 +60,11 @@ def test_plan_act_read_reflect_loop_answer(settings, small_corpus, scripted) -> 
 def test_max_steps_stops_the_loop(settings, small_corpus, scripted) -> None:
     model = scripted(['{"queries":["Dracula author"]}', "Bram Stoker wrote Dracula [1]."])
     result = research(
-        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
+        QUESTION,
+        settings=settings,
+        model=model,
+        options=ResearchOptions(budgets=Budgets(max_steps=1)),
+        database=small_corpus,
     )
     # The step budget ends the loop before the reflection asks the model anything.
     assert [step["node"] for step in result.trace] == ["plan", "act", "read", "reflect", "answer"]
@@ -79,7 +83,7 @@ def test_max_tool_calls_stops_the_loop(settings, small_corpus, scripted) -> None
         QUESTION,
         settings=settings,
         model=model,
-        budgets=Budgets(max_steps=5, max_tool_calls=5),
+        options=ResearchOptions(budgets=Budgets(max_steps=5, max_tool_calls=5)),
         database=small_corpus,
     )
     # Four searches (three planned, plus the question) and one read, then the budget is spent.
@@ -99,7 +103,11 @@ def test_reflection_loops_back_to_plan_without_new_queries(settings, small_corpu
         ]
     )
     result = research(
-        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=3), database=small_corpus
+        QUESTION,
+        settings=settings,
+        model=model,
+        options=ResearchOptions(budgets=Budgets(max_steps=3)),
+        database=small_corpus,
     )
     nodes = [step["node"] for step in result.trace]
     assert nodes == ["plan", "act", "read", "reflect", "plan", "act", "read", "reflect", "answer"]
@@ -113,7 +121,7 @@ def test_parroted_and_invalid_plans_fall_back_to_the_question(settings, small_co
         "Who wrote Dracula?",
         settings=settings,
         model=model,
-        budgets=Budgets(max_steps=1),
+        options=ResearchOptions(budgets=Budgets(max_steps=1)),
         database=small_corpus,
     )
     plan = result.trace[0]
@@ -124,7 +132,11 @@ def test_worked_example_entities_are_cut_from_queries(settings, small_corpus, sc
     plan = '{"queries":["The Four Seasons author of Dracula","Venice"]}'
     model = scripted([plan, "Bram Stoker wrote Dracula [1]."])
     result = research(
-        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
+        QUESTION,
+        settings=settings,
+        model=model,
+        options=ResearchOptions(budgets=Budgets(max_steps=1)),
+        database=small_corpus,
     )
     assert result.trace[0]["detail"]["queries"] == ["The author of Dracula", QUESTION]
 
@@ -132,7 +144,11 @@ def test_worked_example_entities_are_cut_from_queries(settings, small_corpus, sc
 def test_model_that_cites_nothing_still_lists_sources(settings, small_corpus, scripted) -> None:
     model = scripted(['{"queries":["Dracula author"]}', "Bram Stoker wrote it."])
     result = research(
-        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
+        QUESTION,
+        settings=settings,
+        model=model,
+        options=ResearchOptions(budgets=Budgets(max_steps=1)),
+        database=small_corpus,
     )
     assert result.citations == []
     assert result.sources and result.sources[0]["title"] == "Dracula"
@@ -143,7 +159,11 @@ def test_ungrounded_answer_is_replaced_by_cited_passages(settings, small_corpus,
     parroted = "The Four Seasons was composed by Antonio Vivaldi [1], who was born in Venice [2]."
     model = scripted(['{"queries":["Dracula author"]}', parroted])
     result = research(
-        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
+        QUESTION,
+        settings=settings,
+        model=model,
+        options=ResearchOptions(budgets=Budgets(max_steps=1)),
+        database=small_corpus,
     )
     assert result.status == "fallback"
     assert "Vivaldi" not in result.answer
@@ -160,7 +180,11 @@ def test_ungrounded_answer_is_replaced_by_cited_passages(settings, small_corpus,
 def test_answer_echoing_the_question_is_replaced(settings, small_corpus, scripted, echo: str) -> None:
     model = scripted(['{"queries":["Dracula author"]}', echo])
     result = research(
-        QUESTION, settings=settings, model=model, budgets=Budgets(max_steps=1), database=small_corpus
+        QUESTION,
+        settings=settings,
+        model=model,
+        options=ResearchOptions(budgets=Budgets(max_steps=1)),
+        database=small_corpus,
     )
     assert result.status == "fallback"
     assert "only repeated the question" in result.answer

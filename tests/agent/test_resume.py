@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from deepscout.agent.api import research
-from deepscout.agent.options import Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
 from deepscout.memory.tables import Run, Step, ToolCall
 
 QUESTION = "Where was the author of Dracula born?"
@@ -24,7 +24,7 @@ def test_interrupted_run_resumes_by_thread_id(settings, small_corpus, scripted) 
             QUESTION,
             settings=settings,
             model=first,
-            budgets=Budgets(max_steps=3),
+            options=ResearchOptions(budgets=Budgets(max_steps=3)),
             thread_id="thread-1",
             database=small_corpus,
         )
@@ -46,7 +46,7 @@ def test_interrupted_run_resumes_by_thread_id(settings, small_corpus, scripted) 
         "",  # the stored question is used
         settings=settings,
         model=second,
-        budgets=Budgets(max_steps=3),
+        options=ResearchOptions(budgets=Budgets(max_steps=3)),
         thread_id="thread-1",
         database=small_corpus,
         on_event=events.append,

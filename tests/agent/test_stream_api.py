@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from deepscout.agent.api import ResearchResult, aresearch_stream
-from deepscout.agent.options import Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
 
 
 def test_aresearch_stream_yields_events_then_the_result(settings, small_corpus, scripted) -> None:
@@ -20,7 +20,7 @@ def test_aresearch_stream_yields_events_then_the_result(settings, small_corpus, 
                 "Who wrote Dracula?",
                 settings=settings,
                 model=model,
-                budgets=Budgets(max_steps=1),
+                options=ResearchOptions(budgets=Budgets(max_steps=1)),
                 database=small_corpus,
             )
         ]

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from deepscout.agent.api import research
-from deepscout.agent.options import AgentSettings, Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
 
 QUESTION = "Where was the author of Dracula born?"
 
@@ -20,7 +20,11 @@ def test_deadline_in_the_loop_goes_on_to_answer(settings, small_corpus, scripted
     )
     started = time.monotonic()
     result = research(
-        QUESTION, settings=settings, model=model, budgets=Budgets(wall_time_s=2.0), database=small_corpus
+        QUESTION,
+        settings=settings,
+        model=model,
+        options=ResearchOptions(budgets=Budgets(wall_time_s=2.0)),
+        database=small_corpus,
     )
     elapsed = time.monotonic() - started
     assert elapsed < 5.0
@@ -36,7 +40,11 @@ def test_deadline_in_the_answer_falls_back_to_cited_passages(settings, small_cor
     )
     started = time.monotonic()
     result = research(
-        QUESTION, settings=settings, model=model, budgets=Budgets(wall_time_s=2.0), database=small_corpus
+        QUESTION,
+        settings=settings,
+        model=model,
+        options=ResearchOptions(budgets=Budgets(wall_time_s=2.0)),
+        database=small_corpus,
     )
     assert time.monotonic() - started < 5.0
     assert result.status == "fallback"
@@ -65,8 +73,7 @@ def test_wall_time_stops_smollm2_mid_generation(settings, small_corpus, smollm2_
         "What happens in the chapters of Dracula?",
         settings=settings,
         model=smollm2_chat_model,
-        agent=AgentSettings(answer_time_share=0.5, reads_per_step=1),
-        budgets=Budgets(wall_time_s=4.0),
+        options=ResearchOptions(answer_time_share=0.5, reads_per_step=1, budgets=Budgets(wall_time_s=4.0)),
         database=small_corpus,
     )
     elapsed = time.monotonic() - started

@@ -8,31 +8,23 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from deepscout.agent.options import Budgets
 from deepscout.evals.datasets import load_dataset
 from deepscout.evals.report import write_report
 from deepscout.evals.runner import EvalOptions, run_eval
 from deepscout.evals.store import load_run
 from deepscout.memory.db import open_database
+from deepscout.settings import OpenAISettings, Settings
 
 ITEMS = 3
 
 
-@pytest.fixture
-def openai_env(eval_chat_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("DEEPSCOUT_OPENAI_BASE_URL", eval_chat_server.url)
-    monkeypatch.setenv("DEEPSCOUT_OPENAI_API_KEY", "test-key")
-    monkeypatch.setenv("DEEPSCOUT_OPENAI_MAX_RETRIES", "0")
-    monkeypatch.setenv("DEEPSCOUT_OPENAI_TIMEOUT_S", "30")
-    return eval_chat_server
-
-
 def test_agent_rag_and_judge_over_the_openai_backend(
-    hotpotqa_dir: Path, settings: Any, openai_env: Any, tmp_path: Path
+    hotpotqa_dir: Path, settings: Settings, eval_chat_server: Any, tmp_path: Path
 ) -> None:
-    server = openai_env
+    server = eval_chat_server
+    openai = OpenAISettings(base_url=server.url, api_key="test-key", max_retries=0, timeout_s=30)
+    settings = settings.model_copy(update={"openai": openai})
     questions = [item.question for item in load_dataset(hotpotqa_dir).items[:ITEMS]]
     server.position_biased.add(questions[-1])  # the judge picks "A" in both orders: a flip, so a tie
     options = EvalOptions(

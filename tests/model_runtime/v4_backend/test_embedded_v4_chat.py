@@ -24,12 +24,15 @@ from deepscout.model_runtime.chat import (
     GenerationCancelled,
     GenerationDeadlineExceeded,
     ModelNotFetchedError,
+    ToolCallOutputError,
+    Usage,
     load_chat_model,
 )
-from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel, ToolCallOutputError
+from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel
+from deepscout.model_runtime.chat.embedded_base import GenerationOutcome
 from deepscout.model_runtime.v4.chat_format.conversions import turns_from_langchain
 from deepscout.model_runtime.v4.chat_format.render import ThinkMaxContextError, render_prompt
-from deepscout.model_runtime.v4.runtime import GenerationOutcome, V4Runtime
+from deepscout.model_runtime.v4.runtime import V4Runtime
 from deepscout.settings import Settings
 
 D = "｜DSML｜"
@@ -45,6 +48,7 @@ def test_registry_loads_random_tiny_and_rejects_a_missing_checkpoint(settings: S
     model = load_chat_model("deepseek-v4:random-tiny", settings=settings)
     assert isinstance(model, EmbeddedV4ChatModel)
     assert model.context_window == 32_768
+    assert not model.serves_threads_concurrently  # one generation at a time on this machine's cores
     with pytest.raises(ModelNotFetchedError, match=r"config\.json"):
         load_chat_model("deepseek-v4:/nonexistent/v4-checkpoint", settings=settings)
 
@@ -166,11 +170,12 @@ def _scripted(runtime: V4Runtime, text: str) -> Callable[..., Generator[int, Non
         return GenerationOutcome(
             token_ids=ids,
             finish_reason="stop",
-            prefill={
-                "prompt_tokens": len(prompt_ids),
-                "reused_tokens": 0,
-                "computed_tokens": len(prompt_ids),
-            },
+            usage=Usage(
+                prompt_tokens=len(prompt_ids),
+                reused_tokens=0,
+                computed_tokens=len(prompt_ids),
+                output_tokens=len(ids),
+            ),
             prefill_seconds=0.0,
             first_token_seconds=0.0,
             decode_seconds=0.0,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from deepscout.agent.api import research
-from deepscout.agent.options import AgentSettings, Budgets
+from deepscout.agent.options import Budgets, ResearchOptions
 from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel
 from deepscout.model_runtime.v4.runtime import V4Runtime
 from deepscout.settings import Settings
@@ -47,7 +47,7 @@ def test_research_runs_end_to_end_on_random_tiny(
         "Where was the author of Dune born?",
         settings=settings,
         model=model,
-        agent=AgentSettings(
+        options=ResearchOptions(
             model="deepseek-v4:random-tiny",
             budgets=Budgets(max_steps=1, wall_time_s=600),
             plan_max_tokens=16,

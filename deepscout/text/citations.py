@@ -1,8 +1,8 @@
-"""Citation resolution: ``[n]`` markers in an answer mapped to the sources the agent read.
+"""Citation resolution: ``[n]`` markers in an answer mapped to the sources it was written from.
 
-After generation every marker is checked; a number that names no source read in this run is removed
+After generation every marker is checked; a number that names no source given to the model is removed
 from the text and logged (a small model invents citations), so every citation left resolves to a
-stored document.
+stored document. The agent and the eval's RAG baseline resolve their answers the same way.
 """
 
 from __future__ import annotations
