@@ -21,10 +21,9 @@ from langchain_core.runnables import RunnableConfig
 
 from deepscout.agent.context import ContextManager
 from deepscout.agent.graph import build_graph, sqlite_checkpointer
-from deepscout.agent.options import Budgets, ResearchOptions
+from deepscout.agent.options import ResearchInputError, ResearchOptions
 from deepscout.agent.run_context import Event, RunContext
 from deepscout.agent.state import ResearchState, SourceRecord, StepRecord
-from deepscout.errors import DeepscoutError
 from deepscout.memory import repository
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database, open_database, write_session
@@ -37,10 +36,6 @@ from deepscout.tools.retrieval import build_retriever
 
 PROMPT_OVERHEAD_TOKENS = 450
 """Tokens kept free for the reflection and answer instructions and the structured-output schema."""
-
-
-class ResearchInputError(DeepscoutError, ValueError):
-    """The question or the run's options are unusable; the message says what to change."""
 
 
 @dataclass
@@ -121,18 +116,6 @@ def _result(state: ResearchState, thread_id: str, seconds: float) -> ResearchRes
     )
 
 
-def _context_limit(chat: ChatModel, budgets: Budgets) -> int:
-    """The run's context budget in tokens: ``budgets.max_context_tokens``, which the model must hold."""
-    window = chat.context_window
-    wanted = budgets.max_context_tokens
-    if wanted is not None and wanted > window:
-        raise ResearchInputError(
-            f"max_context_tokens is {wanted} but the model's context window holds {window} tokens; "
-            f"ask for at most {window}, or leave it unset to use the whole window"
-        )
-    return wanted or window
-
-
 def research(
     question: str,
     *,
@@ -191,7 +174,7 @@ def research(
             corpus.require_documents()
         chat = model if model is not None else load_chat_model(spec, settings=settings)
         budget = options.budgets
-        limit = _context_limit(chat, budget)
+        limit = budget.context_tokens(chat.context_window)
         deadline = started + budget.wall_time_s
         tool_context = ToolContext(
             session_factory=db.session_factory,

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepscout.errors import DeepscoutError
 from deepscout.tools.registry import SearchMode
 from deepscout.tools.retrieval import RetrievalKind
+
+
+class ResearchInputError(DeepscoutError, ValueError):
+    """The question or the run's options are unusable; the message says what to change."""
 
 
 class Budgets(BaseModel):
@@ -29,6 +34,17 @@ class Budgets(BaseModel):
         gt=0,
         description="Wall time of the run; stops a prefill or decode in progress when it runs out.",
     )
+
+    def context_tokens(self, window: int) -> int:
+        """The run's context budget for a model of ``window`` tokens: ``max_context_tokens``, which the
+        model must hold (else ResearchInputError), or the whole window."""
+        wanted = self.max_context_tokens
+        if wanted is not None and wanted > window:
+            raise ResearchInputError(
+                f"max_context_tokens is {wanted} but the model's context window holds {window} tokens; "
+                f"ask for at most {window}, or leave it unset to use the whole window"
+            )
+        return wanted or window
 
 
 class ResearchOptions(BaseModel):

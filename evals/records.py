@@ -19,7 +19,7 @@ class SourceRef:
 
 
 @dataclass(frozen=True)
-class Usage:
+class AnswerCost:
     """Cost of one answer: calls to tools, tokens in the prompts, tokens actually computed (not reused
     from a cache), tokens generated, and wall time."""
 
@@ -37,7 +37,7 @@ class SystemAnswer:
     answer: str
     sources: tuple[SourceRef, ...] = ()
     read_doc_ids: tuple[str, ...] = ()
-    usage: Usage = field(default_factory=Usage)
+    usage: AnswerCost = field(default_factory=AnswerCost)
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -59,7 +59,7 @@ class SystemAnswer:
             answer=data["answer"],
             sources=tuple(SourceRef(**s) for s in data.get("sources", [])),
             read_doc_ids=tuple(data.get("read_doc_ids", [])),
-            usage=Usage(**data.get("usage", {})),
+            usage=AnswerCost(**data.get("usage", {})),
             error=data.get("error"),
         )
 

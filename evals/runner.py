@@ -59,12 +59,17 @@ class EvalOptions:
 
 @dataclass(frozen=True)
 class EvalOutcome:
+    """What one ``run_eval`` call did; counts cover the items within ``--limit`` only."""
+
     run_id: str
     items: int
     answered: int
+    """Answers written by this call (items × systems, less those stored by an earlier call)."""
     skipped: int
+    """Answers already stored by an earlier call of the same configuration."""
     judged: int
     failures: list[str]
+    """One line per answer or verdict that failed (the item and system, and the error)."""
 
 
 def _check(options: EvalOptions, dataset: Dataset) -> None:
@@ -173,6 +178,7 @@ def _run(
 
     model = chat or load_chat_model(options.model, settings=settings)
     budgets = options.budgets
+    context_tokens = budgets.context_tokens(model.context_window)  # checked once, for both systems
     systems: dict[str, System] = {
         "agent": AgentSystem(
             settings=settings,
@@ -194,7 +200,7 @@ def _run(
             retriever=build_retriever(options.retrieval, corpus, db.session_factory, settings.cache_dir),
             collection=collection,
             top_k=options.top_k,
-            context_tokens=min(model.context_window, budgets.max_context_tokens or model.context_window),
+            context_tokens=context_tokens,
             answer_max_tokens=options.answer_max_tokens,
             wall_time_s=budgets.wall_time_s,
         ),

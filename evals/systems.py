@@ -22,7 +22,7 @@ from deepscout.agent.api import research
 from deepscout.agent.options import ResearchOptions
 from deepscout.evals.datasets import EvalItem
 from deepscout.evals.judge_prompts import RAG_SYSTEM, RAG_USER
-from deepscout.evals.records import SourceRef, SystemAnswer, Usage
+from deepscout.evals.records import AnswerCost, SourceRef, SystemAnswer
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database
 from deepscout.model_runtime.chat import ChatModel, GenerationDeadlineExceeded, usage_of
@@ -73,7 +73,7 @@ class AgentSystem:
                 SourceRef(s["source_id"], s.get("doc_id"), s["title"], s["url"]) for s in result.sources
             ),
             read_doc_ids=tuple(doc_id for s in result.sources if (doc_id := s.get("doc_id"))),
-            usage=Usage(
+            usage=AnswerCost(
                 tool_calls=int(usage.get("tool_calls", 0)),
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 computed_tokens=int(usage.get("computed_tokens", 0)),
@@ -159,7 +159,7 @@ class RagSystem:
             answer=resolved.text,
             sources=tuple(SourceRef(s.id, s.doc_id, s.title, s.url) for s in used),
             read_doc_ids=tuple(s.doc_id for s in used if s.doc_id),
-            usage=Usage(
+            usage=AnswerCost(
                 tool_calls=1,
                 prompt_tokens=prompt,
                 computed_tokens=computed,

@@ -14,9 +14,9 @@ Sources (corpus documents and web pages share one table; see docs/architecture.m
     ``clean_text``/``clean_json`` (text and meta are stored without NUL characters or lone surrogates).
 
 Web search cache (keyed by normalised query, backend, region and time limit; the reader applies the TTL)
-    ``search_cache_get(s, *, query, backend, region=None, timelimit=None, max_age, now=None)`` → the cached
+    ``search_cache_get(s, *, search: SearchQuery, max_age, now=None)`` → the cached
     results or None when absent or older than ``max_age``;
-    ``search_cache_put(s, *, query, backend, region=None, timelimit=None, results)`` (replaces).
+    ``search_cache_put(s, *, search: SearchQuery, results)`` (replaces).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict, TypeVar, Unpack
 
@@ -210,11 +211,22 @@ def get_source_by_key(session: Session, *, key: str) -> Source | None:
 # --- web search cache -------------------------------------------------------------------------------
 
 
-def search_cache_key(*, query: str, backend: str, region: str | None, timelimit: str | None) -> str:
-    """SHA-256 over the normalised query (whitespace collapsed, case folded), backend, region, time limit."""
-    normalised = " ".join(query.split()).casefold()
-    payload = json.dumps([normalised, backend, region, timelimit], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+@dataclass(frozen=True)
+class SearchQuery:
+    """One search as the cache keys it: the query text, the backend, and its region and time limit."""
+
+    query: str
+    backend: str
+    region: str | None = None
+    timelimit: str | None = None
+
+    @property
+    def cache_key(self) -> str:
+        """SHA-256 over the normalised query (whitespace collapsed, case folded), backend, region, time
+        limit."""
+        normalised = " ".join(self.query.split()).casefold()
+        payload = json.dumps([normalised, self.backend, self.region, self.timelimit], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def _cache_entry(session: Session, key: str) -> SearchCacheEntry | None:
@@ -222,43 +234,31 @@ def _cache_entry(session: Session, key: str) -> SearchCacheEntry | None:
 
 
 def search_cache_get(
-    session: Session,
-    *,
-    query: str,
-    backend: str,
-    region: str | None = None,
-    timelimit: str | None = None,
-    max_age: timedelta,
-    now: datetime | None = None,
+    session: Session, *, search: SearchQuery, max_age: timedelta, now: datetime | None = None
 ) -> list[Any] | None:
     """The cached results, or None when there are none younger than ``max_age``."""
-    entry = _cache_entry(
-        session, search_cache_key(query=query, backend=backend, region=region, timelimit=timelimit)
-    )
+    entry = _cache_entry(session, search.cache_key)
     if entry is None or entry.created_at < (now or utcnow()) - max_age:
         return None
     return list(entry.results)
 
 
-def search_cache_put(
-    session: Session,
-    *,
-    query: str,
-    backend: str,
-    region: str | None = None,
-    timelimit: str | None = None,
-    results: list[Any],
-) -> SearchCacheEntry:
-    """Store (or replace) the results for this query, stamped now."""
-    key = search_cache_key(query=query, backend=backend, region=region, timelimit=timelimit)
+def search_cache_put(session: Session, *, search: SearchQuery, results: list[Any]) -> SearchCacheEntry:
+    """Store (or replace) the results for this search, stamped now."""
+    key = search.cache_key
     entry, inserted = _find_or_insert(
         session,
         lambda: _cache_entry(session, key),
         lambda: SearchCacheEntry(
-            key=key, query=query, backend=backend, region=region, timelimit=timelimit, results=results
+            key=key,
+            query=search.query,
+            backend=search.backend,
+            region=search.region,
+            timelimit=search.timelimit,
+            results=results,
         ),
     )
     if not inserted:
-        entry.query, entry.results, entry.created_at = query, results, utcnow()
+        entry.query, entry.results, entry.created_at = search.query, results, utcnow()
         session.flush()
     return entry

@@ -32,6 +32,7 @@ from deepscout.errors import DeepscoutError
 from deepscout.memory import source_records
 from deepscout.memory.corpus import CorpusError
 from deepscout.memory.db import write_session
+from deepscout.memory.source_records import SearchQuery
 from deepscout.tools.base import SearchHitArtifact, ToolContext
 from deepscout.tools.corpus_search import hit_artifacts, hit_lines
 from deepscout.tools.guards import normalize_url
@@ -225,14 +226,8 @@ class WebSearcher:
         self, query: str, kind: SearchKind, backend: str, timelimit: str | None, results: list[WebResult]
     ) -> None:
         with write_session(self._ctx.session_factory) as session:
-            source_records.search_cache_put(
-                session,
-                query=query,
-                backend=f"{kind}:{backend}",
-                region=self._settings.region,
-                timelimit=timelimit,
-                results=[asdict(r) for r in results],
-            )
+            search = SearchQuery(query, f"{kind}:{backend}", self._settings.region, timelimit)
+            source_records.search_cache_put(session, search=search, results=[asdict(r) for r in results])
 
     def _from_cache(
         self, query: str, kind: SearchKind, backends: list[str], timelimit: str | None, limit: int
@@ -242,13 +237,9 @@ class WebSearcher:
             return None
         with self._ctx.session_factory() as session:
             for backend in backends:
+                search = SearchQuery(query, f"{kind}:{backend}", s.region, timelimit)
                 rows = source_records.search_cache_get(
-                    session,
-                    query=query,
-                    backend=f"{kind}:{backend}",
-                    region=s.region,
-                    timelimit=timelimit,
-                    max_age=timedelta(seconds=s.search_cache_ttl_s),
+                    session, search=search, max_age=timedelta(seconds=s.search_cache_ttl_s)
                 )
                 if rows:
                     self._state.count("search_cache_hits")

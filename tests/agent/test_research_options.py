@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from deepscout.agent.api import ResearchInputError, _result, research
-from deepscout.agent.options import Budgets, ResearchOptions
+from deepscout.agent.api import _result, research
+from deepscout.agent.options import Budgets, ResearchInputError, ResearchOptions
 from deepscout.memory.tables import Run
 
 QUESTION = "Who wrote Dracula?"

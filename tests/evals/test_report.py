@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from deepscout.evals.datasets import EvalItem
-from deepscout.evals.records import SourceRef, SystemAnswer, Usage, Verdict
+from deepscout.evals.records import AnswerCost, SourceRef, SystemAnswer, Verdict
 from deepscout.evals.report import write_report
 from deepscout.evals.summary import judge_calibration, pairwise_rows, system_scores
 
@@ -28,11 +28,11 @@ def _answers() -> list[SystemAnswer]:
             "Stanley Kubrick [1]",
             (SourceRef(1, "2001", "2001: A Space Odyssey"),),
             ("2001", "Kubrick"),
-            Usage(tool_calls=4, prompt_tokens=900, computed_tokens=300, output_tokens=20, latency_s=3.0),
+            AnswerCost(tool_calls=4, prompt_tokens=900, computed_tokens=300, output_tokens=20, latency_s=3.0),
         ),
-        SystemAnswer("q1", "rag", "Arthur C. Clarke [1]", (), ("2001",), Usage(1, 700, 700, 15, 1.0)),
-        SystemAnswer("q2", "agent", "Lyon", (), (), Usage(2, 500, 200, 10, 2.0)),
-        SystemAnswer("q2", "rag", "Paris", (), ("France",), Usage(1, 600, 600, 10, 1.0)),
+        SystemAnswer("q1", "rag", "Arthur C. Clarke [1]", (), ("2001",), AnswerCost(1, 700, 700, 15, 1.0)),
+        SystemAnswer("q2", "agent", "Lyon", (), (), AnswerCost(2, 500, 200, 10, 2.0)),
+        SystemAnswer("q2", "rag", "Paris", (), ("France",), AnswerCost(1, 600, 600, 10, 1.0)),
     ]
 
 

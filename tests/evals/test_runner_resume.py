@@ -12,7 +12,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from sqlalchemy import func, select
 
-from deepscout.evals.records import SystemAnswer, Usage
+from deepscout.agent.options import Budgets, ResearchInputError
+from deepscout.evals.records import AnswerCost, SystemAnswer
 from deepscout.evals.runner import EvalInputError, EvalOptions, run_eval
 from deepscout.evals.systems import AgentSystem, RagSystem
 from deepscout.memory.db import open_database
@@ -52,7 +53,7 @@ def _answering(calls: list[str], kill_at: int | None = None):
         if kill_at is not None and len(calls) == kill_at:
             raise KeyboardInterrupt  # the process is stopped mid-run
         calls.append(f"{self.name}:{item.id}")
-        return SystemAnswer(item.id, self.name, f"answer {item.id[1:]}", usage=Usage(tool_calls=1))
+        return SystemAnswer(item.id, self.name, f"answer {item.id[1:]}", usage=AnswerCost(tool_calls=1))
 
     return answer
 
@@ -118,3 +119,15 @@ def test_bad_options_are_refused_clearly(dataset: Path, settings: Any, tmp_path:
     qa.write_text("problem,answer\nWho?,Someone\n")
     with pytest.raises(EvalInputError, match="no corpus"):
         run_eval(EvalOptions(dataset=qa), settings=settings)
+
+
+def test_a_context_budget_over_the_window_is_refused_before_any_answer(dataset: Path, settings: Any) -> None:
+    oversized = EvalOptions(
+        dataset=dataset, model="unused", budgets=Budgets(max_context_tokens=UnusedChat().context_window + 1)
+    )
+    with pytest.raises(ResearchInputError, match="context window holds 8192 tokens"):
+        run_eval(oversized, settings=settings, chat=UnusedChat())
+    db = open_database(settings)
+    with db.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(EvalAnswer)) == 0
+    db.dispose()

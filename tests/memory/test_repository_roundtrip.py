@@ -11,6 +11,7 @@ import pytest
 from deepscout.memory import repository as repo
 from deepscout.memory import source_records as sources
 from deepscout.memory.db import Database, write_session
+from deepscout.memory.source_records import SearchQuery
 
 
 def test_run_lifecycle_round_trip(database: Database) -> None:
@@ -164,50 +165,21 @@ def test_upsert_source_and_ordered_lookup(database: Database) -> None:
 
 def test_search_cache_ttl_is_applied_by_the_reader(database: Database) -> None:
     results = [{"title": "T", "url": "https://example.org", "snippet": "s", "rank": 1, "backend": "ddg"}]
+    hour = timedelta(hours=1)
+
+    def cached(query: str, backend: str = "ddg", **when: datetime) -> list | None:
+        with database.session_factory() as s:
+            search = SearchQuery(query, backend, "us-en", "w")
+            return sources.search_cache_get(s, search=search, max_age=hour, **when)
+
     with write_session(database.session_factory) as s:
-        sources.search_cache_put(
-            s, query="Deep  Seek", backend="ddg", region="us-en", timelimit="w", results=results
-        )
-    with database.session_factory() as s:
-        hit = sources.search_cache_get(
-            s, query="deep seek", backend="ddg", region="us-en", timelimit="w", max_age=timedelta(hours=1)
-        )
-        assert hit == results
-        assert (
-            sources.search_cache_get(
-                s,
-                query="deep seek",
-                backend="bing",
-                region="us-en",
-                timelimit="w",
-                max_age=timedelta(hours=1),
-            )
-            is None
-        )
-        later = datetime.now(UTC) + timedelta(hours=2)
-        assert (
-            sources.search_cache_get(
-                s,
-                query="deep seek",
-                backend="ddg",
-                region="us-en",
-                timelimit="w",
-                max_age=timedelta(hours=1),
-                now=later,
-            )
-            is None
-        )
+        sources.search_cache_put(s, search=SearchQuery("Deep  Seek", "ddg", "us-en", "w"), results=results)
+    assert cached("deep seek") == results
+    assert cached("deep seek", backend="bing") is None
+    assert cached("deep seek", now=datetime.now(UTC) + timedelta(hours=2)) is None
     with write_session(database.session_factory) as s:
-        sources.search_cache_put(
-            s, query="deep seek", backend="ddg", region="us-en", timelimit="w", results=[]
-        )
-    with database.session_factory() as s:
-        assert (
-            sources.search_cache_get(
-                s, query="DEEP SEEK", backend="ddg", region="us-en", timelimit="w", max_age=timedelta(hours=1)
-            )
-            == []
-        )
+        sources.search_cache_put(s, search=SearchQuery("deep seek", "ddg", "us-en", "w"), results=[])
+    assert cached("DEEP SEEK") == []
 
 
 def test_concurrent_writers_share_the_database(database: Database) -> None:

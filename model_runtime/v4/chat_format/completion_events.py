@@ -14,16 +14,22 @@ from deepscout.model_runtime.v4.chat_format.messages import AssistantTurn, ToolC
 
 @dataclass(frozen=True)
 class ReasoningDelta:
+    """Reasoning text (between ``<think>`` and ``</think>``) that became certain."""
+
     text: str
 
 
 @dataclass(frozen=True)
 class ContentDelta:
+    """Answer text that became certain (no marker can begin in it any more)."""
+
     text: str
 
 
 @dataclass(frozen=True)
 class ToolCallStarted:
+    """A tool call's ``invoke`` opened: its position in the block, its id and the tool's name."""
+
     index: int
     id: str
     name: str
@@ -39,6 +45,8 @@ class ToolCallArgumentsDelta:
 
 @dataclass(frozen=True)
 class ToolCallFinished:
+    """A tool call closed; ``call`` holds its parsed arguments."""
+
     index: int
     call: ToolCall
 

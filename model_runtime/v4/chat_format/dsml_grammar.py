@@ -13,15 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from deepscout.model_runtime.chat.tool_spec import ToolSpec
-from deepscout.model_runtime.v4.chat_format.render import (
-    INVOKE_CLOSE,
-    INVOKE_OPEN,
-    PARAMETER_CLOSE,
-    PARAMETER_OPEN,
-    TOOL_CALLS_CLOSE,
-    TOOL_CALLS_OPEN,
-    TOOL_CALLS_SEPARATOR,
-)
+from deepscout.model_runtime.v4.chat_format import dsml_markers as tags
 
 DEFAULT_MAX_STRING_CHARS = 256
 DEFAULT_MAX_CALLS = 4
@@ -40,8 +32,8 @@ def _parameter_rule(name: str, schema: dict[str, Any], max_string_chars: int) ->
     else:
         value = f"%json {json.dumps(schema, ensure_ascii=False)}"
         flag = "false"
-    opening = _literal(f'{PARAMETER_OPEN}{name}" string="{flag}">')
-    return f"{opening} {value} {_literal(PARAMETER_CLOSE + chr(10))}"
+    opening = _literal(f'{tags.PARAMETER_OPEN}{name}" string="{flag}">')
+    return f"{opening} {value} {_literal(tags.PARAMETER_CLOSE + chr(10))}"
 
 
 def tool_calls_grammar(
@@ -59,22 +51,22 @@ def tool_calls_grammar(
         # Each separator belongs to the literal before it: llguidance's lexer does not backtrack out of a
         # lexeme, so "\n" followed by either an invoke or the closing tag must not be two choices.
         "start: "
-        + _literal(f"{TOOL_CALLS_SEPARATOR}{TOOL_CALLS_OPEN}\n")
+        + _literal(f"{tags.TOOL_CALLS_SEPARATOR}{tags.TOOL_CALLS_OPEN}\n")
         + f" invoke{{1,{max_calls}}} "
-        + _literal(TOOL_CALLS_CLOSE),
+        + _literal(tags.TOOL_CALLS_CLOSE),
         "invoke: " + " | ".join(f"invoke_{index}" for index in range(len(tools))),
     ]
     for index, tool in enumerate(tools):
         properties: dict[str, Any] = dict(tool.parameters.get("properties") or {})
         required = set(tool.parameters.get("required") or [])
-        opening = _literal(f'{INVOKE_OPEN}{tool.name}">\n')
+        opening = _literal(f'{tags.INVOKE_OPEN}{tool.name}">\n')
         if not properties:
-            lines.append(f"invoke_{index}: {opening} {_literal(f'{chr(10)}{INVOKE_CLOSE}{chr(10)}')}")
+            lines.append(f"invoke_{index}: {opening} {_literal(f'{chr(10)}{tags.INVOKE_CLOSE}{chr(10)}')}")
             continue
         parts = []
         for position, (name, schema) in enumerate(properties.items()):
             rule = f"p_{index}_{position}"
             lines.append(f"{rule}: {_parameter_rule(name, dict(schema), max_string_chars)}")
             parts.append(rule if name in required else f"{rule}?")
-        lines.append(f"invoke_{index}: {opening} {' '.join(parts)} {_literal(INVOKE_CLOSE + chr(10))}")
+        lines.append(f"invoke_{index}: {opening} {' '.join(parts)} {_literal(tags.INVOKE_CLOSE + chr(10))}")
     return "\n".join(lines) + "\n"

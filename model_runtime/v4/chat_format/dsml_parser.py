@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Literal, NoReturn
 
 from deepscout.errors import DeepscoutError
+from deepscout.model_runtime.v4.chat_format import dsml_markers as tags
 from deepscout.model_runtime.v4.chat_format.completion_events import (
     ContentDelta,
     ParsedCompletion,
@@ -37,21 +38,17 @@ from deepscout.model_runtime.v4.chat_format.completion_events import (
 )
 from deepscout.model_runtime.v4.chat_format.marker_prefix import could_become, held_suffix
 from deepscout.model_runtime.v4.chat_format.messages import ToolCall
-from deepscout.model_runtime.v4.chat_format.render import (
-    INVOKE_CLOSE,
-    INVOKE_OPEN,
-    PARAMETER_CLOSE,
-    PARAMETER_OPEN,
-    TOOL_CALLS_CLOSE,
-    TOOL_CALLS_OPEN,
-    TOOL_CALLS_SEPARATOR,
-)
 from deepscout.model_runtime.v4.chat_format.tokenizer import DSML, EOS, THINK_END
 
 MAX_TAG_CHARS = 512
 """An opening tag longer than this (an unterminated name) is malformed."""
 
-_CONTENT_MARKERS = (TOOL_CALLS_SEPARATOR + TOOL_CALLS_OPEN, TOOL_CALLS_OPEN, EOS, DSML)
+_CONTENT_MARKERS = (
+    tags.TOOL_CALLS_SEPARATOR + tags.TOOL_CALLS_OPEN,
+    tags.TOOL_CALLS_OPEN,
+    EOS,
+    DSML,
+)
 _PARAMETER_TAG = re.compile(r'<｜DSML｜parameter name="([^"<>\n]+)" string="(true|false)">')
 
 
@@ -117,7 +114,7 @@ class CompletionParser:
         elif self._phase == "content" and self._buffer:
             self._emit_content(events, self._take(len(self._buffer)))
         elif self._phase in ("between_invokes", "in_invoke", "in_parameter"):
-            self._fail(f"the text ended inside the tool-call block (no {TOOL_CALLS_CLOSE})", at=0)
+            self._fail(f"the text ended inside the tool-call block (no {tags.TOOL_CALLS_CLOSE})", at=0)
         elif self._buffer.strip():
             self._fail(f"unexpected text {self._buffer[:40]!r} at the end", at=0)
         return events, self.result()
@@ -199,7 +196,7 @@ class CompletionParser:
 
     def _in_reasoning(self, events: list[ParseEvent], final: bool) -> bool:
         buffer = self._buffer
-        markers = (THINK_END, EOS, TOOL_CALLS_OPEN) if self._tool_calls else (THINK_END, EOS)
+        markers = (THINK_END, EOS, tags.TOOL_CALLS_OPEN) if self._tool_calls else (THINK_END, EOS)
         found = {marker: buffer.find(marker) for marker in markers}
         hits = {marker: at for marker, at in found.items() if at >= 0}
         if not hits:
@@ -207,7 +204,7 @@ class CompletionParser:
             self._emit_reasoning(events, self._take(len(buffer) - keep))
             return False
         marker, at = min(hits.items(), key=lambda hit: hit[1])
-        if marker == TOOL_CALLS_OPEN and self._tool_calls:
+        if marker == tags.TOOL_CALLS_OPEN and self._tool_calls:
             self._fail(f"a tool-call block began inside the reasoning, before {THINK_END}", at=at)
         self._emit_reasoning(events, self._take(at))
         self._take(len(marker))
@@ -226,39 +223,39 @@ class CompletionParser:
             return self._end_of_sentence()
         if dsml_at >= 0:
             tag_at = dsml_at - 1
-            if tag_at >= 0 and buffer.startswith(TOOL_CALLS_OPEN, tag_at):
+            if tag_at >= 0 and buffer.startswith(tags.TOOL_CALLS_OPEN, tag_at):
                 text_end = self._content_end(tag_at)
                 self._emit_content(events, self._take(text_end))
-                self._take(tag_at - text_end + len(TOOL_CALLS_OPEN))
+                self._take(tag_at - text_end + len(tags.TOOL_CALLS_OPEN))
                 return self._enter("between_invokes")
-            if tag_at >= 0 and could_become(buffer[tag_at:], TOOL_CALLS_OPEN):
+            if tag_at >= 0 and could_become(buffer[tag_at:], tags.TOOL_CALLS_OPEN):
                 if final:
-                    self._fail(f"the text ended inside an unfinished {TOOL_CALLS_OPEN} tag", at=tag_at)
+                    self._fail(f"the text ended inside an unfinished {tags.TOOL_CALLS_OPEN} tag", at=tag_at)
                 self._emit_content(events, self._take(self._content_end(tag_at)))
                 return False
-            self._fail(f"DSML markup outside a {TOOL_CALLS_OPEN} block", at=dsml_at)
+            self._fail(f"DSML markup outside a {tags.TOOL_CALLS_OPEN} block", at=dsml_at)
         keep = 0 if final else held_suffix(buffer, _CONTENT_MARKERS if self._tool_calls else (EOS,))
         self._emit_content(events, self._take(len(buffer) - keep))
         return False
 
     def _content_end(self, tag_at: int) -> int:
         """Where the answer text ends before a tool-call block at ``tag_at`` (the separator is not text)."""
-        if self._buffer[:tag_at].endswith(TOOL_CALLS_SEPARATOR):
-            return tag_at - len(TOOL_CALLS_SEPARATOR)
+        if self._buffer[:tag_at].endswith(tags.TOOL_CALLS_SEPARATOR):
+            return tag_at - len(tags.TOOL_CALLS_SEPARATOR)
         return tag_at
 
     def _between_invokes(self, events: list[ParseEvent], final: bool) -> bool:
         buffer = self._skip_whitespace()
         if not buffer:
             return False
-        if self._take_marker(TOOL_CALLS_CLOSE):
+        if self._take_marker(tags.TOOL_CALLS_CLOSE):
             return self._enter("after_calls")
-        if buffer.startswith(INVOKE_OPEN):
-            name_end = buffer.find('"', len(INVOKE_OPEN))
+        if buffer.startswith(tags.INVOKE_OPEN):
+            name_end = buffer.find('"', len(tags.INVOKE_OPEN))
             if name_end < 0 or len(buffer) < name_end + 2:
                 self._require_more(final, len(buffer), "an unterminated tool name")
                 return False
-            name = buffer[len(INVOKE_OPEN) : name_end]
+            name = buffer[len(tags.INVOKE_OPEN) : name_end]
             if buffer[name_end : name_end + 2] != '">' or not name or any(c in name for c in "<>\n"):
                 self._fail(f"bad tool-call tag {buffer[: name_end + 2]!r}", at=0)
             self._take(name_end + 2)
@@ -268,22 +265,24 @@ class CompletionParser:
             events.append(ToolCallStarted(len(self._calls), self._call_id_current, name))
             self._emit_arguments(events, "{")
             return self._enter("in_invoke")
-        if not final and could_become(buffer, TOOL_CALLS_CLOSE, INVOKE_OPEN):
+        if not final and could_become(buffer, tags.TOOL_CALLS_CLOSE, tags.INVOKE_OPEN):
             return False
-        self._fail(f'expected {INVOKE_OPEN}NAME"> or {TOOL_CALLS_CLOSE}, found {buffer[:40]!r}', at=0)
+        self._fail(
+            f'expected {tags.INVOKE_OPEN}NAME"> or {tags.TOOL_CALLS_CLOSE}, found {buffer[:40]!r}', at=0
+        )
 
     def _in_invoke(self, events: list[ParseEvent], final: bool) -> bool:
         buffer = self._skip_whitespace()
         if not buffer:
             return False
-        if self._take_marker(INVOKE_CLOSE):
+        if self._take_marker(tags.INVOKE_CLOSE):
             self._emit_arguments(events, "}")
             call = ToolCall(name=self._call_name, arguments=dict(self._arguments), id=self._call_id_current)
             events.append(ToolCallFinished(len(self._calls), call))
             self._calls.append(call)
             return self._enter("between_invokes")
-        if buffer.startswith(PARAMETER_OPEN):
-            tag_end = buffer.find(">", len(PARAMETER_OPEN))
+        if buffer.startswith(tags.PARAMETER_OPEN):
+            tag_end = buffer.find(">", len(tags.PARAMETER_OPEN))
             if tag_end < 0:
                 self._require_more(final, len(buffer), "an unterminated parameter tag")
                 return False
@@ -302,10 +301,10 @@ class CompletionParser:
             quote = '"' if self._parameter_is_string else ""
             self._emit_arguments(events, f"{separator}{json.dumps(name, ensure_ascii=False)}: {quote}")
             return self._enter("in_parameter")
-        if not final and could_become(buffer, INVOKE_CLOSE, PARAMETER_OPEN):
+        if not final and could_become(buffer, tags.INVOKE_CLOSE, tags.PARAMETER_OPEN):
             return False
         self._fail(
-            f'expected {PARAMETER_OPEN}KEY" ...> or {INVOKE_CLOSE} in tool {self._call_name!r}, '
+            f'expected {tags.PARAMETER_OPEN}KEY" ...> or {tags.INVOKE_CLOSE} in tool {self._call_name!r}, '
             f"found {buffer[:40]!r}",
             at=0,
         )
@@ -316,24 +315,25 @@ class CompletionParser:
         eos_at = buffer.find(EOS)
         if eos_at >= 0 and (dsml_at < 0 or eos_at < dsml_at):
             self._fail(
-                f"end of sentence inside parameter {self._parameter_name!r} (no {PARAMETER_CLOSE})", at=eos_at
+                f"end of sentence inside parameter {self._parameter_name!r} (no {tags.PARAMETER_CLOSE})",
+                at=eos_at,
             )
         if dsml_at < 0:
-            keep = 0 if final else held_suffix(buffer, (PARAMETER_CLOSE, DSML, EOS))
+            keep = 0 if final else held_suffix(buffer, (tags.PARAMETER_CLOSE, DSML, EOS))
             self._append_value(events, self._take(len(buffer) - keep))
             return False
         close_at = dsml_at - 2
-        if close_at >= 0 and buffer.startswith(PARAMETER_CLOSE, close_at):
+        if close_at >= 0 and buffer.startswith(tags.PARAMETER_CLOSE, close_at):
             self._append_value(events, self._take(close_at))
-            self._take(len(PARAMETER_CLOSE))
+            self._take(len(tags.PARAMETER_CLOSE))
             self._close_parameter(events, at=0)
             return self._enter("in_invoke")
-        if not final and close_at >= 0 and could_become(buffer[close_at:], PARAMETER_CLOSE):
+        if not final and close_at >= 0 and could_become(buffer[close_at:], tags.PARAMETER_CLOSE):
             self._append_value(events, self._take(close_at))
             return False
         self._fail(
             f"DSML markup inside the value of parameter {self._parameter_name!r} "
-            f"(is a {PARAMETER_CLOSE} missing?)",
+            f"(is a {tags.PARAMETER_CLOSE} missing?)",
             at=dsml_at,
         )
 

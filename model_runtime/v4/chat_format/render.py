@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict, Unpack
 
 from deepscout.model_runtime.chat.tool_spec import ToolSpec
+from deepscout.model_runtime.v4.chat_format import dsml_markers as tags
 from deepscout.model_runtime.v4.chat_format.messages import (
     AssistantTurn,
     PromptEncodingError,
@@ -50,14 +51,6 @@ ReasoningEffort = Literal["high", "max"]
 THINK_MAX_MIN_CONTEXT = 384 * 1024
 """Think Max needs at least this context window (DeepSeek's guidance for V4)."""
 
-TOOL_CALLS_OPEN = f"<{DSML}tool_calls>"
-TOOL_CALLS_CLOSE = f"</{DSML}tool_calls>"
-INVOKE_OPEN = f'<{DSML}invoke name="'
-INVOKE_CLOSE = f"</{DSML}invoke>"
-PARAMETER_OPEN = f'<{DSML}parameter name="'
-PARAMETER_CLOSE = f"</{DSML}parameter>"
-TOOL_CALLS_SEPARATOR = "\n\n"
-"""Written between an assistant turn's text and its tool-call block."""
 
 REASONING_EFFORT_MAX_INSTRUCTION = (
     "Reasoning Effort: Absolute maximum with no shortcuts permitted.\n"
@@ -140,14 +133,14 @@ def render_tool_call(call: ToolCall) -> str:
                 "which the format cannot carry inside a parameter"
             )
         flag = "true" if is_string else "false"
-        parameters.append(f'{PARAMETER_OPEN}{key}" string="{flag}">{text}{PARAMETER_CLOSE}')
-    return f'{INVOKE_OPEN}{call.name}">\n' + "\n".join(parameters) + f"\n{INVOKE_CLOSE}"
+        parameters.append(f'{tags.PARAMETER_OPEN}{key}" string="{flag}">{text}{tags.PARAMETER_CLOSE}')
+    return f'{tags.INVOKE_OPEN}{call.name}">\n' + "\n".join(parameters) + f"\n{tags.INVOKE_CLOSE}"
 
 
 def render_tool_calls(calls: Sequence[ToolCall]) -> str:
     """The tool-call block an assistant turn ends with (separator included)."""
     invokes = "\n".join(render_tool_call(call) for call in calls)
-    return f"{TOOL_CALLS_SEPARATOR}{TOOL_CALLS_OPEN}\n{invokes}\n{TOOL_CALLS_CLOSE}"
+    return f"{tags.TOOL_CALLS_SEPARATOR}{tags.TOOL_CALLS_OPEN}\n{invokes}\n{tags.TOOL_CALLS_CLOSE}"
 
 
 def render_assistant_turn(turn: AssistantTurn, *, with_reasoning: bool) -> str:
