@@ -27,7 +27,7 @@ from deepscout.agent.state import ResearchState, SourceRecord, StepRecord
 from deepscout.memory import repository
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database, open_database, write_session
-from deepscout.model_runtime.chat import ChatModel, load_chat_model
+from deepscout.model_runtime.chat import ChatModel, Usage, load_chat_model
 from deepscout.settings import Settings
 from deepscout.tools.base import ToolContext
 from deepscout.tools.quotas import ToolQuotas
@@ -54,7 +54,7 @@ class ResearchResult:
     sources: list[SourceRecord]
     """Every document read, numbered as cited (``[n]``) — listed even when the answer cites none."""
     trace: list[StepRecord]
-    usage: dict[str, Any]
+    usage: RunUsage
     run_id: str
     thread_id: str
     status: str = "model"
@@ -64,21 +64,48 @@ class ResearchResult:
     dropped: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _usage(state: ResearchState, seconds: float) -> dict[str, Any]:
-    trace = state.get("trace", [])
-    totals: dict[str, Any] = {
-        "prompt_tokens": sum(step["prompt_tokens"] for step in trace),
-        "reused_tokens": sum(step["reused_tokens"] for step in trace),
-        "computed_tokens": sum(step["computed_tokens"] for step in trace),
-        "output_tokens": sum(step["output_tokens"] for step in trace),
-    }
-    totals.update(
-        tool_calls=state.get("tool_calls_used", 0),
-        steps=state.get("step", 0),
-        model_calls=sum(1 for step in trace if step["prompt_tokens"]),
-        seconds=round(seconds, 3),
-    )
-    return totals
+@dataclass(frozen=True)
+class RunUsage:
+    """What one research run spent: the tokens of its model calls, its tool calls and rounds, wall time."""
+
+    tokens: Usage
+    tool_calls: int
+    steps: int
+    model_calls: int
+    seconds: float
+
+    @classmethod
+    def of(cls, state: ResearchState, seconds: float) -> RunUsage:
+        trace = state.get("trace", [])
+        tokens = sum(
+            (
+                Usage(
+                    step["prompt_tokens"],
+                    step["reused_tokens"],
+                    step["computed_tokens"],
+                    step["output_tokens"],
+                )
+                for step in trace
+            ),
+            Usage(),
+        )
+        return cls(
+            tokens=tokens,
+            tool_calls=state.get("tool_calls_used", 0),
+            steps=state.get("step", 0),
+            model_calls=sum(1 for step in trace if step["prompt_tokens"]),
+            seconds=round(seconds, 3),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat counters, as the run's record stores them."""
+        return {
+            **self.tokens.as_dict(),
+            "tool_calls": self.tool_calls,
+            "steps": self.steps,
+            "model_calls": self.model_calls,
+            "seconds": self.seconds,
+        }
 
 
 def _source(record: SourceRecord) -> SourceRecord:
@@ -106,7 +133,7 @@ def _result(state: ResearchState, thread_id: str, seconds: float) -> ResearchRes
         citations=citations,
         sources=sources,
         trace=list(state.get("trace", [])),
-        usage=_usage(state, seconds),
+        usage=RunUsage.of(state, seconds),
         run_id=state["run_id"],
         thread_id=thread_id,
         status=state.get("answer_status", "model"),
@@ -227,7 +254,7 @@ def research(
         final: ResearchState = graph.get_state(config).values  # type: ignore[assignment]
         result = _result(final, thread_id, time.monotonic() - started)
         with write_session(db.session_factory) as session:
-            repository.finish_run(session, run_id=run_id, status="succeeded", usage=result.usage)
+            repository.finish_run(session, run_id=run_id, status="succeeded", usage=result.usage.as_dict())
         return result
 
 

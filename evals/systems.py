@@ -74,10 +74,10 @@ class AgentSystem:
             ),
             read_doc_ids=tuple(doc_id for s in result.sources if (doc_id := s.get("doc_id"))),
             usage=AnswerCost(
-                tool_calls=int(usage.get("tool_calls", 0)),
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                computed_tokens=int(usage.get("computed_tokens", 0)),
-                output_tokens=int(usage.get("output_tokens", 0)),
+                tool_calls=usage.tool_calls,
+                prompt_tokens=usage.tokens.prompt_tokens,
+                computed_tokens=usage.tokens.computed_tokens,
+                output_tokens=usage.tokens.output_tokens,
                 latency_s=round(time.monotonic() - started, 3),
             ),
         )

@@ -72,11 +72,11 @@ def _print_result(console: Console, result: ResearchResult) -> None:
                 markup=False,
                 highlight=False,
             )
-    usage = result.usage
+    usage, tokens = result.usage, result.usage.tokens
     console.print(
-        f"\n[dim]{usage['steps']} round(s), {usage['tool_calls']} tool call(s), "
-        f"{usage['prompt_tokens']} prompt tokens ({usage['reused_tokens']} reused), "
-        f"{usage['output_tokens']} written, {usage['seconds']} s · thread {result.thread_id}[/]"
+        f"\n[dim]{usage.steps} round(s), {usage.tool_calls} tool call(s), "
+        f"{tokens.prompt_tokens} prompt tokens ({tokens.reused_tokens} reused), "
+        f"{tokens.output_tokens} written, {usage.seconds} s · thread {result.thread_id}[/]"
     )
 
 

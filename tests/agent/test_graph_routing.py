@@ -45,14 +45,14 @@ def test_plan_act_read_reflect_loop_answer(settings, small_corpus, scripted) -> 
     # Append-only prompts: each model call extends the previous prompt, so the fake backend reuses it.
     model_steps = [step for step in result.trace if step["prompt_tokens"]]
     assert all(step["reused_tokens"] > 0 for step in model_steps[1:])
-    assert result.usage["reused_tokens"] > result.usage["computed_tokens"]
+    assert result.usage.tokens.reused_tokens > result.usage.tokens.computed_tokens
     with small_corpus.session_factory() as session:
         run = session.get(Run, result.run_id)
         assert run is not None and run.status == "succeeded"
         steps = session.scalars(select(Step).where(Step.run_id == result.run_id)).all()
         assert [step.node for step in steps] == nodes
         calls = session.scalars(select(ToolCall).where(ToolCall.run_id == result.run_id)).all()
-        assert len(calls) == result.usage["tool_calls"]
+        assert len(calls) == result.usage.tool_calls
         stored = session.scalar(select(Answer).where(Answer.run_id == result.run_id))
         assert stored is not None and stored.text == result.answer
 
@@ -87,7 +87,7 @@ def test_max_tool_calls_stops_the_loop(settings, small_corpus, scripted) -> None
         database=small_corpus,
     )
     # Four searches (three planned, plus the question) and one read, then the budget is spent.
-    assert result.usage["tool_calls"] == 5
+    assert result.usage.tool_calls == 5
     assert result.stop_reason == "max_tool_calls"
     assert len(result.sources) == 1
 

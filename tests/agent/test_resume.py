@@ -65,7 +65,7 @@ def test_interrupted_run_resumes_by_thread_id(settings, small_corpus, scripted) 
         stored = [step.node for step in session.scalars(select(Step).order_by(Step.index))]
         assert stored == nodes
         calls = session.scalars(select(ToolCall)).all()
-        assert len(calls) == result.usage["tool_calls"]
+        assert len(calls) == result.usage.tool_calls
         assert len({call.call_id for call in calls}) == len(calls)
 
     # A finished thread returns its result without running anything.

@@ -73,6 +73,6 @@ def test_research_runs_end_to_end_on_random_tiny(
     # reuses those tokens instead of prefilling them again
     assert answer_step["reused_tokens"] > 0
     usage = result.usage
-    assert usage["prompt_tokens"] == sum(step["prompt_tokens"] for step in result.trace)
-    assert usage["reused_tokens"] > 0
+    assert usage.tokens.prompt_tokens == sum(step["prompt_tokens"] for step in result.trace)
+    assert usage.tokens.reused_tokens > 0
     assert any(event["type"] == "answer_token" for event in events) or result.status == "fallback"
