@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from langchain_core.runnables import RunnableConfig
 
@@ -258,15 +258,18 @@ def research(
         return result
 
 
-async def aresearch_stream(
-    question: str,
-    *,
-    settings: Settings,
-    options: ResearchOptions | None = None,
-    model: ChatModel | None = None,
-    thread_id: str | None = None,
-    database: Database | None = None,
-) -> AsyncIterator[Event]:
+class StreamArguments(TypedDict, total=False):
+    """The keyword arguments of :func:`research` that :func:`aresearch_stream` passes on (all but
+    ``on_event``, which the stream takes)."""
+
+    settings: Required[Settings]
+    options: ResearchOptions | None
+    model: ChatModel | None
+    thread_id: str | None
+    database: Database | None
+
+
+async def aresearch_stream(question: str, **arguments: Unpack[StreamArguments]) -> AsyncIterator[Event]:
     """Like :func:`research` (same arguments but ``on_event``), as an async stream of progress events
     ending with ``{"type": "result", "result": ResearchResult}``; an error in the run is raised from the
     iterator.
@@ -282,15 +285,7 @@ async def aresearch_stream(
 
     def work() -> None:
         try:
-            result = research(
-                question,
-                settings=settings,
-                options=options,
-                model=model,
-                thread_id=thread_id,
-                on_event=push,
-                database=database,
-            )
+            result = research(question, on_event=push, **arguments)
             push({"type": "result", "result": result})
         except BaseException as error:  # handed to the consumer
             push({"type": "error", "error": error})  # raised by the consumer, never yielded
