@@ -20,14 +20,18 @@ class SourceRef:
 
 @dataclass(frozen=True)
 class AnswerCost:
-    """Cost of one answer: calls to tools, tokens in the prompts, tokens actually computed (not reused
-    from a cache), tokens generated, and wall time."""
+    """What one answer cost."""
 
     tool_calls: int = 0
+    """Calls to tools (searches and reads)."""
     prompt_tokens: int = 0
+    """Tokens in the prompts of every model call."""
     computed_tokens: int = 0
+    """Prompt tokens actually run through the model (not reused from a cache)."""
     output_tokens: int = 0
+    """Tokens generated."""
     latency_s: float = 0.0
+    """Wall time of the answer."""
 
 
 @dataclass(frozen=True)
