@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,7 +249,3 @@ def load_dataset(path: Path) -> Dataset:
     if "answers" in row and "id" in row:
         return load_jsonl_dataset(path)
     return load_qa_pairs(path)
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
