@@ -11,7 +11,6 @@ agent (search hits, the document read). ``tool.metadata["role"]`` says what a to
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypedDict
 
@@ -79,6 +78,3 @@ class ToolContext:
 
     def charge(self, name: str) -> None:
         self.counters.charge(name, self.quotas)
-
-    def seconds_left(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
