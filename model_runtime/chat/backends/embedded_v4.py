@@ -40,9 +40,10 @@ from deepscout.model_runtime.chat.embedded_base import (
 from deepscout.model_runtime.chat.exceptions import ToolCallOutputError
 from deepscout.model_runtime.chat.interface import GenerationControl
 from deepscout.model_runtime.chat.usage import Usage
+from deepscout.model_runtime.v4.chat_format.completion_events import ContentDelta, ParsedCompletion
 from deepscout.model_runtime.v4.chat_format.conversions import REASONING_KEY, tool_specs, turns_from_langchain
 from deepscout.model_runtime.v4.chat_format.dsml_grammar import tool_calls_grammar
-from deepscout.model_runtime.v4.chat_format.dsml_parser import ContentDelta, DSMLParseError, ParsedCompletion
+from deepscout.model_runtime.v4.chat_format.dsml_parser import DSMLParseError
 from deepscout.model_runtime.v4.chat_format.render import (
     PromptSegment,
     ReasoningEffort,

@@ -14,17 +14,9 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 
 from deepscout.model_runtime.chat.backends.text_stream import StopStrings
+from deepscout.model_runtime.v4.chat_format import completion_events as events
 from deepscout.model_runtime.v4.chat_format.conversions import REASONING_KEY
-from deepscout.model_runtime.v4.chat_format.dsml_parser import (
-    CompletionParser,
-    ContentDelta,
-    DSMLParseError,
-    ParsedCompletion,
-    ParseEvent,
-    ReasoningDelta,
-    ToolCallArgumentsDelta,
-    ToolCallStarted,
-)
+from deepscout.model_runtime.v4.chat_format.dsml_parser import CompletionParser, DSMLParseError
 from deepscout.model_runtime.v4.chat_format.tokenizer import V4Tokenizer
 
 
@@ -50,7 +42,7 @@ class OutputReader:
         """The generated text (up to the stop string, when one appeared)."""
         return self._raw
 
-    def push(self, token_id: int) -> list[ParseEvent]:
+    def push(self, token_id: int) -> list[events.ParseEvent]:
         """Events the token made certain; after malformed output, none (see :attr:`error`)."""
         if token_id == self._eos or self.stopped:
             return []
@@ -63,7 +55,7 @@ class OutputReader:
             return self._feed(len(self._raw))
         return self._feed(len(self._raw) - self._stop.hold)
 
-    def finish(self) -> tuple[list[ParseEvent], ParsedCompletion]:
+    def finish(self) -> tuple[list[events.ParseEvent], events.ParsedCompletion]:
         """The last events and the parsed turn; raises the first parse error met."""
         events = self._feed(len(self._raw))
         if self.error is not None:
@@ -71,7 +63,7 @@ class OutputReader:
         last, parsed = self._parser.finish()
         return events + last, parsed
 
-    def _feed(self, upto: int) -> list[ParseEvent]:
+    def _feed(self, upto: int) -> list[events.ParseEvent]:
         if self.error is not None or upto <= self._fed:
             return []
         piece, self._fed = self._raw[self._fed : upto], upto
@@ -82,18 +74,18 @@ class OutputReader:
             return []
 
 
-def event_chunk(event: ParseEvent) -> ChatGenerationChunk | None:
+def event_chunk(event: events.ParseEvent) -> ChatGenerationChunk | None:
     """The stream chunk of a parse event (None for events a stream does not show)."""
-    if isinstance(event, ContentDelta):
+    if isinstance(event, events.ContentDelta):
         return ChatGenerationChunk(message=AIMessageChunk(content=event.text))
-    if isinstance(event, ReasoningDelta):
+    if isinstance(event, events.ReasoningDelta):
         return ChatGenerationChunk(
             message=AIMessageChunk(content="", additional_kwargs={REASONING_KEY: event.text})
         )
-    if isinstance(event, ToolCallStarted):
+    if isinstance(event, events.ToolCallStarted):
         chunk = tool_call_chunk(name=event.name, args="", id=event.id, index=event.index)
         return ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
-    if isinstance(event, ToolCallArgumentsDelta):
+    if isinstance(event, events.ToolCallArgumentsDelta):
         chunk = tool_call_chunk(name=None, args=event.text, id=None, index=event.index)
         return ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
     return None
