@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
@@ -20,7 +20,7 @@ from deepscout.agent.grounding import fallback_answer, ungrounded
 from deepscout.agent.run_context import RunContext
 from deepscout.agent.state import ResearchState
 from deepscout.agent.step_trace import emit_usage, persist_step, step_record
-from deepscout.agent.structured import UsageRecorder
+from deepscout.agent.structured import CallsUsage, UsageRecorder
 from deepscout.memory import repository
 from deepscout.memory.db import write_session
 from deepscout.model_runtime.chat import GenerationDeadlineExceeded
@@ -33,7 +33,7 @@ AnswerStatus = Literal["model", "fallback"]
 
 def _write(
     run: RunContext, state: ResearchState, transcript: list[BaseMessage], instruction: HumanMessage
-) -> tuple[str, AnswerStatus, dict[str, Any] | None, float | None]:
+) -> tuple[str, AnswerStatus, CallsUsage, float | None]:
     """The model's answer streamed as ``answer_token`` events, or the fallback passages; with the usage
     and the time of the first token."""
     recorder = UsageRecorder()
@@ -72,7 +72,7 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
     sources = state.get("sources", [])
     transcript = list(state.get("transcript", []))
     instruction = HumanMessage(content=prompts.ANSWER_INSTRUCTION.format(question=state["question"]))
-    usage: dict[str, Any] | None = None
+    usage: CallsUsage | None = None
     first_token_at: float | None = None
     status: AnswerStatus
     if not sources:

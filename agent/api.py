@@ -24,6 +24,7 @@ from deepscout.agent.graph import build_graph, sqlite_checkpointer
 from deepscout.agent.options import ResearchInputError, ResearchOptions
 from deepscout.agent.run_context import Event, RunContext
 from deepscout.agent.state import ResearchState, SourceRecord, StepRecord
+from deepscout.agent.step_trace import step_tokens
 from deepscout.memory import repository
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database, open_database, write_session
@@ -77,18 +78,7 @@ class RunUsage:
     @classmethod
     def of(cls, state: ResearchState, seconds: float) -> RunUsage:
         trace = state.get("trace", [])
-        tokens = sum(
-            (
-                Usage(
-                    step["prompt_tokens"],
-                    step["reused_tokens"],
-                    step["computed_tokens"],
-                    step["output_tokens"],
-                )
-                for step in trace
-            ),
-            Usage(),
-        )
+        tokens = sum((step_tokens(step) for step in trace), Usage())
         return cls(
             tokens=tokens,
             tool_calls=state.get("tool_calls_used", 0),

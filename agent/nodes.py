@@ -31,7 +31,7 @@ from deepscout.agent.state import (
     StopReason,
 )
 from deepscout.agent.step_trace import emit_usage, record_step, stop
-from deepscout.agent.structured import Schema, structured_call
+from deepscout.agent.structured import CallsUsage, Schema, structured_call
 from deepscout.agent.tool_runner import ToolCallSpec, run_tools
 from deepscout.model_runtime.chat import GenerationDeadlineExceeded, StructuredOutputError
 from deepscout.text.fusion import reciprocal_rank_fusion
@@ -64,7 +64,7 @@ def _ask(
     transcript: list[BaseMessage],
     instruction: HumanMessage,
     max_tokens: int,
-) -> tuple[Schema, dict[str, Any]]:
+) -> tuple[Schema, CallsUsage]:
     """The loop's structured model call (plan, reflection), bounded by the loop's deadline."""
     return structured_call(
         run.model, schema, [*transcript, instruction], max_tokens=max_tokens, deadline=run.loop_deadline
@@ -78,7 +78,7 @@ def plan(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Literal[
     transcript = list(state.get("transcript") or []) or _opening(state["question"])
     limit = run.options.queries_per_step
     instruction = HumanMessage(content=prompts.PLAN_INSTRUCTION.format(n=limit))
-    usage: dict[str, Any] | None = None
+    usage: CallsUsage | None = None
     proposed: list[str] = []
     error: str | None = None
     out_of_time = time.monotonic() >= run.loop_deadline

@@ -11,38 +11,42 @@ from typing import Any
 
 from deepscout.agent.run_context import RunContext
 from deepscout.agent.state import ResearchState, StepRecord, StopReason
+from deepscout.agent.structured import CallsUsage
 from deepscout.memory import repository
 from deepscout.memory.db import write_session
+from deepscout.model_runtime.chat import Usage
 
 
-def _tokens(record: StepRecord) -> dict[str, int]:
-    return {
-        "prompt_tokens": record["prompt_tokens"],
-        "reused_tokens": record["reused_tokens"],
-        "computed_tokens": record["computed_tokens"],
-        "output_tokens": record["output_tokens"],
-    }
+def step_tokens(record: StepRecord) -> Usage:
+    """The tokens a step's model calls spent, as its trace record keeps them."""
+    return Usage(
+        prompt_tokens=record["prompt_tokens"],
+        reused_tokens=record["reused_tokens"],
+        computed_tokens=record["computed_tokens"],
+        output_tokens=record["output_tokens"],
+    )
 
 
 def step_record(
     state: ResearchState,
     node: str,
     started: float,
-    usage: dict[str, Any] | None,
+    usage: CallsUsage | None,
     tool_calls: int,
     **detail: Any,
 ) -> StepRecord:
     """The trace record of ``node``'s work since ``started`` (``time.monotonic()``)."""
-    usage = usage or {}
+    usage = usage or CallsUsage(Usage())
+    tokens = usage.tokens
     return {
         "step": state.get("step", 0),
         "node": node,
         "seconds": round(time.monotonic() - started, 4),
-        "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-        "reused_tokens": int(usage.get("reused_tokens", 0)),
-        "computed_tokens": int(usage.get("computed_tokens", 0)),
-        "output_tokens": int(usage.get("output_tokens", 0)),
-        "first_token_s": usage.get("first_token_s"),
+        "prompt_tokens": tokens.prompt_tokens,
+        "reused_tokens": tokens.reused_tokens,
+        "computed_tokens": tokens.computed_tokens,
+        "output_tokens": tokens.output_tokens,
+        "first_token_s": usage.first_token_s,
         "tool_calls": tool_calls,
         "detail": detail,
     }
@@ -64,7 +68,7 @@ def persist_step(
             run_id=run_id,
             node=record["node"],
             data={"key": key, "round": record["step"], "seconds": record["seconds"], **record["detail"]},
-            usage=_tokens(record),
+            usage=step_tokens(record).as_dict(),
         )
         for call in tool_calls:
             repository.add_tool_call(session, run_id=run_id, step_id=step.id, **call)
@@ -75,7 +79,7 @@ def record_step(
     state: ResearchState,
     node: str,
     started: float,
-    usage: dict[str, Any] | None = None,
+    usage: CallsUsage | None = None,
     *,
     tool_calls: Sequence[dict[str, Any]] = (),
     **detail: Any,
@@ -89,7 +93,7 @@ def record_step(
 def emit_usage(run: RunContext, node: str, record: StepRecord) -> None:
     """A ``tokens`` event for a step that called the model."""
     if record["prompt_tokens"] or record["output_tokens"]:
-        run.emit({"type": "tokens", "node": node, "step": record["step"], **_tokens(record)})
+        run.emit({"type": "tokens", "node": node, "step": record["step"], **step_tokens(record).as_dict()})
 
 
 def stop(reason: StopReason, run: RunContext) -> dict[str, Any]:

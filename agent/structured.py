@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -28,6 +29,14 @@ Schema = TypeVar("Schema", bound=BaseModel)
 _CLOSERS = {"{": "}", "[": "]"}
 
 
+@dataclass(frozen=True)
+class CallsUsage:
+    """What the model calls of one step spent: their tokens, and the first one's time to first token."""
+
+    tokens: Usage
+    first_token_s: float | None = None
+
+
 class UsageRecorder(BaseCallbackHandler):
     """Collects the prefill counters, token usage and first-token times of the model calls under it."""
 
@@ -41,7 +50,8 @@ class UsageRecorder(BaseCallbackHandler):
                 if message is not None:
                     self.messages.append(message)
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self) -> CallsUsage:
+        """The tokens of every call under the recorder, and the first call's time to its first token."""
         tokens = sum((usage_of(message) for message in self.messages), Usage())
         first_token_s = next(
             (
@@ -51,7 +61,7 @@ class UsageRecorder(BaseCallbackHandler):
             ),
             None,
         )
-        return {**tokens.as_dict(), "first_token_s": first_token_s, "model_calls": len(self.messages)}
+        return CallsUsage(tokens, first_token_s)
 
 
 def balance_json(text: str) -> str:
@@ -105,7 +115,7 @@ def structured_call(
     max_tokens: int,
     deadline: float,
     stop: Sequence[str] = ("]}",),
-) -> tuple[Schema, dict[str, Any]]:
+) -> tuple[Schema, CallsUsage]:
     """``schema`` from the model: a free reply parsed leniently, else schema-constrained decoding.
 
     ``stop`` ends the free reply where the object closes (the default suits objects whose last field is
