@@ -155,9 +155,6 @@ class ContextManager:
     def count(self, messages: Sequence[BaseMessage]) -> int:
         return self.model.count_tokens(list(messages))
 
-    def fits(self, messages: Sequence[BaseMessage], new_tokens: int) -> bool:
-        return self.count(messages) + new_tokens <= self.limit_tokens
-
     def add_documents(
         self, transcript: Sequence[BaseMessage], docs: Sequence[DocumentText], focus: str
     ) -> Placement:
