@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl, default_impl
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, YarnScaling, tiny
 
@@ -58,7 +59,8 @@ def device_check(device: str) -> dict[str, float]:
     ids = torch.randint(2, args.vocab_size, (1, 420), generator=torch.Generator().manual_seed(0))
     chunks = [300, 100] + [1] * 20
 
-    def run(model: DeepseekV4Model, dev: str, impl: str) -> torch.Tensor:
+    def run(model: DeepseekV4Model, dev: str, impl: str, kernels: KernelImpl = "reference") -> torch.Tensor:
+        model.kernels = kernels
         cache, out, start = new_cache(args, torch.float32, dev), [], 0
         for size in chunks:
             piece = ids[:, start : start + size].to(dev)
@@ -70,10 +72,12 @@ def device_check(device: str) -> dict[str, float]:
         reference = run(cpu_model, "cpu", "sparse")
         sparse = run(dev_model, device, "sparse")
         naive = run(dev_model, device, "naive")
+        fused = run(dev_model, device, "sparse", default_impl(torch.device(device)))
     scale = reference.abs().max().item()
     return {
         "device_vs_cpu": (sparse - reference).abs().max().item() / scale,
         "naive_vs_sparse": (naive - sparse).abs().max().item() / scale,
+        "kernels_vs_sparse": (fused - sparse).abs().max().item() / scale,
     }
 
 
@@ -89,8 +93,10 @@ def flash_stack(layers: list[LayerKind], experts: int) -> ModelArgs:
     )
 
 
-def long_context(args: ModelArgs, device: str, context: int, chunk: int, decode: int) -> dict[str, Any]:
-    model = DeepseekV4Model.random(args, seed=0, dtype=torch.bfloat16, device=device).eval()
+def long_context(
+    args: ModelArgs, device: str, context: int, chunk: int, decode: int, kernels: KernelImpl
+) -> dict[str, Any]:
+    model = DeepseekV4Model.random(args, seed=0, dtype=torch.bfloat16, device=device, kernels=kernels).eval()
     ids = torch.randint(2, args.vocab_size, (1, context + decode), generator=torch.Generator().manual_seed(1))
     cache = new_cache(args, torch.bfloat16, device)
     if device.startswith("cuda"):
@@ -110,6 +116,7 @@ def long_context(args: ModelArgs, device: str, context: int, chunk: int, decode:
         decode_s = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
     result = {
+        "kernels": kernels,
         "context": context,
         "chunk": chunk,
         "prefill_s": round(prefill_s, 2),
@@ -134,6 +141,7 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--layers", default="sliding,csa,hca")
     parser.add_argument("--experts", type=int, default=16)
+    parser.add_argument("--kernels", default="reference,triton", help="kernel paths to time, in order")
     default_json = Path(__file__).parent / "results" / "v4_model_forward.json"
     parser.add_argument("--json", type=Path, default=default_json)
     opts = parser.parse_args()
@@ -143,14 +151,18 @@ def main() -> None:
     args = flash_stack([KINDS[k] for k in opts.layers.split(",")], opts.experts)
     rows = []
     for context in (int(c) for c in opts.contexts.split(",")):
-        row = long_context(args, opts.device, context, opts.chunk, opts.decode)
-        rows.append(row)
-        print(row, flush=True)
-    header = f"{'context':>8} {'prefill tok/s':>14} {'decode ms/tok':>14} {'peak GiB':>9} {'cache MiB':>10}"
+        for kernels in opts.kernels.split(","):
+            row = long_context(args, opts.device, context, opts.chunk, opts.decode, kernels)
+            rows.append(row)
+            print(row, flush=True)
+    header = (
+        f"{'kernels':>9} {'context':>8} {'prefill tok/s':>14} {'decode ms/tok':>14} {'peak GiB':>9} "
+        f"{'cache MiB':>10}"
+    )
     print(header)
     for r in rows:
         print(
-            f"{r['context']:>8} {r['prefill_tok_s']:>14} {r['decode_ms_per_token']:>14} "
+            f"{r['kernels']:>9} {r['context']:>8} {r['prefill_tok_s']:>14} {r['decode_ms_per_token']:>14} "
             f"{r['peak_device_gib']:>9} {r['cache_mib']:>10}"
         )
     device_name = torch.cuda.get_device_name() if opts.device.startswith("cuda") else platform.processor()

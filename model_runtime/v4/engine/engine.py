@@ -54,6 +54,7 @@ import torch
 
 from deepscout.errors import DeepscoutError
 from deepscout.model_runtime.v4.engine.cache_manager import CacheManager
+from deepscout.model_runtime.v4.engine.decode_runner import DecodeRunner
 from deepscout.model_runtime.v4.engine.engine_config import EngineConfig
 from deepscout.model_runtime.v4.engine.model_runner import ModelRunner
 from deepscout.model_runtime.v4.engine.prefix_cache import HashFn, chain_hash
@@ -77,7 +78,10 @@ class Engine:
 
     def __init__(self, model: DeepseekV4Model, config: EngineConfig, *, hash_fn: HashFn = chain_hash) -> None:
         device = model.embed.weight.device
-        if device != torch.device(config.device):
+        wanted = torch.device(config.device)
+        if wanted.type == "cuda" and wanted.index is None:
+            wanted = torch.device("cuda", torch.cuda.current_device())
+        if device != wanted:
             raise ValueError(
                 f"the model is on {device} but EngineConfig.device is {config.device!r}; make them agree"
             )
@@ -85,7 +89,8 @@ class Engine:
         self.config = config
         self.caches = CacheManager(model.args, config, hash_fn=hash_fn)
         self.scheduler = Scheduler(config, self.caches)
-        self.runner = ModelRunner(model)
+        decoder = DecodeRunner(model, self.caches.kv, self.caches.states, cuda_graphs=config.cuda_graphs)
+        self.runner = ModelRunner(model, decoder)
         self._ids = itertools.count()
         self._sequences: dict[str, Sequence] = {}
         self._finished_unreported: list[Sequence] = []

@@ -34,6 +34,7 @@ class EngineConfig(BaseModel):
     max_idle_sessions: int = Field(4, ge=0, description="finished sessions kept (LRU) for their next turn")
     spill_dir: str | None = Field(None, description="write evicted idle sessions' KV here (on-disk cache)")
     device: str = "cpu"
+    cuda_graphs: bool = Field(True, description="replay decode steps from CUDA graphs (fused kernels, GPU)")
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

@@ -9,8 +9,10 @@ Storage formats (`EngineConfig.kv_dtype`):
 * "paper": main entries as FP8 e4m3 nope dims + BF16 rope dims (head_dim 512, rope 64: 448 + 128 = 576 B),
   indexer keys FP8 e4m3 or MXFP4 (e2m1 pairs + one e8m0 scale per 32 values: 68 B for 128 dims). Entries
   are RMS-normalised by the compressor, so FP8 needs no scale (|x| stays far inside e4m3's ±448).
-Reads return bfloat16 for the quantised formats. Storage is allocated uninitialised (`torch.empty`): only
-entries already written are ever read, and on the CPU pages become resident as blocks fill.
+Writes quantise on the storage's device; reads return bfloat16 for the quantised formats. Kernels read the
+stored bytes directly through `EntryStorage.paged_keys()` (indexer keys). Storage is allocated uninitialised
+(`torch.empty`): only entries already written are ever read, and on the CPU pages become resident as blocks
+fill.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import torch
 from deepscout.errors import DeepscoutError
 from deepscout.model_runtime.v4.cache.protocol import CompressorName
 from deepscout.model_runtime.v4.engine.engine_config import IndexerFormat, KvDtype
+from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs
 from deepscout.model_runtime.v4.weights.quant import (
-    E2M1_MAGNITUDES,
     FP4_BLOCK,
     FP8_E4M3_MAX,
+    dequantize_mxfp4,
     quantize_mxfp4,
 )
 
@@ -54,6 +57,10 @@ class EntryStorage(ABC):
     def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Rows at (`blocks`, `offsets`) (any equal shapes `[...]`) as `[..., dim]`."""
 
+    def paged_keys(self) -> PagedKeys:
+        """The stored tensors as indexer keys for the kernels (plain, FP8 and MXFP4 storages)."""
+        raise KvFormatError(f"{type(self).__name__} rows are not indexer keys")
+
     @property
     def nbytes(self) -> int:
         """Bytes actually allocated (storage sizes of the tensors)."""
@@ -75,9 +82,13 @@ class PlainStorage(EntryStorage):
     def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return self.data[blocks, offsets]
 
+    def paged_keys(self) -> PagedKeys:
+        return PagedKeys("plain", self.data)
 
-def _to_fp8(x: torch.Tensor) -> torch.Tensor:
-    return x.float().clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+def _to_fp8(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """e4m3 (round to nearest even, saturated) computed on `device`."""
+    return x.to(device).float().clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
 
 
 class Fp8RopeStorage(EntryStorage):
@@ -96,7 +107,7 @@ class Fp8RopeStorage(EntryStorage):
 
     def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
         split = self.dim - self.rope_dim
-        self.nope[blocks, offsets] = _to_fp8(rows[:, :split])
+        self.nope[blocks, offsets] = _to_fp8(rows[:, :split], self.nope.device)
         self.rope[blocks, offsets] = rows[:, split:].to(torch.bfloat16)
 
     def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -115,10 +126,13 @@ class Fp8Storage(EntryStorage):
         return (self.data,)
 
     def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
-        self.data[blocks, offsets] = _to_fp8(rows)
+        self.data[blocks, offsets] = _to_fp8(rows, self.data.device)
 
     def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return self.data[blocks, offsets].to(torch.bfloat16)
+
+    def paged_keys(self) -> PagedKeys:
+        return PagedKeys("fp8", self.data)
 
 
 class Mxfp4Storage(EntryStorage):
@@ -134,26 +148,26 @@ class Mxfp4Storage(EntryStorage):
         super().__init__(dim)
         self.packed = torch.empty(blocks, per_block, dim // 2, dtype=torch.uint8, device=device)
         self.scale = torch.empty(blocks, per_block, dim // FP4_BLOCK, dtype=torch.uint8, device=device)
-        self._values = torch.tensor(
-            E2M1_MAGNITUDES + tuple(-v for v in E2M1_MAGNITUDES), dtype=torch.float32, device=device
-        )
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.packed, self.scale)
 
     def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
-        packed, scale = quantize_mxfp4(rows.float().cpu())
-        self.packed[blocks, offsets] = packed.view(torch.uint8).to(self.packed.device)
-        self.scale[blocks, offsets] = scale.view(torch.uint8).to(self.scale.device)
+        """Quantised on the storage device (the same bits as on the CPU)."""
+        packed, scale = quantize_mxfp4(rows.to(self.packed.device))
+        self.packed[blocks, offsets] = packed.view(torch.uint8)
+        self.scale[blocks, offsets] = scale.view(torch.uint8)
 
     def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Decoded on the storage device: e2m1 codes through a value table, times 2^(scale byte - 127)."""
-        packed = self.packed[blocks, offsets].long()
-        codes = torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2)
-        values = self._values[codes].unflatten(-1, (-1, FP4_BLOCK))
-        scale = torch.exp2(self.scale[blocks, offsets].float() - 127.0)
-        return (values * scale[..., None]).flatten(-2).to(torch.bfloat16)
+        """Decoded on the storage device (exact: e2m1 value times 2^(scale byte - 127))."""
+        packed = self.packed[blocks, offsets]
+        scale = self.scale[blocks, offsets]
+        values = dequantize_mxfp4(packed.reshape(-1, packed.shape[-1]), scale.reshape(-1, scale.shape[-1]))
+        return values.view(*packed.shape[:-1], self.dim).to(torch.bfloat16)
+
+    def paged_keys(self) -> PagedKeys:
+        return PagedKeys("mxfp4", self.packed, self.scale)
 
 
 def block_tokens(args: ModelArgs) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from deepscout.model_runtime.v4.engine.decode_runner import DecodeRunner
 from deepscout.model_runtime.v4.engine.scheduler import Chunk
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 
@@ -21,12 +22,20 @@ class StepLogits:
 
 
 class ModelRunner:
-    def __init__(self, model: DeepseekV4Model) -> None:
+    """Runs a step through the cache protocol (any mix of prefill and decode), or, for pure decode steps on
+    the fused kernels, through the device decode step (`decode_runner.py`, CUDA graphs on a GPU)."""
+
+    def __init__(self, model: DeepseekV4Model, decoder: DecodeRunner) -> None:
         self.model = model
         self.device = model.embed.weight.device
+        self.decoder = decoder
 
     @torch.no_grad()
     def run(self, chunks: Sequence[Chunk]) -> StepLogits:
+        if self.decoder.handles(chunks):
+            decoded = self.decoder.run(chunks)
+            no_prompt_logits: list[torch.Tensor | None] = [None] * len(chunks)
+            return StepLogits(list(decoded.unbind(0)), no_prompt_logits)
         lengths = [c.length for c in chunks]
         ids = torch.zeros(len(chunks), max(lengths), dtype=torch.long)
         for row, chunk in enumerate(chunks):

@@ -54,7 +54,7 @@ class PagedLayerCache:
         return self._seq.states.read_window(self._seq.slot, self._index)
 
     def write_window(self, kv: torch.Tensor, positions: torch.Tensor) -> None:
-        self._seq.states.write_window(self._seq.slot, self._index, kv, positions)
+        self._seq.states.write_window(self._seq.slot, self._index, kv, positions, start=self._seq.num_tokens)
 
     def read_tail(self, name: CompressorName) -> CompressorTail | None:
         self._count(name)
@@ -131,6 +131,7 @@ class PagedSequenceCache:
         self.block_table: list[int] = list(block_table or [])
         self._num_tokens = num_tokens
         self._table_tensor: torch.Tensor | None = None
+        self._device_table: torch.Tensor | None = None
         self.registered_blocks = 0  # leading full blocks already offered to the prefix cache
         self._layers = [PagedLayerCache(self, i, kind) for i, kind in enumerate(kv_pool.layer_kinds)]
 
@@ -150,6 +151,25 @@ class PagedSequenceCache:
         if n < 0:
             raise ValueError(f"cannot advance by a negative count ({n})")
         self._num_tokens += n
+
+    def advance_decoded(self) -> None:
+        """A device decode step (`model/decode_step.py`) added one token, writing state and entries by
+        position: the host bookkeeping follows from the new count."""
+        self._num_tokens += 1
+        self.states.mark_decoded(self.slot, self._num_tokens)
+        for layer in self._layers:
+            layer.reset_counts(self._num_tokens)
+
+    def device_block_table(self, device: torch.device) -> torch.Tensor:
+        """The block table as int32 on `device`, extended (not rebuilt) as blocks are added."""
+        table = self._device_table
+        if table is None or table.device != device or table.shape[0] > len(self.block_table):
+            table = torch.empty(0, dtype=torch.int32, device=device)
+        if table.shape[0] < len(self.block_table):
+            new = torch.tensor(self.block_table[table.shape[0] :], dtype=torch.int32)
+            table = torch.cat([table, new.to(device, non_blocking=True)])
+        self._device_table = table
+        return table
 
     def set_position(self, num_tokens: int) -> None:
         """Jump to `num_tokens` processed tokens (after restoring a snapshot taken there)."""

@@ -4,6 +4,13 @@ A slot holds, per main attention layer: the sliding-window ring (`[window, head_
 and per compressor the uncompressed tail (< ratio tokens of raw projections and gate logits) plus, on CSA,
 the overlap state (the Ca half of the last complete window). Its size does not depend on context length.
 
+Everything is addressed by position, so the device decode path can write without the host bookkeeping:
+the token at position p sits at ring row `p % window` and tail row `p % ratio`. Ring rows never written
+for the slot's current sequence hold positions larger than any it will query (a sentinel, or a later
+position of the slot's previous sequence), so a position mask alone separates live keys from stale ones.
+After device decode steps (`mark_decoded`) the host bookkeeping is derived from the token count when next
+needed.
+
 A `StateSnapshot` copies a slot at a block boundary (tails are empty there, so it is mostly the windows);
 `SnapshotStore` keeps snapshots under a memory budget (LRU) so a later sequence with the same prefix can
 restore the state and reuse the prefix's blocks instead of recomputing them.
@@ -32,10 +39,14 @@ class _TailMeta:
     has_overlap: bool = False
 
 
+# the position of ring rows never written: larger than any position a query can have
+UNWRITTEN_POSITION = 2**62
+
+
 @dataclass
 class _LayerMeta:
     window_len: int = 0
-    window_head: int = 0  # ring index of the oldest entry
+    window_end: int = 0  # one past the newest position in the ring
     tails: dict[str, _TailMeta] = field(default_factory=dict)
 
 
@@ -96,11 +107,18 @@ class StatePool:
             self._layers.append(
                 _LayerState(
                     window_kv=torch.zeros(num_slots, self.window, args.head_dim, dtype=dtype, device=dev),
-                    window_pos=torch.zeros(num_slots, self.window, dtype=torch.long, device=dev),
+                    window_pos=torch.full(
+                        (num_slots, self.window), UNWRITTEN_POSITION, dtype=torch.long, device=dev
+                    ),
                     tails=tails,
                 )
             )
+        self._ratios = [
+            {name: args.ratio(kind) for name in layer.tails}
+            for kind, layer in zip(args.layer_types, self._layers, strict=True)
+        ]
         self._meta: list[list[_LayerMeta]] = [self._fresh_meta() for _ in range(num_slots)]
+        self._decoded_to: dict[int, int] = {}  # slot -> token count reached by device decode steps
         self._free = list(range(num_slots - 1, -1, -1))
 
     def _fresh_meta(self) -> list[_LayerMeta]:
@@ -122,7 +140,29 @@ class StatePool:
     def free(self, slot: int) -> None:
         if slot in self._free:
             raise ValueError(f"state slot {slot} is already free")
+        self._decoded_to.pop(slot, None)
         self._free.append(slot)
+
+    def layer_tensors(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, CompressorTail]]:
+        """Layer `layer`'s tensors over all slots: window kv `[slots, window, dim]`, window positions
+        `[slots, window]` and the compressor tails (the device decode path reads and writes them)."""
+        state = self._layers[layer]
+        return state.window_kv, state.window_pos, state.tails
+
+    def mark_decoded(self, slot: int, num_tokens: int) -> None:
+        """Device decode steps brought the slot to `num_tokens` processed tokens (written by position)."""
+        self._decoded_to[slot] = num_tokens
+
+    def _slot_meta(self, slot: int) -> list[_LayerMeta]:
+        """The slot's bookkeeping, first derived from its token count if device steps ran since."""
+        n = self._decoded_to.pop(slot, None)
+        if n is not None:
+            for meta, ratios in zip(self._meta[slot], self._ratios, strict=True):
+                meta.window_len, meta.window_end = min(self.window, n), n
+                for name, tail in meta.tails.items():
+                    ratio = ratios[name]
+                    tail.length, tail.written, tail.has_overlap = n % ratio, n > 0, n >= ratio
+        return self._meta[slot]
 
     @property
     def nbytes(self) -> int:
@@ -140,28 +180,27 @@ class StatePool:
 
     # ------------------------------------------------------------------ window ring
     def read_window(self, slot: int, layer: int) -> WindowView:
-        meta, state = self._meta[slot][layer], self._layers[layer]
-        order = (meta.window_head + torch.arange(meta.window_len)) % self.window
-        order = order.to(state.window_kv.device)
+        meta, state = self._slot_meta(slot)[layer], self._layers[layer]
+        first = meta.window_end - meta.window_len
+        order = (torch.arange(first, meta.window_end) % self.window).to(state.window_kv.device)
         return WindowView(state.window_kv[slot, order], state.window_pos[slot, order])
 
-    def write_window(self, slot: int, layer: int, kv: torch.Tensor, positions: torch.Tensor) -> None:
-        meta, state = self._meta[slot][layer], self._layers[layer]
+    def write_window(
+        self, slot: int, layer: int, kv: torch.Tensor, positions: torch.Tensor, *, start: int
+    ) -> None:
+        """Write raw entries at consecutive positions `start, start+1, ...` (`positions` on the device)."""
+        meta, state = self._slot_meta(slot)[layer], self._layers[layer]
         n = kv.shape[0]
         if n == 0:
             return
-        if n >= self.window:
-            state.window_kv[slot] = kv[-self.window :].to(self.dtype)
-            state.window_pos[slot] = positions[-self.window :]
-            meta.window_head, meta.window_len = 0, self.window
-            return
-        start = (meta.window_head + meta.window_len) % self.window
-        index = ((start + torch.arange(n)) % self.window).to(state.window_kv.device)
-        state.window_kv[slot, index] = kv.to(self.dtype)
-        state.window_pos[slot, index] = positions
-        overflow = max(0, meta.window_len + n - self.window)
+        keep = min(n, self.window)
+        index = (torch.arange(start + n - keep, start + n) % self.window).to(state.window_kv.device)
+        state.window_kv[slot, index] = kv[-keep:].to(self.dtype)
+        state.window_pos[slot, index] = positions[-keep:]
+        if meta.window_end != start:
+            meta.window_len = 0  # a jump (restore): only the rows written now are live
         meta.window_len = min(self.window, meta.window_len + n)
-        meta.window_head = (meta.window_head + overflow) % self.window
+        meta.window_end = start + n
 
     # ------------------------------------------------------------------ compressor tails
     def read_tail(self, slot: int, layer: int, name: CompressorName) -> CompressorTail | None:
@@ -195,7 +234,7 @@ class StatePool:
 
     def _tail_meta(self, slot: int, layer: int, name: CompressorName) -> _TailMeta:
         try:
-            return self._meta[slot][layer].tails[name]
+            return self._slot_meta(slot)[layer].tails[name]
         except KeyError:
             raise ValueError(f"layer {layer} has no {name!r} compressor") from None
 
@@ -213,9 +252,11 @@ class StatePool:
 
     def restore(self, slot: int, snapshot: StateSnapshot) -> None:
         self._meta[slot] = self._fresh_meta()
+        self._decoded_to.pop(slot, None)
         dev = self._layers[0].window_kv.device if self._layers else torch.device("cpu")
         for i, layer in enumerate(snapshot.layers):
-            self.write_window(slot, i, layer.window_kv.to(dev), layer.window_pos.to(dev))
+            start = snapshot.num_tokens - layer.window_kv.shape[0]
+            self.write_window(slot, i, layer.window_kv.to(dev), layer.window_pos.to(dev), start=start)
             for name, tail in layer.tails.items():
                 if tail is not None:
                     self.write_tail(slot, i, name, _clone_tail(tail, dev))  # type: ignore[arg-type]

@@ -9,6 +9,9 @@ Attention implementations (`AttnImpl`):
   complete entries on HCA layers — in query blocks, so memory grows with window + k, not with context.
 * "naive": a dense reference: all window keys and all compressed entries with an explicit mask, as the
   transformers implementation builds it. Used to cross-check "sparse".
+
+With `kernels="triton"` the sparse path runs each row's queries through one fused kernel
+(`kernels/sparse_attention.py`) instead of the PyTorch query blocks, which stay as its reference.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.cache.protocol import LayerCache
+from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
 from deepscout.model_runtime.v4.model.compressor import Compressor
 from deepscout.model_runtime.v4.model.indexer import (
     Indexer,
@@ -40,18 +46,22 @@ from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs
 
 AttnImpl = Literal["naive", "sparse"]
 _QUERY_BLOCK = 64
+_INDEX_BLOCK = 1024  # queries scored by the indexer at once on the fused path ([block, entries] float32)
 
 
 @dataclass(frozen=True)
 class AttentionBatch:
     """What one layer's attention needs besides the packed hidden states: the rows' segments, each row's
-    cache of this layer, RoPE at the packed positions, the compressors' RoPE, and the implementation."""
+    cache of this layer, the packed positions (on the device) and RoPE at them, the compressors' RoPE, the
+    implementation and the kernels it runs on."""
 
     segments: Sequence[RowSegment]
     caches: Sequence[LayerCache]
+    positions: torch.Tensor
     rope: RopeTable
     compress_rope: RopeSpec
     impl: AttnImpl
+    kernels: KernelImpl = "reference"
 
 
 @dataclass(frozen=True)
@@ -106,11 +116,13 @@ class Attention(nn.Module):
         q = apply_rope(q, rope)
         kv = apply_rope(self.kv_norm(self.wkv(x)), rope)
         index = None if self.indexer is None else self.indexer.queries(x, q_residual, rope)
-        attend = self._attend_sparse if batch.impl == "sparse" else self._attend_naive
+        attend = self._attend_naive
+        if batch.impl == "sparse":
+            attend = self._attend_fused if batch.kernels == "triton" else self._attend_sparse
         outputs = []
         for seg, cache in zip(batch.segments, batch.caches, strict=True):
             rows = slice(seg.offset, seg.offset + seg.length)
-            positions = seg.positions.to(x.device)
+            positions = batch.positions[rows]
             window = cache.read_window()
             keys = torch.cat([window.kv.to(kv.dtype), kv[rows]])
             key_pos = torch.cat([window.positions.to(x.device), positions])
@@ -204,6 +216,48 @@ class Attention(nn.Module):
             comp_out = torch.einsum(f"nhk,{per_query}->nhd", pc, entries)
             outs.append(torch.einsum("nhk,kd->nhd", pw, band) + comp_out)
         return torch.cat(outs)
+
+    def _attend_fused(self, row: _RowAttention) -> torch.Tensor:
+        """The sparse path in one kernel call for the row: each query's band of the row's keys (window ring
+        then new keys), plus the indexer's choice (CSA) or every causal entry (HCA)."""
+        q, seg, device = row.q, row.seg, row.q.device
+        first_new = row.keys.shape[0] - seg.length  # key index of the row's first new token
+        own = torch.arange(seg.length, device=device) + first_new
+        band_start = (own - self.window + 1).clamp(min=0)
+        band = BandKeys(
+            kv=row.keys.to(q.dtype),
+            positions=row.key_pos,
+            start=band_start.to(torch.int32),
+            length=(own - band_start + 1).to(torch.int32),
+            max_length=min(self.window, row.keys.shape[0]),
+        )
+        return sparse_attention(
+            q,
+            band,
+            self._entry_keys(row),
+            self.attn_sink,
+            row.positions,
+            scale=self.scale,
+            window=self.window,
+            impl="triton",
+        )
+
+    def _entry_keys(self, row: _RowAttention) -> EntryKeys | None:
+        """The row's compressed entries for the fused kernel: all causal ones (HCA), or the indexer's top-k
+        per query (CSA, scored `_INDEX_BLOCK` queries at a time). None when there are none yet."""
+        if self.kind is LayerKind.SLIDING or row.cache.num_entries("main") == 0:
+            return None
+        limit = causal_entry_limit(row.positions, self.ratio)
+        entries = row.cache.all_entries("main").to(row.q.dtype)
+        if self.kind is LayerKind.HCA:
+            return EntryKeys.dense(entries, limit)
+        assert self.indexer is not None and row.index is not None
+        keys = row.cache.all_entries("indexer")
+        chosen = [
+            self.indexer.top_k(row.index.rows(block), keys, limit[block])[0]
+            for block in (slice(b0, b0 + _INDEX_BLOCK) for b0 in range(0, row.seg.length, _INDEX_BLOCK))
+        ]
+        return EntryKeys.dense(entries, limit, torch.cat(chosen).to(torch.int32))
 
     def _attend_naive(self, row: _RowAttention) -> torch.Tensor:
         """Dense reference: every window key and every compressed entry, with a mask."""

@@ -1,7 +1,8 @@
 """The lightning indexer of CSA layers and the causal top-k choice of compressed entries (paper eqs. 13-17).
 
 Compressed entry `e` summarises tokens `[e*ratio, (e+1)*ratio)`, so a query at position `p` may only see
-the `(p + 1) // ratio` entries that are complete; selections never reach past that limit.
+the `(p + 1) // ratio` entries that are complete; selections never reach past that limit. The scoring
+and selection live in `kernels/indexer_scores.py` (float32 reference, or the fused Triton kernel).
 """
 
 from __future__ import annotations
@@ -11,9 +12,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.indexer_scores import (
+    causal_entry_mask,
+    dense_scores,
+    indexer_topk,
+    select_topk,
+)
+from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
 from deepscout.model_runtime.v4.model.compressor import Compressor
 from deepscout.model_runtime.v4.model.primitives import RopeTable, apply_rope
 from deepscout.model_runtime.v4.model_config import ModelArgs
+
+__all__ = [
+    "IndexQueries",
+    "Indexer",
+    "causal_entry_limit",
+    "causal_entry_mask",
+    "select_topk",
+]
 
 
 @dataclass(frozen=True)
@@ -50,31 +67,36 @@ class Indexer(nn.Module):
 
     def scores(self, queries: IndexQueries, keys: torch.Tensor) -> torch.Tensor:
         """Index scores `[n, T]` (float32) of queries against keys `[T, dim]`."""
-        logits = torch.matmul(queries.q.float(), keys.float().t()).relu_()  # [n, heads, T]
-        head_weights = (queries.weights * self.head_dim**-0.5).unsqueeze(1)  # [n, 1, heads]
-        return torch.bmm(head_weights, logits).squeeze(1)
+        return dense_scores(queries.q, queries.weights, keys)
 
     def top_k(
-        self, queries: IndexQueries, keys: torch.Tensor, limit: torch.Tensor
+        self,
+        queries: IndexQueries,
+        keys: torch.Tensor,
+        limit: torch.Tensor,
+        *,
+        impl: KernelImpl = "reference",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The best-scoring causal entries per query (see `select_topk`), keys `[T, dim]` with T > 0."""
+        if impl == "triton":
+            rows = PagedRows.single(queries.q.shape[0], keys.device)
+            return self.top_k_paged(queries, PagedKeys.dense(keys), rows, limit, impl=impl)
         return select_topk(self.scores(queries, keys), limit, self.topk)
+
+    def top_k_paged(
+        self,
+        queries: IndexQueries,
+        keys: PagedKeys,
+        rows: PagedRows,
+        limit: torch.Tensor,
+        *,
+        impl: KernelImpl,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same over several rows' paged keys read as stored: indices `[n, min(k, T_cap)]` into each
+        query's own row (see `indexer_scores.PagedRows`)."""
+        return indexer_topk(queries.q, queries.weights, keys, rows, limit, self.topk, impl=impl)
 
 
 def causal_entry_limit(positions: torch.Tensor, ratio: int) -> torch.Tensor:
     """Per query: how many compressed entries are complete (entry e covers tokens [e*ratio, (e+1)*ratio))."""
     return (positions + 1) // ratio
-
-
-def causal_entry_mask(n_entries: int, limit: torch.Tensor) -> torch.Tensor:
-    """`[n, n_entries]`: which of the first `n_entries` entries each query may see (index < its limit)."""
-    return torch.arange(n_entries, device=limit.device)[None, :] < limit[:, None]
-
-
-def select_topk(scores: torch.Tensor, limit: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k entry indices `[n, min(k, T)]` among each query's causal entries, and their validity."""
-    n_entries = scores.shape[-1]
-    k = min(k, n_entries)
-    future = ~causal_entry_mask(n_entries, limit)
-    indices = scores.masked_fill(future, float("-inf")).topk(k, dim=-1).indices
-    return indices, indices < limit[:, None]

@@ -1,15 +1,22 @@
 """The V4 feed-forward: a mixture of SwiGLU experts behind a hash or score router, plus one shared expert.
 
 The first layers route by a frozen token → experts table (`tid2eid`, "hash MoE"); the others by top-k of
-the router's scores plus a per-expert bias. Routing decisions are made in float32.
+the router's scores plus a per-expert bias. Routing decisions are made in float32. The routed experts keep
+their official parameter names, but their weights live in one stacked tensor per projection, which the
+grouped kernel (`kernels/grouped_moe.py`) reads in one launch for all experts of a step.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks, grouped_moe, swiglu
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model_config import ModelArgs
 
 
@@ -24,11 +31,67 @@ class Expert(nn.Module):
         self.w3 = nn.Linear(dim, inter_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w1(x), self.w3(x)
-        if self.limit > 0:
-            gate = gate.clamp(max=self.limit)
-            up = up.clamp(min=-self.limit, max=self.limit)
-        return self.w2(F.silu(gate) * up)
+        return swiglu(x, self.w1.weight, self.w2.weight, self.w3.weight, self.limit)
+
+
+class RoutedExperts(nn.ModuleList):
+    """The routed experts under their official names (`experts.{e}.w1.weight`, ...), each expert's weight a
+    view into one stacked tensor per projection (`stacks`).
+
+    The stacks are built once and the views kept through whatever moves or converts the weights:
+    `.to()`/`.cuda()`/`.half()`/`to_empty()` convert each stack once (`_apply`); `load_state_dict` and
+    in-place copies write through the views; a deep copy, an unpickling or a `load_state_dict(assign=True)`
+    re-stacks (one copy)."""
+
+    def __init__(self, n_experts: int, dim: int, inter_dim: int, swiglu_limit: float) -> None:
+        super().__init__(Expert(dim, inter_dim, swiglu_limit) for _ in range(n_experts))
+        self.limit = swiglu_limit
+        self.stacks = self._stack()
+        self._point_experts()
+        self.register_load_state_dict_post_hook(_restack_after_load)
+
+    def _linears(self, projection: str) -> list[nn.Linear]:
+        return [getattr(expert, projection) for expert in self]
+
+    def _weights(self, projection: str) -> list[torch.Tensor]:
+        return [linear.weight for linear in self._linears(projection)]
+
+    def _stack(self) -> ExpertStacks:
+        with torch.no_grad():
+            return ExpertStacks(*(torch.stack(self._weights(p)) for p in ("w1", "w2", "w3")))
+
+    def _point_experts(self) -> None:
+        """Make every expert's weights views into the stacks."""
+        for projection in ("w1", "w2", "w3"):
+            stack = getattr(self.stacks, projection)
+            for expert, linear in enumerate(self._linears(projection)):
+                linear.weight = nn.Parameter(stack[expert], requires_grad=linear.weight.requires_grad)
+
+    def is_stacked(self) -> bool:
+        """Whether every expert's weights are still views into the stacks."""
+        for projection in ("w1", "w2", "w3"):
+            stack = getattr(self.stacks, projection)
+            step = stack[0].numel() * stack.element_size()
+            for expert, weight in enumerate(self._weights(projection)):
+                if weight.device != stack.device or weight.data_ptr() != stack.data_ptr() + expert * step:
+                    return False
+        return True
+
+    def ensure_stacked(self) -> None:
+        """Re-stack (one copy per projection) if something replaced the experts' weights."""
+        if not self.is_stacked():
+            self.stacks = self._stack()
+            self._point_experts()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RoutedExperts:
+        with torch.no_grad():
+            self.stacks = self.stacks.map(fn)
+        self._point_experts()
+        return self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.ensure_stacked()
 
 
 class Gate(nn.Module):
@@ -71,23 +134,25 @@ class Gate(nn.Module):
         return weights * self.route_scale, indices
 
 
+def _restack_after_load(module: nn.Module, _incompatible_keys: object) -> None:
+    assert isinstance(module, RoutedExperts)
+    module.ensure_stacked()
+
+
 class MoE(nn.Module):
-    """Routed experts plus one always-on shared expert."""
+    """Routed experts plus one always-on shared expert; `kernels` picks the routed experts' path."""
 
     def __init__(self, args: ModelArgs, hash_routed: bool) -> None:
         super().__init__()
         self.gate = Gate(args, hash_routed)
-        self.experts = nn.ModuleList(
-            Expert(args.hidden_size, args.moe_intermediate_size, args.swiglu_limit)
-            for _ in range(args.n_routed_experts)
+        self.experts = RoutedExperts(
+            args.n_routed_experts, args.hidden_size, args.moe_intermediate_size, args.swiglu_limit
         )
         self.shared_experts = Expert(args.hidden_size, args.moe_intermediate_size, args.swiglu_limit)
 
-    def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"
+    ) -> torch.Tensor:
         weights, indices = self.gate(x, token_ids)
-        routed = torch.zeros_like(x)
-        for expert_id in torch.unique(indices).tolist():
-            token_idx, slot = torch.where(indices == expert_id)
-            out = self.experts[expert_id](x[token_idx]) * weights[token_idx, slot, None]
-            routed.index_add_(0, token_idx, out.to(x.dtype))
+        routed = grouped_moe(x, weights, indices, self.experts.stacks, self.experts.limit, impl=kernels)
         return routed + self.shared_experts(x)

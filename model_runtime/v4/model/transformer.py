@@ -10,16 +10,19 @@ and `random_weights`. The forward pass works on a packed batch, each row continu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import cast
 
 import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.cache.protocol import SequenceCache
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.attention import Attention, AttentionBatch, AttnImpl
+from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage, decode_attention
 from deepscout.model_runtime.v4.model.mhc import HcSettings, hc_head, hc_head_parameters, hc_merge, hc_split
-from deepscout.model_runtime.v4.model.moe import MoE
+from deepscout.model_runtime.v4.model.moe import MoE, RoutedExperts
 from deepscout.model_runtime.v4.model.packing import RowSegment, pack_rows, packed_positions
 from deepscout.model_runtime.v4.model.primitives import RMSNorm, RopeSpec, rope_inv_freq
 from deepscout.model_runtime.v4.model.random_weights import fill_random_
@@ -51,13 +54,23 @@ class Block(nn.Module):
 
     def forward(self, streams: torch.Tensor, token_ids: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         """New hc streams `[N, hc, dim]` (the token ids feed the hash router)."""
+        return self.run(streams, token_ids, lambda x: self.attn(x, batch), batch.kernels)
+
+    def run(
+        self,
+        streams: torch.Tensor,
+        token_ids: torch.Tensor,
+        attend: Callable[[torch.Tensor], torch.Tensor],
+        kernels: KernelImpl,
+    ) -> torch.Tensor:
+        """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
+        the device decode step's)."""
         hc = HcSettings.of(self.args)
         x, post, comb = hc_split(streams, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, hc)
         dtype = self.attn.wq_a.weight.dtype
-        out = self.attn(self.attn_norm(x).to(dtype), batch)
-        streams = hc_merge(out, streams, post, comb)
+        streams = hc_merge(attend(self.attn_norm(x).to(dtype)), streams, post, comb)
         x, post, comb = hc_split(streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, hc)
-        return hc_merge(self.ffn(self.ffn_norm(x).to(dtype), token_ids), streams, post, comb)
+        return hc_merge(self.ffn(self.ffn_norm(x).to(dtype), token_ids, kernels), streams, post, comb)
 
 
 class MTPBlock(Block):
@@ -80,10 +93,13 @@ class DeepseekV4Model(nn.Module):
     main_inv_freq: torch.Tensor
     compress_inv_freq: torch.Tensor
 
-    def __init__(self, args: ModelArgs, *, attn_impl: AttnImpl = "sparse") -> None:
+    def __init__(
+        self, args: ModelArgs, *, attn_impl: AttnImpl = "sparse", kernels: KernelImpl = "reference"
+    ) -> None:
         super().__init__()
         self.args = args
         self.attn_impl: AttnImpl = attn_impl
+        self.kernels: KernelImpl = kernels
         self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = nn.ModuleList(
             Block(args, kind, mlp == "hash_moe")
@@ -120,6 +136,7 @@ class DeepseekV4Model(nn.Module):
         *,
         dtype: torch.dtype = torch.float32,
         attn_impl: AttnImpl = "sparse",
+        kernels: KernelImpl = "reference",
         device: torch.device | str = "cpu",
     ) -> DeepseekV4Model:
         """Random weights for tests/benchmarks (see `random_weights`), so every code path is exercised.
@@ -127,12 +144,15 @@ class DeepseekV4Model(nn.Module):
         Values are drawn on `device` (fast for large shapes); a seed gives different values per device type.
         """
         with torch.device(device):
-            model = cls(args, attn_impl=attn_impl)
+            model = cls(args, attn_impl=attn_impl, kernels=kernels)
         fill_random_(model, args, torch.Generator(device=device).manual_seed(seed))
         return model.cast(dtype)
 
     def cast(self, dtype: torch.dtype) -> DeepseekV4Model:
         """Cast weights to `dtype`, keeping norms, sinks, biases and mHC parameters in float32."""
+        for module in self.modules():
+            if isinstance(module, RoutedExperts):
+                module.to(dtype)  # one conversion per stacked projection; the experts' weights stay views
         for name, param in self.named_parameters():
             keep = name.endswith(_FLOAT32_SUFFIXES) or any(m in name for m in _FLOAT32_MARKERS)
             param.data = param.data.to(torch.float32 if keep else dtype)
@@ -185,11 +205,37 @@ class DeepseekV4Model(nn.Module):
             layer = cast(Block, module)
             sliding = layer.attn.kind is LayerKind.SLIDING
             table = tables[LayerKind.SLIDING if sliding else LayerKind.CSA]
-            batch = AttentionBatch(segments, [c.layer(i) for c in caches], table, compress_rope, impl)
+            layer_caches = [c.layer(i) for c in caches]
+            batch = AttentionBatch(
+                segments, layer_caches, positions, table, compress_rope, impl, self.kernels
+            )
             streams = layer(streams, token_ids, batch)
         for cache, seg in zip(caches, segments, strict=True):
             cache.advance(seg.length)
         return streams, segments
+
+    def decode(self, step: DecodeStep, storage: Sequence[LayerStorage]) -> torch.Tensor:
+        """Float32 next-token logits `[B, vocab]` of one device decode step (`decode_step.py`): every row adds
+        one token, reading and writing the engine's storage directly; no host sync, graph-capturable."""
+        x = self.embed(step.token_ids)
+        streams = x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
+        compress_rope = self.rope_spec(LayerKind.CSA)
+        tables = {
+            kind: self.rope_spec(kind).at(step.positions) for kind in (LayerKind.SLIDING, LayerKind.CSA)
+        }
+        for module, layer_storage in zip(self.layers, storage, strict=True):
+            layer = cast(Block, module)
+            table = tables[LayerKind.SLIDING if layer.attn.kind is LayerKind.SLIDING else LayerKind.CSA]
+            attend = partial(
+                decode_attention,
+                layer.attn,
+                storage=layer_storage,
+                step=step,
+                rope=table,
+                compress_rope=compress_rope,
+            )
+            streams = layer.run(streams, step.token_ids, attend, step.kernels)
+        return self.logits(streams).float()
 
     def logits(self, streams: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits from final streams `[n, hc, dim]` (hyper-head, norm, head)."""
@@ -211,10 +257,12 @@ class DeepseekV4Model(nn.Module):
         e = block.enorm(self.embed(next_ids))
         h = block.h_proj(block.hnorm(streams).to(block.h_proj.weight.dtype))
         x = (block.e_proj(e).unsqueeze(1) + h).float()
-        table = self.rope_spec(block.attn.kind).at(packed_positions(segments, x.device))
+        positions = packed_positions(segments, x.device)
+        table = self.rope_spec(block.attn.kind).at(positions)
         layer_caches = [c.layer(self.args.num_hidden_layers + depth) for c in caches]
         impl = attn_impl or self.attn_impl
-        batch = AttentionBatch(segments, layer_caches, table, self.rope_spec(LayerKind.CSA), impl)
+        compress_rope = self.rope_spec(LayerKind.CSA)
+        batch = AttentionBatch(segments, layer_caches, positions, table, compress_rope, impl, self.kernels)
         x = block(x, next_ids, batch)
         return self._head_logits(block, x)
 

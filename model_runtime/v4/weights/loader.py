@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.model.attention import AttnImpl
+from deepscout.model_runtime.v4.model.moe import RoutedExperts
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs
 from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint, StoredWeight
@@ -141,7 +142,12 @@ def allocate_model(
         model = DeepseekV4Model(args, attn_impl=attn_impl)
     model.cast(dtype)  # on the meta device: decides each parameter's dtype, allocates nothing
     for module in model.modules():
+        if isinstance(module, RoutedExperts):
+            module.to_empty(device="cpu")  # one tensor per stacked projection, the experts' weights views
+    for module in model.modules():
         for name, param in list(module.named_parameters(recurse=False)):
+            if not param.is_meta:
+                continue
             empty = torch.empty(param.shape, dtype=param.dtype)
             module.register_parameter(name, nn.Parameter(empty, requires_grad=param.requires_grad))
     return model

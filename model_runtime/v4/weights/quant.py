@@ -11,7 +11,8 @@
   ``dequant[i, j] = e2m1(code[i, j]) * scale[i, j // 32]``.
 
 Both dequantisations are exact in float32 (a product of a ≤4-significant-bit value and a scale). The
-quantisers exist to write synthetic checkpoints in the same formats.
+quantisers write synthetic checkpoints in the same formats and the paged KV pool's MXFP4 indexer keys;
+everything here runs on the tensors' own device, with the same bits on every device.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ FP8_E4M3_MAX = 448.0
 FP4_E2M1_MAX = 6.0
 #: e2m1 magnitudes by code (bit 3 is the sign): exponent 0 is subnormal (0, 0.5), then 2^(e-1)·(1 + m/2).
 E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-_E2M1_MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 
 #: dtypes a packed FP4 tensor may be stored as (one byte = two e2m1 codes).
 FP4_STORAGE_DTYPES = (torch.int8, torch.uint8, torch.float4_e2m1fn_x2)
@@ -74,11 +74,17 @@ def decode_scales(scale: torch.Tensor) -> torch.Tensor:
     """Block scales as float32 multipliers: e8m0 (dtype or raw uint8 bytes) → 2^(b-127), floats as is."""
     if scale.dtype in (torch.float8_e8m0fnu, torch.uint8):
         exponent = scale.view(torch.uint8).to(torch.int32) - 127
-        values = torch.ldexp(torch.ones(scale.shape, dtype=torch.float32), exponent)
-        return torch.where(exponent == 128, torch.nan, values)
+        return torch.where(exponent == 128, torch.nan, _exact_pow2(exponent.clamp(max=127)))
     if scale.dtype in (torch.float32, torch.bfloat16):
         return scale.to(torch.float32)
     raise TypeError(f"block scales must be one of {SCALE_DTYPES}, got {scale.dtype}")
+
+
+def _exact_pow2(exponent: torch.Tensor) -> torch.Tensor:
+    """2^e as float32 for integer e in [-127, 127], built from its bits (exact on every device; 2^-127 is
+    the one subnormal)."""
+    bits = torch.where(exponent > -127, (exponent.to(torch.int32) + 127) << 23, 1 << 22)
+    return bits.to(torch.int32).view(torch.float32)
 
 
 def _pow2_ceil_exponent(x: torch.Tensor) -> torch.Tensor:
@@ -92,11 +98,14 @@ def _block_scale(amax: torch.Tensor, qmax: float, fmt: ScaleFormat) -> torch.Ten
     if fmt == "float32":
         return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     exponent = _pow2_ceil_exponent(torch.where(amax > 0, amax / qmax, torch.ones_like(amax)))
-    return torch.ldexp(torch.ones_like(amax), exponent.clamp(-127, 127))
+    return _exact_pow2(exponent.clamp(-127, 127))
 
 
 def _store_scale(scale: torch.Tensor, fmt: ScaleFormat) -> torch.Tensor:
-    return scale.to(torch.float8_e8m0fnu) if fmt == "e8m0" else scale.to(torch.float32)
+    """e8m0: the biased exponent byte of each power of two 2^e, e in [-127, 127] (frexp gives e + 1)."""
+    if fmt == "float32":
+        return scale.to(torch.float32)
+    return (torch.frexp(scale).exponent + 126).to(torch.uint8).view(torch.float8_e8m0fnu)
 
 
 # ---------------------------------------------------------------------------------------------- FP8 block
@@ -142,23 +151,24 @@ def quantize_fp8_block(
 
 
 # ---------------------------------------------------------------------------------------------- MXFP4
-def _byte_table() -> torch.Tensor:
-    """``[256, 2]``: the two e2m1 values (low nibble, high nibble) of every byte."""
-    values = torch.tensor(E2M1_MAGNITUDES + tuple(-v for v in E2M1_MAGNITUDES), dtype=torch.float32)
-    byte = torch.arange(256)
-    return torch.stack((values[byte & 0xF], values[byte >> 4]), dim=-1)
-
-
-_E2M1_BYTE_TABLE = _byte_table()
+def _e2m1_values(codes: torch.Tensor) -> torch.Tensor:
+    """float32 value of each e2m1 code (0..15): bit 3 the sign, then 2 exponent bits and 1 mantissa bit."""
+    exponent = (codes >> 1) & 3
+    mantissa = (codes & 1).to(torch.float32)
+    power = (1 << (exponent - 1).clamp(min=0)).to(torch.float32)  # 2^(e-1) for the normal codes
+    value = torch.where(exponent == 0, mantissa * 0.5, (1 + mantissa * 0.5) * power)
+    return torch.where(codes >= 8, -value, value)
 
 
 def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
-    """Two e2m1 codes per byte → float32 values, the last dimension doubled (low nibble first)."""
+    """Two e2m1 codes per byte → float32 values, the last dimension doubled (low nibble first).
+    (The `[256, 2]` byte table is built on the tensor's device: no host-to-device copy.)"""
     if packed.dtype not in FP4_STORAGE_DTYPES:
         raise TypeError(f"packed FP4 must be stored as one of {FP4_STORAGE_DTYPES}, got {packed.dtype}")
+    byte = torch.arange(256, device=packed.device)
+    table = torch.stack((_e2m1_values(byte & 0xF), _e2m1_values(byte >> 4)), dim=-1)
     as_bytes = packed.contiguous().view(torch.uint8).flatten().to(torch.int32)
-    pairs = _E2M1_BYTE_TABLE.index_select(0, as_bytes)
-    return pairs.view(*packed.shape[:-1], packed.shape[-1] * 2)
+    return table.index_select(0, as_bytes).view(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
 def pack_e2m1(codes: torch.Tensor) -> torch.Tensor:
@@ -169,13 +179,15 @@ def pack_e2m1(codes: torch.Tensor) -> torch.Tensor:
 
 
 def encode_e2m1(x: torch.Tensor) -> torch.Tensor:
-    """Round float32 values in [-6, 6] to e2m1 codes (nearest, ties to even mantissa), as uint8."""
-    magnitude = x.abs()
-    midpoints = torch.tensor(_E2M1_MIDPOINTS, dtype=torch.float32)
-    index = torch.bucketize(magnitude, midpoints)  # ties land on the lower code
-    last = len(_E2M1_MIDPOINTS) - 1
-    at_tie = (index <= last) & (magnitude == midpoints[index.clamp(max=last)])
-    index = torch.where(at_tie & (index % 2 == 1), index + 1, index)
+    """Round finite float32 values to e2m1 codes (nearest, ties to even mantissa; |x| > 6 gives ±6), as
+    uint8. The grid steps by 0.5 below 2, by 1 below 4 and by 2 up to 6, so each range is one exact
+    scaling and a round-half-to-even (the code's parity is the mantissa bit)."""
+    magnitude = x.abs().clamp(max=FP4_E2M1_MAX)
+    index = torch.where(
+        magnitude < 2,
+        torch.round(magnitude * 2),  # codes 0..4: 0, 0.5, 1, 1.5, 2
+        torch.where(magnitude < 4, torch.round(magnitude) + 2, torch.round(magnitude / 2) + 4),
+    ).to(torch.int64)
     sign = ((x < 0) & (index > 0)).to(torch.int64) << 3
     return (index | sign).to(torch.uint8)
 

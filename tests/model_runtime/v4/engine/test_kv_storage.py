@@ -80,12 +80,39 @@ def test_window_ring_keeps_the_last_window_oldest_first(tiny_args: ModelArgs) ->
     pos = torch.arange(400)
     written = 0
     for n in (5, 100, 1, 130, 64, 100):
-        pool.write_window(slot, 0, kv[written : written + n], pos[written : written + n])
+        pool.write_window(slot, 0, kv[written : written + n], pos[written : written + n], start=written)
         written += n
         view = pool.read_window(slot, 0)
         lo = max(0, written - w)
         assert torch.equal(view.positions, pos[lo:written])
         assert torch.equal(view.kv, kv[lo:written])
+
+
+def test_window_ring_is_addressed_by_position(tiny_args: ModelArgs) -> None:
+    """Position p sits at ring row p % window whatever the write pattern (restores included), and rows a
+    sequence never wrote hold positions larger than any of its queries."""
+    pool = StatePool(tiny_args, 1)
+    slot = pool.allocate()
+    w, d = tiny_args.sliding_window, tiny_args.head_dim
+    _, ring_pos, _ = pool.layer_tensors(0)
+    assert bool((ring_pos[slot] > 10**15).all())
+    pool.write_window(slot, 0, torch.randn(7, d), torch.arange(300, 307), start=300)
+    assert torch.equal(ring_pos[slot, torch.arange(300, 307) % w], torch.arange(300, 307))
+    assert torch.equal(pool.read_window(slot, 0).positions, torch.arange(300, 307))
+
+
+def test_device_decoded_slots_derive_their_bookkeeping(tiny_args: ModelArgs) -> None:
+    """After `mark_decoded`, reads see the window and tails of the new token count."""
+    pool = StatePool(tiny_args, 1)
+    slot = pool.allocate()
+    w, d = tiny_args.sliding_window, tiny_args.head_dim
+    pool.write_window(slot, 0, torch.randn(10, d), torch.arange(10), start=0)
+    _, ring_pos, _ = pool.layer_tensors(0)
+    ring_pos[slot, torch.arange(10, 13) % w] = torch.arange(10, 13)  # what device steps write
+    pool.mark_decoded(slot, 13)
+    assert torch.equal(pool.read_window(slot, 0).positions, torch.arange(13))
+    tail = pool.read_tail(slot, 1, "main")
+    assert tail is not None and tail.kv.shape[0] == 13 % tiny_args.ratio(tiny_args.layer_types[1])
 
 
 def test_tails_and_snapshots_round_trip(tiny_args: ModelArgs) -> None:
@@ -97,7 +124,7 @@ def test_tails_and_snapshots_round_trip(tiny_args: ModelArgs) -> None:
     d = tiny_args.head_dim
     tail = CompressorTail(torch.randn(3, 2 * d), torch.randn(3, 2 * d), torch.randn(4, d), torch.randn(4, d))
     pool.write_tail(a, 1, "main", tail)
-    pool.write_window(a, 2, torch.randn(50, d), torch.arange(50))
+    pool.write_window(a, 2, torch.randn(50, d), torch.arange(50), start=0)
     snap = pool.capture(a, 50)
     pool.write_tail(a, 1, "main", CompressorTail(torch.randn(1, 2 * d), torch.randn(1, 2 * d)))
     pool.restore(b, snap)
@@ -112,7 +139,7 @@ def test_tails_and_snapshots_round_trip(tiny_args: ModelArgs) -> None:
 def test_snapshot_store_keeps_to_its_budget(tiny_args: ModelArgs) -> None:
     pool = StatePool(tiny_args, 1)
     slot = pool.allocate()
-    pool.write_window(slot, 0, torch.randn(128, tiny_args.head_dim), torch.arange(128))
+    pool.write_window(slot, 0, torch.randn(128, tiny_args.head_dim), torch.arange(128), start=0)
     snap = pool.capture(slot, 128)
     store = SnapshotStore(budget_bytes=2 * snap.nbytes)
     assert store.put(1, snap) and store.put(2, snap)

@@ -1,0 +1,197 @@
+"""Long-context prefill and decode of the V4-Flash-shaped stack through the engine, against its floors.
+
+One process per context (`--context N`): the 43-layer V4-Flash-shaped stack (2 sliding, then CSA/HCA
+alternating; real attention, indexer and expert widths, `--experts` routed experts instead of 256, top-6)
+with random bfloat16 weights and a bfloat16 paged KV pool, on the fused kernels. Measured end to end:
+
+* prefill of N prompt tokens (`--chunk` tokens per step);
+* decode ms/token at batch 1, and at batch 8 on eight sequences forked from the prefilled prompt (the
+  prefix cache shares its blocks; each fork recomputes one prompt token, then decodes);
+* peak device memory, and KV bytes per token (pool bytes in use / tokens held).
+
+Floors, from an 8192³ bf16 matmul and a device-to-device copy timed in the same process: prefill FLOPs
+(weights: 2 · active parameters per token; attention: 4 · heads · head_dim per key each query sees —
+window, CSA's top-512, every HCA entry; the indexer: 2 · 64 · 128 per CSA key scored) over the matmul rate;
+decode bytes (active weights once, plus each layer's KV a token reads) over the copy rate.
+
+Prints a table and writes `benchmarks/results/long_context_<N>.json` (or `--json PATH`).
+
+    python benchmarks/long_context.py --context 8192
+    python benchmarks/long_context.py --context 131072 --decode 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, flash_shaped
+
+
+def ceilings(device: torch.device) -> tuple[float, float]:
+    """(copy bytes/s counting read + write, bf16 matmul FLOP/s), medians of timed repeats."""
+    import triton.testing
+
+    src = torch.randn(2**30 // 2, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    copy_s = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") / 1000
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
+    mm_s = triton.testing.do_bench(lambda: a @ b, return_mode="median") / 1000
+    return 2 * src.nbytes / copy_s, 2 * 8192**3 / mm_s
+
+
+def active_parameters(model: DeepseekV4Model) -> int:
+    """Parameters one token's forward multiplies by: all but the embedding and the idle routed experts."""
+    args = model.args
+    total = 0
+    for name, param in model.named_parameters():
+        if name.startswith("embed.") or name.startswith("mtp."):
+            continue
+        share = args.num_experts_per_tok / args.n_routed_experts if ".ffn.experts." in name else 1.0
+        total += int(param.numel() * share)
+    return total
+
+
+def keys_seen(args: ModelArgs, kind: LayerKind, position: int) -> tuple[int, int]:
+    """(attention keys, indexer keys scored) of a query at `position` on one layer."""
+    window = min(args.sliding_window, position + 1)
+    if kind is LayerKind.SLIDING:
+        return window, 0
+    entries = (position + 1) // args.ratio(kind)
+    if kind is LayerKind.HCA:
+        return window + entries, 0
+    return window + min(args.index_topk, entries), entries
+
+
+def prefill_flops(args: ModelArgs, active: int, context: int) -> float:
+    per_key = 4 * args.num_attention_heads * args.head_dim
+    per_index_key = 2 * args.index_n_heads * args.index_head_dim
+    flops = 2.0 * active * context
+    for kind in args.layer_types:
+        # keys seen grow linearly with position: integrate at the chunk ends, exact enough for a floor
+        attn = sum(keys_seen(args, kind, p)[0] for p in range(0, context, 64)) * 64
+        index = sum(keys_seen(args, kind, p)[1] for p in range(0, context, 64)) * 64
+        flops += per_key * attn + per_index_key * index
+    return flops
+
+
+def decode_bytes(args: ModelArgs, active: int, context: int, batch: int) -> float:
+    """Bytes one decode step must read: active weights once (bf16; all routed experts are active for a
+    batch when experts <= batch * top-k), plus every row's KV."""
+    kv = 0
+    for kind in args.layer_types:
+        attn, index = keys_seen(args, kind, context)
+        kv += 2 * (attn * args.head_dim + index * args.index_head_dim)
+    return 2.0 * active + batch * kv
+
+
+def run(opts: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device("cuda")
+    copy_rate, mm_rate = ceilings(device)
+    args = replace(
+        flash_shaped(opts.layers), n_routed_experts=opts.experts, num_experts_per_tok=min(6, opts.experts)
+    )
+    start = time.perf_counter()
+    model = DeepseekV4Model.random(args, seed=0, dtype=torch.bfloat16, device=device, kernels="triton").eval()
+    torch.cuda.synchronize()
+    init_s = time.perf_counter() - start
+    weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    blocks_per_seq = -(-(opts.context + opts.decode + 1) // 128)
+    config = EngineConfig(
+        kv_dtype="bfloat16",
+        num_blocks=blocks_per_seq + 9 * (opts.decode // 128 + 2),
+        num_state_slots=10,
+        max_running=9,
+        prefill_chunk=opts.chunk,
+        max_tokens_per_step=opts.chunk,
+        device="cuda",
+    )
+    engine = Engine(model, config)
+    prompt = torch.randint(
+        2, args.vocab_size, (opts.context,), generator=torch.Generator().manual_seed(1)
+    ).tolist()
+    torch.cuda.reset_peak_memory_stats()
+
+    def request(tokens: int) -> GenerationRequest:
+        return GenerationRequest(prompt_ids=prompt, max_new_tokens=tokens, sampling=SamplingParams())
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    engine.generate([request(1)])
+    torch.cuda.synchronize()
+    prefill_s = time.perf_counter() - start
+    kv_bytes = engine.caches.kv.nbytes / config.num_blocks * blocks_per_seq
+    result: dict[str, Any] = {
+        "context": opts.context,
+        "layers": opts.layers,
+        "experts": opts.experts,
+        "weights_gib": round(weights_gib, 2),
+        "init_s": round(init_s, 1),
+        "prefill_s": round(prefill_s, 2),
+        "prefill_tok_s": round(opts.context / prefill_s, 1),
+        "kv_bytes_per_token": round(kv_bytes / opts.context, 1),
+        "copy_tb_s": round(copy_rate / 1e12, 2),
+        "matmul_tflop_s": round(mm_rate / 1e12, 1),
+    }
+    active = active_parameters(model)
+    floor = prefill_flops(args, active, opts.context) / mm_rate
+    result["prefill_floor_s"] = round(floor, 2)
+    result["prefill_x_floor"] = round(prefill_s / floor, 2)
+    for batch in (int(b) for b in opts.batch.split(",")):
+        started: set[str] = set()
+        ids = {engine.add_request(request(opts.decode + 2)) for _ in range(batch)}
+        while started != ids:  # each fork recomputes its last prompt token and samples its first token
+            started.update(out.request_id for out in engine.step() if out.new_token_ids)
+        engine.step()  # the first decode step of this shape runs eagerly and captures its graph
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        steps = 0
+        while engine.has_unfinished():
+            engine.step()
+            steps += 1
+        torch.cuda.synchronize()
+        ms = 1000 * (time.perf_counter() - start) / max(steps, 1)
+        floor_ms = 1000 * decode_bytes(args, active, opts.context, batch) / copy_rate
+        result[f"decode_b{batch}_ms_per_step"] = round(ms, 2)
+        result[f"decode_b{batch}_tok_s"] = round(1000 * batch / ms, 1)
+        result[f"decode_b{batch}_floor_ms"] = round(floor_ms, 2)
+        result[f"decode_b{batch}_x_floor"] = round(ms / floor_ms, 2)
+    result["graph_replays"] = engine.runner.decoder.graph_replays
+    result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--context", type=int, default=8192)
+    parser.add_argument("--layers", type=int, default=43)
+    parser.add_argument("--experts", type=int, default=6)
+    parser.add_argument("--chunk", type=int, default=8192)
+    parser.add_argument("--decode", type=int, default=32)
+    parser.add_argument("--batch", default="1,8")
+    parser.add_argument("--json", type=Path, default=None)
+    opts = parser.parse_args()
+    result = run(opts)
+    for key, value in result.items():
+        print(f"{key:>24} {value}")
+    path = opts.json or Path(__file__).parent / "results" / f"long_context_{opts.context}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"benchmark": "long_context", "torch": torch.__version__, **result}, indent=2) + "\n"
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Decode steps on the device: the model's `decode` over the engine's storage, replayed from CUDA graphs.
+
+A step qualifies when every scheduled chunk is one token of a sequence already past its prompt (no prompt
+logits wanted), the model runs its fused kernels, and the main compressed entries are stored as plain rows
+(the attention kernel reads them directly). Then the step's inputs are three `[B]` vectors (token ids,
+positions, state slots) and the rows' block tables; nothing in the step reads back to the host.
+
+Graphs: on CUDA, the first step of a (batch size, block-table width) shape runs eagerly (it compiles the
+kernels and warms the libraries up) and is then captured; later steps of that shape copy their inputs into
+the graph's static buffers and replay it. Block tables are padded to a power-of-two width so a growing
+context needs one graph per doubling, not one per block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from deepscout.model_runtime.v4.engine.kv_pool import KVBlockPool, PlainStorage
+from deepscout.model_runtime.v4.engine.paged_cache import PagedSequenceCache
+from deepscout.model_runtime.v4.engine.scheduler import Chunk
+from deepscout.model_runtime.v4.engine.state_cache import StatePool
+from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import LayerKind
+
+
+@dataclass
+class _Graph:
+    """A captured step and the static tensors it reads and writes."""
+
+    graph: torch.cuda.CUDAGraph
+    step: DecodeStep
+    logits: torch.Tensor
+
+
+class DecodeRunner:
+    def __init__(
+        self, model: DeepseekV4Model, kv: KVBlockPool, states: StatePool, *, cuda_graphs: bool
+    ) -> None:
+        self.model = model
+        self.device = model.embed.weight.device
+        self.storage = _layer_storage(model, kv, states)
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._seen: set[tuple[int, int]] = set()
+        self.graph_replays = 0
+
+    def handles(self, chunks: Sequence[Chunk]) -> bool:
+        """Whether this step can run as a device decode step."""
+        if self.storage is None or self.model.kernels != "triton" or not chunks:
+            return False
+        return all(
+            c.length == 1
+            and c.sample
+            and c.start >= len(c.seq.prompt)
+            and not c.seq.request.return_prompt_logits
+            for c in chunks
+        )
+
+    @torch.no_grad()
+    def run(self, chunks: Sequence[Chunk]) -> torch.Tensor:
+        """Float32 logits `[B, vocab]` for the chunks' sequences, whose caches then count the token."""
+        assert self.storage is not None  # `handles` said so
+        storage = self.storage
+        caches = [_cache(c) for c in chunks]
+        width = _bucket(max(len(c.block_table) for c in caches))
+        step = self._inputs(chunks, caches, width)
+        key = (len(chunks), width)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            _copy_inputs(graph.step, step)
+            graph.graph.replay()
+            self.graph_replays += 1
+            logits = graph.logits.clone()
+        else:
+            logits = self.model.decode(step, storage)
+            if self.use_graphs:
+                self._capture(key, step, storage)
+        for cache in caches:
+            cache.advance_decoded()
+        return logits
+
+    def _inputs(self, chunks: Sequence[Chunk], caches: list[PagedSequenceCache], width: int) -> DecodeStep:
+        host = (
+            torch.tensor(
+                [[c.token_ids[0], c.start, cache.slot] for c, cache in zip(chunks, caches, strict=True)],
+                dtype=torch.long,
+            )
+            .t()
+            .contiguous()
+        )
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        token_ids, positions, slots = host.to(self.device, non_blocking=True)
+        tables = torch.zeros(len(chunks), width, dtype=torch.int32, device=self.device)
+        for row, cache in enumerate(caches):
+            table = cache.device_block_table(self.device)
+            tables[row, : table.shape[0]] = table
+        return DecodeStep(token_ids, positions, slots, tables, self.model.kernels)
+
+    def _capture(self, key: tuple[int, int], step: DecodeStep, storage: list[LayerStorage]) -> None:
+        """Record the step for this shape (capture runs nothing, so the caches are not touched)."""
+        static = DecodeStep(
+            step.token_ids.clone(),
+            step.positions.clone(),
+            step.slots.clone(),
+            step.block_tables.clone(),
+            step.kernels,
+        )
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self.model.decode(static, storage)
+        self._graphs[key] = _Graph(graph, static, logits)
+
+
+def _copy_inputs(static: DecodeStep, step: DecodeStep) -> None:
+    static.token_ids.copy_(step.token_ids, non_blocking=True)
+    static.positions.copy_(step.positions, non_blocking=True)
+    static.slots.copy_(step.slots, non_blocking=True)
+    static.block_tables.copy_(step.block_tables, non_blocking=True)
+
+
+def _cache(chunk: Chunk) -> PagedSequenceCache:
+    cache = chunk.seq.cache
+    assert isinstance(cache, PagedSequenceCache) and cache.num_tokens == chunk.start
+    return cache
+
+
+def _bucket(blocks: int) -> int:
+    """The padded block-table width: the next power of two (at least 1)."""
+    return 1 << max(blocks - 1, 0).bit_length()
+
+
+def _layer_storage(model: DeepseekV4Model, kv: KVBlockPool, states: StatePool) -> list[LayerStorage] | None:
+    """Per layer, the state and entry tensors the decode step uses; None when the main entries are not
+    stored as plain rows (the attention kernel reads those only)."""
+    layers = []
+    for i, kind in enumerate(model.args.layer_types):
+        window_kv, window_pos, tails = states.layer_tensors(i)
+        entries = {}
+        if kind is not LayerKind.SLIDING:
+            main = kv.storage(i, "main")
+            if not isinstance(main, PlainStorage):
+                return None
+            entries["main"] = main.paged_keys()
+        if kind is LayerKind.CSA:
+            entries["indexer"] = kv.storage(i, "indexer").paged_keys()
+        layers.append(LayerStorage(window_kv, window_pos, tails, entries))
+    return layers

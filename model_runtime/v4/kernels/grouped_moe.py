@@ -1,0 +1,83 @@
+"""The routed experts of a V4 MoE layer in one call: every (token, slot) pair through its expert's SwiGLU.
+
+Contract: `x` `[N, hidden]`, the router's `weights` `[N, k]` (float32) and expert `indices` `[N, k]`, and
+the experts' weights stacked per projection (`ExpertStacks`: w1/w3 `[E, inter, hidden]`, w2
+`[E, hidden, inter]`). Pair (n, j) computes `h = silu(min(x W1ᵀ, l)) * clamp(x W3ᵀ, -l, l)` with expert
+`e = indices[n, j]` (the clamps only when the limit `l` > 0), then `h W2ᵀ * weights[n, j]`; a token's
+output is the sum over its k pairs, in `x`'s dtype.
+
+* "reference": a loop over the experts present (host syncs; the oracle and the CPU default).
+* "triton": `grouped_moe_triton` — routing grouped on the device, two launches for all experts, no sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+
+
+@dataclass(frozen=True)
+class ExpertStacks:
+    """The routed experts' weights, one tensor per projection: w1/w3 `[E, inter, hidden]`, w2 `[E, hidden,
+    inter]` (expert `e`'s `nn.Linear` weights are `w1[e]`, `w2[e]`, `w3[e]`)."""
+
+    w1: torch.Tensor
+    w2: torch.Tensor
+    w3: torch.Tensor
+
+    @property
+    def n_experts(self) -> int:
+        return self.w1.shape[0]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ExpertStacks:
+        """The stacks with `fn` applied to each projection."""
+        return ExpertStacks(fn(self.w1), fn(self.w2), fn(self.w3))
+
+
+def swiglu(
+    x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, limit: float
+) -> torch.Tensor:
+    """One expert: `w2(silu(min(w1 x, l)) * clamp(w3 x, -l, l))`, the clamps only when `limit` > 0."""
+    gate, up = F.linear(x, w1), F.linear(x, w3)
+    if limit > 0:
+        gate = gate.clamp(max=limit)
+        up = up.clamp(min=-limit, max=limit)
+    return F.linear(F.silu(gate) * up, w2)
+
+
+def grouped_moe(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    stacks: ExpertStacks,
+    swiglu_limit: float,
+    *,
+    impl: KernelImpl,
+) -> torch.Tensor:
+    """The routed experts' summed output `[N, hidden]` in `x`'s dtype (see the module docstring)."""
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.grouped_moe_triton import grouped_moe_triton
+
+        return grouped_moe_triton(x, weights, indices, stacks.w1, stacks.w2, stacks.w3, swiglu_limit)
+    return grouped_moe_reference(x, weights, indices, stacks, swiglu_limit)
+
+
+def grouped_moe_reference(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    stacks: ExpertStacks,
+    swiglu_limit: float,
+) -> torch.Tensor:
+    """Expert by expert: gather its pairs, run it, add its weighted output to its tokens."""
+    routed = torch.zeros_like(x)
+    for expert in torch.unique(indices).tolist():
+        token_idx, slot = torch.where(indices == expert)
+        out = swiglu(x[token_idx], stacks.w1[expert], stacks.w2[expert], stacks.w3[expert], swiglu_limit)
+        routed.index_add_(0, token_idx, (out * weights[token_idx, slot, None]).to(x.dtype))
+    return routed

@@ -1,0 +1,313 @@
+"""The Triton kernels behind `grouped_moe(..., impl="triton")` (contract in `grouped_moe.py`).
+
+Dispatch (`group_pairs`, on the device, no host sync): the N*k (token, slot) pairs are sorted by expert,
+counted per expert with `scatter_add_`, and laid out in rows padded per expert to whole tiles of `block_m`
+rows; `tile_expert` names each tile's expert. The grid is sized by an upper bound that depends only on
+(N, k, E, block_m) — `cdiv(N*k, block_m) + min(E, N*k)` tiles — and programs of tiles past the real end
+(expert id E) return at once.
+
+Launch 1 (gate-up): a program takes one tile and one block of `inter` columns, accumulates x W1ᵀ and x W3ᵀ
+in float32 and writes `h = silu(min(g, l)) * clamp(u, -l, l)` (rows of `h` follow the padded layout).
+Launch 2 (down): a program takes one tile and one block of `hidden` columns, computes h W2ᵀ times each
+pair's routing weight, and writes the pair's row of `pair_out` `[N*k, hidden]`; a token's k rows are then
+summed through a view — deterministic, no atomics. Programs run in groups of `group_m` tiles that sweep
+all column blocks together, so a group's rows and its expert's weights stay in L2 (prefill); at decode the
+tiles are few and the column blocks fill the GPU, each active expert's weights read once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Tile sizes of both launches: `block_m` pair rows per tile (the per-expert padding), output columns
+    per program (`gate_up_n` of inter, `down_n` of hidden), `block_k` of the reduction per step."""
+
+    block_m: int
+    gate_up_n: int
+    down_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    group_m: int = 8
+
+
+def choose_tiles(n_pairs: int, n_experts: int) -> TileConfig:
+    """Small tiles that stream weights when each active expert sees few pairs (decode), tensor-core tiles
+    when it sees many (prefill)."""
+    per_expert = n_pairs / max(1, min(n_experts, n_pairs))
+    if per_expert <= 16:
+        return TileConfig(block_m=16, gate_up_n=32, down_n=64, block_k=128, num_warps=4, num_stages=3)
+    if per_expert <= 96:
+        return TileConfig(block_m=64, gate_up_n=64, down_n=128, block_k=64, num_warps=4, num_stages=4)
+    return TileConfig(block_m=128, gate_up_n=64, down_n=128, block_k=64, num_warps=8, num_stages=4)
+
+
+@dataclass(frozen=True)
+class PairGroups:
+    """The pairs grouped by expert: `pair_ids` `[n_tiles * block_m]` (int32; a row's pair, `n_pairs` on
+    padding rows) and `tile_expert` `[n_tiles]` (int32; E past the last real tile)."""
+
+    pair_ids: torch.Tensor
+    tile_expert: torch.Tensor
+    n_tiles: int
+    block_m: int
+
+
+def group_pairs(indices: torch.Tensor, n_experts: int, block_m: int) -> PairGroups:
+    """Group the pairs of `indices` `[N, k]` by expert on the device (sizes from the shapes only)."""
+    flat = indices.reshape(-1).long()
+    n_pairs = flat.numel()
+    device = flat.device
+    n_tiles = triton.cdiv(n_pairs, block_m) + min(n_experts, n_pairs)
+    counts = torch.zeros(n_experts, dtype=torch.long, device=device).scatter_add_(
+        0, flat, torch.ones_like(flat)
+    )
+    tiles_per_expert = (counts + block_m - 1) // block_m
+    tile_end = tiles_per_expert.cumsum(0)
+    first_row = (tile_end - tiles_per_expert) * block_m
+    first_pair = counts.cumsum(0) - counts
+    sorted_experts, order = torch.sort(flat, stable=True)
+    rank = torch.arange(n_pairs, device=device) - first_pair[sorted_experts]
+    rows = first_row[sorted_experts] + rank
+    pair_ids = torch.full((n_tiles * block_m,), n_pairs, dtype=torch.int32, device=device)
+    pair_ids.scatter_(0, rows, order.to(torch.int32))
+    tiles = torch.arange(n_tiles, device=device)
+    tile_expert = torch.searchsorted(tile_end, tiles, right=True).to(torch.int32)
+    return PairGroups(pair_ids, tile_expert, n_tiles, block_m)
+
+
+@triton.jit
+def _tile_and_columns(n_tiles, n_col_blocks, GROUP_M: tl.constexpr):
+    """This program's (tile, column block): groups of GROUP_M tiles sweep all column blocks together."""
+    pid = tl.program_id(0)
+    per_group = GROUP_M * n_col_blocks
+    first = (pid // per_group) * GROUP_M
+    size = tl.minimum(n_tiles - first, GROUP_M)
+    return first + (pid % per_group) % size, (pid % per_group) // size
+
+
+@triton.jit
+def _operand(block, UPCAST: tl.constexpr):
+    """A dot operand as loaded, or in float32 (under Triton's interpreter, see `grouped_moe_triton`)."""
+    if UPCAST:
+        return block.to(tl.float32)
+    return block
+
+
+@triton.jit
+def _gate_up_kernel(
+    X,
+    W1,
+    W3,
+    H,
+    PAIR_IDS,
+    TILE_EXPERT,
+    n_pairs,
+    top_k,
+    n_experts,
+    n_tiles,
+    limit,
+    stride_x,
+    stride_we,
+    stride_wn,
+    stride_h,
+    HIDDEN: tl.constexpr,
+    INTER: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    CLAMP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    tile, col_block = _tile_and_columns(n_tiles, tl.cdiv(INTER, BLOCK_N), GROUP_M)
+    expert = tl.load(TILE_EXPERT + tile).to(tl.int64)
+    if expert >= n_experts:
+        return
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(PAIR_IDS + rows)
+    valid = pair < n_pairs
+    token = (pair // top_k).to(tl.int64)
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < INTER
+    ks = tl.arange(0, BLOCK_K)
+    x_ptrs = X + token[:, None] * stride_x + ks[None, :]
+    w_offsets = cols[None, :] * stride_wn + ks[:, None]  # [BLOCK_K, BLOCK_N] within the expert's matrix
+    w1_ptrs = W1 + expert * stride_we + w_offsets
+    w3_ptrs = W3 + expert * stride_we + w_offsets
+    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, HIDDEN, BLOCK_K):
+        if HIDDEN % BLOCK_K == 0:
+            x_mask = valid[:, None]
+            w_mask = col_ok[None, :]
+        else:
+            k_ok = ks < HIDDEN - k0
+            x_mask = valid[:, None] & k_ok[None, :]
+            w_mask = col_ok[None, :] & k_ok[:, None]
+        x = _operand(tl.load(x_ptrs, mask=x_mask, other=0.0), UPCAST)
+        w1 = _operand(tl.load(w1_ptrs, mask=w_mask, other=0.0), UPCAST)
+        w3 = _operand(tl.load(w3_ptrs, mask=w_mask, other=0.0), UPCAST)
+        gate = tl.dot(x, w1, gate, input_precision=PRECISION)
+        up = tl.dot(x, w3, up, input_precision=PRECISION)
+        x_ptrs += BLOCK_K
+        w1_ptrs += BLOCK_K
+        w3_ptrs += BLOCK_K
+    if CLAMP:
+        gate = tl.minimum(gate, limit)
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+    h = gate * tl.sigmoid(gate) * up
+    h_ptrs = H + rows[:, None].to(tl.int64) * stride_h + cols[None, :]
+    tl.store(h_ptrs, h.to(H.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _down_kernel(
+    H,
+    W2,
+    OUT,
+    PAIR_IDS,
+    TILE_EXPERT,
+    ROUTE,
+    n_pairs,
+    n_experts,
+    n_tiles,
+    stride_h,
+    stride_we,
+    stride_wn,
+    stride_out,
+    HIDDEN: tl.constexpr,
+    INTER: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    tile, col_block = _tile_and_columns(n_tiles, tl.cdiv(HIDDEN, BLOCK_N), GROUP_M)
+    expert = tl.load(TILE_EXPERT + tile).to(tl.int64)
+    if expert >= n_experts:
+        return
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(PAIR_IDS + rows)
+    valid = pair < n_pairs
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < HIDDEN
+    ks = tl.arange(0, BLOCK_K)
+    h_ptrs = H + rows[:, None].to(tl.int64) * stride_h + ks[None, :]
+    w_ptrs = W2 + expert * stride_we + (cols[None, :] * stride_wn + ks[:, None])
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, INTER, BLOCK_K):
+        if INTER % BLOCK_K == 0:
+            h_mask = valid[:, None]
+            w_mask = col_ok[None, :]
+        else:
+            k_ok = ks < INTER - k0
+            h_mask = valid[:, None] & k_ok[None, :]
+            w_mask = col_ok[None, :] & k_ok[:, None]
+        h = _operand(tl.load(h_ptrs, mask=h_mask, other=0.0), UPCAST)
+        w2 = _operand(tl.load(w_ptrs, mask=w_mask, other=0.0), UPCAST)
+        acc = tl.dot(h, w2, acc, input_precision=PRECISION)
+        h_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    route = tl.load(ROUTE + pair, mask=valid, other=0.0)
+    out = acc * route[:, None]
+    out_ptrs = OUT + pair[:, None].to(tl.int64) * stride_out + cols[None, :]
+    tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
+
+
+def grouped_moe_triton(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    w3: torch.Tensor,
+    swiglu_limit: float,
+    *,
+    tiles: TileConfig | None = None,
+) -> torch.Tensor:
+    """The routed experts' summed output `[N, hidden]` in `x`'s dtype, from the stacked projections w1/w3
+    `[E, inter, hidden]` and w2 `[E, hidden, inter]`; `tiles` overrides `choose_tiles`."""
+    n_tokens, hidden = x.shape
+    top_k = indices.shape[1]
+    n_pairs = n_tokens * top_k
+    n_experts, inter, _ = w1.shape
+    if any(w.stride(-1) != 1 or w.dtype != x.dtype for w in (w1, w2, w3)):
+        raise ValueError(f"the expert stacks must be row-major in the activations' dtype ({x.dtype})")
+    if n_pairs == 0:
+        return torch.zeros_like(x)
+    tiles = tiles or choose_tiles(n_pairs, n_experts)
+    groups = group_pairs(indices, n_experts, tiles.block_m)
+    x = x.contiguous()
+    route = weights.reshape(-1).float().contiguous()
+    # Triton's interpreter multiplies bf16 blocks wrongly and truncates what it stores as bf16: there the
+    # operands are upcast and the intermediates kept in float32.
+    upcast = bool(triton.knobs.runtime.interpret)
+    work_dtype = torch.float32 if upcast else x.dtype
+    h = torch.empty(groups.n_tiles * tiles.block_m, inter, dtype=work_dtype, device=x.device)
+    pair_out = torch.empty(n_pairs, hidden, dtype=work_dtype, device=x.device)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    _gate_up_kernel[(groups.n_tiles * triton.cdiv(inter, tiles.gate_up_n),)](
+        x,
+        w1,
+        w3,
+        h,
+        groups.pair_ids,
+        groups.tile_expert,
+        n_pairs,
+        top_k,
+        n_experts,
+        groups.n_tiles,
+        float(swiglu_limit),
+        x.stride(0),
+        w1.stride(0),
+        w1.stride(1),
+        h.stride(0),
+        HIDDEN=hidden,
+        INTER=inter,
+        BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.gate_up_n,
+        BLOCK_K=tiles.block_k,
+        GROUP_M=tiles.group_m,
+        CLAMP=swiglu_limit > 0,
+        PRECISION=precision,
+        UPCAST=upcast,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+    )
+    _down_kernel[(groups.n_tiles * triton.cdiv(hidden, tiles.down_n),)](
+        h,
+        w2,
+        pair_out,
+        groups.pair_ids,
+        groups.tile_expert,
+        route,
+        n_pairs,
+        n_experts,
+        groups.n_tiles,
+        h.stride(0),
+        w2.stride(0),
+        w2.stride(1),
+        pair_out.stride(0),
+        HIDDEN=hidden,
+        INTER=inter,
+        BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.down_n,
+        BLOCK_K=tiles.block_k,
+        GROUP_M=tiles.group_m,
+        PRECISION=precision,
+        UPCAST=upcast,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+    )
+    return pair_out.view(n_tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)

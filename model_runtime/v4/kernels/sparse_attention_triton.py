@@ -1,0 +1,258 @@
+"""The Triton kernel behind `sparse_attention(..., impl="triton")` (contract in `sparse_attention.py`).
+
+Grid: (query, head block, split). A program loads its query's heads `[HB, dim]` once, then streams key
+tiles `[BN, dim]` (the band on split 0, then its share of the entries, gathered through the block table)
+with an online softmax; K = V, so each tile feeds both products. One split finishes in the kernel (sink
+folded into the denominator); several splits write partial outputs and log-sum-exps that
+`_combine_splits` merges with the sink. Every size is host-known: no host sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
+
+_TARGET_PROGRAMS = 264  # two waves of the H200's 132 multiprocessors
+_MAX_SPLITS = 64
+
+
+@dataclass(frozen=True)
+class AttentionTiles:
+    """Heads per program (tl.dot needs >= 16 rows), keys per tile, warps and pipeline stages."""
+
+    head_block: int = 16
+    key_block: int = 32
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@triton.jit
+def _online_step(q, k, valid, m_i, l_i, acc, scale, PRECISION: tl.constexpr):
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    probs = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(probs, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(probs.to(k.dtype), k, input_precision=PRECISION).to(tl.float32)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _sparse_attention_kernel(
+    Q,
+    stride_qm,
+    stride_qh,
+    BAND_KV,
+    stride_band,
+    BAND_POS,
+    BAND_START,
+    BAND_LEN,
+    POOL,
+    stride_pool_block,
+    stride_pool_entry,
+    TABLE,
+    stride_table,
+    ROW,
+    LIMIT,
+    IDX,
+    stride_idx,
+    QPOS,
+    SINK,
+    OUT,
+    stride_om,
+    stride_oh,
+    PART_O,
+    PART_LSE,
+    n_queries,
+    n_heads,
+    dim,
+    scale,
+    window,
+    entry_count,
+    per_block,
+    BAND_MAX: tl.constexpr,
+    KEYS_PER_SPLIT: tl.constexpr,
+    DIM: tl.constexpr,
+    HB: tl.constexpr,
+    BN: tl.constexpr,
+    ENTRY_MODE: tl.constexpr,  # 0: no entries, 1: chosen indices, 2: every entry below the limit
+    FINALIZE: tl.constexpr,
+    PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact), "tf32" otherwise (bf16 operands)
+):
+    m = tl.program_id(0)
+    m64 = m.to(tl.int64)
+    hb = tl.program_id(1)
+    split = tl.program_id(2)
+    heads = hb * HB + tl.arange(0, HB)
+    hmask = heads < n_heads
+    d = tl.arange(0, DIM)
+    dmask = d < dim
+    q = tl.load(
+        Q + m64 * stride_qm + heads[:, None] * stride_qh + d[None, :],
+        mask=hmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
+    p = tl.load(QPOS + m)
+    m_i = tl.full([HB], float("-inf"), tl.float32)
+    l_i = tl.zeros([HB], tl.float32)
+    acc = tl.zeros([HB, DIM], tl.float32)
+    if split == 0:
+        b0 = tl.load(BAND_START + m).to(tl.int64)
+        blen = tl.load(BAND_LEN + m)
+        for start in range(0, BAND_MAX, BN):
+            r = start + tl.arange(0, BN)
+            rmask = r < blen
+            kpos = tl.load(BAND_POS + b0 + r, mask=rmask, other=0)
+            valid = rmask & (kpos <= p) & (kpos > p - window)
+            k = tl.load(
+                BAND_KV + (b0 + r)[:, None] * stride_band + d[None, :],
+                mask=valid[:, None] & dmask[None, :],
+                other=0.0,
+            )
+            m_i, l_i, acc = _online_step(q, k, valid, m_i, l_i, acc, scale, PRECISION)
+    if ENTRY_MODE != 0:
+        row = tl.load(ROW + m).to(tl.int64)
+        lim = tl.load(LIMIT + m)
+        lo = split * KEYS_PER_SPLIT
+        for start in range(0, KEYS_PER_SPLIT, BN):
+            j = lo + start + tl.arange(0, BN)
+            jmask = j < entry_count
+            if ENTRY_MODE == 1:
+                e = tl.load(IDX + m64 * stride_idx + j, mask=jmask, other=-1).to(tl.int32)
+            else:
+                e = j
+            valid = jmask & (e >= 0) & (e < lim)
+            e = tl.where(valid, e, 0)
+            block = tl.load(TABLE + row * stride_table + e // per_block, mask=valid, other=0).to(tl.int64)
+            rows = block * stride_pool_block + (e % per_block).to(tl.int64) * stride_pool_entry
+            k = tl.load(POOL + rows[:, None] + d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
+            m_i, l_i, acc = _online_step(q, k, valid, m_i, l_i, acc, scale, PRECISION)
+    if FINALIZE:
+        sink = tl.load(SINK + heads, mask=hmask, other=0.0)
+        top = tl.maximum(m_i, sink)
+        kept = tl.exp(m_i - top)
+        out = acc * (kept / (l_i * kept + tl.exp(sink - top)))[:, None]
+        tl.store(
+            OUT + m64 * stride_om + heads[:, None] * stride_oh + d[None, :],
+            out.to(OUT.dtype.element_ty),
+            mask=hmask[:, None] & dmask[None, :],
+        )
+    else:
+        seen = l_i > 0
+        lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
+        o = acc / tl.where(seen, l_i, 1.0)[:, None]
+        slot = (split * n_queries + m) * n_heads + heads
+        tl.store(PART_O + slot[:, None] * dim + d[None, :], o, mask=hmask[:, None] & dmask[None, :])
+        tl.store(PART_LSE + slot, lse, mask=hmask)
+
+
+def _splits(n_queries: int, head_blocks: int, max_count: int, key_block: int) -> int:
+    """How many programs share one query's entries: enough to fill the GPU when queries are few."""
+    programs = n_queries * head_blocks
+    if programs >= _TARGET_PROGRAMS or max_count <= 2 * key_block:
+        return 1
+    wanted = triton.cdiv(_TARGET_PROGRAMS, programs)
+    return max(1, min(wanted, _MAX_SPLITS, triton.cdiv(max_count, 2 * key_block)))
+
+
+def sparse_attention_triton(
+    q: torch.Tensor,
+    band: BandKeys,
+    entries: EntryKeys | None,
+    sink: torch.Tensor,
+    query_pos: torch.Tensor,
+    *,
+    scale: float,
+    window: int,
+    tiles: AttentionTiles | None = None,
+) -> torch.Tensor:
+    tiles = tiles or AttentionTiles()
+    n_queries, n_heads, dim = q.shape
+    out = torch.empty_like(q)
+    if n_queries == 0:
+        return out
+    q, query_pos = q.contiguous(), query_pos.contiguous()
+    head_blocks = triton.cdiv(n_heads, tiles.head_block)
+    device = q.device
+    if entries is None:
+        mode, count = 0, 0
+        pool = band.kv.view(1, *band.kv.shape)
+        table = row = limit = idx = band.start
+        idx_stride = 0
+    else:
+        mode = 2 if entries.indices is None else 1
+        count = entries.max_count
+        pool, table, row, limit = entries.pool, entries.block_table, entries.row, entries.limit
+        idx = entries.indices if entries.indices is not None else entries.limit
+        idx_stride = entries.indices.stride(0) if entries.indices is not None else 0
+    splits = _splits(n_queries, head_blocks, count, tiles.key_block) if mode else 1
+    keys_per_split = max(triton.next_power_of_2(triton.cdiv(max(count, 1), splits)), tiles.key_block)
+    splits = triton.cdiv(max(count, 1), keys_per_split)
+    if splits == 1:
+        part_o = part_lse = out  # unused
+    else:
+        part_o = torch.empty(splits, n_queries, n_heads, dim, dtype=torch.float32, device=device)
+        part_lse = torch.empty(splits, n_queries, n_heads, dtype=torch.float32, device=device)
+    sink32 = sink.float().contiguous()
+    _sparse_attention_kernel[(n_queries, head_blocks, splits)](
+        q,
+        q.stride(0),
+        q.stride(1),
+        band.kv,
+        band.kv.stride(0),
+        band.positions,
+        band.start,
+        band.length,
+        pool,
+        pool.stride(0),
+        pool.stride(1),
+        table,
+        table.stride(0),
+        row,
+        limit,
+        idx,
+        idx_stride,
+        query_pos,
+        sink32,
+        out,
+        out.stride(0),
+        out.stride(1),
+        part_o,
+        part_lse,
+        n_queries,
+        n_heads,
+        dim,
+        scale,
+        window,
+        count,
+        pool.shape[1],
+        BAND_MAX=triton.cdiv(max(band.max_length, 1), tiles.key_block) * tiles.key_block,
+        KEYS_PER_SPLIT=keys_per_split,
+        DIM=triton.next_power_of_2(dim),
+        HB=tiles.head_block,
+        BN=tiles.key_block,
+        ENTRY_MODE=mode,
+        FINALIZE=splits == 1,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+    )
+    if splits == 1:
+        return out
+    return _combine_splits(part_o, part_lse, sink32).to(q.dtype)
+
+
+def _combine_splits(part_o: torch.Tensor, part_lse: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
+    """Merge per-split normalised outputs `[S, M, H, dim]` by their log-sum-exps `[S, M, H]`, the sink
+    counting as one more split with no value."""
+    sink_lse = sink.view(1, 1, -1).expand(1, part_lse.shape[1], -1)
+    total = torch.logsumexp(torch.cat([part_lse, sink_lse]), dim=0)
+    weights = torch.exp(part_lse - total)
+    return (weights.unsqueeze(-1) * part_o).sum(dim=0)

@@ -1,0 +1,185 @@
+"""One decode step for a batch of sequences, run on the device straight on the engine's paged storage.
+
+Each of the B rows adds one token at `positions[b]` to the sequence whose fixed-size state lives in slot
+`slots[b]` and whose compressed entries live in the blocks of `block_tables[b]`. Everything the step reads
+or writes is addressed by position (see `engine/state_cache.py`):
+
+* the token's raw KV goes to ring row `p % window`; attention reads the whole ring and masks by position;
+* each compressor writes the token's projections to tail row `p % ratio` and computes the entry of the
+  token's window `p // ratio` from the tail (and, on CSA, the previous window's Ca half), writing it at
+  that entry's place in the block table. Until the window is complete the entry is provisional: no query
+  sees an entry before its window is complete, and the window's last token rewrites it. On CSA the
+  completing token also makes its window's Ca half the overlap state of the next window.
+
+So every shape is fixed by (B, block-table width) and nothing reads back to the host: the step can be
+captured in a CUDA graph and replayed. It computes what the protocol path (`attention.py`,
+`compressor.py`) computes for a one-token chunk; `tests/.../test_decode_step.py` holds them equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail
+from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_topk
+from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
+from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
+from deepscout.model_runtime.v4.model.attention import Attention
+from deepscout.model_runtime.v4.model.compressor import Compressor
+from deepscout.model_runtime.v4.model.primitives import RopeSpec, RopeTable, apply_rope, rms_normalize
+from deepscout.model_runtime.v4.model_config import LayerKind
+
+
+@dataclass(frozen=True)
+class LayerStorage:
+    """One layer's state over all slots (window ring `[slots, window, dim]` and positions `[slots, window]`,
+    compressor tails with a leading slot axis) and its compressed entries as stored (`[blocks, per_block,
+    dim]` per compressor; "main" entries must be plain rows, the attention kernel reads them directly)."""
+
+    window_kv: torch.Tensor
+    window_pos: torch.Tensor
+    tails: Mapping[str, CompressorTail]
+    entries: Mapping[str, PagedKeys]
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """The step's inputs, all on the device: token ids, positions, state slots `[B]` (int64) and block
+    tables `[B, max_blocks]` (int32; entries past a row's blocks are never read)."""
+
+    token_ids: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
+    block_tables: torch.Tensor
+    kernels: KernelImpl
+
+
+def decode_attention(
+    attn: Attention,
+    x: torch.Tensor,
+    storage: LayerStorage,
+    step: DecodeStep,
+    rope: RopeTable,
+    compress_rope: RopeSpec,
+) -> torch.Tensor:
+    """The layer's attention output `[B, hidden]` for normed inputs `x` `[B, hidden]`."""
+    n, heads, dim = x.shape[0], attn.n_heads, attn.head_dim
+    q_residual = attn.q_norm(attn.wq_a(x))
+    q = rms_normalize(attn.wq_b(q_residual).view(n, heads, dim), attn.args.rms_norm_eps)
+    q = apply_rope(q, rope)
+    kv = apply_rope(attn.kv_norm(attn.wkv(x)), rope)
+    ring = step.positions % attn.window
+    storage.window_kv[step.slots, ring] = kv.to(storage.window_kv.dtype)
+    storage.window_pos[step.slots, ring] = step.positions
+    if attn.compressor is not None:
+        _compress(attn.compressor, x, storage, "main", step, compress_rope)
+    if attn.indexer is not None:
+        _compress(attn.indexer.compressor, x, storage, "indexer", step, compress_rope)
+    band = BandKeys(
+        kv=storage.window_kv.view(-1, dim),
+        positions=storage.window_pos.view(-1),
+        start=(step.slots * attn.window).to(torch.int32),
+        length=torch.full_like(step.slots, attn.window, dtype=torch.int32),
+        max_length=attn.window,
+    )
+    out = sparse_attention(
+        q.to(storage.window_kv.dtype),
+        band,
+        _entry_keys(attn, x, q_residual, rope, storage, step),
+        attn.attn_sink,
+        step.positions,
+        scale=attn.scale,
+        window=attn.window,
+        impl=step.kernels,
+    )
+    return attn._project_out(apply_rope(out.to(x.dtype), rope, inverse=True))
+
+
+def _entry_keys(
+    attn: Attention,
+    x: torch.Tensor,
+    q_residual: torch.Tensor,
+    rope: RopeTable,
+    storage: LayerStorage,
+    step: DecodeStep,
+) -> EntryKeys | None:
+    """Every complete entry (HCA) or the indexer's top-k of them (CSA); None on sliding layers."""
+    if attn.kind is LayerKind.SLIDING:
+        return None
+    main = storage.entries["main"]
+    rows = torch.arange(step.positions.shape[0], device=x.device, dtype=torch.int32)
+    limit = ((step.positions + 1) // attn.ratio).to(torch.int32)
+    capacity = step.block_tables.shape[1] * main.per_block
+    indices = None
+    if attn.kind is LayerKind.CSA:
+        assert attn.indexer is not None
+        index = attn.indexer.queries(x, q_residual, rope)
+        paged_rows = PagedRows(step.block_tables, torch.arange(rows.shape[0] + 1, device=x.device).int(), 1)
+        chosen, _ = indexer_topk(
+            index.q,
+            index.weights,
+            storage.entries["indexer"],
+            paged_rows,
+            limit,
+            attn.indexer.topk,
+            impl=step.kernels,
+        )
+        indices = chosen.to(torch.int32)
+    return EntryKeys(
+        pool=main.data,
+        block_table=step.block_tables,
+        row=rows,
+        limit=limit,
+        indices=indices,
+        max_count=capacity if indices is None else indices.shape[1],
+    )
+
+
+def _compress(
+    comp: Compressor,
+    x: torch.Tensor,
+    storage: LayerStorage,
+    name: CompressorName,
+    step: DecodeStep,
+    rope: RopeSpec,
+) -> None:
+    """Write the token into the compressor's tail and its window's (possibly provisional) entry."""
+    tail, keys = storage.tails[name], storage.entries[name]
+    ratio, slots = comp.ratio, step.slots
+    kv, gate = comp.wkv(x), comp.wgate(x)
+    row = step.positions % ratio
+    tail.kv[slots, row] = kv.to(tail.kv.dtype)
+    tail.gate[slots, row] = gate.to(tail.gate.dtype)
+    window_kv = tail.kv[slots].to(kv.dtype)  # [B, ratio, width]
+    window_gate = tail.gate[slots].to(gate.dtype) + comp.ape
+    if comp.overlap:
+        assert tail.overlap_kv is not None and tail.overlap_gate is not None
+        d = comp.dim
+        prior_kv = tail.overlap_kv[slots].to(kv.dtype)
+        prior_gate = tail.overlap_gate[slots].to(gate.dtype)
+        has_prior = (step.positions >= ratio)[:, None, None]
+        slots_kv = torch.cat([prior_kv, window_kv[..., d:]], dim=1)
+        slots_gate = torch.cat([prior_gate.masked_fill(~has_prior, float("-inf")), window_gate[..., d:]], 1)
+        complete = (row == ratio - 1)[:, None, None]
+        tail.overlap_kv[slots] = torch.where(complete, window_kv[..., :d], prior_kv).to(tail.overlap_kv.dtype)
+        new_gate = torch.where(complete, window_gate[..., :d], prior_gate)
+        tail.overlap_gate[slots] = new_gate.to(tail.overlap_gate.dtype)
+    else:
+        slots_kv, slots_gate = window_kv, window_gate
+    weights = slots_gate.softmax(dim=1, dtype=torch.float32).to(slots_kv.dtype)
+    entry_index = step.positions // ratio
+    entry = comp.norm((slots_kv * weights).sum(dim=1))
+    entry = apply_rope(entry, rope.at(entry_index * ratio))
+    logical = (entry_index // keys.per_block)[:, None]
+    blocks = step.block_tables.gather(1, logical).squeeze(1).long()
+    _write_entries(keys, blocks, entry_index % keys.per_block, entry)
+
+
+def _write_entries(keys: PagedKeys, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
+    """Store rows in plain pools (the formats the decode path supports)."""
+    keys.data[blocks, offsets] = rows.to(keys.data.dtype)
