@@ -13,7 +13,13 @@ are quoted and OR-ed, and stopwords are dropped.
 
 Writes are batched in short transactions through ``write_session`` so that a large ingest never holds
 the SQLite write lock for long. Re-adding documents is idempotent: a document whose content hash has
-not changed is left untouched.
+not changed is left untouched. The collection's row always tells the truth about what is stored: each
+batch commits together with the collection's document count, and the content hash is cleared when an
+add starts and set only when it finishes, so an add that was killed leaves a collection listed with the
+documents it holds and marked incomplete (no hash) until an add of it completes.
+
+Snippets are cut in Python from a bounded head of each hit (:mod:`deepscout.memory.snippets`), so a
+search costs the same whatever the size of the documents it ranks.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from deepscout.errors import DeepscoutError
 from deepscout.memory.db import write_session
 from deepscout.memory.schemas import AddReport, CollectionInfo, CorpusDocument, ProgressCallback, SearchHit
+from deepscout.memory.snippets import SNIPPET_SCAN_CHARS, snippet, term_pattern
 from deepscout.memory.source_records import clean_json, clean_text, content_hash, corpus_source_key
 from deepscout.memory.tables import CorpusCollection, Source, utcnow
 from deepscout.text.terms import STOPWORDS
@@ -45,8 +52,6 @@ MAX_QUERY_TERMS = 32
 MAX_TERM_CHARS = 64
 # FTS5 bm25() column weights (title, text): measured on HotpotQA by benchmarks/corpus_retrieval.py.
 SQLITE_TITLE_WEIGHT = 3.0
-SNIPPET_TOKENS = 32
-SNIPPET_HEADLINE_CHARS = 20000
 BATCH_SIZE = 500
 
 
@@ -134,6 +139,7 @@ class CorpusIndex:
                     row.description = description
                 if meta is not None:
                     row.meta = {**row.meta, **meta}
+                row.content_hash = None  # incomplete until this add finishes
         added = updated = unchanged = done = 0
         label = f"Indexing {collection}"
         if progress:
@@ -141,6 +147,11 @@ class CorpusIndex:
         for batch in _batches(docs, batch_size):
             with write_session(self._sessions) as session:
                 counts = self._write_batch(session, collection, batch)
+                session.execute(
+                    update(CorpusCollection)
+                    .where(CorpusCollection.name == collection)
+                    .values(document_count=CorpusCollection.document_count + counts[0], updated_at=utcnow())
+                )
             added, updated, unchanged = added + counts[0], updated + counts[1], unchanged + counts[2]
             done += len(batch)
             if progress:
@@ -209,7 +220,7 @@ class CorpusIndex:
     def remove(self, collection: str) -> int:
         """Delete the collection and its documents; returns how many documents were removed."""
         with write_session(self._sessions) as session:
-            self._require_collection(session, collection)
+            self.require_collection(collection, session)
             removed = session.execute(
                 delete(Source).where(Source.kind == "corpus", Source.collection == collection)
             )
@@ -230,7 +241,7 @@ class CorpusIndex:
             if collection is None:
                 self.require_documents(session)
             else:
-                self._require_collection(session, collection)
+                self.require_collection(collection, session)
             terms = query_terms(query)
             if not terms:
                 return []
@@ -273,11 +284,16 @@ class CorpusIndex:
             raise CorpusEmptyError(f"The local corpus is empty: {FETCH_HINT}.")
         return None
 
-    def _require_collection(self, session: Session, collection: str) -> None:
+    def require_collection(self, collection: str, session: Session | None = None) -> None:
+        """Raise UnknownCollectionError (naming the collections there are) unless ``collection`` exists."""
+        if session is None:
+            with self._sessions() as own:
+                return self.require_collection(collection, own)
         names = list(session.scalars(select(CorpusCollection.name).order_by(CorpusCollection.name)))
         if collection not in names:
             known = ", ".join(names) if names else f"none yet; {FETCH_HINT}"
             raise UnknownCollectionError(f"No corpus collection named {collection!r} (collections: {known})")
+        return None
 
 
 def _source_row(key: str, collection: str, doc: CorpusDocument, digest: str) -> dict[str, Any]:
@@ -307,16 +323,20 @@ def _search_sqlite(session: Session, terms: list[str], k: int, collection: str |
     where_collection = "AND s.collection = :collection" if collection is not None else ""
     statement = text(
         f"""
-        SELECT s.id, s.title, s.url, s.collection, s.doc_id,
-               snippet(sources_fts, 1, '', '', ' … ', {SNIPPET_TOKENS}) AS snippet,
-               bm25(sources_fts, {SQLITE_TITLE_WEIGHT}, 1.0) AS rank
-        FROM sources_fts JOIN sources AS s ON s.id = sources_fts.rowid
-        WHERE sources_fts MATCH :match AND s.kind = 'corpus' {where_collection}
-        ORDER BY rank LIMIT :k
+        WITH best AS (
+            SELECT sources_fts.rowid AS id, bm25(sources_fts, {SQLITE_TITLE_WEIGHT}, 1.0) AS rank
+            FROM sources_fts JOIN sources AS s ON s.id = sources_fts.rowid
+            WHERE sources_fts MATCH :match AND s.kind = 'corpus' {where_collection}
+            ORDER BY rank LIMIT :k
+        )
+        SELECT s.id, s.title, s.url, s.collection, s.doc_id, best.rank,
+               substr(s.text, 1, {SNIPPET_SCAN_CHARS}) AS head
+        FROM best JOIN sources AS s ON s.id = best.id
+        ORDER BY best.rank, s.id
         """
     )
     params: dict[str, Any] = {"match": fts5_match_expression(terms), "k": k, "collection": collection}
-    return _hits(session.execute(statement, params), rank_sign=-1.0)  # bm25(): lower is better
+    return _hits(session.execute(statement, params), terms, rank_sign=-1.0)  # bm25(): lower is better
 
 
 def _search_postgresql(session: Session, terms: list[str], k: int, collection: str | None) -> list[SearchHit]:
@@ -331,25 +351,25 @@ def _search_postgresql(session: Session, terms: list[str], k: int, collection: s
             ORDER BY rank DESC, s.id LIMIT :k
         )
         SELECT s.id, s.title, s.url, s.collection, s.doc_id, best.rank,
-               ts_headline('english', left(s.text, {SNIPPET_HEADLINE_CHARS}), q.query,
-                           'StartSel="", StopSel="", MaxWords=35, MinWords=15, FragmentDelimiter=" … "')
-                   AS snippet
-        FROM best JOIN sources AS s ON s.id = best.id, q
+               left(s.text, {SNIPPET_SCAN_CHARS}) AS head
+        FROM best JOIN sources AS s ON s.id = best.id
         ORDER BY best.rank DESC, s.id
         """
     )
     params: dict[str, Any] = {"tsquery": tsquery_expression(terms), "k": k, "collection": collection}
-    return _hits(session.execute(statement, params), rank_sign=1.0)
+    return _hits(session.execute(statement, params), terms, rank_sign=1.0)
 
 
-def _hits(rows: Iterable[Row[Any]], *, rank_sign: float) -> list[SearchHit]:
-    """Rows of a ranked search (id, title, url, collection, doc_id, snippet, rank) as hits whose score is
-    higher-is-better: the engine's rank times ``rank_sign``."""
+def _hits(rows: Iterable[Row[Any]], terms: list[str], *, rank_sign: float) -> list[SearchHit]:
+    """Rows of a ranked search (id, title, url, collection, doc_id, rank, head of the text) as hits whose
+    score is higher-is-better (the engine's rank times ``rank_sign``), each with a snippet cut from its
+    head around the first query term (:mod:`deepscout.memory.snippets`)."""
+    pattern = term_pattern(terms)
     return [
         SearchHit(
             source_id=row.id,
             title=row.title,
-            snippet=row.snippet,
+            snippet=snippet(row.head or "", pattern),
             score=rank_sign * float(row.rank),
             url=row.url,
             collection=row.collection,

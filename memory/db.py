@@ -22,9 +22,10 @@ writers) and :func:`migrate` holds an advisory lock so that two processes never 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
 
     database = parsed.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(Path(database).expanduser())
     if database in ("", ":memory:"):
         # One shared connection: an in-memory database exists once per connection, not per file.
         kwargs.setdefault("poolclass", StaticPool)
@@ -87,6 +88,15 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     _install_sqlite_hooks(engine)
     return engine
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` (and missing folders, ``0700``) readable by its owner only (``0600``) unless it
+    exists. SQLite gives the ``-wal`` and ``-shm`` files the database file's permissions, so the questions,
+    answers and pages stored in them stay private too."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

@@ -7,7 +7,8 @@
 * Text/Markdown: a folder (searched recursively) or a single ``.txt``/``.md``/``.markdown`` file; the id
   is the path relative to the folder, the title the first Markdown heading, else the first non-blank line.
 
-Bad input raises :class:`CorpusFormatError` naming the file and, where there is one, the line.
+Bad input raises :class:`CorpusFormatError` naming the file and, where there is one, the line; a
+document id (or HotpotQA title) given twice is bad input, never a silent replacement.
 """
 
 from __future__ import annotations
@@ -79,21 +80,41 @@ def open_input(path: Path) -> CorpusInput:
 
 
 def _checked(found: CorpusInput) -> CorpusInput:
-    count = sum(1 for _ in found.documents())
-    if count == 0:
+    """``found`` with its document count; a document id seen twice is an error (naming both lines), not
+    a silent replacement of the first by the second."""
+    first_line: dict[str, int | None] = {}
+    for document, line in _numbered(found):
+        if document.doc_id in first_line:
+            earlier = first_line[document.doc_id]
+            where = f" (first on line {earlier})" if earlier is not None else ""
+            raise CorpusFormatError(found.path, f"duplicate document id {document.doc_id!r}{where}", line)
+        first_line[document.doc_id] = line
+    if not first_line:
         raise CorpusFormatError(found.path, "holds no documents")
-    return CorpusInput(found.path, found.format, count)
+    return CorpusInput(found.path, found.format, len(first_line))
+
+
+def _numbered(found: CorpusInput) -> Iterator[tuple[CorpusDocument, int | None]]:
+    if found.format == "jsonl":
+        yield from _read_jsonl_numbered(found.path)
+    else:
+        yield from ((document, None) for document in found.documents())
 
 
 def read_jsonl(path: Path) -> Iterator[CorpusDocument]:
+    return (document for document, _line in _read_jsonl_numbered(path))
+
+
+def _read_jsonl_numbered(path: Path) -> Iterator[tuple[CorpusDocument, int]]:
     for number, line in _read_lines(path):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusFormatError(path, f"invalid JSON ({exc.msg})", number) from exc
-        yield _jsonl_document(path, number, record)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            problem = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deep"
+            raise CorpusFormatError(path, f"invalid JSON ({problem})", number) from exc
+        yield _jsonl_document(path, number, record), number
 
 
 def _jsonl_document(path: Path, line: int, record: Any) -> CorpusDocument:
@@ -124,9 +145,13 @@ def read_hotpotqa(path: Path) -> Iterator[CorpusDocument]:
 
 def _load_hotpotqa(path: Path) -> dict[str, list[str]]:
     try:
-        data = json.loads(_read_text_file(path))
+        data = json.loads(_read_text_file(path), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise CorpusFormatError(path, f"invalid JSON ({exc.msg})", exc.lineno) from exc
+    except RecursionError as exc:
+        raise CorpusFormatError(path, "invalid JSON (nested too deep)") from exc
+    except _DuplicateKey as exc:
+        raise CorpusFormatError(path, f"duplicate document title {exc.args[0]!r}") from exc
     if not isinstance(data, dict):
         raise CorpusFormatError(
             path,
@@ -136,6 +161,19 @@ def _load_hotpotqa(path: Path) -> dict[str, list[str]]:
     for title, sentences in data.items():
         if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
             raise CorpusFormatError(path, f"entry {title!r} must be a list of sentence strings")
+    return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
     return data
 
 

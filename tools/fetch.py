@@ -2,11 +2,12 @@
 
 The URL must have come from search results, the user's messages or a link of a page already read
 (``tools/guards.py``); it passes the SSRF guards on every hop and is fetched under the byte cap and the
-total deadline (``tools/http_client.py``); the body becomes clean text (``tools/extract.py``) and is
-stored in the sources table under ``web:<final url>`` with its content hash, fetch time, final URL and
-status. A URL already stored is replayed from the table without touching the network, so re-runs and
-evals read exactly what the first run read. The tool returns the source id and the first ``length``
-characters, wrapped as untrusted data; ``read_document`` pages through the rest.
+total deadline (``tools/http_client.py``); the body becomes clean text (``tools/extract.py``, run in a
+worker process under a deadline and a memory cap by ``tools/extraction_pool.py``) and is stored in the
+sources table under ``web:<final url>`` with its content hash, fetch time, final URL and status. A URL
+already stored is replayed from the table without touching the network, so re-runs and evals read
+exactly what the first run read. The tool returns the source id and the first ``length`` characters,
+wrapped as untrusted data; ``read_document`` pages through the rest.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from deepscout.memory import source_records
 from deepscout.memory.db import write_session
 from deepscout.memory.tables import Source
 from deepscout.tools.base import DocumentArtifact, ToolContext
-from deepscout.tools.extract import ExtractionError, extract_document
 from deepscout.tools.guards import check_url, normalize_url
 from deepscout.tools.http_client import FetchError, GuardedHttpClient
 from deepscout.tools.tool_building import content_and_artifact_tool
@@ -71,8 +71,8 @@ class PageFetcher:
         self._client = GuardedHttpClient(ctx.web.settings, ctx.web.rate_limiter)
 
     async def fetch(self, url: str) -> StoredPage:
-        """The page at ``url`` as stored; raises ``UrlRefusedError``, ``FetchError``, ``ExtractionError`` or
-        ``ToolQuotaExceeded`` with a message naming the reason."""
+        """The page at ``url`` as stored; raises ``UrlRefusedError``, ``FetchError``, ``ExtractionError``
+        (from the extraction workers) or ``ToolQuotaExceeded`` with a message naming the reason."""
         s = self._state.settings
         if s.require_provenance:
             self._ctx.provenance.require(url)
@@ -89,22 +89,23 @@ class PageFetcher:
         return page
 
     async def _fetch_and_store(self, url: str, requested: str) -> StoredPage:
-        s = self._state.settings
         self._state.take_quota("fetch")
+        extraction = self._state.extraction
+        extraction.prepare()  # a worker starts while the page downloads
         raw = await self._client.get(url, run_deadline=self._ctx.deadline)
         if not 200 <= raw.status < 300:
             raise FetchError(f"{url}: the server answered HTTP {raw.status}")
-        doc = await asyncio.to_thread(extract_document, raw.body, raw.content_type, raw.final_url)
-        if not doc.text.strip():
-            raise ExtractionError(f"{url}: the page has no readable text")
+        doc = await asyncio.to_thread(
+            extraction.extract, raw.body, raw.content_type, raw.final_url, deadline=self._ctx.deadline
+        )
         final_url = normalize_url(raw.final_url)
         meta: dict[str, Any] = {
             "kind": doc.kind,
-            "links": doc.links[:1000],
+            "links": doc.links,
             "redirects": raw.redirects,
             "body_bytes": len(raw.body),
             "body_truncated": raw.truncated,
-            "text_truncated": len(doc.text) > s.max_text_chars,
+            "text_truncated": doc.text_truncated,
             "fetch_seconds": round(raw.elapsed_s, 3),
         }
         with write_session(self._ctx.session_factory) as session:
@@ -113,7 +114,7 @@ class PageFetcher:
                 url=requested,
                 final_url=final_url,
                 title=doc.title or final_url,
-                text=doc.text[: s.max_text_chars],
+                text=doc.text,
                 http_status=raw.status,
                 content_type=raw.content_type or None,
                 author=doc.author,

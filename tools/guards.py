@@ -23,23 +23,18 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from deepscout.errors import DeepscoutError
+from deepscout.redaction import redact_url
 from deepscout.settings import WebSettings
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-UrlOrigin = Literal["search", "user", "page"]
-
-# Cloud metadata services: refused even when private addresses are allowed.
-_METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
-    {
-        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, DigitalOcean
-        ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
-        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-        ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud
-        ipaddress.ip_address("fd00:ec2::254"),  # AWS IPv6
-    }
+from deepscout.tools.address_ranges import (
+    IPV4_COMPATIBLE,
+    IPV4_MAPPED,
+    NAT64_WELL_KNOWN,
+    SIX_TO_FOUR,
+    IPAddress,
+    denied_range,
 )
-_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+UrlOrigin = Literal["search", "user", "page"]
 
 
 class UrlRefusedError(DeepscoutError, ValueError):
@@ -66,10 +61,14 @@ class CheckedUrl:
 
 def normalize_url(url: str) -> str:
     """Canonical form used for provenance and cache keys: lower-case scheme and host, no fragment,
-    no default port, ``/`` for an empty path."""
-    parts = urlsplit(url.strip())
+    no default port, ``/`` for an empty path. Raises ``UnsafeUrlError`` (a ``ValueError``) for a URL that
+    cannot be parsed (``http://[oops/``): callers skip such a link rather than lose the page."""
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").rstrip(".")
+    except ValueError as exc:
+        raise UnsafeUrlError(f"malformed URL {redact_url(url)!r}: {exc}") from exc
     scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
     with contextlib.suppress(UnicodeError):  # left as is; check_url refuses it with a clear message
         host = host.encode("idna").decode("ascii") if host and not _is_ip_literal(host) else host
     netloc = f"[{host}]" if ":" in host else host
@@ -128,89 +127,97 @@ def _host_matches(host: str, patterns: Iterable[str]) -> bool:
 def check_url(url: str, settings: WebSettings) -> CheckedUrl:
     """Static checks, before any DNS: scheme, credentials, host form, port, allow/deny lists.
 
-    Raises ``UnsafeUrlError`` naming the reason."""
+    Raises ``UnsafeUrlError`` naming the reason (credentials in the URL are masked in the message)."""
+    shown = redact_url(url)
     try:
         parts = urlsplit(url.strip())
         port_value = parts.port
     except ValueError as exc:
-        raise UnsafeUrlError(f"malformed URL {url!r}: {exc}") from exc
+        raise UnsafeUrlError(f"malformed URL {shown!r}: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in {"http", "https"}:
         raise UnsafeUrlError(
-            f"refused {url!r}: only http and https URLs are fetched, not {scheme or 'none'!r}"
+            f"refused {shown!r}: only http and https URLs are fetched, not {scheme or 'none'!r}"
         )
     if parts.username is not None or parts.password is not None:
-        raise UnsafeUrlError(f"refused {url!r}: URLs with embedded credentials (user@host) are not fetched")
+        raise UnsafeUrlError(f"refused {shown!r}: URLs with embedded credentials (user@host) are not fetched")
     raw_host = (parts.hostname or "").rstrip(".")
     if not raw_host:
-        raise UnsafeUrlError(f"refused {url!r}: the URL has no host")
+        raise UnsafeUrlError(f"refused {shown!r}: the URL has no host")
     if "%" in raw_host:
-        raise UnsafeUrlError(f"refused {url!r}: IPv6 zone identifiers are not fetched")
+        raise UnsafeUrlError(f"refused {shown!r}: IPv6 zone identifiers are not fetched")
     if _is_ip_literal(raw_host):
         host = raw_host
         if isinstance(ipaddress.ip_address(raw_host), ipaddress.IPv4Address) and (
             str(ipaddress.ip_address(raw_host)) != raw_host
         ):
-            raise UnsafeUrlError(f"refused {url!r}: non-canonical IPv4 address {raw_host!r}")
+            raise UnsafeUrlError(f"refused {shown!r}: non-canonical IPv4 address {raw_host!r}")
     else:
         numeric = _numeric_ipv4(raw_host)
         if numeric is not None:
             raise UnsafeUrlError(
-                f"refused {url!r}: numeric host {raw_host!r} is a disguised IPv4 address ({numeric}); "
+                f"refused {shown!r}: numeric host {raw_host!r} is a disguised IPv4 address ({numeric}); "
                 "write addresses in dotted-decimal form"
             )
         try:
             host = raw_host.encode("idna").decode("ascii")
         except UnicodeError as exc:
-            raise UnsafeUrlError(f"refused {url!r}: host {raw_host!r} is not a valid domain name") from exc
+            raise UnsafeUrlError(f"refused {shown!r}: host {raw_host!r} is not a valid domain name") from exc
     port = port_value if port_value is not None else (443 if scheme == "https" else 80)
     if port not in settings.allowed_ports:
         raise UnsafeUrlError(
-            f"refused {url!r}: port {port} is not in allowed_ports {settings.allowed_ports} "
+            f"refused {shown!r}: port {port} is not in allowed_ports {settings.allowed_ports} "
             "(DEEPSCOUT_WEB_ALLOWED_PORTS)"
         )
     if _host_matches(host, settings.deny_hosts):
-        raise UnsafeUrlError(f"refused {url!r}: host {host!r} is on the deny list (DEEPSCOUT_WEB_DENY_HOSTS)")
+        raise UnsafeUrlError(
+            f"refused {shown!r}: host {host!r} is on the deny list (DEEPSCOUT_WEB_DENY_HOSTS)"
+        )
     if settings.allow_hosts and not _host_matches(host, settings.allow_hosts):
         raise UnsafeUrlError(
-            f"refused {url!r}: host {host!r} is not on the allow list (DEEPSCOUT_WEB_ALLOW_HOSTS)"
+            f"refused {shown!r}: host {host!r} is not on the allow list (DEEPSCOUT_WEB_ALLOW_HOSTS)"
         )
     return CheckedUrl(url=url, scheme=scheme, host=host, port=port)
 
 
 def vet_address(address: IPAddress, settings: WebSettings) -> None:
-    """Raise ``UnsafeUrlError`` unless ``address`` is one the machine may connect to."""
+    """Raise ``UnsafeUrlError`` unless ``address`` is one the machine may connect to (the explicit table of
+    ``tools/address_ranges.py``; IPv4 addresses inside IPv6 forms are unwrapped and vetted too)."""
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None or (
-            address.packed[:12] == bytes(12) and int(address) > 1
-        ):  # ::ffff:a.b.c.d and the deprecated ::a.b.c.d
+        if address in IPV4_MAPPED or (address in IPV4_COMPATIBLE and int(address) > 1):
+            # ::ffff:a.b.c.d and the deprecated ::a.b.c.d
             raise UnsafeUrlError(f"address {address} is an IPv4 address in IPv6 form")
-        embedded = address.sixtofour if address in _SIX_TO_FOUR else None
-        if address in _NAT64:
+        embedded = address.sixtofour if address in SIX_TO_FOUR else None
+        if address in NAT64_WELL_KNOWN:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             try:
                 vet_address(embedded, settings)
             except UnsafeUrlError as exc:
                 raise UnsafeUrlError(f"address {address} embeds {exc}") from exc
-    if address.is_unspecified or (isinstance(address, ipaddress.IPv4Address) and address.packed[0] == 0):
-        raise UnsafeUrlError(f"address {address} is unspecified ('this host')")
-    if address.is_multicast:
-        raise UnsafeUrlError(f"address {address} is multicast")
-    if address in _METADATA_ADDRESSES:
-        raise UnsafeUrlError(f"address {address} is a cloud metadata service")
-    if address.is_loopback:
+            if address in NAT64_WELL_KNOWN:
+                return
+    denied = denied_range(address)
+    if denied is None:
+        return
+    if denied.kind == "unspecified":
+        raise UnsafeUrlError(f"address {address} is unspecified ('this host', {denied.name})")
+    if denied.kind == "multicast":
+        raise UnsafeUrlError(f"address {address} is multicast ({denied.name})")
+    if denied.kind == "metadata":
+        raise UnsafeUrlError(f"address {address} is a {denied.name}")
+    if denied.kind == "loopback":
         if settings.allow_loopback:
             return
         raise UnsafeUrlError(
             f"address {address} is loopback (DEEPSCOUT_WEB_ALLOW_LOOPBACK=true allows it, for tests)"
         )
-    if address.is_link_local and not settings.allow_private:
-        raise UnsafeUrlError(f"address {address} is link-local (DEEPSCOUT_WEB_ALLOW_PRIVATE)")
-    if not address.is_global and not settings.allow_private:
-        raise UnsafeUrlError(
-            f"address {address} is private or reserved (DEEPSCOUT_WEB_ALLOW_PRIVATE=true allows it)"
-        )
+    if settings.allow_private:
+        return
+    what = "link-local" if denied.kind == "link-local" else "private or reserved"
+    raise UnsafeUrlError(
+        f"address {address} is {what}: {denied.name} (DEEPSCOUT_WEB_ALLOW_PRIVATE=true allows it)"
+    )
 
 
 async def resolve_and_vet(target: CheckedUrl, settings: WebSettings) -> IPAddress:
@@ -255,8 +262,9 @@ class UrlProvenance:
         self._origins: dict[str, UrlOrigin] = {}
 
     def add(self, url: str, origin: UrlOrigin) -> None:
-        key = normalize_url(url)
-        self._origins.setdefault(key, origin)
+        """Record ``url``; a malformed URL is skipped (it could never be fetched)."""
+        with contextlib.suppress(UnsafeUrlError):
+            self._origins.setdefault(normalize_url(url), origin)
 
     def add_many(self, urls: Iterable[str], origin: UrlOrigin) -> None:
         for url in urls:
@@ -269,7 +277,10 @@ class UrlProvenance:
         return urls
 
     def origin_of(self, url: str) -> UrlOrigin | None:
-        return self._origins.get(normalize_url(url))
+        try:
+            return self._origins.get(normalize_url(url))
+        except UnsafeUrlError:
+            return None
 
     def require(self, url: str) -> UrlOrigin:
         """The origin of ``url``; raises ``UnseenUrlError`` for a URL from nowhere."""

@@ -141,7 +141,8 @@ class GuardedHttpClient:
                     logical = httpx.URL(current)
                 except httpx.InvalidURL as exc:
                     raise UnsafeUrlError(f"refused {current!r}: malformed URL ({exc})") from exc
-                host_header = target.host if logical.port is None else f"{target.host}:{logical.port}"
+                host_name = f"[{target.host}]" if ":" in target.host else target.host  # IPv6 literal
+                host_header = host_name if logical.port is None else f"{host_name}:{logical.port}"
                 request = client.build_request(
                     "GET",
                     logical.copy_with(host=str(address)),

@@ -1,29 +1,27 @@
-"""``web_search``: web (text or news) search through ddgs that survives rate limits and a dead network.
+"""``web_search``: web (text or news) search through an ordered fail-over chain that survives rate limits,
+blocked addresses and a dead network.
 
-Each call: the search cache (``memory``'s ``search_cache`` table, keyed by query, backend, region and time
-limit, with a TTL) is asked first for every backend; then the backends are tried in order, each attempt in
-a worker thread that is abandoned at our own deadline. A backend that is rate limited (HTTP 202/403/429)
-or times out hands over to the next one at once and is retried in the next round, after an exponential
-backoff (``search_retries`` rounds); one that fails otherwise (connection refused, TLS) is dropped. When no
-backend answers, the local corpus is searched instead, with a note saying why. Results are normalised
-(title, url, snippet, rank, backend) and their URLs recorded as fetchable (provenance).
-
-ddgs engines are used one by one (``ddgs.engines.ENGINES``) rather than through ``DDGS.text``, which
-folds rate limits, empty answers and errors into one "No results found": the status of each HTTP answer
-is what tells a rate limit (back off and retry) from a backend that has nothing (try the next).
+The chain (``tools/search_backends.py``): the ddgs engines named in ``text_backends``/``news_backends``,
+then a self-hosted SearxNG (``searxng_url``), then Brave's Search API (``brave_api_key``); a link not
+configured is skipped, and with ``keep_queries_local`` only SearxNG is asked (queries never go to a
+third-party engine). Each call: the search cache (``memory``'s ``search_cache`` table, keyed by query,
+backend, region and time limit, with a TTL) is asked first for every backend; then the backends are tried
+in order, each attempt in a worker thread that is abandoned at our own deadline. A backend that is rate
+limited (HTTP 202/403/429) or times out hands over to the next one at once and is retried in the next
+round, after a backoff (the shared :class:`~deepscout.retry_policy.RetryPolicy`, ``search_retries``
+retries); one that fails otherwise (connection refused, TLS, a bad key) is dropped. When no backend
+answers, the local corpus is searched instead, with a note saying which backends failed and why.
+Results are normalised (title, url, snippet, rank, backend) and their URLs recorded as fetchable
+(provenance); a malformed result URL is skipped, never the search.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,19 +31,29 @@ from deepscout.memory import source_records
 from deepscout.memory.corpus import CorpusError
 from deepscout.memory.db import write_session
 from deepscout.memory.source_records import SearchQuery
+from deepscout.retry_policy import RetryPolicy
 from deepscout.tools.base import SearchHitArtifact, ToolContext
 from deepscout.tools.corpus_search import hit_artifacts, hit_lines
-from deepscout.tools.guards import normalize_url
+from deepscout.tools.guards import UnsafeUrlError, normalize_url
+from deepscout.tools.search_backends import (
+    BRAVE_API,
+    SEARXNG,
+    BackendFailed,
+    BackendRateLimited,
+    BackendTimeout,
+    SearchKind,
+    brave_request,
+    call_with_deadline,
+    ddgs_request,
+    searxng_request,
+)
 from deepscout.tools.tool_building import content_and_artifact_tool
 from deepscout.tools.untrusted import wrap_untrusted
 
 logger = logging.getLogger(__name__)
 
 NAME = "web_search"
-SearchKind = Literal["text", "news"]
 TimeLimit = Literal["d", "w", "m", "y"]
-RATE_LIMIT_STATUSES = frozenset({202, 403, 429})
-T = TypeVar("T")
 
 
 class UnknownBackendError(DeepscoutError, ValueError):
@@ -56,16 +64,8 @@ class WebSearchUnavailable(DeepscoutError, RuntimeError):
     """No backend answered within the deadline and there was no corpus to fall back to."""
 
 
-class _RateLimited(Exception):
-    pass
-
-
-class _BackendTimeout(Exception):
-    pass
-
-
-class _BackendFailed(Exception):
-    pass
+class _TransientRound(Exception):
+    """Some backends were rate limited or timed out in this round: worth another after a backoff."""
 
 
 @dataclass(frozen=True)
@@ -89,39 +89,6 @@ class SearchOutcome:
     corpus_hits: list[SearchHitArtifact]
 
 
-def call_with_deadline(fn: Callable[[], T], timeout: float, name: str) -> T:
-    """``fn()`` in a daemon thread; raises ``TimeoutError`` after ``timeout`` seconds and stops waiting (the
-    thread ends on its own, bounded by the HTTP client's timeout)."""
-    future: Future[T] = Future()
-
-    def runner() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # handed to the waiting caller
-            future.set_exception(exc)
-
-    threading.Thread(target=runner, name=name, daemon=True).start()
-    return future.result(timeout=max(0.0, timeout))
-
-
-class _StatusRecorder:
-    """Wraps a ddgs engine's HTTP client and remembers the status of every answer."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.statuses: list[int] = []
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        response = self._inner.request(*args, **kwargs)
-        self.statuses.append(int(response.status_code))
-        return response
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def _normalise(raw: list[Any], kind: SearchKind, backend: str, limit: int) -> list[WebResult]:
     results: list[WebResult] = []
     seen: set[str] = set()
@@ -132,7 +99,10 @@ def _normalise(raw: list[Any], kind: SearchKind, backend: str, limit: int) -> li
             url = "https:" + url
         if not url.lower().startswith(("http://", "https://")):
             continue
-        key = normalize_url(url)
+        try:
+            key = normalize_url(url)
+        except UnsafeUrlError:  # http://[oops/ and the like: this result is skipped, not the search
+            continue
         if key in seen:
             continue
         seen.add(key)
@@ -151,8 +121,23 @@ def _normalise(raw: list[Any], kind: SearchKind, backend: str, limit: int) -> li
     return results
 
 
+@dataclass
+class _Search:
+    """One search call in progress: what is asked, until when, and what the backends said so far."""
+
+    query: str
+    kind: SearchKind
+    timelimit: str | None
+    limit: int
+    deadline: float
+    pending: list[str]
+    failures: list[str] = field(default_factory=list)
+    reachable: bool = False
+    """Some backend answered, with nothing: the web is up, the query finds nothing."""
+
+
 class WebSearcher:
-    """Web search with cache, retries, backend fallback, a deadline and a corpus fallback."""
+    """Web search with cache, retries, a fail-over chain of backends, a deadline and a corpus fallback."""
 
     def __init__(self, ctx: ToolContext) -> None:
         from ddgs.engines import ENGINES
@@ -172,6 +157,27 @@ class WebSearcher:
                     f"(DEEPSCOUT_WEB_{kind.upper()}_BACKENDS)"
                 )
 
+    def chain(self, kind: SearchKind) -> tuple[list[str], list[str]]:
+        """The backends this search tries, in order, and a note for each link of the chain left out."""
+        s = self._settings
+        chain: list[str] = []
+        skipped: list[str] = []
+        if s.keep_queries_local:
+            skipped.append(
+                "ddgs and brave_api skipped: queries stay local (DEEPSCOUT_WEB_KEEP_QUERIES_LOCAL)"
+            )
+        else:
+            chain += s.text_backends if kind == "text" else s.news_backends
+        if s.searxng_url:
+            chain.append(SEARXNG)
+        else:
+            skipped.append("searxng not configured (DEEPSCOUT_WEB_SEARXNG_URL)")
+        if s.brave_api_key is not None and not s.keep_queries_local:
+            chain.append(BRAVE_API)
+        elif not s.keep_queries_local:
+            skipped.append("brave_api not configured (DEEPSCOUT_WEB_BRAVE_API_KEY)")
+        return chain, skipped
+
     def search(
         self,
         query: str,
@@ -182,8 +188,8 @@ class WebSearcher:
     ) -> SearchOutcome:
         s = self._settings
         limit = k or s.search_max_results
-        backends = s.text_backends if kind == "text" else s.news_backends
-        cached = self._from_cache(query, kind, backends, timelimit, limit)
+        chain, skipped = self.chain(kind)
+        cached = self._from_cache(query, kind, chain, timelimit, limit)
         if cached is not None:
             return cached
         self._state.take_quota("search")
@@ -191,36 +197,45 @@ class WebSearcher:
         deadline = started + s.search_deadline_s
         if self._ctx.deadline is not None:
             deadline = min(deadline, self._ctx.deadline)
-        failures: list[str] = []
-        reachable = False  # some backend answered, with nothing: the web is up, the query finds nothing
-        pending = list(backends)
-        for round_ in range(s.search_retries + 1):
-            if round_:  # back off before retrying the backends that were rate limited or timed out
-                delay = s.search_backoff_s * 2 ** (round_ - 1) * random.uniform(0.8, 1.2)
-                time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-            transient: list[str] = []
-            for backend in pending:
-                if time.monotonic() >= deadline:
-                    failures.append(f"deadline of {deadline - started:.3g}s reached")
-                    break
-                answer = self._attempt(query, kind, backend, timelimit, limit, deadline, failures)
-                if answer == "transient":
-                    transient.append(backend)
-                elif answer is not None:
-                    reachable = True
-                    if answer:
-                        self._cache(query, kind, backend, timelimit, answer)
-                        return SearchOutcome("web", answer, backend, list(dict.fromkeys(failures)), [])
-            pending = transient
-            if not pending or time.monotonic() >= deadline:
-                break
-        failures = list(dict.fromkeys(failures))  # a retried backend's repeated reason once
-        if reachable:
+        search = _Search(query, kind, timelimit, limit, deadline, pending=list(chain))
+        policy = RetryPolicy(attempts=s.search_retries + 1, first_delay_s=s.search_backoff_s)
+        try:
+            for attempt in policy.retrying(lambda exc: isinstance(exc, _TransientRound), deadline=deadline):
+                with attempt:
+                    found = self._round(search)
+                    if found is not None:
+                        return found
+        except _TransientRound:
+            pass
+        failures = list(dict.fromkeys(search.failures)) + skipped  # a retried backend's reason once
+        if search.reachable:
             return SearchOutcome("web", [], None, failures, [])
         logger.warning(
             "web search for %r failed after %.1fs: %s", query, time.monotonic() - started, failures
         )
         return self._corpus_fallback(query, limit, failures)
+
+    def _round(self, search: _Search) -> SearchOutcome | None:
+        """Try each pending backend once: the first results found, or None; raises ``_TransientRound``
+        when some backends were rate limited or timed out (they stay pending for the next round)."""
+        transient: list[str] = []
+        for backend in search.pending:
+            if time.monotonic() >= search.deadline:
+                search.failures.append(f"deadline of {self._settings.search_deadline_s:g}s reached")
+                search.pending = []
+                return None
+            answer = self._attempt(search, backend)
+            if answer == "transient":
+                transient.append(backend)
+            elif answer is not None:
+                search.reachable = True
+                if answer:
+                    self._cache(search.query, search.kind, backend, search.timelimit, answer)
+                    return SearchOutcome("web", answer, backend, list(dict.fromkeys(search.failures)), [])
+        search.pending = transient
+        if transient:
+            raise _TransientRound(", ".join(transient))
+        return None
 
     def _cache(
         self, query: str, kind: SearchKind, backend: str, timelimit: str | None, results: list[WebResult]
@@ -246,59 +261,36 @@ class WebSearcher:
                     return SearchOutcome("cache", [WebResult(**row) for row in rows][:limit], backend, [], [])
         return None
 
-    def _attempt(
-        self,
-        query: str,
-        kind: SearchKind,
-        backend: str,
-        timelimit: str | None,
-        limit: int,
-        deadline: float,
-        failures: list[str],
-    ) -> list[WebResult] | Literal["transient"] | None:
+    def _attempt(self, search: _Search, backend: str) -> list[WebResult] | Literal["transient"] | None:
         """One request to one backend: its results (empty when it answered with none), ``"transient"``
         (rate limited or timed out: worth a retry after a backoff), or None (failed for good)."""
-        remaining = deadline - time.monotonic()
+        kind = search.kind
+        remaining = search.deadline - time.monotonic()
         self._state.count("search_requests")
         try:
             raw = call_with_deadline(
-                lambda: self._one_request(query, kind, backend, timelimit), remaining, name=f"ddgs-{backend}"
+                lambda: self._one_request(search, backend), remaining, name=f"search-{backend}"
             )
-        except (_RateLimited, _BackendTimeout, TimeoutError) as exc:
-            reason = "rate limited" if isinstance(exc, _RateLimited) else "timed out"
-            failures.append(f"{kind}:{backend} {reason} ({exc or f'no answer in {remaining:.1f}s'})")
+        except (BackendRateLimited, BackendTimeout, TimeoutError) as exc:
+            reason = "rate limited" if isinstance(exc, BackendRateLimited) else "timed out"
+            search.failures.append(f"{kind}:{backend} {reason} ({exc or f'no answer in {remaining:.1f}s'})")
             return "transient"
-        except _BackendFailed as exc:
-            # connection refused, DNS, TLS, a page it cannot parse: a retry would fail the same way
-            failures.append(f"{kind}:{backend} failed ({exc})")
+        except BackendFailed as exc:
+            # connection refused, DNS, TLS, a bad key, a page it cannot parse: a retry would fail the same way
+            search.failures.append(f"{kind}:{backend} failed ({exc})")
             return None
-        results = _normalise(raw, kind, backend, limit)
+        results = _normalise(raw, kind, backend, search.limit)
         if not results:
-            failures.append(f"{kind}:{backend} found nothing")
+            search.failures.append(f"{kind}:{backend} found nothing")
         return results
 
-    def _one_request(self, query: str, kind: SearchKind, backend: str, timelimit: str | None) -> list[Any]:
-        from ddgs.exceptions import DDGSException, TimeoutException
-
+    def _one_request(self, search: _Search, backend: str) -> list[Any]:
         s = self._settings
-        engine = self._engines[kind][backend](proxy=s.search_proxy, timeout=s.search_request_timeout_s)
-        recorder = _StatusRecorder(engine.http_client)
-        engine.http_client = recorder  # type: ignore[assignment]
-        try:
-            raw = engine.search(query, region=s.region, safesearch=s.safesearch, timelimit=timelimit)
-        except TimeoutException as exc:
-            raise _BackendTimeout(str(exc)) from exc
-        except Exception as exc:  # DDGSException (network, TLS, no token) or a parse error on an odd page
-            if limited := [code for code in recorder.statuses if code in RATE_LIMIT_STATUSES]:
-                raise _RateLimited(f"HTTP {limited[-1]}") from exc
-            detail = str(exc) if isinstance(exc, DDGSException) else f"{type(exc).__name__}: {exc}"
-            raise _BackendFailed(detail[:200]) from exc
-        if not raw:
-            if limited := [code for code in recorder.statuses if code in RATE_LIMIT_STATUSES]:
-                raise _RateLimited(f"HTTP {limited[-1]}")
-            if recorder.statuses and all(code >= 500 for code in recorder.statuses):
-                raise _BackendFailed(f"HTTP {recorder.statuses[-1]}")
-        return list(raw or [])
+        if backend == SEARXNG:
+            return searxng_request(s, search.query, search.kind, search.timelimit)
+        if backend == BRAVE_API:
+            return brave_request(s, search.query, search.kind, search.timelimit, search.limit)
+        return ddgs_request(self._engines[search.kind][backend], s, search.query, search.timelimit)
 
     def _corpus_fallback(self, query: str, limit: int, failures: list[str]) -> SearchOutcome:
         reason = "; ".join(failures) or "no backend answered"

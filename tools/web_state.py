@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from deepscout.settings import WebSettings
+from deepscout.tools.extraction_pool import ExtractionLimits, ExtractionPool
 from deepscout.tools.guards import DomainRateLimiter
 from deepscout.tools.quotas import ToolQuotaExceeded
 
@@ -26,13 +27,25 @@ QuotaKind = Literal["search", "fetch"]
 class WebRunState:
     settings: WebSettings
     rate_limiter: DomainRateLimiter
+    extraction: ExtractionPool
+    """The worker processes that turn fetched bodies into text (started on the first fetch)."""
     counters: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def start(cls, settings: WebSettings) -> WebRunState:
-        """A fresh state for one run: no counts, a rate limiter of its own."""
-        return cls(settings=settings, rate_limiter=DomainRateLimiter(settings.per_domain_min_interval_s))
+        """A fresh state for one run: no counts, a rate limiter and extraction workers of its own."""
+        limits = ExtractionLimits(
+            deadline_s=settings.extract_deadline_s,
+            memory_bytes=settings.extract_memory_mb << 20,
+            workers=settings.extract_workers,
+            max_chars=settings.max_text_chars,
+        )
+        return cls(
+            settings=settings,
+            rate_limiter=DomainRateLimiter(settings.per_domain_min_interval_s),
+            extraction=ExtractionPool(limits),
+        )
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:

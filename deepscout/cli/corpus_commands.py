@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from deepscout.cli.output import fail
+from deepscout.cli.output import fail, plain
 from deepscout.memory.schemas import AddReport, ProgressCallback
 
 if TYPE_CHECKING:
@@ -75,8 +75,11 @@ def _default_collection(path: Path) -> str:
 
 def _print_report(report: AddReport) -> None:
     Console().print(
-        f"[bold]{report.collection}[/]: {report.added} added, {report.updated} updated, "
-        f"{report.unchanged} unchanged (content hash {report.content_hash[:12]})"
+        plain(report.collection, "bold"),
+        f": {report.added} added, {report.updated} updated, {report.unchanged} unchanged "
+        f"(content hash {report.content_hash[:12]})",
+        sep="",
+        markup=False,
     )
 
 
@@ -130,12 +133,12 @@ def search(
         database.dispose()
     console = Console()
     if not hits:
-        console.print(f"No documents match {query!r}.")
+        console.print(plain(f"No documents match {query!r}."))
         return
     table = Table("#", "score", "title", "source", "snippet", show_lines=False)
     for rank, hit in enumerate(hits, start=1):
         source = f"{hit.collection}:{hit.source_id}"
-        table.add_row(str(rank), f"{hit.score:.2f}", hit.title, source, hit.snippet)
+        table.add_row(str(rank), f"{hit.score:.2f}", plain(hit.title), plain(source), plain(hit.snippet))
     console.print(table)
 
 
@@ -157,11 +160,11 @@ def list_collections() -> None:
     table = Table("collection", "documents", "content hash", "updated", "description")
     for info in collections:
         table.add_row(
-            info.name,
+            plain(info.name),
             str(info.document_count),
-            (info.content_hash or "")[:12],
+            (info.content_hash or "")[:12] or "incomplete: add it again",
             info.updated_at.strftime("%Y-%m-%d %H:%M"),
-            info.description or "",
+            plain(info.description or ""),
         )
     console.print(table)
 
@@ -178,7 +181,7 @@ def remove(collection: Annotated[str, typer.Argument(help="The collection to del
         fail(str(exc))
     finally:
         database.dispose()
-    Console().print(f"Removed collection [bold]{collection}[/] ({removed} documents).")
+    Console().print(plain(f"Removed collection {collection} ({removed} documents)."))
 
 
 @app.command("fetch-demo")

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deepscout.cli.output import fail
+from deepscout.cli.output import fail, plain
 
 app = typer.Typer(help="Fetch and inspect models.", no_args_is_help=True)
 console = Console()
@@ -23,10 +23,10 @@ def _fetch_smollm2(force: bool) -> None:
     from deepscout.settings import Settings
 
     try:
-        folder = fetch_smollm2(Settings(), force=force, log=lambda line: console.print(f"[dim]{line}[/]"))
+        folder = fetch_smollm2(Settings(), force=force, log=lambda line: console.print(plain(line, "dim")))
     except ModelFetchError as error:
         fail(str(error))
-    console.print(f"[green]SmolLM2 ready[/] in {folder}")
+    console.print("[green]SmolLM2 ready[/] in ", plain(folder), sep="")
 
 
 @app.command("fetch")
@@ -60,9 +60,9 @@ def list_models() -> None:
             status = "remote; DEEPSCOUT_OPENAI_BASE_URL / DEEPSCOUT_OPENAI_API_KEY"
         else:
             status = "local path"
-        table.add_row(entry.usage, status)
+        table.add_row(plain(entry.usage), plain(status))
     console.print(table)
-    console.print(f"default model: [bold]{settings.model}[/] (DEEPSCOUT_MODEL)")
+    console.print("default model: ", plain(settings.model, "bold"), " (DEEPSCOUT_MODEL)", sep="")
 
 
 @app.command("info")
@@ -80,11 +80,11 @@ def info(
     except ChatModelError as error:
         fail(str(error))
     table = Table("field", "value", show_header=False)
-    table.add_row("spec", chosen)
+    table.add_row("spec", plain(chosen))
     table.add_row("backend", type(model).__name__)
     table.add_row("context window", f"{model.context_window:,} tokens")
     for key, value in model._identifying_params.items():
-        table.add_row(key, str(value))
+        table.add_row(key, plain(value))
     console.print(table)
 
 
@@ -106,6 +106,7 @@ def setup(
     except DeepscoutError as error:
         fail(str(error))
     console.print(
-        f"[green]demo corpus ready[/]: collection {report.collection!r}, {report.total:,} documents "
-        f"({report.added:,} new)"
+        "[green]demo corpus ready[/]: ",
+        plain(f"collection {report.collection!r}, {report.total:,} documents ({report.added:,} new)"),
+        sep="",
     )

@@ -48,6 +48,18 @@ REFUSED_ADDRESSES = {
     "NAT64 wrapping private": "64:ff9b::a00:1",
     "broadcast": "255.255.255.255",
     "documentation range": "192.0.2.10",
+    "local-use NAT64 64:ff9b:1::/48": "64:ff9b:1::a00:1",
+    "IPv4-translated (SIIT) loopback": "::ffff:0:7f00:1",
+    "IPv4-translated (SIIT) public": "::ffff:0:808:808",
+    "IETF protocol assignment 192.0.0.8": "192.0.0.8",
+    "NAT64 discovery 192.0.0.170": "192.0.0.170",
+    "Teredo": "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "benchmarking 198.18/15": "198.19.0.1",
+    "reserved 240/4": "240.0.0.1",
+    "discard-only 100::/64": "100::1",
+    "documentation v6": "2001:db8::1",
+    "site-local v6": "fec0::1",
+    "outside 2000::/3": "4000::1",
 }
 
 
@@ -60,6 +72,24 @@ def test_every_non_public_address_class_is_refused(address: str) -> None:
 @pytest.mark.parametrize("address", ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c", "1.1.1.1"])
 def test_public_addresses_pass(address: str) -> None:
     vet_address(ipaddress.ip_address(address), STRICT)
+
+
+def test_the_deny_table_decides_not_ipaddress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's ``is_global`` is never asked: with it claiming every address is global, the table still
+    refuses the ranges it holds (``[::ffff:0:7f00:1]``, the SIIT form of 127.0.0.1, among them)."""
+    monkeypatch.setattr(ipaddress.IPv4Address, "is_global", property(lambda self: True))
+    monkeypatch.setattr(ipaddress.IPv6Address, "is_global", property(lambda self: True))
+    for address in ("::ffff:0:7f00:1", "64:ff9b:1::1", "192.0.0.8", "10.0.0.1"):
+        with pytest.raises(UnsafeUrlError):
+            vet_address(ipaddress.ip_address(address), STRICT)
+    with pytest.raises(UnsafeUrlError, match=r"IPv4-translated"):
+        asyncio.run(GuardedHttpClient(STRICT, DomainRateLimiter(0.0)).get("http://[::ffff:0:7f00:1]/"))
+
+
+def test_credentials_in_a_refused_url_are_not_echoed() -> None:
+    with pytest.raises(UnsafeUrlError) as refusal:
+        check_url("http://admin:hunter2secret@example.com/", STRICT)
+    assert "hunter2secret" not in str(refusal.value) and "***@example.com" in str(refusal.value)
 
 
 def test_metadata_and_multicast_stay_refused_even_when_private_and_loopback_are_allowed() -> None:

@@ -8,6 +8,12 @@ DeepSeek's rules are followed for every server: thinking is switched with
 ``tool_choice`` is never sent (the API answers 400), and the ``reasoning_content`` of an assistant
 tool-call turn is sent back with it (the API answers 400 when it is missing). Requests always stream, so
 the deadline and cancellation are honoured between chunks; token usage comes from the server.
+
+Connection errors and HTTP 408/409/429/5xx are retried (``max_retries`` times) through the shared
+:class:`~deepscout.retry_policy.RetryPolicy`, within the call's deadline, before the stream starts. Error
+text never carries the API key or credentials written into the base URL: a server that echoes the
+``Authorization`` header in its error body is masked (:mod:`deepscout.redaction`) before the error is
+raised, so nothing stored or printed holds the key.
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ from deepscout.model_runtime.chat.exceptions import ChatBackendError, Generation
 from deepscout.model_runtime.chat.interface import BackendChatModel, ChatCall
 from deepscout.model_runtime.chat.message_text import content_text
 from deepscout.model_runtime.chat.usage import Usage, usage_fields
+from deepscout.redaction import redact_secrets, redact_url
+from deepscout.retry_policy import RetryPolicy
 
 if TYPE_CHECKING:
     import openai
+    from openai.types.chat import ChatCompletionChunk
 
     from deepscout.settings import Settings
 
@@ -46,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 DEEPSEEK_V4_CONTEXT_WINDOW = 1_048_576
 DEFAULT_CONTEXT_WINDOW = 131_072
+RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRY_FIRST_DELAY_S = 0.5
 FORCED_TOOL_CHOICES = ("any", "required")
 
 
@@ -78,8 +89,15 @@ class OpenAICompatChatModel(BackendChatModel):
             base_url=self.base_url,
             api_key=self.api_key.get_secret_value(),
             timeout=self.timeout_s,
-            max_retries=self.max_retries,
+            max_retries=0,  # retries go through the shared RetryPolicy (see _create)
         )
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {**super()._identifying_params, "base_url": redact_url(self.base_url)}
+
+    def _redacted(self, text: str) -> str:
+        return redact_secrets(text, [self.api_key.get_secret_value()])
 
     @property
     def serves_threads_concurrently(self) -> bool:
@@ -147,21 +165,29 @@ class OpenAICompatChatModel(BackendChatModel):
         control.check("request")
         remaining = control.remaining()
         timeout = self.timeout_s if remaining is None else max(0.001, min(self.timeout_s, remaining))
+        policy = RetryPolicy(attempts=self.max_retries + 1, first_delay_s=RETRY_FIRST_DELAY_S)
+        server = redact_url(self.base_url)
+
+        def create() -> openai.Stream[ChatCompletionChunk]:
+            return self._client.chat.completions.create(**request, timeout=timeout)
+
         try:
-            stream = self._client.chat.completions.create(**request, timeout=timeout)
+            stream = policy.retrying(_worth_retrying, deadline=control.deadline)(create)
         except openai.APITimeoutError as error:  # before APIConnectionError, its base class
             if control.deadline is not None:
                 raise GenerationDeadlineExceeded("deadline exceeded waiting for the server") from error
-            raise
+            raise ChatBackendError(f"{server} did not answer within {timeout:g}s") from None
         except openai.APIConnectionError as error:
             raise ChatBackendError(
-                f"cannot reach {self.base_url} ({error}); start the server or set DEEPSCOUT_OPENAI_BASE_URL"
-            ) from error
+                self._redacted(
+                    f"cannot reach {server} ({error}); start the server or set DEEPSCOUT_OPENAI_BASE_URL"
+                )
+            ) from None
         except openai.APIStatusError as error:
             raise ChatBackendError(
-                f"{self.base_url} answered HTTP {error.status_code}: {_error_text(error)}",
+                self._redacted(f"{server} answered HTTP {error.status_code}: {_error_text(error)}"),
                 status_code=error.status_code,
-            ) from error
+            ) from None
         with stream:
             try:
                 for event in stream:
@@ -179,12 +205,24 @@ class OpenAICompatChatModel(BackendChatModel):
         chunks = self._respond_stream(call)
         merged = next(chunks, None)
         if merged is None:
-            raise ChatBackendError(f"{self.base_url} returned an empty stream")
+            raise ChatBackendError(f"{redact_url(self.base_url)} returned an empty stream")
         for chunk in chunks:
             merged += chunk
         message = message_chunk_to_message(merged.message)
         assert isinstance(message, AIMessage)
         return message
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    """Connection errors and the statuses a server answers when busy or restarting (not timeouts: the
+    deadline decides those)."""
+    import openai
+
+    if isinstance(error, openai.APITimeoutError):
+        return False
+    if isinstance(error, openai.APIConnectionError):
+        return True
+    return isinstance(error, openai.APIStatusError) and error.status_code in RETRIED_STATUSES
 
 
 def _tool_choice(choice: str | dict[str, Any] | bool | None) -> str | dict[str, Any] | None:
