@@ -166,8 +166,30 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         result[f"decode_b{batch}_floor_ms"] = round(floor_ms, 2)
         result[f"decode_b{batch}_x_floor"] = round(ms / floor_ms, 2)
     result["graph_replays"] = engine.runner.decoder.graph_replays
+    if opts.profile:
+        profile_decode(engine, request(8))
     result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
+
+
+def profile_decode(engine: Engine, request: GenerationRequest) -> None:
+    """GPU time per kernel over three eager batch-1 decode steps (the graph replays the same kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder = engine.runner.decoder
+    decoder.use_graphs = False
+    rid = engine.add_request(request)
+    while not any(out.request_id == rid and out.new_token_ids for out in engine.step()):
+        pass
+    engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            engine.step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+    while engine.has_unfinished():
+        engine.step()
 
 
 def main() -> None:
@@ -181,6 +203,7 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", action="store_true", help="print GPU time per kernel of decode steps")
     opts = parser.parse_args()
     result = run(opts)
     for key, value in result.items():

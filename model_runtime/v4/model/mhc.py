@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepscout.model_runtime.v4.kernels.hc_mix import hc_mix
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.primitives import rms_normalize
 from deepscout.model_runtime.v4.model_config import ModelArgs
 
@@ -37,20 +39,14 @@ def hc_split(
     scale: torch.Tensor,
     base: torch.Tensor,
     hc: HcSettings,
+    kernels: KernelImpl = "reference",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """mHC mappings from streams `[n, hc, dim]`: collapsed input `[n, dim]`, post `[n, hc]`, and the
-    doubly-stochastic (Sinkhorn-Knopp) residual mix `[n, hc, hc]`, the latter two in float32."""
-    n, eps = streams.shape[1], hc.eps
+    doubly-stochastic (Sinkhorn-Knopp) residual mix `[n, hc, hc]`, the latter two in float32
+    (`kernels/hc_mix.py` computes them from the mixing logits)."""
     mixes = F.linear(rms_normalize(streams.flatten(1).float(), hc.norm_eps), fn.float())
-    pre_w, post_w, comb_w = mixes.split([n, n, n * n], dim=-1)
-    pre_b, post_b, comb_b = base.split([n, n, n * n])
-    pre = torch.sigmoid(pre_w * scale[0] + pre_b) + eps
-    post = 2 * torch.sigmoid(post_w * scale[1] + post_b)
-    comb = torch.softmax(comb_w.view(-1, n, n) * scale[2] + comb_b.view(n, n), dim=-1) + eps
-    comb = comb / (comb.sum(dim=-2, keepdim=True) + eps)
-    for _ in range(hc.sinkhorn_iters - 1):
-        comb = comb / (comb.sum(dim=-1, keepdim=True) + eps)
-        comb = comb / (comb.sum(dim=-2, keepdim=True) + eps)
+    n_streams, iters = streams.shape[1], hc.sinkhorn_iters
+    pre, post, comb = hc_mix(mixes, scale, base, hc=n_streams, iters=iters, eps=hc.eps, impl=kernels)
     collapsed = (pre.unsqueeze(-1) * streams).sum(dim=1).to(streams.dtype)
     return collapsed, post, comb
 

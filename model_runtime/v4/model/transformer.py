@@ -66,10 +66,10 @@ class Block(nn.Module):
         """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
         the device decode step's)."""
         hc = HcSettings.of(self.args)
-        x, post, comb = hc_split(streams, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, hc)
+        x, post, comb = hc_split(streams, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, hc, kernels)
         dtype = self.attn.wq_a.weight.dtype
         streams = hc_merge(attend(self.attn_norm(x).to(dtype)), streams, post, comb)
-        x, post, comb = hc_split(streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, hc)
+        x, post, comb = hc_split(streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, hc, kernels)
         return hc_merge(self.ffn(self.ffn_norm(x).to(dtype), token_ids, kernels), streams, post, comb)
 
 
