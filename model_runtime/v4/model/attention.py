@@ -112,7 +112,8 @@ class Attention(nn.Module):
         rope, compress_rope = batch.rope, batch.compress_rope
         n = x.shape[0]
         q_residual = self.q_norm(self.wq_a(x))
-        q = rms_normalize(self.wq_b(q_residual).view(n, self.n_heads, self.head_dim), self.args.rms_norm_eps)
+        q = self.wq_b(q_residual).view(n, self.n_heads, self.head_dim)
+        q = rms_normalize(q, self.args.rms_norm_eps, batch.kernels)
         q = apply_rope(q, rope)
         kv = apply_rope(self.kv_norm(self.wkv(x)), rope)
         index = None if self.indexer is None else self.indexer.queries(x, q_residual, rope)

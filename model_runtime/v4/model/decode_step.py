@@ -70,7 +70,7 @@ def decode_attention(
     """The layer's attention output `[B, hidden]` for normed inputs `x` `[B, hidden]`."""
     n, heads, dim = x.shape[0], attn.n_heads, attn.head_dim
     q_residual = attn.q_norm(attn.wq_a(x))
-    q = rms_normalize(attn.wq_b(q_residual).view(n, heads, dim), attn.args.rms_norm_eps)
+    q = rms_normalize(attn.wq_b(q_residual).view(n, heads, dim), attn.args.rms_norm_eps, step.kernels)
     q = apply_rope(q, rope)
     kv = apply_rope(attn.kv_norm(attn.wkv(x)), rope)
     ring = step.positions % attn.window

@@ -44,7 +44,7 @@ def hc_split(
     """mHC mappings from streams `[n, hc, dim]`: collapsed input `[n, dim]`, post `[n, hc]`, and the
     doubly-stochastic (Sinkhorn-Knopp) residual mix `[n, hc, hc]`, the latter two in float32
     (`kernels/hc_mix.py` computes them from the mixing logits)."""
-    mixes = F.linear(rms_normalize(streams.flatten(1).float(), hc.norm_eps), fn.float())
+    mixes = F.linear(rms_normalize(streams.flatten(1).float(), hc.norm_eps, kernels), fn.float())
     n_streams, iters = streams.shape[1], hc.sinkhorn_iters
     pre, post, comb = hc_mix(mixes, scale, base, hc=n_streams, iters=iters, eps=hc.eps, impl=kernels)
     collapsed = (pre.unsqueeze(-1) * streams).sum(dim=1).to(streams.dtype)

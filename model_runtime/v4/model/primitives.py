@@ -12,28 +12,30 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope
 from deepscout.model_runtime.v4.model_config import YarnScaling
 
 # ----------------------------------------------------------------------------------------------- norms
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with a float32 weight; computes in float32 and casts back once."""
+    """RMSNorm with a float32 weight; computes in float32 and casts back once (`kernels/norm_rope.py`;
+    `kernels` is set by the model for all its norms)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
+        self.kernels: KernelImpl = "reference"
         self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight * xf).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, impl=self.kernels)
 
 
-def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_normalize(x: torch.Tensor, eps: float, kernels: KernelImpl = "reference") -> torch.Tensor:
     """Weightless RMS normalisation over the last dim (the scale is computed in float32)."""
-    return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps).to(x.dtype)
+    return rms_norm(x, None, eps, impl=kernels)
 
 
 # ------------------------------------------------------------------------------------------------ RoPE
@@ -62,13 +64,15 @@ def rope_inv_freq(rope_dim: int, theta: float, yarn: YarnScaling | None) -> torc
 
 @dataclass(frozen=True)
 class RopeSpec:
-    """A RoPE flavour: inverse frequencies and the attention scaling folded into cos/sin."""
+    """A RoPE flavour: inverse frequencies, the attention scaling folded into cos/sin, and the kernels
+    its tables apply the rotation with."""
 
     inv_freq: torch.Tensor
     scaling: float = 1.0
+    kernels: KernelImpl = "reference"
 
     def at(self, positions: torch.Tensor) -> RopeTable:
-        return RopeTable.at(positions, self.inv_freq, self.scaling)
+        return RopeTable.at(positions, self.inv_freq, self.scaling, self.kernels)
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,18 @@ class RopeTable:
 
     cos: torch.Tensor
     sin: torch.Tensor
+    kernels: KernelImpl = "reference"
 
     @classmethod
-    def at(cls, positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0) -> RopeTable:
+    def at(
+        cls,
+        positions: torch.Tensor,
+        inv_freq: torch.Tensor,
+        scaling: float = 1.0,
+        kernels: KernelImpl = "reference",
+    ) -> RopeTable:
         freqs = positions.float()[..., None] * inv_freq.to(positions.device)
-        return cls(freqs.cos() * scaling, freqs.sin() * scaling)
+        return cls(freqs.cos() * scaling, freqs.sin() * scaling, kernels)
 
 
 def apply_rope(x: torch.Tensor, table: RopeTable, *, inverse: bool = False) -> torch.Tensor:
@@ -89,14 +100,4 @@ def apply_rope(x: torch.Tensor, table: RopeTable, *, inverse: bool = False) -> t
 
     `inverse` applies the conjugate rotation (used on the attention output, paper §2.3.3).
     """
-    cos = table.cos.repeat_interleave(2, dim=-1)
-    sin = table.sin.repeat_interleave(2, dim=-1)
-    if inverse:
-        sin = -sin
-    if x.dim() == 3:
-        cos, sin = cos[:, None], sin[:, None]
-    rope_dim = cos.shape[-1]
-    nope, rope = x[..., :-rope_dim], x[..., -rope_dim:]
-    rotated_half = torch.stack((-rope[..., 1::2], rope[..., 0::2]), dim=-1).flatten(-2)
-    rotated = (rope.float() * cos + rotated_half.float() * sin).to(x.dtype)
-    return torch.cat([nope, rotated], dim=-1)
+    return rope(x, table.cos, table.sin, inverse=inverse, impl=table.kernels)

@@ -99,7 +99,6 @@ class DeepseekV4Model(nn.Module):
         super().__init__()
         self.args = args
         self.attn_impl: AttnImpl = attn_impl
-        self.kernels: KernelImpl = kernels
         self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = nn.ModuleList(
             Block(args, kind, mlp == "hash_moe")
@@ -120,12 +119,25 @@ class DeepseekV4Model(nn.Module):
         )
         self.compress_rope_scaling = 1.0 if args.rope_scaling is None else args.rope_scaling.attention_factor
         self._hc = HcSettings.of(args)
+        self.kernels = kernels
+
+    @property
+    def kernels(self) -> KernelImpl:
+        """Which path every fused operation takes: "reference" (PyTorch) or "triton"."""
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, kernels: KernelImpl) -> None:
+        self._kernels: KernelImpl = kernels
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.kernels = kernels
 
     def rope_spec(self, kind: LayerKind) -> RopeSpec:
         """Sliding layers use the main RoPE; CSA/HCA layers and their compressors YaRN's."""
         if kind is LayerKind.SLIDING:
-            return RopeSpec(self.main_inv_freq)
-        return RopeSpec(self.compress_inv_freq, self.compress_rope_scaling)
+            return RopeSpec(self.main_inv_freq, kernels=self.kernels)
+        return RopeSpec(self.compress_inv_freq, self.compress_rope_scaling, self.kernels)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -1,0 +1,48 @@
+"""RMS normalisation and rotary embeddings of the V4 forward pass, each one launch on the fused path.
+
+* `rms_norm(x, weight, eps)`: over the last dim, statistics in float32. With a weight (the `RMSNorm`
+  module): `(weight * x·rsqrt(mean(x²) + eps)).to(x.dtype)`; without (`rms_normalize`): the scale is cast
+  to x's dtype first, `x * rsqrt(mean(x²) + eps).to(x.dtype)`.
+* `rope(x, cos, sin, inverse)`: rotates the trailing `2·len(cos)` channels of `x` `[n, (heads,) dim]` as
+  interleaved pairs with per-row cos/sin (float32); `inverse` applies the conjugate rotation.
+
+"reference" is the PyTorch arithmetic (several launches each); "triton" computes the same in one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, impl: KernelImpl) -> torch.Tensor:
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.norm_rope_triton import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps)
+    if weight is None:
+        return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps).to(x.dtype)
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight * xf).to(x.dtype)
+
+
+def rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inverse: bool, impl: KernelImpl
+) -> torch.Tensor:
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.norm_rope_triton import rope_triton
+
+        return rope_triton(x, cos, sin, inverse=inverse)
+    cos = cos.repeat_interleave(2, dim=-1)
+    sin = sin.repeat_interleave(2, dim=-1)
+    if inverse:
+        sin = -sin
+    if x.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    rope_dim = cos.shape[-1]
+    nope, rot = x[..., :-rope_dim], x[..., -rope_dim:]
+    rotated_half = torch.stack((-rot[..., 1::2], rot[..., 0::2]), dim=-1).flatten(-2)
+    rotated = (rot.float() * cos + rotated_half.float() * sin).to(x.dtype)
+    return torch.cat([nope, rotated], dim=-1)

@@ -1,0 +1,124 @@
+"""The Triton kernels behind `rms_norm` and `rope` with impl="triton" (contracts in `norm_rope.py`).
+
+RMS norm: one program per row, the whole row in registers. RoPE: one program per (token, block of
+heads); the pass-through channels are copied, the rotated pairs read as (even, odd) halves.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    X, W, OUT, dim, stride_x, stride_out, eps, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    live = cols < dim
+    x = tl.load(X + row * stride_x + cols, mask=live, other=0.0)
+    xf = x.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(xf * xf, axis=0) / dim + eps)
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=live, other=0.0).to(tl.float32)
+        out = w * (xf * inv)
+    else:
+        out = xf * inv.to(x.dtype).to(tl.float32)  # x · scale rounded to x's dtype, as PyTorch computes it
+    tl.store(OUT + row * stride_out + cols, out.to(OUT.dtype.element_ty), mask=live)
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    dim = x.shape[-1]
+    flat = x.reshape(-1, dim)
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    out = torch.empty(flat.shape, dtype=x.dtype, device=x.device)
+    if flat.shape[0]:
+        block = triton.next_power_of_2(dim)
+        _rms_norm_kernel[(flat.shape[0],)](
+            flat,
+            flat if weight is None else weight,
+            out,
+            dim,
+            flat.stride(0),
+            out.stride(0),
+            eps,
+            HAS_WEIGHT=weight is not None,
+            BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
+        )
+    return out.view(x.shape)
+
+
+@triton.jit
+def _rope_kernel(
+    X,
+    COS,
+    SIN,
+    OUT,
+    n_heads,
+    dim,
+    stride_xt,
+    stride_xh,
+    stride_ot,
+    stride_oh,
+    stride_c,
+    sign,
+    NOPE: tl.constexpr,
+    HALF: tl.constexpr,
+    NOPE_BLOCK: tl.constexpr,
+    HB: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    heads = tl.program_id(1) * HB + tl.arange(0, HB)
+    hmask = heads < n_heads
+    x_row = X + token * stride_xt + heads[:, None] * stride_xh
+    o_row = OUT + token * stride_ot + heads[:, None] * stride_oh
+    if NOPE > 0:
+        cols = tl.arange(0, NOPE_BLOCK)
+        keep = hmask[:, None] & (cols[None, :] < NOPE)
+        tl.store(o_row + cols[None, :], tl.load(x_row + cols[None, :], mask=keep, other=0.0), mask=keep)
+    pairs = tl.arange(0, HALF)
+    cos = tl.load(COS + token * stride_c + pairs)[None, :]
+    sin = tl.load(SIN + token * stride_c + pairs)[None, :] * sign
+    even_at = NOPE + 2 * pairs[None, :]
+    even = tl.load(x_row + even_at, mask=hmask[:, None], other=0.0)
+    odd = tl.load(x_row + even_at + 1, mask=hmask[:, None], other=0.0)
+    ef, of = even.to(tl.float32), odd.to(tl.float32)
+    tl.store(o_row + even_at, (ef * cos - of * sin).to(OUT.dtype.element_ty), mask=hmask[:, None])
+    tl.store(o_row + even_at + 1, (of * cos + ef * sin).to(OUT.dtype.element_ty), mask=hmask[:, None])
+
+
+def rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+    x3 = x if x.dim() == 3 else x.unsqueeze(1)
+    if x3.stride(-1) != 1:
+        x3 = x3.contiguous()
+    n, heads, dim = x3.shape
+    half = cos.shape[-1]
+    out = torch.empty(x3.shape, dtype=x.dtype, device=x.device)
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    if n:
+        nope = dim - 2 * half
+        head_block = min(16, triton.next_power_of_2(heads))
+        _rope_kernel[(n, triton.cdiv(heads, head_block))](
+            x3,
+            cos,
+            sin,
+            out,
+            heads,
+            dim,
+            x3.stride(0),
+            x3.stride(1),
+            out.stride(0),
+            out.stride(1),
+            cos.stride(0),
+            -1.0 if inverse else 1.0,
+            NOPE=nope,
+            HALF=half,
+            NOPE_BLOCK=triton.next_power_of_2(max(nope, 1)),
+            HB=head_block,
+            num_warps=4,
+        )
+    return out if x.dim() == 3 else out.squeeze(1)

@@ -1,0 +1,37 @@
+"""The fused RMS-norm and RoPE kernels against their PyTorch reference, on fresh random inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_rms_norm_matches_reference(device: torch.device, dtype: torch.dtype, weighted: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(7, 3, 80, generator=g) * 4).to(device, dtype)
+    weight = (torch.rand(80, generator=g) + 0.5).to(device) if weighted else None
+    ref = rms_norm(x, weight, 1e-6, impl="reference")
+    out = rms_norm(x, weight, 1e-6, impl="triton")
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(out.float(), ref.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(5, 40), (5, 20, 40), (3, 3, 8)])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_rope_matches_reference(
+    device: torch.device, dtype: torch.dtype, shape: tuple[int, ...], inverse: bool
+) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(*shape, generator=g).to(device, dtype)
+    angles = torch.randn(shape[0], 4, generator=g).to(device)
+    cos, sin = angles.cos() * 1.3, angles.sin() * 1.3
+    ref = rope(x, cos, sin, inverse=inverse, impl="reference")
+    out = rope(x, cos, sin, inverse=inverse, impl="triton")
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert out.dtype == ref.dtype and torch.allclose(out.float(), ref.float(), rtol=tol, atol=tol)
