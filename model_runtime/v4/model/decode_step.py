@@ -25,6 +25,8 @@ import torch
 
 from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail
 from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
+from deepscout.model_runtime.v4.kernels.compress_step import compress_step
+from deepscout.model_runtime.v4.kernels.compressor_state import CompressorState
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_topk
 from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
@@ -149,37 +151,18 @@ def _compress(
     rope: RopeSpec,
 ) -> None:
     """Write the token into the compressor's tail and its window's (possibly provisional) entry."""
-    tail, keys = storage.tails[name], storage.entries[name]
-    ratio, slots = comp.ratio, step.slots
+    tail = storage.tails[name]
+    state = CompressorState(
+        tail_kv=tail.kv,
+        tail_gate=tail.gate,
+        overlap_kv=tail.overlap_kv,
+        overlap_gate=tail.overlap_gate,
+        ape=comp.ape,
+        norm_weight=comp.norm.weight,
+        norm_eps=comp.norm.eps,
+        pool=storage.entries[name].data,
+        block_tables=step.block_tables,
+    )
+    table = rope.at((step.positions // comp.ratio) * comp.ratio)
     kv, gate = comp.wkv(x), comp.wgate(x)
-    row = step.positions % ratio
-    tail.kv[slots, row] = kv.to(tail.kv.dtype)
-    tail.gate[slots, row] = gate.to(tail.gate.dtype)
-    window_kv = tail.kv[slots].to(kv.dtype)  # [B, ratio, width]
-    window_gate = tail.gate[slots].to(gate.dtype) + comp.ape
-    if comp.overlap:
-        assert tail.overlap_kv is not None and tail.overlap_gate is not None
-        d = comp.dim
-        prior_kv = tail.overlap_kv[slots].to(kv.dtype)
-        prior_gate = tail.overlap_gate[slots].to(gate.dtype)
-        has_prior = (step.positions >= ratio)[:, None, None]
-        slots_kv = torch.cat([prior_kv, window_kv[..., d:]], dim=1)
-        slots_gate = torch.cat([prior_gate.masked_fill(~has_prior, float("-inf")), window_gate[..., d:]], 1)
-        complete = (row == ratio - 1)[:, None, None]
-        tail.overlap_kv[slots] = torch.where(complete, window_kv[..., :d], prior_kv).to(tail.overlap_kv.dtype)
-        new_gate = torch.where(complete, window_gate[..., :d], prior_gate)
-        tail.overlap_gate[slots] = new_gate.to(tail.overlap_gate.dtype)
-    else:
-        slots_kv, slots_gate = window_kv, window_gate
-    weights = slots_gate.softmax(dim=1, dtype=torch.float32).to(slots_kv.dtype)
-    entry_index = step.positions // ratio
-    entry = comp.norm((slots_kv * weights).sum(dim=1))
-    entry = apply_rope(entry, rope.at(entry_index * ratio))
-    logical = (entry_index // keys.per_block)[:, None]
-    blocks = step.block_tables.gather(1, logical).squeeze(1).long()
-    _write_entries(keys, blocks, entry_index % keys.per_block, entry)
-
-
-def _write_entries(keys: PagedKeys, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
-    """Store rows in plain pools (the formats the decode path supports)."""
-    keys.data[blocks, offsets] = rows.to(keys.data.dtype)
+    compress_step(kv, gate, step.positions, step.slots, table.cos, table.sin, state, impl=step.kernels)
