@@ -6,10 +6,20 @@ The caller owns the transaction. Wrap writes in ``deepscout.memory.db.write_sess
 Sources, fetched pages and the web search cache are in :mod:`deepscout.memory.source_records`.
 
 Threads and messages
-    ``create_thread(s, *, thread_id=None, title=None)``,
+    ``create_thread(s, *, thread_id=None, title=None, owner=None)``,
     ``get_or_create_thread(s, *, thread_id, title=None)``,
     ``add_message(s, *, thread_id, role, content, run_id=None, meta=None)``,
-    ``list_messages(s, *, thread_id)``
+    ``list_messages(s, *, thread_id)``,
+    ``list_threads(s, *, owner, limit=100)`` (newest first), ``get_owned_thread(s, *, thread_id, owner)``,
+    ``delete_thread(s, *, thread_id)`` (with its jobs, their runs and events)
+
+Research jobs of the server (a question asked in a chat thread) and their events
+    ``create_job(s, *, thread_id, question, options=None, job_id=None)`` → ResearchJob ``queued``;
+    ``get_job(s, *, job_id)``, ``list_jobs(s, *, thread_id)``,
+    ``set_job_status(s, *, job_id, status, run_id=None, error=None)``;
+    ``add_events(s, *, job_id, events)`` (``JobEvent`` rows), ``list_events(s, *, job_id, after=0)``;
+    ``interrupt_unfinished_jobs(s)`` (after a restart: queued and running jobs become ``interrupted``);
+    ``prune(s, *, before)`` deletes threads, jobs and runs last touched before ``before``.
 
 Runs (the agent and the eval runner)
     ``create_run(s, *, question, settings=None, manifest=None, seed=None, sampling=None, thread_id=None,
@@ -27,17 +37,21 @@ Runs (the agent and the eval runner)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from deepscout.errors import DeepscoutError
 from deepscout.memory.tables import (
+    JOB_STATUSES,
     RUN_STATUSES,
     Answer,
     Message,
+    ResearchEvent,
+    ResearchJob,
     Run,
     Step,
     Thread,
@@ -46,6 +60,7 @@ from deepscout.memory.tables import (
 )
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+INTERRUPTED_BY_RESTART = "the server stopped during the run; resume it to continue"
 T = TypeVar("T")
 Finished = TypeVar("Finished", Step, Run)
 
@@ -57,8 +72,13 @@ class RecordNotFoundError(DeepscoutError, LookupError):
 # --- threads and messages ---------------------------------------------------------------------------
 
 
-def create_thread(session: Session, *, thread_id: str | None = None, title: str | None = None) -> Thread:
-    return _insert(session, Thread(title=title) if thread_id is None else Thread(id=thread_id, title=title))
+def create_thread(
+    session: Session, *, thread_id: str | None = None, title: str | None = None, owner: str | None = None
+) -> Thread:
+    thread = Thread(title=title, owner=owner)
+    if thread_id is not None:
+        thread.id = thread_id
+    return _insert(session, thread)
 
 
 def get_or_create_thread(session: Session, *, thread_id: str, title: str | None = None) -> Thread:
@@ -86,6 +106,133 @@ def add_message(
 
 def list_messages(session: Session, *, thread_id: str) -> list[Message]:
     return list(session.scalars(select(Message).where(Message.thread_id == thread_id).order_by(Message.id)))
+
+
+def list_threads(session: Session, *, owner: str, limit: int = 100) -> list[Thread]:
+    query = select(Thread).where(Thread.owner == owner).order_by(Thread.updated_at.desc(), Thread.id)
+    return list(session.scalars(query.limit(limit)))
+
+
+def get_owned_thread(session: Session, *, thread_id: str, owner: str) -> Thread | None:
+    """The thread if it exists and belongs to ``owner``; None otherwise (the same answer for both)."""
+    thread = session.get(Thread, thread_id)
+    return thread if thread is not None and thread.owner == owner else None
+
+
+def delete_thread(session: Session, *, thread_id: str) -> None:
+    """Delete the thread, its messages and jobs, and the runs (and their agent threads) of its jobs."""
+    job_ids = list(session.scalars(select(ResearchJob.id).where(ResearchJob.thread_id == thread_id)))
+    _delete_runs_and_threads(session, run_threads=job_ids, threads=[thread_id])
+
+
+def _delete_runs_and_threads(session: Session, *, run_threads: list[str], threads: list[str]) -> None:
+    """Delete the runs whose agent thread is in ``run_threads``, then those threads and ``threads``."""
+    session.execute(delete(Run).where(Run.thread_id.in_(run_threads)))
+    session.execute(delete(Thread).where(Thread.id.in_([*run_threads, *threads])))
+    session.flush()
+    session.expire_all()
+
+
+# --- research jobs of the server and their events --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One event of a job as stored: its number (the SSE id), type and payload."""
+
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+
+def create_job(
+    session: Session,
+    *,
+    thread_id: str,
+    question: str,
+    options: dict[str, Any] | None = None,
+    job_id: str | None = None,
+) -> ResearchJob:
+    _require(session, Thread, thread_id).updated_at = utcnow()
+    job = ResearchJob(thread_id=thread_id, question=question, options=options or {}, status="queued")
+    if job_id is not None:
+        job.id = job_id
+    return _insert(session, job)
+
+
+def get_job(session: Session, *, job_id: str) -> ResearchJob | None:
+    return session.get(ResearchJob, job_id)
+
+
+def list_jobs(session: Session, *, thread_id: str) -> list[ResearchJob]:
+    query = select(ResearchJob).where(ResearchJob.thread_id == thread_id)
+    return list(session.scalars(query.order_by(ResearchJob.created_at, ResearchJob.id)))
+
+
+def set_job_status(
+    session: Session, *, job_id: str, status: str, run_id: str | None = None, error: str | None = None
+) -> ResearchJob:
+    """Move the job to ``status``; a final status (not queued or running) stamps ``finished_at``."""
+    if status not in JOB_STATUSES:
+        raise ValueError(f"Unknown job status {status!r}; expected one of {', '.join(JOB_STATUSES)}")
+    job = _require(session, ResearchJob, job_id)
+    job.status, job.error = status, error
+    if run_id is not None:
+        job.run_id = run_id
+    job.finished_at = None if status in ("queued", "running") else utcnow()
+    session.flush()
+    return job
+
+
+def add_events(session: Session, *, job_id: str, events: Sequence[JobEvent]) -> None:
+    session.add_all(
+        ResearchEvent(job_id=job_id, seq=event.seq, type=event.type, data=event.data) for event in events
+    )
+    session.flush()
+
+
+def list_events(session: Session, *, job_id: str, after: int = 0) -> list[JobEvent]:
+    query = select(ResearchEvent).where(ResearchEvent.job_id == job_id, ResearchEvent.seq > after)
+    rows = session.scalars(query.order_by(ResearchEvent.seq))
+    return [JobEvent(seq=row.seq, type=row.type, data=row.data) for row in rows]
+
+
+def interrupt_unfinished_jobs(session: Session) -> int:
+    """Mark queued and running jobs (and their runs) ``interrupted``, as a restarted server finds them;
+    return how many jobs were marked."""
+    query = select(ResearchJob).where(ResearchJob.status.in_(("queued", "running")))
+    unfinished = list(session.scalars(query))
+    for job in unfinished:
+        set_job_status(session, job_id=job.id, status="interrupted", error=INTERRUPTED_BY_RESTART)
+    run_ids = [job.run_id for job in unfinished if job.run_id]
+    session.execute(
+        update(Run)
+        .where(Run.id.in_(run_ids), Run.status == "running")
+        .values(status="interrupted", finished_at=utcnow())
+    )
+    session.flush()
+    return len(unfinished)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    threads: int
+    runs: int
+
+
+def prune(session: Session, *, before: datetime) -> Pruned:
+    """Delete the threads last updated before ``before`` (with their jobs and the jobs' runs) and the
+    runs created before it that belong to no chat job still kept."""
+    threads = list(session.scalars(select(Thread.id).where(Thread.updated_at < before)))
+    job_ids = list(session.scalars(select(ResearchJob.id).where(ResearchJob.thread_id.in_(threads))))
+    kept_runs = select(ResearchJob.run_id).where(ResearchJob.run_id.is_not(None))
+    old_runs = select(Run.id).where(Run.created_at < before, Run.id.not_in(kept_runs))
+    run_ids = set(session.scalars(old_runs)) | set(
+        session.scalars(select(Run.id).where(Run.thread_id.in_(job_ids)))
+    )
+    session.execute(delete(Run).where(Run.id.in_(list(run_ids))))
+    _delete_runs_and_threads(session, run_threads=job_ids, threads=threads)
+    return Pruned(threads=len(threads), runs=len(run_ids))
 
 
 # --- runs, steps, tool calls, answers ---------------------------------------------------------------

@@ -35,6 +35,7 @@ from sqlalchemy.types import TypeDecorator
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 SOURCE_KINDS = ("corpus", "web")
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -79,6 +80,8 @@ class Thread(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     title: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    """Who may see the thread (the server's digest of an API token); None: not a chat thread."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -190,6 +193,42 @@ class Answer(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="answer")
+
+
+class ResearchJob(Base):
+    """One question asked in a chat thread through the server: its status and the events it streamed.
+
+    The id is also the agent's checkpoint thread, so an interrupted job resumes where it stopped.
+    """
+
+    __tablename__ = "research_jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN {JOB_STATUSES!r}", name="ck_research_jobs_status"),
+        Index("ix_research_jobs_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    question: Mapped[str] = mapped_column(Text)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class ResearchEvent(Base):
+    """One progress event of a research job, numbered 1, 2, 3… (the SSE event id)."""
+
+    __tablename__ = "research_events"
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_research_events_job_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("research_jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class CorpusCollection(Base):
