@@ -18,44 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from device_rates import ceilings, timed
 
 from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention, sparse_attention_reference
 
 HEADS, DIM, WINDOW, TOPK = 64, 512, 128, 512
 _SENTINEL = 2**62
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int = 20) -> float:
-    """Median seconds of `fn` (graph replays timed by CUDA events on the GPU, wall clock on the CPU)."""
-    fn()
-    if device.type != "cuda":
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    import triton.testing
-
-    # replayed from a CUDA graph: the kernels' time, not Python's launch overhead (decode runs in graphs)
-    return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")) / 1000
-
-
-def ceilings(device: torch.device) -> tuple[float, float]:
-    """(copy bytes/s counting read + write, bf16 matmul FLOP/s) measured on `device`."""
-    if device.type != "cuda":
-        return 0.0, 0.0
-    src = torch.randn(2**30 // 2, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    copy_s = timed(lambda: dst.copy_(src), device)
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    mm_s = timed(lambda: a @ b, device)
-    return 2 * src.nbytes / copy_s, 2 * 8192**3 / mm_s
 
 
 def make_case(
@@ -122,7 +95,7 @@ def measure(
             )
         return sparse_attention(q, band, entries, sink, qpos, scale=DIM**-0.5, window=WINDOW, impl="triton")
 
-    return timed(call, device)
+    return timed(call, device, graphs=True)
 
 
 def sweep(case: dict[str, Any], device: torch.device) -> dict[str, float]:
@@ -151,7 +124,8 @@ def main() -> None:
     heads, dim = (16, 64) if opts.small else (HEADS, DIM)
     contexts = [1024] if opts.small else [8192, 131072, 1048576]
     prefill_queries = 32 if opts.small else 2048
-    copy_rate, mm_rate = ceilings(device)
+    rates = ceilings(device)
+    copy_rate, mm_rate = rates.copy_bytes_per_s, rates.matmul_flop_per_s
     rows_out = []
     for context in contexts:
         for kind in ("hca", "csa"):

@@ -23,14 +23,13 @@ import argparse
 import json
 import os
 import platform
-import time
-from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from device_rates import Ceilings, ceilings, timed
 
 from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_scores, masked_topk
 from deepscout.model_runtime.v4.kernels.paged_keys import KeyFormat, PagedKeys, PagedRows
@@ -40,31 +39,6 @@ HEADS, DIM, TOPK, PER_BLOCK, PREFILL_QUERIES = 64, 128, 512, 32, 2048
 KEY_BYTES = {"plain": DIM * 2, "fp8": DIM, "mxfp4": DIM // 2 + DIM // 32}
 REFERENCE_MAX_BYTES = 40 << 30  # the reference materialises [M, heads, T] float32
 TOPK_CHUNKS = (4096, 16384)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Median seconds of `fn` (CUDA events on the GPU, one wall-clock run on the CPU), after a warm-up."""
-    fn()
-    if device.type != "cuda":
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")) / 1000
-
-
-def ceilings(device: torch.device) -> tuple[float, float]:
-    """(copy bytes/s counting read + write, bf16 matmul FLOP/s) measured on `device`."""
-    if device.type != "cuda":
-        return 0.0, 0.0
-    src = torch.randn(2**30 // 2, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    copy_s = timed(lambda: dst.copy_(src), device)
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    mm_s = timed(lambda: a @ b, device)
-    return 2 * 8192**3 / mm_s, 2 * 2**30 / copy_s
 
 
 def paged_keys(fmt: KeyFormat, n_keys: int, dim: int, device: torch.device, g: torch.Generator) -> PagedKeys:
@@ -117,7 +91,7 @@ def tile_candidates(queries: int, heads: int, sweep: bool) -> list[Any]:
 
 
 def run_case(
-    fmt: KeyFormat, kind: str, rows: int, keys: int, opts: argparse.Namespace, floors: tuple[float, float]
+    fmt: KeyFormat, kind: str, rows: int, keys: int, opts: argparse.Namespace, floors: Ceilings
 ) -> dict[str, Any]:
     from deepscout.model_runtime.v4.kernels.indexer_scores_triton import indexer_scores_triton
 
@@ -136,7 +110,7 @@ def run_case(
     chunked = {c: timed(partial(chunked_topk, scores, limit, TOPK, c), device) for c in TOPK_CHUNKS}
     assert_same_selection(scores, masked_topk(scores, limit, TOPK), chunked_topk(scores, limit, TOPK, 4096))
     total = scores_s + topk_s
-    matmul_flops, copy_bytes = floors
+    matmul_flops, copy_bytes = floors.matmul_flop_per_s, floors.copy_bytes_per_s
     m = q.shape[0]
     row: dict[str, Any] = {
         "case": kind,
@@ -226,7 +200,10 @@ def main() -> None:
         opts.heads, opts.dim, opts.prefill_queries, default_keys = HEADS, DIM, PREFILL_QUERIES, "32768,262144"
     key_counts = [int(k) for k in (opts.keys or default_keys).split(",")]
     floors = ceilings(torch.device(opts.device))
-    print(f"bf16 matmul {floors[0] / 1e12:.0f} TFLOP/s, copy {floors[1] / 1e9:.0f} GB/s (read + write)")
+    print(
+        f"bf16 matmul {floors.matmul_flop_per_s / 1e12:.0f} TFLOP/s, "
+        f"copy {floors.copy_bytes_per_s / 1e9:.0f} GB/s"
+    )
     results = []
     for fmt in opts.formats.split(","):
         for keys in key_counts:
@@ -240,8 +217,8 @@ def main() -> None:
     report = {
         "device": torch.cuda.get_device_name() if opts.device.startswith("cuda") else platform.processor(),
         "torch": torch.__version__,
-        "matmul_tflops": floors[0] / 1e12,
-        "copy_gbps": floors[1] / 1e9,
+        "matmul_tflops": floors.matmul_flop_per_s / 1e12,
+        "copy_gbps": floors.copy_bytes_per_s / 1e9,
         "results": results,
     }
     opts.json.parent.mkdir(parents=True, exist_ok=True)

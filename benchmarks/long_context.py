@@ -30,23 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from device_rates import ceilings
 
 from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, flash_shaped
-
-
-def ceilings(device: torch.device) -> tuple[float, float]:
-    """(copy bytes/s counting read + write, bf16 matmul FLOP/s), medians of timed repeats."""
-    import triton.testing
-
-    src = torch.randn(2**30 // 2, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    copy_s = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") / 1000
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    mm_s = triton.testing.do_bench(lambda: a @ b, return_mode="median") / 1000
-    return 2 * src.nbytes / copy_s, 2 * 8192**3 / mm_s
 
 
 def active_parameters(model: DeepseekV4Model) -> int:
@@ -96,7 +84,8 @@ def decode_bytes(args: ModelArgs, active: int, context: int, batch: int) -> floa
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cuda")
-    copy_rate, mm_rate = ceilings(device)
+    rates = ceilings(device)
+    copy_rate, mm_rate = rates.copy_bytes_per_s, rates.matmul_flop_per_s
     args = replace(
         flash_shaped(opts.layers), n_routed_experts=opts.experts, num_experts_per_tok=min(6, opts.experts)
     )

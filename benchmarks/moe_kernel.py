@@ -21,13 +21,12 @@ import argparse
 import json
 import os
 import platform
-import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from device_rates import Ceilings, ceilings, timed
 
 from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks, grouped_moe_reference
 
@@ -54,36 +53,6 @@ SWEEP = {
     ],
 }
 """Candidate tiles (block_m, gate_up_n, down_n, block_k, num_warps, num_stages) for `--sweep`."""
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Median seconds of `fn` (CUDA events on the GPU; on the CPU one wall-clock run), after a warm-up."""
-    fn()
-    if device.type != "cuda":
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")) / 1000
-
-
-def ceilings(device: torch.device) -> dict[str, float]:
-    """Copy rate (bytes read + written per second) and bf16 matmul rate (FLOP/s) measured on `device`."""
-    cuda = device.type == "cuda"
-    elements = (2**31 if cuda else 2**27) // 2
-    src = torch.randn(elements, device=device).to(torch.bfloat16)
-    dst = torch.empty_like(src)
-    copy_s = timed(lambda: dst.copy_(src), device)
-    size = 8192 if cuda else 1024
-    a = torch.randn(size, size, device=device).to(torch.bfloat16)
-    b = torch.randn(size, size, device=device).to(torch.bfloat16)
-    mm_s = timed(lambda: a @ b, device)
-    return {
-        "copy_bytes_per_s": 2 * src.nbytes / copy_s,
-        "matmul_flop_per_s": 2 * size**3 / mm_s,
-        "matmul_n": size,
-    }
 
 
 def make_case(
@@ -117,7 +86,7 @@ def measure(
 
 def run_case(
     device: torch.device, phase: str, tokens: int, experts: int, shape: tuple[int, int, int], sweep: bool,
-    rates: dict[str, float],
+    rates: Ceilings,
 ) -> dict[str, Any]:  # fmt: skip
     from deepscout.model_runtime.v4.kernels.grouped_moe_triton import TileConfig, choose_tiles, group_pairs
 
@@ -145,10 +114,10 @@ def run_case(
     active = int(torch.unique(case["indices"]).numel())
     weight_bytes = active * 3 * hidden * inter * 2
     flops = 2 * tokens * top_k * 3 * hidden * inter
-    if phase == "decode":
-        floor = weight_bytes / rates["copy_bytes_per_s"]
-    else:
-        floor = flops / rates["matmul_flop_per_s"]
+    needed, rate = (
+        (weight_bytes, rates.copy_bytes_per_s) if phase == "decode" else (flops, rates.matmul_flop_per_s)
+    )
+    floor = needed / rate if rate else 0.0
     row = {
         "phase": phase,
         "tokens": tokens,
@@ -158,7 +127,7 @@ def run_case(
         "routing_ms": round(routing_s * 1e3, 4),
         "reference_ms": round(ref_s * 1e3, 4),
         "floor_ms": round(floor * 1e3, 4),
-        "x_floor": round(seconds / floor, 2),
+        "x_floor": round(seconds / floor, 2) if floor else None,
         "weights_gb_per_s": round(weight_bytes / seconds / 1e9, 1),
         "tflop_per_s": round(flops / seconds / 1e12, 2),
         "max_rel_diff_vs_reference": float((out.float() - reference).abs().max() / reference.abs().max()),
@@ -190,7 +159,7 @@ def main() -> None:
     prefill = int(opts.prefill or (64 if small else 4096))
     torch.manual_seed(0)
     rates = ceilings(device)
-    copy_tb, mm_tflop = rates["copy_bytes_per_s"] / 1e12, rates["matmul_flop_per_s"] / 1e12
+    copy_tb, mm_tflop = rates.copy_bytes_per_s / 1e12, rates.matmul_flop_per_s / 1e12
     print(f"copy {copy_tb:.2f} TB/s, matmul {mm_tflop:.1f} TFLOP/s")
     rows = []
     for n_experts in experts:
@@ -210,7 +179,7 @@ def main() -> None:
         print(
             f"{r['phase']:>8} {r['experts']:>4} {r['tokens']:>5} {r['active_experts']:>6} "
             f"{r['triton_ms']:>10} {r['routing_ms']:>8} {r['reference_ms']:>9} {r['floor_ms']:>9} "
-            f"{r['x_floor']:>8} {r['weights_gb_per_s']:>8} {r['tflop_per_s']:>8} "
+            f"{r['x_floor'] or '-':>8} {r['weights_gb_per_s']:>8} {r['tflop_per_s']:>8} "
             f"{r['max_rel_diff_vs_reference']:>9.2e}"
         )
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
@@ -220,7 +189,7 @@ def main() -> None:
         "device_name": device_name,
         "torch": torch.__version__,
         "shape": {"top_k": shape[0], "hidden": shape[1], "inter": shape[2]},
-        "ceilings": rates,
+        "ceilings": asdict(rates),
         "results": rows,
     }
     opts.json.parent.mkdir(parents=True, exist_ok=True)
