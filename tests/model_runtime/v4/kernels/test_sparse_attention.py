@@ -81,8 +81,8 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     ("chosen", "queries_per_row", "rows"),
-    [(None, 1, 3), (24, 1, 3), (None, 40, 2), (24, 40, 1)],
-    ids=["hca-decode", "csa-decode", "hca-prefill", "csa-prefill"],
+    [(None, 1, 3), (24, 1, 3), (None, 40, 2), (24, 40, 1), (24, 260, 1)],
+    ids=["hca-decode", "csa-decode", "hca-prefill", "csa-prefill", "csa-prefill-wide-tiles"],
 )
 def test_kernel_matches_reference(
     device: torch.device, chosen: int | None, queries_per_row: int, rows: int
