@@ -255,7 +255,7 @@ class Attention(nn.Module):
         assert self.indexer is not None and row.index is not None
         keys = row.cache.all_entries("indexer")
         chosen = [
-            self.indexer.top_k(row.index.rows(block), keys, limit[block])[0]
+            self.indexer.top_k(row.index.rows(block), keys, limit[block], impl="triton")[0]
             for block in (slice(b0, b0 + _INDEX_BLOCK) for b0 in range(0, row.seg.length, _INDEX_BLOCK))
         ]
         return EntryKeys.dense(entries, limit, torch.cat(chosen).to(torch.int32))
