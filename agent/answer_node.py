@@ -1,7 +1,8 @@
 """The graph's last node: write the cited answer (streamed), resolve its citations, and store it.
 
 When the model writes nothing, runs out of wall time, or writes an answer not grounded in the documents
-read, the answer is the most relevant passages read, cited (:func:`grounding.fallback_answer`).
+read, the answer is the one or two sentences read that best answer the question, cited
+(:func:`grounding.fallback_answer`); its status says so, and the reason is kept beside it.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ logger = logging.getLogger(__name__)
 AnswerStatus = Literal["model", "fallback"]
 
 
+Written = tuple[str, AnswerStatus, CallsUsage, float | None, str | None]
+"""The answer's text and status, the model's usage, when its first token came, why it fell back."""
+
+
 def _write(
     run: RunContext, state: ResearchState, transcript: list[BaseMessage], instruction: HumanMessage
-) -> tuple[str, AnswerStatus, CallsUsage, float | None]:
-    """The model's answer streamed as ``answer_token`` events, or the fallback passages; with the usage
-    and the time of the first token."""
+) -> Written:
+    """The model's answer streamed as ``answer_token`` events, or the fallback sentences; with the usage,
+    the time of the first token and the reason for a fallback."""
     recorder = UsageRecorder()
     parts: list[str] = []
     first_token_at: float | None = None
@@ -55,14 +60,15 @@ def _write(
     except GenerationDeadlineExceeded:
         run.emit({"type": "stop", "reason": "wall_time"})
         reason = "the wall-time budget ran out while it was writing"
-        return fallback_answer(state, reason), "fallback", recorder.usage(), first_token_at
+        return fallback_answer(state, reason), "fallback", recorder.usage(), first_token_at, reason
     text = "".join(parts).strip()
-    if not text:
-        return fallback_answer(state, "it wrote nothing"), "fallback", recorder.usage(), first_token_at
-    if problem := ungrounded(text, state, transcript, run.options.min_grounding):
-        logger.warning("answer not grounded in the documents, replaced by passages: %r", text)
-        return fallback_answer(state, problem), "fallback", recorder.usage(), first_token_at
-    return text, "model", recorder.usage(), first_token_at
+    problem = (
+        "it wrote nothing" if not text else ungrounded(text, state, transcript, run.options.min_grounding)
+    )
+    if problem:
+        logger.warning("answer replaced by the best sentences read (%s): %r", problem, text)
+        return fallback_answer(state, problem), "fallback", recorder.usage(), first_token_at, problem
+    return text, "model", recorder.usage(), first_token_at, None
 
 
 def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Literal["__end__"]]:
@@ -75,8 +81,10 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
     usage: CallsUsage | None = None
     first_token_at: float | None = None
     status: AnswerStatus
+    reason: str | None = None
     if not sources:
-        text, status = fallback_answer(state, "the searches found no documents"), "fallback"
+        reason = "the searches found no documents"
+        text, status = fallback_answer(state, reason), "fallback"
     else:
         placement = run.context.shrink_to(
             transcript, [instruction], run.options.answer_max_tokens, focus_text(state)
@@ -84,7 +92,7 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
         transcript = placement.transcript
         for drop in placement.dropped:
             run.emit({"type": "dropped", **drop})
-        text, status, usage, first_token_at = _write(run, state, transcript, instruction)
+        text, status, usage, first_token_at, reason = _write(run, state, transcript, instruction)
     resolved = resolve_citations(text, [source["n"] for source in sources])
     for marker in resolved.removed:
         run.emit({"type": "citation_removed", "marker": marker})
@@ -95,6 +103,7 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
         usage,
         0,
         status=status,
+        fallback_reason=reason,
         cited=resolved.cited,
         removed_citations=resolved.removed,
         answer_first_token_s=None if first_token_at is None else round(first_token_at - started, 4),
@@ -112,11 +121,20 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
                 citations=[{"n": n, "source_id": by_n[n]["source_id"]} for n in resolved.cited],
                 meta={
                     "status": status,
+                    "fallback_reason": reason,
                     "removed_citations": resolved.removed,
                     "stop_reason": state.get("stop_reason"),
                 },
             )
-    run.emit({"type": "answer", "text": resolved.text, "citations": resolved.cited, "status": status})
+    run.emit(
+        {
+            "type": "answer",
+            "text": resolved.text,
+            "citations": resolved.cited,
+            "status": status,
+            "fallback_reason": reason,
+        }
+    )
     return Command(
         goto="__end__",
         update={
@@ -125,6 +143,7 @@ def answer(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Litera
             "citations": resolved.cited,
             "removed_citations": resolved.removed,
             "answer_status": status,
+            "fallback_reason": reason,
             "trace": [record],
         },
     )

@@ -19,7 +19,8 @@ from typing import Any, Required, TypedDict, Unpack
 
 from langchain_core.runnables import RunnableConfig
 
-from deepscout.agent.context import ContextManager
+from deepscout.agent.answer_node import AnswerStatus
+from deepscout.agent.context import ContextManager, documents_in
 from deepscout.agent.graph import build_graph, sqlite_checkpointer
 from deepscout.agent.options import ResearchInputError, ResearchOptions
 from deepscout.agent.run_context import Event, RunContext
@@ -53,13 +54,17 @@ class ResearchResult:
     citations: list[Citation]
     """The sources the answer cites, in order of first citation."""
     sources: list[SourceRecord]
-    """Every document read, numbered as cited (``[n]``) — listed even when the answer cites none."""
+    """Every document read, numbered as cited (``[n]``) — listed even when the answer cites none; ``chars``
+    is what of its text was in the model's context when it answered (0: dropped for the budget)."""
     trace: list[StepRecord]
     usage: RunUsage
     run_id: str
     thread_id: str
-    status: str = "model"
-    """``model`` (the model's answer) or ``fallback`` (passages, when the model gave no answer)."""
+    status: AnswerStatus = "model"
+    """``model`` (the model's answer) or ``fallback`` (sentences quoted from the sources, when the model
+    gave no grounded answer)."""
+    fallback_reason: str | None = None
+    """Why the answer is a fallback."""
     stop_reason: str | None = None
     removed_citations: list[str] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
@@ -98,20 +103,22 @@ class RunUsage:
         }
 
 
-def _source(record: SourceRecord) -> SourceRecord:
-    """A copy of ``record``; checkpoints written before sources carried ``doc_id`` lack the key."""
+def _source(record: SourceRecord, shown: dict[int, int]) -> SourceRecord:
+    """A copy of ``record`` with the characters of it in the final context (``shown``, by ``n``);
+    checkpoints written before sources carried ``doc_id`` lack the key."""
     return SourceRecord(
         n=record["n"],
         source_id=record["source_id"],
         doc_id=record.get("doc_id"),
         title=record["title"],
         url=record["url"],
-        chars=record["chars"],
+        chars=shown.get(record["n"], 0),
     )
 
 
 def _result(state: ResearchState, thread_id: str, seconds: float) -> ResearchResult:
-    sources = [_source(record) for record in state.get("sources", [])]
+    shown = {doc.n: len(doc.text) for _, doc in documents_in(state.get("transcript", []))}
+    sources = [_source(record, shown) for record in state.get("sources", [])]
     by_n = {source["n"]: source for source in sources}
     citations = [
         Citation(n=n, source_id=by_n[n]["source_id"], title=by_n[n]["title"], url=by_n[n]["url"])
@@ -127,6 +134,7 @@ def _result(state: ResearchState, thread_id: str, seconds: float) -> ResearchRes
         run_id=state["run_id"],
         thread_id=thread_id,
         status=state.get("answer_status", "model"),
+        fallback_reason=state.get("fallback_reason"),
         stop_reason=state.get("stop_reason"),
         removed_citations=list(state.get("removed_citations", [])),
         dropped=[dict(record) for record in state.get("dropped", [])],
@@ -172,9 +180,12 @@ def research(
         snapshot = graph.get_state(config)
         stored: ResearchState = snapshot.values  # type: ignore[assignment]
         resuming = bool(stored)
+        # Time spent by earlier invocations of this thread (its checkpointed steps), so a resumed run
+        # reports its whole latency rather than the last invocation's.
+        earlier = sum(step["seconds"] for step in stored.get("trace", [])) if resuming else 0.0
         if resuming:
             if not snapshot.next:
-                return _result(stored, thread_id, 0.0)
+                return _result(stored, thread_id, earlier)
             question = stored["question"]
         elif not question:
             if resume_requested:
@@ -242,7 +253,7 @@ def research(
                 repository.finish_run(session, run_id=run_id, status=status, error=message)
             raise
         final: ResearchState = graph.get_state(config).values  # type: ignore[assignment]
-        result = _result(final, thread_id, time.monotonic() - started)
+        result = _result(final, thread_id, earlier + time.monotonic() - started)
         with write_session(db.session_factory) as session:
             repository.finish_run(session, run_id=run_id, status="succeeded", usage=result.usage.as_dict())
         return result

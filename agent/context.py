@@ -118,13 +118,13 @@ def bm25_scores(
 def document_message(
     doc: DocumentText, text: str | None = None, *, origin: str = "read_document"
 ) -> HumanMessage:
-    """The user turn holding (part of) a document, labelled ``[n]`` for citation."""
+    """The user turn holding (part of) a document, labelled ``[n]`` for citation. The title comes from the
+    document as much as its text does, so both sit inside the untrusted-data block."""
     shown = doc.text if text is None else text
-    body = wrap_untrusted(shown, origin=origin) if shown else "(left out: the context budget is full)"
+    body = shown or "(left out: the context budget is full)"
     meta: dict[str, Any] = {"n": doc.n, "source_id": doc.source_id, "title": doc.title, "url": doc.url}
-    return HumanMessage(
-        content=f"[{doc.n}] {doc.title}\n{body}", additional_kwargs={DOC_KEY: {**meta, "text": shown}}
-    )
+    wrapped = wrap_untrusted(f"{doc.title}\n{body}", origin=origin)
+    return HumanMessage(content=f"[{doc.n}]\n{wrapped}", additional_kwargs={DOC_KEY: {**meta, "text": shown}})
 
 
 def documents_in(transcript: Sequence[BaseMessage]) -> list[tuple[int, DocumentText]]:

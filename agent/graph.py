@@ -1,4 +1,4 @@
-"""The research graph's wiring: plan → act → read → reflect → (act | plan | answer).
+"""The research graph's wiring: plan → act → read → reflect → (act | answer).
 
 Routing lives in the nodes (each returns a ``Command`` naming the next node), so the edges here are only
 the entry point. The loop's nodes are in :mod:`.nodes`, the answer in :mod:`.answer_node`. ``builder`` is
@@ -41,10 +41,13 @@ def build_graph(
 
 
 def sqlite_checkpointer(home: Path) -> SqliteSaver:
-    """A SQLite checkpointer in ``home`` (the file is created on first use; WAL mode for readers)."""
+    """A SQLite checkpointer in ``home`` (the file is created owner-only on first use; WAL mode for
+    readers)."""
     import sqlite3
 
-    home.mkdir(parents=True, exist_ok=True)
+    from deepscout.memory.db import create_private_file
+
+    create_private_file(home / CHECKPOINT_FILE)
     connection = sqlite3.connect(home / CHECKPOINT_FILE, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     return SqliteSaver(connection)

@@ -2,8 +2,8 @@
 
 A small model (SmolLM2-135M) copies the worked example into its queries and answers, echoes the question
 as its answer, or writes an answer from nowhere. These checks catch that: queries lose the example's
-entities the run never met, an ungrounded answer is replaced by the most relevant passages read (cited),
-and the same passages stand in when the model gives no answer at all.
+entities the run never met, an ungrounded answer is replaced by the sentences read that best answer the
+question (cited), and the same sentences stand in when the model gives no answer at all.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from langchain_core.messages import BaseMessage
 
 from deepscout.agent import prompts
-from deepscout.agent.context import bm25_scores, documents_in, focus_text, split_passages
+from deepscout.agent.context import bm25_scores, documents_in, split_passages
 from deepscout.agent.state import ResearchState
 from deepscout.text.terms import terms
 
@@ -26,6 +26,14 @@ _META_TERMS = frozenset(
 )
 """Words about the task rather than the world: an answer made of these and the question's words says nothing
 (measured on SmolLM2 over the demo corpus: 'The answer to the question "Who directed …?" is [1].')."""
+
+_SCHEMA_TERMS = frozenset(
+    terms(
+        "type string array object items properties description query queries next_queries maxLength "
+        "minLength pattern required schema json null true false"
+    )
+)
+"""The words of a JSON schema: a query made only of these copied the structured-output instruction."""
 
 _CITATION = re.compile(r"\[\d+\]")
 
@@ -39,32 +47,34 @@ def vocabulary(state: ResearchState, transcript: Sequence[BaseMessage]) -> set[s
     return words
 
 
-def without_example(query: str, known: set[str]) -> str:
-    """``query`` without the worked example's entities that the question and documents (``known``) do not
-    name.
+def copies_example(query: str, known: set[str]) -> bool:
+    """Whether ``query`` names one of the worked example's entities that the question and documents
+    (``known``) do not name.
 
     SmolLM2 often carries them into its own queries ("The Four Seasons is both a destination and a
-    airport in the same state"), and full-text search then reads unrelated documents ("season")."""
-    for entity in prompts.EXAMPLE_ENTITIES:
-        if not set(terms(entity)) & known:
-            query = re.sub(re.escape(entity), " ", query, flags=re.IGNORECASE)
-    return " ".join(query.split())
+    airport in the same state"); what is left of such a query once the entity is cut ("composer") is
+    the example's too, so the whole query goes."""
+    folded = query.casefold()
+    return any(
+        entity.casefold() in folded and not set(terms(entity)) & known for entity in prompts.EXAMPLE_ENTITIES
+    )
 
 
 def clean_queries(
     queries: Sequence[str], done: Sequence[str], limit: int, known: set[str] | None = None
 ) -> list[str]:
-    """Queries normalised, new, and (given the run's vocabulary ``known``) rid of what was copied from the
-    worked example."""
+    """Queries normalised and new; given the run's vocabulary ``known``, those copied from the worked
+    example or made only of the words of a JSON schema ("type string", "description") are dropped."""
     seen = {q.casefold() for q in done}
     cleaned: list[str] = []
     for query in queries:
         text = " ".join(query.split()).strip(" \"'")
-        if known is not None:
-            text = without_example(text, known)
-        if not terms(text):  # punctuation or stopwords only, e.g. a stray "]}"
+        words = set(terms(text))
+        if not words:  # punctuation or stopwords only, e.g. a stray "]}"
             continue
-        if text and text.casefold() not in seen:
+        if known is not None and (copies_example(text, known) or words <= _SCHEMA_TERMS - known):
+            continue
+        if text.casefold() not in seen:
             seen.add(text.casefold())
             cleaned.append(text)
     return cleaned[:limit]
@@ -90,13 +100,38 @@ def ungrounded(
     return None
 
 
-def fallback_answer(state: ResearchState, reason: str, limit: int = 3) -> str:
-    """The most relevant passages of the sources read, each cited, when the model gave no answer."""
+_SENTENCE = re.compile(r"(?<![\s.][A-Z]\.)(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+"""A sentence ends at . ! or ? before a capital, but not after an initial ("Arthur C. Clarke")."""
+FALLBACK_SENTENCES = 2
+
+
+def fallback_answer(state: ResearchState, reason: str, limit: int = FALLBACK_SENTENCES) -> str:
+    """The one or two sentences of the sources read that best answer the question, each cited, when the
+    model gave no grounded answer (``reason`` is used only when nothing was read).
+
+    Sentences rank by BM25 against the question's terms; a sentence made only of the question's words
+    cannot hold its answer and ranks last; a second sentence is added only when it holds question terms
+    the first lacks (the other hop of a multi-hop question)."""
     transcript = state.get("transcript", [])
-    pool = [(doc.n, passage) for _, doc in documents_in(transcript) for passage in split_passages(doc.text)]
+    pool = [
+        (doc.n, sentence.strip())
+        for _, doc in documents_in(transcript)
+        for passage in split_passages(doc.text)
+        for sentence in _SENTENCE.split(passage)
+        if terms(sentence)
+    ]
     if not pool:
         return f"No answer: {reason}."
-    scores = bm25_scores([p for _, p in pool], terms(focus_text(state)))
-    best = sorted(range(len(pool)), key=lambda i: -scores[i])[:limit]
-    passages = "\n".join(f"- {pool[i][1][:400]} [{pool[i][0]}]" for i in sorted(best))
-    return prompts.FALLBACK_ANSWER.format(reason=reason, passages=passages)
+    asked = terms(state["question"])
+    scores = bm25_scores([sentence for _, sentence in pool], asked)
+    novel = [bool(set(terms(sentence)) - set(asked)) for _, sentence in pool]
+    order = sorted(range(len(pool)), key=lambda i: (not novel[i], -scores[i], i))
+    best = order[:1]
+    covered = set(terms(pool[best[0]][1])) & set(asked)
+    for i in order[1:]:
+        if len(best) >= limit:
+            break
+        if set(terms(pool[i][1])) & set(asked) - covered:  # a second sentence must add to the first
+            best.append(i)
+            covered |= set(terms(pool[i][1]))
+    return " ".join(f"{pool[i][1]} [{pool[i][0]}]" for i in sorted(best, key=lambda i: (pool[i][0], i)))

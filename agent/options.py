@@ -23,7 +23,14 @@ class Budgets(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_steps: int = Field(default=3, ge=1, le=50, description="Search rounds (act → read → reflect).")
-    max_tool_calls: int = Field(default=16, ge=1, le=1000, description="Tool calls (searches and reads).")
+    max_documents: int = Field(default=10, ge=1, le=200, description="Documents read (whole or in part).")
+    max_tool_calls: int = Field(
+        default=24,
+        ge=1,
+        le=1000,
+        description="Tool calls (searches and reads): the default covers max_documents reads and the "
+        "searches of three rounds (the question and the model's queries, then the follow-ups).",
+    )
     max_context_tokens: int | None = Field(
         default=None,
         ge=512,
@@ -59,9 +66,22 @@ class ResearchOptions(BaseModel):
     budgets: Budgets = Field(default_factory=Budgets)
     collection: str | None = Field(default=None, description="Restrict corpus search to one collection.")
     retrieval: RetrievalKind = Field(default="bm25", description="Corpus ranking: bm25, dense or hybrid.")
-    queries_per_step: int = Field(default=3, ge=1, le=8, description="Most search queries per round.")
-    hits_per_query: int = Field(default=5, ge=1, le=50, description="Results kept from each search.")
-    reads_per_step: int = Field(default=3, ge=1, le=20, description="Documents read per round.")
+    queries_per_step: int = Field(
+        default=3, ge=0, le=8, description="Most queries the model may propose per round (0: none asked)."
+    )
+    follow_ups_per_step: int = Field(
+        default=4, ge=0, le=8, description="Bridge-entity queries formed per round from what was read."
+    )
+    hits_per_query: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Results kept from each search; the first round reads the question's top results "
+        "(as many as the RAG baseline's top-k).",
+    )
+    reads_per_step: int = Field(
+        default=5, ge=1, le=20, description="Most documents read in a round after the first."
+    )
     read_chars: int = Field(
         default=60_000, ge=500, description="Characters asked of read_document per document."
     )

@@ -21,9 +21,9 @@ QUESTION = "Question: {question}"
 PLAN_INSTRUCTION = """Write up to {n} short keyword search queries for the question, one fact per \
 query. Reply in JSON: {{"queries":["...","..."]}}"""
 
-REFLECT_INSTRUCTION = """Do the documents answer the question "{question}"? Reply in JSON: \
-{{"enough":true,"next_queries":[]}} if they do, or {{"enough":false,"next_queries":["..."]}} with up \
-to {n} new short keyword queries for the missing facts."""
+REFLECT_INSTRUCTION = """Which facts does the question "{question}" still need? Reply in JSON: \
+{{"next_queries":["..."]}} with up to {n} new short keyword queries for the missing facts, or \
+{{"next_queries":[]}} if none are missing."""
 
 ANSWER_INSTRUCTION = """Answer the question "{question}" in one to three plain sentences (not JSON), \
 using only the documents of this question. Put the number of the document after each fact, like [1]."""
@@ -34,8 +34,9 @@ NEXT_QUESTION = "That was an example. Now a new question; its documents are numb
 
 _EXAMPLE_QUESTION = "Which sea lies by the birthplace of the composer of The Four Seasons?"
 
-_EXAMPLE_DOCUMENT = """[{n}] {title}
+_EXAMPLE_DOCUMENT = """[{n}]
 <untrusted_data origin="read_document">
+{title}
 {text}
 </untrusted_data>"""
 
@@ -46,15 +47,17 @@ EXAMPLE_TURNS: tuple[tuple[str, str], ...] = (
     ("user", _EXAMPLE_DOCUMENT.format(n=1, title="The Four Seasons", text="The Four Seasons is by Vivaldi.")),
     ("user", _EXAMPLE_DOCUMENT.format(n=2, title="Antonio Vivaldi", text="Vivaldi was born in Venice.")),
     ("user", REFLECT_INSTRUCTION.format(question=_EXAMPLE_QUESTION, n=3)),
-    ("assistant", '{"enough":false,"next_queries":["Venice sea"]}'),
+    ("assistant", '{"next_queries":["Venice sea"]}'),
     ("user", _EXAMPLE_DOCUMENT.format(n=3, title="Venice", text="Venice lies on the Adriatic Sea.")),
     ("user", REFLECT_INSTRUCTION.format(question=_EXAMPLE_QUESTION, n=3)),
-    ("assistant", '{"enough":true,"next_queries":[]}'),
+    ("assistant", '{"next_queries":[]}'),
     ("user", NEXT_QUESTION),
 )
 
 EXAMPLE_ENTITIES = ("Four Seasons", "Antonio Vivaldi", "Venice", "Adriatic")
 """The example's named entities: a query or answer naming them unprompted copied the example."""
 
-FALLBACK_ANSWER = """The model did not produce an answer ({reason}). The most relevant passages found:
-{passages}"""
+FALLBACK_NOTE = (
+    "The model gave no grounded answer ({reason}); the sentences below are quoted from the sources."
+)
+"""Shown beside a fallback answer (never part of its text, so scoring sees only the quoted sentences)."""

@@ -13,8 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field
 # --------------------------------------------------------------------------- structured model outputs
 
 
-Query = Annotated[str, Field(min_length=3, max_length=80)]
-"""A search query: a few keywords (the lower bound stops a small model from writing empty strings)."""
+QUERY_PATTERN = r"^[^\W_][^{}\[\]<>\"\\=|\n]{2,79}$"
+"""The grammar of a proposed query: starts with a letter or digit, 3-80 characters, none of the
+characters of JSON and markup (``{...}``, ``[...]``, ``<...>``, quotes, ``key=value``). The plan and the
+reflection are decoded under it (the schema's ``pattern``), a free reply is held to it too, and the
+queries that pass are then checked for what a grammar cannot see (:func:`.grounding.clean_queries`:
+schema words such as ``type: string``, the worked example's entities; :func:`.search_rounds.on_topic`:
+no word of the question)."""
+
+Query = Annotated[str, Field(min_length=3, max_length=80, pattern=QUERY_PATTERN)]
+"""A search query: a few keywords."""
 
 
 class QueryPlan(BaseModel):
@@ -26,11 +34,11 @@ class QueryPlan(BaseModel):
 
 
 class Reflection(BaseModel):
-    """The reflection's output: whether the documents read answer the question, and what to search next."""
+    """The reflection's output: what to search next (the loop's continue/stop decision is not the
+    model's: a small model answered "enough" after any first round)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enough: bool = Field(description="True when the documents read already answer the question.")
     next_queries: list[Query] = Field(
         default_factory=list, max_length=4, description="Queries for the facts still missing."
     )
@@ -50,6 +58,9 @@ class HitRecord(TypedDict):
     snippet: str
     url: str | None
     source_id: int | None
+    tier: int
+    """0 for the run's own queries (the question, bridge entities), 1 for the model's proposals: a
+    round reads tier 0 first. Checkpoints written before this key existed lack it (read with ``.get``)."""
 
 
 class SourceRecord(TypedDict):
@@ -91,7 +102,15 @@ class StepRecord(TypedDict):
     detail: dict[str, Any]
 
 
-StopReason = Literal["enough", "max_steps", "max_tool_calls", "max_context_tokens", "wall_time", "no_queries"]
+StopReason = Literal[
+    "max_steps",
+    "max_tool_calls",
+    "max_documents",
+    "max_context_tokens",
+    "wall_time",
+    "no_queries",
+    "no_new_evidence",
+]
 
 
 class ResearchState(TypedDict, total=False):
@@ -102,6 +121,8 @@ class ResearchState(TypedDict, total=False):
     step: int
     """Search rounds started so far."""
     pending_queries: list[str]
+    pending_tiers: list[int]
+    """The tier of each pending query (see ``HitRecord.tier``)."""
     queries_done: Annotated[list[str], operator.add]
     hits: Annotated[list[HitRecord], operator.add]
     sources: Annotated[list[SourceRecord], operator.add]
@@ -115,3 +136,5 @@ class ResearchState(TypedDict, total=False):
     citations: list[int]
     removed_citations: list[str]
     answer_status: Literal["model", "fallback"]
+    fallback_reason: str | None
+    """Why the answer is a fallback (None for the model's own answer)."""

@@ -11,6 +11,7 @@ whose output is always valid.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +21,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from pydantic import BaseModel, ValidationError
 
-from deepscout.model_runtime.chat import Usage, usage_of
+from deepscout.model_runtime.chat import GenerationDeadlineExceeded, Usage, usage_of
 
 if TYPE_CHECKING:
     from deepscout.model_runtime.chat import ChatModel
@@ -133,6 +134,8 @@ def structured_call(
         max_new_tokens=max_tokens,
     )
     parsed = parse_lenient(schema, str(reply.content))
+    if parsed is None and time.monotonic() >= deadline:
+        raise GenerationDeadlineExceeded("the deadline passed before the schema-constrained retry")
     if parsed is None:
         runnable = model.with_structured_output(schema)
         result = runnable.invoke(

@@ -1,12 +1,15 @@
 """Tool execution for the nodes: a round's tool calls run in parallel on a small thread pool; a failing
-tool is logged and recorded, and the run goes on without its result."""
+tool is logged and recorded, and the run goes on without its result. The nodes wait for the calls no
+longer than the run's deadline: a call still running then is recorded as timed out and left behind (the
+tools bound their own work by the same deadline)."""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from langchain_core.messages import ToolMessage
@@ -40,12 +43,26 @@ def _invoke(item: ToolCallSpec) -> tuple[ToolMessage | None, dict[str, Any]]:
     return message, record
 
 
-def run_tools(calls: Sequence[ToolCallSpec]) -> list[tuple[ToolMessage | None, dict[str, Any]]]:
-    """Invoke the calls in parallel; per call, in order: the message (None on error) and the record for
+def run_tools(
+    calls: Sequence[ToolCallSpec], deadline: float
+) -> list[tuple[ToolMessage | None, dict[str, Any]]]:
+    """Invoke the calls in parallel until ``deadline`` (``time.monotonic()``); per call, in order: the
+    message (None on error or when it was still running at the deadline) and the record for
     ``repository.add_tool_call``."""
     if not calls:
         return []
-    with ThreadPoolExecutor(
-        max_workers=min(MAX_WORKERS, len(calls)), thread_name_prefix="deepscout-tool"
-    ) as pool:
-        return list(pool.map(_invoke, calls))
+    pool = ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(calls)), thread_name_prefix="deepscout-tool")
+    try:
+        futures = [pool.submit(_invoke, call) for call in calls]
+        wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    results: list[tuple[ToolMessage | None, dict[str, Any]]] = []
+    for (tool, args), future in zip(calls, futures, strict=True):
+        if future.done() and not future.cancelled():
+            results.append(future.result())
+            continue
+        logger.warning("tool %s still running at the wall-time deadline; answering without it", tool.name)
+        record = {"name": tool.name, "arguments": args, "call_id": f"call_{uuid.uuid4().hex[:12]}"}
+        results.append((None, {**record, "status": "error", "error": "timed out at the wall-time deadline"}))
+    return results

@@ -4,12 +4,14 @@ the scale a 2-core CPU allows).
 
 Runs the eval harness (``deepscout.evals.runner``) on the first N questions of the shared HotpotQA set,
 writes the report (Markdown + self-contained HTML + PNG charts), prints its tables (pairwise win/loss/tie
-with bootstrap intervals, objective scores, evidence recall, judge calibration, cost per question) and
-writes benchmarks/results/eval_hotpotqa.json. Everything lives in its own DEEPSCOUT_HOME under
+with intervals, objective scores, evidence recall, judge calibration, cost per question), then the
+evidence table the agent is held to: the agent, the RAG baseline, and single-shot retrieval of the
+question at top-5/10/20 (same retriever, same corpus snapshot), and writes
+benchmarks/results/eval_hotpotqa.json. Everything lives in its own DEEPSCOUT_HOME under
 benchmarks/results/ (the user's data is not touched); the model cache is the usual one. The runner stores
 every answer and verdict as it comes, so rerunning the same command continues an interrupted run.
 
-    python benchmarks/eval_hotpotqa.py [--limit 20] [--hotpotqa DIR] [--model smollm2]
+    python benchmarks/eval_hotpotqa.py [--limit 20] [--hotpotqa DIR] [--model smollm2] [--judge none]
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from deepscout.agent.options import Budgets
+from deepscout.evals.evidence_table import evidence_rows, evidence_table
 from deepscout.evals.report import write_report
 from deepscout.evals.runner import EvalOptions, run_eval
 from deepscout.evals.store import load_run
@@ -48,10 +52,25 @@ def _arguments() -> argparse.Namespace:
         help="Folder with hotpotqa_train.json and its corpus.",
     )
     parser.add_argument("--model", default="smollm2", help="Chat model spec of both systems.")
-    parser.add_argument("--judge", default=None, help="Judge model spec (default: the same model).")
-    parser.add_argument("--max-steps", type=int, default=2, help="Agent search rounds.")
-    parser.add_argument("--max-tool-calls", type=int, default=8, help="Agent tool calls.")
+    parser.add_argument(
+        "--judge", default=None, help="Judge model spec (default: the same model; none: no pairwise judge)."
+    )
+    defaults = Budgets()
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="Agent search rounds.")
+    parser.add_argument(
+        "--max-documents", type=int, default=defaults.max_documents, help="Documents the agent reads."
+    )
+    parser.add_argument(
+        "--max-tool-calls", type=int, default=defaults.max_tool_calls, help="Agent tool calls."
+    )
     parser.add_argument("--wall-time", type=float, default=120.0, help="Seconds per question and system.")
+    parser.add_argument("--retrieval", default="bm25", help="bm25, dense or hybrid (all systems).")
+    parser.add_argument(
+        "--model-queries",
+        type=int,
+        default=EvalOptions.model_queries,
+        help="Queries the agent's model may propose per round (0: the agent forms its queries alone).",
+    )
     parser.add_argument("--answer-max-tokens", type=int, default=96, help="Tokens each answer may write.")
     parser.add_argument("--top-k", type=int, default=5, help="Documents the RAG baseline reads.")
     parser.add_argument("--home", type=Path, default=WORK_DIR / "home", help="DEEPSCOUT_HOME of the run.")
@@ -88,13 +107,18 @@ def main() -> None:
     options = EvalOptions(
         dataset=args.hotpotqa,
         model=args.model,
-        judge=args.judge or args.model,
+        judge=None if args.judge == "none" else args.judge or args.model,
         limit=args.limit,
+        retrieval=args.retrieval,
         top_k=args.top_k,
         budgets=Budgets(
-            max_steps=args.max_steps, max_tool_calls=args.max_tool_calls, wall_time_s=args.wall_time
+            max_steps=args.max_steps,
+            max_documents=args.max_documents,
+            max_tool_calls=args.max_tool_calls,
+            wall_time_s=args.wall_time,
         ),
         answer_max_tokens=args.answer_max_tokens,
+        model_queries=args.model_queries,
     )
     machine = _machine()
     started = time.monotonic()
@@ -125,6 +149,15 @@ def main() -> None:
         print(f"failed: {failure}")
     for heading, table in files.tables:
         print(f"\n## {heading}\n\n{table}")
+    evidence = evidence_rows(
+        settings,
+        retrieval=options.retrieval,
+        collection=manifest.get("config", {}).get("corpus_collection") or "eval-hotpotqa",
+        items=items,
+        answers=answers,
+    )
+    print("\n## Evidence: gold supporting documents in the model's context\n")
+    print(evidence_table(evidence))
     print(f"\nreport: {files.markdown}\n        {files.html}")
 
     result = {
@@ -138,6 +171,8 @@ def main() -> None:
             "top_k": options.top_k,
             "budgets": options.budgets.model_dump(mode="json"),
             "answer_max_tokens": options.answer_max_tokens,
+            "model_queries": options.model_queries,
+            "retrieval": options.retrieval,
         },
         "run_id": outcome.run_id,
         "questions": len(items),
@@ -150,6 +185,7 @@ def main() -> None:
             "failures": outcome.failures,
         },
         "summary": json.loads(files.summary_json.read_text(encoding="utf-8")),
+        "evidence": [asdict(row) for row in evidence],
         "report": {"markdown": str(files.markdown), "html": str(files.html)},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

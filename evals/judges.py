@@ -14,6 +14,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepscout.evals.judge_prompts import PAIRWISE_JUDGE_SYSTEM, PAIRWISE_JUDGE_USER
+from deepscout.tools.untrusted import wrap_untrusted
 
 Winner = Literal["A", "B", "tie"]
 Outcome = Literal["win", "loss", "tie"]
@@ -71,7 +72,10 @@ class PairwiseJudge:
             SystemMessage(PAIRWISE_JUDGE_SYSTEM),
             HumanMessage(
                 PAIRWISE_JUDGE_USER.format(
-                    question=question, gold_line=gold_line, answer_a=answer_a, answer_b=answer_b
+                    question=question,
+                    gold_line=gold_line,
+                    answer_a=wrap_untrusted(answer_a, origin="answer", label="A"),
+                    answer_b=wrap_untrusted(answer_b, origin="answer", label="B"),
                 )
             ),
         ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from deepscout.evals.datasets import EvalItem
 from deepscout.evals.judges import Outcome
 from deepscout.evals.scoring import ObjectiveScore, score_answer
+
+AnswerStatus = Literal["model", "fallback"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class SystemAnswer:
     read_doc_ids: tuple[str, ...] = ()
     usage: AnswerCost = field(default_factory=AnswerCost)
     error: str | None = None
+    status: AnswerStatus = "model"
+    """``model``: the model wrote the answer; ``fallback``: sentences quoted from the sources stood in."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +57,7 @@ class SystemAnswer:
             "read_doc_ids": list(self.read_doc_ids),
             "usage": self.usage.__dict__,
             "error": self.error,
+            "status": self.status,
         }
 
     @classmethod
@@ -65,6 +70,7 @@ class SystemAnswer:
             read_doc_ids=tuple(data.get("read_doc_ids", [])),
             usage=AnswerCost(**data.get("usage", {})),
             error=data.get("error"),
+            status=data.get("status", "model"),
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from deepscout.evals.datasets import EvalItem
 from deepscout.evals.records import SystemAnswer, Verdict
 from deepscout.evals.stats import Interval
 from deepscout.evals.summary import (
+    ALL,
+    MAX_ORDER_FLIP_RATE,
     CostRow,
     JudgeCalibration,
     PairwiseRow,
@@ -117,29 +120,68 @@ def _sections(
     second: str,
 ) -> list[tuple[str, str]]:
     """(title, markdown table) pairs shared by both renderings."""
-    return [
-        (
-            f"Pairwise: {first} vs {second} (win = {first} preferred; 95% bootstrap intervals)",
+    if calibration.informative or not calibration.n:
+        pairwise_section = (
+            f"Pairwise: {first} vs {second} (win = {first} preferred; 95% Wilson intervals)",
             _table(
                 ["category", "n", f"{first} win", f"{first} loss", "tie"],
                 [[r.category, r.n, _pct(r.win), _pct(r.loss), _pct(r.tie)] for r in pairwise],
             ),
-        ),
-        (
-            "Objective scores",
+        )
+    else:
+        pairwise_section = (
+            f"Pairwise: {first} vs {second}: not informative",
             _table(
-                ["system", "n", "exact match", "token F1", "answer contained", "errors"],
+                ["judged items", "order flips", "limit", "verdict"],
                 [
-                    [s.system, s.n, _pct(s.exact_match), _pct(s.f1), _pct(s.contains), s.errors]
+                    [
+                        calibration.n,
+                        _ratio(calibration.order_flip_rate),
+                        _ratio(MAX_ORDER_FLIP_RATE),
+                        "the judge picks by position, not content; no win-rate is reported",
+                    ]
+                ],
+            ),
+        )
+    return [
+        pairwise_section,
+        (
+            "Objective scores (95% Wilson intervals; token F1 bootstrap), by difficulty / hops",
+            _table(
+                [
+                    "system",
+                    "items",
+                    "n",
+                    "exact match",
+                    "token F1",
+                    "answer contained",
+                    "contained, model-written",
+                    "contained, fallback",
+                    "fallbacks",
+                    "errors",
+                ],
+                [
+                    [
+                        s.system,
+                        s.category,
+                        s.n,
+                        _pct(s.exact_match),
+                        _pct(s.f1),
+                        _pct(s.contains),
+                        _pct(s.contains_model),
+                        _pct(s.contains_fallback),
+                        s.fallbacks,
+                        s.errors,
+                    ]
                     for s in scores
                 ],
             ),
         ),
         (
-            "Evidence recall (gold supporting documents the system read)",
+            "Evidence recall (gold supporting documents whose text was in the model's context)",
             _table(
-                ["system", "recall", "all found"],
-                [[s.system, _pct(s.evidence_recall), _pct(s.all_evidence_found)] for s in scores],
+                ["system", "items", "recall", "all found"],
+                [[s.system, s.category, _pct(s.evidence_recall), _pct(s.all_evidence_found)] for s in scores],
             ),
         ),
         (
@@ -161,6 +203,7 @@ def _sections(
             _table(
                 [
                     "system",
+                    "items",
                     "n",
                     "tool calls",
                     "prompt tokens",
@@ -171,6 +214,7 @@ def _sections(
                 [
                     [
                         c.system,
+                        c.category,
                         c.n,
                         f"{c.tool_calls:.1f}",
                         f"{c.prompt_tokens:.0f}",
@@ -186,7 +230,10 @@ def _sections(
 
 
 def _manifest_block(manifest: dict[str, Any]) -> str:
-    return "```json\n" + json.dumps(manifest, indent=2, sort_keys=True) + "\n```"
+    """The manifest as a fenced JSON block, the fence longer than any backtick run inside."""
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return f"{fence}json\n{text}\n{fence}"
 
 
 def _tags(item: EvalItem) -> str:
@@ -223,20 +270,36 @@ def _per_question(
             yield item, present, verdict_of.get(item.id)
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def md_text(text: str) -> str:
+    """Data (questions, answers, titles, judge reasons) as inert Markdown text: one line, HTML escaped,
+    every Markdown marker backslash-escaped, so no image, link, heading or table cell comes alive."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(" ".join(text.split()), quote=False))
+
+
 def _drilldown_markdown(
     items: Sequence[EvalItem], answers: Sequence[SystemAnswer], verdicts: Sequence[Verdict]
 ) -> str:
     parts = []
     for item, present, verdict in _per_question(items, answers, verdicts):
-        parts.append(f"### {item.question}\n\nGold: {' | '.join(item.answers)} ({_tags(item)})\n")
+        gold = md_text(" | ".join(item.answers))
+        parts.append(f"### {md_text(item.question)}\n\nGold: {gold} ({md_text(_tags(item))})\n")
         for answer in present:
-            sources = "; ".join(f"[{i}] {s.title}" for i, s in enumerate(answer.sources, start=1))
-            parts.append(f"**{answer.system}**: {_answer_text(answer)}\n\nSources: {sources or 'none'}\n")
+            sources = "; ".join(
+                f"\\[{i}\\] {md_text(s.title)}" for i, s in enumerate(answer.sources, start=1)
+            )
+            kind = " (fallback: quoted sentences)" if answer.status == "fallback" else ""
+            parts.append(
+                f"**{md_text(answer.system)}**{kind}: {md_text(_answer_text(answer))}\n\n"
+                f"Sources: {sources or 'none'}\n"
+            )
         if verdict is not None:
             as_a, as_b = _orders(verdict)
             parts.append(
-                f"Verdict for {verdict.first}: **{verdict.outcome}**"
-                f"{' (orders disagreed)' if verdict.order_flip else ''} — {as_a} / {as_b}\n"
+                f"Verdict for {md_text(verdict.first)}: **{verdict.outcome}**"
+                f"{' (orders disagreed)' if verdict.order_flip else ''} — {md_text(as_a)} / {md_text(as_b)}\n"
             )
     return "\n".join(parts)
 
@@ -304,8 +367,8 @@ def write_report(
     pairwise = pairwise_rows(items, verdicts)
     scores = system_scores(items, answers)
     calibration = judge_calibration(items, answers, verdicts)
-    costs = cost_rows(answers)
-    charts = _charts(out_dir, pairwise, costs, first, second)
+    costs = cost_rows(items, answers)
+    charts = _charts(out_dir, pairwise, [c for c in costs if c.category == ALL], first, second)
     sections = _sections(pairwise, scores, calibration, costs, first, second)
     manifest_block = _manifest_block(manifest)
     title = f"deepscout eval {manifest.get('run_id', '')}: {first} vs {second}"

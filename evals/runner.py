@@ -53,6 +53,8 @@ class EvalOptions:
     retrieval: RetrievalKind = "bm25"
     top_k: int = 5
     budgets: Budgets = field(default_factory=Budgets)
+    model_queries: int = ResearchOptions.model_fields["queries_per_step"].default
+    """Queries the agent's model may propose per round (0: the agent forms its queries alone)."""
     answer_max_tokens: int = 256
     seed: int = 0
 
@@ -120,7 +122,8 @@ def _config(
         corpus_hash=corpus_hash,
         retrieval=options.retrieval,
         top_k=options.top_k,
-        budgets=options.budgets.model_dump(mode="json") | {"answer_max_tokens": options.answer_max_tokens},
+        budgets=options.budgets.model_dump(mode="json")
+        | {"answer_max_tokens": options.answer_max_tokens, "model_queries": options.model_queries},
         sampling={"temperature": 0.0, "search": options.search},
         seed=options.seed,
     )
@@ -190,6 +193,8 @@ def _run(
                 budgets=budgets,
                 collection=collection,
                 retrieval=options.retrieval,
+                hits_per_query=options.top_k,  # the first round reads what the baseline reads
+                queries_per_step=options.model_queries,
                 answer_max_tokens=options.answer_max_tokens,
             ),
             run_id=run_id,
@@ -222,22 +227,34 @@ def _run(
                 item_id=item.id, system=name, answer="", error=f"{type(error).__name__}: {error}"
             )
 
-    # An embedded model computes on this machine's cores and is not shared between threads;
-    # concurrency is for the backends that say one instance serves several (remote servers).
+    def store_answer(result: SystemAnswer) -> None:
+        nonlocal finished
+        if result.error:
+            failures.append(f"{result.system} on {result.item_id}: {result.error}")
+        try:
+            with write_session(db.session_factory) as session:
+                store.save_answer(session, run_id=run_id, answer=result)
+        except IntegrityError:  # another process stored it meanwhile
+            pass
+        finished += 1
+        if progress:
+            progress("Answering", finished, total)
+
+    # An embedded model computes on this machine's cores and is not shared between threads: its items run
+    # one by one on this thread, so Ctrl-C stops the item in flight at once. Concurrency is for the
+    # backends that say one instance serves several (remote servers); on Ctrl-C the queued items are
+    # cancelled and only those in flight are waited for.
     workers = options.concurrency if model.serves_threads_concurrently else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in as_completed([pool.submit(answer, work) for work in todo]):
-            result = future.result()
-            if result.error:
-                failures.append(f"{result.system} on {result.item_id}: {result.error}")
-            try:
-                with write_session(db.session_factory) as session:
-                    store.save_answer(session, run_id=run_id, answer=result)
-            except IntegrityError:  # another process stored it meanwhile
-                pass
-            finished += 1
-            if progress:
-                progress("Answering", finished, total)
+    if workers == 1:
+        for work in todo:
+            store_answer(answer(work))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            for future in as_completed([pool.submit(answer, work) for work in todo]):
+                store_answer(future.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     judged = 0
     if options.judge:

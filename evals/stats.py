@@ -1,7 +1,10 @@
-"""Bootstrap confidence intervals for shares (win/loss/tie rates) and means."""
+"""Confidence intervals: Wilson score intervals for shares (win/loss/tie rates, answers contained, all
+evidence found), which stay informative at 0% and 100% (a bootstrap collapses to [0, 0] there), and the
+percentile bootstrap for means of other values (token F1, evidence recall)."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,3 +32,23 @@ def bootstrap_mean(
     low = means[int(tail * (resamples - 1))]
     high = means[int((1 - tail) * (resamples - 1))]
     return Interval(sum(values) / n, low, high)
+
+
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, *, z: float = Z_95) -> Interval:
+    """The Wilson score interval of the share ``successes / n`` (95% by default); NaN when ``n`` is 0."""
+    if n <= 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be between 0 and n ({n}), not {successes}")
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(share, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def share_interval(flags: Sequence[bool]) -> Interval:
+    """The Wilson interval of the share of true ``flags``."""
+    return wilson_interval(sum(flags), len(flags))

@@ -72,8 +72,11 @@ def save_verdict(session: Session, *, run_id: str, verdict: Verdict) -> None:
 
 
 def resolve_run_id(session: Session, run_id: str) -> str:
-    """The full id of the run named by ``run_id`` or by a unique prefix of it."""
-    matches = list(session.scalars(select(EvalRun.id).where(EvalRun.id.startswith(run_id))))
+    """The full id of the run named by ``run_id`` or by a unique prefix of it (an empty prefix names none)."""
+    if not run_id:
+        raise EvalRunNotFoundError("no eval run id given; `deepscout eval list` shows the runs")
+    # autoescape: '%' and '_' in what the user typed are characters, not wildcards.
+    matches = list(session.scalars(select(EvalRun.id).where(EvalRun.id.startswith(run_id, autoescape=True))))
     if len(matches) != 1:
         known = ", ".join(session.scalars(select(EvalRun.id).order_by(EvalRun.created_at.desc()).limit(10)))
         what = "no eval run" if not matches else "several eval runs"

@@ -1,5 +1,6 @@
-"""Aggregates of an eval run: the pairwise table by category, objective scores, evidence recall, judge
-calibration and cost. Pure functions over records; the report renders them."""
+"""Aggregates of an eval run: the pairwise table by category, objective scores and evidence recall (overall
+and by difficulty / hops, model-written answers and fallbacks apart), judge calibration and cost. Pure
+functions over records; the report renders them. Shares carry Wilson intervals, means bootstrap ones."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 from deepscout.evals.datasets import EvalItem
 from deepscout.evals.records import SystemAnswer, Verdict, evidence_recall, objective
-from deepscout.evals.stats import Interval, bootstrap_mean
+from deepscout.evals.stats import Interval, bootstrap_mean, share_interval
 
 ALL = "all"
 DIFFICULTY_ORDER = ("easy", "medium", "hard")
@@ -49,9 +50,9 @@ def pairwise_rows(items: Sequence[EvalItem], verdicts: Sequence[Verdict]) -> lis
             PairwiseRow(
                 category=name,
                 n=len(group),
-                win=bootstrap_mean([float(v.outcome == "win") for v in group]),
-                loss=bootstrap_mean([float(v.outcome == "loss") for v in group]),
-                tie=bootstrap_mean([float(v.outcome == "tie") for v in group]),
+                win=share_interval([v.outcome == "win" for v in group]),
+                loss=share_interval([v.outcome == "loss" for v in group]),
+                tie=share_interval([v.outcome == "tie" for v in group]),
             )
         )
     return rows
@@ -60,6 +61,8 @@ def pairwise_rows(items: Sequence[EvalItem], verdicts: Sequence[Verdict]) -> lis
 @dataclass(frozen=True)
 class SystemScores:
     system: str
+    category: str
+    """``all``, or a difficulty / hop count as the items' tags name it."""
     n: int
     exact_match: Interval
     f1: Interval
@@ -67,6 +70,12 @@ class SystemScores:
     evidence_recall: Interval
     all_evidence_found: Interval
     errors: int
+    fallbacks: int
+    """Answers that are quoted sentences, not the model's own (``status == "fallback"``)."""
+    contains_model: Interval
+    """The gold answer contained, over the model-written answers only."""
+    contains_fallback: Interval
+    """The gold answer contained, over the fallback answers only."""
 
 
 def _per_system(answers: Sequence[SystemAnswer]) -> list[tuple[str, list[SystemAnswer]]]:
@@ -77,25 +86,51 @@ def _per_system(answers: Sequence[SystemAnswer]) -> list[tuple[str, list[SystemA
     return sorted(groups.items())
 
 
+def difficulty(item: EvalItem) -> str:
+    """The item's difficulty or hop count as its tags name it (``unknown`` when untagged)."""
+    return item.tags.get("difficulty", "unknown")
+
+
+def _scores(
+    system: str, name: str, group: Sequence[SystemAnswer], by_id: dict[str, EvalItem]
+) -> SystemScores:
+    scores = [objective(by_id[a.item_id], a) for a in group]
+    recalls = [r for a in group if (r := evidence_recall(by_id[a.item_id], a)) is not None]
+    model = [s.contains for a, s in zip(group, scores, strict=True) if a.status == "model"]
+    fallback = [s.contains for a, s in zip(group, scores, strict=True) if a.status == "fallback"]
+    return SystemScores(
+        system=system,
+        category=name,
+        n=len(group),
+        exact_match=share_interval([s.exact_match for s in scores]),
+        f1=bootstrap_mean([s.f1 for s in scores]),
+        contains=share_interval([s.contains for s in scores]),
+        evidence_recall=bootstrap_mean([r.share for r in recalls]),
+        all_evidence_found=share_interval([r.all_found for r in recalls]),
+        errors=sum(1 for a in group if a.error),
+        fallbacks=len(fallback),
+        contains_model=share_interval(model),
+        contains_fallback=share_interval(fallback),
+    )
+
+
 def system_scores(items: Sequence[EvalItem], answers: Sequence[SystemAnswer]) -> list[SystemScores]:
+    """Per system: the overall row, then one row per difficulty / hop count (easy, medium, hard first)."""
     by_id = {item.id: item for item in items}
     rows = []
     for system, group in _per_system(answers):
-        scores = [objective(by_id[a.item_id], a) for a in group]
-        recalls = [r for a in group if (r := evidence_recall(by_id[a.item_id], a)) is not None]
-        rows.append(
-            SystemScores(
-                system=system,
-                n=len(group),
-                exact_match=bootstrap_mean([float(s.exact_match) for s in scores]),
-                f1=bootstrap_mean([s.f1 for s in scores]),
-                contains=bootstrap_mean([float(s.contains) for s in scores]),
-                evidence_recall=bootstrap_mean([r.share for r in recalls]),
-                all_evidence_found=bootstrap_mean([float(r.all_found) for r in recalls]),
-                errors=sum(1 for a in group if a.error),
-            )
-        )
+        rows.append(_scores(system, ALL, group, by_id))
+        split: dict[str, list[SystemAnswer]] = defaultdict(list)
+        for answer in group:
+            split[difficulty(by_id[answer.item_id])].append(answer)
+        for name in sorted(split, key=lambda n: _category_order(f"{n} / ")):
+            rows.append(_scores(system, name, split[name], by_id))
     return rows
+
+
+MAX_ORDER_FLIP_RATE = 0.5
+"""Above this share of order flips most verdicts were decided by the answers' positions, not their
+content: the judge's win-rates are reported as not informative."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +141,12 @@ class JudgeCalibration:
     """Items where exactly one of the two systems is objectively correct."""
     agreement_with_objective: float
     """Share of the decisive items where the judge's outcome picks the objectively correct system."""
+
+    @property
+    def informative(self) -> bool:
+        """Whether the judge's verdicts say anything: judged items, and order flips at most
+        :data:`MAX_ORDER_FLIP_RATE`."""
+        return self.n > 0 and self.order_flip_rate <= MAX_ORDER_FLIP_RATE
 
 
 def judge_calibration(
@@ -136,6 +177,8 @@ def judge_calibration(
 @dataclass(frozen=True)
 class CostRow:
     system: str
+    category: str
+    """``all``, or a difficulty / hop count."""
     n: int
     tool_calls: float
     prompt_tokens: float
@@ -144,19 +187,29 @@ class CostRow:
     latency_s: float
 
 
-def cost_rows(answers: Sequence[SystemAnswer]) -> list[CostRow]:
+def _cost(system: str, name: str, group: Sequence[SystemAnswer]) -> CostRow:
+    n = len(group)
+    return CostRow(
+        system=system,
+        category=name,
+        n=n,
+        tool_calls=sum(a.usage.tool_calls for a in group) / n,
+        prompt_tokens=sum(a.usage.prompt_tokens for a in group) / n,
+        computed_tokens=sum(a.usage.computed_tokens for a in group) / n,
+        output_tokens=sum(a.usage.output_tokens for a in group) / n,
+        latency_s=sum(a.usage.latency_s for a in group) / n,
+    )
+
+
+def cost_rows(items: Sequence[EvalItem], answers: Sequence[SystemAnswer]) -> list[CostRow]:
+    """Per system: the overall row, then one row per difficulty / hop count."""
+    by_id = {item.id: item for item in items}
     rows = []
     for system, group in _per_system(answers):
-        n = len(group)
-        rows.append(
-            CostRow(
-                system=system,
-                n=n,
-                tool_calls=sum(a.usage.tool_calls for a in group) / n,
-                prompt_tokens=sum(a.usage.prompt_tokens for a in group) / n,
-                computed_tokens=sum(a.usage.computed_tokens for a in group) / n,
-                output_tokens=sum(a.usage.output_tokens for a in group) / n,
-                latency_s=sum(a.usage.latency_s for a in group) / n,
-            )
-        )
+        rows.append(_cost(system, ALL, group))
+        split: dict[str, list[SystemAnswer]] = defaultdict(list)
+        for answer in group:
+            split[difficulty(by_id[answer.item_id])].append(answer)
+        for name in sorted(split, key=lambda n: _category_order(f"{n} / ")):
+            rows.append(_cost(system, name, split[name]))
     return rows

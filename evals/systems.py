@@ -29,6 +29,7 @@ from deepscout.model_runtime.chat import ChatModel, GenerationDeadlineExceeded, 
 from deepscout.settings import Settings
 from deepscout.text.citations import resolve_citations
 from deepscout.tools.retrieval import Retriever
+from deepscout.tools.untrusted import wrap_untrusted
 
 PROMPT_OVERHEAD_TOKENS = 64
 """Tokens kept free for the chat template around the RAG prompt."""
@@ -72,13 +73,16 @@ class AgentSystem:
             sources=tuple(
                 SourceRef(s["source_id"], s.get("doc_id"), s["title"], s["url"]) for s in result.sources
             ),
-            read_doc_ids=tuple(doc_id for s in result.sources if (doc_id := s.get("doc_id"))),
+            # Evidence counts only the documents whose text was in the model's context when it answered.
+            read_doc_ids=tuple(doc_id for s in result.sources if (doc_id := s.get("doc_id")) and s["chars"]),
+            status=result.status,
             usage=AnswerCost(
                 tool_calls=usage.tool_calls,
                 prompt_tokens=usage.tokens.prompt_tokens,
                 computed_tokens=usage.tokens.computed_tokens,
                 output_tokens=usage.tokens.output_tokens,
-                latency_s=round(time.monotonic() - started, 3),
+                # A resumed run reports the time of its earlier invocations too.
+                latency_s=round(max(time.monotonic() - started, usage.seconds), 3),
             ),
         )
 
@@ -107,30 +111,33 @@ class RagSystem:
     name: str = "rag"
 
     def _prompt(self, question: str, passages: list[str]) -> list[BaseMessage]:
+        """The prompt with each passage ``[n]`` and its text (title included) wrapped as untrusted data."""
+        blocks = [
+            f"[{n}]\n{wrap_untrusted(text, origin='corpus')}" for n, text in enumerate(passages, start=1)
+        ]
         return [
             SystemMessage(RAG_SYSTEM),
-            HumanMessage(RAG_USER.format(passages="\n\n".join(passages), question=question)),
+            HumanMessage(RAG_USER.format(passages="\n\n".join(blocks), question=question)),
         ]
 
     def _fit(self, question: str, texts: list[str]) -> list[str]:
-        """Passages ``[n] title\\ntext`` whole while they fit the budget; the first that does not fit is cut
+        """Passages (``title\\ntext``) whole while they fit the budget; the first that does not fit is cut
         to the room left, and the rest are left out."""
         budget = self.context_tokens - self.answer_max_tokens - PROMPT_OVERHEAD_TOKENS
         passages: list[str] = []
-        for n, text in enumerate(texts, start=1):
-            candidate = f"[{n}] {text}"
-            if self.chat.count_tokens(self._prompt(question, [*passages, candidate])) <= budget:
-                passages.append(candidate)
+        for text in texts:
+            if self.chat.count_tokens(self._prompt(question, [*passages, text])) <= budget:
+                passages.append(text)
                 continue
-            low, high = 0, len(candidate)
+            low, high = 0, len(text)
             while low < high:  # the longest prefix that fits
                 mid = (low + high + 1) // 2
-                if self.chat.count_tokens(self._prompt(question, [*passages, candidate[:mid]])) <= budget:
+                if self.chat.count_tokens(self._prompt(question, [*passages, text[:mid]])) <= budget:
                     low = mid
                 else:
                     high = mid - 1
-            if low > len(f"[{n}] ") + 40:
-                passages.append(candidate[:low])
+            if low > 40:
+                passages.append(text[:low])
             break
         return passages
 

@@ -13,10 +13,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from deepscout.cli.input_checks import check_text, validation_summary
 from deepscout.cli.output import fail
 
 if TYPE_CHECKING:
     from deepscout.agent.api import ResearchResult
+    from deepscout.settings import Settings
 
 SEARCH_MODES = ("local", "web", "both")
 RETRIEVALS = ("bm25", "dense", "hybrid")
@@ -47,12 +49,12 @@ def _progress(console: Console) -> Any:
                 f"{event['output_tokens']} written[/]"
             )
         elif kind == "reflection":
-            verdict = "enough evidence" if event["enough"] else "more needed"
-            console.print(f"  reflection: {verdict}")
+            queries = "; ".join(escape(q) for q in event["queries"]) or "none (stopping)"
+            console.print(f"  next: {queries}")
         elif kind == "stop":
-            console.print(f"[dim]loop stopped: {event['reason']}[/]")
+            console.print(f"[dim]loop stopped: {escape(str(event['reason']))}[/]")
         elif kind == "citation_removed":
-            console.print(f"  [yellow]removed citation {event['marker']}: no such source[/]")
+            console.print(f"  [yellow]removed citation {escape(str(event['marker']))}: no such source[/]")
 
     return show
 
@@ -60,7 +62,10 @@ def _progress(console: Console) -> Any:
 def _print_result(console: Console, result: ResearchResult) -> None:
     console.print(result.answer, markup=False, highlight=False)
     if result.status == "fallback":
-        console.print("[yellow](the model gave no answer; passages shown instead)[/]")
+        reason = escape(result.fallback_reason or "no reason recorded")
+        console.print(
+            f"[yellow](the model gave no grounded answer: {reason}; the best sentences read are quoted)[/]"
+        )
     cited = {citation.n for citation in result.citations}
     if result.sources:
         console.print("\nSources:")
@@ -80,17 +85,34 @@ def _print_result(console: Console, result: ResearchResult) -> None:
     )
 
 
+def _require_collection(settings: Settings, name: str) -> None:
+    from deepscout.memory.corpus import CorpusIndex
+    from deepscout.memory.db import open_database
+
+    database = open_database(settings)
+    try:
+        CorpusIndex(database.session_factory).require_collection(name)
+    finally:
+        database.dispose()
+
+
 def ask(
     question: Annotated[str, typer.Argument(help="The question to research.")] = "",
     model: Annotated[str | None, typer.Option("--model", help="Chat model spec (default: settings).")] = None,
     search: Annotated[str, typer.Option("--search", help="Where to search: local, web or both.")] = "local",
-    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Search rounds.")] = 3,
-    max_tool_calls: Annotated[int, typer.Option("--max-tool-calls", min=1, help="Tool calls.")] = 16,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, max=50, help="Search rounds.")] = 3,
+    max_documents: Annotated[
+        int, typer.Option("--max-documents", min=1, max=200, help="Documents read.")
+    ] = 10,
+    max_tool_calls: Annotated[
+        int, typer.Option("--max-tool-calls", min=1, max=1000, help="Tool calls.")
+    ] = 24,
     max_context_tokens: Annotated[
-        int | None, typer.Option("--max-context-tokens", min=512, help="Context budget (default: window).")
+        int | None,
+        typer.Option("--max-context-tokens", min=512, max=1 << 24, help="Context budget (default: window)."),
     ] = None,
     wall_time: Annotated[
-        float, typer.Option("--wall-time", min=1.0, help="Seconds for the whole run.")
+        float, typer.Option("--wall-time", min=1.0, max=86400.0, help="Seconds for the whole run.")
     ] = 300.0,
     collection: Annotated[str | None, typer.Option("--collection", help="Search one collection.")] = None,
     retrieval: Annotated[
@@ -103,10 +125,13 @@ def ask(
     """Research QUESTION on the local corpus (or the web) and print a cited answer with its sources."""
     if not question.strip() and resume is None:
         fail("the question is empty; ask something, e.g. deepscout ask 'Who directed Alien?'")
+    check_text(question, "question")
     if search not in SEARCH_MODES:
         fail(f"unknown search mode {search!r}; use one of: {', '.join(SEARCH_MODES)}")
     if retrieval not in RETRIEVALS:
         fail(f"unknown retrieval {retrieval!r}; use one of: {', '.join(RETRIEVALS)}")
+
+    from pydantic import ValidationError
 
     from deepscout.agent.api import research
     from deepscout.agent.options import Budgets, ResearchOptions
@@ -114,24 +139,30 @@ def ask(
     from deepscout.model_runtime.chat import BackendRegistry
     from deepscout.settings import Settings
 
-    settings = Settings()
-    spec = model or settings.model
-    options = ResearchOptions(
-        model=spec,
-        search=search,  # type: ignore[arg-type]
-        budgets=Budgets(
-            max_steps=max_steps,
-            max_tool_calls=max_tool_calls,
-            max_context_tokens=max_context_tokens,
-            wall_time_s=wall_time,
-        ),
-        collection=collection,
-        retrieval=retrieval,  # type: ignore[arg-type]
-    )
+    try:
+        settings = Settings()
+        spec = model or settings.model
+        options = ResearchOptions(
+            model=spec,
+            search=search,  # type: ignore[arg-type]
+            budgets=Budgets(
+                max_steps=max_steps,
+                max_documents=max_documents,
+                max_tool_calls=max_tool_calls,
+                max_context_tokens=max_context_tokens,
+                wall_time_s=wall_time,
+            ),
+            collection=collection,
+            retrieval=retrieval,  # type: ignore[arg-type]
+        )
+    except ValidationError as error:
+        fail(validation_summary(error))
     stderr = Console(stderr=True)
     thread_id = resume or uuid.uuid4().hex
     try:
         BackendRegistry().parse(spec)
+        if collection is not None:
+            _require_collection(settings, collection)  # before the model loads: fail in a second, not minutes
         result = research(
             question, settings=settings, options=options, thread_id=thread_id, on_event=_progress(stderr)
         )

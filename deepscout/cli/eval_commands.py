@@ -30,7 +30,11 @@ def run(
     retrieval: Annotated[str, typer.Option(help="bm25, dense or hybrid (both systems).")] = "bm25",
     top_k: Annotated[int, typer.Option(help="Documents the RAG baseline reads.")] = 5,
     max_steps: Annotated[int, typer.Option(help="Agent search rounds.")] = 3,
-    max_tool_calls: Annotated[int, typer.Option(help="Agent tool calls.")] = 16,
+    max_documents: Annotated[int, typer.Option(help="Documents the agent reads.")] = 10,
+    model_queries: Annotated[
+        int, typer.Option(help="Queries the agent's model may propose per round (0: none).")
+    ] = 3,
+    max_tool_calls: Annotated[int, typer.Option(help="Agent tool calls.")] = 24,
     wall_time: Annotated[float, typer.Option(help="Seconds per question and system.")] = 300.0,
     seed: Annotated[int, typer.Option(help="Recorded in the manifest; part of the run id.")] = 0,
 ) -> None:
@@ -56,7 +60,13 @@ def run(
             search=search,
             retrieval=retrieval,  # type: ignore[arg-type]
             top_k=top_k,
-            budgets=Budgets(max_steps=max_steps, max_tool_calls=max_tool_calls, wall_time_s=wall_time),
+            budgets=Budgets(
+                max_steps=max_steps,
+                max_documents=max_documents,
+                max_tool_calls=max_tool_calls,
+                wall_time_s=wall_time,
+            ),
+            model_queries=model_queries,
             seed=seed,
         )
     except ValidationError as error:

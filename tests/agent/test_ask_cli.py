@@ -58,7 +58,7 @@ def test_ask_prints_answer_and_sources(home, small_corpus, scripted, monkeypatch
     assert "Bram Stoker wrote Dracula [1]." in result.output
     assert "[1] Dracula (source" in result.output
     assert "removed citation [8]" in result.output
-    assert "searching: Dracula author" in result.output
+    assert "searching: Who wrote Dracula?; Dracula author" in result.output
 
 
 def test_a_context_budget_over_the_window_is_one_error_line(

@@ -24,7 +24,7 @@ def test_interrupted_run_resumes_by_thread_id(settings, small_corpus, scripted) 
             QUESTION,
             settings=settings,
             model=first,
-            options=ResearchOptions(budgets=Budgets(max_steps=3)),
+            options=ResearchOptions(hits_per_query=2, budgets=Budgets(max_steps=3)),
             thread_id="thread-1",
             database=small_corpus,
         )
@@ -36,8 +36,8 @@ def test_interrupted_run_resumes_by_thread_id(settings, small_corpus, scripted) 
 
     second = scripted(
         [
-            '{"enough":false,"next_queries":["Bram Stoker birthplace"]}',
-            '{"enough":true,"next_queries":[]}',
+            '{"next_queries":["Bram Stoker birthplace"]}',
+            '{"next_queries":[]}',
             "Bram Stoker [1] was born in Dublin [3].",
         ]
     )
@@ -46,7 +46,7 @@ def test_interrupted_run_resumes_by_thread_id(settings, small_corpus, scripted) 
         "",  # the stored question is used
         settings=settings,
         model=second,
-        options=ResearchOptions(budgets=Budgets(max_steps=3)),
+        options=ResearchOptions(hits_per_query=2, budgets=Budgets(max_steps=3)),
         thread_id="thread-1",
         database=small_corpus,
         on_event=events.append,
@@ -54,9 +54,12 @@ def test_interrupted_run_resumes_by_thread_id(settings, small_corpus, scripted) 
     assert events[0]["type"] == "resume"
     assert second.calls == 3  # the plan was not asked again
     # The resumed reflection saw the documents read before the interruption.
-    assert any("[1] Dracula" in str(message.content) for message in second.prompts[0])
+    assert any(
+        str(message.content).startswith("[1]\n") and "Dracula" in str(message.content)
+        for message in second.prompts[0]
+    )
     nodes = [step["node"] for step in result.trace]
-    assert nodes == ["plan", "act", "read", "reflect", "act", "read", "reflect", "answer"]
+    assert nodes == ["plan", "act", "read", *["reflect", "act", "read"] * 2, "reflect", "answer"]
     assert result.run_id == run.id
     source_ids = [source["source_id"] for source in result.sources]
     assert len(source_ids) == len(set(source_ids))
@@ -72,3 +75,15 @@ def test_interrupted_run_resumes_by_thread_id(settings, small_corpus, scripted) 
     third = scripted([])
     again = research("", settings=settings, model=third, thread_id="thread-1", database=small_corpus)
     assert again.answer == result.answer and third.calls == 0
+
+
+def test_a_resumed_run_keeps_its_earlier_latency(settings, small_corpus, scripted) -> None:
+    model = scripted(['{"queries":["Dracula author"]}', "Bram Stoker wrote Dracula [1]."], delays={1: 0.5})
+    options = ResearchOptions(budgets=Budgets(max_steps=1))
+    first = research(
+        QUESTION, settings=settings, model=model, options=options, thread_id="t-lat", database=small_corpus
+    )
+    assert first.usage.seconds >= 0.5
+    # The finished thread answers at once, with the time the run took (not the lookup's milliseconds).
+    again = research("", settings=settings, model=scripted([]), thread_id="t-lat", database=small_corpus)
+    assert again.usage.seconds >= 0.5

@@ -6,7 +6,7 @@ looking at the prompt, as a model would:
 
 - the agent's planner (:data:`deepscout.agent.prompts.PLAN_INSTRUCTION`) gets a JSON plan with one
   keyword query made from the question, and its reflection (``REFLECT_INSTRUCTION``) gets
-  ``{"enough": true, ...}``;
+  ``{"next_queries": []}``;
 - the agent's answer prompt (``ANSWER_INSTRUCTION``) and the RAG prompt (``RAG_USER``) get a short answer
   naming the first document in the prompt and citing it as [1];
 - the judge's structured-output request (one tool, ``PairwiseVerdict``, forced) gets a tool call whose
@@ -39,8 +39,13 @@ _REFLECT_START = agent_prompts.REFLECT_INSTRUCTION.split("{", 1)[0]
 _ANSWER_START = agent_prompts.ANSWER_INSTRUCTION.split("{", 1)[0]
 _RAG_START = eval_prompts.RAG_USER.split("{", 1)[0]
 _QUESTION_START = agent_prompts.QUESTION.split("{", 1)[0]
-_JUDGE_ANSWERS = re.compile(r"Answer A:\n(?P<a>.*?)\n\nAnswer B:\n(?P<b>.*?)\n\nWhich answer", re.S)
-_DOCUMENT_TITLE = re.compile(r"^\[(\d+)\] (.+)$", re.M)
+_JUDGE_ANSWERS = re.compile(
+    r"Answer A:\n<untrusted_data[^>]*>\n(?P<a>.*?)\n</untrusted_data>\n\n"
+    r"Answer B:\n<untrusted_data[^>]*>\n(?P<b>.*?)\n</untrusted_data>\n\nWhich answer",
+    re.S,
+)
+_DOCUMENT_TITLE = re.compile(r"^\[(\d+)\]\n<untrusted_data[^>]*>\n(.+)$", re.M)
+"""A document as the agent and the RAG prompt show it: ``[n]``, then its title inside the data block."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ def _reply(server: EvalChatServer, body: dict[str, Any]) -> tuple[str, str, dict
         return "plan", question, {"content": json.dumps({"queries": [_keywords(question)]})}
     if last.startswith(_REFLECT_START):
         question = _agent_question(messages)
-        return "reflect", question, {"content": json.dumps({"enough": True, "next_queries": []})}
+        return "reflect", question, {"content": json.dumps({"next_queries": []})}
     if last.startswith(_ANSWER_START):
         question = _agent_question(messages)
         title = _first_document_title(messages)

@@ -33,7 +33,7 @@ def test_agent_rag_and_judge_over_the_openai_backend(
         judge="openai:test-model",
         limit=ITEMS,
         concurrency=2,
-        budgets=Budgets(max_steps=2, max_tool_calls=8, wall_time_s=60),
+        budgets=Budgets(max_steps=2, max_tool_calls=12, wall_time_s=60),
         answer_max_tokens=64,
     )
     outcome = run_eval(options, settings=settings)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from deepscout.evals.judges import PairwiseVerdict, combine_orders
-from deepscout.evals.stats import bootstrap_mean
+from deepscout.evals.stats import bootstrap_mean, wilson_interval
 
 
 def _v(winner: str) -> PairwiseVerdict:
@@ -48,3 +48,24 @@ def test_bootstrap_interval_brackets_the_share_and_is_deterministic() -> None:
 def test_bootstrap_of_nothing_is_nan() -> None:
     interval = bootstrap_mean([])
     assert interval.estimate != interval.estimate
+
+
+@pytest.mark.parametrize(("successes", "n"), [(0, 20), (20, 20), (0, 1)])
+def test_wilson_interval_does_not_collapse_at_the_ends(successes: int, n: int) -> None:
+    interval = wilson_interval(successes, n)
+    assert interval.estimate == successes / n
+    assert interval.high - interval.low > 0.1  # a bootstrap of all-equal values gives [x, x]
+    assert 0.0 <= interval.low <= interval.estimate <= interval.high <= 1.0
+
+
+def test_wilson_interval_matches_the_formula() -> None:
+    interval = wilson_interval(60, 100)
+    assert interval.low == pytest.approx(0.502, abs=1e-3) and interval.high == pytest.approx(0.691, abs=1e-3)
+
+
+def test_a_judge_that_flips_with_the_order_is_not_informative() -> None:
+    from deepscout.evals.summary import MAX_ORDER_FLIP_RATE, JudgeCalibration
+
+    assert JudgeCalibration(10, MAX_ORDER_FLIP_RATE, 0, float("nan")).informative
+    assert not JudgeCalibration(10, MAX_ORDER_FLIP_RATE + 0.1, 0, float("nan")).informative
+    assert not JudgeCalibration(0, float("nan"), 0, float("nan")).informative

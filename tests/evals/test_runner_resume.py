@@ -131,3 +131,36 @@ def test_a_context_budget_over_the_window_is_refused_before_any_answer(dataset: 
     with db.session_factory() as session:
         assert session.scalar(select(func.count()).select_from(EvalAnswer)) == 0
     db.dispose()
+
+
+def test_ctrl_c_stops_the_queue_at_once(
+    dataset: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The item in flight is interrupted and nothing after it starts (the embedded model runs items on the
+    calling thread); what finished before Ctrl-C is stored."""
+    options = EvalOptions(dataset=dataset, systems=("agent", "rag"), model="unused")
+    calls: list[str] = []
+    monkeypatch.setattr(AgentSystem, "answer", _answering(calls, kill_at=1))
+    monkeypatch.setattr(RagSystem, "answer", _answering(calls, kill_at=1))
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(options, settings=settings, chat=UnusedChat())
+    assert calls == ["agent:q0"]  # no later item was started
+    db = open_database(settings)
+    with db.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(EvalAnswer)) == 1
+    db.dispose()
+
+
+def test_run_id_prefix_is_literal(dataset: Path, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepscout.evals.store import EvalRunNotFoundError, resolve_run_id
+
+    monkeypatch.setattr(AgentSystem, "answer", _answering([]))
+    monkeypatch.setattr(RagSystem, "answer", _answering([]))
+    outcome = run_eval(EvalOptions(dataset=dataset, model="unused"), settings=settings, chat=UnusedChat())
+    db = open_database(settings)
+    with db.session_factory() as session:
+        assert resolve_run_id(session, outcome.run_id[:6]) == outcome.run_id
+        for pattern in ("%", "_", outcome.run_id[:3] + "%", ""):  # SQL wildcards are not wildcards here
+            with pytest.raises(EvalRunNotFoundError):
+                resolve_run_id(session, pattern)
+    db.dispose()

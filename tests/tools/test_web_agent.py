@@ -12,16 +12,18 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel
 
 from deepscout.model_runtime.chat import ChatModel
 
 
 class ScriptModel(ChatModel):
-    """Answers with the scripted texts in order (structured output parsed from the same texts)."""
+    """Answers the planner, every reflection and the answer step with scripted texts (structured output
+    parsed from the same texts)."""
 
-    replies: list[str]
-    _next: int = PrivateAttr(default=0)
+    plan: str
+    reflection: str
+    answer: str
 
     @property
     def _llm_type(self) -> str:
@@ -37,8 +39,9 @@ class ScriptModel(ChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        text = self.replies[self._next]
-        self._next += 1
+        instruction = str(messages[-1].content)
+        text = self.plan if "search queries" in instruction else self.answer
+        text = self.reflection if "still" in instruction else text
         prompt = self.count_tokens(messages)
         message = AIMessage(
             content=text,
@@ -76,11 +79,9 @@ def test_web_research_then_an_offline_replay(
 
     def run() -> Any:
         model = ScriptModel(
-            replies=[
-                '{"queries":["Aletsch glacier thinning"]}',
-                '{"enough":true,"next_queries":[]}',
-                "The Aletsch glacier thins by 1.4 metres a year [2].",
-            ]
+            plan='{"queries":["Aletsch glacier thinning"]}',
+            reflection='{"next_queries":[]}',
+            answer="The Aletsch glacier thins by 1.4 metres a year [2].",
         )
         return research(
             "How fast is the Aletsch glacier thinning?",
