@@ -31,6 +31,7 @@ from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database, open_database, write_session
 from deepscout.model_runtime.chat import ChatModel, Usage, load_chat_model
 from deepscout.settings import Settings
+from deepscout.text.storable import unstorable_reason
 from deepscout.tools.base import ToolContext
 from deepscout.tools.quotas import ToolQuotas
 from deepscout.tools.registry import build_tools
@@ -194,6 +195,8 @@ def research(
                     "id printed when the run started, or ask a question"
                 )
             raise ResearchInputError("the question is empty; ask something, e.g. 'Who directed Alien?'")
+        elif (reason := unstorable_reason(question)) is not None:
+            raise ResearchInputError(f"the question {reason}")
         db = database or open_database(settings)
         if database is None:
             cleanup.callback(db.dispose)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from deepscout.cli.output import fail
+from deepscout.text.storable import unstorable_reason
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -18,10 +19,9 @@ if TYPE_CHECKING:
 
 def check_text(value: str, what: str) -> None:
     """Exit with a clear error when ``value`` holds NUL characters or bytes that are not UTF-8."""
-    if "\x00" in value:
-        fail(f"the {what} contains a NUL character; remove it and try again")
-    if any("\ud800" <= char <= "\udfff" for char in value):
-        fail(f"the {what} is not valid UTF-8 text; check the terminal's encoding and try again")
+    reason = unstorable_reason(value)
+    if reason is not None:
+        fail(f"the {what} {reason}")
 
 
 def validation_summary(error: ValidationError) -> str:

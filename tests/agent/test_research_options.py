@@ -64,3 +64,20 @@ def test_sources_of_an_old_checkpoint_read_without_doc_id() -> None:
     result = _result(state, "thread-1", 0.0)  # type: ignore[arg-type]
     assert result.sources[0]["doc_id"] is None
     assert result.citations[0].source_id == 7
+
+
+@pytest.mark.parametrize(
+    ("question", "reason"),
+    [("Who wrote\x00 Dracula?", "NUL"), ("Who wrote \udcff Dracula?", "UTF-8")],
+    ids=["nul", "not-utf8"],
+)
+def test_a_question_that_cannot_be_stored_is_refused(
+    settings, small_corpus, scripted, question, reason
+) -> None:
+    """NUL (PostgreSQL refuses it) and lone surrogates (bytes that were not UTF-8) fail before any run."""
+    model = scripted([])
+    with pytest.raises(ResearchInputError, match=reason):
+        research(question, settings=settings, model=model, database=small_corpus)
+    assert model.calls == 0
+    with small_corpus.session_factory() as session:
+        assert session.scalars(select(Run)).all() == []
