@@ -49,6 +49,7 @@ def _write(
             [*transcript, instruction],
             {"callbacks": [recorder]},
             deadline=run.deadline,
+            cancel=run.cancel,
             max_new_tokens=run.options.answer_max_tokens,
         ):
             delta = chunk.content if isinstance(chunk.content, str) else ""

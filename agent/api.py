@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Required, TypedDict, Unpack
@@ -21,6 +21,7 @@ from langchain_core.runnables import RunnableConfig
 
 from deepscout.agent.answer_node import AnswerStatus
 from deepscout.agent.context import ContextManager, documents_in
+from deepscout.agent.conversation import PriorTurn, opening
 from deepscout.agent.graph import build_graph, sqlite_checkpointer
 from deepscout.agent.options import ResearchInputError, ResearchOptions
 from deepscout.agent.run_context import Event, RunContext
@@ -29,7 +30,7 @@ from deepscout.agent.step_trace import step_tokens
 from deepscout.memory import repository
 from deepscout.memory.corpus import CorpusIndex
 from deepscout.memory.db import Database, open_database, write_session
-from deepscout.model_runtime.chat import ChatModel, Usage, load_chat_model
+from deepscout.model_runtime.chat import ChatModel, GenerationCancelled, Usage, load_chat_model
 from deepscout.settings import Settings
 from deepscout.text.storable import unstorable_reason
 from deepscout.tools.base import ToolContext
@@ -151,6 +152,8 @@ def research(
     thread_id: str | None = None,
     on_event: Callable[[Event], None] | None = None,
     database: Database | None = None,
+    history: Sequence[PriorTurn] = (),
+    cancel: threading.Event | None = None,
 ) -> ResearchResult:
     """Research ``question`` and return the cited answer, the sources read, the trace and the usage.
 
@@ -160,7 +163,10 @@ def research(
     an unfinished thread is resumed, a finished one returns its result. ``on_event`` receives progress
     events (queries, sources, tokens...). ``database`` is an open database to use (default: opened from
     ``settings`` for the run). ``settings.web`` (timeouts, caps, allow/deny lists) applies when the search
-    mode uses the web.
+    mode uses the web. ``history``: the thread's earlier turns, which a follow-up question builds on (they
+    open the model's conversation; see ``conversation.py``). ``cancel``: set it to stop the run, also in
+    the middle of a model call (which then raises ``GenerationCancelled``; the checkpoint keeps the run
+    resumable).
     """
     started = time.monotonic()
     emit = on_event or (lambda event: None)
@@ -228,6 +234,7 @@ def research(
             deadline=deadline,
             loop_deadline=deadline - options.answer_time_share * budget.wall_time_s,
             emit=emit,
+            cancel=cancel or threading.Event(),
         )
         if resuming:
             run_id = stored["run_id"]
@@ -246,11 +253,17 @@ def research(
                 )
                 run_id = run.id
             emit({"type": "start", "thread_id": thread_id, "run_id": run_id, "question": question})
-            graph_input = {"question": question, "run_id": run_id, "step": 0, "tool_calls_used": 0}
+            graph_input = {
+                "question": question,
+                "run_id": run_id,
+                "step": 0,
+                "tool_calls_used": 0,
+                "transcript": opening(question, history),
+            }
         try:
             graph.invoke(graph_input, config, context=run_context)
         except BaseException as error:
-            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            status = "interrupted" if isinstance(error, (KeyboardInterrupt, GenerationCancelled)) else "failed"
             with write_session(db.session_factory) as session:
                 message = f"{type(error).__name__}: {error}"
                 repository.finish_run(session, run_id=run_id, status=status, error=message)
@@ -271,6 +284,8 @@ class StreamArguments(TypedDict, total=False):
     model: ChatModel | None
     thread_id: str | None
     database: Database | None
+    history: Sequence[PriorTurn]
+    cancel: threading.Event | None
 
 
 async def aresearch_stream(question: str, **arguments: Unpack[StreamArguments]) -> AsyncIterator[Event]:

@@ -21,12 +21,13 @@ import logging
 import time
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from deepscout.agent import prompts
 from deepscout.agent.context import DocumentText, focus_text
+from deepscout.agent.conversation import opening
 from deepscout.agent.followup import bridges, follow_up_queries
 from deepscout.agent.grounding import clean_queries, vocabulary
 from deepscout.agent.run_context import RunContext
@@ -62,15 +63,6 @@ def _compact(value: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _opening(question: str) -> list[BaseMessage]:
-    """System prompt, worked example, question: the same prefix for every run but the last turn."""
-    messages: list[BaseMessage] = [SystemMessage(content=prompts.SYSTEM_PROMPT)]
-    for role, text in prompts.EXAMPLE_TURNS:
-        messages.append(AIMessage(content=text) if role == "assistant" else HumanMessage(content=text))
-    messages.append(HumanMessage(content=prompts.QUESTION.format(question=question)))
-    return messages
-
-
 def _budget_left(run: RunContext, state: ResearchState) -> int:
     return run.options.budgets.max_tool_calls - state.get("tool_calls_used", 0)
 
@@ -95,7 +87,12 @@ def _proposals(
     deadline = now + PROPOSAL_TIME_SHARE * (run.loop_deadline - now)
     try:
         result, usage = structured_call(
-            run.model, schema, [*transcript, instruction], max_tokens=max_tokens, deadline=deadline
+            run.model,
+            schema,
+            [*transcript, instruction],
+            max_tokens=max_tokens,
+            deadline=deadline,
+            cancel=run.cancel,
         )
     except GenerationDeadlineExceeded:
         return [], None, "its share of the loop's time ran out"
@@ -111,7 +108,7 @@ def plan(state: ResearchState, runtime: Runtime[RunContext]) -> Command[Literal[
     model's proposals."""
     run = runtime.context
     started = time.monotonic()
-    transcript = list(state.get("transcript") or []) or _opening(state["question"])
+    transcript = list(state.get("transcript") or []) or opening(state["question"])
     limit = run.options.queries_per_step
     instruction = HumanMessage(content=prompts.PLAN_INSTRUCTION.format(n=max(1, limit)))
     proposed, usage, error = _proposals(run, QueryPlan, transcript, instruction, run.options.plan_max_tokens)

@@ -5,6 +5,7 @@ so nothing here is checkpointed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,3 +37,5 @@ class RunContext:
     loop_deadline: float
     """When the search loop stops, leaving the rest of the wall time to the answer."""
     emit: Callable[[Event], None] = field(default=lambda event: None)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set to stop the run: model calls end with ``GenerationCancelled``."""

@@ -11,6 +11,7 @@ whose output is always valid.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ def structured_call(
     *,
     max_tokens: int,
     deadline: float,
+    cancel: threading.Event,
     stop: Sequence[str] = ("]}",),
 ) -> tuple[Schema, CallsUsage]:
     """``schema`` from the model: a free reply parsed leniently, else schema-constrained decoding.
@@ -122,7 +124,8 @@ def structured_call(
     ``stop`` ends the free reply where the object closes (the default suits objects whose last field is
     a list, as the plan and the reflection are; the cut brackets are restored by :func:`balance_json`),
     so a model that would chat on after the JSON spends no time doing so.
-    Raises the backend's ``GenerationDeadlineExceeded`` and ``StructuredOutputError`` unchanged.
+    Raises the backend's ``GenerationDeadlineExceeded``, ``GenerationCancelled`` and
+    ``StructuredOutputError`` unchanged.
     """
     recorder = UsageRecorder()
     config: dict[str, Any] = {"callbacks": [recorder]}
@@ -131,6 +134,7 @@ def structured_call(
         config,  # type: ignore[arg-type]
         stop=list(stop) or None,
         deadline=deadline,
+        cancel=cancel,
         max_new_tokens=max_tokens,
     )
     parsed = parse_lenient(schema, str(reply.content))
@@ -142,6 +146,7 @@ def structured_call(
             list(messages),
             config,  # type: ignore[arg-type]
             deadline=deadline,
+            cancel=cancel,
             max_new_tokens=max_tokens,
         )
         parsed = result if isinstance(result, schema) else schema.model_validate(result)

@@ -11,6 +11,7 @@ agent's checkpoint.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
@@ -21,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepscout.agent.api import ResearchResult, research
+from deepscout.agent.conversation import PriorTurn
 from deepscout.agent.state import SourceRecord
 from deepscout.errors import DeepscoutError
 from deepscout.memory import repository
 from deepscout.memory.db import Database, write_session
 from deepscout.memory.repository import JobEvent
-from deepscout.memory.tables import ResearchJob, Source
+from deepscout.memory.tables import Message, ResearchJob, Source
+from deepscout.model_runtime.chat import GenerationCancelled
 from deepscout.settings import Settings
 from deepscout.ui.http_errors import ApiError
 from deepscout.ui.model_service import ModelService
@@ -110,13 +113,14 @@ class ResearchJobs:
     def _launch(self, job: ResearchJob) -> None:
         with self._database.session_factory() as session:
             stored = repository.list_events(session, job_id=job.id)
+            history = _earlier_turns(repository.list_messages(session, thread_id=job.thread_id))
         live = LiveJob(id=job.id, loop=self._loop, events=stored)
         self._live[job.id] = live
-        self._pool.submit(self._work, live, job.question, JobOptions.model_validate(job.options))
+        self._pool.submit(self._work, live, job.question, JobOptions.model_validate(job.options), history)
 
     # --- the worker ---------------------------------------------------------------------------------
 
-    def _work(self, live: LiveJob, question: str, options: JobOptions) -> None:
+    def _work(self, live: LiveJob, question: str, options: JobOptions, history: list[PriorTurn]) -> None:
         self._emit(live, {"type": "job", "job_id": live.id, "status": "running"})
         self._set_status(live, "running")
         try:
@@ -129,8 +133,10 @@ class ResearchJobs:
                 thread_id=live.id,
                 on_event=lambda event: self._on_agent_event(live, event),
                 database=self._database,
+                history=history,
+                cancel=live.cancel,
             )
-        except JobCancelled:
+        except (JobCancelled, GenerationCancelled):
             if self._stopping:
                 error = repository.INTERRUPTED_BY_RESTART
                 self._finish(live, "interrupted", {"type": "interrupted", "message": error}, error=error)
@@ -295,3 +301,15 @@ class ResearchJobs:
         for live in list(self._live.values()):
             live.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _earlier_turns(messages: list[Message]) -> list[PriorTurn]:
+    """The thread's answered turns, in order: each user question with the assistant answer after it (the
+    question being asked now has no answer yet and is left out)."""
+    turns = []
+    for question, answer in itertools.pairwise(messages):
+        if question.role == "user" and answer.role == "assistant":
+            sources = (answer.meta or {}).get("sources", [])
+            titles = [str(card.get("title", "")) for card in sources if isinstance(card, dict)]
+            turns.append(PriorTurn(question.content, answer.content, titles))
+    return turns

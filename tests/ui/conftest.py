@@ -16,6 +16,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
+from pydantic import Field
 
 from deepscout.agent.state import Reflection
 from deepscout.memory.corpus import CorpusIndex
@@ -46,6 +47,8 @@ class FakeResearchModel(ChatModel):
     answer: str = "Bram Stoker wrote Dracula [1]."
     token_delay: float = 0.0
     context_window: int = 32_768
+    prompts: list[str] = Field(default_factory=list)
+    """Every prompt it was given, its messages joined (the follow-up test reads them)."""
 
     @property
     def serves_threads_concurrently(self) -> bool:
@@ -59,6 +62,7 @@ class FakeResearchModel(ChatModel):
         return sum(len(str(message.content).split()) + 4 for message in messages)
 
     def _reply(self, messages: list[BaseMessage]) -> str:
+        self.prompts.append("\n".join(str(m.content) for m in messages))
         last = str(messages[-1].content)
         if "Answer the question" in last:
             return self.answer

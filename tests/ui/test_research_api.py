@@ -125,13 +125,17 @@ def test_a_restart_keeps_finished_threads_and_marks_interrupted_jobs_resumable(
     assert "resume" in [event["type"] for event in replay] and replay[-1]["type"] == "done"
 
 
-def test_a_follow_up_goes_into_the_same_thread_and_threads_can_be_deleted(client) -> None:
+def test_a_follow_up_goes_into_the_same_thread_and_threads_can_be_deleted(client, fake_model) -> None:
     first = client.post("/v1/research", json={"question": "Who wrote Dracula?"}).json()
     wait_status(client, first["id"], {"succeeded"})
     second = client.post(
         "/v1/research", json={"question": "Where was he born?", "thread_id": first["thread_id"]}
     )
     wait_status(client, second.json()["id"], {"succeeded"})
+    # the follow-up's model saw the earlier turn (question and answer) before the new question
+    follow_up = [p for p in fake_model.prompts if "Where was he born?" in p]
+    assert follow_up and all(p.index("Who wrote Dracula?") < p.index("Where was he born?") for p in follow_up)
+    assert all("Bram Stoker wrote Dracula" in p for p in follow_up)
     listed = client.get("/v1/threads").json()
     assert [thread["id"] for thread in listed] == [first["thread_id"]]
     messages = client.get(f"/v1/threads/{first['thread_id']}/messages").json()
