@@ -1,9 +1,10 @@
 """Settings shared by every part of deepscout, built once by the entry point and passed down.
 
 ``Settings()`` reads the environment: its own fields from ``DEEPSCOUT_*`` (e.g. ``DEEPSCOUT_HOME``) and
-one section per part — ``web`` (``DEEPSCOUT_WEB_*``), ``openai`` (``DEEPSCOUT_OPENAI_*``) and ``v4``
-(``DEEPSCOUT_V4_*``). Only entry points (the CLI, a server, tests, benchmarks) create it; nothing below
-them reads the environment or builds settings of its own (a test enforces this).
+one section per part — ``web`` (``DEEPSCOUT_WEB_*``), ``openai`` (``DEEPSCOUT_OPENAI_*``), ``v4``
+(``DEEPSCOUT_V4_*``), ``hf`` (``DEEPSCOUT_HF_*``) and ``server`` (``DEEPSCOUT_SERVER_*``). Only entry
+points (the CLI, a server, tests, benchmarks) create it; nothing below them reads the environment or
+builds settings of its own (a test enforces this).
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ class WebSettings(BaseSettings):
     corpus_fallback: bool = Field(
         default=True, description="Search the local corpus when the web cannot be searched."
     )
+    searxng_url: str | None = Field(
+        default=None,
+        description="A self-hosted SearxNG (JSON format enabled), asked after the ddgs backends fail.",
+    )
+    brave_api_key: SecretStr | None = Field(
+        default=None, description="Brave Search API key; Brave's API is asked last in the fail-over chain."
+    )
+    brave_api_url: str = Field(
+        default="https://api.search.brave.com/res/v1", description="Brave Search API base URL."
+    )
+    keep_queries_local: bool = Field(
+        default=False,
+        description="Never send queries to third-party search engines (ddgs, Brave): only to searxng_url.",
+    )
 
     # --- fetch --------------------------------------------------------------------------------------
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout per hop.")
@@ -83,6 +98,13 @@ class WebSettings(BaseSettings):
     max_text_chars: int = Field(
         default=2_000_000, ge=1000, description="Cap on the extracted text stored for one page."
     )
+    extract_deadline_s: float = Field(
+        default=10.0, gt=0, description="Time one page's text extraction may take; its worker is then killed."
+    )
+    extract_memory_mb: int = Field(
+        default=512, ge=128, description="Address-space cap (MiB) of each extraction worker process."
+    )
+    extract_workers: int = Field(default=2, ge=1, le=16, description="Extraction worker processes per run.")
 
     # --- guards -------------------------------------------------------------------------------------
     allow_loopback: bool = Field(
@@ -166,6 +188,44 @@ class V4Settings(BaseSettings):
         default=None, ge=1, description="Paged KV blocks (128 tokens each); default: two full contexts."
     )
     structured_retries: int = Field(default=2, ge=0, description="Retries after invalid output, sampled.")
+    max_sequences: int = Field(
+        default=8, ge=1, description="Sequences decoded together in one engine step; more calls wait."
+    )
+
+
+class HFSettings(BaseSettings):
+    """How the embedded Hugging Face models (SmolLM2, ``hf:PATH``) batch and keep KV (``DEEPSCOUT_HF_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPSCOUT_HF_", extra="ignore")
+
+    max_sequences: int = Field(default=8, ge=1, description="Calls decoded together in one batched step.")
+    session_memory_mb: int = Field(
+        default=256, ge=0, description="Memory for idle KV sessions kept for later turns (oldest out first)."
+    )
+
+
+class ServerSettings(BaseSettings):
+    """The HTTP server of ``deepscout serve`` (``DEEPSCOUT_SERVER_*``; list fields take JSON, e.g.
+    ``DEEPSCOUT_SERVER_API_TOKENS='["s3cret"]'``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPSCOUT_SERVER_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; without api_tokens only loopback.")
+    port: int = Field(default=8765, ge=0, le=65535, description="TCP port (0: any free port).")
+    models: list[str] = Field(
+        default=[],
+        description="Chat model specs the server may load and name; empty: Settings.model only. A request "
+        "naming anything else is refused.",
+    )
+    api_tokens: list[SecretStr] = Field(
+        default=[], description="Bearer tokens accepted; each token sees only the threads it created."
+    )
+    rate_limit_per_minute: int = Field(
+        default=120, ge=1, description="Requests one token (or the anonymous client) may make per minute."
+    )
+    max_request_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body accepted.")
+    cors_origins: list[str] = Field(default=[], description="Origins allowed by CORS; empty: none.")
+    max_active_runs: int = Field(default=32, ge=1, description="Research runs in progress at once.")
 
 
 class Settings(BaseSettings):
@@ -184,6 +244,8 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings, description="The open-web tools.")
     openai: OpenAISettings = Field(default_factory=OpenAISettings, description="OpenAI-compatible servers.")
     v4: V4Settings = Field(default_factory=V4Settings, description="The embedded DeepSeek-V4 runtime.")
+    hf: HFSettings = Field(default_factory=HFSettings, description="The embedded Hugging Face models.")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="The HTTP server.")
 
     @property
     def resolved_database_url(self) -> str:

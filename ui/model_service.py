@@ -3,9 +3,13 @@ use, and shared by every session (research runs and OpenAI-compatible requests a
 
 A request names a model by its spec exactly as configured (``smollm2``, ``deepseek-v4:random-tiny``); any
 other name — a path (``hf:PATH``), a spec the server was not configured for — is refused, so a request can
-never make the server load something or spend a remote API key it was not set up for. Concurrency is
-the model's own: remote backends serve threads concurrently, the V4 engine batches its sequences, and
-the embedded HF backend queues generations on its session pool.
+never make the server load something or spend a remote API key it was not set up for.
+
+One loaded model serves every session at once: calls from the server's threads go straight to it, and the
+embedded backends batch them (the V4 runtime's engine thread steps all sequences in flight together, with
+its prefix cache and per-conversation sessions; the HF generator decodes its calls in one ragged batch,
+reusing each conversation's KV session). ``settings.v4.max_sequences`` / ``settings.hf.max_sequences``
+bound a batch; calls beyond it wait for a free row.
 """
 
 from __future__ import annotations

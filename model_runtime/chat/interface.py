@@ -93,10 +93,11 @@ class ChatModel(BaseChatModel):
 
     @property
     def serves_threads_concurrently(self) -> bool:
-        """Whether one instance may serve calls from several threads at once.
+        """Whether one instance may serve calls from several threads at once (and gains by it).
 
-        False by default: an embedded model computes on this machine's cores, one generation at a time.
-        A remote backend, whose server does the work, says True.
+        False by default. The embedded backends say True (concurrent calls decode together in batched
+        steps: the V4 engine's, or the HF generator's), and so does a remote backend, whose server does
+        the work.
         """
         return False
 

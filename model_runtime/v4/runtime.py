@@ -1,16 +1,18 @@
 """A loaded DeepSeek-V4 model on the engine, with its tokenizer and grammars: what the V4 chat model runs on.
 
 :meth:`V4Runtime.stream_tokens` submits one request to the engine (:mod:`deepscout.model_runtime.v4.engine`)
-and yields its tokens step by step. Each chat model passes its own session id, so its next turn — an
-append-only extension of the conversation — prefills only the new tokens; other prompts reuse what the
-engine's prefix cache holds. Deadlines and cancellation are checked between engine steps.
+and yields its tokens step by step. One thread owns the engine and steps it for every request in flight,
+so concurrent calls share its batched forwards. A request continues the idle session whose tokens are the
+longest prefix of its prompt, so a conversation's next turn — an append-only extension — prefills only
+the new tokens; other prompts reuse what the engine's prefix cache holds. Deadlines and cancellation are
+checked between engine steps.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -35,8 +37,10 @@ from deepscout.model_runtime.v4.engine import (
     RequestOutput,
     SamplingParams,
 )
+from deepscout.model_runtime.v4.engine_loop import EngineLoop
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs, tiny
+from deepscout.model_runtime.v4.session_router import SessionRouter
 from deepscout.model_runtime.v4.weights.loader import load_model
 from deepscout.settings import V4Settings
 
@@ -64,7 +68,11 @@ class GrammarProcessor:
 
 
 class V4Runtime:
-    """A V4 model on the engine with the tokenizer and grammars; one generation runs at a time."""
+    """A V4 model on the engine with the tokenizer and grammars.
+
+    One thread drives the engine (:class:`~deepscout.model_runtime.v4.engine_loop.EngineLoop`), so calls
+    from many threads at once decode together in its batched steps; each call continues the idle engine
+    session holding the longest prefix of its prompt (:class:`SessionRouter`)."""
 
     def __init__(
         self, model: DeepseekV4Model, tokenizer: V4Tokenizer, engine: Engine, *, context_window: int
@@ -81,6 +89,8 @@ class V4Runtime:
         self._ll_tokenizer: llguidance.LLTokenizer | None = None
         self._grammars: GrammarCache | None = None
         self._lock = threading.Lock()
+        self.loop = EngineLoop(engine)
+        self.sessions = SessionRouter(engine.config.max_idle_sessions)
 
     @property
     def ll_tokenizer(self) -> llguidance.LLTokenizer:
@@ -122,21 +132,24 @@ class V4Runtime:
         seed: int,
         control: GenerationControl,
         guide: GrammarGuide | None,
-        session_id: str | None = None,
         stop: threading.Event | None = None,
     ) -> Generator[int, None, GenerationOutcome]:
-        """Run one request on the engine, yielding each new token id (the end-of-sentence one included).
+        """Run one request on the engine's loop, yielding each new token id (the end-of-sentence one
+        included) as the batched steps produce it.
 
-        ``stop`` set by the consumer (e.g. on a stop string) ends the generation before the next step with
-        ``finish_reason="stop"``. Raises GenerationDeadlineExceeded / GenerationCancelled when ``control``
-        says so between steps.
+        ``stop`` set by the consumer (e.g. on a stop string) ends the generation with
+        ``finish_reason="stop"``; nothing after the token that set it is yielded. Raises
+        GenerationDeadlineExceeded / GenerationCancelled when ``control`` says so (checked between steps).
+        Closing the generator early cancels the request; it returns once the engine has let it go.
         """
+        control.check("queueing")
         sampling = SamplingParams(
             temperature=temperature,
             top_p=top_p,
             seed=seed,
             logits_processor=None if guide is None else GrammarProcessor(guide),
         )
+        session_id = self.sessions.acquire(prompt_ids)
         request = GenerationRequest(
             prompt_ids=list(prompt_ids),
             max_new_tokens=max_new_tokens,
@@ -145,50 +158,70 @@ class V4Runtime:
             deadline=control.deadline,
             session_id=session_id,
         )
-        with self._lock:
-            started = time.perf_counter()
-            request_id = self.engine.add_request(request)
-            first_token_at: float | None = None
-            latest: RequestOutput | None = None
-            stopped_early = False
-            try:
-                while latest is None or not latest.finished:
-                    if stop is not None and stop.is_set() and latest is not None:
+        watch = [*control.cancel_events, *([] if stop is None else [stop])]
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        tokens: list[int] = []
+        latest: RequestOutput | None = None
+        stopped_early = False
+        try:
+            stream = self.loop.submit(request, watch=watch)
+        except BaseException:
+            self.sessions.release(session_id, ())
+            raise
+        outputs = iter(stream)
+        try:
+            for output in outputs:
+                latest = output
+                for token in output.new_token_ids if not stopped_early else ():
+                    first_token_at = first_token_at or time.perf_counter()
+                    tokens.append(token)
+                    yield token
+                    if stop is not None and stop.is_set():
                         stopped_early = True
+                        stream.stop()
                         break
-                    control.check("prefill" if first_token_at is None else "decode")
-                    for output in self.engine.step():
-                        if output.request_id != request_id:
-                            continue
-                        if output.new_token_ids and first_token_at is None:
-                            first_token_at = time.perf_counter()
-                        latest = output
-                        yield from output.new_token_ids
-            finally:
-                if latest is None or not latest.finished:
-                    self.engine.cancel(request_id)
-                    self.engine.step()  # report the cancellation so the engine forgets the request
-        assert latest is not None
+        finally:
+            if latest is None or not latest.finished:
+                stream.stop()
+                _drain(outputs)
+            held = [*prompt_ids, *tokens[:-1]] if tokens and latest is not None else []
+            self.sessions.release(session_id, held)
+        assert latest is not None  # a stream ends with its request's last output, or raises
         stage = "prefill" if first_token_at is None else "decode"
         if latest.finish_reason is FinishReason.DEADLINE:
             raise GenerationDeadlineExceeded(f"deadline exceeded during {stage}")
         if latest.finish_reason is FinishReason.CANCELLED and not stopped_early:
+            control.check(stage)
             raise GenerationCancelled(f"generation cancelled during {stage}")
         ended = time.perf_counter()
         first = first_token_at or ended
         return GenerationOutcome(
-            token_ids=list(latest.token_ids),
+            token_ids=tokens,
             finish_reason="stop" if stopped_early or latest.finish_reason is FinishReason.STOP else "length",
             usage=Usage(
                 prompt_tokens=latest.prompt_tokens,
                 reused_tokens=latest.reused_tokens,
                 computed_tokens=latest.prefilled_tokens,
-                output_tokens=len(latest.token_ids),
+                output_tokens=len(tokens),
             ),
             prefill_seconds=first - started,
             first_token_seconds=first - started,
             decode_seconds=ended - first,
         )
+
+    def close(self) -> None:
+        """Stop the engine's loop (requests still running fail); the runtime takes no more requests."""
+        self.loop.close()
+
+
+def _drain(outputs: Iterator[RequestOutput]) -> None:
+    """Read a stopped request's stream to its end (its last output, or its error: it failed anyway)."""
+    try:
+        for _ in outputs:
+            pass
+    except Exception:  # the request was abandoned; its error has no reader
+        return
 
 
 def random_tiny_args(vocab_size: int) -> ModelArgs:
@@ -200,9 +233,9 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
     """Load ``argument`` (``random-tiny`` or a checkpoint directory) and start its engine.
 
     The KV pool is sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two
-    full contexts). The runtime's context window is what one sequence can hold: the model's window (or
-    ``options.context_window``), capped by the pool. Callers keep the runtime and share it between the
-    chat models and runs that use it.
+    full contexts), and ``max_sequences`` sequences decode in one step. The runtime's context window is
+    what one sequence can hold: the model's window (or ``options.context_window``), capped by the pool.
+    Callers keep the runtime and share it between the chat models and runs that use it.
     """
     if argument == RANDOM_TINY:
         tokenizer = load_v4_tokenizer()
@@ -223,5 +256,12 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
         kv_dtype = options.kv_dtype
     window = options.context_window or model.args.max_position_embeddings
     blocks = options.kv_blocks or 2 * -(-window // BLOCK_TOKENS)
-    engine = Engine(model, EngineConfig.model_validate({"kv_dtype": kv_dtype, "num_blocks": blocks}))
+    idle_sessions = EngineConfig.model_fields["max_idle_sessions"].default
+    config = {
+        "kv_dtype": kv_dtype,
+        "num_blocks": blocks,
+        "max_running": options.max_sequences,
+        "num_state_slots": options.max_sequences + idle_sessions,
+    }
+    engine = Engine(model, EngineConfig.model_validate(config))
     return V4Runtime(model, tokenizer, engine, context_window=min(window, blocks * BLOCK_TOKENS))

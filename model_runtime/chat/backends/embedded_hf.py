@@ -1,11 +1,12 @@
 """Embedded Hugging Face causal LMs as chat models: ``smollm2`` (the default) and ``hf:PATH``.
 
-Runs on the CPU in float32, keeps KV-cache sessions so an append-only
-conversation prefills only its new tokens (:mod:`.hf_session`), and produces tool calls and structured
-output under a JSON-schema grammar (:mod:`deepscout.model_runtime.chat.constrained`), validated, with a
-bounded retry (:mod:`deepscout.model_runtime.chat.embedded_base`). The prompt is ChatML
-(:mod:`.hf_prompt`). Nothing is downloaded at run time: models load from local folders only, and each
-load builds the model anew (who needs one model twice keeps the chat model).
+Runs on the CPU in float32; concurrent calls decode together in batched steps (:mod:`.hf_batch`); keeps
+KV-cache sessions so an append-only conversation prefills only its new tokens (:mod:`.hf_session`);
+produces tool calls and structured output under a JSON-schema grammar
+(:mod:`deepscout.model_runtime.chat.constrained`), validated, with a bounded retry
+(:mod:`deepscout.model_runtime.chat.embedded_base`). The prompt is ChatML (:mod:`.hf_prompt`). Nothing is
+downloaded at run time: models load from local folders only, and each load builds the model anew (who
+needs one model twice keeps the chat model).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr
 
 from deepscout.model_runtime.chat.backends import smollm2
+from deepscout.model_runtime.chat.backends.hf_batch import HFGenerator
 from deepscout.model_runtime.chat.backends.hf_prompt import chatml_prompt
-from deepscout.model_runtime.chat.backends.hf_session import HFGenerator
 from deepscout.model_runtime.chat.backends.text_stream import TextSink, TextStreamer
 from deepscout.model_runtime.chat.constrained import ANSWER_KEY, GrammarCache, JsonGrammar, schema_errors
 from deepscout.model_runtime.chat.embedded_base import Attempt, CallPlan, EmbeddedChatModel, last_chunk
@@ -108,7 +109,11 @@ class EmbeddedHFChatModel(EmbeddedChatModel[_HFPlan]):
     max_parallel_tool_calls: int = 3
     max_argument_chars: int = 200
     """Cap on string tool arguments without their own maxLength (stops a small model rambling)."""
-    max_sessions: int = 3
+    max_sessions: int = 8
+    """Idle KV sessions kept for later calls (within ``session_memory_mb``)."""
+    session_memory_mb: int = 256
+    max_sequences: int = 8
+    """Calls decoded together in one batched step; more wait for a free row."""
     prefill_chunk_tokens: int = 256
 
     backend_type = "deepscout-embedded-hf"
@@ -124,8 +129,20 @@ class EmbeddedHFChatModel(EmbeddedChatModel[_HFPlan]):
             self._runtime.model,
             eos_token_ids=self._runtime.eos_token_ids,
             max_sessions=self.max_sessions,
+            session_bytes=self.session_memory_mb << 20,
             prefill_chunk_tokens=self.prefill_chunk_tokens,
+            max_sequences=self.max_sequences,
         )
+
+    @property
+    def generator(self) -> HFGenerator:
+        """The batched generator this model's calls run on (shared by its copies)."""
+        return self._generator
+
+    @property
+    def serves_threads_concurrently(self) -> bool:
+        """True: concurrent calls decode together in the generator's batched steps."""
+        return True
 
     # ----------------------------------------------------------------- prompts
 
@@ -256,7 +273,9 @@ class EmbeddedHFChatModel(EmbeddedChatModel[_HFPlan]):
 def load_smollm2(argument: str | None, settings: Settings) -> EmbeddedHFChatModel:
     """The embedded default: SmolLM2-135M-Instruct converted by ``deepscout setup``."""
     folder = smollm2.require_fetched(settings)
-    return EmbeddedHFChatModel(model_path=str(folder), model_name="smollm2")
+    return EmbeddedHFChatModel(
+        model_path=str(folder), model_name="smollm2", **EmbeddedHFChatModel.fields_from(settings.hf)
+    )
 
 
 def load_hf_folder(argument: str | None, settings: Settings) -> EmbeddedHFChatModel:
@@ -267,4 +286,6 @@ def load_hf_folder(argument: str | None, settings: Settings) -> EmbeddedHFChatMo
             f"hf:{argument}: no config.json in {folder}; point hf: at a local Hugging Face model folder "
             "(nothing is downloaded at run time)"
         )
-    return EmbeddedHFChatModel(model_path=str(folder), model_name=f"hf:{folder.name}")
+    return EmbeddedHFChatModel(
+        model_path=str(folder), model_name=f"hf:{folder.name}", **EmbeddedHFChatModel.fields_from(settings.hf)
+    )

@@ -8,15 +8,15 @@ Prompts are written in the V4 chat format (:mod:`deepscout.model_runtime.v4.chat
 tokenized with the V4 tokenizer; the generated text is parsed back as it streams (:mod:`.v4_output`:
 reasoning, answer, DSML tool calls → LangChain ``tool_calls``). Structured output renders the schema as the
 format's response format and decodes the answer under the JSON-schema grammar (llguidance), then validates
-it. Generation runs on the engine (:mod:`deepscout.model_runtime.v4.engine`), whose sessions continue from
-the longest cached token prefix, so an append-only conversation prefills only its new tokens.
+it. Generation runs on the engine (:mod:`deepscout.model_runtime.v4.engine`) through the runtime's one
+engine thread, so calls from many threads batch together; each continues the engine session holding the
+longest prefix of its prompt, so an append-only conversation prefills only its new tokens.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,7 +25,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.tool import tool_call
 from langchain_core.outputs import ChatGenerationChunk
-from pydantic import Field, PrivateAttr
+from pydantic import PrivateAttr
 
 from deepscout.model_runtime.chat.backends.v4_output import OutputReader, event_chunk
 from deepscout.model_runtime.chat.constrained import GrammarGuide, schema_errors, strict_schema
@@ -85,8 +85,6 @@ class EmbeddedV4ChatModel(EmbeddedChatModel[_V4Plan]):
     thinking: bool = False
     reasoning_effort: ReasoningEffort | None = None
     top_p: float = 1.0
-    session_id: str = Field(default_factory=lambda: f"v4-chat-{uuid.uuid4().hex[:12]}")
-    """The engine session this model's conversation continues (its next turn prefills only new tokens)."""
 
     backend_type = "deepscout-embedded-v4"
     identifying_fields = ("model_name", "thinking")
@@ -103,6 +101,11 @@ class EmbeddedV4ChatModel(EmbeddedChatModel[_V4Plan]):
     @property
     def runtime(self) -> V4Runtime:
         return self._runtime
+
+    @property
+    def serves_threads_concurrently(self) -> bool:
+        """True: concurrent calls decode together in the engine's batched steps."""
+        return True
 
     # ----------------------------------------------------------------- prompts
 
@@ -233,7 +236,6 @@ class EmbeddedV4ChatModel(EmbeddedChatModel[_V4Plan]):
             seed=seed,
             control=control,
             guide=plan.guide() if plan.guide is not None else None,
-            session_id=self.session_id,
             stop=stopping,
         )
         reader = OutputReader(

@@ -1,29 +1,23 @@
-"""KV-cache sessions for embedded Hugging Face models: prefix reuse, chunked prefill, guided decoding.
+"""KV-cache sessions for embedded Hugging Face models: prefix reuse across calls.
 
-:class:`SessionPool` keeps a few ``DynamicCache`` objects, each with the token ids it holds. A new prompt
-continues from the cache sharing its longest common token prefix, so an append-only conversation prefills
-only its new tokens; where the prompt changed mid-way the cache is cropped back to the common prefix
-(or, when that would destroy a longer conversation and the pool has room, the prefix is copied).
-
-:class:`HFGenerator` runs one generation at a time on a model: prefill in chunks and decode token by token,
-checking the deadline / cancellation between chunks and between tokens.
+:class:`SessionPool` keeps idle ``DynamicCache`` objects, each with the token ids it holds, within a count
+and a memory budget (least recently used first out). A new prompt continues from the cache sharing its
+longest common token prefix, so an append-only conversation prefills only its new tokens; where the prompt
+changed mid-way the cache is cropped back to the common prefix (or, when that would destroy a longer
+conversation and the pool has room, the prefix is copied). A session taken out serves one call; the
+batched generator (:mod:`.hf_batch`) gives it back when the call ends.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
-
-from deepscout.model_runtime.chat.embedded_base import GenerationOutcome
-from deepscout.model_runtime.chat.interface import GenerationControl
-from deepscout.model_runtime.chat.usage import Usage
 
 
 class LogitsGuide(Protocol):
@@ -41,7 +35,7 @@ class LogitsGuide(Protocol):
 
 
 @dataclass
-class _Session:
+class KVSession:
     cache: DynamicCache
     tokens: list[int] = field(default_factory=list)
     last_used: float = field(default_factory=time.monotonic)
@@ -58,24 +52,25 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 class SessionPool:
     """A few KV caches, each tagged with the tokens it holds; hands out the one sharing the longest prefix."""
 
-    def __init__(self, config: Any, max_sessions: int) -> None:
+    def __init__(self, config: Any, max_sessions: int, *, max_bytes: int | None = None) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         self._config = config
         self._max_sessions = max_sessions
-        self._sessions: list[_Session] = []
+        self._max_bytes = max_bytes
+        self._sessions: list[KVSession] = []
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def acquire(self, prompt: Sequence[int]) -> tuple[_Session, int]:
+    def acquire(self, prompt: Sequence[int]) -> tuple[KVSession, int]:
         """The session to continue ``prompt`` from, cropped to the reusable prefix, and that prefix length.
 
         At least the last prompt token is always recomputed, since its logits start decoding.
         """
         with self._lock:
-            best: _Session | None = None
+            best: KVSession | None = None
             best_length = 0
             for session in self._sessions:
                 length = common_prefix_length(session.tokens, prompt)
@@ -84,33 +79,46 @@ class SessionPool:
             reusable = min(best_length, len(prompt) - 1)
             if best is None or reusable <= 0:
                 self._make_room()
-                return _Session(cache=DynamicCache(config=self._config)), 0
+                return KVSession(cache=DynamicCache(config=self._config)), 0
             if reusable < len(best.tokens) and len(self._sessions) < self._max_sessions:
                 # Keep the longer conversation intact and branch off a copy of the shared prefix.
                 copy = _copy_prefix(best.cache, reusable, self._config)
-                return _Session(cache=copy, tokens=list(prompt[:reusable])), reusable
+                return KVSession(cache=copy, tokens=list(prompt[:reusable])), reusable
             self._sessions.remove(best)
             _crop(best.cache, len(best.tokens), reusable)
             del best.tokens[reusable:]
             return best, reusable
 
-    def release(self, session: _Session) -> None:
+    def release(self, session: KVSession) -> None:
         """Return a session (its ``tokens`` matching what its cache holds) to the pool."""
         session.last_used = time.monotonic()
         with self._lock:
             if not session.tokens:
                 return
-            self._make_room()
             self._sessions.append(session)
+            self._make_room(keep=0)
 
     def clear(self) -> None:
         with self._lock:
             self._sessions.clear()
 
-    def _make_room(self) -> None:
-        while len(self._sessions) >= self._max_sessions:
+    def _make_room(self, keep: int = 1) -> None:
+        """Evict the least recently used sessions until ``keep`` more fit the count and the memory."""
+        while self._sessions and (
+            len(self._sessions) + keep > self._max_sessions
+            or (self._max_bytes is not None and sum(map(_bytes, self._sessions)) > self._max_bytes)
+        ):
             oldest = min(self._sessions, key=lambda s: s.last_used)
             self._sessions.remove(oldest)
+
+
+def _bytes(session: KVSession) -> int:
+    return sum(
+        tensor.numel() * tensor.element_size()
+        for layer in session.cache.layers
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
+        if tensor is not None
+    )
 
 
 def _crop(cache: DynamicCache, current: int, keep: int) -> None:
@@ -126,124 +134,3 @@ def _copy_prefix(cache: DynamicCache, length: int, config: Any) -> DynamicCache:
             continue
         copy.update(keys[..., :length, :].clone(), values[..., :length, :].clone(), index)
     return copy
-
-
-class HFGenerator:
-    """Greedy / temperature decoding with session reuse for one causal LM (one generation at a time)."""
-
-    def __init__(
-        self,
-        model: Any,
-        *,
-        eos_token_ids: Sequence[int],
-        max_sessions: int = 3,
-        prefill_chunk_tokens: int = 256,
-    ) -> None:
-        self.model = model
-        self.eos_token_ids = frozenset(eos_token_ids)
-        self.prefill_chunk_tokens = prefill_chunk_tokens
-        self.pool = SessionPool(model.config, max_sessions)
-        self._lock = threading.Lock()
-        # transformers renamed the forward's cache argument (``past_key_values`` → ``cache`` in 5.24).
-        forward_parameters = inspect.signature(model.forward).parameters
-        self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
-
-    @torch.inference_mode()
-    def generate(
-        self,
-        prompt: Sequence[int],
-        *,
-        max_new_tokens: int,
-        control: GenerationControl,
-        guide: LogitsGuide | None = None,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        on_token: Callable[[int], bool] | None = None,
-    ) -> GenerationOutcome:
-        """Continue ``prompt`` from the best cached session; ``on_token`` returning True stops decoding."""
-        if not prompt:
-            raise ValueError("cannot generate from an empty prompt")
-        with self._lock:
-            control.check("queueing")
-            started = time.monotonic()
-            session, reused = self.pool.acquire(prompt)
-            try:
-                logits = self._prefill(session, prompt, reused, control)
-                prefill_done = time.monotonic()
-                generated, finish_reason, first_token = self._decode(
-                    session, logits, max_new_tokens, control, guide, temperature, seed, on_token
-                )
-            finally:
-                self.pool.release(session)
-            finished = time.monotonic()
-        return GenerationOutcome(
-            token_ids=generated,
-            finish_reason=finish_reason,
-            usage=Usage(len(prompt), reused, len(prompt) - reused, output_tokens=len(generated)),
-            prefill_seconds=prefill_done - started,
-            decode_seconds=finished - prefill_done,
-            first_token_seconds=first_token - started,
-        )
-
-    def _forward(self, session: _Session, token_ids: Sequence[int]) -> torch.Tensor:
-        ids = torch.tensor([list(token_ids)], dtype=torch.long)
-        output = self.model(
-            input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_argument: session.cache}
-        )
-        session.tokens.extend(token_ids)
-        logits: torch.Tensor = output.logits[0, -1].float()
-        return logits
-
-    def _prefill(
-        self, session: _Session, prompt: Sequence[int], reused: int, control: GenerationControl
-    ) -> torch.Tensor:
-        logits: torch.Tensor | None = None
-        position = reused
-        while position < len(prompt):
-            control.check("prefill")
-            chunk = prompt[position : position + self.prefill_chunk_tokens]
-            logits = self._forward(session, chunk)
-            position += len(chunk)
-        assert logits is not None  # the pool always leaves at least one prompt token to compute
-        return logits
-
-    def _decode(
-        self,
-        session: _Session,
-        logits: torch.Tensor,
-        max_new_tokens: int,
-        control: GenerationControl,
-        guide: LogitsGuide | None,
-        temperature: float,
-        seed: int | None,
-        on_token: Callable[[int], bool] | None,
-    ) -> tuple[list[int], str, float]:
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        generated: list[int] = []
-        first_token = time.monotonic()
-        while True:
-            control.check("decode")
-            if guide is not None:
-                guide.apply(logits)
-            token = _sample(logits, temperature, generator)
-            if not generated:
-                first_token = time.monotonic()
-            if guide is not None:
-                guide.accept(token)
-            if token in self.eos_token_ids:
-                return generated, "stop", first_token
-            generated.append(token)
-            if on_token is not None and on_token(token):
-                return generated, "stop", first_token
-            if guide is not None and guide.finished:
-                return generated, "stop", first_token
-            if len(generated) >= max_new_tokens:
-                return generated, "length", first_token
-            logits = self._forward(session, [token])
-
-
-def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
-    if temperature <= 0:
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())

@@ -72,3 +72,15 @@ def test_a_full_pool_crops_in_place_and_evicts_the_least_recent():
     fill(fresh, [5])
     pool.release(fresh)
     assert len(pool) == 1 and pool.acquire([1, 2, 8, 0])[1] == 0  # [1, 2, 8] was evicted
+
+
+def test_idle_sessions_are_kept_within_the_memory_budget():
+    one_session = 2 * CONFIG.num_hidden_layers * 3 * 4 * 4  # keys + values of 3 tokens, float32
+    pool = SessionPool(CONFIG, max_sessions=8, max_bytes=2 * one_session)
+    for start in (10, 20, 30):
+        session, _ = pool.acquire([start, start + 1, start + 2, start + 3])
+        fill(session, [start, start + 1, start + 2])
+        pool.release(session)
+    assert len(pool) == 2
+    _, reused = pool.acquire([10, 11, 12, 13])
+    assert reused == 0  # the oldest went first
