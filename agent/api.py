@@ -186,12 +186,13 @@ def research(
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}, "recursion_limit": 200}
         snapshot = graph.get_state(config)
         stored: ResearchState = snapshot.values  # type: ignore[assignment]
-        resuming = bool(stored)
+        # a run killed right after LangGraph stored its input-only checkpoint has no run id yet: start over
+        resuming = "run_id" in stored
         # Time spent by earlier invocations of this thread (its checkpointed steps), so a resumed run
         # reports its whole latency rather than the last invocation's.
         earlier = sum(step["seconds"] for step in stored.get("trace", [])) if resuming else 0.0
         if resuming:
-            if not snapshot.next:
+            if not snapshot.next and not snapshot.tasks:  # finished (a node done but not saved has a task)
                 return _result(stored, thread_id, earlier)
             question = stored["question"]
         elif not question:
@@ -263,7 +264,8 @@ def research(
         try:
             graph.invoke(graph_input, config, context=run_context)
         except BaseException as error:
-            status = "interrupted" if isinstance(error, (KeyboardInterrupt, GenerationCancelled)) else "failed"
+            stopped = isinstance(error, (KeyboardInterrupt, GenerationCancelled))
+            status = "interrupted" if stopped else "failed"
             with write_session(db.session_factory) as session:
                 message = f"{type(error).__name__}: {error}"
                 repository.finish_run(session, run_id=run_id, status=status, error=message)
