@@ -231,6 +231,51 @@ class ResearchEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class BatchJob(Base):
+    """One batch of research records (``deepscout batch``): its input, output folder, options and driver.
+
+    Each record is a :class:`ResearchJob` of the batch's thread (``thread_id``), with a :class:`BatchRecord`
+    beside it; ``driver`` and ``heartbeat_at`` are the lease of the process running the batch.
+    """
+
+    __tablename__ = "batch_jobs"
+    __table_args__ = (CheckConstraint(f"status IN {JOB_STATUSES!r}", name="ck_batch_jobs_status"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    input_path: Mapped[str] = mapped_column(Text)
+    input_hash: Mapped[str] = mapped_column(String(64))
+    out_dir: Mapped[str] = mapped_column(Text, unique=True)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    problems: Mapped[list[Any]] = mapped_column(default=list)
+    """Input records skipped (bad or duplicate): ``{"line": n, "reason": "..."}``."""
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    driver: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class BatchRecord(Base):
+    """One record of a batch: its research job (question, options, status, run, checkpoint thread), where
+    it came from, and its output line once finished (``result``, numbered ``finished_seq`` in finishing
+    order)."""
+
+    __tablename__ = "batch_records"
+    __table_args__ = (UniqueConstraint("batch_id", "key", name="uq_batch_records_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batch_jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("research_jobs.id", ondelete="CASCADE"), unique=True)
+    line: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(128))
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    finished_seq: Mapped[int | None] = mapped_column(Integer)
+
+
 class CorpusCollection(Base):
     """A named set of corpus documents, with a hash over its documents for run manifests."""
 

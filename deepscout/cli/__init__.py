@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import typer
 
-from deepscout.cli import ask_command, corpus_commands, eval_commands, models_commands, v4_commands
+from deepscout.cli import (
+    ask_command,
+    batch_commands,
+    corpus_commands,
+    eval_commands,
+    models_commands,
+    serve_command,
+    v4_commands,
+)
 from deepscout.process import configure_process
 
 app = typer.Typer(
@@ -22,8 +30,20 @@ app.add_typer(corpus_commands.app, name="corpus")
 app.add_typer(models_commands.app, name="models")
 app.add_typer(eval_commands.app, name="eval")
 app.add_typer(v4_commands.app, name="v4")
+app.command("serve")(serve_command.serve)
+app.add_typer(serve_command.db_app, name="db")
+app.add_typer(batch_commands.app, name="batch")
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
+    from deepscout.cli.input_checks import validation_summary
+    from deepscout.cli.output import print_error
+
     configure_process()
-    app()
+    try:
+        app()
+    except ValidationError as error:  # DEEPSCOUT_* settings that do not validate: one line, not a traceback
+        print_error(f"invalid settings: {validation_summary(error)}")
+        raise SystemExit(2) from None

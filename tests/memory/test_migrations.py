@@ -48,7 +48,7 @@ def test_upgrade_on_an_empty_database_builds_the_modelled_schema(database_url: s
         migrate(engine)
         with engine.connect() as connection:
             script_head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
-        assert current_revision(engine) == script_head == "0003_server"
+        assert current_revision(engine) == script_head == "0004_batch"
         assert set(inspect(engine).get_table_names()) >= TABLES
         with engine.connect() as connection:
             context = MigrationContext.configure(
@@ -56,7 +56,7 @@ def test_upgrade_on_an_empty_database_builds_the_modelled_schema(database_url: s
             )
             assert compare_metadata(context, Base.metadata) == []
         migrate(engine)  # a second upgrade is a no-op
-        assert current_revision(engine) == "0003_server"
+        assert current_revision(engine) == "0004_batch"
     finally:
         engine.dispose()
 
@@ -125,7 +125,7 @@ def test_concurrent_first_migrations_do_not_collide(tmp_path: Path) -> None:
         thread.join()
     try:
         assert errors == []
-        assert current_revision(engines[0]) == "0003_server"
+        assert current_revision(engines[0]) == "0004_batch"
     finally:
         for engine in engines:
             engine.dispose()
