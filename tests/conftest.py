@@ -14,10 +14,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The test run is an entry point: it sets the process up as the CLI does."""
+    """The test run is an entry point: it sets the process up as the CLI does. Without a CUDA device the
+    V4 kernels run under Triton's interpreter, chosen here, before any test imports a kernel module
+    (Triton reads TRITON_INTERPRET when a kernel is defined)."""
+    import torch
+
     from deepscout.process import configure_process
 
     configure_process()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,10 @@
-"""Kernel tests run the Triton kernels on a CUDA device, or on the CPU under Triton's interpreter.
-
-The interpreter is chosen before Triton is first imported (it reads TRITON_INTERPRET when a kernel is
-defined), so this conftest sets it when no CUDA device is present.
-"""
+"""Kernel tests run the Triton kernels on a CUDA device, or on the CPU under Triton's interpreter (which
+the suite's root conftest selects before any kernel module is imported)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
