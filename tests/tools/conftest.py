@@ -19,8 +19,10 @@ Routes (every hit is counted in ``server.hits[path]``):
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
 import ssl
+import sys
 import threading
 import time
 import zlib
@@ -451,3 +453,16 @@ def fake_search_http(monkeypatch: pytest.MonkeyPatch) -> FakeSearchHttp:
     fake = FakeSearchHttp()
     monkeypatch.setattr(HttpClient, "request", lambda self, *a, **k: fake.request(*a, **k))
     return fake
+
+
+@pytest.fixture(scope="session")
+def hostile() -> Any:
+    """``hostile_pages.py`` beside this file (hostile bodies and a loopback server that serves them),
+    loaded once: test modules cannot import their siblings under importlib mode."""
+    path = Path(__file__).resolve().parent / "hostile_pages.py"
+    spec = importlib.util.spec_from_file_location("hostile_pages", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

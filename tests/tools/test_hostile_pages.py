@@ -5,12 +5,9 @@ costs nothing but itself, an unreadable page is a clear error, and the IPv6 ``Ho
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,21 +22,8 @@ from deepscout.tools.guards import DomainRateLimiter, UrlProvenance
 from deepscout.tools.http_client import GuardedHttpClient
 
 
-def _load_hostile_pages() -> Any:
-    path = Path(__file__).resolve().parent / "hostile_pages.py"
-    spec = importlib.util.spec_from_file_location("hostile_pages", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile = _load_hostile_pages()
-
-
 @pytest.fixture(scope="module")
-def hostile_server() -> Iterator[Any]:
+def hostile_server(hostile: Any) -> Iterator[Any]:
     with hostile.serve("127.0.0.1") as server:
         yield server
 
@@ -52,13 +36,15 @@ def pool() -> Iterator[ExtractionPool]:
     extraction.close()
 
 
-def _page(path: str) -> tuple[bytes, str]:
+def _page(hostile: Any, path: str) -> tuple[bytes, str]:
     content_type, body = hostile.PAGES[path]
     return body, content_type
 
 
-def test_a_pdf_whose_pages_share_a_huge_stream_is_stopped_at_the_deadline(pool: ExtractionPool) -> None:
-    body, content_type = _page("/pdf-heavy")
+def test_a_pdf_whose_pages_share_a_huge_stream_is_stopped_at_the_deadline(
+    pool: ExtractionPool, hostile: Any
+) -> None:
+    body, content_type = _page(hostile, "/pdf-heavy")
     assert len(body) < 40_000
     started = time.monotonic()
     with pytest.raises(ExtractionError, match=r"did not finish within 2s"):
@@ -66,25 +52,27 @@ def test_a_pdf_whose_pages_share_a_huge_stream_is_stopped_at_the_deadline(pool: 
     assert time.monotonic() - started < 3.5
     # the killed worker is replaced: the next page is read at once
     started = time.monotonic()
-    doc = pool.extract(*_page("/bad-href"), url="http://h.example/bad-href")
+    doc = pool.extract(*_page(hostile, "/bad-href"), url="http://h.example/bad-href")
     assert "Aletsch" in doc.text and time.monotonic() - started < 2.0
 
 
-def test_the_runs_wall_time_budget_cuts_extraction_short(pool: ExtractionPool) -> None:
+def test_the_runs_wall_time_budget_cuts_extraction_short(pool: ExtractionPool, hostile: Any) -> None:
     started = time.monotonic()
     with pytest.raises(ExtractionError, match="within the run's wall-time budget"):
-        pool.extract(*_page("/pdf-heavy"), url="http://h.example/pdf-heavy", deadline=started + 0.8)
+        pool.extract(*_page(hostile, "/pdf-heavy"), url="http://h.example/pdf-heavy", deadline=started + 0.8)
     assert time.monotonic() - started < 2.0
 
 
-def test_a_page_of_200k_links_is_stopped_at_the_memory_cap_or_deadline(pool: ExtractionPool) -> None:
+def test_a_page_of_200k_links_is_stopped_at_the_memory_cap_or_deadline(
+    pool: ExtractionPool, hostile: Any
+) -> None:
     started = time.monotonic()
     with pytest.raises(ExtractionError, match=r"memory cap|did not finish"):
-        pool.extract(*_page("/link-flood"), url="http://h.example/link-flood")
+        pool.extract(*_page(hostile, "/link-flood"), url="http://h.example/link-flood")
     assert time.monotonic() - started < 3.5
 
 
-def test_a_slow_pdf_answers_with_the_pages_read_by_half_its_deadline() -> None:
+def test_a_slow_pdf_answers_with_the_pages_read_by_half_its_deadline(hostile: Any) -> None:
     """Pages of 20k operators each: the worker stops starting pages at half the deadline and answers
     with those it read, instead of being killed with nothing."""
     limits = ExtractionLimits(deadline_s=4.0, memory_bytes=256 << 20, workers=1, max_chars=2_000_000)
@@ -99,7 +87,7 @@ def test_a_slow_pdf_answers_with_the_pages_read_by_half_its_deadline() -> None:
         extraction.close()
 
 
-def test_a_pdf_stops_reading_pages_at_the_text_cap() -> None:
+def test_a_pdf_stops_reading_pages_at_the_text_cap(hostile: Any) -> None:
     small = hostile.shared_stream_pdf(pages=30, operators=2000)
     doc = extract_document(small, "application/pdf", "http://h.example/p.pdf", max_chars=5000)
     assert doc.text_truncated and len(doc.text) == 5000
@@ -114,22 +102,26 @@ def test_a_pdf_stops_reading_pages_at_the_text_cap() -> None:
         ("/bad-href", "Aletsch glacier lost"),  # http://[oops/: that link skipped
     ],
 )
-def test_malformed_bodies_are_read_not_raised(pool: ExtractionPool, path: str, expected: str) -> None:
-    doc = pool.extract(*_page(path), url=f"http://h.example{path}")
+def test_malformed_bodies_are_read_not_raised(
+    pool: ExtractionPool, hostile: Any, path: str, expected: str
+) -> None:
+    doc = pool.extract(*_page(hostile, path), url=f"http://h.example{path}")
     assert expected in doc.text
 
 
-def test_the_bad_link_is_skipped_and_the_good_one_kept() -> None:
-    doc = extract_document(*_page("/bad-href"), url="http://h.example/bad-href")
+def test_the_bad_link_is_skipped_and_the_good_one_kept(hostile: Any) -> None:
+    doc = extract_document(*_page(hostile, "/bad-href"), url="http://h.example/bad-href")
     assert doc.links == ["http://h.example/article"]
     provenance = UrlProvenance()
     provenance.add_many(["http://[oops/", "http://h.example/article"], "page")  # never raises
     assert len(provenance) == 1 and provenance.origin_of("http://[oops/") is None
 
 
-def test_an_all_nul_page_is_an_extraction_failure_not_an_empty_success(pool: ExtractionPool) -> None:
+def test_an_all_nul_page_is_an_extraction_failure_not_an_empty_success(
+    pool: ExtractionPool, hostile: Any
+) -> None:
     with pytest.raises(ExtractionError, match="no readable text"):
-        pool.extract(*_page("/nul"), url="http://h.example/nul")
+        pool.extract(*_page(hostile, "/nul"), url="http://h.example/nul")
 
 
 def _call(tool, **args: Any) -> ToolMessage:
@@ -172,7 +164,7 @@ def _ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
-def test_the_host_header_of_an_ipv6_literal_is_bracketed() -> None:
+def test_the_host_header_of_an_ipv6_literal_is_bracketed(hostile: Any) -> None:
     with hostile.serve("::1") as server:
         settings = WebSettings(allow_loopback=True, allowed_ports=[server.port], per_domain_min_interval_s=0)
         client = GuardedHttpClient(settings, DomainRateLimiter(0.0))

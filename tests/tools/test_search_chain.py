@@ -4,11 +4,8 @@ why (never with the API key), and ``keep_queries_local`` keeps queries away from
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,21 +17,8 @@ from deepscout.tools.web_search import build_web_search
 BRAVE_KEY = "BSAkey-0123456789abcdef"
 
 
-def _load_hostile_pages() -> Any:
-    path = Path(__file__).resolve().parent / "hostile_pages.py"
-    spec = importlib.util.spec_from_file_location("hostile_pages", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile = _load_hostile_pages()
-
-
 @pytest.fixture
-def stub() -> Iterator[Any]:
+def stub(hostile: Any) -> Iterator[Any]:
     """A loopback server answering SearxNG's ``/search`` and Brave's ``/brave/web/search`` with the JSON
     set in ``json_answers`` (404 until then)."""
     with hostile.serve("127.0.0.1") as server:
