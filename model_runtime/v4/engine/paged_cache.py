@@ -133,6 +133,7 @@ class PagedSequenceCache:
         self._table_tensor: torch.Tensor | None = None
         self._device_table: torch.Tensor | None = None
         self.registered_blocks = 0  # leading full blocks already offered to the prefix cache
+        self._counts_stale = False
         self._layers = [PagedLayerCache(self, i, kind) for i, kind in enumerate(kv_pool.layer_kinds)]
 
     @property
@@ -145,6 +146,8 @@ class PagedSequenceCache:
                 f"the paged cache covers the {len(self._layers)} main layers; layer {index} "
                 "(an MTP layer?) is not cached by the engine"
             )
+        if self._counts_stale:
+            self.set_position(self._num_tokens)
         return self._layers[index]
 
     def advance(self, n: int) -> None:
@@ -157,8 +160,7 @@ class PagedSequenceCache:
         position: the host bookkeeping follows from the new count."""
         self._num_tokens += 1
         self.states.mark_decoded(self.slot, self._num_tokens)
-        for layer in self._layers:
-            layer.reset_counts(self._num_tokens)
+        self._counts_stale = True  # the layers' entry counts are refreshed when a layer is next asked for
 
     def device_block_table(self, device: torch.device) -> torch.Tensor:
         """The block table as int32 on `device`, extended (not rebuilt) as blocks are added."""
@@ -174,6 +176,7 @@ class PagedSequenceCache:
     def set_position(self, num_tokens: int) -> None:
         """Jump to `num_tokens` processed tokens (after restoring a snapshot taken there)."""
         self._num_tokens = num_tokens
+        self._counts_stale = False
         for layer in self._layers:
             layer.reset_counts(num_tokens)
 
