@@ -25,6 +25,7 @@ import torch
 from device_rates import ceilings, timed
 
 from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
+from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention, sparse_attention_reference
 
 HEADS, DIM, WINDOW, TOPK = 64, 512, 128, 512
@@ -59,7 +60,7 @@ def make_case(
         chosen = min(TOPK, n_entries)
         indices = torch.randint(0, n_entries, (rows * queries, chosen), generator=g, device=device).int()
     entries = EntryKeys(
-        pool=pool,
+        keys=PagedKeys("plain", pool),
         block_table=table,
         row=torch.arange(rows, device=device).repeat_interleave(queries).int(),
         limit=limit,

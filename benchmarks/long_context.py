@@ -4,7 +4,8 @@ One process per context (`--context N`): the 43-layer V4-Flash-shaped stack (2 s
 alternating; real attention, indexer and expert widths, `--experts` routed experts instead of 256, top-6)
 with random bfloat16 weights and a bfloat16 paged KV pool, on the fused kernels. Measured end to end:
 
-* prefill of N prompt tokens (`--chunk` tokens per step);
+* prefill of N prompt tokens (`--chunk` tokens per step), after a warm-up prefill of `--warmup` other
+  tokens that compiles the kernels (its time is reported apart, as `warmup_s`);
 * decode ms/token at batch 1, and at batch 8 on eight sequences forked from the prefilled prompt (the
   prefix cache shares its blocks; each fork recomputes one prompt token, then decodes);
 * peak device memory, and KV bytes per token (pool bytes in use / tokens held).
@@ -35,6 +36,13 @@ from device_rates import ceilings
 from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, flash_shaped
+
+
+def flash_stack(layers: int, experts: int, device: torch.device) -> DeepseekV4Model:
+    """The V4-Flash-shaped stack: `layers` layers, `experts` routed experts (top-min(6, experts)), random
+    bfloat16 weights on the fused kernels."""
+    args = replace(flash_shaped(layers), n_routed_experts=experts, num_experts_per_tok=min(6, experts))
+    return DeepseekV4Model.random(args, seed=0, dtype=torch.bfloat16, device=device, kernels="triton").eval()
 
 
 def active_parameters(model: DeepseekV4Model) -> int:
@@ -86,18 +94,16 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cuda")
     rates = ceilings(device)
     copy_rate, mm_rate = rates.copy_bytes_per_s, rates.matmul_flop_per_s
-    args = replace(
-        flash_shaped(opts.layers), n_routed_experts=opts.experts, num_experts_per_tok=min(6, opts.experts)
-    )
     start = time.perf_counter()
-    model = DeepseekV4Model.random(args, seed=0, dtype=torch.bfloat16, device=device, kernels="triton").eval()
+    model = flash_stack(opts.layers, opts.experts, device)
+    args = model.args
     torch.cuda.synchronize()
     init_s = time.perf_counter() - start
     weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     blocks_per_seq = -(-(opts.context + opts.decode + 1) // 128)
     config = EngineConfig(
         kv_dtype="bfloat16",
-        num_blocks=blocks_per_seq + 9 * (opts.decode // 128 + 2),
+        num_blocks=max(blocks_per_seq, -(-opts.warmup // 128)) + 9 * (opts.decode // 128 + 2),
         num_state_slots=10,
         max_running=9,
         prefill_chunk=opts.chunk,
@@ -110,8 +116,17 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     ).tolist()
     torch.cuda.reset_peak_memory_stats()
 
-    def request(tokens: int) -> GenerationRequest:
-        return GenerationRequest(prompt_ids=prompt, max_new_tokens=tokens, sampling=SamplingParams())
+    def request(tokens: int, ids: list[int] = prompt) -> GenerationRequest:
+        return GenerationRequest(prompt_ids=ids, max_new_tokens=tokens, sampling=SamplingParams())
+
+    other = torch.randint(2, args.vocab_size, (opts.warmup,), generator=torch.Generator().manual_seed(2))
+    start = time.perf_counter()
+    if opts.warmup:
+        engine.generate([request(1, other.tolist())])
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - start
+    if opts.profile:
+        profile_prefill(engine, request(1, (other + 1).clamp(max=args.vocab_size - 1).tolist()))
 
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -125,6 +140,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "experts": opts.experts,
         "weights_gib": round(weights_gib, 2),
         "init_s": round(init_s, 1),
+        "warmup_s": round(warmup_s, 2),
         "prefill_s": round(prefill_s, 2),
         "prefill_tok_s": round(opts.context / prefill_s, 1),
         "kv_bytes_per_token": round(kv_bytes / opts.context, 1),
@@ -161,6 +177,21 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def profile_prefill(engine: Engine, request: GenerationRequest) -> None:
+    """Host and GPU time per op over one prefill (warm kernels), and the host syncs it makes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        engine.generate([request])
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+    print(events.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+    syncs = {e.key: e.count for e in events if "Synchronize" in e.key or "MemcpyAsync" in e.key}
+    print(f"prefill host syncs and copies: {syncs}")
+
+
 def profile_decode(engine: Engine, request: GenerationRequest) -> None:
     """GPU time per kernel over three eager batch-1 decode steps (the graph replays the same kernels)."""
     from torch.profiler import ProfilerActivity, profile
@@ -190,9 +221,12 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=6)
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--decode", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=16384, help="tokens of the kernel warm-up prefill")
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--profile", action="store_true", help="print GPU time per kernel of decode steps")
+    parser.add_argument(
+        "--profile", action="store_true", help="print time per op of a prefill and decode steps"
+    )
     opts = parser.parse_args()
     result = run(opts)
     for key, value in result.items():

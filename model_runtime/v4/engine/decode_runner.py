@@ -1,9 +1,10 @@
 """Decode steps on the device: the model's `decode` over the engine's storage, replayed from CUDA graphs.
 
 A step qualifies when every scheduled chunk is one token of a sequence already past its prompt (no prompt
-logits wanted), the model runs its fused kernels, and the main compressed entries are stored as plain rows
-(the attention kernel reads them directly). Then the step's inputs are three `[B]` vectors (token ids,
-positions, state slots) and the rows' block tables; nothing in the step reads back to the host.
+logits wanted) and the model runs its fused kernels; the kernels read and write the compressed entries in the
+pool's storage format (plain rows, or the paper layout's FP8/BF16 and MXFP4). Then the step's inputs are three
+`[B]` vectors (token ids, positions, state slots) and the rows' block tables; nothing in the step reads back
+to the host.
 
 Graphs: on CUDA, the first step of a (batch size, block-table width) shape runs eagerly (it compiles the
 kernels and warms the libraries up) and is then captured; later steps of that shape copy their inputs into
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from deepscout.model_runtime.v4.engine.kv_pool import KVBlockPool, PlainStorage
+from deepscout.model_runtime.v4.engine.kv_pool import KVBlockPool
 from deepscout.model_runtime.v4.engine.paged_cache import PagedSequenceCache
 from deepscout.model_runtime.v4.engine.scheduler import Chunk
 from deepscout.model_runtime.v4.engine.state_cache import StatePool
@@ -50,7 +51,7 @@ class DecodeRunner:
 
     def handles(self, chunks: Sequence[Chunk]) -> bool:
         """Whether this step can run as a device decode step."""
-        if self.storage is None or self.model.kernels != "triton" or not chunks:
+        if self.model.kernels != "triton" or not chunks:
             return False
         return all(
             c.length == 1
@@ -63,7 +64,6 @@ class DecodeRunner:
     @torch.no_grad()
     def run(self, chunks: Sequence[Chunk]) -> torch.Tensor:
         """Float32 logits `[B, vocab]` for the chunks' sequences, whose caches then count the token."""
-        assert self.storage is not None  # `handles` said so
         storage = self.storage
         caches = [_cache(c) for c in chunks]
         width = _bucket(max(len(c.block_table) for c in caches))
@@ -135,18 +135,14 @@ def _bucket(blocks: int) -> int:
     return 1 << max(blocks - 1, 0).bit_length()
 
 
-def _layer_storage(model: DeepseekV4Model, kv: KVBlockPool, states: StatePool) -> list[LayerStorage] | None:
-    """Per layer, the state and entry tensors the decode step uses; None when the main entries are not
-    stored as plain rows (the attention kernel reads those only)."""
+def _layer_storage(model: DeepseekV4Model, kv: KVBlockPool, states: StatePool) -> list[LayerStorage]:
+    """Per layer, the state and entry tensors the decode step uses (entries in the pool's format)."""
     layers = []
     for i, kind in enumerate(model.args.layer_types):
         window_kv, window_pos, tails = states.layer_tensors(i)
         entries = {}
         if kind is not LayerKind.SLIDING:
-            main = kv.storage(i, "main")
-            if not isinstance(main, PlainStorage):
-                return None
-            entries["main"] = main.paged_keys()
+            entries["main"] = kv.storage(i, "main").paged_keys()
         if kind is LayerKind.CSA:
             entries["indexer"] = kv.storage(i, "indexer").paged_keys()
         layers.append(LayerStorage(window_kv, window_pos, tails, entries))

@@ -4,16 +4,13 @@ Block `b` holds, for each CSA layer, main entries `[32, head_dim]` and indexer k
 and for each HCA layer one main entry `[1, head_dim]` (with m=4, m'=128: one block = 128 source tokens).
 Each (layer, compressor) has its own preallocated `[num_blocks, entries_per_block, ...]` storage.
 
-Storage formats (`EngineConfig.kv_dtype`):
-* "float32" / "bfloat16": plain rows.
-* "paper": main entries as FP8 e4m3 nope dims + BF16 rope dims (head_dim 512, rope 64: 448 + 128 = 576 B),
-  indexer keys FP8 e4m3 or MXFP4 (e2m1 pairs + one e8m0 scale per 32 values: 68 B for 128 dims). Entries
-  are RMS-normalised by the compressor, so FP8 needs no scale (|x| stays far inside e4m3's ±448).
-Writes quantise on the storage's device; reads return bfloat16 for the quantised formats. Kernels read the
-stored bytes directly through `EntryStorage.paged_keys()` (indexer keys). Storage is allocated uninitialised
-(`torch.empty`): only entries already written are ever read, and on the CPU pages become resident as blocks
-fill.
-"""
+Storage formats (`EngineConfig.kv_dtype`): * "float32" / "bfloat16": plain rows. * "paper": main entries as
+FP8 e4m3 nope dims + BF16 rope dims (head_dim 512, rope 64: 448 + 128 = 576 B), indexer keys FP8 e4m3 or MXFP4
+(e2m1 pairs + one e8m0 scale per 32 values: 68 B for 128 dims). Entries are RMS-normalised by the compressor,
+so FP8 needs no scale (|x| stays far inside e4m3's ±448). Writes quantise on the storage's device; reads
+return bfloat16 for the quantised formats (both through `kernels/paged_keys.py`). Kernels read the stored
+bytes directly through `EntryStorage.paged_keys()`. Storage is allocated uninitialised (`torch.empty`): only
+entries already written are ever read, and on the CPU pages become resident as blocks fill."""
 
 from __future__ import annotations
 
@@ -27,12 +24,7 @@ from deepscout.model_runtime.v4.cache.protocol import CompressorName
 from deepscout.model_runtime.v4.engine.engine_config import IndexerFormat, KvDtype
 from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs
-from deepscout.model_runtime.v4.weights.quant import (
-    FP4_BLOCK,
-    FP8_E4M3_MAX,
-    dequantize_mxfp4,
-    quantize_mxfp4,
-)
+from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 
 class KvFormatError(DeepscoutError, ValueError):
@@ -45,21 +37,21 @@ class EntryStorage(ABC):
     def __init__(self, dim: int) -> None:
         self.dim = dim
 
+    @abstractmethod
+    def paged_keys(self) -> PagedKeys:
+        """The stored tensors as the kernels read them (and as `read`/`write` address them)."""
+
     @property
-    @abstractmethod
-    def tensors(self) -> tuple[torch.Tensor, ...]: ...
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.paged_keys().tensors
 
-    @abstractmethod
     def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
-        """Store `rows` `[n, dim]` at (`blocks[i]`, `offsets[i]`)."""
+        """Store `rows` `[n, dim]` at (`blocks[i]`, `offsets[i]`), quantised on the storage's device."""
+        self.paged_keys().write(blocks, offsets, rows)
 
-    @abstractmethod
     def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Rows at (`blocks`, `offsets`) (any equal shapes `[...]`) as `[..., dim]`."""
-
-    def paged_keys(self) -> PagedKeys:
-        """The stored tensors as indexer keys for the kernels (plain, FP8 and MXFP4 storages)."""
-        raise KvFormatError(f"{type(self).__name__} rows are not indexer keys")
+        return self.paged_keys().read(blocks, offsets)
 
     @property
     def nbytes(self) -> int:
@@ -72,23 +64,8 @@ class PlainStorage(EntryStorage):
         super().__init__(shape[2])
         self.data = torch.empty(shape, dtype=dtype, device=device)
 
-    @property
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.data,)
-
-    def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
-        self.data[blocks, offsets] = rows.to(self.data.dtype)
-
-    def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.data[blocks, offsets]
-
     def paged_keys(self) -> PagedKeys:
         return PagedKeys("plain", self.data)
-
-
-def _to_fp8(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """e4m3 (round to nearest even, saturated) computed on `device`."""
-    return x.to(device).float().clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
 
 
 class Fp8RopeStorage(EntryStorage):
@@ -97,21 +74,11 @@ class Fp8RopeStorage(EntryStorage):
     def __init__(self, shape: tuple[int, int, int], rope_dim: int, device: torch.device) -> None:
         super().__init__(shape[2])
         blocks, per_block, dim = shape
-        self.rope_dim = rope_dim
         self.nope = torch.empty(blocks, per_block, dim - rope_dim, dtype=torch.float8_e4m3fn, device=device)
         self.rope = torch.empty(blocks, per_block, rope_dim, dtype=torch.bfloat16, device=device)
 
-    @property
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.nope, self.rope)
-
-    def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
-        split = self.dim - self.rope_dim
-        self.nope[blocks, offsets] = _to_fp8(rows[:, :split], self.nope.device)
-        self.rope[blocks, offsets] = rows[:, split:].to(torch.bfloat16)
-
-    def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.nope[blocks, offsets].to(torch.bfloat16), self.rope[blocks, offsets]], dim=-1)
+    def paged_keys(self) -> PagedKeys:
+        return PagedKeys("fp8_rope", self.nope, rope=self.rope)
 
 
 class Fp8Storage(EntryStorage):
@@ -120,16 +87,6 @@ class Fp8Storage(EntryStorage):
     def __init__(self, shape: tuple[int, int, int], device: torch.device) -> None:
         super().__init__(shape[2])
         self.data = torch.empty(shape, dtype=torch.float8_e4m3fn, device=device)
-
-    @property
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.data,)
-
-    def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
-        self.data[blocks, offsets] = _to_fp8(rows, self.data.device)
-
-    def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.data[blocks, offsets].to(torch.bfloat16)
 
     def paged_keys(self) -> PagedKeys:
         return PagedKeys("fp8", self.data)
@@ -148,23 +105,6 @@ class Mxfp4Storage(EntryStorage):
         super().__init__(dim)
         self.packed = torch.empty(blocks, per_block, dim // 2, dtype=torch.uint8, device=device)
         self.scale = torch.empty(blocks, per_block, dim // FP4_BLOCK, dtype=torch.uint8, device=device)
-
-    @property
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.packed, self.scale)
-
-    def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
-        """Quantised on the storage device (the same bits as on the CPU)."""
-        packed, scale = quantize_mxfp4(rows.to(self.packed.device))
-        self.packed[blocks, offsets] = packed.view(torch.uint8)
-        self.scale[blocks, offsets] = scale.view(torch.uint8)
-
-    def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Decoded on the storage device (exact: e2m1 value times 2^(scale byte - 127))."""
-        packed = self.packed[blocks, offsets]
-        scale = self.scale[blocks, offsets]
-        values = dequantize_mxfp4(packed.reshape(-1, packed.shape[-1]), scale.reshape(-1, scale.shape[-1]))
-        return values.view(*packed.shape[:-1], self.dim).to(torch.bfloat16)
 
     def paged_keys(self) -> PagedKeys:
         return PagedKeys("mxfp4", self.packed, self.scale)

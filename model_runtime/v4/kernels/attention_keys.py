@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys
+
 
 @dataclass(frozen=True)
 class BandKeys:
@@ -24,11 +26,12 @@ class BandKeys:
 
 @dataclass(frozen=True)
 class EntryKeys:
-    """Compressed entries in a paged pool `[blocks, per_block, dim]`, per query: its row's block table row,
-    its visible-entry limit, and either chosen `indices` `[M, k]` (int32/int64; out-of-range = skipped) or,
-    when None, every entry below the limit. `max_count` bounds the entries any query scans (host-known)."""
+    """Compressed entries in a paged pool `keys` (`[blocks, per_block, dim]` as stored: plain rows, or FP8
+    with BF16 RoPE dims), per query: its row's block table row, its visible-entry limit, and either chosen
+    `indices` `[M, k]` (int32/int64; out-of-range = skipped) or, when None, every entry below the limit.
+    `max_count` bounds the entries any query scans (host-known)."""
 
-    pool: torch.Tensor
+    keys: PagedKeys
     block_table: torch.Tensor  # [rows, max_blocks] int32
     row: torch.Tensor  # [M] int32
     limit: torch.Tensor  # [M] int32
@@ -44,7 +47,7 @@ class EntryKeys:
         device = entries.device
         count = indices.shape[1] if indices is not None else entries.shape[0]
         return cls(
-            pool=entries.unsqueeze(0),
+            keys=PagedKeys.dense(entries),
             block_table=torch.zeros(1, 1, dtype=torch.int32, device=device),
             row=torch.zeros(n, dtype=torch.int32, device=device),
             limit=limit.to(device=device, dtype=torch.int32),

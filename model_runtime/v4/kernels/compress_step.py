@@ -9,10 +9,12 @@ the entry's position; the entry pool `[blocks, per_block, dim]` and block tables
 
 Effects, per row: the token enters its tail row; the entry of its window `e = p // ratio` (softmax-gated
 pooling over the window — on CSA the previous window's Ca half then this window's Cb half — RMS-normed,
-rotated) is written at `e`'s place in the pool (provisional until the window completes); when the token
+rotated, rounded to the projections' dtype) is written at `e`'s place in the pool, quantised as the pool
+stores it (provisional until the window completes); when the token
 completes its window, this window's Ca half (gate plus bias) becomes the overlap state.
 
-"reference": the PyTorch ops; "triton": one launch, one program per row.
+"reference": the PyTorch ops; "triton": one launch, one program per row (plus the pool's quantising
+write when the pool is not plain rows).
 """
 
 from __future__ import annotations
@@ -75,7 +77,5 @@ def compress_step_reference(
     weights = slots_gate.softmax(dim=1, dtype=torch.float32).to(slots_kv.dtype)
     entry = rms_norm((slots_kv * weights).sum(dim=1), state.norm_weight, state.norm_eps, impl="reference")
     entry = rope(entry, cos, sin, inverse=False, impl="reference")
-    entry_index = positions // ratio
-    per_block = state.pool.shape[1]
-    blocks = state.block_tables.gather(1, (entry_index // per_block)[:, None]).squeeze(1).long()
-    state.pool[blocks, entry_index % per_block] = entry.to(state.pool.dtype)
+    blocks, offsets = state.entry_places(positions)
+    state.entries.write(blocks, offsets, entry.to(kv.dtype))

@@ -1,10 +1,10 @@
 """The Triton kernel behind `compress_step(..., impl="triton")` (contract in `compress_step.py`).
 
-One program per row holds the entry's even and odd channels as two `[dim/2]` vectors (so RoPE's pairs
-need no shuffle), streams the window's slots through an online softmax per channel, then norms, rotates
-and stores the entry, writes the token's tail row, and on a completed CSA window the new overlap state.
-The token's own projections are taken from the inputs, never re-read from the tail it just wrote.
-"""
+One program per row holds the entry's even and odd channels as two `[dim/2]` vectors (so RoPE's pairs need no
+shuffle), streams the window's slots through an online softmax per channel, then norms, rotates and stores the
+entry (into a plain pool directly; else into rows that the pool's quantising write stores), writes the token's
+tail row, and on a completed CSA window the new overlap state. The token's own projections are taken from the
+inputs, never re-read from the tail it just wrote."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def _compress_step_kernel(
     OVERLAP: tl.constexpr,
     HALF: tl.constexpr,
     WIDTH_P: tl.constexpr,
+    TO_POOL: tl.constexpr,  # False: POOL is rows [B, dim] (row stride stride_pb) the caller stores
 ):
     b = tl.program_id(0)
     p = tl.load(POS + b)
@@ -117,9 +118,12 @@ def _compress_step_kernel(
     sn = tl.load(SIN + b * stride_cs + (i - nope_half), mask=rot, other=0.0)
     out_e = tl.where(rot, n_e * c - n_o * sn, n_e).to(KV.dtype.element_ty)
     out_o = tl.where(rot, n_o * c + n_e * sn, n_o).to(KV.dtype.element_ty)
-    entry = p // RATIO
-    block = tl.load(TABLE + b * stride_table + entry // per_block).to(tl.int64)
-    dst = POOL + block * stride_pb + (entry % per_block).to(tl.int64) * stride_pe
+    if TO_POOL:
+        entry = p // RATIO
+        block = tl.load(TABLE + b * stride_table + entry // per_block).to(tl.int64)
+        dst = POOL + block * stride_pb + (entry % per_block).to(tl.int64) * stride_pe
+    else:
+        dst = POOL + b * stride_pb
     tl.store(dst + even, out_e.to(POOL.dtype.element_ty), mask=live)
     tl.store(dst + odd, out_o.to(POOL.dtype.element_ty), mask=live)
     # the token's tail row
@@ -168,6 +172,8 @@ def compress_step_triton(
     kv, gate = kv.contiguous(), gate.contiguous()
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     ape = state.ape.float().contiguous()
+    to_pool = state.entries.format == "plain"
+    pool = state.entries.data if to_pool else kv.new_empty(rows, dim).unsqueeze(1)
     _compress_step_kernel[(rows,)](
         kv,
         gate,
@@ -189,12 +195,12 @@ def compress_step_triton(
         ape.stride(0),
         state.norm_weight.float().contiguous(),
         state.norm_eps,
-        state.pool,
-        state.pool.stride(0),
-        state.pool.stride(1),
+        pool,
+        pool.stride(0),
+        pool.stride(1),
         state.block_tables,
         state.block_tables.stride(0),
-        state.pool.shape[1],
+        state.entries.per_block,
         dim,
         width,
         dim // 2 - cos.shape[1],
@@ -202,5 +208,8 @@ def compress_step_triton(
         OVERLAP=overlap,
         HALF=triton.next_power_of_2(dim // 2),
         WIDTH_P=triton.next_power_of_2(width),
+        TO_POOL=to_pool,
         num_warps=4,
     )
+    if not to_pool:
+        state.entries.write(*state.entry_places(positions), pool.squeeze(1))

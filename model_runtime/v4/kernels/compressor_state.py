@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys
+
 
 @dataclass(frozen=True)
 class CompressorState:
@@ -22,5 +24,13 @@ class CompressorState:
     ape: torch.Tensor
     norm_weight: torch.Tensor
     norm_eps: float
-    pool: torch.Tensor
+    entries: PagedKeys
     block_tables: torch.Tensor
+
+    def entry_places(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block, offset) `[B]` each of the entry that the token at `positions[b]` belongs to."""
+        ratio = self.tail_kv.shape[1]
+        entry = positions // ratio
+        per_block = self.entries.per_block
+        blocks = self.block_tables.gather(1, (entry // per_block)[:, None]).squeeze(1).long()
+        return blocks, entry % per_block

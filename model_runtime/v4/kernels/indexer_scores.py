@@ -105,6 +105,8 @@ def _check(
     q: torch.Tensor, weights: torch.Tensor, keys: PagedKeys, rows: PagedRows, limit: torch.Tensor
 ) -> None:
     """Shape and dtype checks on host-known sizes only (no sync)."""
+    if keys.format == "fp8_rope":
+        raise IndexerInputError("'fp8_rope' entries are main attention entries, not indexer keys")
     if q.dim() != 3 or q.shape[-1] != keys.dim:
         raise IndexerInputError(f"queries must be [M, heads, {keys.dim}], got {list(q.shape)}")
     if tuple(weights.shape) != tuple(q.shape[:2]) or weights.dtype != torch.float32:

@@ -1,9 +1,13 @@
-"""The indexer kernels' inputs: compressed keys in a paged pool as stored, and the rows that read them.
+"""Compressed entries in a paged pool as stored, and the rows that read them (the kernels' inputs).
 
-A pool `[num_blocks, per_block, dim]` holds keys in one of the KV pool's storage formats: plain
-float32/bfloat16 rows, FP8 e4m3 rows (no scale), or MXFP4 (two e2m1 codes per byte, low nibble first, one
-e8m0 scale byte per 32 values). Row `r` of a batch owns the queries `[query_starts[r], query_starts[r+1])`
-and reads its key `t` at `(block_table[r, t // per_block], t % per_block)`.
+A pool `[num_blocks, per_block, dim]` holds entries in one of the KV pool's storage formats: plain
+float32/bfloat16 rows, FP8 e4m3 rows (no scale), FP8 e4m3 leading dims with BF16 trailing RoPE dims (main
+entries of the paper layout), or MXFP4 (two e2m1 codes per byte, low nibble first, one e8m0 scale byte per
+32 values). Row `r` of a batch owns the queries `[query_starts[r], query_starts[r+1])` and reads its key
+`t` at `(block_table[r, t // per_block], t % per_block)`.
+
+Writes quantise on the pool's device (FP8: round to nearest even, saturated at ±448; the rows are
+RMS-normalised, so no scale is needed); reads return bfloat16 for every quantised format.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ from typing import Literal
 import torch
 
 from deepscout.errors import DeepscoutError
-from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK, dequantize_mxfp4
+from deepscout.model_runtime.v4.weights.quant import (
+    FP8_E4M3_MAX,
+    dequantize_mxfp4,
+    quantize_mxfp4,
+)
 
-KeyFormat = Literal["plain", "fp8", "mxfp4"]
+KeyFormat = Literal["plain", "fp8", "fp8_rope", "mxfp4"]
 _STORED_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     "plain": (torch.float32, torch.bfloat16),
     "fp8": (torch.float8_e4m3fn,),
+    "fp8_rope": (torch.float8_e4m3fn,),
     "mxfp4": (torch.uint8,),
 }
 
@@ -28,12 +37,19 @@ class IndexerInputError(DeepscoutError, ValueError):
     """Indexer kernel inputs whose shapes or dtypes do not fit together (the message names the mismatch)."""
 
 
+def to_fp8(x: torch.Tensor) -> torch.Tensor:
+    """e4m3, round to nearest even, saturated (computed on `x`'s device)."""
+    return x.float().clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
 @dataclass(frozen=True)
 class PagedKeys:
-    """Indexer keys `[num_blocks, per_block, dim]` as stored.
+    """Entries `[num_blocks, per_block, dim]` as stored.
 
     * "plain": `data` float32 or bfloat16 `[blocks, per_block, dim]`;
     * "fp8": `data` float8_e4m3fn `[blocks, per_block, dim]`;
+    * "fp8_rope": `data` float8_e4m3fn `[blocks, per_block, dim - rope_dim]` and `rope` bfloat16
+      `[blocks, per_block, rope_dim]` (the trailing, rotated dims);
     * "mxfp4": `data` uint8 `[blocks, per_block, dim // 2]` and `scale` uint8 (e8m0 bytes)
       `[blocks, per_block, dim // 32]`.
     """
@@ -41,6 +57,7 @@ class PagedKeys:
     format: KeyFormat
     data: torch.Tensor
     scale: torch.Tensor | None = None
+    rope: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.data.dim() != 3:
@@ -49,6 +66,8 @@ class PagedKeys:
             )
         if (self.format == "mxfp4") != (self.scale is not None):
             raise IndexerInputError(f"{self.format!r} keys carry scales exactly when the format is MXFP4")
+        if (self.format == "fp8_rope") != (self.rope is not None):
+            raise IndexerInputError(f"{self.format!r} keys carry BF16 RoPE dims exactly when 'fp8_rope'")
         dtypes = _STORED_DTYPES[self.format]
         if self.data.dtype not in dtypes:
             raise IndexerInputError(f"{self.format!r} keys are stored as {dtypes}, got {self.data.dtype}")
@@ -64,18 +83,57 @@ class PagedKeys:
 
     @property
     def dim(self) -> int:
-        return self.data.shape[2] * 2 if self.format == "mxfp4" else self.data.shape[2]
+        if self.format == "mxfp4":
+            return self.data.shape[2] * 2
+        if self.rope is not None:
+            return self.data.shape[2] + self.rope.shape[2]
+        return self.data.shape[2]
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The stored tensors (first dim = block id)."""
+        extra = self.scale if self.scale is not None else self.rope
+        return (self.data,) if extra is None else (self.data, extra)
+
+    def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Entries at (`blocks`, `offsets`) (equal shapes `[...]`) as `[..., dim]`, bfloat16 unless plain."""
+        data = self.data[blocks, offsets]
+        if self.format == "plain":
+            return data
+        if self.format == "fp8":
+            return data.to(torch.bfloat16)
+        if self.rope is not None:
+            return torch.cat([data.to(torch.bfloat16), self.rope[blocks, offsets]], dim=-1)
+        assert self.scale is not None
+        scale = self.scale[blocks, offsets]
+        flat = dequantize_mxfp4(data.reshape(-1, data.shape[-1]), scale.reshape(-1, scale.shape[-1]))
+        return flat.view(*data.shape[:-1], self.dim).to(torch.bfloat16)
+
+    def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
+        """Store `rows` `[n, dim]` at (`blocks[i]`, `offsets[i]`), quantised on the pool's device."""
+        rows = rows.to(self.data.device)
+        if self.format == "plain":
+            self.data[blocks, offsets] = rows.to(self.data.dtype)
+        elif self.format == "fp8":
+            self.data[blocks, offsets] = to_fp8(rows)
+        elif self.rope is not None:
+            split = self.data.shape[2]
+            self.data[blocks, offsets] = to_fp8(rows[:, :split])
+            self.rope[blocks, offsets] = rows[:, split:].to(torch.bfloat16)
+        else:
+            assert self.scale is not None
+            packed, scale = quantize_mxfp4(rows)
+            self.data[blocks, offsets] = packed.view(torch.uint8)
+            self.scale[blocks, offsets] = scale.view(torch.uint8)
 
     def dequantize(self) -> torch.Tensor:
-        """Every stored key `[blocks, per_block, dim]` as the KV pool reads it (bfloat16 unless plain)."""
+        """Every stored entry `[blocks, per_block, dim]` as `read` returns them."""
         if self.format == "plain":
             return self.data
-        if self.format == "fp8":
-            return self.data.to(torch.bfloat16)
-        assert self.scale is not None
-        blocks, per_block, half = self.data.shape
-        flat = dequantize_mxfp4(self.data.reshape(-1, half), self.scale.reshape(-1, half * 2 // FP4_BLOCK))
-        return flat.to(torch.bfloat16).view(blocks, per_block, half * 2)
+        blocks, per_block = self.data.shape[:2]
+        ids = torch.arange(blocks, device=self.data.device)[:, None].expand(blocks, per_block)
+        offsets = torch.arange(per_block, device=self.data.device)[None, :].expand(blocks, per_block)
+        return self.read(ids, offsets)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ One call covers a packed batch of queries `q` `[M, heads, dim]` (shared K = V, o
 * the *band*: rows `[band_start[m], band_start[m] + band_len[m])` of a flat key buffer with their absolute
   positions; a key is seen when `p - window < key_pos <= p` (so unwritten ring slots, whose positions are
   a sentinel larger than any query's, never are);
-* the *entries* (CSA/HCA layers): compressed entries in a paged pool `[blocks, per_block, dim]`, entry `e`
+* the *entries* (CSA/HCA layers): compressed entries in a paged pool `[blocks, per_block, dim]` (plain
+  rows, or FP8 with BF16 RoPE dims, read as stored), entry `e`
   of the query's row at `(block_table[row, e // per_block], e % per_block)`; either the indices chosen by
   the indexer (`indices` `[M, k]`, CSA) or all of `[0, limit[m])` (HCA). An entry is seen when
   `0 <= e < limit[m]`.
@@ -72,10 +73,10 @@ def sparse_attention_reference(
         limit = entries.limit.long()[:, None]
         ok = (idx >= 0) & (idx < limit)
         safe = torch.where(ok, idx, 0)
-        per_block = entries.pool.shape[1]
+        per_block = entries.keys.per_block
         table = entries.block_table.long()[entries.row.long()]  # [M, max_blocks]
         blocks = table.gather(1, (safe // per_block).clamp(max=table.shape[1] - 1))
-        entry_keys = entries.pool[blocks, safe % per_block].float()
+        entry_keys = entries.keys.read(blocks, safe % per_block).float()
         keys = torch.cat([keys, entry_keys], dim=1)
         visible = torch.cat([visible, ok], dim=1)
     logits = torch.einsum("mhd,mkd->mhk", q.float(), keys) * scale

@@ -1,11 +1,11 @@
 """The Triton kernel behind `sparse_attention(..., impl="triton")` (contract in `sparse_attention.py`).
 
-Grid: (query, head block, split). A program loads its query's heads `[HB, dim]` once, then streams key
-tiles `[BN, dim]` (the band on split 0, then its share of the entries, gathered through the block table)
-with an online softmax; K = V, so each tile feeds both products. One split finishes in the kernel (sink
-folded into the denominator); several splits write partial outputs and log-sum-exps that
-`_combine_splits` merges with the sink. Every size is host-known: no host sync.
-"""
+Grid: (query, head block, split). A program loads its query's heads `[HB, dim]` once, then streams key tiles
+`[BN, dim]` (the band on split 0, then its share of the entries, gathered through the block table; FP8 entries
+with BF16 RoPE dims are loaded in two masked parts and widened) with an online softmax; K = V, so each tile
+feeds both products. One split finishes in the kernel (sink folded into the denominator); several splits write
+partial outputs and log-sum-exps that `_combine_splits` merges with the sink. Every size is host-known: no
+host sync."""
 
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ def _sparse_attention_kernel(
     POOL,
     stride_pool_block,
     stride_pool_entry,
+    ROPE,
+    stride_rope_block,
+    stride_rope_entry,
     TABLE,
     stride_table,
     ROW,
@@ -85,12 +88,14 @@ def _sparse_attention_kernel(
     window,
     entry_count,
     per_block,
+    nope_dim,
     BAND_MAX: tl.constexpr,
     KEYS_PER_SPLIT: tl.constexpr,
     DIM: tl.constexpr,
     HB: tl.constexpr,
     BN: tl.constexpr,
     ENTRY_MODE: tl.constexpr,  # 0: no entries, 1: chosen indices, 2: every entry below the limit
+    SPLIT_ROPE: tl.constexpr,  # entries as FP8 dims [0, nope_dim) in POOL + BF16 dims after in ROPE
     FINALIZE: tl.constexpr,
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact), "tf32" otherwise (bf16 operands)
 ):
@@ -139,8 +144,22 @@ def _sparse_attention_kernel(
             valid = jmask & (e >= 0) & (e < lim)
             e = tl.where(valid, e, 0)
             block = tl.load(TABLE + row * stride_table + e // per_block, mask=valid, other=0).to(tl.int64)
-            rows = block * stride_pool_block + (e % per_block).to(tl.int64) * stride_pool_entry
-            k = tl.load(POOL + rows[:, None] + d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
+            slot = (e % per_block).to(tl.int64)
+            rows = block * stride_pool_block + slot * stride_pool_entry
+            if SPLIT_ROPE:
+                nope = valid[:, None] & (d < nope_dim)[None, :]
+                k = (
+                    tl.load(POOL + rows[:, None] + d[None, :], mask=nope, other=0.0)
+                    .to(tl.float32)
+                    .to(q.dtype)
+                )
+                rope_rows = block * stride_rope_block + slot * stride_rope_entry
+                rope_mask = valid[:, None] & (d >= nope_dim)[None, :] & dmask[None, :]
+                k += tl.load(ROPE + rope_rows[:, None] + (d - nope_dim)[None, :], mask=rope_mask, other=0.0)
+            else:
+                k = tl.load(
+                    POOL + rows[:, None] + d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0
+                )
             m_i, l_i, acc = _online_step(q, k, valid, m_i, l_i, acc, scale, PRECISION)
     if FINALIZE:
         sink = tl.load(SINK + heads, mask=hmask, other=0.0)
@@ -195,11 +214,14 @@ def sparse_attention_triton(
         table = row = limit = idx = band.start
         idx_stride = 0
     else:
+        if entries.keys.format not in ("plain", "fp8_rope"):
+            raise ValueError(f"attention reads plain or 'fp8_rope' entries, not {entries.keys.format!r}")
         mode = 2 if entries.indices is None else 1
         count = entries.max_count
-        pool, table, row, limit = entries.pool, entries.block_table, entries.row, entries.limit
+        pool, table, row, limit = entries.keys.data, entries.block_table, entries.row, entries.limit
         idx = entries.indices if entries.indices is not None else entries.limit
         idx_stride = entries.indices.stride(0) if entries.indices is not None else 0
+    rope = entries.keys.rope if entries is not None and entries.keys.rope is not None else pool
     splits = _splits(n_queries, head_blocks, count, tiles.key_block) if mode else 1
     keys_per_split = max(triton.next_power_of_2(triton.cdiv(max(count, 1), splits)), tiles.key_block)
     splits = triton.cdiv(max(count, 1), keys_per_split)
@@ -221,6 +243,9 @@ def sparse_attention_triton(
         pool,
         pool.stride(0),
         pool.stride(1),
+        rope,
+        rope.stride(0),
+        rope.stride(1),
         table,
         table.stride(0),
         row,
@@ -241,12 +266,14 @@ def sparse_attention_triton(
         window,
         count,
         pool.shape[1],
+        pool.shape[2],
         BAND_MAX=triton.cdiv(max(band.max_length, 1), tiles.key_block) * tiles.key_block,
         KEYS_PER_SPLIT=keys_per_split,
         DIM=triton.next_power_of_2(dim),
         HB=tiles.head_block,
         BN=tiles.key_block,
         ENTRY_MODE=mode,
+        SPLIT_ROPE=rope is not pool,
         FINALIZE=splits == 1,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,

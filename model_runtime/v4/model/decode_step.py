@@ -41,7 +41,7 @@ from deepscout.model_runtime.v4.model_config import LayerKind
 class LayerStorage:
     """One layer's state over all slots (window ring `[slots, window, dim]` and positions `[slots, window]`,
     compressor tails with a leading slot axis) and its compressed entries as stored (`[blocks, per_block,
-    dim]` per compressor; "main" entries must be plain rows, the attention kernel reads them directly)."""
+    dim]` per compressor, in the pool's storage format; the kernels read and write them as stored)."""
 
     window_kv: torch.Tensor
     window_pos: torch.Tensor
@@ -133,7 +133,7 @@ def _entry_keys(
         )
         indices = chosen.to(torch.int32)
     return EntryKeys(
-        pool=main.data,
+        keys=main,
         block_table=step.block_tables,
         row=rows,
         limit=limit,
@@ -160,7 +160,7 @@ def _compress(
         ape=comp.ape,
         norm_weight=comp.norm.weight,
         norm_eps=comp.norm.eps,
-        pool=storage.entries[name].data,
+        entries=storage.entries[name],
         block_tables=step.block_tables,
     )
     table = rope.at((step.positions // comp.ratio) * comp.ratio)

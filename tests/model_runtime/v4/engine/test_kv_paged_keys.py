@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.engine.kv_pool import KVBlockPool, KvFormatError
+from deepscout.model_runtime.v4.engine.kv_pool import KVBlockPool
 from deepscout.model_runtime.v4.kernels.indexer_scores import dense_scores, indexer_scores
-from deepscout.model_runtime.v4.kernels.paged_keys import PagedRows
+from deepscout.model_runtime.v4.kernels.paged_keys import IndexerInputError, PagedRows
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, tiny
 from deepscout.model_runtime.v4.weights.quant import quantize_mxfp4
 
@@ -66,6 +66,11 @@ def test_indexer_storage_exposes_its_bytes_and_the_reference_reads_them_as_the_p
 
 
 def test_main_entries_are_not_indexer_keys() -> None:
+    """The paper layout's main entries (FP8 + BF16 RoPE dims) go to attention, never to the indexer."""
     pool = KVBlockPool(_args(), 2, "paper")
-    with pytest.raises(KvFormatError, match="not indexer keys"):
-        pool.storage(1, "main").paged_keys()
+    main = pool.storage(1, "main").paged_keys()
+    assert main.format == "fp8_rope"
+    q = torch.zeros(1, 2, main.dim)
+    rows = PagedRows.single(1, q.device)
+    with pytest.raises(IndexerInputError, match="not indexer keys"):
+        indexer_scores(q, torch.zeros(1, 2), main, rows, torch.ones(1, dtype=torch.int32), impl="reference")

@@ -3,17 +3,30 @@ tokens and log-probabilities as decoding through the cache protocol."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, tiny
 
+PAPER_ON_GPU = pytest.param(
+    "paper",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="bfloat16 state: Triton's interpreter has no bf16 dot"
+        ),
+    ],
+)
 
-def test_device_decode_matches_protocol_decode(device: torch.device) -> None:
+
+@pytest.mark.parametrize("kv_dtype", ["float32", PAPER_ON_GPU])
+def test_device_decode_matches_protocol_decode(device: torch.device, kv_dtype: str) -> None:
     """Two sequences decode together across CSA entry boundaries (every 4 tokens), an HCA boundary (token
     256) and a full window ring; the top-k is selective (16 of up to 66 entries). On CUDA the steps after
-    the first of each shape replay a captured graph."""
+    the first of each shape replay a captured graph. In the paper layout (FP8 + BF16 RoPE main entries,
+    MXFP4 indexer keys) both paths write and read the same quantised entries."""
     args = tiny((LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA, LayerKind.CSA))
     model = DeepseekV4Model.random(args, seed=3, device=device).eval()
     g = torch.Generator().manual_seed(4)
@@ -21,7 +34,8 @@ def test_device_decode_matches_protocol_decode(device: torch.device) -> None:
 
     def generate(kernels: str) -> tuple[list[list[int]], list[list[float]], int]:
         model.kernels = kernels  # type: ignore[assignment]
-        engine = Engine(model, EngineConfig(num_blocks=16, prefill_chunk=256, device=str(device)))
+        config = EngineConfig(num_blocks=16, prefill_chunk=256, device=str(device), kv_dtype=kv_dtype)  # type: ignore[arg-type]
+        engine = Engine(model, config)
         requests = [
             GenerationRequest(prompt_ids=p, max_new_tokens=12, sampling=SamplingParams(logprobs=True))
             for p in prompts

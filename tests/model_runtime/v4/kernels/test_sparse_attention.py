@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
+from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, to_fp8
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention, sparse_attention_reference
 
 _SENTINEL = 2**62
@@ -64,7 +67,7 @@ def _case(
         max_length=max(lengths),
     )
     entries = EntryKeys(
-        pool=pool.to(device, dtype),
+        keys=PagedKeys("plain", pool.to(device, dtype)),
         block_table=physical.to(device, torch.int32),
         row=torch.tensor(row_ids, dtype=torch.int32, device=device),
         limit=limit.to(device),
@@ -108,6 +111,42 @@ def test_kernel_matches_reference(
     assert _relative_error(out, ref) < 1e-4
 
 
+def _as_paper(entries: EntryKeys, rope_dim: int) -> EntryKeys:
+    """The same entries stored in the paper layout: FP8 leading dims, BF16 trailing RoPE dims."""
+    pool = entries.keys.data
+    split = pool.shape[-1] - rope_dim
+    keys = PagedKeys("fp8_rope", to_fp8(pool[..., :split]), rope=pool[..., split:].bfloat16().contiguous())
+    return replace(entries, keys=keys)
+
+
+@pytest.mark.parametrize(("chosen", "queries_per_row", "rows"), [(None, 1, 3), (24, 1, 3), (24, 40, 1)])
+def test_kernel_reads_paper_entries(
+    device: torch.device, chosen: int | None, queries_per_row: int, rows: int
+) -> None:
+    """Entries stored as FP8 + BF16 RoPE dims are read as the reference dequantises them (float32
+    queries here: Triton's interpreter has no bfloat16 dot; the GPU test below runs bfloat16)."""
+    q, band, entries, sink, qpos = _case(
+        device=device,
+        dtype=torch.float32,
+        n_heads=16,
+        dim=48,
+        window=16,
+        rows=rows,
+        queries_per_row=queries_per_row,
+        entries_per_row=150,
+        per_block=8,
+        chosen=chosen,
+        ratio=4,
+        seed=11,
+    )
+    paper = _as_paper(entries, rope_dim=16)
+    ref = sparse_attention_reference(q, band, paper, sink, qpos, scale=0.2, window=16)
+    out = sparse_attention(q, band, paper, sink, qpos, scale=0.2, window=16, impl="triton")
+    assert _relative_error(out, ref) < 1e-4
+    plain = sparse_attention_reference(q, band, entries, sink, qpos, scale=0.2, window=16)
+    assert 1e-4 < _relative_error(ref, plain) < 0.1  # FP8 rounding is visible, and small
+
+
 def test_band_only_and_empty_rows(device: torch.device) -> None:
     """Sliding layers (no entries), and queries that see nothing but the sink (empty band) give zeros."""
     q, band, _, sink, qpos = _case(
@@ -134,9 +173,11 @@ def test_band_only_and_empty_rows(device: torch.device) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("paper", [False, True], ids=["bf16", "paper"])
 @pytest.mark.parametrize(("chosen", "queries_per_row", "rows"), [(None, 1, 8), (512, 1, 8), (512, 256, 1)])
-def test_kernel_at_flash_shapes(chosen: int | None, queries_per_row: int, rows: int) -> None:
-    """V4-Flash's attention shapes in bfloat16 (64 heads of 512, window 128), no host sync."""
+def test_kernel_at_flash_shapes(chosen: int | None, queries_per_row: int, rows: int, paper: bool) -> None:
+    """V4-Flash's attention shapes in bfloat16 (64 heads of 512, window 128), no host sync; entries as
+    BF16 rows or in the paper layout (FP8 + BF16 RoPE dims)."""
     case = _case(
         device=torch.device("cuda"),
         dtype=torch.bfloat16,
@@ -152,6 +193,8 @@ def test_kernel_at_flash_shapes(chosen: int | None, queries_per_row: int, rows: 
         seed=7,
     )
     q, band, entries, sink, qpos = case
+    if paper:
+        entries = _as_paper(entries, rope_dim=64)
     ref = sparse_attention_reference(q, band, entries, sink, qpos, scale=512**-0.5, window=128)
     torch.cuda.set_sync_debug_mode("error")
     try:
