@@ -173,10 +173,12 @@ class ModelArgs:
     # ------------------------------------------------------------------ config.json
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> ModelArgs:
-        """Build from a config.json dict, folding in the legacy keys official checkpoints ship."""
+        """Build from a config.json dict, folding in the legacy keys official checkpoints ship (the MTP
+        layer count is ``num_nextn_predict_layers``, else the official inference code's ``n_mtp_layers``,
+        else 1)."""
         c = dict(config)
         n = int(c.get("num_hidden_layers", cls.num_hidden_layers))
-        n_mtp = int(c.get("num_nextn_predict_layers", cls.num_nextn_predict_layers))
+        n_mtp = int(c.get("num_nextn_predict_layers", c.get("n_mtp_layers", cls.num_nextn_predict_layers)))
         rates = dict(c.get("compress_rates") or {})
         csa = int(c.pop("compress_rate_csa", rates.get(LayerKind.CSA.value, 4)))
         hca = int(c.pop("compress_rate_hca", rates.get(LayerKind.HCA.value, 128)))
@@ -211,6 +213,7 @@ class ModelArgs:
                 qk_rope_head_dim=int(rope_dim),
                 layer_types=layer_types[:n],
                 mlp_layer_types=tuple(mlp_types[:n]),
+                num_nextn_predict_layers=n_mtp,
                 mtp_layer_types=mtp_types,
                 csa_ratio=csa,
                 hca_ratio=hca,
@@ -282,6 +285,7 @@ _NON_SCALAR = {
     "layer_types",
     "mlp_layer_types",
     "mtp_layer_types",
+    "num_nextn_predict_layers",
     "rope_scaling",
     "qk_rope_head_dim",
     "eos_token_id",

@@ -23,6 +23,7 @@ from deepscout.model_runtime.v4.weights.checkpoint_errors import (
     TensorShapeError,
     dtype_name,
 )
+from deepscout.model_runtime.v4.weights.checkpoint_variant import VariantDetection, detect_variant
 from deepscout.model_runtime.v4.weights.quant import (
     FP4_BLOCK,
     FP4_STORAGE_DTYPES,
@@ -55,6 +56,11 @@ class StoredWeight:
             rows, packed = self.data.shape
             return (rows, packed * 2)
         return self.data.shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored for this weight (data and scale)."""
+        return self.data.nbytes + (self.scale.nbytes if self.scale is not None else 0)
 
     @property
     def is_floating(self) -> bool:
@@ -118,7 +124,8 @@ def group_weights(tensors: ShardedSafetensors) -> dict[str, StoredWeight]:
 
 
 class Checkpoint:
-    """A checkpoint directory opened for streaming: config.json, and the logical weights read one by one."""
+    """A checkpoint directory opened for streaming: config.json, its variant (an unsupported one is refused
+    before any shard is opened), and the logical weights read one by one."""
 
     def __init__(self, directory: str | Path, *, release_after_bytes: int = 64 << 20) -> None:
         self.directory = Path(directory)
@@ -134,6 +141,7 @@ class Checkpoint:
             self.config: dict[str, Any] = json.loads(config_path.read_text())
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
+        self.variant: VariantDetection = detect_variant(self.config)
         self.tensors = ShardedSafetensors(self.directory, release_after_bytes=release_after_bytes)
         self.weights = group_weights(self.tensors)
 

@@ -91,3 +91,7 @@ class UnexpectedTensorsError(_TensorListError):
     def __init__(self, names: Sequence[str]) -> None:
         smaller = "config.json describes a smaller model than these weights (e.g. fewer layers or experts)"
         super().__init__(names, "in the checkpoint have no place in the model", smaller)
+
+
+class UnsupportedCheckpointError(CheckpointError):
+    """config.json describes a model this runtime does not run (another architecture or DeepSeek variant)."""

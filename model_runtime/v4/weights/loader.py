@@ -6,15 +6,23 @@ shard through mmap, dequantised if stored as FP8/MXFP4, and copied into place; n
 checkpoint is held in memory (see :mod:`deepscout.model_runtime.v4.weights.safetensors_stream`). All names,
 shapes and dtypes are checked before the first byte of tensor data is read, so a mismatched config fails
 in a second, not after minutes of loading.
+
+The variant comes from config.json alone (:mod:`.checkpoint_variant`): for DeepSeek-V4-Flash-0731 the model
+is built without MTP layers and the DSpark drafter's tensors under ``mtp.*`` are claimed, shape-checked and
+skipped with one log line (:mod:`.dspark_drafter`), never loaded into MTP layers; every other tensor must
+still have its place in the model.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,13 +33,18 @@ from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs
 from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint, StoredWeight
 from deepscout.model_runtime.v4.weights.checkpoint_errors import (
+    CheckpointError,
     MissingTensorsError,
     TensorDtypeError,
     TensorShapeError,
     UnexpectedTensorsError,
     dtype_name,
 )
+from deepscout.model_runtime.v4.weights.checkpoint_variant import CheckpointVariant, detect_variant
+from deepscout.model_runtime.v4.weights.dspark_drafter import DSparkDrafter, SkippedDrafter
 from deepscout.model_runtime.v4.weights.quant import QuantizedTensor
+
+logger = logging.getLogger(__name__)
 
 #: Tensors the official code's state dict holds twice (each MTP block refers to the shared embedding and
 #: head), so a checkpoint may carry ``mtp.{k}.embed.weight`` / ``mtp.{k}.head.weight``. They are accepted
@@ -48,22 +61,28 @@ def _alias_of(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class LoadReport:
-    """What a load read: tensor counts by stored format, bytes read from the shards, seconds taken."""
+    """What a load read: tensor counts by stored format, bytes read from the shards, seconds taken; the
+    checkpoint's variant and the drafter tensors it skipped (DeepSeek-V4-Flash-0731)."""
 
     directory: Path
     tensors: int
     stored_bytes: int
     formats: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    variant: CheckpointVariant = CheckpointVariant.V4
+    skipped_drafter: SkippedDrafter | None = None
 
 
-def check_compatible(targets: dict[str, torch.Tensor], checkpoint: Checkpoint) -> None:
-    """Raise if the checkpoint's tensors do not fit the model exactly (names, shapes, dtype kinds)."""
+def check_compatible(
+    targets: dict[str, torch.Tensor], checkpoint: Checkpoint, *, skipped: Collection[str] = ()
+) -> None:
+    """Raise if the checkpoint's tensors do not fit the model exactly (names, shapes, dtype kinds); the
+    ``skipped`` tensors (already recognised and checked elsewhere) are set aside."""
     stored = checkpoint.weights
     missing = sorted(set(targets) - set(stored))
     if missing:
         raise MissingTensorsError(missing)
-    extra = sorted(set(stored) - set(targets))
+    extra = sorted(set(stored) - set(targets) - set(skipped))
     aliases = {name: alias for name in extra if (alias := _alias_of(name)) in targets}
     unexpected = [name for name in extra if name not in aliases]
     if unexpected:
@@ -86,12 +105,17 @@ def check_compatible(targets: dict[str, torch.Tensor], checkpoint: Checkpoint) -
             )
 
 
-def load_weights(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
+def load_weights(model: DeepseekV4Model, checkpoint: Checkpoint) -> LoadReport:
     """Copy every checkpoint tensor into ``model`` (in each parameter's own dtype), one tensor at a time;
-    closes the checkpoint's mappings when done."""
+    closes the checkpoint's mappings when done. A DSpark drafter (DeepSeek-V4-Flash-0731) is skipped, and
+    refused when ``model`` has MTP layers it could be mistaken for."""
     start = time.perf_counter()
+    variant = checkpoint.variant.variant
+    drafter = _claim_drafter(variant, model, checkpoint)
     targets = dict(model.state_dict(keep_vars=True))
-    check_compatible(targets, checkpoint)
+    check_compatible(targets, checkpoint, skipped=drafter.names if drafter else ())
+    if drafter is not None:
+        logger.info(drafter.log_line())
     formats: Counter[str] = Counter()
     stored_bytes = 0
     with torch.no_grad():
@@ -104,7 +128,7 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
                 target.copy_(value)
             del value
             formats[weight.format if weight.format != "plain" else dtype_name(weight.data.dtype)] += 1
-            stored_bytes += weight.data.nbytes + (weight.scale.nbytes if weight.scale is not None else 0)
+            stored_bytes += weight.nbytes
     checkpoint.close()
     return LoadReport(
         directory=checkpoint.directory,
@@ -112,7 +136,34 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
         stored_bytes=stored_bytes,
         formats=dict(sorted(formats.items())),
         seconds=time.perf_counter() - start,
+        variant=variant,
+        skipped_drafter=drafter,
     )
+
+
+def _claim_drafter(
+    variant: CheckpointVariant, model: DeepseekV4Model, checkpoint: Checkpoint
+) -> SkippedDrafter | None:
+    if variant is not CheckpointVariant.V4_0731_DSPARK:
+        return None
+    if model.args.num_mtp_layers:
+        raise CheckpointError(
+            f"{variant.label}: mtp.* holds a DSpark drafter, not MTP layers; build the model with "
+            "num_nextn_predict_layers=0 (backbone_args / load_model do)"
+        )
+    return DSparkDrafter.from_config(checkpoint.config).claim(
+        checkpoint.weights, model.args, label=variant.label
+    )
+
+
+def backbone_args(config: dict[str, Any]) -> ModelArgs:
+    """The ModelArgs of the model to build for ``config`` (its variant checked first): as config.json says,
+    but without MTP layers for DeepSeek-V4-Flash-0731, whose ``mtp.*`` tensors are a DSpark drafter."""
+    variant = detect_variant(config).variant
+    args = ModelArgs.from_dict(config)
+    if variant is CheckpointVariant.V4_0731_DSPARK:
+        return args.with_(num_nextn_predict_layers=0, mtp_layer_types=())
+    return args
 
 
 def load_model(
@@ -125,7 +176,7 @@ def load_model(
     """Build the model config.json describes and load its weights (dequantised to ``dtype``; norms, sinks,
     biases and mHC parameters stay float32 as the model keeps them)."""
     checkpoint = Checkpoint(directory, release_after_bytes=release_after_bytes)
-    model = allocate_model(ModelArgs.from_dict(checkpoint.config), dtype=dtype, attn_impl=attn_impl)
+    model = allocate_model(backbone_args(checkpoint.config), dtype=dtype, attn_impl=attn_impl)
     report = load_weights(model, checkpoint)
     return model.eval(), report
 

@@ -9,6 +9,11 @@ F32, the hash tables ``tid2eid`` in I32; shards of bounded size with ``model.saf
 ``config.json`` with the legacy keys (``compress_ratios``, ``num_hash_layers``, ``qk_rope_head_dim``,
 ``rope_scaling``, ``quantization_config``, ``expert_dtype``).
 
+A DeepSeek-V4-Flash-0731-style checkpoint (``dspark=``) holds the backbone the same way and, instead of MTP
+layers, a random DSpark drafter in the layout :mod:`.dspark_drafter` describes (three stages under
+``mtp.0``-``mtp.2``, the stage-0 fusing projection, the last stage's Markov and confidence heads), stored
+as the backbone's tensors of the same kind are, with the ``dspark_*`` config keys.
+
 Writing *snaps* the model: each parameter is replaced by exactly the value the checkpoint holds (its
 dequantised FP8/FP4 value, or its BF16 rounding), so a model loaded from the checkpoint must reproduce the
 snapped model's logits bit for bit.
@@ -27,6 +32,7 @@ from safetensors.torch import save_file
 
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, tiny
+from deepscout.model_runtime.v4.weights.dspark_drafter import DSparkDrafter
 from deepscout.model_runtime.v4.weights.quant import (
     QuantizedTensor,
     ScaleFormat,
@@ -40,7 +46,7 @@ ExpertDtype = Literal["fp4", "fp8"]
 
 _EXPERT = re.compile(r"(^|\.)ffn\.experts\.\d+\.w[123]\.weight$")
 _FP8_LINEAR = re.compile(
-    r"(^|\.)(attn\.(wq_a|wq_b|wkv|wo_a|wo_b)|attn\.indexer\.wq_b|ffn\.shared_experts\.w[123]|e_proj|h_proj)\.weight$"
+    r"(^|\.)(attn\.(wq_a|wq_b|wkv|wo_a|wo_b)|attn\.indexer\.wq_b|ffn\.shared_experts\.w[123]|e_proj|h_proj|main_proj)\.weight$"
 )
 _F32_SUFFIXES = ("attn_sink", ".ape", "gate.bias", "_fn", "_base", "_scale")
 
@@ -77,8 +83,11 @@ def encode_tensor(
     return {name: stored}, stored.to(torch.float32)
 
 
-def official_config(args: ModelArgs, *, expert_dtype: ExpertDtype = "fp4") -> dict[str, Any]:
-    """config.json as official V4 checkpoints write it (legacy per-layer ``compress_ratios`` and friends)."""
+def official_config(
+    args: ModelArgs, *, expert_dtype: ExpertDtype = "fp4", dspark: DSparkDrafter | None = None
+) -> dict[str, Any]:
+    """config.json as official V4 checkpoints write it (legacy per-layer ``compress_ratios`` and friends);
+    with ``dspark``, as DeepSeek-V4-Flash-0731 writes it (drafter stages counted as sliding MTP layers)."""
     ratios = [args.ratio(kind) for kind in (*args.layer_types, *args.mtp_layer_types)]
     n_hash = sum(1 for t in args.mlp_layer_types if t == "hash_moe")
     config: dict[str, Any] = {
@@ -143,7 +152,34 @@ def official_config(args: ModelArgs, *, expert_dtype: ExpertDtype = "fp4") -> di
         }
         if yarn.attention_factor != 1.0:
             config["rope_scaling"]["attention_factor"] = yarn.attention_factor
+    if dspark is not None:
+        config["num_nextn_predict_layers"] = dspark.num_stages
+        config["compress_ratios"] = ratios + [0] * dspark.num_stages
+        config |= {
+            "dspark_num_stages": dspark.num_stages,
+            "dspark_markov_rank": dspark.markov_rank,
+            "dspark_target_layer_ids": list(dspark.target_layer_ids),
+            "dspark_block_size": 5,
+            "dspark_noise_token_id": args.vocab_size - 1,
+        }
     return config
+
+
+def synthetic_drafter(args: ModelArgs, *, markov_rank: int = 32) -> DSparkDrafter:
+    """A 0731-shaped drafter for ``args``: three stages fed by the last three layers, a small Markov head."""
+    n = args.num_hidden_layers
+    targets = tuple(range(max(0, n - 3), n))
+    return DSparkDrafter(num_stages=3, markov_rank=markov_rank, target_layer_ids=targets)
+
+
+def _drafter_tensors(
+    drafter: DSparkDrafter, args: ModelArgs, expert_dtype: ExpertDtype, scale_format: ScaleFormat, seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    for name, shape in drafter.known_shapes(args).items():
+        value = torch.randn(shape, generator=generator) * 0.05
+        kind = official_storage(name, expert_dtype=expert_dtype)
+        yield encode_tensor(name, value, kind, scale_format=scale_format)[0]
 
 
 def _stored_tensors(
@@ -207,16 +243,24 @@ def write_checkpoint(
     scale_format: ScaleFormat = "e8m0",
     max_shard_bytes: int = 256 << 20,
     snap: bool = True,
+    dspark: DSparkDrafter | None = None,
+    seed: int = 0,
 ) -> Path:
     """Write ``model`` to ``out_dir`` as an official-format checkpoint; with ``snap`` the model's parameters
-    become exactly what the checkpoint holds. Returns ``out_dir``."""
+    become exactly what the checkpoint holds. With ``dspark`` (``model`` without MTP layers) a random drafter
+    drawn from ``seed`` is added, DeepSeek-V4-Flash-0731-style. Returns ``out_dir``."""
+    if dspark is not None and model.args.num_mtp_layers:
+        raise ValueError("a DSpark checkpoint stores the drafter in mtp.*: write a model without MTP layers")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = _ShardWriter(out, max_shard_bytes)
     for group in _stored_tensors(model, expert_dtype, scale_format, snap):
         writer.add(group)
+    if dspark is not None:
+        for group in _drafter_tensors(dspark, model.args, expert_dtype, scale_format, seed):
+            writer.add(group)
     (out / INDEX_FILE).write_text(json.dumps(writer.finish(), indent=2) + "\n")
-    config = official_config(model.args, expert_dtype=expert_dtype)
+    config = official_config(model.args, expert_dtype=expert_dtype, dspark=dspark)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
 
@@ -261,11 +305,19 @@ def make_synthetic_checkpoint(
     seed: int = 0,
     expert_dtype: ExpertDtype = "fp4",
     max_shard_bytes: int = 4 << 20,
+    dspark: bool = False,
 ) -> DeepseekV4Model:
     """A random V4-Flash-shaped model written to ``out_dir`` (with a byte-level tokenizer.json when the
-    vocabulary holds 256 ids); returns the (snapped) model it holds."""
-    model = DeepseekV4Model.random(args or flash_shaped_small(), seed=seed)
-    write_checkpoint(model, out_dir, expert_dtype=expert_dtype, max_shard_bytes=max_shard_bytes)
+    vocabulary holds 256 ids); returns the (snapped) model it holds. With ``dspark`` it is written
+    DeepSeek-V4-Flash-0731-style: the model without MTP layers plus a `synthetic_drafter`."""
+    args = args or flash_shaped_small()
+    if dspark:
+        args = args.with_(num_nextn_predict_layers=0, mtp_layer_types=())
+    model = DeepseekV4Model.random(args, seed=seed)
+    drafter = synthetic_drafter(args) if dspark else None
+    write_checkpoint(
+        model, out_dir, expert_dtype=expert_dtype, max_shard_bytes=max_shard_bytes, dspark=drafter, seed=seed
+    )
     if model.args.vocab_size >= 256:
         write_byte_tokenizer(out_dir)
     return model
