@@ -1,0 +1,225 @@
+"""Speed of the FP8 block-scaled linear (`kernels/fp8_linear.py`) against its floors, a bf16 cuBLAS linear
+on the dequantised weight (what an `nn.Linear` model pays) and the dequantising reference.
+
+The V4-Flash FP8 projections (attention `wq_a`, `wq_b`, `wkv`, the grouped `wo_a`, `wo_b`, the indexer's
+`wq_b`, the shared expert's `w1`/`w2`), bf16 activations, e8m0 scales, at M rows each of `--rows` (decode
+steps and a prefill chunk). Times are CUDA-graph replays (Python's launch overhead left out, as the decode
+path runs). The floors come from the same process: bytes (FP8 weight, scales, activations in and out) over
+a device-to-device copy's rate (bytes read + written per second), and FLOPs (2·M·N·K) over an 8192³ bf16
+matmul's rate; `x floor` is the time over the larger of the two. `--sweep` also times a few tile
+configurations per case and reports the fastest.
+
+Prints a table and writes `benchmarks/results/fp8_linear_kernel.json` (or `--json PATH`).
+
+    python benchmarks/fp8_linear_kernel.py                 # CUDA
+    python benchmarks/fp8_linear_kernel.py --sweep         # CUDA, with tile sweep
+    python benchmarks/fp8_linear_kernel.py --device cpu --json /tmp/fp8.json   # small shapes, interpreter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from device_rates import Ceilings, ceilings, timed
+
+from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear_reference
+from deepscout.model_runtime.v4.weights.quant import dequantize_fp8_block, quantize_fp8_block
+
+if TYPE_CHECKING:
+    from deepscout.model_runtime.v4.kernels.fp8_linear_triton import TileConfig
+
+FLASH_SHAPES = {
+    "attn.wq_a": (1024, 4096, 1),
+    "attn.wq_b": (32768, 1024, 1),
+    "attn.wkv": (512, 4096, 1),
+    "attn.wo_a": (8192, 4096, 8),
+    "attn.wo_b": (4096, 8192, 1),
+    "indexer.wq_b": (8192, 1024, 1),
+    "shared.w1": (2048, 4096, 1),
+    "shared.w2": (4096, 2048, 1),
+}
+"""(N, K, groups) of the V4-Flash FP8 linears (`wo_a`: 8 groups of 1024 rows, each over its own 4096
+inputs)."""
+SMALL_SHAPES = {"ragged": (200, 300, 1), "grouped": (256, 256, 2)}
+"""Shapes for a CPU run under Triton's interpreter (it only checks that the benchmark runs)."""
+
+SWEEP = {
+    "decode": [
+        (16, 32, 128, 4, 4, 1),
+        (16, 64, 128, 4, 4, 1),
+        (16, 128, 128, 4, 4, 1),
+        (16, 32, 128, 4, 4, 2),
+        (16, 64, 128, 4, 4, 2),
+        (16, 64, 128, 4, 4, 4),
+        (16, 64, 128, 4, 3, 8),
+        (16, 128, 64, 4, 4, 4),
+    ],
+    "prefill": [
+        (128, 128, 64, 8, 3, 1),
+        (128, 128, 128, 8, 3, 1),
+        (128, 128, 64, 8, 4, 1),
+        (128, 256, 64, 8, 3, 1),
+        (64, 128, 128, 4, 4, 1),
+        (128, 64, 128, 4, 4, 1),
+    ],
+}
+"""Candidate tiles (block_m, block_n, block_k, num_warps, num_stages, split_k) for `--sweep`."""
+
+
+def make_case(device: torch.device, rows: int, shape: tuple[int, int, int]) -> dict[str, Any]:
+    n, k, groups = shape
+    gen = torch.Generator(device=device).manual_seed(rows + n + k)
+    value = torch.randn(n, k, generator=gen, device=device).mul_(k**-0.5)
+    weight, scale = quantize_fp8_block(value, scale_format="e8m0")
+    del value
+    x_shape = (rows, groups, k) if groups > 1 else (rows, k)
+    x = torch.randn(x_shape, generator=gen, device=device).to(torch.bfloat16)
+    return {"x": x, "weight": weight, "scale": scale, "groups": groups}
+
+
+def measure(
+    case: dict[str, Any], device: torch.device, tiles: TileConfig | None
+) -> tuple[float, torch.Tensor]:
+    from deepscout.model_runtime.v4.kernels.fp8_linear_triton import fp8_linear_triton
+
+    groups = case["groups"]
+    flat = case["x"].reshape(case["x"].shape[0], groups, -1)
+
+    def call() -> torch.Tensor:
+        return fp8_linear_triton(flat, case["weight"], case["scale"], groups=groups, tiles=tiles)
+
+    return timed(call, device, graphs=device.type == "cuda"), call()
+
+
+def bf16_linear(case: dict[str, Any], device: torch.device) -> float:
+    """A bf16 cuBLAS product with the weight dequantised once beforehand (the `nn.Linear` model's cost)."""
+    groups, x = case["groups"], case["x"]
+    w = dequantize_fp8_block(case["weight"], case["scale"], dtype=torch.bfloat16)
+    if groups == 1:
+        return timed(lambda: F.linear(x, w), device, graphs=device.type == "cuda")
+    grouped = w.view(groups, -1, w.shape[1])
+    return timed(lambda: torch.einsum("mgk,gnk->mgn", x, grouped), device, graphs=device.type == "cuda")
+
+
+def run_case(
+    device: torch.device, name: str, rows: int, shape: tuple[int, int, int], sweep: bool, rates: Ceilings
+) -> dict[str, Any]:
+    from deepscout.model_runtime.v4.kernels.fp8_linear_triton import TileConfig, device_tiles
+
+    n, k, groups = shape
+    case = make_case(device, rows, shape)
+    default = device_tiles(rows, n // groups, k, groups=groups, device=device)
+    seconds, out = measure(case, device, None)
+    best, best_s = default, seconds
+    if sweep:
+        from triton.runtime.errors import OutOfResources
+
+        phase = "decode" if rows <= 64 else "prefill"
+        for candidate in (TileConfig(*c[:5], split_k=c[5]) for c in SWEEP[phase]):
+            if candidate == default:
+                continue
+            try:
+                cand_s, _ = measure(case, device, candidate)
+            except (OutOfResources, ValueError) as err:
+                print(f"skipped {candidate}: {err}")
+                continue
+            best, best_s = (candidate, cand_s) if cand_s < best_s else (best, best_s)
+    args = (case["x"], case["weight"], case["scale"])
+    reference = fp8_linear_reference(*args, groups=groups).float()
+    ref_s = timed(lambda: fp8_linear_reference(*args, groups=groups), device)
+    bf16_s = bf16_linear(case, device)
+    nbytes = case["weight"].nbytes + case["scale"].nbytes + case["x"].nbytes + rows * n * 2
+    flops = 2 * rows * n * k
+    byte_floor = nbytes / rates.copy_bytes_per_s if rates.copy_bytes_per_s else 0.0
+    flop_floor = flops / rates.matmul_flop_per_s if rates.matmul_flop_per_s else 0.0
+    floor = max(byte_floor, flop_floor)
+    row = {
+        "name": name,
+        "rows": rows,
+        "n": n,
+        "k": k,
+        "groups": groups,
+        "triton_us": round(seconds * 1e6, 2),
+        "bf16_linear_us": round(bf16_s * 1e6, 2),
+        "reference_us": round(ref_s * 1e6, 2),
+        "byte_floor_us": round(byte_floor * 1e6, 2),
+        "flop_floor_us": round(flop_floor * 1e6, 2),
+        "x_floor": round(seconds / floor, 2) if floor else None,
+        "weight_tb_per_s": round(case["weight"].nbytes / seconds / 1e12, 3),
+        "tflop_per_s": round(flops / seconds / 1e12, 2),
+        "max_rel_diff_vs_reference": float((out.float().view_as(reference) - reference).abs().max())
+        / float(reference.abs().max()),
+        "tiles": asdict(default),
+    }
+    if sweep:
+        row["best_tiles"] = asdict(best)
+        row["best_us"] = round(best_s * 1e6, 2)
+    return row
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", default=None, help="rows per call (M), e.g. 1,8,4096")
+    parser.add_argument("--only", default=None, help="comma-separated linears, e.g. attn.wq_a,attn.wo_b")
+    parser.add_argument("--sweep", action="store_true", help="also time the candidate tiles in SWEEP")
+    default_json = Path(__file__).parent / "results" / "fp8_linear_kernel.json"
+    parser.add_argument("--json", type=Path, default=default_json)
+    opts = parser.parse_args()
+    device = torch.device(opts.device)
+    if device.type == "cpu":  # Triton reads this when the kernels are first defined
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    shapes = SMALL_SHAPES if device.type == "cpu" else FLASH_SHAPES
+    if opts.only:
+        shapes = {name: shapes[name] for name in opts.only.split(",")}
+    rows_list = [int(r) for r in (opts.rows or ("1,37" if device.type == "cpu" else "1,8,4096")).split(",")]
+    torch.manual_seed(0)
+    rates = ceilings(device)
+    copy_tb, mm_tflop = rates.copy_bytes_per_s / 1e12, rates.matmul_flop_per_s / 1e12
+    print(f"copy {copy_tb:.2f} TB/s, matmul {mm_tflop:.1f} TFLOP/s")
+    results = []
+    for rows in rows_list:
+        for name, shape in shapes.items():
+            row = run_case(device, name, rows, shape, opts.sweep, rates)
+            results.append(row)
+            print(row, flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    header = (
+        f"{'linear':>13} {'M':>5} {'N':>6} {'K':>5} {'triton us':>10} {'bf16 us':>9} {'ref us':>9} "
+        f"{'bytes us':>9} {'flops us':>9} {'x floor':>8} {'W TB/s':>7} {'TFLOP/s':>8} {'rel diff':>9}"
+    )
+    print(header)
+    for r in results:
+        print(
+            f"{r['name']:>13} {r['rows']:>5} {r['n']:>6} {r['k']:>5} {r['triton_us']:>10} "
+            f"{r['bf16_linear_us']:>9} {r['reference_us']:>9} {r['byte_floor_us']:>9} "
+            f"{r['flop_floor_us']:>9} "
+            f"{r['x_floor'] or '-':>8} {r['weight_tb_per_s']:>7} {r['tflop_per_s']:>8} "
+            f"{r['max_rel_diff_vs_reference']:>9.2e}"
+        )
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
+    report = {
+        "benchmark": "fp8_linear_kernel",
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "ceilings": asdict(rates),
+        "results": results,
+    }
+    opts.json.parent.mkdir(parents=True, exist_ok=True)
+    opts.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {opts.json}")
+
+
+if __name__ == "__main__":
+    main()

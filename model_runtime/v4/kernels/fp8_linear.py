@@ -1,0 +1,93 @@
+"""A linear layer whose weight stays in DeepSeek-V4's shipped FP8 block format (see `weights/quant.py`).
+
+Contract: `weight` `[N, K]` in `float8_e4m3fn` and its block scales `scale` `[ceil(N/128), ceil(K/128)]`
+(`float8_e8m0fnu` or raw e8m0 bytes in uint8 — official V4 — or float32/bfloat16 — V3 style), so that
+`W[i, j] = weight[i, j] * scale[i // 128, j // 128]`. `x` `[..., K]` in bfloat16 or float32 gives
+`y = x Wᵀ` `[..., N]` in `x`'s dtype, for any leading dims and any number of rows (1 at decode, thousands
+at prefill); N and K need not be multiples of 128.
+
+`groups` = G > 1 is the grouped projection (V4's `wo_a`): `x` `[..., G, K]`, the weight's rows G consecutive
+groups of N/G (a multiple of 128, so each group owns whole scale rows), `y` `[..., G, N/G]` with
+`y[..., g, :] = x[..., g, :] W_gᵀ`.
+
+* "reference": the exact dequantisation (`quant.dequantize_fp8_block`), then the product in float32, cast
+  to `x`'s dtype. The oracle; it materialises the float32 weight.
+* "triton": `fp8_linear_triton` — a W8A16 GEMM reading the FP8 weight and its scales as stored, float32
+  accumulation per 128-wide K block times that block's scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.weights.quant import (
+    FP8_BLOCK,
+    SCALE_DTYPES,
+    dequantize_fp8_block,
+    fp8_scale_shape,
+)
+
+_ACTIVATION_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    impl: KernelImpl,
+    groups: int = 1,
+) -> torch.Tensor:
+    """`x Wᵀ` in `x`'s dtype for the FP8 block-scaled weight (see the module docstring)."""
+    check_fp8_linear(x, weight, scale, groups=groups)
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.fp8_linear_triton import fp8_linear_triton
+
+        lead = x.shape[:-2] if groups > 1 else x.shape[:-1]
+        flat = x.reshape(-1, groups, x.shape[-1])
+        y = fp8_linear_triton(flat, weight, scale, groups=groups)
+        return y.view(*lead, weight.shape[0]) if groups == 1 else y.view(*lead, groups, -1)
+    return fp8_linear_reference(x, weight, scale, groups=groups)
+
+
+def fp8_linear_reference(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *, groups: int = 1
+) -> torch.Tensor:
+    """Dequantise exactly, multiply in float32, cast to `x`'s dtype."""
+    w = dequantize_fp8_block(weight, scale)
+    if groups == 1:
+        return F.linear(x.float(), w).to(x.dtype)
+    grouped = w.view(groups, -1, w.shape[1])
+    return torch.einsum("...gk,gnk->...gn", x.float(), grouped).to(x.dtype)
+
+
+def check_fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *, groups: int) -> None:
+    """Raise a one-line error unless the operands fit the contract."""
+    if weight.dtype != torch.float8_e4m3fn or weight.dim() != 2:
+        raise TypeError(
+            f"FP8 linear weights must be 2-D float8_e4m3fn, got {weight.dtype} {list(weight.shape)}"
+        )
+    if scale.dtype not in SCALE_DTYPES:
+        raise TypeError(f"FP8 block scales must be one of {SCALE_DTYPES}, got {scale.dtype}")
+    n, k = weight.shape
+    if tuple(scale.shape) != fp8_scale_shape((n, k)):
+        raise ValueError(
+            f"FP8 weight {[n, k]} needs block scales {list(fp8_scale_shape((n, k)))}, got {list(scale.shape)}"
+        )
+    if x.dtype not in _ACTIVATION_DTYPES:
+        raise TypeError(f"FP8 linear inputs must be bfloat16 or float32, got {x.dtype}")
+    if x.shape[-1] != k:
+        raise ValueError(f"FP8 linear input {list(x.shape)} does not end in the weight's K = {k}")
+    if groups < 1:
+        raise ValueError(f"groups must be at least 1, got {groups}")
+    if groups > 1 and (x.dim() < 2 or x.shape[-2] != groups or n % (groups * FP8_BLOCK)):
+        raise ValueError(
+            f"grouped FP8 linear needs x [..., {groups}, {k}] and N = {n} a multiple of "
+            f"{groups} * {FP8_BLOCK}, got x {list(x.shape)}"
+        )
+    if x.device != weight.device or scale.device != weight.device:
+        raise ValueError(
+            f"FP8 linear operands on different devices: {x.device}, {weight.device}, {scale.device}"
+        )

@@ -1,0 +1,195 @@
+"""The FP8 block-scaled linear: the Triton kernel against the exact-dequantisation reference, on the CPU under
+Triton's interpreter (small ragged shapes, both scale formats), and at V4-Flash shapes on a CUDA device.
+
+Tolerance: every product of a bf16 activation and an e4m3 weight is exact in float32 and both paths add
+them in float32, so they differ only by summation order (float32) plus the final rounding to the output
+dtype: max |diff| <= 1e-5 · max |ref| for float32 inputs, <= 1e-2 · max |ref| for bfloat16 ones (one bf16
+ulp is 2^-8 relative)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear, fp8_linear_reference
+from deepscout.model_runtime.v4.kernels.fp8_linear_triton import TileConfig, choose_tiles, fp8_linear_triton
+from deepscout.model_runtime.v4.weights.quant import ScaleFormat, quantize_fp8_block
+
+_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+def _weight(n: int, k: int, fmt: ScaleFormat, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A quantised random weight whose blocks span several orders of magnitude (scales differ per block)."""
+    spread = torch.exp2(torch.randint(-6, 6, (-(-n // 128), -(-k // 128)), generator=gen).float())
+    rows = torch.arange(n) // 128
+    cols = torch.arange(k) // 128
+    value = torch.randn(n, k, generator=gen) * spread[rows][:, cols] * k**-0.5
+    return quantize_fp8_block(value, scale_format=fmt)
+
+
+def _relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours.float().cpu() - ref.float().cpu()).abs().max() / ref.float().abs().max())
+
+
+def _manual_dequant(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Element by element, independent of `quant.py`: e8m0 bytes are powers 2^(b-127)."""
+    if scale.dtype == torch.float8_e8m0fnu:
+        multipliers = torch.exp2(scale.view(torch.uint8).double() - 127)
+    else:
+        multipliers = scale.double()
+    rows = torch.arange(weight.shape[0]) // 128
+    cols = torch.arange(weight.shape[1]) // 128
+    return weight.double() * multipliers[rows][:, cols]
+
+
+@pytest.mark.parametrize("fmt", ["e8m0", "float32"])
+@pytest.mark.parametrize(("n", "k"), [(200, 300), (256, 384)])  # ragged N and K; whole blocks
+def test_reference_is_the_dequantised_product(fmt: ScaleFormat, n: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(n + k)
+    weight, scale = _weight(n, k, fmt, gen)
+    x = torch.randn(2, 3, k, generator=gen)
+    expected = (x.double() @ _manual_dequant(weight, scale).T).float()
+    ours = fp8_linear(x, weight, scale, impl="reference")
+    assert ours.shape == (2, 3, n) and ours.dtype == torch.float32
+    assert _relative(ours, expected) < 1e-6
+
+
+@pytest.mark.parametrize("rows", [1, 37])
+@pytest.mark.parametrize(("n", "k"), [(200, 300), (256, 384)])
+@pytest.mark.parametrize("fmt", ["e8m0", "float32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kernel_matches_reference(
+    device: torch.device, rows: int, n: int, k: int, fmt: ScaleFormat, dtype: torch.dtype
+) -> None:
+    gen = torch.Generator().manual_seed(rows * 1000 + n + k)
+    weight, scale = _weight(n, k, fmt, gen)
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+    reference = fp8_linear(x, weight, scale, impl="reference")
+    ours = fp8_linear(x.to(device), weight.to(device), scale.to(device), impl="triton")
+    assert ours.dtype == dtype and ours.shape == (rows, n)
+    assert _relative(ours, reference) < _TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize(
+    "tiles",
+    [
+        TileConfig(block_m=16, block_n=32, block_k=64, num_warps=4, num_stages=2, split_k=3),  # split-K
+        TileConfig(block_m=16, block_n=256, block_k=128, num_warps=4, num_stages=2, split_k=2, group_m=2),
+        TileConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),  # prefill tiles
+    ],
+)
+def test_explicit_tiles_match_reference(device: torch.device, tiles: TileConfig) -> None:
+    """Split-K over 6 K blocks (the last one ragged), a column tile spanning two scale blocks, several row
+    tiles per L2 group."""
+    gen = torch.Generator().manual_seed(tiles.block_n)
+    weight, scale = _weight(200, 700, "e8m0", gen)
+    x = torch.randn(41, 700, generator=gen).to(torch.bfloat16)
+    reference = fp8_linear_reference(x, weight, scale)
+    ours = fp8_linear_triton(x.to(device)[:, None], weight.to(device), scale.to(device), tiles=tiles)
+    assert ours.shape == (41, 1, 200)
+    assert _relative(ours[:, 0], reference) < _TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_grouped_projection_is_one_linear_per_group(device: torch.device, impl: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    groups, k = 3, 160
+    weight, scale = _weight(groups * 128, k, "e8m0", gen)
+    x = torch.randn(2, 5, groups, k, generator=gen)
+    per_group = torch.stack(
+        [fp8_linear(x[..., g, :], weight[g * 128 : (g + 1) * 128], scale[g : g + 1], impl="reference")
+         for g in range(groups)],
+        dim=-2,
+    )  # fmt: skip
+    on = (x.to(device), weight.to(device), scale.to(device))
+    ours = fp8_linear(*on, impl=impl, groups=groups)  # type: ignore[arg-type]
+    assert ours.shape == (2, 5, groups, 128)
+    assert _relative(ours, per_group) < _TOLERANCE[torch.float32]
+
+
+def test_e8m0_scales_decode_in_the_kernel_as_in_quant(device: torch.device) -> None:
+    """Row m of x picks the first column of K block m, so y[m, :] is that block's scale (weight all ones);
+    byte 255 (NaN) poisons every output, as in the reference."""
+    stored = torch.tensor([[1, 60, 127, 128, 200, 254]], dtype=torch.uint8)
+    blocks = stored.shape[1]
+    weight = torch.ones(8, 128 * blocks).to(torch.float8_e4m3fn)
+    x = torch.zeros(blocks, 128 * blocks)
+    x[torch.arange(blocks), torch.arange(blocks) * 128] = 1.0
+    on = (x.to(device), weight.to(device))
+    ours = fp8_linear(*on, stored.view(torch.float8_e8m0fnu).to(device), impl="triton").cpu()
+    assert torch.equal(ours, torch.exp2(stored[0].float() - 127)[:, None].expand(blocks, 8))
+    stored[0, 2] = 255
+    poisoned = fp8_linear(*on, stored.view(torch.float8_e8m0fnu).to(device), impl="triton")
+    assert bool(poisoned.isnan().all())
+
+
+def test_empty_input_and_bad_operands(device: torch.device) -> None:
+    weight, scale = _weight(64, 128, "e8m0", torch.Generator().manual_seed(0))
+    empty = fp8_linear(torch.zeros(0, 128, device=device), weight.to(device), scale.to(device), impl="triton")
+    assert empty.shape == (0, 64)
+    x = torch.zeros(2, 128)
+    with pytest.raises(TypeError, match="float8_e4m3fn"):
+        fp8_linear(x, weight.float(), scale, impl="reference")
+    with pytest.raises(ValueError, match="needs block scales"):
+        fp8_linear(x, weight, scale[:, :0], impl="reference")
+    with pytest.raises(ValueError, match="does not end in the weight's K"):
+        fp8_linear(torch.zeros(2, 96), weight, scale, impl="reference")
+    with pytest.raises(TypeError, match="bfloat16 or float32"):
+        fp8_linear(x.half(), weight, scale, impl="reference")
+    with pytest.raises(ValueError, match="grouped FP8 linear"):
+        fp8_linear(x[:, None], weight, scale, impl="reference", groups=2)
+
+
+def test_split_k_must_divide_the_k_blocks() -> None:
+    weight, scale = _weight(64, 640, "e8m0", torch.Generator().manual_seed(0))
+    tiles = TileConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=2, split_k=2)
+    with pytest.raises(ValueError, match="split_k the 5 K blocks"):
+        fp8_linear_triton(torch.zeros(1, 1, 640), weight, scale, tiles=tiles)
+
+
+def test_tiles_follow_the_rows() -> None:
+    decode = choose_tiles(1, 1024, 4096, n_sms=132)  # wq_a at decode: 16 column tiles alone under-fill
+    assert decode.block_m == 16 and decode.split_k > 1
+    assert 16 * decode.split_k >= 132 and 32 % decode.split_k == 0
+    assert choose_tiles(1, 32768, 1024, n_sms=132).split_k == 1  # wq_b: 512 column tiles fill the GPU
+    prefill = choose_tiles(4096, 1024, 4096, n_sms=132)
+    assert (prefill.block_m, prefill.block_n, prefill.split_k) == (128, 128, 1)
+
+
+_FLASH_SHAPES = {  # (N, K, groups) of the V4-Flash FP8 linears
+    "attn.wq_a": (1024, 4096, 1),
+    "attn.wq_b": (32768, 1024, 1),
+    "attn.wkv": (512, 4096, 1),
+    "attn.wo_a": (8192, 4096, 8),
+    "attn.wo_b": (4096, 8192, 1),
+    "attn.indexer.wq_b": (8192, 1024, 1),
+    "shared_experts.w1": (2048, 4096, 1),
+    "shared_experts.w2": (4096, 2048, 1),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("rows", [1, 8, 2048])
+@pytest.mark.parametrize("name", list(_FLASH_SHAPES))
+def test_flash_shapes_on_cuda(name: str, rows: int) -> None:
+    """bf16 activations at V4-Flash shapes, e8m0 scales, against the reference (prints the achieved rates)."""
+    n, k, groups = _FLASH_SHAPES[name]
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    value = torch.randn(n, k, generator=gen, device="cuda") * k**-0.5
+    weight, scale = quantize_fp8_block(value, scale_format="e8m0")
+    del value
+    shape = (rows, groups, k) if groups > 1 else (rows, k)
+    x = torch.randn(shape, generator=gen, device="cuda").bfloat16()
+    ours = fp8_linear(x, weight, scale, impl="triton", groups=groups)
+    reference = fp8_linear(x, weight, scale, impl="reference", groups=groups)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        fp8_linear(x, weight, scale, impl="triton", groups=groups)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 20 / 1000
+    tb_per_s, tflop_per_s = weight.numel() / seconds / 1e12, 2 * rows * n * k / seconds / 1e12
+    print(f"{name} M={rows}: {seconds * 1e6:.1f} us, weight {tb_per_s:.2f} TB/s, {tflop_per_s:.1f} TFLOP/s")
+    assert _relative(ours, reference) < _TOLERANCE[torch.bfloat16]
