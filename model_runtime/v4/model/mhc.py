@@ -4,6 +4,8 @@ Around each attention and MoE sub-block the streams `[n, hc, dim]` are collapsed
 (`pre` weights), and its output is spread back (`post` weights) while the streams mix through a doubly
 stochastic matrix (Sinkhorn-Knopp). The hyper-head collapses the final streams before the output norm.
 Mappings are computed in float32. Parameter names follow the official checkpoints (`hc_attn_fn`, ...).
+The stream passes (mixing logits, collapse, merge) are `kernels/hc_streams.py`, the mappings from the
+logits `kernels/hc_mix.py`; `kernels` picks their reference or fused paths.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from deepscout.model_runtime.v4.kernels import hc_streams
 from deepscout.model_runtime.v4.kernels.hc_mix import hc_mix
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-from deepscout.model_runtime.v4.model.primitives import rms_normalize
 from deepscout.model_runtime.v4.model_config import ModelArgs
 
 
@@ -42,23 +43,22 @@ def hc_split(
     kernels: KernelImpl = "reference",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """mHC mappings from streams `[n, hc, dim]`: collapsed input `[n, dim]`, post `[n, hc]`, and the
-    doubly-stochastic (Sinkhorn-Knopp) residual mix `[n, hc, hc]`, the latter two in float32
-    (`kernels/hc_mix.py` computes them from the mixing logits)."""
-    mixes = F.linear(rms_normalize(streams.flatten(1).float(), hc.norm_eps, kernels), fn.float())
+    doubly-stochastic (Sinkhorn-Knopp) residual mix `[n, hc, hc]`, the latter two in float32."""
+    mixes = hc_streams.hc_premix(streams, fn, hc.norm_eps, impl=kernels)
     n_streams, iters = streams.shape[1], hc.sinkhorn_iters
     pre, post, comb = hc_mix(mixes, scale, base, hc=n_streams, iters=iters, eps=hc.eps, impl=kernels)
-    collapsed = (pre.unsqueeze(-1) * streams).sum(dim=1).to(streams.dtype)
-    return collapsed, post, comb
+    return hc_streams.hc_collapse(streams, pre, streams.dtype, impl=kernels), post, comb
 
 
 def hc_merge(
-    block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
+    block_out: torch.Tensor,
+    streams: torch.Tensor,
+    post: torch.Tensor,
+    comb: torch.Tensor,
+    kernels: KernelImpl = "reference",
 ) -> torch.Tensor:
     """New streams: post-weighted block output plus the residual streams mixed by comb^T."""
-    dtype = streams.dtype
-    return post.to(dtype).unsqueeze(-1) * block_out.unsqueeze(-2) + torch.matmul(
-        comb.to(dtype).transpose(-1, -2), streams
-    )
+    return hc_streams.hc_merge(block_out, streams, post, comb, impl=kernels)
 
 
 def hc_head_parameters(args: ModelArgs) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
@@ -77,8 +77,9 @@ def hc_head(
     scale: torch.Tensor,
     base: torch.Tensor,
     hc: HcSettings,
+    kernels: KernelImpl = "reference",
 ) -> torch.Tensor:
     """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`."""
-    mixes = F.linear(rms_normalize(streams.flatten(1).float(), hc.norm_eps), fn.float())
+    mixes = hc_streams.hc_premix(streams, fn, hc.norm_eps, impl=kernels)
     pre = torch.sigmoid(mixes * scale.float() + base.float()) + hc.eps
-    return (pre.unsqueeze(-1) * streams).sum(dim=1).to(streams.dtype)
+    return hc_streams.hc_collapse(streams, pre, streams.dtype, impl=kernels)

@@ -68,9 +68,11 @@ class Block(nn.Module):
         hc = HcSettings.of(self.args)
         x, post, comb = hc_split(streams, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, hc, kernels)
         dtype = self.attn.wq_a.weight.dtype
-        streams = hc_merge(attend(self.attn_norm(x).to(dtype)), streams, post, comb)
+        streams = hc_merge(attend(self.attn_norm(x).to(dtype)), streams, post, comb, kernels)
         x, post, comb = hc_split(streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, hc, kernels)
-        return hc_merge(self.ffn(self.ffn_norm(x).to(dtype), token_ids, kernels), streams, post, comb)
+        return hc_merge(
+            self.ffn(self.ffn_norm(x).to(dtype), token_ids, kernels), streams, post, comb, kernels
+        )
 
 
 class MTPBlock(Block):
@@ -280,5 +282,7 @@ class DeepseekV4Model(nn.Module):
 
     def _head_logits(self, owner: DeepseekV4Model | MTPBlock, streams: torch.Tensor) -> torch.Tensor:
         """Logits through `owner`'s hyper-head and final norm (the model's own, or an MTP block's)."""
-        x = hc_head(streams, owner.hc_head_fn, owner.hc_head_scale, owner.hc_head_base, self._hc)
+        x = hc_head(
+            streams, owner.hc_head_fn, owner.hc_head_scale, owner.hc_head_base, self._hc, self.kernels
+        )
         return self.head(owner.norm(x).to(self.head.weight.dtype))

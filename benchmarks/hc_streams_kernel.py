@@ -1,0 +1,155 @@
+"""Speed of the mHC stream passes (`kernels/hc_streams.py`) against their copy-rate floor and the PyTorch
+reference, at V4 widths (hc 4, hidden 4096, 24 mixing logits, float32 streams, bfloat16 block output).
+
+Per token count in `--tokens` (decode steps and a prefill chunk): `premix` (the RMS-normed projection to
+the mixing logits), `collapse` (the pre-weighted sum to the sub-block input), `merge` (the new streams),
+and `sub-block` (all the mHC work around one attention or MoE call: `model/mhc.py`'s `hc_split` with the
+Sinkhorn mapping, then `hc_merge`). Times are CUDA-graph replays (`device_rates.timed(graphs=True)`), as
+the decode path runs; the floor is each pass's bytes read + written over a device-to-device copy's rate.
+
+Prints a table and writes `benchmarks/results/hc_streams_kernel.json` (or `--json PATH`).
+
+    python benchmarks/hc_streams_kernel.py                 # CUDA
+    python benchmarks/hc_streams_kernel.py --device cpu    # small shapes under Triton's interpreter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from device_rates import ceilings, timed
+
+from deepscout.model_runtime.v4.kernels.hc_streams import hc_collapse, hc_merge, hc_premix
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.model import mhc
+
+HC, MIX, EPS, SINKHORN_ITERS = 4, 24, 1e-6, 20
+
+
+def make_case(device: torch.device, tokens: int, dim: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(tokens)
+    return {
+        "streams": torch.randn(tokens, HC, dim, generator=gen, device=device),
+        "fn": torch.randn(MIX, HC * dim, generator=gen, device=device) * (HC * dim) ** -0.5,
+        "scale": torch.rand(3, generator=gen, device=device) + 0.5,
+        "base": torch.randn(MIX, generator=gen, device=device),
+        "pre": torch.rand(tokens, HC, generator=gen, device=device),
+        "post": 2 * torch.rand(tokens, HC, generator=gen, device=device),
+        "comb": torch.softmax(torch.randn(tokens, HC, HC, generator=gen, device=device), dim=-1),
+        "block_out": torch.randn(tokens, dim, generator=gen, device=device).to(torch.bfloat16),
+    }
+
+
+def passes(case: dict[str, torch.Tensor], kernels: KernelImpl) -> dict[str, Callable[[], torch.Tensor]]:
+    """Each pass of the benchmark as a call on `case` with `kernels`."""
+    s = case["streams"]
+    settings = mhc.HcSettings(SINKHORN_ITERS, EPS, EPS)
+
+    def sub_block() -> torch.Tensor:
+        x, post, comb = mhc.hc_split(s, case["fn"], case["scale"], case["base"], settings, kernels)
+        return mhc.hc_merge(x.to(torch.bfloat16), s, post, comb, kernels)
+
+    return {
+        "premix": lambda: hc_premix(s, case["fn"], EPS, impl=kernels),
+        "collapse": lambda: hc_collapse(s, case["pre"], s.dtype, impl=kernels),
+        "merge": lambda: hc_merge(case["block_out"], s, case["post"], case["comb"], impl=kernels),
+        "sub-block": sub_block,
+    }
+
+
+def pass_bytes(tokens: int, dim: int) -> dict[str, int]:
+    """Bytes each pass must read + write at least (float32 streams, bfloat16 block output)."""
+    streams, row = tokens * HC * dim * 4, tokens * dim
+    premix = streams + MIX * HC * dim * 4 + tokens * MIX * 4
+    collapse = streams + row * 4
+    merge = row * 2 + 2 * streams
+    return {"premix": premix, "collapse": collapse, "merge": merge, "sub-block": premix + collapse + merge}
+
+
+def run_case(device: torch.device, tokens: int, dim: int, copy_rate: float) -> list[dict[str, Any]]:
+    case = make_case(device, tokens, dim)
+    reference, fused = passes(case, "reference"), passes(case, "triton")
+    graphs = device.type == "cuda"
+    rows = []
+    for name, needed in pass_bytes(tokens, dim).items():
+        triton_s = timed(fused[name], device, graphs=graphs)
+        ref_s = timed(reference[name], device, graphs=graphs)
+        want = reference[name]().float()
+        floor = needed / copy_rate if copy_rate else 0.0
+        rows.append(
+            {
+                "pass": name,
+                "tokens": tokens,
+                "triton_ms": round(triton_s * 1e3, 4),
+                "reference_ms": round(ref_s * 1e3, 4),
+                "speedup": round(ref_s / triton_s, 2),
+                "floor_ms": round(floor * 1e3, 4),
+                "x_floor": round(triton_s / floor, 2) if floor else None,
+                "gb_per_s": round(needed / triton_s / 1e9, 1),
+                "max_rel_diff_vs_reference": float(
+                    (fused[name]().float() - want).abs().max() / want.abs().max()
+                ),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tokens", default=None, help="token counts, e.g. 1,8,8192")
+    default_json = Path(__file__).parent / "results" / "hc_streams_kernel.json"
+    parser.add_argument("--json", type=Path, default=default_json)
+    opts = parser.parse_args()
+    device = torch.device(opts.device)
+    if device.type == "cpu":  # Triton reads this when the kernels are first defined
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    small = device.type == "cpu"
+    dim = 64 if small else 4096
+    tokens = [int(n) for n in (opts.tokens or ("1,8,70" if small else "1,8,8192")).split(",")]
+    torch.manual_seed(0)
+    rates = ceilings(device)
+    print(f"copy {rates.copy_bytes_per_s / 1e12:.2f} TB/s")
+    rows = []
+    for n in tokens:
+        for row in run_case(device, n, dim, rates.copy_bytes_per_s):
+            rows.append(row)
+            print(row, flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(
+        f"{'pass':>10} {'N':>5} {'triton ms':>10} {'ref ms':>9} {'speedup':>8} {'floor ms':>9} "
+        f"{'x floor':>8} {'GB/s':>8} {'rel diff':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['pass']:>10} {r['tokens']:>5} {r['triton_ms']:>10} {r['reference_ms']:>9} {r['speedup']:>8} "
+            f"{r['floor_ms']:>9} {r['x_floor'] or '-':>8} {r['gb_per_s']:>8} "
+            f"{r['max_rel_diff_vs_reference']:>9.2e}"
+        )
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
+    report = {
+        "benchmark": "hc_streams_kernel",
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "shape": {"hc": HC, "hidden": dim, "mix": MIX, "sinkhorn_iters": SINKHORN_ITERS},
+        "ceilings": asdict(rates),
+        "results": rows,
+    }
+    opts.json.parent.mkdir(parents=True, exist_ok=True)
+    opts.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {opts.json}")
+
+
+if __name__ == "__main__":
+    main()

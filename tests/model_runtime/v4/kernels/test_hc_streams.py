@@ -1,0 +1,105 @@
+"""The fused mHC stream passes (premix, collapse, merge) against their PyTorch references, on random
+streams: small widths under the interpreter (or the GPU), and the real width on a GPU.
+
+Tolerances: every path sums in float32, only the order differs (the fused premix scales after the
+projection instead of before), so float32 results agree to a few ulps of the largest value; a bfloat16
+collapse may round to the neighbouring bfloat16 value.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepscout.model_runtime.v4.kernels.hc_streams import hc_collapse, hc_merge, hc_premix
+
+HC, MIX, EPS = 4, 24, 1e-6
+
+
+def _streams(n: int, dim: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        "streams": torch.randn(n, HC, dim, generator=g) * 3,
+        "fn": torch.randn(MIX, HC * dim, generator=g) * dim**-0.5,
+        "pre": torch.rand(n, HC, generator=g) + 1e-6,
+        "post": 2 * torch.rand(n, HC, generator=g),
+        "comb": torch.softmax(torch.randn(n, HC, HC, generator=g), dim=-1),
+        "block_out": torch.randn(n, dim, generator=g),
+    }
+    return {name: t.to(device) for name, t in tensors.items()}
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype
+    scale = want.float().abs().max().clamp(min=1.0)
+    assert float((got.float() - want.float()).abs().max()) <= rel * float(scale)
+
+
+# D 16: the hc·D axis is one K block (one slice, as in prefill); D 64/96: split slices, a ragged D block.
+@pytest.mark.parametrize("dim", [16, 64, 96])
+@pytest.mark.parametrize("n_tokens", [1, 3, 70])
+def test_premix_matches_reference(device: torch.device, n_tokens: int, dim: int) -> None:
+    t = _streams(n_tokens, dim, device, seed=n_tokens + dim)
+    for fn in (t["fn"], t["fn"][:HC]):  # the sub-blocks' 24 logits, the hyper-head's hc
+        want = hc_premix(t["streams"], fn, EPS, impl="reference")
+        _close(hc_premix(t["streams"], fn, EPS, impl="triton"), want, 1e-5)
+
+
+@pytest.mark.parametrize("dim", [64, 96])
+@pytest.mark.parametrize("n_tokens", [1, 3, 70])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_collapse_matches_reference(
+    device: torch.device, n_tokens: int, dim: int, out_dtype: torch.dtype
+) -> None:
+    t = _streams(n_tokens, dim, device, seed=n_tokens + dim)
+    want = hc_collapse(t["streams"], t["pre"], out_dtype, impl="reference")
+    got = hc_collapse(t["streams"], t["pre"], out_dtype, impl="triton")
+    _close(got, want, 1e-6 if out_dtype == torch.float32 else 2**-7)
+
+
+@pytest.mark.parametrize("dim", [64, 96])
+@pytest.mark.parametrize("n_tokens", [1, 3, 70])
+@pytest.mark.parametrize("block_dtype", [torch.float32, torch.bfloat16])
+def test_merge_matches_reference(
+    device: torch.device, n_tokens: int, dim: int, block_dtype: torch.dtype
+) -> None:
+    t = _streams(n_tokens, dim, device, seed=n_tokens + dim)
+    args = (t["block_out"].to(block_dtype), t["streams"], t["post"], t["comb"])
+    _close(hc_merge(*args, impl="triton"), hc_merge(*args, impl="reference"), 1e-6)
+
+
+def test_merge_mixes_by_the_transposed_comb(device: torch.device) -> None:
+    """Stream j receives Σ_i comb[i, j] · stream i: a one-hot comb moves stream 0 into stream 2."""
+    t = _streams(2, 64, device, seed=0)
+    comb = torch.zeros(2, HC, HC, device=device)
+    comb[:, 0, 2] = 1.0
+    post = torch.zeros(2, HC, device=device)
+    for impl in ("reference", "triton"):
+        out = hc_merge(t["block_out"], t["streams"], post, comb, impl=impl)
+        assert torch.equal(out[:, 2], t["streams"][:, 0])
+        assert not out[:, [0, 1, 3]].any()
+
+
+def test_bad_shapes_raise_one_line_errors() -> None:
+    t = _streams(3, 16, torch.device("cpu"), seed=0)
+    with pytest.raises(ValueError, match="weight must be"):
+        hc_premix(t["streams"], t["fn"][:, :-1], EPS, impl="triton")
+    with pytest.raises(ValueError, match="pre weights"):
+        hc_collapse(t["streams"], t["pre"][:2], torch.float32, impl="triton")
+    with pytest.raises(ValueError, match="block output"):
+        hc_merge(t["block_out"][:, :8], t["streams"], t["post"], t["comb"], impl="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("n_tokens", [1, 8, 8192])
+def test_real_width_matches_reference(n_tokens: int) -> None:
+    device = torch.device("cuda")
+    t = _streams(n_tokens, 4096, device, seed=n_tokens)
+    s = t["streams"]
+    _close(hc_premix(s, t["fn"], EPS, impl="triton"), hc_premix(s, t["fn"], EPS, impl="reference"), 1e-5)
+    for out_dtype, rel in ((torch.float32, 1e-6), (torch.bfloat16, 2**-7)):
+        want = hc_collapse(s, t["pre"], out_dtype, impl="reference")
+        _close(hc_collapse(s, t["pre"], out_dtype, impl="triton"), want, rel)
+    args = (t["block_out"].to(torch.bfloat16), s, t["post"], t["comb"])
+    _close(hc_merge(*args, impl="triton"), hc_merge(*args, impl="reference"), 1e-6)
