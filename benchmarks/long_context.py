@@ -128,13 +128,11 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     if opts.profile:
         profile_prefill(engine, request(1, (other + 1).clamp(max=args.vocab_size - 1).tolist()))
 
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    engine.generate([request(1)])
-    torch.cuda.synchronize()
-    prefill_s = time.perf_counter() - start
+    chunk_s = prefill(engine, request(1), budget_s=opts.prefill_budget)
+    prefill_s = sum(chunk_s)
     kv_bytes = engine.caches.kv.nbytes / config.num_blocks * blocks_per_seq
     result: dict[str, Any] = {
+        "chunk_s": [round(t, 3) for t in chunk_s],
         "context": opts.context,
         "layers": opts.layers,
         "experts": opts.experts,
@@ -175,6 +173,26 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         profile_decode(engine, request(8))
     result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
+
+
+def prefill(engine: Engine, request: GenerationRequest, *, budget_s: float) -> list[float]:
+    """Seconds per engine step (one prompt chunk each) of the request's prefill, printed as they go; stops
+    with an error once `budget_s` is spent (the chunk times so far are printed)."""
+    rid = engine.add_request(request)
+    times: list[float] = []
+    done = False
+    while not done:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        done = any(out.request_id == rid and out.new_token_ids for out in engine.step())
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        print(f"prefill step {len(times)}: {times[-1]:.3f} s (total {sum(times):.1f} s)", flush=True)
+        if sum(times) > budget_s and not done:
+            raise SystemExit(f"prefill passed its {budget_s:.0f} s budget after {len(times)} steps")
+    while engine.has_unfinished():
+        engine.step()
+    return times
 
 
 def profile_prefill(engine: Engine, request: GenerationRequest) -> None:
@@ -222,6 +240,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=16384, help="tokens of the kernel warm-up prefill")
+    parser.add_argument("--prefill-budget", type=float, default=480.0, help="seconds before prefill gives up")
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(

@@ -24,6 +24,22 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_process()
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+        _interpret_runtime_loop_bounds()
+
+
+def _interpret_runtime_loop_bounds() -> None:
+    """Triton 3.6's interpreter holds a kernel's scalar arguments as 1-element arrays, which NumPy 2 will not
+    turn into the `int` that `range(0, n, BLOCK)` needs; read the element instead (compiled kernels take
+    runtime loop bounds as they are)."""
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang_tensor
+
+    def patched(tensor: type, scope: object) -> None:
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))  # type: ignore[attr-defined]
+
+    interpreter._patch_lang_tensor = patched
 
 
 @pytest.fixture(scope="session")

@@ -89,8 +89,10 @@ def _decode_scales(raw, E8M0: tl.constexpr):
     if E8M0:
         e = raw.to(tl.int32)
         bits = tl.where(e == 0, 1 << 22, tl.where(e == 255, 0x7FC00000, e << 23))
-        return bits.to(tl.float32, bitcast=True)
-    return raw
+        multiplier = bits.to(tl.float32, bitcast=True)
+    else:
+        multiplier = raw
+    return multiplier
 
 
 @triton.jit

@@ -89,8 +89,8 @@ def _sparse_attention_kernel(
     entry_count,
     per_block,
     nope_dim,
+    keys_per_split,  # a runtime bound: a context that grows does not recompile the kernel
     BAND_MAX: tl.constexpr,
-    KEYS_PER_SPLIT: tl.constexpr,
     DIM: tl.constexpr,
     HB: tl.constexpr,
     BN: tl.constexpr,
@@ -133,8 +133,8 @@ def _sparse_attention_kernel(
     if ENTRY_MODE != 0:
         row = tl.load(ROW + m).to(tl.int64)
         lim = tl.load(LIMIT + m)
-        lo = split * KEYS_PER_SPLIT
-        for start in range(0, KEYS_PER_SPLIT, BN):
+        lo = split * keys_per_split
+        for start in range(0, keys_per_split, BN):
             j = lo + start + tl.arange(0, BN)
             jmask = j < entry_count
             if ENTRY_MODE == 1:
@@ -267,8 +267,8 @@ def sparse_attention_triton(
         count,
         pool.shape[1],
         pool.shape[2],
+        keys_per_split,
         BAND_MAX=triton.cdiv(max(band.max_length, 1), tiles.key_block) * tiles.key_block,
-        KEYS_PER_SPLIT=keys_per_split,
         DIM=triton.next_power_of_2(dim),
         HB=tiles.head_block,
         BN=tiles.key_block,

@@ -27,7 +27,7 @@ def test_device_decode_matches_protocol_decode(device: torch.device, kv_dtype: s
     256) and a full window ring; the top-k is selective (16 of up to 66 entries). On CUDA the steps after
     the first of each shape replay a captured graph. In the paper layout (FP8 + BF16 RoPE main entries,
     MXFP4 indexer keys) both paths write and read the same quantised entries."""
-    args = tiny((LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA, LayerKind.CSA))
+    args = tiny((LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA, LayerKind.CSA), index_head_dim=32)
     model = DeepseekV4Model.random(args, seed=3, device=device).eval()
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(2, args.vocab_size, (n,), generator=g).tolist() for n in (250, 131)]
@@ -49,5 +49,8 @@ def test_device_decode_matches_protocol_decode(device: torch.device, kv_dtype: s
     tokens, logprobs, replays = generate("triton")
     assert replays > 0 if device.type == "cuda" else replays == 0  # decode steps replayed from CUDA graphs
     assert tokens == ref_tokens
+    # in the paper layout the device step multiplies in the bfloat16 of the window state, the protocol path
+    # in the model's float32
+    tolerance = 1e-3 if kv_dtype == "float32" else 3e-2
     for got, want in zip(logprobs, ref_logprobs, strict=True):
-        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-3
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < tolerance
