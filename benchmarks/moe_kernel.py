@@ -1,17 +1,20 @@
 """Speed of the grouped-MoE kernel against its floors and the expert-by-expert reference
 (`kernels/grouped_moe.py`).
 
-V4-Flash widths in bfloat16 (hidden 4096, inter 2048, top-6) for each routed-expert count in `--experts`,
+V4-Flash widths with bfloat16 activations (hidden 4096, inter 2048, top-6) for each routed-expert count in
+`--experts` and each expert format in `--weights` (bf16 stacks, or MXFP4 stacks quantised from them: W4A16),
 router choices drawn at random: decode steps of N tokens (`--decode`, memory-bound: every active expert's
 three projections read once) and a prefill chunk (`--prefill`, compute-bound). The floors come from the
-same process: for decode, the active experts' weight bytes over a device-to-device copy's rate (bytes read
-+ written per second); for prefill, the FLOPs (2 · N · k · 3 · hidden · inter) over an 8192³ bf16
-matmul's rate. `--sweep` also times a few tile configurations per case and reports the fastest.
+same process: for decode, the active experts' weight bytes as stored (bf16: 2 bytes a weight; MXFP4: the
+packed half byte plus a scale byte per 32) over a device-to-device copy's rate (bytes read + written per
+second); for prefill, the FLOPs (2 · N · k · 3 · hidden · inter) over an 8192³ bf16 matmul's rate.
+`--sweep` also times a few tile configurations per case and reports the fastest.
 
 Prints a table and writes `benchmarks/results/moe_kernel.json` (or `--json PATH`).
 
     python benchmarks/moe_kernel.py                        # CUDA
     python benchmarks/moe_kernel.py --sweep                # CUDA, with tile sweep
+    python benchmarks/moe_kernel.py --weights bf16,mxfp4   # CUDA, both expert formats
     python benchmarks/moe_kernel.py --device cpu           # small shapes under Triton's interpreter
 """
 
@@ -29,6 +32,8 @@ import torch
 from device_rates import Ceilings, ceilings, timed
 
 from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks, grouped_moe_reference
+from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks, quantize
+from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 if TYPE_CHECKING:
     from deepscout.model_runtime.v4.kernels.grouped_moe_triton import TileConfig
@@ -52,11 +57,20 @@ SWEEP = {
         (64, 128, 128, 64, 4, 3),
     ],
 }
-"""Candidate tiles (block_m, gate_up_n, down_n, block_k, num_warps, num_stages) for `--sweep`."""
+"""Candidate tiles (block_m, gate_up_n, down_n, block_k, num_warps, num_stages) for `--sweep` (block_k a
+multiple of 32, as MXFP4 needs)."""
+WEIGHTS = ("bf16", "mxfp4")
+"""Expert formats `--weights` may name."""
+
+
+def bytes_per_expert(fmt: str, hidden: int, inter: int) -> int:
+    """Bytes of one expert's three projections as stored: bf16, or MXFP4's packed codes and scales."""
+    elements = 3 * hidden * inter
+    return elements * 2 if fmt == "bf16" else elements // 2 + elements // FP4_BLOCK
 
 
 def make_case(
-    device: torch.device, tokens: int, experts: int, top_k: int, hidden: int, inter: int
+    device: torch.device, tokens: int, experts: int, top_k: int, hidden: int, inter: int, fmt: str
 ) -> dict[str, Any]:
     gen = torch.Generator(device=device).manual_seed(tokens + experts)
 
@@ -64,7 +78,10 @@ def make_case(
         w = torch.randn(experts, rows, cols, generator=gen, device=device, dtype=torch.bfloat16)
         return w.mul_(cols**-0.5)
 
+    stacks: ExpertStacks | Mxfp4ExpertStacks
     stacks = ExpertStacks(weight(inter, hidden), weight(hidden, inter), weight(inter, hidden))
+    if fmt == "mxfp4":
+        stacks = quantize(stacks)
     x = torch.randn(tokens, hidden, generator=gen, device=device).to(torch.bfloat16)
     scores = torch.rand(tokens, experts, generator=gen, device=device)
     weights, indices = scores.topk(top_k, dim=-1)
@@ -74,11 +91,14 @@ def make_case(
 def measure(
     case: dict[str, Any], device: torch.device, tiles: TileConfig | None
 ) -> tuple[float, torch.Tensor]:
+    from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import grouped_moe_mxfp4_triton
     from deepscout.model_runtime.v4.kernels.grouped_moe_triton import grouped_moe_triton
 
     def call() -> torch.Tensor:
         stacks = case["stacks"]
         routing = (case["x"], case["weights"], case["indices"])
+        if isinstance(stacks, Mxfp4ExpertStacks):
+            return grouped_moe_mxfp4_triton(*routing, stacks, 10.0, tiles=tiles)
         return grouped_moe_triton(*routing, stacks.w1, stacks.w2, stacks.w3, 10.0, tiles=tiles)
 
     return timed(call, device), call()
@@ -86,12 +106,12 @@ def measure(
 
 def run_case(
     device: torch.device, phase: str, tokens: int, experts: int, shape: tuple[int, int, int], sweep: bool,
-    rates: Ceilings,
+    rates: Ceilings, fmt: str,
 ) -> dict[str, Any]:  # fmt: skip
     from deepscout.model_runtime.v4.kernels.grouped_moe_triton import TileConfig, choose_tiles, group_pairs
 
     top_k, hidden, inter = shape
-    case = make_case(device, tokens, experts, top_k, hidden, inter)
+    case = make_case(device, tokens, experts, top_k, hidden, inter, fmt)
     default = choose_tiles(tokens * top_k, experts)
     seconds, out = measure(case, device, None)
     routing_s = timed(lambda: group_pairs(case["indices"], experts, default.block_m), device)
@@ -112,7 +132,7 @@ def run_case(
     ref_s = timed(lambda: grouped_moe_reference(*args), device)
     reference = grouped_moe_reference(*args).float()
     active = int(torch.unique(case["indices"]).numel())
-    weight_bytes = active * 3 * hidden * inter * 2
+    weight_bytes = active * bytes_per_expert(fmt, hidden, inter)
     flops = 2 * tokens * top_k * 3 * hidden * inter
     needed, rate = (
         (weight_bytes, rates.copy_bytes_per_s) if phase == "decode" else (flops, rates.matmul_flop_per_s)
@@ -120,6 +140,7 @@ def run_case(
     floor = needed / rate if rate else 0.0
     row = {
         "phase": phase,
+        "weights": fmt,
         "tokens": tokens,
         "experts": experts,
         "active_experts": active,
@@ -147,10 +168,14 @@ def main() -> None:
     parser.add_argument("--decode", default="1,8", help="tokens per decode step")
     parser.add_argument("--prefill", default=None, help="tokens per prefill chunk")
     parser.add_argument("--sweep", action="store_true", help="also time the candidate tiles in SWEEP")
+    parser.add_argument("--weights", default="bf16", help=f"expert formats, comma-separated, of {WEIGHTS}")
     default_json = Path(__file__).parent / "results" / "moe_kernel.json"
     parser.add_argument("--json", type=Path, default=default_json)
     opts = parser.parse_args()
     device = torch.device(opts.device)
+    formats = opts.weights.split(",")
+    if any(f not in WEIGHTS for f in formats):
+        parser.error(f"--weights takes a comma-separated subset of {WEIGHTS}, got {opts.weights!r}")
     if device.type == "cpu":  # Triton reads this when the kernels are first defined
         os.environ.setdefault("TRITON_INTERPRET", "1")
     small = device.type == "cpu"
@@ -162,22 +187,23 @@ def main() -> None:
     copy_tb, mm_tflop = rates.copy_bytes_per_s / 1e12, rates.matmul_flop_per_s / 1e12
     print(f"copy {copy_tb:.2f} TB/s, matmul {mm_tflop:.1f} TFLOP/s")
     rows = []
-    for n_experts in experts:
-        cases = [("decode", int(n)) for n in opts.decode.split(",")] + [("prefill", prefill)]
-        for phase, tokens in cases:
-            row = run_case(device, phase, tokens, n_experts, shape, opts.sweep, rates)
-            rows.append(row)
-            print(row, flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    cases = [("decode", int(n)) for n in opts.decode.split(",")] + [("prefill", prefill)]
+    for fmt in formats:
+        for n_experts in experts:
+            for phase, tokens in cases:
+                row = run_case(device, phase, tokens, n_experts, shape, opts.sweep, rates, fmt)
+                rows.append(row)
+                print(row, flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     header = (
-        f"{'phase':>8} {'E':>4} {'N':>5} {'active':>6} {'triton ms':>10} {'routing':>8} {'ref ms':>9} "
-        f"{'floor ms':>9} {'x floor':>8} {'GB/s':>8} {'TFLOP/s':>8} {'rel diff':>9}"
+        f"{'phase':>8} {'weights':>7} {'E':>4} {'N':>5} {'active':>6} {'triton ms':>10} {'routing':>8} "
+        f"{'ref ms':>9} {'floor ms':>9} {'x floor':>8} {'GB/s':>8} {'TFLOP/s':>8} {'rel diff':>9}"
     )
     print(header)
     for r in rows:
         print(
-            f"{r['phase']:>8} {r['experts']:>4} {r['tokens']:>5} {r['active_experts']:>6} "
+            f"{r['phase']:>8} {r['weights']:>7} {r['experts']:>4} {r['tokens']:>5} {r['active_experts']:>6} "
             f"{r['triton_ms']:>10} {r['routing_ms']:>8} {r['reference_ms']:>9} {r['floor_ms']:>9} "
             f"{r['x_floor'] or '-':>8} {r['weights_gb_per_s']:>8} {r['tflop_per_s']:>8} "
             f"{r['max_rel_diff_vs_reference']:>9.2e}"

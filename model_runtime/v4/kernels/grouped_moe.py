@@ -2,23 +2,30 @@
 
 Contract: `x` `[N, hidden]`, the router's `weights` `[N, k]` (float32) and expert `indices` `[N, k]`, and
 the experts' weights stacked per projection (`ExpertStacks`: w1/w3 `[E, inter, hidden]`, w2
-`[E, hidden, inter]`). Pair (n, j) computes `h = silu(min(x W1ᵀ, l)) * clamp(x W3ᵀ, -l, l)` with expert
+`[E, hidden, inter]`; or `Mxfp4ExpertStacks`, the same kept in MXFP4 and dequantised exactly to `x`'s
+dtype, W4A16). Pair (n, j) computes `h = silu(min(x W1ᵀ, l)) * clamp(x W3ᵀ, -l, l)` with expert
 `e = indices[n, j]` (the clamps only when the limit `l` > 0), then `h W2ᵀ * weights[n, j]`; a token's
 output is the sum over its k pairs, in `x`'s dtype.
 
-* "reference": a loop over the experts present (host syncs; the oracle and the CPU default).
-* "triton": `grouped_moe_triton` — routing grouped on the device, two launches for all experts, no sync.
+* "reference": a loop over the experts present (host syncs; the oracle and the CPU default); MXFP4 experts
+  are dequantised one by one as they come, only those present.
+* "triton": `grouped_moe_triton` (or `grouped_moe_mxfp4_triton`) — routing grouped on the device, two
+  launches for all experts, no sync.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+
+if TYPE_CHECKING:
+    from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,10 @@ class ExpertStacks:
         """The stacks with `fn` applied to each projection."""
         return ExpertStacks(fn(self.w1), fn(self.w2), fn(self.w3))
 
+    def expert(self, index: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Expert `index`'s (w1, w2, w3) in `dtype` (views when already in it)."""
+        return self.w1[index].to(dtype), self.w2[index].to(dtype), self.w3[index].to(dtype)
+
 
 def swiglu(
     x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, limit: float
@@ -54,16 +65,20 @@ def grouped_moe(
     x: torch.Tensor,
     weights: torch.Tensor,
     indices: torch.Tensor,
-    stacks: ExpertStacks,
+    stacks: ExpertStacks | Mxfp4ExpertStacks,
     swiglu_limit: float,
     *,
     impl: KernelImpl,
 ) -> torch.Tensor:
     """The routed experts' summed output `[N, hidden]` in `x`'s dtype (see the module docstring)."""
     if impl == "triton":
-        from deepscout.model_runtime.v4.kernels.grouped_moe_triton import grouped_moe_triton
+        if isinstance(stacks, ExpertStacks):
+            from deepscout.model_runtime.v4.kernels.grouped_moe_triton import grouped_moe_triton
 
-        return grouped_moe_triton(x, weights, indices, stacks.w1, stacks.w2, stacks.w3, swiglu_limit)
+            return grouped_moe_triton(x, weights, indices, stacks.w1, stacks.w2, stacks.w3, swiglu_limit)
+        from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import grouped_moe_mxfp4_triton
+
+        return grouped_moe_mxfp4_triton(x, weights, indices, stacks, swiglu_limit)
     return grouped_moe_reference(x, weights, indices, stacks, swiglu_limit)
 
 
@@ -71,13 +86,14 @@ def grouped_moe_reference(
     x: torch.Tensor,
     weights: torch.Tensor,
     indices: torch.Tensor,
-    stacks: ExpertStacks,
+    stacks: ExpertStacks | Mxfp4ExpertStacks,
     swiglu_limit: float,
 ) -> torch.Tensor:
-    """Expert by expert: gather its pairs, run it, add its weighted output to its tokens."""
+    """Expert by expert: gather its pairs, run it (its weights in `x`'s dtype), add its weighted output to
+    its tokens."""
     routed = torch.zeros_like(x)
     for expert in torch.unique(indices).tolist():
         token_idx, slot = torch.where(indices == expert)
-        out = swiglu(x[token_idx], stacks.w1[expert], stacks.w2[expert], stacks.w3[expert], swiglu_limit)
+        out = swiglu(x[token_idx], *stacks.expert(expert, x.dtype), swiglu_limit)
         routed.index_add_(0, token_idx, (out * weights[token_idx, slot, None]).to(x.dtype))
     return routed

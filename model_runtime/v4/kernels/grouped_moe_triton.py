@@ -13,6 +13,10 @@ pair's routing weight, and writes the pair's row of `pair_out` `[N*k, hidden]`; 
 summed through a view — deterministic, no atomics. Programs run in groups of `group_m` tiles that sweep
 all column blocks together, so a group's rows and its expert's weights stay in L2 (prefill); at decode the
 tiles are few and the column blocks fill the GPU, each active expert's weights read once.
+
+What does not depend on the weights' format — the tiles, the grouping, the work buffers (`plan_launches`),
+each program's rows and columns (`_tile_rows`) and the two epilogues (`_store_swiglu`, `_store_weighted`) —
+is shared with the MXFP4 kernels (`grouped_moe_mxfp4_triton`).
 """
 
 from __future__ import annotations
@@ -93,6 +97,91 @@ def _tile_and_columns(n_tiles, n_col_blocks, GROUP_M: tl.constexpr):
     return first + (pid % per_group) % size, (pid % per_group) // size
 
 
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What both launches of one call share: the tiles, the grouped pairs, each pair's routing weight
+    `route` `[N*k]` (float32), the work buffers `h` `[rows, inter]` and `pair_out` `[N*k, hidden]`, and
+    the dot settings (`upcast`: operands and intermediates in float32, under Triton's interpreter)."""
+
+    tiles: TileConfig
+    groups: PairGroups
+    route: torch.Tensor
+    h: torch.Tensor
+    pair_out: torch.Tensor
+    precision: str
+    upcast: bool
+
+    def summed(self, x: torch.Tensor) -> torch.Tensor:
+        """Each token's k rows of `pair_out` summed, in `x`'s dtype."""
+        n_tokens, hidden = x.shape
+        return self.pair_out.view(n_tokens, -1, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
+
+
+def plan_launches(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    n_experts: int,
+    inter: int,
+    tiles: TileConfig | None,
+) -> LaunchPlan:
+    """Group the pairs and allocate the work buffers of one call (`tiles` overrides `choose_tiles`)."""
+    n_pairs = indices.numel()
+    tiles = tiles or choose_tiles(n_pairs, n_experts)
+    groups = group_pairs(indices, n_experts, tiles.block_m)
+    route = weights.reshape(-1).float().contiguous()
+    # Triton's interpreter multiplies bf16 blocks wrongly and truncates what it stores as bf16: there the
+    # operands are upcast and the intermediates kept in float32.
+    upcast = bool(triton.knobs.runtime.interpret)
+    work_dtype = torch.float32 if upcast else x.dtype
+    h = torch.empty(groups.n_tiles * tiles.block_m, inter, dtype=work_dtype, device=x.device)
+    pair_out = torch.empty(n_pairs, x.shape[1], dtype=work_dtype, device=x.device)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    return LaunchPlan(tiles, groups, route, h, pair_out, precision, upcast)
+
+
+@triton.jit
+def _tile_rows(
+    PAIR_IDS,
+    TILE_EXPERT,
+    n_pairs,
+    n_tiles,
+    N_COLS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """This program's expert (int64; `n_experts` past the real tiles), its tile's rows, their pairs (`valid`
+    where a real pair) and its block of the `N_COLS` output columns (`col_ok` where in range)."""
+    tile, col_block = _tile_and_columns(n_tiles, tl.cdiv(N_COLS, BLOCK_N), GROUP_M)
+    expert = tl.load(TILE_EXPERT + tile).to(tl.int64)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(PAIR_IDS + rows)
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    return expert, rows, pair, pair < n_pairs, cols, cols < N_COLS
+
+
+@triton.jit
+def _store_swiglu(H, gate, up, limit, rows, cols, stride_h, mask, CLAMP: tl.constexpr):
+    """Write `h = silu(min(gate, l)) * clamp(up, -l, l)` (clamps when CLAMP) to the tile's rows of H."""
+    if CLAMP:
+        gate = tl.minimum(gate, limit)
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+    h = gate * tl.sigmoid(gate) * up
+    h_ptrs = H + rows[:, None].to(tl.int64) * stride_h + cols[None, :]
+    tl.store(h_ptrs, h.to(H.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_weighted(OUT, acc, ROUTE, pair, valid, cols, col_ok, stride_out):
+    """Write each real pair's row of `acc` times its routing weight to its row of OUT."""
+    route = tl.load(ROUTE + pair, mask=valid, other=0.0)
+    out = acc * route[:, None]
+    out_ptrs = OUT + pair[:, None].to(tl.int64) * stride_out + cols[None, :]
+    tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
+
+
 @triton.jit
 def _operand(block, UPCAST: tl.constexpr):
     """A dot operand as loaded, or in float32 (under Triton's interpreter, see `grouped_moe_triton`)."""
@@ -128,16 +217,12 @@ def _gate_up_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    tile, col_block = _tile_and_columns(n_tiles, tl.cdiv(INTER, BLOCK_N), GROUP_M)
-    expert = tl.load(TILE_EXPERT + tile).to(tl.int64)
+    expert, rows, pair, valid, cols, col_ok = _tile_rows(
+        PAIR_IDS, TILE_EXPERT, n_pairs, n_tiles, INTER, BLOCK_M, BLOCK_N, GROUP_M
+    )
     if expert >= n_experts:
         return
-    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(PAIR_IDS + rows)
-    valid = pair < n_pairs
     token = (pair // top_k).to(tl.int64)
-    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < INTER
     ks = tl.arange(0, BLOCK_K)
     x_ptrs = X + token[:, None] * stride_x + ks[None, :]
     w_offsets = cols[None, :] * stride_wn + ks[:, None]  # [BLOCK_K, BLOCK_N] within the expert's matrix
@@ -161,12 +246,7 @@ def _gate_up_kernel(
         x_ptrs += BLOCK_K
         w1_ptrs += BLOCK_K
         w3_ptrs += BLOCK_K
-    if CLAMP:
-        gate = tl.minimum(gate, limit)
-        up = tl.minimum(tl.maximum(up, -limit), limit)
-    h = gate * tl.sigmoid(gate) * up
-    h_ptrs = H + rows[:, None].to(tl.int64) * stride_h + cols[None, :]
-    tl.store(h_ptrs, h.to(H.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
+    _store_swiglu(H, gate, up, limit, rows, cols, stride_h, valid[:, None] & col_ok[None, :], CLAMP)
 
 
 @triton.jit
@@ -193,15 +273,11 @@ def _down_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    tile, col_block = _tile_and_columns(n_tiles, tl.cdiv(HIDDEN, BLOCK_N), GROUP_M)
-    expert = tl.load(TILE_EXPERT + tile).to(tl.int64)
+    expert, rows, pair, valid, cols, col_ok = _tile_rows(
+        PAIR_IDS, TILE_EXPERT, n_pairs, n_tiles, HIDDEN, BLOCK_M, BLOCK_N, GROUP_M
+    )
     if expert >= n_experts:
         return
-    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(PAIR_IDS + rows)
-    valid = pair < n_pairs
-    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < HIDDEN
     ks = tl.arange(0, BLOCK_K)
     h_ptrs = H + rows[:, None].to(tl.int64) * stride_h + ks[None, :]
     w_ptrs = W2 + expert * stride_we + (cols[None, :] * stride_wn + ks[:, None])
@@ -219,10 +295,7 @@ def _down_kernel(
         acc = tl.dot(h, w2, acc, input_precision=PRECISION)
         h_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    route = tl.load(ROUTE + pair, mask=valid, other=0.0)
-    out = acc * route[:, None]
-    out_ptrs = OUT + pair[:, None].to(tl.int64) * stride_out + cols[None, :]
-    tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
+    _store_weighted(OUT, acc, ROUTE, pair, valid, cols, col_ok, stride_out)
 
 
 def grouped_moe_triton(
@@ -246,17 +319,9 @@ def grouped_moe_triton(
         raise ValueError(f"the expert stacks must be row-major in the activations' dtype ({x.dtype})")
     if n_pairs == 0:
         return torch.zeros_like(x)
-    tiles = tiles or choose_tiles(n_pairs, n_experts)
-    groups = group_pairs(indices, n_experts, tiles.block_m)
     x = x.contiguous()
-    route = weights.reshape(-1).float().contiguous()
-    # Triton's interpreter multiplies bf16 blocks wrongly and truncates what it stores as bf16: there the
-    # operands are upcast and the intermediates kept in float32.
-    upcast = bool(triton.knobs.runtime.interpret)
-    work_dtype = torch.float32 if upcast else x.dtype
-    h = torch.empty(groups.n_tiles * tiles.block_m, inter, dtype=work_dtype, device=x.device)
-    pair_out = torch.empty(n_pairs, hidden, dtype=work_dtype, device=x.device)
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    plan = plan_launches(x, weights, indices, n_experts=n_experts, inter=inter, tiles=tiles)
+    tiles, groups, h, pair_out = plan.tiles, plan.groups, plan.h, plan.pair_out
     _gate_up_kernel[(groups.n_tiles * triton.cdiv(inter, tiles.gate_up_n),)](
         x,
         w1,
@@ -280,8 +345,8 @@ def grouped_moe_triton(
         BLOCK_K=tiles.block_k,
         GROUP_M=tiles.group_m,
         CLAMP=swiglu_limit > 0,
-        PRECISION=precision,
-        UPCAST=upcast,
+        PRECISION=plan.precision,
+        UPCAST=plan.upcast,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
@@ -291,7 +356,7 @@ def grouped_moe_triton(
         pair_out,
         groups.pair_ids,
         groups.tile_expert,
-        route,
+        plan.route,
         n_pairs,
         n_experts,
         groups.n_tiles,
@@ -305,9 +370,9 @@ def grouped_moe_triton(
         BLOCK_N=tiles.down_n,
         BLOCK_K=tiles.block_k,
         GROUP_M=tiles.group_m,
-        PRECISION=precision,
-        UPCAST=upcast,
+        PRECISION=plan.precision,
+        UPCAST=plan.upcast,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    return pair_out.view(n_tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    return plan.summed(x)

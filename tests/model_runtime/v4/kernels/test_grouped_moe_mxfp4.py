@@ -1,0 +1,167 @@
+"""The grouped-MoE kernel on MXFP4 experts (W4A16) against the reference on the same MXFP4 stacks, and the
+reference against the bf16 path on the dequantised stacks: on the CPU under Triton's interpreter (small
+shapes), and at V4-Flash width on a CUDA device with host syncs forbidden."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe
+from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import _e2m1, _e8m0, grouped_moe_mxfp4_triton
+from deepscout.model_runtime.v4.kernels.grouped_moe_triton import TileConfig
+from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
+from deepscout.model_runtime.v4.weights.quant import decode_scales, unpack_e2m1
+
+_PREFILL_TILES = TileConfig(block_m=32, gate_up_n=32, down_n=32, block_k=64, num_warps=4, num_stages=2)
+
+
+def _random_mxfp4(
+    experts: int, hidden: int, inter: int, gen: torch.Generator, device: torch.device | None = None
+) -> Mxfp4ExpertStacks:
+    """Every byte pattern (every e2m1 code in both nibbles) equally likely; scale bytes 118..123, so the
+    weights are of magnitude ~2^-6."""
+
+    def packed(rows: int, cols: int) -> torch.Tensor:
+        shape = (experts, rows, cols // 2)
+        return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8, device=device)
+
+    def scale(rows: int, cols: int) -> torch.Tensor:
+        shape = (experts, rows, cols // 32)
+        return torch.randint(118, 124, shape, generator=gen, dtype=torch.uint8, device=device)
+
+    shapes = ((inter, hidden), (hidden, inter), (inter, hidden))
+    return Mxfp4ExpertStacks(*(packed(*s) for s in shapes), *(scale(*s) for s in shapes))
+
+
+def _routing(
+    tokens: int, top_k: int, experts: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    indices = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)])
+    return torch.rand(tokens, top_k, generator=gen), indices
+
+
+def _relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours.float() - ref.float()).abs().max() / ref.float().abs().max())
+
+
+@triton.jit
+def _decode_bytes_kernel(BYTES, CODES, SCALES):
+    byte = tl.load(BYTES + tl.arange(0, 256)).to(tl.int32)
+    tl.store(CODES + 2 * tl.arange(0, 256), _e2m1(byte & 15))
+    tl.store(CODES + 2 * tl.arange(0, 256) + 1, _e2m1(byte >> 4))
+    tl.store(SCALES + tl.arange(0, 256), _e8m0(byte))
+
+
+def test_the_kernels_decode_every_byte_as_the_checkpoint_format(device: torch.device) -> None:
+    """Both nibbles of every byte as e2m1 values, and every e8m0 scale byte (0: 2^-127, 255: NaN)."""
+    every = torch.arange(256, dtype=torch.uint8, device=device)
+    values = torch.empty(512, device=device)
+    scales = torch.empty(256, device=device)
+    _decode_bytes_kernel[(1,)](every, values, scales)
+    assert torch.equal(values.cpu(), unpack_e2m1(every.cpu()))
+    torch.testing.assert_close(scales.cpu(), decode_scales(every.cpu()), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "top_k", "hidden", "inter", "limit", "tiles"),
+    [
+        (1, 2, 128, 64, 10.0, None),  # one decode token
+        (1, 6, 256, 128, 0.0, None),
+        (5, 6, 128, 128, 1.0, None),  # clamps active
+        (5, 2, 256, 64, 0.0, None),
+        (40, 6, 256, 64, 1.0, None),  # most experts take several pairs (tiles of 16 rows)
+        (40, 2, 128, 128, 0.0, _PREFILL_TILES),  # reduction in several steps of 64 columns
+        (40, 6, 160, 96, 1.0, _PREFILL_TILES),  # a ragged last reduction step (hidden, inter % 64 = 32)
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_matches_reference(
+    device: torch.device,
+    tokens: int,
+    top_k: int,
+    hidden: int,
+    inter: int,
+    limit: float,
+    tiles: TileConfig | None,
+    dtype: torch.dtype,
+) -> None:
+    gen = torch.Generator().manual_seed(tokens * 1000 + hidden + inter + top_k)
+    stacks = _random_mxfp4(8, hidden, inter, gen)
+    x = torch.randn(tokens, hidden, generator=gen).to(dtype)
+    weights, indices = _routing(tokens, top_k, 8, gen)
+    oracle = grouped_moe(x.float(), weights, indices, stacks, limit, impl="reference")
+    on = stacks.map(lambda t: t.to(device))
+    ours = grouped_moe_mxfp4_triton(
+        x.to(device), weights.to(device), indices.to(device), on, limit, tiles=tiles
+    ).cpu()
+    assert ours.dtype == dtype and ours.shape == x.shape
+    assert _relative(ours, oracle) < (1e-5 if dtype == torch.float32 else 1e-2)
+    if dtype == torch.bfloat16:  # the reference in bf16 is no closer to the float32 result than we are
+        reference = grouped_moe(x, weights, indices, stacks, limit, impl="reference")
+        assert _relative(ours, oracle) <= 1.5 * _relative(reference, oracle) + 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reference_is_the_bf16_path_on_the_dequantised_stacks(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(7)
+    stacks = _random_mxfp4(8, 128, 64, gen)
+    x = torch.randn(40, 128, generator=gen).to(dtype)
+    weights, indices = _routing(40, 6, 8, gen)
+    ours = grouped_moe(x, weights, indices, stacks, 1.0, impl="reference")
+    dense = grouped_moe(x, weights, indices, stacks.dequantize(dtype), 1.0, impl="reference")
+    torch.testing.assert_close(ours, dense, rtol=0, atol=0)
+
+
+def test_reference_dequantises_only_the_experts_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(8)
+    stacks = _random_mxfp4(8, 64, 32, gen)
+    seen: list[int] = []
+    expert = Mxfp4ExpertStacks.expert
+
+    def counted(self: Mxfp4ExpertStacks, index: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        seen.append(index)
+        return expert(self, index, dtype)
+
+    monkeypatch.setattr(Mxfp4ExpertStacks, "expert", counted)
+    indices = torch.tensor([[5, 2], [2, 6]])
+    grouped_moe(torch.randn(2, 64, generator=gen), torch.rand(2, 2), indices, stacks, 0.0, impl="reference")
+    assert seen == [2, 5, 6]
+
+
+def test_dispatch_picks_the_mxfp4_kernel_and_checks_tiles(device: torch.device) -> None:
+    gen = torch.Generator().manual_seed(9)
+    stacks = _random_mxfp4(4, 64, 32, gen).map(lambda t: t.to(device))
+    x = torch.randn(3, 64, generator=gen, device=device)
+    weights, indices = (t.to(device) for t in _routing(3, 2, 4, gen))
+    ours = grouped_moe(x, weights, indices, stacks, 1.0, impl="triton")
+    reference = grouped_moe(x, weights, indices, stacks, 1.0, impl="reference")
+    assert _relative(ours, reference) < 1e-5
+    odd = TileConfig(block_m=16, gate_up_n=32, down_n=32, block_k=48, num_warps=4, num_stages=2)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        grouped_moe_mxfp4_triton(x, weights, indices, stacks, 1.0, tiles=odd)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("tokens", [1, 8, 512])
+def test_flash_width_on_cuda_without_host_syncs(tokens: int) -> None:
+    """V4-Flash's routed experts (256 experts, hidden 4096, inter 2048, top-6) in MXFP4 with bf16
+    activations: the kernel runs with host syncs forbidden and matches the float32 reference."""
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    stacks = _random_mxfp4(256, 4096, 2048, gen, torch.device("cuda"))
+    x = torch.randn(tokens, 4096, generator=gen, device="cuda").bfloat16()
+    weights, indices = torch.rand(tokens, 256, generator=gen, device="cuda").topk(6, dim=-1)
+    grouped_moe(x, weights, indices, stacks, 10.0, impl="triton")  # compile outside the guarded region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ours = grouped_moe(x, weights, indices, stacks, 10.0, impl="triton")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    oracle = grouped_moe(x.float(), weights, indices, stacks, 10.0, impl="reference")
+    reference = grouped_moe(x, weights, indices, stacks, 10.0, impl="reference")
+    assert _relative(ours, oracle) < 1e-2
+    assert _relative(ours, oracle) <= 1.5 * _relative(reference, oracle) + 1e-3
