@@ -1,10 +1,10 @@
 """The Triton kernel behind `compress_step(..., impl="triton")` (contract in `compress_step.py`).
 
 One program per row holds the entry's even and odd channels as two `[dim/2]` vectors (so RoPE's pairs need no
-shuffle), streams the window's slots through an online softmax per channel, then norms, rotates and stores the
-entry (into a plain pool directly; else into rows that the pool's quantising write stores), writes the token's
-tail row, and on a completed CSA window the new overlap state. The token's own projections are taken from the
-inputs, never re-read from the tail it just wrote."""
+shuffle), streams the window's slots in tiles of up to 8 through an online softmax per channel, then norms,
+rotates and stores the entry (into a plain pool directly; else into rows that the pool's quantising write
+stores), writes the token's tail row, and on a completed CSA window the new overlap state. The token's own
+projections are taken from the inputs, never re-read from the tail it just wrote."""
 
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.compressor_state import CompressorState
 
+#: window slots pooled per step: HCA's 128-slot window in 16 steps of 8, CSA's windows of 4 in one
+_SLOT_TILE = 8
+
 
 @triton.jit
-def _pool_step(kv, g, m, total, acc):
-    m_new = tl.maximum(m, g)
+def _pool_tile(kv, g, m, total, acc):
+    """Online softmax pooling of a tile of slots `[SB, HALF]` into per-channel running (max, sum, acc)."""
+    m_new = tl.maximum(m, tl.max(g, axis=0))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(m - m_safe)
-    p = tl.exp(g - m_safe)
-    return m_new, total * alpha + p, acc * alpha + p * kv
+    p = tl.exp(g - m_safe[None, :])
+    return m_new, total * alpha + tl.sum(p, axis=0), acc * alpha + tl.sum(p * kv, axis=0)
 
 
 @triton.jit
@@ -59,6 +63,7 @@ def _compress_step_kernel(
     OVERLAP: tl.constexpr,
     HALF: tl.constexpr,
     WIDTH_P: tl.constexpr,
+    SB: tl.constexpr,  # window slots per tile (divides RATIO)
     TO_POOL: tl.constexpr,  # False: POOL is rows [B, dim] (row stride stride_pb) the caller stores
 ):
     b = tl.program_id(0)
@@ -82,30 +87,37 @@ def _compress_step_kernel(
     l_o = tl.zeros([HALF], tl.float32)
     a_e = tl.zeros([HALF], tl.float32)
     a_o = tl.zeros([HALF], tl.float32)
+    sl = tl.arange(0, SB)
     if OVERLAP:
         has_prior = p >= RATIO
-        for s in range(RATIO):
-            ovl = slot * stride_os + s * stride_or
-            kv_e = tl.load(OVL_KV + ovl + even, mask=live, other=0.0).to(tl.float32)
-            kv_o = tl.load(OVL_KV + ovl + odd, mask=live, other=0.0).to(tl.float32)
-            g_e = tl.load(OVL_GATE + ovl + even, mask=live, other=0.0).to(tl.float32)
-            g_o = tl.load(OVL_GATE + ovl + odd, mask=live, other=0.0).to(tl.float32)
+        for s0 in range(0, RATIO, SB):
+            ovl = slot * stride_os + (s0 + sl)[:, None] * stride_or
+            kv_e = tl.load(OVL_KV + ovl + even[None, :], mask=live[None, :], other=0.0).to(tl.float32)
+            kv_o = tl.load(OVL_KV + ovl + odd[None, :], mask=live[None, :], other=0.0).to(tl.float32)
+            g_e = tl.load(OVL_GATE + ovl + even[None, :], mask=live[None, :], other=0.0).to(tl.float32)
+            g_o = tl.load(OVL_GATE + ovl + odd[None, :], mask=live[None, :], other=0.0).to(tl.float32)
             g_e = tl.where(has_prior, g_e, float("-inf"))
             g_o = tl.where(has_prior, g_o, float("-inf"))
-            m_e, l_e, a_e = _pool_step(kv_e, g_e, m_e, l_e, a_e)
-            m_o, l_o, a_o = _pool_step(kv_o, g_o, m_o, l_o, a_o)
-    for s in range(RATIO):
-        tail = slot * stride_ts + s * stride_tr + cb
-        ape = APE + s * stride_ape + cb
-        own = s == r
-        kv_e = tl.where(own, new_kv_e, tl.load(TAIL_KV + tail + even, mask=live, other=0.0).to(tl.float32))
-        kv_o = tl.where(own, new_kv_o, tl.load(TAIL_KV + tail + odd, mask=live, other=0.0).to(tl.float32))
-        g_e = tl.where(own, new_g_e, tl.load(TAIL_GATE + tail + even, mask=live, other=0.0).to(tl.float32))
-        g_o = tl.where(own, new_g_o, tl.load(TAIL_GATE + tail + odd, mask=live, other=0.0).to(tl.float32))
-        g_e += tl.load(ape + even, mask=live, other=0.0)
-        g_o += tl.load(ape + odd, mask=live, other=0.0)
-        m_e, l_e, a_e = _pool_step(kv_e, g_e, m_e, l_e, a_e)
-        m_o, l_o, a_o = _pool_step(kv_o, g_o, m_o, l_o, a_o)
+            m_e, l_e, a_e = _pool_tile(kv_e, g_e, m_e, l_e, a_e)
+            m_o, l_o, a_o = _pool_tile(kv_o, g_o, m_o, l_o, a_o)
+    for s0 in range(0, RATIO, SB):
+        tail = slot * stride_ts + (s0 + sl)[:, None] * stride_tr + cb
+        ape = APE + (s0 + sl)[:, None] * stride_ape + cb
+        own = (s0 + sl == r)[:, None]
+        kv_e = tl.load(TAIL_KV + tail + even[None, :], mask=live[None, :], other=0.0).to(tl.float32)
+        kv_o = tl.load(TAIL_KV + tail + odd[None, :], mask=live[None, :], other=0.0).to(tl.float32)
+        g_e = tl.load(TAIL_GATE + tail + even[None, :], mask=live[None, :], other=0.0).to(tl.float32)
+        g_o = tl.load(TAIL_GATE + tail + odd[None, :], mask=live[None, :], other=0.0).to(tl.float32)
+        kv_e = tl.where(own, new_kv_e[None, :], kv_e)
+        kv_o = tl.where(own, new_kv_o[None, :], kv_o)
+        g_e = tl.where(own, new_g_e[None, :], g_e) + tl.load(
+            ape + even[None, :], mask=live[None, :], other=0.0
+        )
+        g_o = tl.where(own, new_g_o[None, :], g_o) + tl.load(
+            ape + odd[None, :], mask=live[None, :], other=0.0
+        )
+        m_e, l_e, a_e = _pool_tile(kv_e, g_e, m_e, l_e, a_e)
+        m_o, l_o, a_o = _pool_tile(kv_o, g_o, m_o, l_o, a_o)
     e_e = tl.where(live, a_e / l_e, 0.0)
     e_o = tl.where(live, a_o / l_o, 0.0)
     # RMS norm (float32 statistics), rounded to the projections' dtype as the module returns it
@@ -208,6 +220,7 @@ def compress_step_triton(
         OVERLAP=overlap,
         HALF=triton.next_power_of_2(dim // 2),
         WIDTH_P=triton.next_power_of_2(width),
+        SB=min(ratio, _SLOT_TILE),
         TO_POOL=to_pool,
         num_warps=4,
     )

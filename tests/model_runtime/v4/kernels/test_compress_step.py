@@ -24,7 +24,9 @@ def _pool(fmt: KeyFormat, blocks: int, per_block: int, dim: int, device: torch.d
 
 
 @pytest.mark.parametrize("fmt", ["plain", "fp8_rope", "mxfp4"])
-@pytest.mark.parametrize(("overlap", "ratio"), [(True, 4), (False, 8)], ids=["csa", "hca"])
+@pytest.mark.parametrize(
+    ("overlap", "ratio"), [(True, 4), (False, 8), (False, 32)], ids=["csa", "hca", "hca-tiles"]
+)
 def test_kernel_matches_reference(device: torch.device, overlap: bool, ratio: int, fmt: KeyFormat) -> None:
     """Entries land where the reference puts them, quantised as the pool stores them (the quantised
     formats compare the stored values within one rounding step of the format)."""
