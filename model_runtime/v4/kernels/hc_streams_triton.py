@@ -42,6 +42,7 @@ def _premix_kernel(
     BK: tl.constexpr,
     K_SPLIT: tl.constexpr,
     SPLIT: tl.constexpr,
+    PRECISION: tl.constexpr,  # "tf32x3" on tensor cores (float32-accurate), "ieee" elsewhere
 ):
     split = tl.program_id(1)
     tokens = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -62,7 +63,7 @@ def _premix_kernel(
         w = tl.load(
             FN + mixes[:, None] * stride_fn + k[None, :], mask=mix_live[:, None] & k_live[None, :], other=0.0
         )
-        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
         sumsq += tl.sum(x * x, axis=1)
     if SPLIT:
         slot = split.to(tl.int64) * n_tokens + rows
@@ -120,6 +121,7 @@ def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -
         BK=_PREMIX_BLOCK_K,
         K_SPLIT=k_split,
         SPLIT=split,
+        PRECISION="tf32x3" if x.is_cuda else "ieee",
         num_warps=4,
     )
     if split:
