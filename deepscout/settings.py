@@ -199,8 +199,15 @@ class HFSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEEPSCOUT_HF_", extra="ignore")
 
     max_sequences: int = Field(default=8, ge=1, description="Calls decoded together in one batched step.")
-    session_memory_mb: int = Field(
-        default=256, ge=0, description="Memory for idle KV sessions kept for later turns (oldest out first)."
+    max_sessions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Idle KV sessions kept for later turns and shared prefixes; None: 2 × max_sequences.",
+    )
+    session_memory_mb: int | None = Field(
+        default=None,
+        ge=0,
+        description="Memory for idle KV sessions (oldest out first); None: 192 MiB × max_sequences.",
     )
 
 

@@ -109,11 +109,12 @@ class EmbeddedHFChatModel(EmbeddedChatModel[_HFPlan]):
     max_parallel_tool_calls: int = 3
     max_argument_chars: int = 200
     """Cap on string tool arguments without their own maxLength (stops a small model rambling)."""
-    max_sessions: int = 8
-    """Idle KV sessions kept for later calls (within ``session_memory_mb``)."""
-    session_memory_mb: int = 256
     max_sequences: int = 8
     """Calls decoded together in one batched step; more wait for a free row."""
+    max_sessions: int | None = None
+    """Idle KV sessions kept for later calls (within ``session_memory_mb``); None: 2 × max_sequences."""
+    session_memory_mb: int | None = None
+    """None: 192 MiB per sequence of ``max_sequences`` (:data:`.hf_batch.SESSION_BYTES_PER_SEQUENCE`)."""
     prefill_chunk_tokens: int = 256
 
     backend_type = "deepscout-embedded-hf"
@@ -129,7 +130,7 @@ class EmbeddedHFChatModel(EmbeddedChatModel[_HFPlan]):
             self._runtime.model,
             eos_token_ids=self._runtime.eos_token_ids,
             max_sessions=self.max_sessions,
-            session_bytes=self.session_memory_mb << 20,
+            session_bytes=None if self.session_memory_mb is None else self.session_memory_mb << 20,
             prefill_chunk_tokens=self.prefill_chunk_tokens,
             max_sequences=self.max_sequences,
         )

@@ -1,11 +1,15 @@
 """Batched generation for one embedded Hugging Face model: concurrent calls decode together.
 
-:class:`HFGenerator` owns one thread that drives the model. A call (:meth:`HFGenerator.generate`, from
-any thread) takes the cached session sharing the longest prefix of its prompt (:mod:`.hf_session`),
-prefills the rest alone in chunks, then joins the decode batch (:mod:`.hf_ragged_cache`): every step runs
-one forward for all joined sequences, and each row samples under its own grammar, temperature and seed.
-A finished row leaves the batch with its own cache, which goes back to the session pool. Between chunks
-and steps each call's deadline and cancellation are checked; a call that stops or fails leaves alone.
+:class:`HFGenerator` owns one thread that drives the model. Calls (:meth:`HFGenerator.generate`, from any
+thread) prefill one after the other, in chunks; when a call's turn comes it starts from the longest prefix
+of its prompt held anywhere: an idle cached session (:mod:`.hf_session`) or a copy of the KV of a call in
+flight, so a prompt shared by concurrent sessions (system prompt, tools) is computed once. It then joins
+the decode batch (:mod:`.hf_ragged_cache`): every step runs one forward for all joined sequences, and each
+row samples under its own grammar, temperature and seed. A finished row leaves the batch with its own
+cache, which goes back to the session pool. Between chunks and steps each call's deadline and
+cancellation are checked; a call that stops or fails leaves alone. Prefill forwards compute the logits of
+the last position only. Without limits given, the pool keeps two idle sessions per sequence decoded
+together, within ``SESSION_BYTES_PER_SEQUENCE`` each.
 """
 
 from __future__ import annotations
@@ -15,18 +19,44 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
 from deepscout.model_runtime.chat.backends.hf_ragged_cache import RaggedBatchCache
-from deepscout.model_runtime.chat.backends.hf_session import KVSession, LogitsGuide, SessionPool
+from deepscout.model_runtime.chat.backends.hf_session import (
+    KVSession,
+    LogitsGuide,
+    SessionPool,
+    common_prefix_length,
+)
 from deepscout.model_runtime.chat.embedded_base import GenerationOutcome
 from deepscout.model_runtime.chat.exceptions import ChatModelError
 from deepscout.model_runtime.chat.interface import GenerationControl
 from deepscout.model_runtime.chat.usage import Usage
+
+SESSION_BYTES_PER_SEQUENCE = 192 << 20
+"""Idle KV memory kept per sequence decoded together unless a budget is given (~4K SmolLM2 tokens)."""
+
+
+@dataclass
+class ForwardTimes:
+    """What the generator's thread has spent in model forwards so far (a benchmark diffs two snapshots)."""
+
+    prefill_seconds: float = 0.0
+    prefill_tokens: int = 0
+    """Prompt tokens computed (not reused from a session)."""
+    prefill_forwards: int = 0
+    decode_seconds: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0
+    """Rows summed over the decode steps."""
+
+    def minus(self, earlier: ForwardTimes) -> ForwardTimes:
+        """What was spent since ``earlier``, a snapshot of the same generator."""
+        return ForwardTimes(*(getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)))
 
 
 @dataclass(eq=False)
@@ -59,18 +89,27 @@ class HFGenerator:
         model: Any,
         *,
         eos_token_ids: Sequence[int],
-        max_sessions: int = 3,
+        max_sequences: int = 8,
+        max_sessions: int | None = None,
         session_bytes: int | None = None,
         prefill_chunk_tokens: int = 256,
-        max_sequences: int = 8,
     ) -> None:
+        """``max_sessions`` idle sessions (default: ``2 * max_sequences``) within ``session_bytes`` of KV
+        (default: ``SESSION_BYTES_PER_SEQUENCE * max_sequences``)."""
+        if max_sequences < 1:
+            raise ValueError("max_sequences must be at least 1")
         self.model = model
         self.eos_token_ids = frozenset(eos_token_ids)
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.max_sequences = max_sequences
-        self.pool = SessionPool(model.config, max_sessions, max_bytes=session_bytes)
-        self.steps = 0
-        """Batched decode forwards run so far."""
+        self.pool = SessionPool(
+            model.config,
+            max_sessions if max_sessions is not None else 2 * max_sequences,
+            max_bytes=session_bytes
+            if session_bytes is not None
+            else SESSION_BYTES_PER_SEQUENCE * max_sequences,
+        )
+        self._times = ForwardTimes()
         self._batch = RaggedBatchCache(model.config)
         self._rows: list[_Call] = []
         self._prefilling: list[_Call] = []
@@ -114,6 +153,15 @@ class HFGenerator:
             raise result
         return result
 
+    @property
+    def steps(self) -> int:
+        """Batched decode forwards run so far."""
+        return self._times.decode_steps
+
+    def forward_times(self) -> ForwardTimes:
+        """A snapshot of the time spent in prefill and decode forwards so far."""
+        return replace(self._times)
+
     def close(self) -> None:
         """Stop the thread; calls in flight fail."""
         with self._wake:
@@ -136,10 +184,7 @@ class HFGenerator:
                 room = self.max_sequences - len(self._rows) - len(self._prefilling)
                 admitted, self._queued = self._queued[:room], self._queued[room:]
             try:
-                for call in admitted:
-                    call.session, call.reused = self.pool.acquire(call.prompt)
-                    call.position = call.reused
-                    self._prefilling.append(call)
+                self._prefilling.extend(admitted)
                 if self._prefilling:
                     self._prefill_chunk(self._prefilling[0])
                 if self._rows:
@@ -158,7 +203,24 @@ class HFGenerator:
         self._rows.clear()
         self._batch = RaggedBatchCache(self.model.config)
 
+    def _acquire(self, call: _Call) -> None:
+        """Give ``call`` the session to prefill from: the longest prefix idle or held by a decoding row.
+
+        Calls prefill one at a time, so every other call in flight is decoding, its KV in the batch."""
+        held = [row.session.tokens if row.session is not None else [] for row in self._rows]
+        lengths = [common_prefix_length(tokens, call.prompt) for tokens in held]
+        longest = max(lengths, default=0)
+        reusable = min(longest, len(call.prompt) - 1)
+        if reusable > self.pool.longest_prefix(call.prompt):
+            cache = self._batch.row_prefix(lengths.index(longest), reusable)
+            call.session, call.reused = KVSession(cache, list(call.prompt[:reusable])), reusable
+        else:
+            call.session, call.reused = self.pool.acquire(call.prompt)
+        call.position = call.reused
+
     def _prefill_chunk(self, call: _Call) -> None:
+        if call.session is None:
+            self._acquire(call)
         session = call.session
         assert session is not None
         chunk = call.prompt[call.position : call.position + self.prefill_chunk_tokens]
@@ -168,6 +230,7 @@ class HFGenerator:
             self._prefilling.remove(call)
             self._fail(call, error)
             return
+        started = time.perf_counter()
         try:
             logits = self._forward(session.cache, torch.tensor([chunk]))[0]
         except BaseException as error:  # its cache may be half-written: dropped, not pooled
@@ -175,6 +238,9 @@ class HFGenerator:
             call.session = None
             self._fail(call, error)
             return
+        self._times.prefill_seconds += time.perf_counter() - started
+        self._times.prefill_tokens += len(chunk)
+        self._times.prefill_forwards += 1
         session.tokens.extend(chunk)
         call.position += len(chunk)
         if call.position < len(call.prompt):
@@ -205,6 +271,7 @@ class HFGenerator:
             return
         mask, positions = self._batch.step_inputs()
         ids = torch.tensor([[call.next_token] for call in self._rows])
+        started = time.perf_counter()
         try:
             logits = self._forward(self._batch.cache, ids, attention_mask=mask, position_ids=positions)
         except BaseException as error:  # the step itself failed: every row fails, their KV is dropped
@@ -214,7 +281,9 @@ class HFGenerator:
             self._rows.clear()
             self._batch = RaggedBatchCache(self.model.config)
             return
-        self.steps += 1
+        self._times.decode_seconds += time.perf_counter() - started
+        self._times.decode_steps += 1
+        self._times.decode_tokens += len(self._rows)
         outcomes: list[str | BaseException | None] = []
         for row, call in enumerate(self._rows):
             assert call.session is not None

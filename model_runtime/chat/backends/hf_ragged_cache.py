@@ -2,8 +2,11 @@
 
 Every row of :class:`RaggedBatchCache` holds one sequence's keys and values, right-aligned so that one
 forward appends a column for all rows. A row joins with its own ``DynamicCache`` (prefilled alone) and
-leaves with its own again (padding stripped), so sessions outlive the batch. The attention mask hides
-each row's padding and each row's positions count only its own tokens, so a row decodes as it would alone.
+leaves with its own again (padding stripped), so sessions outlive the batch; a copy of a row's prefix can
+start another sequence (:meth:`RaggedBatchCache.row_prefix`). The attention mask hides each row's
+padding and each row's positions count only its own tokens, so a row decodes as it would alone. Each
+layer's keys and values are views of buffers with spare columns (:class:`GrowingLayer`), so a decode
+step writes one column instead of copying the whole batch's KV (``DynamicLayer`` concatenates).
 """
 
 from __future__ import annotations
@@ -12,14 +15,57 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
+SPARE_COLUMNS = 128
+"""Columns a batch layer allocates beyond what it holds (at least; a quarter more for long rows)."""
 
 
 def cache_layers(cache: DynamicCache) -> Layers:
     """The key and value tensors (``[batch, heads, tokens, dim]``) of each layer of ``cache``."""
     layers: Layers = [(getattr(layer, "keys"), getattr(layer, "values")) for layer in cache.layers]  # noqa: B009
     return layers
+
+
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are the filled part of buffers with spare columns: an
+    update writes into the spare columns (reallocating, with more spare, only when they run out)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.device = keys.device
+        self.is_initialized = True
+        self._columns = keys.shape[2]
+        self._key_buffer, self._value_buffer = _with_room(keys), _with_room(values)
+        self.keys, self.values = (
+            self._key_buffer[:, :, : self._columns],
+            self._value_buffer[:, :, : self._columns],
+        )
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self._columns, self._columns + key_states.shape[2]
+        if end > self._key_buffer.shape[2]:
+            self._key_buffer = _with_room(torch.cat([self._key_buffer[:, :, :start], key_states], dim=2))
+            self._value_buffer = _with_room(
+                torch.cat([self._value_buffer[:, :, :start], value_states], dim=2)
+            )
+        else:
+            self._key_buffer[:, :, start:end] = key_states
+            self._value_buffer[:, :, start:end] = value_states
+        self._columns = end
+        keys, values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+def growing_cache(layers: Layers, config: Any) -> DynamicCache:
+    """A ``DynamicCache`` holding ``layers`` in :class:`GrowingLayer` s."""
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer(keys, values) for keys, values in layers]
+    return cache
 
 
 class RaggedBatchCache:
@@ -52,7 +98,7 @@ class RaggedBatchCache:
                 new_values = torch.cat([_left_pad(old[index][1], grow), new_values])
             joined.append((new_keys, new_values))
         self.pads = [pad + width - self.width for pad in self.pads] + [width - length]
-        self.cache = DynamicCache(ddp_cache_data=joined, config=self._config)
+        self.cache = growing_cache(joined, self._config)
 
     def remove(self, index: int) -> DynamicCache:
         """Take row ``index`` out; returns its own cache (its tokens only)."""
@@ -71,10 +117,22 @@ class RaggedBatchCache:
                 for k, v in layers
             ]
             self.pads = [pad - trim for pad in self.pads]
-            self.cache = DynamicCache(ddp_cache_data=rest, config=self._config)
+            self.cache = growing_cache(rest, self._config)
         else:
             self.cache = DynamicCache(config=self._config)
         return DynamicCache(ddp_cache_data=own, config=self._config)
+
+    def row_prefix(self, index: int, length: int) -> DynamicCache:
+        """A copy of the first ``length`` tokens of row ``index`` as a cache of its own (the row stays)."""
+        start = self.pads[index]
+        prefix = [
+            (
+                keys[index : index + 1, :, start : start + length].clone(),
+                values[index : index + 1, :, start : start + length].clone(),
+            )
+            for keys, values in cache_layers(self.cache)
+        ]
+        return DynamicCache(ddp_cache_data=prefix, config=self._config)
 
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The attention mask (``[rows, width + 1]``) and positions (``[rows, 1]``) of the next column."""
@@ -84,6 +142,15 @@ class RaggedBatchCache:
         mask = (columns.unsqueeze(0) >= pads).long()
         positions = width - pads
         return mask, positions
+
+
+def _with_room(tensor: torch.Tensor) -> torch.Tensor:
+    """A buffer holding ``tensor`` in its first columns, with spare columns after them."""
+    shape = list(tensor.shape)
+    shape[2] += max(SPARE_COLUMNS, tensor.shape[2] // 4)
+    buffer = tensor.new_empty(shape)
+    buffer[:, :, : tensor.shape[2]] = tensor
+    return buffer
 
 
 def _left_pad(tensor: torch.Tensor, columns: int) -> torch.Tensor:

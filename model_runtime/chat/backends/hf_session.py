@@ -5,7 +5,9 @@ and a memory budget (least recently used first out). A new prompt continues from
 longest common token prefix, so an append-only conversation prefills only its new tokens; where the prompt
 changed mid-way the cache is cropped back to the common prefix (or, when that would destroy a longer
 conversation and the pool has room, the prefix is copied). A session taken out serves one call; the
-batched generator (:mod:`.hf_batch`) gives it back when the call ends.
+batched generator (:mod:`.hf_batch`) gives it back when the call ends. The generator may instead start a
+call from a copy of a prefix held by a call in flight, when that is longer than any idle session's
+(:meth:`SessionPool.longest_prefix`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ class SessionPool:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    @property
+    def max_sessions(self) -> int:
+        return self._max_sessions
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
+
+    def longest_prefix(self, prompt: Sequence[int]) -> int:
+        """Tokens of ``prompt`` the idle session sharing the longest prefix holds (0 if none)."""
+        with self._lock:
+            return max((common_prefix_length(s.tokens, prompt) for s in self._sessions), default=0)
 
     def acquire(self, prompt: Sequence[int]) -> tuple[KVSession, int]:
         """The session to continue ``prompt`` from, cropped to the reusable prefix, and that prefix length.
@@ -127,6 +142,7 @@ def _crop(cache: DynamicCache, current: int, keep: int) -> None:
 
 
 def _copy_prefix(cache: DynamicCache, length: int, config: Any) -> DynamicCache:
+    """A new cache holding the first ``length`` tokens of ``cache`` (which stays as it is)."""
     copy = DynamicCache(config=config)
     for index, layer in enumerate(cache.layers):
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)

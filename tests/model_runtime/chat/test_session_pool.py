@@ -84,3 +84,11 @@ def test_idle_sessions_are_kept_within_the_memory_budget():
     assert len(pool) == 2
     _, reused = pool.acquire([10, 11, 12, 13])
     assert reused == 0  # the oldest went first
+
+
+def test_longest_prefix_looks_at_idle_sessions_without_taking_one():
+    pool = pool_holding([1, 2, 3, 4], max_sessions=2)
+    assert pool.longest_prefix([1, 2, 3, 9]) == 3
+    assert pool.longest_prefix([7]) == 0
+    assert len(pool) == 1
+    assert SessionPool(CONFIG, max_sessions=1).longest_prefix([1]) == 0
