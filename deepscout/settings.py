@@ -191,6 +191,14 @@ class V4Settings(BaseSettings):
     max_sequences: int = Field(
         default=8, ge=1, description="Sequences decoded together in one engine step; more calls wait."
     )
+    device: str = Field(
+        default="cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="Where the model and its KV live: cpu, cuda or cuda:N (CUDA runs the fused kernels).",
+    )
+    prefill_chunk: int = Field(
+        default=512, ge=1, description="Prompt tokens of one sequence per engine step."
+    )
 
 
 class HFSettings(BaseSettings):

@@ -38,6 +38,7 @@ from deepscout.model_runtime.v4.engine import (
     SamplingParams,
 )
 from deepscout.model_runtime.v4.engine_loop import EngineLoop
+from deepscout.model_runtime.v4.kernels.impl import default_impl
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs, tiny
 from deepscout.model_runtime.v4.session_router import SessionRouter
@@ -232,10 +233,12 @@ def random_tiny_args(vocab_size: int) -> ModelArgs:
 def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
     """Load ``argument`` (``random-tiny`` or a checkpoint directory) and start its engine.
 
-    The KV pool is sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two
-    full contexts), and ``max_sequences`` sequences decode in one step. The runtime's context window is
-    what one sequence can hold: the model's window (or ``options.context_window``), capped by the pool.
-    Callers keep the runtime and share it between the chat models and runs that use it.
+    The model and the KV pool go to ``options.device`` (on CUDA the model runs its fused kernels); the pool
+    is sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two full contexts),
+    ``max_sequences`` sequences decode in one step, and a prompt prefills ``prefill_chunk`` tokens a step.
+    The runtime's context window is what one sequence can hold: the model's window (or
+    ``options.context_window``), capped by the pool. Callers keep the runtime and share it between the
+    chat models and runs that use it.
     """
     if argument == RANDOM_TINY:
         tokenizer = load_v4_tokenizer()
@@ -254,14 +257,21 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
         dtype = torch.float32 if options.dtype == "float32" else torch.bfloat16
         model, _report = load_model(directory, dtype=dtype)
         kv_dtype = options.kv_dtype
+    device = torch.device(options.device)
+    model = model.to(device)
+    model.kernels = default_impl(device)
     window = options.context_window or model.args.max_position_embeddings
     blocks = options.kv_blocks or 2 * -(-window // BLOCK_TOKENS)
     idle_sessions = EngineConfig.model_fields["max_idle_sessions"].default
+    step_tokens = EngineConfig.model_fields["max_tokens_per_step"].default
     config = {
         "kv_dtype": kv_dtype,
         "num_blocks": blocks,
         "max_running": options.max_sequences,
         "num_state_slots": options.max_sequences + idle_sessions,
+        "device": options.device,
+        "prefill_chunk": options.prefill_chunk,
+        "max_tokens_per_step": max(step_tokens, options.prefill_chunk),
     }
     engine = Engine(model, EngineConfig.model_validate(config))
     return V4Runtime(model, tokenizer, engine, context_window=min(window, blocks * BLOCK_TOKENS))
