@@ -18,8 +18,9 @@ captured in a CUDA graph and replayed. It computes what the protocol path (`atte
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import torch
 
@@ -35,6 +36,8 @@ from deepscout.model_runtime.v4.model.attention import Attention
 from deepscout.model_runtime.v4.model.compressor import Compressor
 from deepscout.model_runtime.v4.model.primitives import RopeSpec, RopeTable, apply_rope, rms_normalize
 from deepscout.model_runtime.v4.model_config import LayerKind
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,57 @@ class LayerStorage:
 @dataclass(frozen=True)
 class DecodeStep:
     """The step's inputs, all on the device: token ids, positions, state slots `[B]` (int64) and block
-    tables `[B, max_blocks]` (int32; entries past a row's blocks are never read)."""
+    tables `[B, max_blocks]` (int32; entries past a row's blocks are never read).
+
+    What the layers derive from them (ring rows, entry limits, the compressors' RoPE tables, ...) depends
+    only on the window or the ratio, so it is computed once per step (`derived`), not once per layer: in a
+    captured graph that is a few dozen kernels instead of hundreds."""
 
     token_ids: torch.Tensor
     positions: torch.Tensor
     slots: torch.Tensor
     block_tables: torch.Tensor
     kernels: KernelImpl
+    _derived: dict[Hashable, object] = field(default_factory=dict, compare=False, repr=False)
+
+    def derived(self, key: Hashable, make: Callable[[], _T]) -> _T:
+        """`make()`, computed the first time this step asks for `key`."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return cast(_T, self._derived[key])
+
+    def rows(self) -> torch.Tensor:
+        """`[B]` int32 row ids."""
+        return self.derived(
+            "rows", lambda: torch.arange(self.positions.shape[0], device=self.positions.device).int()
+        )
+
+    def entry_limit(self, ratio: int) -> torch.Tensor:
+        """`[B]` int32: the complete entries of a compressor with this ratio, per row."""
+        return self.derived(("limit", ratio), lambda: ((self.positions + 1) // ratio).to(torch.int32))
+
+    def band(self, window_kv: torch.Tensor, window_pos: torch.Tensor) -> BandKeys:
+        """Each row's whole window ring `[slots, window, dim]` as its band (masked by position in the
+        kernel); the rows' starts and lengths are shared by every layer."""
+        window = window_kv.shape[1]
+        start, length = self.derived(
+            ("band", window),
+            lambda: (
+                (self.slots * window).to(torch.int32),
+                torch.full_like(self.slots, window, dtype=torch.int32),
+            ),
+        )
+        return BandKeys(
+            kv=window_kv.view(-1, window_kv.shape[-1]),
+            positions=window_pos.view(-1),
+            start=start,
+            length=length,
+            max_length=window,
+        )
+
+    def compress_table(self, rope: RopeSpec, ratio: int) -> RopeTable:
+        """RoPE at each row's entry position (`p // ratio * ratio`) for a compressor with this ratio."""
+        return self.derived(("compress_rope", ratio), lambda: rope.at((self.positions // ratio) * ratio))
 
 
 def decode_attention(
@@ -75,23 +122,16 @@ def decode_attention(
     q = rms_normalize(attn.wq_b(q_residual).view(n, heads, dim), attn.args.rms_norm_eps, step.kernels)
     q = apply_rope(q, rope)
     kv = apply_rope(attn.kv_norm(attn.wkv(x)), rope)
-    ring = step.positions % attn.window
+    ring = step.derived(("ring", attn.window), lambda: step.positions % attn.window)
     storage.window_kv[step.slots, ring] = kv.to(storage.window_kv.dtype)
     storage.window_pos[step.slots, ring] = step.positions
     if attn.compressor is not None:
         _compress(attn.compressor, x, storage, "main", step, compress_rope)
     if attn.indexer is not None:
         _compress(attn.indexer.compressor, x, storage, "indexer", step, compress_rope)
-    band = BandKeys(
-        kv=storage.window_kv.view(-1, dim),
-        positions=storage.window_pos.view(-1),
-        start=(step.slots * attn.window).to(torch.int32),
-        length=torch.full_like(step.slots, attn.window, dtype=torch.int32),
-        max_length=attn.window,
-    )
     out = sparse_attention(
         q.to(storage.window_kv.dtype),
-        band,
+        step.band(storage.window_kv, storage.window_pos),
         _entry_keys(attn, x, q_residual, rope, storage, step),
         attn.attn_sink,
         step.positions,
@@ -114,14 +154,17 @@ def _entry_keys(
     if attn.kind is LayerKind.SLIDING:
         return None
     main = storage.entries["main"]
-    rows = torch.arange(step.positions.shape[0], device=x.device, dtype=torch.int32)
-    limit = ((step.positions + 1) // attn.ratio).to(torch.int32)
+    rows = step.rows()
+    limit = step.entry_limit(attn.ratio)
     capacity = step.block_tables.shape[1] * main.per_block
     indices = None
     if attn.kind is LayerKind.CSA:
         assert attn.indexer is not None
         index = attn.indexer.queries(x, q_residual, rope)
-        paged_rows = PagedRows(step.block_tables, torch.arange(rows.shape[0] + 1, device=x.device).int(), 1)
+        paged_rows = step.derived(
+            "paged_rows",
+            lambda: PagedRows(step.block_tables, torch.arange(rows.shape[0] + 1, device=x.device).int(), 1),
+        )
         chosen, _ = indexer_topk(
             index.q,
             index.weights,
@@ -163,6 +206,6 @@ def _compress(
         entries=storage.entries[name],
         block_tables=step.block_tables,
     )
-    table = rope.at((step.positions // comp.ratio) * comp.ratio)
+    table = step.compress_table(rope, comp.ratio)
     kv, gate = comp.wkv(x), comp.wgate(x)
     compress_step(kv, gate, step.positions, step.slots, table.cos, table.sin, state, impl=step.kernels)
