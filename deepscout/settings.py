@@ -199,6 +199,10 @@ class V4Settings(BaseSettings):
     prefill_chunk: int = Field(
         default=512, ge=1, description="Prompt tokens of one sequence per engine step."
     )
+    weights: Literal["dense", "shipped"] = Field(
+        default="dense",
+        description="A checkpoint's FP8/MXFP4 weights dequantised (dense) or kept as shipped.",
+    )
 
 
 class HFSettings(BaseSettings):

@@ -27,6 +27,11 @@ class AttnChoice(StrEnum):
     naive = "naive"
 
 
+class WeightsChoice(StrEnum):
+    dense = "dense"
+    shipped = "shipped"
+
+
 class ExpertDtypeChoice(StrEnum):
     fp4 = "fp4"
     fp8 = "fp8"
@@ -64,6 +69,10 @@ def run(
         DtypeChoice.float32
     ),
     attn_impl: Annotated[AttnChoice, typer.Option("--attn-impl")] = AttnChoice.sparse,
+    weights: Annotated[
+        WeightsChoice,
+        typer.Option("--weights", help="FP8/MXFP4 weights dequantised (dense) or kept as shipped."),
+    ] = WeightsChoice.dense,
     stop_at_eos: Annotated[bool, typer.Option("--stop-at-eos/--no-stop-at-eos")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -87,6 +96,7 @@ def run(
             dtype=torch_dtype,
             attn_impl="sparse" if attn_impl is AttnChoice.sparse else "naive",
             stop_at_eos=stop_at_eos,
+            weights=weights.value,
         )
     except (CheckpointError, ModelConfigError, PromptError) as exc:
         fail(str(exc))

@@ -17,7 +17,7 @@ from deepscout.errors import DeepscoutError
 from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
 from deepscout.model_runtime.v4.model.attention import AttnImpl
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
-from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.weights.loader import LoadReport, load_model
 
 
@@ -93,10 +93,12 @@ def run_checkpoint(
     dtype: torch.dtype = torch.float32,
     attn_impl: AttnImpl = "sparse",
     stop_at_eos: bool = True,
+    weights: WeightFormat = "dense",
 ) -> GenerationResult:
-    """Load ``directory`` and generate greedily from ``prompt_ids`` (checked against config.json first)."""
+    """Load ``directory`` (its FP8/MXFP4 weights dequantised, or as shipped) and generate greedily from
+    ``prompt_ids`` (checked against config.json first)."""
     check_prompt(ModelArgs.from_json(directory).vocab_size, prompt_ids)
-    model, report = load_model(directory, dtype=dtype, attn_impl=attn_impl)
+    model, report = load_model(directory, dtype=dtype, attn_impl=attn_impl, weights=weights)
     eos = model.args.eos_token_id
     stop = (eos,) if stop_at_eos and eos is not None else ()
     new_ids, last_logits, prefill_s, decode_s = greedy_generate(

@@ -12,6 +12,10 @@ from deepscout.errors import DeepscoutError
 
 MlpKind = Literal["hash_moe", "moe"]
 ScoringFunc = Literal["sqrtsoftplus", "softmax", "sigmoid"]
+WeightFormat = Literal["dense", "shipped"]
+"""How a built model holds the weights official checkpoints quantise: "dense" dequantised into the model's
+dtype (`nn.Linear`s, stacked float experts); "shipped" as stored, FP8 block-scaled projections
+(`Fp8BlockLinear`) and MXFP4 routed experts (packed uint8 bytes and e8m0 scale bytes)."""
 
 
 class LayerKind(StrEnum):

@@ -231,7 +231,8 @@ def random_tiny_args(vocab_size: int) -> ModelArgs:
 
 
 def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
-    """Load ``argument`` (``random-tiny`` or a checkpoint directory) and start its engine.
+    """Load ``argument`` (``random-tiny`` or a checkpoint directory) and start its engine; a checkpoint's
+    FP8/MXFP4 weights dequantised (``options.weights == "dense"``) or kept as shipped (``"shipped"``).
 
     The model and the KV pool go to ``options.device`` (on CUDA the model runs its fused kernels); the pool
     is sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two full contexts),
@@ -255,7 +256,7 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
         own_tokenizer = directory / "tokenizer.json"
         tokenizer = V4Tokenizer.from_file(own_tokenizer) if own_tokenizer.is_file() else load_v4_tokenizer()
         dtype = torch.float32 if options.dtype == "float32" else torch.bfloat16
-        model, _report = load_model(directory, dtype=dtype)
+        model, _report = load_model(directory, dtype=dtype, weights=options.weights)
         kv_dtype = options.kv_dtype
     device = torch.device(options.device)
     model = model.to(device)

@@ -50,15 +50,19 @@ class ExpertStacks:
         return self.w1[index].to(dtype), self.w2[index].to(dtype), self.w3[index].to(dtype)
 
 
+def swiglu_activation(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
+    """`silu(min(gate, l)) * clamp(up, -l, l)`, the clamps only when `limit` > 0."""
+    if limit > 0:
+        gate = gate.clamp(max=limit)
+        up = up.clamp(min=-limit, max=limit)
+    return F.silu(gate) * up
+
+
 def swiglu(
     x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, limit: float
 ) -> torch.Tensor:
     """One expert: `w2(silu(min(w1 x, l)) * clamp(w3 x, -l, l))`, the clamps only when `limit` > 0."""
-    gate, up = F.linear(x, w1), F.linear(x, w3)
-    if limit > 0:
-        gate = gate.clamp(max=limit)
-        up = up.clamp(min=-limit, max=limit)
-    return F.linear(F.silu(gate) * up, w2)
+    return F.linear(swiglu_activation(F.linear(x, w1), F.linear(x, w3), limit), w2)
 
 
 def grouped_moe(

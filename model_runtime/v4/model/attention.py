@@ -42,7 +42,8 @@ from deepscout.model_runtime.v4.model.primitives import (
     apply_rope,
     rms_normalize,
 )
-from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs
+from deepscout.model_runtime.v4.model.projections import grouped_projection, projection
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, WeightFormat
 
 AttnImpl = Literal["naive", "sparse"]
 _QUERY_BLOCK = 64
@@ -80,9 +81,10 @@ class _RowAttention:
 
 class Attention(nn.Module):
     """Shared-KV MQA with partial RoPE, per-head sinks, sliding window, optional CSA/HCA compressed branch,
-    inverse RoPE on the output and grouped low-rank output projection (paper §2.3)."""
+    inverse RoPE on the output and grouped low-rank output projection (paper §2.3). Its projections and
+    the indexer's `wq_b` (FP8 in official checkpoints) are built in the `weights` format (`projections`)."""
 
-    def __init__(self, args: ModelArgs, kind: LayerKind) -> None:
+    def __init__(self, args: ModelArgs, kind: LayerKind, weights: WeightFormat = "dense") -> None:
         super().__init__()
         self.args = args
         self.kind = kind
@@ -91,21 +93,21 @@ class Attention(nn.Module):
         self.window = args.sliding_window
         self.scale = self.head_dim**-0.5
         self.attn_sink = nn.Parameter(torch.zeros(self.n_heads, dtype=torch.float32))
-        self.wq_a = nn.Linear(args.hidden_size, args.q_lora_rank, bias=False)
+        self.wq_a = projection(args.hidden_size, args.q_lora_rank, weights)
         self.q_norm = RMSNorm(args.q_lora_rank, args.rms_norm_eps)
-        self.wq_b = nn.Linear(args.q_lora_rank, self.n_heads * self.head_dim, bias=False)
-        self.wkv = nn.Linear(args.hidden_size, self.head_dim, bias=False)
+        self.wq_b = projection(args.q_lora_rank, self.n_heads * self.head_dim, weights)
+        self.wkv = projection(args.hidden_size, self.head_dim, weights)
         self.kv_norm = RMSNorm(self.head_dim, args.rms_norm_eps)
         group_in = self.n_heads * self.head_dim // args.o_groups
-        self.wo_a = nn.Linear(group_in, args.o_groups * args.o_lora_rank, bias=False)
-        self.wo_b = nn.Linear(args.o_groups * args.o_lora_rank, args.hidden_size, bias=False)
+        self.wo_a = projection(group_in, args.o_groups * args.o_lora_rank, weights)
+        self.wo_b = projection(args.o_groups * args.o_lora_rank, args.hidden_size, weights)
         self.ratio = args.ratio(kind)
         self.compressor: Compressor | None = None
         self.indexer: Indexer | None = None
         if kind is not LayerKind.SLIDING:
             self.compressor = Compressor(args, self.ratio, self.head_dim)
         if kind is LayerKind.CSA:
-            self.indexer = Indexer(args)
+            self.indexer = Indexer(args, weights)
 
     def forward(self, x: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         """`x` `[N, hidden]` packed normed inputs; returns `[N, hidden]`."""
@@ -141,9 +143,7 @@ class Attention(nn.Module):
         """Grouped low-rank output projection: per group `wo_a[g]`, then `wo_b` over all groups."""
         groups = self.args.o_groups
         grouped = out.reshape(out.shape[0], groups, -1)
-        weight = self.wo_a.weight.view(groups, -1, grouped.shape[-1])
-        mid = torch.einsum("ngi,gri->ngr", grouped, weight).flatten(1)
-        return self.wo_b(mid)
+        return self.wo_b(grouped_projection(grouped, self.wo_a, groups).flatten(1))
 
     # --------------------------------------------------------------- compressed-entry selection
     def _selected_entries(

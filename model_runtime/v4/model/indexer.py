@@ -22,7 +22,8 @@ from deepscout.model_runtime.v4.kernels.indexer_scores import (
 from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
 from deepscout.model_runtime.v4.model.compressor import Compressor
 from deepscout.model_runtime.v4.model.primitives import RopeTable, apply_rope
-from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.model.projections import projection
+from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 
 __all__ = [
     "IndexQueries",
@@ -49,12 +50,12 @@ class Indexer(nn.Module):
     """Lightning indexer (paper eqs. 13-17): its own small compressor, and scores
     `sum_h w_{t,h} * ReLU(q_{t,h} . K_s)` of queries against every compressed indexer key."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, weights: WeightFormat = "dense") -> None:
         super().__init__()
         self.n_heads = args.index_n_heads
         self.head_dim = args.index_head_dim
         self.topk = args.index_topk
-        self.wq_b = nn.Linear(args.q_lora_rank, self.n_heads * self.head_dim, bias=False)
+        self.wq_b = projection(args.q_lora_rank, self.n_heads * self.head_dim, weights)  # FP8 when shipped
         self.weights_proj = nn.Linear(args.hidden_size, self.n_heads, bias=False)
         self.compressor = Compressor(args, args.csa_ratio, self.head_dim)
 

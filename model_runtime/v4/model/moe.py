@@ -3,82 +3,171 @@
 The first layers route by a frozen token → experts table (`tid2eid`, "hash MoE"); the others by top-k of
 the router's scores plus a per-expert bias. Routing decisions are made in float32. The routed experts keep
 their official parameter names, but their weights live in one stacked tensor per projection, which the
-grouped kernel (`kernels/grouped_moe.py`) reads in one launch for all experts of a step.
+grouped kernel (`kernels/grouped_moe.py`) reads in one launch for all experts of a step. With
+`weights="shipped"` (`WeightFormat`) the routed experts stay MXFP4 (packed bytes and e8m0 scale bytes,
+`experts.{e}.w1.weight` / `.scale`) and the shared expert FP8 (`Fp8BlockLinear`), as checkpoints store them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks, grouped_moe, swiglu
+from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks, grouped_moe, swiglu_activation
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
+from deepscout.model_runtime.v4.model.projections import projection
+from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
+from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 
 class Expert(nn.Module):
-    """SwiGLU expert with clamped pre-activations: w2(silu(min(w1 x, l)) * clamp(w3 x, -l, l))."""
+    """SwiGLU expert with clamped pre-activations: w2(silu(min(w1 x, l)) * clamp(w3 x, -l, l)), its
+    projections built in the `weights` format (the shared expert's are FP8 in official checkpoints)."""
 
-    def __init__(self, dim: int, inter_dim: int, swiglu_limit: float) -> None:
+    def __init__(
+        self, dim: int, inter_dim: int, swiglu_limit: float, weights: WeightFormat = "dense"
+    ) -> None:
         super().__init__()
         self.limit = swiglu_limit
-        self.w1 = nn.Linear(dim, inter_dim, bias=False)
-        self.w2 = nn.Linear(inter_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, inter_dim, bias=False)
+        self.w1 = projection(dim, inter_dim, weights)
+        self.w2 = projection(inter_dim, dim, weights)
+        self.w3 = projection(dim, inter_dim, weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.w1.weight, self.w2.weight, self.w3.weight, self.limit)
+        return self.w2(swiglu_activation(self.w1(x), self.w3(x), self.limit))
+
+
+class Mxfp4Projection(nn.Module):
+    """One routed expert's MXFP4 projection under the official names: `weight` the packed e2m1 bytes
+    `[N, K/2]` and `scale` the e8m0 bytes `[N, K/32]`, both uint8 views into the layer's stacks."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale)
+
+
+class Mxfp4Expert(nn.Module):
+    """A routed expert kept in MXFP4: its three projections' packed bytes and scales (run by the layer's
+    grouped kernel, never on its own)."""
+
+    def __init__(self, stacks: Mxfp4ExpertStacks, index: int) -> None:
+        super().__init__()
+        for name in ("w1", "w2", "w3"):
+            packed, scale = getattr(stacks, name)[index], getattr(stacks, f"{name}_scale")[index]
+            self.add_module(name, Mxfp4Projection(packed, scale))
+
+
+_STACK_FIELDS = {
+    "w1": ("w1", "weight"),
+    "w2": ("w2", "weight"),
+    "w3": ("w3", "weight"),
+    "w1_scale": ("w1", "scale"),
+    "w2_scale": ("w2", "scale"),
+    "w3_scale": ("w3", "scale"),
+}
+"""Stack field → (expert projection, tensor name) of the expert tensors it holds, one row per expert."""
+
+
+def mxfp4_stacks(n_experts: int, dim: int, inter_dim: int) -> Mxfp4ExpertStacks:
+    """Zero MXFP4 stacks (packed bytes and scale bytes in uint8) on the current default device."""
+
+    def stack(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = torch.zeros(n_experts, rows, cols // 2, dtype=torch.uint8)
+        return packed, torch.zeros(n_experts, rows, cols // FP4_BLOCK, dtype=torch.uint8)
+
+    (w1, s1), (w2, s2), (w3, s3) = stack(inter_dim, dim), stack(dim, inter_dim), stack(inter_dim, dim)
+    return Mxfp4ExpertStacks(w1, w2, w3, s1, s2, s3)
 
 
 class RoutedExperts(nn.ModuleList):
-    """The routed experts under their official names (`experts.{e}.w1.weight`, ...), each expert's weight a
-    view into one stacked tensor per projection (`stacks`).
+    """The routed experts under their official names (`experts.{e}.w1.weight`, ...), each expert's tensors
+    views into one stacked tensor per projection (`stacks`): "dense" float `ExpertStacks` behind per-expert
+    `nn.Linear`s, or "shipped" `Mxfp4ExpertStacks` behind per-expert packed `weight` and `scale` buffers
+    (uint8, so casts leave them alone).
 
     The stacks are built once and the views kept through whatever moves or converts the weights:
     `.to()`/`.cuda()`/`.half()`/`to_empty()` convert each stack once (`_apply`); `load_state_dict` and
     in-place copies write through the views; a deep copy, an unpickling or a `load_state_dict(assign=True)`
     re-stacks (one copy)."""
 
-    def __init__(self, n_experts: int, dim: int, inter_dim: int, swiglu_limit: float) -> None:
-        super().__init__(Expert(dim, inter_dim, swiglu_limit) for _ in range(n_experts))
+    stacks: ExpertStacks | Mxfp4ExpertStacks
+
+    def __init__(
+        self, n_experts: int, dim: int, inter_dim: int, swiglu_limit: float, weights: WeightFormat = "dense"
+    ) -> None:
+        if weights == "shipped":  # the experts' buffers are views into the stacks from the start
+            packed = mxfp4_stacks(n_experts, dim, inter_dim)
+            super().__init__(Mxfp4Expert(packed, e) for e in range(n_experts))
+            self.stacks = packed
+        else:
+            super().__init__(Expert(dim, inter_dim, swiglu_limit) for _ in range(n_experts))
+            self.stacks = self._stack()
+            self._point_experts()
         self.limit = swiglu_limit
-        self.stacks = self._stack()
-        self._point_experts()
         self.register_load_state_dict_post_hook(_restack_after_load)
 
-    def _linears(self, projection: str) -> list[nn.Linear]:
-        return [getattr(expert, projection) for expert in self]
+    def _fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(Mxfp4ExpertStacks if self._packed() else ExpertStacks))
 
-    def _weights(self, projection: str) -> list[torch.Tensor]:
-        return [linear.weight for linear in self._linears(projection)]
+    def _packed(self) -> bool:
+        return isinstance(self[0], Mxfp4Expert)
 
-    def _stack(self) -> ExpertStacks:
+    def _tensors(self, field: str) -> list[torch.Tensor]:
+        projection_name, tensor = _STACK_FIELDS[field]
+        return [getattr(getattr(expert, projection_name), tensor) for expert in self]
+
+    def _stack(self) -> ExpertStacks | Mxfp4ExpertStacks:
         with torch.no_grad():
-            return ExpertStacks(*(torch.stack(self._weights(p)) for p in ("w1", "w2", "w3")))
+            stacked = {field: torch.stack(self._tensors(field)) for field in self._fields()}
+        return Mxfp4ExpertStacks(**stacked) if self._packed() else ExpertStacks(**stacked)
 
     def _point_experts(self) -> None:
-        """Make every expert's weights views into the stacks."""
-        for projection in ("w1", "w2", "w3"):
-            stack = getattr(self.stacks, projection)
-            for expert, linear in enumerate(self._linears(projection)):
-                linear.weight = nn.Parameter(stack[expert], requires_grad=linear.weight.requires_grad)
+        """Make every expert's tensors views into the stacks."""
+        for field in self._fields():
+            projection_name, tensor = _STACK_FIELDS[field]
+            stack = getattr(self.stacks, field)
+            for index, expert in enumerate(self):
+                owner = getattr(expert, projection_name)
+                old = getattr(owner, tensor)
+                if isinstance(old, nn.Parameter):
+                    setattr(owner, tensor, nn.Parameter(stack[index], requires_grad=old.requires_grad))
+                else:
+                    setattr(owner, tensor, stack[index])
+
+    def set_stacks(self, stacks: ExpertStacks | Mxfp4ExpertStacks) -> None:
+        """Hold `stacks` (no copy) in place of the current ones: same kind, shapes and dtypes."""
+        if type(stacks) is not type(self.stacks):
+            raise TypeError(f"stacks must be {type(self.stacks).__name__}, got {type(stacks).__name__}")
+        for field in self._fields():
+            old, new = getattr(self.stacks, field), getattr(stacks, field)
+            if (new.shape, new.dtype) != (old.shape, old.dtype):
+                want, got = f"{old.dtype} {list(old.shape)}", f"{new.dtype} {list(new.shape)}"
+                raise ValueError(f"stacks.{field} must be {want}, got {got}")
+        self.stacks = stacks
+        self._point_experts()
 
     def is_stacked(self) -> bool:
-        """Whether every expert's weights are still views into the stacks."""
-        for projection in ("w1", "w2", "w3"):
-            stack = getattr(self.stacks, projection)
+        """Whether every expert's tensors are still views into the stacks."""
+        for field in self._fields():
+            stack = getattr(self.stacks, field)
             step = stack[0].numel() * stack.element_size()
-            for expert, weight in enumerate(self._weights(projection)):
-                if weight.device != stack.device or weight.data_ptr() != stack.data_ptr() + expert * step:
+            for index, tensor in enumerate(self._tensors(field)):
+                if tensor.device != stack.device or tensor.data_ptr() != stack.data_ptr() + index * step:
                     return False
         return True
 
     def ensure_stacked(self) -> None:
-        """Re-stack (one copy per projection) if something replaced the experts' weights."""
+        """Re-stack (one copy per stacked tensor) if something replaced the experts' tensors."""
         if not self.is_stacked():
             self.stacks = self._stack()
             self._point_experts()
@@ -140,15 +229,15 @@ def _restack_after_load(module: nn.Module, _incompatible_keys: object) -> None:
 
 
 class MoE(nn.Module):
-    """Routed experts plus one always-on shared expert; `kernels` picks the routed experts' path."""
+    """Routed experts plus one always-on shared expert; `kernels` picks the routed experts' path. With
+    `weights="shipped"` the routed experts stay MXFP4 and the shared expert FP8, as checkpoints store them."""
 
-    def __init__(self, args: ModelArgs, hash_routed: bool) -> None:
+    def __init__(self, args: ModelArgs, hash_routed: bool, weights: WeightFormat = "dense") -> None:
         super().__init__()
         self.gate = Gate(args, hash_routed)
-        self.experts = RoutedExperts(
-            args.n_routed_experts, args.hidden_size, args.moe_intermediate_size, args.swiglu_limit
-        )
-        self.shared_experts = Expert(args.hidden_size, args.moe_intermediate_size, args.swiglu_limit)
+        dim, inter, limit = args.hidden_size, args.moe_intermediate_size, args.swiglu_limit
+        self.experts = RoutedExperts(args.n_routed_experts, dim, inter, limit, weights)
+        self.shared_experts = Expert(dim, inter, limit, weights)
 
     def forward(
         self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"

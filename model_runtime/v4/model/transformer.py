@@ -21,12 +21,15 @@ from deepscout.model_runtime.v4.cache.protocol import SequenceCache
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.attention import Attention, AttentionBatch, AttnImpl
 from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage, decode_attention
+from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
 from deepscout.model_runtime.v4.model.mhc import HcSettings, hc_head, hc_head_parameters, hc_merge, hc_split
 from deepscout.model_runtime.v4.model.moe import MoE, RoutedExperts
 from deepscout.model_runtime.v4.model.packing import RowSegment, pack_rows, packed_positions
 from deepscout.model_runtime.v4.model.primitives import RMSNorm, RopeSpec, rope_inv_freq
+from deepscout.model_runtime.v4.model.projections import projection
 from deepscout.model_runtime.v4.model.random_weights import fill_random_
-from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, ModelConfigError, WeightFormat
+from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK, FP8_BLOCK
 
 # Parameters kept in float32 when the model is cast to a lower precision (as the official checkpoints ship).
 _FLOAT32_SUFFIXES = ("attn_sink", "ape", "gate.bias", "norm.weight")
@@ -34,13 +37,15 @@ _FLOAT32_MARKERS = ("hc_attn_", "hc_ffn_", "hc_head_")
 
 
 class Block(nn.Module):
-    """One layer: mHC-wrapped attention, then mHC-wrapped MoE."""
+    """One layer: mHC-wrapped attention, then mHC-wrapped MoE (projections and experts in `weights`)."""
 
-    def __init__(self, args: ModelArgs, kind: LayerKind, hash_routed: bool) -> None:
+    def __init__(
+        self, args: ModelArgs, kind: LayerKind, hash_routed: bool, weights: WeightFormat = "dense"
+    ) -> None:
         super().__init__()
         self.args = args
-        self.attn = Attention(args, kind)
-        self.ffn = MoE(args, hash_routed)
+        self.attn = Attention(args, kind, weights)
+        self.ffn = MoE(args, hash_routed, weights)
         self.attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.ffn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         mix = (2 + args.hc_mult) * args.hc_mult
@@ -52,9 +57,12 @@ class Block(nn.Module):
         self.hc_attn_scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
         self.hc_ffn_scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
 
-    def forward(self, streams: torch.Tensor, token_ids: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
-        """New hc streams `[N, hc, dim]` (the token ids feed the hash router)."""
-        return self.run(streams, token_ids, lambda x: self.attn(x, batch), batch.kernels)
+    def forward(
+        self, streams: torch.Tensor, token_ids: torch.Tensor, batch: AttentionBatch, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """New hc streams `[N, hc, dim]` (the token ids feed the hash router; attention and MoE compute in
+        the model's `dtype`)."""
+        return self.run(streams, token_ids, lambda x: self.attn(x, batch), batch.kernels, dtype)
 
     def run(
         self,
@@ -62,12 +70,12 @@ class Block(nn.Module):
         token_ids: torch.Tensor,
         attend: Callable[[torch.Tensor], torch.Tensor],
         kernels: KernelImpl,
+        dtype: torch.dtype,
     ) -> torch.Tensor:
         """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
-        the device decode step's)."""
+        the device decode step's), its branches fed in the model's `dtype`."""
         hc = HcSettings.of(self.args)
         x, post, comb = hc_split(streams, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, hc, kernels)
-        dtype = self.attn.wq_a.weight.dtype
         streams = hc_merge(attend(self.attn_norm(x).to(dtype)), streams, post, comb, kernels)
         x, post, comb = hc_split(streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, hc, kernels)
         return hc_merge(
@@ -79,10 +87,10 @@ class MTPBlock(Block):
     """Multi-token-prediction layer: fuses the next token's embedding with the main model's streams, runs one
     block, and predicts with its own hyper-head (weights `mtp.{k}.*` of official checkpoints)."""
 
-    def __init__(self, args: ModelArgs, kind: LayerKind) -> None:
-        super().__init__(args, kind, hash_routed=False)
-        self.e_proj = nn.Linear(args.hidden_size, args.hidden_size, bias=False)
-        self.h_proj = nn.Linear(args.hidden_size, args.hidden_size, bias=False)
+    def __init__(self, args: ModelArgs, kind: LayerKind, weights: WeightFormat = "dense") -> None:
+        super().__init__(args, kind, hash_routed=False, weights=weights)
+        self.e_proj = projection(args.hidden_size, args.hidden_size, weights)
+        self.h_proj = projection(args.hidden_size, args.hidden_size, weights)
         self.enorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.hnorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
@@ -90,26 +98,38 @@ class MTPBlock(Block):
 
 
 class DeepseekV4Model(nn.Module):
-    """The whole DeepSeek-V4 causal LM over explicit per-sequence caches."""
+    """The whole DeepSeek-V4 causal LM over explicit per-sequence caches.
+
+    `weights` says how the checkpoint-quantised weights are held (`WeightFormat`): "dense" in the model's
+    dtype, or "shipped" — FP8 block-scaled projections (attention, indexer `wq_b`, shared experts, MTP
+    `e_proj`/`h_proj`) and MXFP4 routed experts, as official checkpoints store them."""
 
     main_inv_freq: torch.Tensor
     compress_inv_freq: torch.Tensor
 
     def __init__(
-        self, args: ModelArgs, *, attn_impl: AttnImpl = "sparse", kernels: KernelImpl = "reference"
+        self,
+        args: ModelArgs,
+        *,
+        attn_impl: AttnImpl = "sparse",
+        kernels: KernelImpl = "reference",
+        weights: WeightFormat = "dense",
     ) -> None:
         super().__init__()
+        if weights == "shipped":
+            check_shipped_shapes(args)
         self.args = args
         self.attn_impl: AttnImpl = attn_impl
+        self.weight_format: WeightFormat = weights
         self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = nn.ModuleList(
-            Block(args, kind, mlp == "hash_moe")
+            Block(args, kind, mlp == "hash_moe", weights)
             for kind, mlp in zip(args.layer_types, args.mlp_layer_types, strict=True)
         )
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.hc_head_fn, self.hc_head_base, self.hc_head_scale = hc_head_parameters(args)
-        self.mtp = nn.ModuleList(MTPBlock(args, kind) for kind in args.mtp_layer_types)
+        self.mtp = nn.ModuleList(MTPBlock(args, kind, weights) for kind in args.mtp_layer_types)
         rope_dim = args.qk_rope_head_dim
         self.register_buffer(
             "main_inv_freq", rope_inv_freq(rope_dim, args.rope_theta, None), persistent=False
@@ -132,7 +152,7 @@ class DeepseekV4Model(nn.Module):
     def kernels(self, kernels: KernelImpl) -> None:
         self._kernels: KernelImpl = kernels
         for module in self.modules():
-            if isinstance(module, RMSNorm):
+            if isinstance(module, RMSNorm | Fp8BlockLinear):
                 module.kernels = kernels
 
     def rope_spec(self, kind: LayerKind) -> RopeSpec:
@@ -152,13 +172,16 @@ class DeepseekV4Model(nn.Module):
         attn_impl: AttnImpl = "sparse",
         kernels: KernelImpl = "reference",
         device: torch.device | str = "cpu",
+        weights: WeightFormat = "dense",
     ) -> DeepseekV4Model:
         """Random weights for tests/benchmarks (see `random_weights`), so every code path is exercised.
 
         Values are drawn on `device` (fast for large shapes); a seed gives different values per device type.
+        With `weights="shipped"` the FP8 projections and MXFP4 experts are drawn and quantised there one
+        projection (one expert's) at a time.
         """
         with torch.device(device):
-            model = cls(args, attn_impl=attn_impl, kernels=kernels)
+            model = cls(args, attn_impl=attn_impl, kernels=kernels, weights=weights)
         fill_random_(model, args, torch.Generator(device=device).manual_seed(seed))
         return model.cast(dtype)
 
@@ -223,7 +246,7 @@ class DeepseekV4Model(nn.Module):
             batch = AttentionBatch(
                 segments, layer_caches, positions, table, compress_rope, impl, self.kernels
             )
-            streams = layer(streams, token_ids, batch)
+            streams = layer(streams, token_ids, batch, self.dtype)
         for cache, seg in zip(caches, segments, strict=True):
             cache.advance(seg.length)
         return streams, segments
@@ -248,7 +271,7 @@ class DeepseekV4Model(nn.Module):
                 rope=table,
                 compress_rope=compress_rope,
             )
-            streams = layer.run(streams, step.token_ids, attend, step.kernels)
+            streams = layer.run(streams, step.token_ids, attend, step.kernels, self.dtype)
         return self.logits(streams).float()
 
     def logits(self, streams: torch.Tensor) -> torch.Tensor:
@@ -269,7 +292,7 @@ class DeepseekV4Model(nn.Module):
         next-token ids; uses cache layer `num_hidden_layers + depth` (positions as in `segments`)."""
         block = cast(MTPBlock, self.mtp[depth])
         e = block.enorm(self.embed(next_ids))
-        h = block.h_proj(block.hnorm(streams).to(block.h_proj.weight.dtype))
+        h = block.h_proj(block.hnorm(streams).to(self.dtype))
         x = (block.e_proj(e).unsqueeze(1) + h).float()
         positions = packed_positions(segments, x.device)
         table = self.rope_spec(block.attn.kind).at(positions)
@@ -277,7 +300,7 @@ class DeepseekV4Model(nn.Module):
         impl = attn_impl or self.attn_impl
         compress_rope = self.rope_spec(LayerKind.CSA)
         batch = AttentionBatch(segments, layer_caches, positions, table, compress_rope, impl, self.kernels)
-        x = block(x, next_ids, batch)
+        x = block(x, next_ids, batch, self.dtype)
         return self._head_logits(block, x)
 
     def _head_logits(self, owner: DeepseekV4Model | MTPBlock, streams: torch.Tensor) -> torch.Tensor:
@@ -286,3 +309,18 @@ class DeepseekV4Model(nn.Module):
             streams, owner.hc_head_fn, owner.hc_head_scale, owner.hc_head_base, self._hc, self.kernels
         )
         return self.head(owner.norm(x).to(self.head.weight.dtype))
+
+
+def check_shipped_shapes(args: ModelArgs) -> None:
+    """Raise unless `args` fits the shipped formats: each `wo_a` group whole 128-row FP8 scale blocks, the
+    experts' rows whole 32-element MXFP4 groups."""
+    if args.o_lora_rank % FP8_BLOCK:
+        raise ModelConfigError(
+            f"shipped weights need o_lora_rank a multiple of {FP8_BLOCK} (grouped FP8 wo_a), "
+            f"got {args.o_lora_rank}"
+        )
+    if args.hidden_size % FP4_BLOCK or args.moe_intermediate_size % FP4_BLOCK:
+        raise ModelConfigError(
+            f"shipped weights need hidden_size and moe_intermediate_size multiples of {FP4_BLOCK} (MXFP4 "
+            f"experts), got {args.hidden_size} and {args.moe_intermediate_size}"
+        )

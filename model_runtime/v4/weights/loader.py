@@ -7,6 +7,12 @@ checkpoint is held in memory (see :mod:`deepscout.model_runtime.v4.weights.safet
 shapes and dtypes are checked before the first byte of tensor data is read, so a mismatched config fails
 in a second, not after minutes of loading.
 
+A model built with ``weights="shipped"`` (:data:`~deepscout.model_runtime.v4.model_config.WeightFormat`)
+holds the FP8 projections and MXFP4 experts as stored: their bytes (weight and e8m0 scale) are copied as
+they are, never dequantised. Such a weight must be stored in that format with e8m0 scales; anything else
+(a BF16 or V3-style float-scaled checkpoint, FP8 experts) is refused before loading, naming the tensor
+and ``weights="dense"``, which loads every format.
+
 The variant comes from config.json alone (:mod:`.checkpoint_variant`): for DeepSeek-V4-Flash-0731 the model
 is built without MTP layers and the DSpark drafter's tensors under ``mtp.*`` are claimed, shape-checked and
 skipped with one log line (:mod:`.dspark_drafter`), never loaded into MTP layers; every other tensor must
@@ -19,7 +25,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +34,10 @@ import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.model.attention import AttnImpl
-from deepscout.model_runtime.v4.model.moe import RoutedExperts
+from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
+from deepscout.model_runtime.v4.model.moe import Mxfp4Projection, RoutedExperts
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
-from deepscout.model_runtime.v4.model_config import ModelArgs
+from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint, StoredWeight
 from deepscout.model_runtime.v4.weights.checkpoint_errors import (
     CheckpointError,
@@ -42,7 +49,7 @@ from deepscout.model_runtime.v4.weights.checkpoint_errors import (
 )
 from deepscout.model_runtime.v4.weights.checkpoint_variant import CheckpointVariant, detect_variant
 from deepscout.model_runtime.v4.weights.dspark_drafter import DSparkDrafter, SkippedDrafter
-from deepscout.model_runtime.v4.weights.quant import QuantizedTensor
+from deepscout.model_runtime.v4.weights.quant import QuantFormat, QuantizedTensor
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +80,55 @@ class LoadReport:
     skipped_drafter: SkippedDrafter | None = None
 
 
+@dataclass(frozen=True)
+class ShippedTarget:
+    """A weight the model keeps as stored: its format, data and scale buffers, and its logical shape."""
+
+    format: QuantFormat
+    data: torch.Tensor
+    scale: torch.Tensor
+    shape: tuple[int, ...]
+
+    def copy_stored_(self, value: QuantizedTensor) -> None:
+        """Copy the stored bytes as they are (e8m0 scales and packed FP4 reinterpreted, not converted)."""
+        self.data.copy_(value.data if self.format == "fp8_block" else value.data.view(torch.uint8))
+        self.scale.copy_(value.scale.view(self.scale.dtype))
+
+
+def shipped_targets(model: nn.Module) -> dict[str, ShippedTarget]:
+    """The weights ``model`` keeps in a shipped format, by official name (``P.weight``; its scale ``P.scale``
+    is part of the target)."""
+    found: dict[str, ShippedTarget] = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Fp8BlockLinear):
+            shape = (module.out_features, module.in_features)
+            found[f"{prefix}.weight"] = ShippedTarget("fp8_block", module.weight, module.scale, shape)
+        elif isinstance(module, Mxfp4Projection):
+            rows, half = module.weight.shape
+            found[f"{prefix}.weight"] = ShippedTarget("mxfp4", module.weight, module.scale, (rows, 2 * half))
+    return found
+
+
+_E8M0_SCALES = (torch.float8_e8m0fnu, torch.uint8)
+
+
 def check_compatible(
-    targets: dict[str, torch.Tensor], checkpoint: Checkpoint, *, skipped: Collection[str] = ()
+    targets: dict[str, torch.Tensor],
+    checkpoint: Checkpoint,
+    *,
+    skipped: Collection[str] = (),
+    shipped: Mapping[str, ShippedTarget] | None = None,
 ) -> None:
     """Raise if the checkpoint's tensors do not fit the model exactly (names, shapes, dtype kinds); the
-    ``skipped`` tensors (already recognised and checked elsewhere) are set aside."""
+    ``skipped`` tensors (already recognised and checked elsewhere) are set aside. ``shipped`` targets (by
+    weight name, their scales not in ``targets``) must be stored in their format with e8m0 scales."""
+    shipped = shipped or {}
     stored = checkpoint.weights
-    missing = sorted(set(targets) - set(stored))
+    expected = set(targets) | set(shipped)
+    missing = sorted(expected - set(stored))
     if missing:
         raise MissingTensorsError(missing)
-    extra = sorted(set(stored) - set(targets) - set(skipped))
+    extra = sorted(set(stored) - expected - set(skipped))
     aliases = {name: alias for name in extra if (alias := _alias_of(name)) in targets}
     unexpected = [name for name in extra if name not in aliases]
     if unexpected:
@@ -90,6 +136,17 @@ def check_compatible(
     for name, target_name in aliases.items():
         if stored[name].shape != tuple(targets[target_name].shape):
             raise TensorShapeError(name, stored[name].shape, tuple(targets[target_name].shape))
+    for name, ship in shipped.items():
+        held = stored[name]
+        if held.shape != ship.shape:
+            raise TensorShapeError(name, held.shape, ship.shape)
+        if held.format != ship.format or held.scale is None or held.scale.dtype not in _E8M0_SCALES:
+            scale = f" + {dtype_name(held.scale.dtype)} scale" if held.scale is not None else ""
+            found = dtype_name(held.data.dtype) + scale
+            raise TensorDtypeError(
+                name, found, [f"{ship.format} with e8m0 scales"],
+                why='the model keeps this weight as shipped (weights="shipped"); load with weights="dense"',
+            )  # fmt: skip
     for name, target in targets.items():
         weight: StoredWeight = stored[name]
         if weight.shape != tuple(target.shape):
@@ -106,33 +163,39 @@ def check_compatible(
 
 
 def load_weights(model: DeepseekV4Model, checkpoint: Checkpoint) -> LoadReport:
-    """Copy every checkpoint tensor into ``model`` (in each parameter's own dtype), one tensor at a time;
-    closes the checkpoint's mappings when done. A DSpark drafter (DeepSeek-V4-Flash-0731) is skipped, and
-    refused when ``model`` has MTP layers it could be mistaken for."""
+    """Copy every checkpoint tensor into ``model`` (in each parameter's own dtype; a shipped weight's bytes
+    as stored), one tensor at a time; closes the checkpoint's mappings when done. A DSpark drafter
+    (DeepSeek-V4-Flash-0731) is skipped, and refused when ``model`` has MTP layers it could be mistaken
+    for."""
     start = time.perf_counter()
     variant = checkpoint.variant.variant
     drafter = _claim_drafter(variant, model, checkpoint)
-    targets = dict(model.state_dict(keep_vars=True))
-    check_compatible(targets, checkpoint, skipped=drafter.names if drafter else ())
+    shipped = shipped_targets(model)
+    shipped_tensors = {n for w in shipped for n in (w, f"{w.removesuffix('.weight')}.scale")}
+    targets = {n: t for n, t in model.state_dict(keep_vars=True).items() if n not in shipped_tensors}
+    check_compatible(targets, checkpoint, skipped=drafter.names if drafter else (), shipped=shipped)
     if drafter is not None:
         logger.info(drafter.log_line())
     formats: Counter[str] = Counter()
     stored_bytes = 0
     with torch.no_grad():
-        for name, target in targets.items():
+        for name in [*targets, *shipped]:
             weight = checkpoint.weights[name]
             value = checkpoint.read_stored(name)
-            if isinstance(value, QuantizedTensor):
-                target.copy_(value.dequantize(target.dtype))
+            if name in shipped:
+                assert isinstance(value, QuantizedTensor)
+                shipped[name].copy_stored_(value)
+            elif isinstance(value, QuantizedTensor):
+                targets[name].copy_(value.dequantize(targets[name].dtype))
             else:
-                target.copy_(value)
+                targets[name].copy_(value)
             del value
             formats[weight.format if weight.format != "plain" else dtype_name(weight.data.dtype)] += 1
             stored_bytes += weight.nbytes
     checkpoint.close()
     return LoadReport(
         directory=checkpoint.directory,
-        tensors=len(targets),
+        tensors=len(targets) + len(shipped),
         stored_bytes=stored_bytes,
         formats=dict(sorted(formats.items())),
         seconds=time.perf_counter() - start,
@@ -172,28 +235,36 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     attn_impl: AttnImpl = "sparse",
     release_after_bytes: int = 64 << 20,
+    weights: WeightFormat = "dense",
 ) -> tuple[DeepseekV4Model, LoadReport]:
-    """Build the model config.json describes and load its weights (dequantised to ``dtype``; norms, sinks,
-    biases and mHC parameters stay float32 as the model keeps them)."""
+    """Build the model config.json describes and load its weights (dequantised to ``dtype``, or with
+    ``weights="shipped"`` the FP8/MXFP4 ones kept as stored; norms, sinks, biases and mHC parameters stay
+    float32 as the model keeps them)."""
     checkpoint = Checkpoint(directory, release_after_bytes=release_after_bytes)
-    model = allocate_model(backbone_args(checkpoint.config), dtype=dtype, attn_impl=attn_impl)
+    args = backbone_args(checkpoint.config)
+    model = allocate_model(args, dtype=dtype, attn_impl=attn_impl, weights=weights)
     report = load_weights(model, checkpoint)
     return model.eval(), report
 
 
 def allocate_model(
-    args: ModelArgs, *, dtype: torch.dtype = torch.float32, attn_impl: AttnImpl = "sparse"
+    args: ModelArgs,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_impl: AttnImpl = "sparse",
+    weights: WeightFormat = "dense",
 ) -> DeepseekV4Model:
     """The model with *uninitialised* parameters allocated once, directly in their final dtypes (no float32
-    detour, no random init); buffers computed from ``args`` as usual. Only for filling by ``load_weights``,
-    which refuses a checkpoint that does not cover every parameter."""
+    detour, no random init); buffers computed from ``args`` as usual (shipped weights' buffers allocated
+    once, in their stored formats). Only for filling by ``load_weights``, which refuses a checkpoint that
+    does not cover every parameter."""
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):
-        model = DeepseekV4Model(args, attn_impl=attn_impl)
+        model = DeepseekV4Model(args, attn_impl=attn_impl, weights=weights)
     model.cast(dtype)  # on the meta device: decides each parameter's dtype, allocates nothing
     for module in model.modules():
-        if isinstance(module, RoutedExperts):
+        if isinstance(module, RoutedExperts) and module.stacks.w1.is_meta:
             module.to_empty(device="cpu")  # one tensor per stacked projection, the experts' weights views
     for module in model.modules():
         for name, param in list(module.named_parameters(recurse=False)):
