@@ -2,7 +2,9 @@
 
 One process per context (`--context N`): the 43-layer V4-Flash-shaped stack (2 sliding, then CSA/HCA
 alternating; real attention, indexer and expert widths, `--experts` routed experts instead of 256, top-6)
-with random bfloat16 weights and a bfloat16 paged KV pool, on the fused kernels. Measured end to end:
+with random weights (bfloat16, or with `--weights shipped` FP8 block-scaled projections and MXFP4 routed
+experts as official checkpoints store them) and a bfloat16 paged KV pool, on the fused kernels. Measured
+end to end:
 
 * prefill of N prompt tokens (`--chunk` tokens per step), after a warm-up prefill of `--warmup` other
   tokens that compiles the kernels (its time is reported apart, as `warmup_s`);
@@ -13,7 +15,8 @@ with random bfloat16 weights and a bfloat16 paged KV pool, on the fused kernels.
 Floors, from an 8192³ bf16 matmul and a device-to-device copy timed in the same process: prefill FLOPs
 (weights: 2 · active parameters per token; attention: 4 · heads · head_dim per key each query sees —
 window, CSA's top-512, every HCA entry; the indexer: 2 · 64 · 128 per CSA key scored) over the matmul rate;
-decode bytes (active weights once, plus each layer's KV a token reads) over the copy rate.
+decode bytes (the weights a step touches once, as stored — of the routed experts the expected number a
+batch touches — plus each layer's KV a token reads) over the copy rate.
 
 Prints a table and writes `benchmarks/results/long_context_<N>.json` (or `--json PATH`).
 
@@ -35,25 +38,49 @@ from device_rates import ceilings
 
 from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
-from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, flash_shaped
+from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, WeightFormat, flash_shaped
 
 
-def flash_stack(layers: int, experts: int, device: torch.device) -> DeepseekV4Model:
+def flash_stack(
+    layers: int, experts: int, device: torch.device, weights: WeightFormat = "dense"
+) -> DeepseekV4Model:
     """The V4-Flash-shaped stack: `layers` layers, `experts` routed experts (top-min(6, experts)), random
-    bfloat16 weights on the fused kernels."""
+    weights on the fused kernels: bfloat16, or ("shipped") FP8 block-scaled projections and MXFP4 experts
+    as official checkpoints store them."""
     args = replace(flash_shaped(layers), n_routed_experts=experts, num_experts_per_tok=min(6, experts))
-    return DeepseekV4Model.random(args, seed=0, dtype=torch.bfloat16, device=device, kernels="triton").eval()
+    return DeepseekV4Model.random(
+        args, seed=0, dtype=torch.bfloat16, device=device, kernels="triton", weights=weights
+    ).eval()
 
 
-def active_parameters(model: DeepseekV4Model) -> int:
-    """Parameters one token's forward multiplies by: all but the embedding and the idle routed experts."""
-    args = model.args
+def active_parameters(args: ModelArgs) -> int:
+    """Parameters one token's forward multiplies by: all but the embedding and the idle routed experts
+    (counted on a dense copy on the meta device, so any weight format counts the same)."""
+    with torch.device("meta"):
+        dense = DeepseekV4Model(args)
     total = 0
-    for name, param in model.named_parameters():
+    for name, param in dense.named_parameters():
         if name.startswith("embed.") or name.startswith("mtp."):
             continue
         share = args.num_experts_per_tok / args.n_routed_experts if ".ffn.experts." in name else 1.0
         total += int(param.numel() * share)
+    return total
+
+
+def weight_bytes_read(model: DeepseekV4Model, batch: int) -> float:
+    """Bytes of weights one decode step reads, as stored (BF16, or FP8/MXFP4 with their scales): all but
+    the embedding; of the routed experts, the expected number a batch of independently routed tokens
+    touches, E·(1 - (1 - k/E)^batch)."""
+    args = model.args
+    k, experts = args.num_experts_per_tok, args.n_routed_experts
+    touched = 1 - (1 - k / experts) ** batch
+    total = 0.0
+    for name, tensor in model.state_dict().items():
+        weight = tensor.is_floating_point() or tensor.dtype == torch.uint8  # not the routing tables
+        if name.startswith("embed.") or name.startswith("mtp.") or not weight:
+            continue
+        share = touched if ".ffn.experts." in name else 1.0
+        total += tensor.numel() * tensor.element_size() * share
     return total
 
 
@@ -80,14 +107,13 @@ def prefill_flops(args: ModelArgs, active: int, context: int) -> float:
     return flops
 
 
-def decode_bytes(args: ModelArgs, active: int, context: int, batch: int) -> float:
-    """Bytes one decode step must read: active weights once (bf16; all routed experts are active for a
-    batch when experts <= batch * top-k), plus every row's KV."""
+def decode_bytes(args: ModelArgs, weight_bytes: float, context: int, batch: int) -> float:
+    """Bytes one decode step must read: the weights it touches once, plus every row's KV (BF16)."""
     kv = 0
     for kind in args.layer_types:
         attn, index = keys_seen(args, kind, context)
         kv += 2 * (attn * args.head_dim + index * args.index_head_dim)
-    return 2.0 * active + batch * kv
+    return weight_bytes + batch * kv
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
@@ -95,11 +121,11 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     rates = ceilings(device)
     copy_rate, mm_rate = rates.copy_bytes_per_s, rates.matmul_flop_per_s
     start = time.perf_counter()
-    model = flash_stack(opts.layers, opts.experts, device)
+    model = flash_stack(opts.layers, opts.experts, device, opts.weights)
     args = model.args
     torch.cuda.synchronize()
     init_s = time.perf_counter() - start
-    weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    weights_gib = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**30
     blocks_per_seq = -(-(opts.context + opts.decode + 1) // 128)
     config = EngineConfig(
         kv_dtype="bfloat16",
@@ -136,6 +162,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "context": opts.context,
         "layers": opts.layers,
         "experts": opts.experts,
+        "weights": opts.weights,
         "weights_gib": round(weights_gib, 2),
         "init_s": round(init_s, 1),
         "warmup_s": round(warmup_s, 2),
@@ -145,7 +172,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "copy_tb_s": round(copy_rate / 1e12, 2),
         "matmul_tflop_s": round(mm_rate / 1e12, 1),
     }
-    active = active_parameters(model)
+    active = active_parameters(args)
     floor = prefill_flops(args, active, opts.context) / mm_rate
     result["prefill_floor_s"] = round(floor, 2)
     result["prefill_x_floor"] = round(prefill_s / floor, 2)
@@ -163,7 +190,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             steps += 1
         torch.cuda.synchronize()
         ms = 1000 * (time.perf_counter() - start) / max(steps, 1)
-        floor_ms = 1000 * decode_bytes(args, active, opts.context, batch) / copy_rate
+        floor_ms = 1000 * decode_bytes(args, weight_bytes_read(model, batch), opts.context, batch) / copy_rate
         result[f"decode_b{batch}_ms_per_step"] = round(ms, 2)
         result[f"decode_b{batch}_tok_s"] = round(1000 * batch / ms, 1)
         result[f"decode_b{batch}_floor_ms"] = round(floor_ms, 2)
@@ -237,6 +264,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--layers", type=int, default=43)
     parser.add_argument("--experts", type=int, default=6)
+    parser.add_argument("--weights", choices=["dense", "shipped"], default="dense")
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=16384, help="tokens of the kernel warm-up prefill")
