@@ -1,4 +1,5 @@
-"""A real chat-completions HTTP server on loopback that behaves like DeepSeek's API where it matters.
+"""Fixtures of the chat-model tests: a tiny random Llama for the batching/caching tests, and a real
+chat-completions HTTP server on loopback that behaves like DeepSeek's API where it matters.
 
 Standard library only (``http.server`` in a thread). It answers ``POST /v1/chat/completions`` with
 JSON or server-sent events, calls the first tool when tools are offered and the last turn is the user's,
@@ -17,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 
 @dataclass
@@ -209,3 +212,19 @@ def chat_server(serve_on_loopback: Any) -> FakeChatServer:
     state = FakeChatServer(url=serve_on_loopback(_QuietServer, handler) + "/v1")
     handler.server_state = state  # type: ignore[attr-defined]
     return state
+
+
+@pytest.fixture(scope="module")
+def tiny_llama() -> LlamaForCausalLM:
+    """A two-layer random Llama small enough to batch and cache in milliseconds."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config).eval()

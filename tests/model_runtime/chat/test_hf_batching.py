@@ -12,9 +12,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 from langchain_core.messages import HumanMessage, SystemMessage
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from deepscout.model_runtime.chat import GenerationCancelled, GenerationDeadlineExceeded, usage_of
 from deepscout.model_runtime.chat.backends.embedded_hf import EmbeddedHFChatModel
@@ -22,21 +21,6 @@ from deepscout.model_runtime.chat.backends.hf_batch import HFGenerator
 from deepscout.model_runtime.chat.interface import GenerationControl
 
 PROMPTS = [[5, 6, 7], [9] * 11, [3, 1, 4, 1, 5, 9, 2, 6], [42], [8, 8, 2, 30, 31, 7]]
-
-
-@pytest.fixture(scope="module")
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def _generator(model: LlamaForCausalLM) -> HFGenerator:

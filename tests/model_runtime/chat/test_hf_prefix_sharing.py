@@ -11,8 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from deepscout.model_runtime.chat.backends.embedded_hf import EmbeddedHFChatModel
 from deepscout.model_runtime.chat.backends.hf_batch import SESSION_BYTES_PER_SEQUENCE, HFGenerator
@@ -22,21 +21,6 @@ from deepscout.model_runtime.chat.interface import GenerationControl
 from deepscout.settings import HFSettings
 
 SHARED = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
-
-
-@pytest.fixture(scope="module")
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def test_the_pool_follows_the_batch_size_unless_limits_are_given(tiny_llama: LlamaForCausalLM) -> None:

@@ -82,18 +82,14 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
-@pytest.mark.parametrize(
-    ("chosen", "queries_per_row", "rows"),
-    [(None, 1, 3), (24, 1, 3), (None, 40, 2), (24, 40, 1), (24, 260, 1)],
-    ids=["hca-decode", "csa-decode", "hca-prefill", "csa-prefill", "csa-prefill-wide-tiles"],
-)
-def test_kernel_matches_reference(
-    device: torch.device, chosen: int | None, queries_per_row: int, rows: int
-) -> None:
-    case = _case(
+def _small_case(
+    device: torch.device, chosen: int | None, queries_per_row: int, rows: int, *, n_heads: int, seed: int
+) -> tuple[torch.Tensor, BandKeys, EntryKeys, torch.Tensor, torch.Tensor]:
+    """A float32 case of the interpreter's size: 48 dims, window 16, 150 entries per row in blocks of 8."""
+    return _case(
         device=device,
         dtype=torch.float32,
-        n_heads=20,
+        n_heads=n_heads,
         dim=48,
         window=16,
         rows=rows,
@@ -102,9 +98,20 @@ def test_kernel_matches_reference(
         per_block=8,
         chosen=chosen,
         ratio=4,
-        seed=hash((chosen, queries_per_row)) % 1000,
+        seed=seed,
     )
-    q, band, entries, sink, qpos = case
+
+
+@pytest.mark.parametrize(
+    ("chosen", "queries_per_row", "rows"),
+    [(None, 1, 3), (24, 1, 3), (None, 40, 2), (24, 40, 1), (24, 260, 1)],
+    ids=["hca-decode", "csa-decode", "hca-prefill", "csa-prefill", "csa-prefill-wide-tiles"],
+)
+def test_kernel_matches_reference(
+    device: torch.device, chosen: int | None, queries_per_row: int, rows: int
+) -> None:
+    seed = hash((chosen, queries_per_row)) % 1000
+    q, band, entries, sink, qpos = _small_case(device, chosen, queries_per_row, rows, n_heads=20, seed=seed)
     ref = sparse_attention_reference(q, band, entries, sink, qpos, scale=0.2, window=16)
     out = sparse_attention(q, band, entries, sink, qpos, scale=0.2, window=16, impl="triton")
     assert torch.isfinite(out).all()
@@ -125,20 +132,7 @@ def test_kernel_reads_paper_entries(
 ) -> None:
     """Entries stored as FP8 + BF16 RoPE dims are read as the reference dequantises them (float32
     queries here: Triton's interpreter has no bfloat16 dot; the GPU test below runs bfloat16)."""
-    q, band, entries, sink, qpos = _case(
-        device=device,
-        dtype=torch.float32,
-        n_heads=16,
-        dim=48,
-        window=16,
-        rows=rows,
-        queries_per_row=queries_per_row,
-        entries_per_row=150,
-        per_block=8,
-        chosen=chosen,
-        ratio=4,
-        seed=11,
-    )
+    q, band, entries, sink, qpos = _small_case(device, chosen, queries_per_row, rows, n_heads=16, seed=11)
     paper = _as_paper(entries, rope_dim=16)
     ref = sparse_attention_reference(q, band, paper, sink, qpos, scale=0.2, window=16)
     out = sparse_attention(q, band, paper, sink, qpos, scale=0.2, window=16, impl="triton")
