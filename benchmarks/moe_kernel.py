@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from device_rates import Ceilings, ceilings, timed
 
-from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks, grouped_moe_reference
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertStacks
+from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe_reference
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks, quantize
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 

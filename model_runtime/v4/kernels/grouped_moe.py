@@ -7,6 +7,12 @@ dtype, W4A16). Pair (n, j) computes `h = silu(min(x W1ᵀ, l)) * clamp(x W3ᵀ, 
 `e = indices[n, j]` (the clamps only when the limit `l` > 0), then `h W2ᵀ * weights[n, j]`; a token's
 output is the sum over its k pairs, in `x`'s dtype.
 
+Expert parallelism: with `experts=ExpertSlice(start, count)` the stacks hold only the global experts
+`[start, start + count)` (stack row `e - start`); pairs routed to any other expert contribute zero (another
+rank adds them). Both paths map the global ids to local ones, the others to the sentinel `count` (no local
+expert), which the reference path never visits and the Triton path groups into idle tiles. Without it the
+stacks hold every expert and `indices` index them directly.
+
 * "reference": a loop over the experts present (host syncs; the oracle and the CPU default); MXFP4 experts
   are dequantised one by one as they come, only those present.
 * "triton": `grouped_moe_triton` (or `grouped_moe_mxfp4_triton`) — routing grouped on the device, two
@@ -15,39 +21,16 @@ output is the sum over its k pairs, in `x`'s dtype.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice, ExpertStacks
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 
 if TYPE_CHECKING:
     from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
-
-
-@dataclass(frozen=True)
-class ExpertStacks:
-    """The routed experts' weights, one tensor per projection: w1/w3 `[E, inter, hidden]`, w2 `[E, hidden,
-    inter]` (expert `e`'s `nn.Linear` weights are `w1[e]`, `w2[e]`, `w3[e]`)."""
-
-    w1: torch.Tensor
-    w2: torch.Tensor
-    w3: torch.Tensor
-
-    @property
-    def n_experts(self) -> int:
-        return self.w1.shape[0]
-
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ExpertStacks:
-        """The stacks with `fn` applied to each projection."""
-        return ExpertStacks(fn(self.w1), fn(self.w2), fn(self.w3))
-
-    def expert(self, index: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Expert `index`'s (w1, w2, w3) in `dtype` (views when already in it)."""
-        return self.w1[index].to(dtype), self.w2[index].to(dtype), self.w3[index].to(dtype)
 
 
 def swiglu_activation(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
@@ -73,17 +56,22 @@ def grouped_moe(
     swiglu_limit: float,
     *,
     impl: KernelImpl,
+    experts: ExpertSlice | None = None,
 ) -> torch.Tensor:
-    """The routed experts' summed output `[N, hidden]` in `x`'s dtype (see the module docstring)."""
+    """The routed experts' summed output `[N, hidden]` in `x`'s dtype (see the module docstring); with
+    `experts` only the pairs of the experts the stacks hold."""
+    if experts is not None and experts.count != stacks.n_experts:
+        raise ValueError(f"the stacks hold {stacks.n_experts} experts, the slice names {experts.count}")
     if impl == "triton":
         if isinstance(stacks, ExpertStacks):
             from deepscout.model_runtime.v4.kernels.grouped_moe_triton import grouped_moe_triton
 
-            return grouped_moe_triton(x, weights, indices, stacks.w1, stacks.w2, stacks.w3, swiglu_limit)
+            w1, w2, w3 = stacks.w1, stacks.w2, stacks.w3
+            return grouped_moe_triton(x, weights, indices, w1, w2, w3, swiglu_limit, experts=experts)
         from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import grouped_moe_mxfp4_triton
 
-        return grouped_moe_mxfp4_triton(x, weights, indices, stacks, swiglu_limit)
-    return grouped_moe_reference(x, weights, indices, stacks, swiglu_limit)
+        return grouped_moe_mxfp4_triton(x, weights, indices, stacks, swiglu_limit, experts=experts)
+    return grouped_moe_reference(x, weights, indices, stacks, swiglu_limit, experts=experts)
 
 
 def grouped_moe_reference(
@@ -92,12 +80,17 @@ def grouped_moe_reference(
     indices: torch.Tensor,
     stacks: ExpertStacks | Mxfp4ExpertStacks,
     swiglu_limit: float,
+    *,
+    experts: ExpertSlice | None = None,
 ) -> torch.Tensor:
-    """Expert by expert: gather its pairs, run it (its weights in `x`'s dtype), add its weighted output to
-    its tokens."""
+    """Expert by expert (those held, with `experts`): gather its pairs, run it (its weights in `x`'s dtype),
+    add its weighted output to its tokens."""
+    local = indices if experts is None else experts.local_ids(indices)
     routed = torch.zeros_like(x)
-    for expert in torch.unique(indices).tolist():
-        token_idx, slot = torch.where(indices == expert)
+    for expert in torch.unique(local).tolist():
+        if expert == stacks.n_experts:  # the sentinel: pairs of experts another rank holds
+            continue
+        token_idx, slot = torch.where(local == expert)
         out = swiglu(x[token_idx], *stacks.expert(expert, x.dtype), swiglu_limit)
         routed.index_add_(0, token_idx, (out * weights[token_idx, slot, None]).to(x.dtype))
     return routed

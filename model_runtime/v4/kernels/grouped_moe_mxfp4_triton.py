@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.kernels.grouped_moe_triton import (
     TileConfig,
     _operand,
@@ -241,9 +242,11 @@ def grouped_moe_mxfp4_triton(
     swiglu_limit: float,
     *,
     tiles: TileConfig | None = None,
+    experts: ExpertSlice | None = None,
 ) -> torch.Tensor:
     """The routed experts' summed output `[N, hidden]` in `x`'s dtype, from MXFP4 `stacks`; `tiles`
-    overrides `choose_tiles` (its `block_k` must be a multiple of 32)."""
+    overrides `choose_tiles` (its `block_k` must be a multiple of 32); with `experts` the stacks hold only
+    that slice and the other experts' pairs add nothing."""
     n_tokens, hidden = x.shape
     top_k = indices.shape[1]
     n_pairs = n_tokens * top_k
@@ -253,7 +256,7 @@ def grouped_moe_mxfp4_triton(
     if n_pairs == 0:
         return torch.zeros_like(x)
     x = x.contiguous()
-    plan = plan_launches(x, weights, indices, n_experts=n_experts, inter=inter, tiles=tiles)
+    plan = plan_launches(x, weights, indices, n_experts=n_experts, inter=inter, tiles=tiles, experts=experts)
     tiles, groups, h, pair_out = plan.tiles, plan.groups, plan.h, plan.pair_out
     if tiles.block_k % FP4_BLOCK:
         raise ValueError(f"MXFP4 tiles need block_k a multiple of {FP4_BLOCK}, got {tiles.block_k}")

@@ -4,7 +4,9 @@ Dispatch (`group_pairs`, on the device, no host sync): the N*k (token, slot) pai
 counted per expert with `scatter_add_`, and laid out in rows padded per expert to whole tiles of `block_m`
 rows; `tile_expert` names each tile's expert. The grid is sized by an upper bound that depends only on
 (N, k, E, block_m) — `cdiv(N*k, block_m) + min(E, N*k)` tiles — and programs of tiles past the real end
-(expert id E) return at once.
+(expert id E) return at once. Under expert parallelism (`ExpertSlice`) the pairs of experts held by other
+ranks carry the sentinel id E: they take rows after the real tiles, in idle tiles, and their rows of
+`pair_out` stay zero.
 
 Launch 1 (gate-up): a program takes one tile and one block of `inter` columns, accumulates x W1ᵀ and x W3ᵀ
 in float32 and writes `h = silu(min(g, l)) * clamp(u, -l, l)` (rows of `h` follow the padded layout).
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 
 
 @dataclass(frozen=True)
@@ -65,15 +69,17 @@ class PairGroups:
 
 
 def group_pairs(indices: torch.Tensor, n_experts: int, block_m: int) -> PairGroups:
-    """Group the pairs of `indices` `[N, k]` by expert on the device (sizes from the shapes only)."""
+    """Group the pairs of `indices` `[N, k]` by expert on the device (sizes from the shapes only); pairs
+    with the sentinel id `n_experts` (no local expert) are laid out after the real tiles, never run."""
     flat = indices.reshape(-1).long()
     n_pairs = flat.numel()
     device = flat.device
     n_tiles = triton.cdiv(n_pairs, block_m) + min(n_experts, n_pairs)
-    counts = torch.zeros(n_experts, dtype=torch.long, device=device).scatter_add_(
+    counts = torch.zeros(n_experts + 1, dtype=torch.long, device=device).scatter_add_(
         0, flat, torch.ones_like(flat)
     )
-    tiles_per_expert = (counts + block_m - 1) // block_m
+    # the sentinel's pairs take no tile of their own: their rows follow the real tiles (idle, expert E)
+    tiles_per_expert = torch.cat(((counts[:n_experts] + block_m - 1) // block_m, counts.new_zeros(1)))
     tile_end = tiles_per_expert.cumsum(0)
     first_row = (tile_end - tiles_per_expert) * block_m
     first_pair = counts.cumsum(0) - counts
@@ -83,7 +89,7 @@ def group_pairs(indices: torch.Tensor, n_experts: int, block_m: int) -> PairGrou
     pair_ids = torch.full((n_tiles * block_m,), n_pairs, dtype=torch.int32, device=device)
     pair_ids.scatter_(0, rows, order.to(torch.int32))
     tiles = torch.arange(n_tiles, device=device)
-    tile_expert = torch.searchsorted(tile_end, tiles, right=True).to(torch.int32)
+    tile_expert = torch.searchsorted(tile_end[:n_experts], tiles, right=True).to(torch.int32)
     return PairGroups(pair_ids, tile_expert, n_tiles, block_m)
 
 
@@ -125,18 +131,22 @@ def plan_launches(
     n_experts: int,
     inter: int,
     tiles: TileConfig | None,
+    experts: ExpertSlice | None = None,
 ) -> LaunchPlan:
-    """Group the pairs and allocate the work buffers of one call (`tiles` overrides `choose_tiles`)."""
+    """Group the pairs and allocate the work buffers of one call (`tiles` overrides `choose_tiles`); with
+    `experts` (the stacks hold only that slice) the other experts' pairs are skipped, their rows zero."""
     n_pairs = indices.numel()
     tiles = tiles or choose_tiles(n_pairs, n_experts)
-    groups = group_pairs(indices, n_experts, tiles.block_m)
+    local = indices if experts is None else experts.local_ids(indices)
+    groups = group_pairs(local, n_experts, tiles.block_m)
     route = weights.reshape(-1).float().contiguous()
     # Triton's interpreter multiplies bf16 blocks wrongly and truncates what it stores as bf16: there the
     # operands are upcast and the intermediates kept in float32.
     upcast = bool(triton.knobs.runtime.interpret)
     work_dtype = torch.float32 if upcast else x.dtype
     h = torch.empty(groups.n_tiles * tiles.block_m, inter, dtype=work_dtype, device=x.device)
-    pair_out = torch.empty(n_pairs, x.shape[1], dtype=work_dtype, device=x.device)
+    allocate = torch.empty if experts is None else torch.zeros  # skipped pairs' rows are never written
+    pair_out = allocate(n_pairs, x.shape[1], dtype=work_dtype, device=x.device)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     return LaunchPlan(tiles, groups, route, h, pair_out, precision, upcast)
 
@@ -308,9 +318,11 @@ def grouped_moe_triton(
     swiglu_limit: float,
     *,
     tiles: TileConfig | None = None,
+    experts: ExpertSlice | None = None,
 ) -> torch.Tensor:
     """The routed experts' summed output `[N, hidden]` in `x`'s dtype, from the stacked projections w1/w3
-    `[E, inter, hidden]` and w2 `[E, hidden, inter]`; `tiles` overrides `choose_tiles`."""
+    `[E, inter, hidden]` and w2 `[E, hidden, inter]`; `tiles` overrides `choose_tiles`; with `experts` the
+    stacks hold only that slice and the other experts' pairs add nothing."""
     n_tokens, hidden = x.shape
     top_k = indices.shape[1]
     n_pairs = n_tokens * top_k
@@ -320,7 +332,7 @@ def grouped_moe_triton(
     if n_pairs == 0:
         return torch.zeros_like(x)
     x = x.contiguous()
-    plan = plan_launches(x, weights, indices, n_experts=n_experts, inter=inter, tiles=tiles)
+    plan = plan_launches(x, weights, indices, n_experts=n_experts, inter=inter, tiles=tiles, experts=experts)
     tiles, groups, h, pair_out = plan.tiles, plan.groups, plan.h, plan.pair_out
     _gate_up_kernel[(groups.n_tiles * triton.cdiv(inter, tiles.gate_up_n),)](
         x,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertStacks
 from deepscout.model_runtime.v4.weights.quant import (
     FP4_BLOCK,
     FP4_STORAGE_DTYPES,

@@ -6,19 +6,24 @@ their official parameter names, but their weights live in one stacked tensor per
 grouped kernel (`kernels/grouped_moe.py`) reads in one launch for all experts of a step. With
 `weights="shipped"` (`WeightFormat`) the routed experts stay MXFP4 (packed bytes and e8m0 scale bytes,
 `experts.{e}.w1.weight` / `.scale`) and the shared expert FP8 (`Fp8BlockLinear`), as checkpoints store them.
+
+Expert parallelism (`MoE.shard`): a rank keeps only its `ExpertSlice` of the routed experts (its modules
+numbered from 0, `RoutedExperts.ids` naming the global ids), runs the pairs routed to them, adds the
+shared expert when it is the one rank that does, and sums the ranks' partial outputs (`ExpertParallelism`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks, grouped_moe, swiglu_activation
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice, ExpertStacks
+from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe, swiglu_activation
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.model.projections import projection
@@ -98,7 +103,10 @@ class RoutedExperts(nn.ModuleList):
     The stacks are built once and the views kept through whatever moves or converts the weights:
     `.to()`/`.cuda()`/`.half()`/`to_empty()` convert each stack once (`_apply`); `load_state_dict` and
     in-place copies write through the views; a deep copy, an unpickling or a `load_state_dict(assign=True)`
-    re-stacks (one copy)."""
+    re-stacks (one copy).
+
+    `ids` are the global expert ids held (all of them, unless `sliced` for expert parallelism): module `i`
+    is expert `ids.start + i`."""
 
     stacks: ExpertStacks | Mxfp4ExpertStacks
 
@@ -114,7 +122,24 @@ class RoutedExperts(nn.ModuleList):
             self.stacks = self._stack()
             self._point_experts()
         self.limit = swiglu_limit
+        self.ids = ExpertSlice(0, n_experts)
         self.register_load_state_dict_post_hook(_restack_after_load)
+
+    def sliced(self, ids: ExpertSlice) -> RoutedExperts:
+        """Only the experts `ids` (counted in those held here: global ids when all are): their rows of the
+        stacks copied (on the meta device: nothing allocated), the experts' tensors views into them."""
+        if ids.start < 0 or ids.stop > len(self) or ids.count < 1:
+            raise ValueError(f"experts [{ids.start}, {ids.stop}) are not within the {len(self)} held")
+        _, inter, packed_hidden = self.stacks.w1.shape
+        hidden = packed_hidden * 2 if self._packed() else packed_hidden
+        weights: WeightFormat = "shipped" if self._packed() else "dense"
+        with torch.device("meta"):
+            kept = RoutedExperts(ids.count, hidden, inter, self.limit, weights)
+        with torch.no_grad():
+            kept.stacks = self.stacks.map(lambda t: t[ids.start : ids.stop].clone())
+        kept._point_experts()
+        kept.ids = ExpertSlice(self.ids.start + ids.start, ids.count)
+        return kept
 
     def _fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in fields(Mxfp4ExpertStacks if self._packed() else ExpertStacks))
@@ -228,9 +253,21 @@ def _restack_after_load(module: nn.Module, _incompatible_keys: object) -> None:
     module.ensure_stacked()
 
 
+@dataclass(frozen=True)
+class ExpertParallelism:
+    """One rank's part in a MoE layer under expert parallelism: its slice of the routed experts, whether it
+    adds the shared expert (exactly one rank does), and `reduce`, the sum of all ranks' partial outputs
+    (an all-reduce: every rank gets the same sum)."""
+
+    experts: ExpertSlice
+    adds_shared: bool
+    reduce: Callable[[torch.Tensor], torch.Tensor]
+
+
 class MoE(nn.Module):
     """Routed experts plus one always-on shared expert; `kernels` picks the routed experts' path. With
-    `weights="shipped"` the routed experts stay MXFP4 and the shared expert FP8, as checkpoints store them."""
+    `weights="shipped"` the routed experts stay MXFP4 and the shared expert FP8, as checkpoints store them.
+    After `shard` it computes one rank's part and returns the ranks' sum."""
 
     def __init__(self, args: ModelArgs, hash_routed: bool, weights: WeightFormat = "dense") -> None:
         super().__init__()
@@ -238,10 +275,24 @@ class MoE(nn.Module):
         dim, inter, limit = args.hidden_size, args.moe_intermediate_size, args.swiglu_limit
         self.experts = RoutedExperts(args.n_routed_experts, dim, inter, limit, weights)
         self.shared_experts = Expert(dim, inter, limit, weights)
+        self.parallelism: ExpertParallelism | None = None
+
+    def shard(self, parallelism: ExpertParallelism) -> None:
+        """Keep only `parallelism.experts` of the routed experts (see `RoutedExperts.sliced`) and compute
+        this rank's part from now on."""
+        self.experts = self.experts.sliced(parallelism.experts)
+        self.parallelism = parallelism
 
     def forward(
         self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"
     ) -> torch.Tensor:
         weights, indices = self.gate(x, token_ids)
-        routed = grouped_moe(x, weights, indices, self.experts.stacks, self.experts.limit, impl=kernels)
-        return routed + self.shared_experts(x)
+        experts, limit, ep = self.experts, self.experts.limit, self.parallelism
+        if ep is None:
+            routed = grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels)
+            return routed + self.shared_experts(x)
+        routed = grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels, experts=experts.ids)
+        if ep.adds_shared:
+            routed = routed + self.shared_experts(x)
+        # summed in float32: one rounding to x's dtype after the sum, not one per rank's partial sum
+        return ep.reduce(routed.float()).to(x.dtype)

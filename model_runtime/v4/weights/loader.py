@@ -17,6 +17,11 @@ The variant comes from config.json alone (:mod:`.checkpoint_variant`): for DeepS
 is built without MTP layers and the DSpark drafter's tensors under ``mtp.*`` are claimed, shape-checked and
 skipped with one log line (:mod:`.dspark_drafter`), never loaded into MTP layers; every other tensor must
 still have its place in the model.
+
+Expert parallelism: a model whose MoE layers hold only a slice of the routed experts (``MoE.shard``, applied
+through ``load_model(shard=...)`` before anything is allocated) loads only those experts' tensors, under
+their global names, and all the dense ones; the other experts' tensors are set aside unread
+(``LoadReport.skipped_experts``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.model.attention import AttnImpl
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
 from deepscout.model_runtime.v4.model.moe import Mxfp4Projection, RoutedExperts
@@ -69,7 +75,8 @@ def _alias_of(name: str) -> str | None:
 @dataclass(frozen=True)
 class LoadReport:
     """What a load read: tensor counts by stored format, bytes read from the shards, seconds taken; the
-    checkpoint's variant and the drafter tensors it skipped (DeepSeek-V4-Flash-0731)."""
+    checkpoint's variant and the drafter tensors it skipped (DeepSeek-V4-Flash-0731); the routed-expert
+    tensors left unread because another rank holds them (expert parallelism)."""
 
     directory: Path
     tensors: int
@@ -78,6 +85,7 @@ class LoadReport:
     seconds: float = 0.0
     variant: CheckpointVariant = CheckpointVariant.V4
     skipped_drafter: SkippedDrafter | None = None
+    skipped_experts: int = 0
 
 
 @dataclass(frozen=True)
@@ -162,18 +170,53 @@ def check_compatible(
             )
 
 
+_EXPERT_TENSOR = re.compile(r"(.+\.experts)\.(\d+)\.(.+)")
+"""A routed expert's tensor: (its layer's `RoutedExperts` prefix, the expert's index, the rest)."""
+
+
+def _held_experts(model: nn.Module) -> dict[str, ExpertSlice]:
+    """Each routed-experts module's prefix → the global expert ids it holds."""
+    return {prefix: m.ids for prefix, m in model.named_modules() if isinstance(m, RoutedExperts)}
+
+
+def _global_name(name: str, held: Mapping[str, ExpertSlice]) -> str:
+    """A model tensor's checkpoint name: a routed expert's module index made its global expert id."""
+    match = _EXPERT_TENSOR.fullmatch(name)
+    if match is None or match[1] not in held:
+        return name
+    return f"{match[1]}.{held[match[1]].start + int(match[2])}.{match[3]}"
+
+
+def _other_ranks_experts(
+    names: Collection[str], held: Mapping[str, ExpertSlice], n_experts: int
+) -> list[str]:
+    """The checkpoint weights of routed experts (ids below `n_experts`) that the model does not hold."""
+    found = []
+    for name in names:
+        match = _EXPERT_TENSOR.fullmatch(name)
+        if match is not None and match[1] in held:
+            expert, ids = int(match[2]), held[match[1]]
+            if expert < n_experts and not ids.start <= expert < ids.stop:
+                found.append(name)
+    return found
+
+
 def load_weights(model: DeepseekV4Model, checkpoint: Checkpoint) -> LoadReport:
     """Copy every checkpoint tensor into ``model`` (in each parameter's own dtype; a shipped weight's bytes
     as stored), one tensor at a time; closes the checkpoint's mappings when done. A DSpark drafter
     (DeepSeek-V4-Flash-0731) is skipped, and refused when ``model`` has MTP layers it could be mistaken
-    for."""
+    for. A model holding only some routed experts reads only theirs (see the module docstring)."""
     start = time.perf_counter()
     variant = checkpoint.variant.variant
     drafter = _claim_drafter(variant, model, checkpoint)
-    shipped = shipped_targets(model)
+    held = _held_experts(model)
+    shipped = {_global_name(n, held): t for n, t in shipped_targets(model).items()}
     shipped_tensors = {n for w in shipped for n in (w, f"{w.removesuffix('.weight')}.scale")}
-    targets = {n: t for n, t in model.state_dict(keep_vars=True).items() if n not in shipped_tensors}
-    check_compatible(targets, checkpoint, skipped=drafter.names if drafter else (), shipped=shipped)
+    model_tensors = model.state_dict(keep_vars=True).items()
+    targets = {g: t for n, t in model_tensors if (g := _global_name(n, held)) not in shipped_tensors}
+    others = _other_ranks_experts(checkpoint.weights, held, model.args.n_routed_experts)
+    skipped = [*(drafter.names if drafter else ()), *others]
+    check_compatible(targets, checkpoint, skipped=skipped, shipped=shipped)
     if drafter is not None:
         logger.info(drafter.log_line())
     formats: Counter[str] = Counter()
@@ -201,6 +244,7 @@ def load_weights(model: DeepseekV4Model, checkpoint: Checkpoint) -> LoadReport:
         seconds=time.perf_counter() - start,
         variant=variant,
         skipped_drafter=drafter,
+        skipped_experts=len(others),
     )
 
 
@@ -236,13 +280,14 @@ def load_model(
     attn_impl: AttnImpl = "sparse",
     release_after_bytes: int = 64 << 20,
     weights: WeightFormat = "dense",
+    shard: Callable[[DeepseekV4Model], None] | None = None,
 ) -> tuple[DeepseekV4Model, LoadReport]:
     """Build the model config.json describes and load its weights (dequantised to ``dtype``, or with
     ``weights="shipped"`` the FP8/MXFP4 ones kept as stored; norms, sinks, biases and mHC parameters stay
-    float32 as the model keeps them)."""
+    float32 as the model keeps them). ``shard`` is passed to ``allocate_model``."""
     checkpoint = Checkpoint(directory, release_after_bytes=release_after_bytes)
     args = backbone_args(checkpoint.config)
-    model = allocate_model(args, dtype=dtype, attn_impl=attn_impl, weights=weights)
+    model = allocate_model(args, dtype=dtype, attn_impl=attn_impl, weights=weights, shard=shard)
     report = load_weights(model, checkpoint)
     return model.eval(), report
 
@@ -253,15 +298,19 @@ def allocate_model(
     dtype: torch.dtype = torch.float32,
     attn_impl: AttnImpl = "sparse",
     weights: WeightFormat = "dense",
+    shard: Callable[[DeepseekV4Model], None] | None = None,
 ) -> DeepseekV4Model:
     """The model with *uninitialised* parameters allocated once, directly in their final dtypes (no float32
     detour, no random init); buffers computed from ``args`` as usual (shipped weights' buffers allocated
-    once, in their stored formats). Only for filling by ``load_weights``, which refuses a checkpoint that
-    does not cover every parameter."""
+    once, in their stored formats). ``shard`` edits the model on the meta device first (expert parallelism
+    keeps one rank's experts), so only what it leaves is allocated. Only for filling by ``load_weights``,
+    which refuses a checkpoint that does not cover every parameter."""
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):
         model = DeepseekV4Model(args, attn_impl=attn_impl, weights=weights)
+    if shard is not None:
+        shard(model)
     model.cast(dtype)  # on the meta device: decides each parameter's dtype, allocates nothing
     for module in model.modules():
         if isinstance(module, RoutedExperts) and module.stacks.w1.is_meta:

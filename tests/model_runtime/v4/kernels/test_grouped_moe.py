@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks, grouped_moe
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertStacks
+from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe
 from deepscout.model_runtime.v4.kernels.grouped_moe_triton import (
     TileConfig,
     choose_tiles,

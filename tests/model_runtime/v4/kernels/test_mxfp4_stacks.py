@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.grouped_moe import ExpertStacks
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertStacks
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks, quantize
 from deepscout.model_runtime.v4.weights.quant import dequantize_mxfp4, quantize_mxfp4
 

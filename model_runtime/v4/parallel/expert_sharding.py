@@ -1,0 +1,50 @@
+"""One rank's DeepSeek-V4 model under expert parallelism: every dense weight (attention, shared expert,
+norms, embedding, head, mHC) and only its slice of each MoE layer's routed experts.
+
+Each MoE layer keeps the rank's experts (`MoE.shard`), routes every token as the whole model does, runs the
+pairs routed to its experts, adds the shared expert on rank 0 only and sums the ranks' outputs with one
+all-reduce, so every rank ends each layer with the same hidden states (and the same logits).
+Loading builds the model on the meta device, shards it there, then allocates and reads only what the rank
+holds from the official-format shards, tensor by tensor (`weights/loader.py`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from deepscout.model_runtime.v4.model.attention import AttnImpl
+from deepscout.model_runtime.v4.model.moe import ExpertParallelism, MoE
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import WeightFormat
+from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
+from deepscout.model_runtime.v4.weights.loader import LoadReport, load_model
+
+
+def shard_experts(model: DeepseekV4Model, group: RankGroup) -> None:
+    """Make every MoE layer of `model` (MTP layers too) compute `group`'s rank's part (in place)."""
+    parallelism = ExpertParallelism(
+        experts=group.experts(model.args.n_routed_experts),
+        adds_shared=group.rank == 0,
+        reduce=group.all_reduce_sum,
+    )
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.shard(parallelism)
+
+
+def load_sharded_model(
+    directory: str | Path,
+    group: RankGroup,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_impl: AttnImpl = "sparse",
+    weights: WeightFormat = "dense",
+) -> tuple[DeepseekV4Model, LoadReport]:
+    """This rank's model from a checkpoint directory (its experts and the dense weights read, nothing
+    else), on the rank's device."""
+    shard = partial(shard_experts, group=group)
+    model, report = load_model(directory, dtype=dtype, attn_impl=attn_impl, weights=weights, shard=shard)
+    return model.to(group.device), report

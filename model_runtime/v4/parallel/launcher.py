@@ -1,0 +1,120 @@
+"""Start expert-parallel DeepSeek-V4 on the devices of one machine and serve it from this process.
+
+`launch` reads config.json (refusing a world size that does not divide the routed experts), spawns one
+process per rank beyond the first (torch.multiprocessing, "spawn"), and becomes rank 0 itself: every rank
+joins the process group through a rendezvous file, loads its shard of the checkpoint onto its device and
+builds the same engine; ranks 1.. then `follow` rank 0, and this process returns the `LockstepEngine`
+serving `generate()` (inside `Launched`, whose `close` shuts the ranks down and joins them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from deepscout.model_runtime.v4.engine import Engine, EngineConfig
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl, default_impl
+from deepscout.model_runtime.v4.model.attention import AttnImpl
+from deepscout.model_runtime.v4.model_config import WeightFormat
+from deepscout.model_runtime.v4.parallel.expert_sharding import load_sharded_model
+from deepscout.model_runtime.v4.parallel.lockstep_engine import LockstepEngine, follow
+from deepscout.model_runtime.v4.parallel.rank_group import RankGroup, expert_slice
+from deepscout.model_runtime.v4.weights.loader import backbone_args
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a rank needs (picklable): the checkpoint, one device per rank (rank r on `devices[r]`;
+    all CUDA or all CPU), how to load and run the model, the engine settings (their device replaced by the
+    rank's), the rendezvous file (not yet existing) and the collectives' timeout; `cpu_threads` caps each
+    rank's intra-op threads (None: torch's default)."""
+
+    directory: Path
+    devices: tuple[str, ...]
+    engine: EngineConfig
+    rendezvous: Path
+    dtype: torch.dtype = torch.float32
+    weights: WeightFormat = "dense"
+    attn_impl: AttnImpl = "sparse"
+    kernels: KernelImpl | None = None
+    timeout_s: float = 600.0
+    cpu_threads: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        return len(self.devices)
+
+
+@dataclass
+class Launched:
+    """Rank 0's engine and the processes of the other ranks."""
+
+    engine: LockstepEngine
+    processes: list[SpawnProcess] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Shut every rank down: end the followers' loops, leave the process group with them, join them."""
+        self.engine.close()
+        self.engine.group.leave()
+        for process in self.processes:
+            process.join()
+        failed = [p.exitcode for p in self.processes if p.exitcode]
+        if failed:
+            raise RuntimeError(f"expert-parallel ranks exited with codes {failed}")
+
+    def __enter__(self) -> Launched:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def launch(spec: LaunchSpec) -> Launched:
+    """Start every rank of `spec` and return rank 0's engine (this process is rank 0)."""
+    config = json.loads((spec.directory / "config.json").read_text())
+    expert_slice(backbone_args(config).n_routed_experts, rank=0, world_size=spec.world_size)
+    if len({torch.device(d).type for d in spec.devices}) != 1:
+        raise ValueError(f"the ranks' devices must be all CUDA or all CPU, got {list(spec.devices)}")
+    context = mp.get_context("spawn")
+    processes = [context.Process(target=_follower, args=(rank, spec)) for rank in range(1, spec.world_size)]
+    for process in processes:
+        process.start()
+    try:
+        return Launched(LockstepEngine(*_rank_engine(0, spec)), processes)
+    except BaseException:
+        for process in processes:
+            process.terminate()
+            process.join()
+        raise
+
+
+def _rank_engine(rank: int, spec: LaunchSpec) -> tuple[Engine, RankGroup]:
+    """Join the group as `rank`, load its shard and build its engine."""
+    if spec.cpu_threads is not None:
+        torch.set_num_threads(spec.cpu_threads)
+    device = torch.device(spec.devices[rank])
+    group = RankGroup.join(
+        rank=rank,
+        world_size=spec.world_size,
+        device=device,
+        rendezvous=spec.rendezvous,
+        timeout_s=spec.timeout_s,
+    )
+    model, _report = load_sharded_model(
+        spec.directory, group, dtype=spec.dtype, attn_impl=spec.attn_impl, weights=spec.weights
+    )
+    model.kernels = spec.kernels or default_impl(device)
+    config = spec.engine.model_copy(update={"device": spec.devices[rank]})
+    return Engine(model, config), group
+
+
+def _follower(rank: int, spec: LaunchSpec) -> None:
+    """A spawned rank's life: join, load, follow rank 0 until it closes, leave."""
+    engine, group = _rank_engine(rank, spec)
+    follow(engine, group)
+    group.leave()

@@ -1,0 +1,87 @@
+"""One rank of an expert-parallel process group: its rank, the world size, its device and the backend.
+
+The facts are decided at the entry point and passed down explicitly (nothing below reads the environment
+or a global). The backend follows the device: NCCL on CUDA, gloo on CPU; the same code runs on both. Rank
+`r` of `W` holds the routed experts `[r*E/W, (r+1)*E/W)` of every MoE layer (`expert_slice`), which needs
+`E` divisible by `W`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
+
+Backend = Literal["nccl", "gloo"]
+
+
+def backend_for(device: torch.device) -> Backend:
+    """NCCL for CUDA devices, gloo for CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def expert_slice(n_experts: int, *, rank: int, world_size: int) -> ExpertSlice:
+    """The routed experts rank `rank` of `world_size` holds: an equal contiguous share."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not within a world of {world_size}")
+    if n_experts % world_size:
+        raise ValueError(
+            f"expert parallelism needs n_routed_experts ({n_experts}) divisible by the world size "
+            f"({world_size})"
+        )
+    count = n_experts // world_size
+    return ExpertSlice(rank * count, count)
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """This process's place in the (default) process group, once `join`ed."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    backend: Backend
+
+    @classmethod
+    def join(
+        cls, *, rank: int, world_size: int, device: torch.device, rendezvous: Path, timeout_s: float
+    ) -> RankGroup:
+        """Join the process group through the file `rendezvous` (all ranks name the same, not yet existing
+        file); blocks until every rank has joined."""
+        backend = backend_for(device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL and its object collectives use the current device
+        dist.init_process_group(
+            backend,
+            init_method=rendezvous.resolve().as_uri(),
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+        return cls(rank, world_size, device, backend)
+
+    def leave(self) -> None:
+        """Tear the process group down: every rank calls it, and it returns once all have."""
+        dist.barrier()  # no rank tears its connections down while another still uses them
+        dist.destroy_process_group()
+
+    def experts(self, n_experts: int) -> ExpertSlice:
+        """This rank's routed experts of a layer with `n_experts`."""
+        return expert_slice(n_experts, rank=self.rank, world_size=self.world_size)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over the ranks, in place (every rank gets the same sum); returns it."""
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast(self, message: object) -> object:
+        """Rank 0's `message` on every rank (pickled; the other ranks pass None)."""
+        box = [message]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]

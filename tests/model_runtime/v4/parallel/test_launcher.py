@@ -1,0 +1,96 @@
+"""Expert parallelism end to end over 2 ranks (gloo on CPU; NCCL on 2 GPUs): launched from a checkpoint
+directory, rank 0 serving, the logits and the greedy and seeded tokens are the single-process engine's;
+cancels and deadlines stop requests on every rank at the same step; a world size that does not divide the
+experts is refused before any process starts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepscout.model_runtime.v4.engine import (
+    Engine,
+    EngineConfig,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+)
+from deepscout.model_runtime.v4.model_config import WeightFormat
+from deepscout.model_runtime.v4.parallel.launcher import LaunchSpec, launch
+from deepscout.model_runtime.v4.weights.loader import load_model
+from tests.model_runtime.v4.conftest import new_cache
+from tests.model_runtime.v4.parallel.conftest import ARGS, PROMPT
+
+CONFIG = EngineConfig(num_blocks=16, prefix_caching=False, cuda_graphs=False)
+
+
+def _requests() -> list[GenerationRequest]:
+    return [
+        GenerationRequest(prompt_ids=PROMPT, max_new_tokens=6, return_prompt_logits=True),
+        GenerationRequest(prompt_ids=PROMPT[:17], max_new_tokens=5, sampling=SamplingParams(0.8, seed=3)),
+    ]
+
+
+def _spec(directory: Path, tmp_path: Path, devices: tuple[str, ...], weights: WeightFormat) -> LaunchSpec:
+    engine = CONFIG.model_copy(update={"cuda_graphs": devices[0].startswith("cuda")})
+    return LaunchSpec(
+        directory=directory,
+        devices=devices,
+        engine=engine,
+        rendezvous=tmp_path / "rendezvous",
+        weights=weights,
+        timeout_s=120,
+        cpu_threads=1,
+    )
+
+
+def _check_against_single_process(spec: LaunchSpec) -> None:
+    device = torch.device(spec.devices[0])
+    single, _ = load_model(spec.directory, weights=spec.weights)
+    single = single.to(device)
+    with torch.no_grad():
+        forward = single(torch.tensor([PROMPT], device=device), [new_cache(ARGS)])[0].float()
+    expected = Engine(single, spec.engine.model_copy(update={"device": spec.devices[0]})).generate(
+        _requests()
+    )
+    del single
+    with launch(spec) as launched:
+        got = launched.engine.generate(_requests())
+        cancelled = GenerationRequest(prompt_ids=PROMPT, max_new_tokens=50, cancel=threading.Event())
+        late = GenerationRequest(prompt_ids=PROMPT, max_new_tokens=50, deadline=time.monotonic() - 1)
+        ids = [launched.engine.add_request(r) for r in (cancelled, late)]
+        stopped = {out.request_id: out.finish_reason for out in launched.engine.step() if out.finished}
+        assert cancelled.cancel is not None
+        cancelled.cancel.set()
+        while launched.engine.has_unfinished():
+            stopped |= {out.request_id: out.finish_reason for out in launched.engine.step() if out.finished}
+    assert stopped == {ids[0]: FinishReason.CANCELLED, ids[1]: FinishReason.DEADLINE}
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert got[0].prompt_logits is not None and expected[0].prompt_logits is not None
+    torch.testing.assert_close(got[0].prompt_logits.cpu(), forward.cpu(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[0].prompt_logits, expected[0].prompt_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", ["dense", "shipped"])
+def test_two_ranks_on_gloo_match_one_process(
+    checkpoint_dir: Path, tmp_path: Path, weights: WeightFormat
+) -> None:
+    _check_against_single_process(_spec(checkpoint_dir, tmp_path, ("cpu", "cpu"), weights))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_ranks_on_nccl_match_one_process(checkpoint_dir: Path, tmp_path: Path) -> None:
+    _check_against_single_process(_spec(checkpoint_dir, tmp_path, ("cuda:0", "cuda:1"), "shipped"))
+
+
+def test_a_world_size_that_does_not_divide_the_experts_is_refused(
+    checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    spec = _spec(checkpoint_dir, tmp_path, ("cpu", "cpu", "cpu"), "dense")
+    with pytest.raises(ValueError, match=r"n_routed_experts \(8\) divisible by the world size \(3\)"):
+        launch(spec)
