@@ -12,9 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from deepscout.cli import app
+from deepscout.model_runtime.v4 import runtime as runtime_module
 from deepscout.model_runtime.v4.checkpoint_run import greedy_generate
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
-from deepscout.model_runtime.v4.weights.synthetic import make_synthetic_checkpoint
+from deepscout.model_runtime.v4.model_config import LayerKind, tiny
+from deepscout.model_runtime.v4.weights.synthetic import make_synthetic_checkpoint, write_checkpoint
+from deepscout.settings import V4Settings
 
 runner = CliRunner()
 
@@ -131,3 +134,37 @@ def test_text_needs_a_tokenizer(written: tuple[Path, DeepseekV4Model], tmp_path:
 def test_make_synthetic_rejects_unknown_layer_kinds(tmp_path: Path) -> None:
     result = runner.invoke(app, ["v4", "make-synthetic", str(tmp_path), "--layers", "sliding,dense"])
     assert result.exit_code == 2 and "--layers takes sliding, csa, hca" in result.output
+
+
+@pytest.fixture(scope="module")
+def shipped_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint whose shapes a shipped-format model takes (whole 128-row FP8 blocks per wo_a group)."""
+    directory = tmp_path_factory.mktemp("v4_shipped_cli")
+    args = tiny((LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA), o_lora_rank=128, sliding_window=16)
+    write_checkpoint(DeepseekV4Model.random(args, seed=2), directory, max_shard_bytes=1 << 20)
+    return directory
+
+
+def test_cli_and_runtime_take_the_weight_format(
+    shipped_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`deepscout v4 run --weights shipped` generates what the dense load generates; DEEPSCOUT_V4_WEIGHTS
+    reaches the loader a `deepseek-v4:PATH` spec starts."""
+    outputs = []
+    for weights in ("dense", "shipped"):
+        args = [str(shipped_checkpoint), "--prompt-ids", "5,17,200,42", "--max-new-tokens", "4", "--json"]
+        result = runner.invoke(app, ["v4", "run", *args, "--weights", weights])
+        assert result.exit_code == 0, result.output
+        outputs.append(json.loads(result.stdout.strip().splitlines()[-1])["new_ids"])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 4
+
+    asked: list[str] = []
+
+    def load(directory: Path, **options: object) -> tuple[DeepseekV4Model, object]:
+        asked.append(str(options["weights"]))
+        raise RuntimeError("loaded")
+
+    monkeypatch.setattr(runtime_module, "load_model", load)
+    with pytest.raises(RuntimeError, match="loaded"):
+        runtime_module.load_runtime(str(shipped_checkpoint), V4Settings(weights="shipped"))
+    assert asked == ["shipped"]

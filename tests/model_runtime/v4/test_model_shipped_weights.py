@@ -12,10 +12,7 @@ from typing import cast
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from deepscout.cli import app
-from deepscout.model_runtime.v4 import runtime as runtime_module
 from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
@@ -29,7 +26,6 @@ from deepscout.model_runtime.v4.weights.loader import load_model, shipped_target
 from deepscout.model_runtime.v4.weights.quant import QuantizedTensor, dequantize_fp8_block
 from deepscout.model_runtime.v4.weights.safetensors_stream import INDEX_FILE
 from deepscout.model_runtime.v4.weights.synthetic import official_storage, write_checkpoint
-from deepscout.settings import V4Settings
 
 # tiny, with each wo_a group whole 128-row FP8 blocks; everything else tiny's (ragged FP8 edge blocks)
 ARGS = tiny((LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA), o_lora_rank=128, sliding_window=16)
@@ -163,29 +159,3 @@ def test_dense_model_is_unchanged_by_the_switch() -> None:
     model = DeepseekV4Model.random(ARGS, seed=1)
     assert model.weight_format == "dense" and not shipped_targets(model)
     assert not any(t.dtype in (torch.uint8, torch.float8_e4m3fn) for t in model.state_dict().values())
-
-
-def test_cli_and_runtime_take_the_weight_format(
-    checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`deepscout v4 run --weights shipped` generates what the dense load generates; DEEPSCOUT_V4_WEIGHTS
-    reaches the loader a `deepseek-v4:PATH` spec starts."""
-    runner = CliRunner()
-    outputs = []
-    for weights in ("dense", "shipped"):
-        args = [str(checkpoint_dir), "--prompt-ids", "5,17,200,42", "--max-new-tokens", "4", "--json"]
-        result = runner.invoke(app, ["v4", "run", *args, "--weights", weights])
-        assert result.exit_code == 0, result.output
-        outputs.append(json.loads(result.stdout.strip().splitlines()[-1])["new_ids"])
-    assert outputs[0] == outputs[1] and len(outputs[0]) == 4
-
-    asked: list[str] = []
-
-    def load(directory: Path, **options: object) -> tuple[DeepseekV4Model, object]:
-        asked.append(str(options["weights"]))
-        raise RuntimeError("loaded")
-
-    monkeypatch.setattr(runtime_module, "load_model", load)
-    with pytest.raises(RuntimeError, match="loaded"):
-        runtime_module.load_runtime(str(checkpoint_dir), V4Settings(weights="shipped"))
-    assert asked == ["shipped"]
