@@ -105,16 +105,18 @@ def main() -> None:
     runtime = load_runtime("random-tiny", V4Settings())
     fields: dict[str, Any] = {"model_name": "deepseek-v4:random-tiny", "max_new_tokens": 8}
     shared = EmbeddedV4ChatModel.from_runtime(runtime, **fields)
-    no_cache_engine = Engine(
-        runtime.model, EngineConfig.model_validate({"num_blocks": 512, "prefix_caching": False})
-    )
-    no_cache = V4Runtime(
-        runtime.model, runtime.tokenizer, no_cache_engine, context_window=runtime.context_window
-    )
+
+    def runtime_without_sessions(prefix_caching: bool) -> V4Runtime:
+        """The same model on an engine that keeps no idle sessions (the router cannot continue one)."""
+        options = {"num_blocks": 512, "max_idle_sessions": 0, "prefix_caching": prefix_caching}
+        engine = Engine(runtime.model, EngineConfig.model_validate(options))
+        return V4Runtime(runtime.model, runtime.tokenizer, engine, context_window=runtime.context_window)
+
+    prefix_only, no_reuse = runtime_without_sessions(True), runtime_without_sessions(False)
     modes = {
         "session": lambda: shared,
-        "prefix cache": lambda: EmbeddedV4ChatModel.from_runtime(runtime, **fields),
-        "no reuse": lambda: EmbeddedV4ChatModel.from_runtime(no_cache, **fields),
+        "prefix cache": lambda: EmbeddedV4ChatModel.from_runtime(prefix_only, **fields),
+        "no reuse": lambda: EmbeddedV4ChatModel.from_runtime(no_reuse, **fields),
     }
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
