@@ -71,6 +71,16 @@ def smollm2_chat_model():
     return load_chat_model("smollm2", settings=shared)
 
 
+@pytest.fixture
+def own_smollm2(smollm2_chat_model):
+    """``own_smollm2()``: a SmolLM2 chat model of its own (its own generator thread), for a server that
+    closes its models when it stops; the shared one stays open for the other tests."""
+    from deepscout.model_runtime.chat import load_chat_model
+    from deepscout.settings import Settings
+
+    return lambda: load_chat_model("smollm2", settings=Settings())
+
+
 ServeOnLoopback = Callable[[type[ThreadingHTTPServer], type[BaseHTTPRequestHandler]], str]
 
 

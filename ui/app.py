@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, registry: BackendRegistry | None = None) -
             yield
         finally:
             jobs.close()
+            models.close()
             database.dispose()
 
     app = FastAPI(

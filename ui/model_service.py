@@ -49,6 +49,15 @@ class ModelService:
             )
         return name
 
+    def close(self) -> None:
+        """Close every model loaded so far (their generation threads stop): the server's last step. The
+        models are the service's own (each spec loaded by it, once)."""
+        for spec in self.served:
+            with self._locks[spec]:
+                model = self._models.pop(spec, None)
+            if model is not None:
+                model.close()
+
     def get(self, name: str) -> ChatModel:
         """The loaded model ``name`` (loading it now if it is the first use). Blocks while loading."""
         spec = self.require(name)

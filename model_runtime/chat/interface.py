@@ -101,6 +101,11 @@ class ChatModel(BaseChatModel):
         """
         return False
 
+    def close(self) -> None:
+        """Release what the model holds beyond the process's memory (an embedded backend's generation
+        thread); calls after it fail. Nothing by default. Copies share what they hold, so closing one
+        closes them all: the owner closes, once, when done with the model (the server at shutdown)."""
+
     @property
     def _llm_type(self) -> str:
         return self.backend_type

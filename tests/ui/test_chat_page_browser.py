@@ -139,13 +139,13 @@ def test_with_tokens_the_page_uses_the_token_given_and_shows_only_its_threads(
 
 @pytest.mark.slow
 def test_the_page_runs_a_question_on_the_embedded_smollm2(
-    page, serve_app, tmp_path, corpus, smollm2_chat_model
+    page, serve_app, tmp_path, corpus, own_smollm2
 ) -> None:
     from deepscout.model_runtime.chat import BackendRegistry
     from deepscout.settings import Settings
 
     registry = BackendRegistry()
-    registry.register("smollm2", lambda argument, settings: smollm2_chat_model, takes_argument=False)
+    registry.register("smollm2", lambda argument, settings: own_smollm2(), takes_argument=False)
     url = serve_app(Settings(home=tmp_path / "home", model="smollm2"), registry)
     page.goto(url)
     ask(page, "Who wrote Dracula?")

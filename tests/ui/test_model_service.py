@@ -10,6 +10,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 from deepscout.model_runtime.chat import BackendRegistry, usage_of
 from deepscout.model_runtime.chat.backends.embedded_v4 import EmbeddedV4ChatModel
+from deepscout.model_runtime.v4.engine_loop import EngineClosedError
 from deepscout.settings import Settings
 from deepscout.ui.http_errors import ApiError
 from deepscout.ui.model_service import ModelService
@@ -34,7 +35,11 @@ def test_concurrent_sessions_share_one_model_and_its_batched_steps(settings: Set
     tokens = sum(usage_of(reply).output_tokens for reply in replies)
     assert tokens == 6 * 8
     assert engine.steps - before <= tokens // 3
-    model.runtime.close()
+
+    service.close()  # the server's shutdown: the engine thread stops and later calls fail in one line
+    assert service.loaded() == []
+    with pytest.raises(EngineClosedError):
+        model.invoke(sessions[0], max_new_tokens=2)
 
     with pytest.raises(ApiError, match="not served"):
         service.get("deepseek-v4:/some/path")

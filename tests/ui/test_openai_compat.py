@@ -91,16 +91,14 @@ def _check_model(client: OpenAI, name: str) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_and_the_v4_runtime_serve_openai_clients(
-    serve_app, tmp_path, corpus, smollm2_chat_model
-) -> None:
+def test_smollm2_and_the_v4_runtime_serve_openai_clients(serve_app, tmp_path, corpus, own_smollm2) -> None:
     settings = Settings(
         home=tmp_path / "home",
         model="smollm2",
         server=ServerSettings(models=["smollm2", "deepseek-v4:random-tiny"]),
     )
     registry = BackendRegistry()
-    registry.register("smollm2", lambda argument, settings: smollm2_chat_model, takes_argument=False)
+    registry.register("smollm2", lambda argument, settings: own_smollm2(), takes_argument=False)
     client = client_for(serve_app(settings, registry))
     agent = client.chat.completions.create(
         model="deepscout-agent", messages=[{"role": "user", "content": "Who wrote Dracula?"}]

@@ -140,6 +140,10 @@ class EmbeddedHFChatModel(EmbeddedChatModel[_HFPlan]):
         """The batched generator this model's calls run on (shared by its copies)."""
         return self._generator
 
+    def close(self) -> None:
+        """Stop the generator's thread (its calls in flight fail)."""
+        self._generator.close()
+
     @property
     def serves_threads_concurrently(self) -> bool:
         """True: concurrent calls decode together in the generator's batched steps."""

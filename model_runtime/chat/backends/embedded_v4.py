@@ -102,6 +102,10 @@ class EmbeddedV4ChatModel(EmbeddedChatModel[_V4Plan]):
     def runtime(self) -> V4Runtime:
         return self._runtime
 
+    def close(self) -> None:
+        """Stop the runtime's engine thread (its requests in flight fail)."""
+        self._runtime.close()
+
     @property
     def serves_threads_concurrently(self) -> bool:
         """True: concurrent calls decode together in the engine's batched steps."""

@@ -18,6 +18,7 @@ from transformers import LlamaForCausalLM
 from deepscout.model_runtime.chat import GenerationCancelled, GenerationDeadlineExceeded, usage_of
 from deepscout.model_runtime.chat.backends.embedded_hf import EmbeddedHFChatModel
 from deepscout.model_runtime.chat.backends.hf_batch import HFGenerator
+from deepscout.model_runtime.chat.exceptions import ChatModelError
 from deepscout.model_runtime.chat.interface import GenerationControl
 
 PROMPTS = [[5, 6, 7], [9] * 11, [3, 1, 4, 1, 5, 9, 2, 6], [42], [8, 8, 2, 30, 31, 7]]
@@ -104,3 +105,12 @@ def test_smollm2_concurrent_chat_calls_batch_with_sequential_replies(
     assert steps <= tokens // 2, f"{steps} decode steps for {tokens} tokens: the calls did not batch"
     sequential = [model.invoke(messages) for messages in conversations]
     assert [r.content for r in together] == [r.content for r in sequential]
+
+
+def test_a_closed_generator_refuses_calls(tiny_llama: LlamaForCausalLM) -> None:
+    """The server's shutdown on an embedded HF model: its thread stops, later calls fail in a line."""
+    generator = _generator(tiny_llama)
+    assert _run(generator, PROMPTS[0], 2)
+    generator.close()
+    with pytest.raises(ChatModelError, match="closed"):
+        _run(generator, PROMPTS[0], 2)
