@@ -60,12 +60,14 @@ class Launched:
     def close(self) -> None:
         """Shut every rank down: end the followers' loops, leave the process group with them, join them."""
         self.engine.close()
-        self.engine.group.leave()
-        for process in self.processes:
-            process.join()
+        self.engine.group.leave(after_barrier=self._join)
         failed = [p.exitcode for p in self.processes if p.exitcode]
         if failed:
             raise RuntimeError(f"expert-parallel ranks exited with codes {failed}")
+
+    def _join(self) -> None:
+        for process in self.processes:
+            process.join()
 
     def __enter__(self) -> Launched:
         return self

@@ -8,6 +8,7 @@ or a global). The backend follows the device: NCCL on CUDA, gloo on CPU; the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -66,9 +67,13 @@ class RankGroup:
         )
         return cls(rank, world_size, device, backend)
 
-    def leave(self) -> None:
-        """Tear the process group down: every rank calls it, and it returns once all have."""
+    def leave(self, *, after_barrier: Callable[[], None] | None = None) -> None:
+        """Tear the process group down: every rank calls it, and it returns once all have. Rank 0 passes
+        `after_barrier` to wait for the other ranks' processes to end before it closes its own side:
+        a rank whose peer closes the connections while it is still tearing down aborts."""
         dist.barrier()  # no rank tears its connections down while another still uses them
+        if after_barrier is not None:
+            after_barrier()
         dist.destroy_process_group()
 
     def experts(self, n_experts: int) -> ExpertSlice:
