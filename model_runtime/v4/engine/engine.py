@@ -49,6 +49,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence as Seq
+from typing import Protocol
 
 import torch
 
@@ -71,6 +72,25 @@ class CapacityError(DeepscoutError, ValueError):
 
 class UnknownRequestError(DeepscoutError, KeyError):
     """No request with this id is known to the engine."""
+
+
+class Steppable(Protocol):
+    """What `run_to_completion` drives: the engine's request API (`Engine`, or one over several ranks)."""
+
+    def add_request(self, request: GenerationRequest) -> str: ...
+
+    def step(self) -> list[RequestOutput]: ...
+
+
+def run_to_completion(engine: Steppable, requests: Seq[GenerationRequest]) -> list[RequestOutput]:
+    """Add the requests and step until all of them finish; final outputs in request order."""
+    ids = [engine.add_request(r) for r in requests]
+    final: dict[str, RequestOutput] = {}
+    while len(final) < len(ids):
+        for out in engine.step():
+            if out.finished:
+                final[out.request_id] = out
+    return [final[i] for i in ids if i in final]
 
 
 class Engine:
@@ -149,13 +169,7 @@ class Engine:
 
     def generate(self, requests: Seq[GenerationRequest]) -> list[RequestOutput]:
         """Add the requests and step until all of them finish; final outputs in request order."""
-        ids = [self.add_request(r) for r in requests]
-        final: dict[str, RequestOutput] = {}
-        while len(final) < len(ids):
-            for out in self.step():
-                if out.finished:
-                    final[out.request_id] = out
-        return [final[i] for i in ids if i in final]
+        return run_to_completion(self, requests)
 
     # ------------------------------------------------------------------ internals
     def _run(self, chunks: list[Chunk]) -> None:

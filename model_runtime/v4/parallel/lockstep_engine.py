@@ -29,6 +29,7 @@ from deepscout.model_runtime.v4.engine import (
     RequestOutput,
     UnknownRequestError,
 )
+from deepscout.model_runtime.v4.engine.engine import run_to_completion
 from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
 
 
@@ -132,13 +133,7 @@ class LockstepEngine:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[RequestOutput]:
         """Add the requests and step until all of them finish; final outputs in request order."""
-        ids = [self.add_request(r) for r in requests]
-        final: dict[str, RequestOutput] = {}
-        while len(final) < len(ids):
-            for out in self.step():
-                if out.finished:
-                    final[out.request_id] = out
-        return [final[i] for i in ids if i in final]
+        return run_to_completion(self, requests)
 
     def close(self) -> None:
         """End the followers' loops (once)."""
