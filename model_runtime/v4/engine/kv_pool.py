@@ -15,7 +15,6 @@ entries already written are ever read, and on the CPU pages become resident as b
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 
 import torch
 
@@ -31,27 +30,29 @@ class KvFormatError(DeepscoutError, ValueError):
     """A storage format that does not fit the model's shapes (the message names the fix)."""
 
 
-class EntryStorage(ABC):
-    """Preallocated `[num_blocks, per_block, dim]` rows in some format; addressed by (block, offset)."""
+class EntryStorage:
+    """Preallocated `[num_blocks, per_block, dim]` rows in some format; addressed by (block, offset). The
+    subclasses allocate; the format's read and quantising write are the `PagedKeys` they hold."""
 
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
+    def __init__(self, keys: PagedKeys) -> None:
+        self.keys = keys
+        self.dim = keys.dim
 
-    @abstractmethod
     def paged_keys(self) -> PagedKeys:
         """The stored tensors as the kernels read them (and as `read`/`write` address them)."""
+        return self.keys
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.paged_keys().tensors
+        return self.keys.tensors
 
     def write(self, blocks: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor) -> None:
         """Store `rows` `[n, dim]` at (`blocks[i]`, `offsets[i]`), quantised on the storage's device."""
-        self.paged_keys().write(blocks, offsets, rows)
+        self.keys.write(blocks, offsets, rows)
 
     def read(self, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Rows at (`blocks`, `offsets`) (any equal shapes `[...]`) as `[..., dim]`."""
-        return self.paged_keys().read(blocks, offsets)
+        return self.keys.read(blocks, offsets)
 
     @property
     def nbytes(self) -> int:
@@ -61,35 +62,24 @@ class EntryStorage(ABC):
 
 class PlainStorage(EntryStorage):
     def __init__(self, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__(shape[2])
-        self.data = torch.empty(shape, dtype=dtype, device=device)
-
-    def paged_keys(self) -> PagedKeys:
-        return PagedKeys("plain", self.data)
+        super().__init__(PagedKeys("plain", torch.empty(shape, dtype=dtype, device=device)))
 
 
 class Fp8RopeStorage(EntryStorage):
     """FP8 e4m3 for the leading (nope) dims, BF16 for the trailing `rope_dim` dims."""
 
     def __init__(self, shape: tuple[int, int, int], rope_dim: int, device: torch.device) -> None:
-        super().__init__(shape[2])
         blocks, per_block, dim = shape
-        self.nope = torch.empty(blocks, per_block, dim - rope_dim, dtype=torch.float8_e4m3fn, device=device)
-        self.rope = torch.empty(blocks, per_block, rope_dim, dtype=torch.bfloat16, device=device)
-
-    def paged_keys(self) -> PagedKeys:
-        return PagedKeys("fp8_rope", self.nope, rope=self.rope)
+        nope = torch.empty(blocks, per_block, dim - rope_dim, dtype=torch.float8_e4m3fn, device=device)
+        rope = torch.empty(blocks, per_block, rope_dim, dtype=torch.bfloat16, device=device)
+        super().__init__(PagedKeys("fp8_rope", nope, rope=rope))
 
 
 class Fp8Storage(EntryStorage):
     """Whole rows in FP8 e4m3 (no scale: the rows are RMS-normalised)."""
 
     def __init__(self, shape: tuple[int, int, int], device: torch.device) -> None:
-        super().__init__(shape[2])
-        self.data = torch.empty(shape, dtype=torch.float8_e4m3fn, device=device)
-
-    def paged_keys(self) -> PagedKeys:
-        return PagedKeys("fp8", self.data)
+        super().__init__(PagedKeys("fp8", torch.empty(shape, dtype=torch.float8_e4m3fn, device=device)))
 
 
 class Mxfp4Storage(EntryStorage):
@@ -102,12 +92,9 @@ class Mxfp4Storage(EntryStorage):
                 f"FP4 indexer keys need index_head_dim % {FP4_BLOCK} == 0 (got {dim}); "
                 "use indexer_format='fp8'"
             )
-        super().__init__(dim)
-        self.packed = torch.empty(blocks, per_block, dim // 2, dtype=torch.uint8, device=device)
-        self.scale = torch.empty(blocks, per_block, dim // FP4_BLOCK, dtype=torch.uint8, device=device)
-
-    def paged_keys(self) -> PagedKeys:
-        return PagedKeys("mxfp4", self.packed, self.scale)
+        packed = torch.empty(blocks, per_block, dim // 2, dtype=torch.uint8, device=device)
+        scale = torch.empty(blocks, per_block, dim // FP4_BLOCK, dtype=torch.uint8, device=device)
+        super().__init__(PagedKeys("mxfp4", packed, scale))
 
 
 def block_tokens(args: ModelArgs) -> int:
