@@ -4,14 +4,19 @@
 `graphs=True`, over replays of `fn` captured in a CUDA graph, which leaves Python's launch overhead out, as
 the decode path runs), one wall-clock run on the CPU. `ceilings(device)`: the copy rate (bytes read +
 written per second, a device-to-device copy of 1 GiB) and the bf16 matmul rate (FLOP/s, 8192³), both on
-random data; zeros on the CPU, where the benchmarks only check that they run.
+random data; zeros on the CPU, where the benchmarks only check that they run. `write_report(path, ...)`:
+the kernel benchmarks' JSON (the device, torch, the ceilings and the rows), written and named.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,3 +50,23 @@ def ceilings(device: torch.device) -> Ceilings:
     b = torch.randn(8192, 8192, device=device).to(torch.bfloat16)
     mm_s = timed(lambda: a @ b, device)
     return Ceilings(2 * src.nbytes / copy_s, 2 * 8192**3 / mm_s)
+
+
+def write_report(
+    path: Path, *, benchmark: str, device: torch.device, rates: Ceilings, results: list[Any], **extra: Any
+) -> None:
+    """Write a kernel benchmark's JSON to `path`: what ran where (`extra`: e.g. the shapes), the ceilings
+    measured beside it and its result rows."""
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
+    report = {
+        "benchmark": benchmark,
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        **extra,
+        "ceilings": asdict(rates),
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

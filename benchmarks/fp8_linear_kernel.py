@@ -19,16 +19,14 @@ Prints a table and writes `benchmarks/results/fp8_linear_kernel.json` (or `--jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from device_rates import Ceilings, ceilings, timed
+from device_rates import Ceilings, ceilings, timed, write_report
 
 from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear_reference
 from deepscout.model_runtime.v4.weights.quant import dequantize_fp8_block, quantize_fp8_block
@@ -207,18 +205,7 @@ def main() -> None:
             f"{r['x_floor'] or '-':>8} {r['weight_tb_per_s']:>7} {r['tflop_per_s']:>8} "
             f"{r['max_rel_diff_vs_reference']:>9.2e}"
         )
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-    report = {
-        "benchmark": "fp8_linear_kernel",
-        "device": str(device),
-        "device_name": device_name,
-        "torch": torch.__version__,
-        "ceilings": asdict(rates),
-        "results": results,
-    }
-    opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {opts.json}")
+    write_report(opts.json, benchmark="fp8_linear_kernel", device=device, rates=rates, results=results)
 
 
 if __name__ == "__main__":

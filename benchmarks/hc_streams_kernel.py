@@ -16,16 +16,13 @@ Prints a table and writes `benchmarks/results/hc_streams_kernel.json` (or `--jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from device_rates import ceilings, timed
+from device_rates import ceilings, timed, write_report
 
 from deepscout.model_runtime.v4.kernels.hc_streams import hc_collapse, hc_merge, hc_premix
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
@@ -136,19 +133,14 @@ def main() -> None:
             f"{r['floor_ms']:>9} {r['x_floor'] or '-':>8} {r['gb_per_s']:>8} "
             f"{r['max_rel_diff_vs_reference']:>9.2e}"
         )
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-    report = {
-        "benchmark": "hc_streams_kernel",
-        "device": str(device),
-        "device_name": device_name,
-        "torch": torch.__version__,
-        "shape": {"hc": HC, "hidden": dim, "mix": MIX, "sinkhorn_iters": SINKHORN_ITERS},
-        "ceilings": asdict(rates),
-        "results": rows,
-    }
-    opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {opts.json}")
+    write_report(
+        opts.json,
+        benchmark="hc_streams_kernel",
+        device=device,
+        rates=rates,
+        results=rows,
+        shape={"hc": HC, "hidden": dim, "mix": MIX, "sinkhorn_iters": SINKHORN_ITERS},
+    )
 
 
 if __name__ == "__main__":

@@ -21,15 +21,13 @@ Prints a table and writes `benchmarks/results/moe_kernel.json` (or `--json PATH`
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from device_rates import Ceilings, ceilings, timed
+from device_rates import Ceilings, ceilings, timed, write_report
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertStacks
 from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe_reference
@@ -209,19 +207,14 @@ def main() -> None:
             f"{r['x_floor'] or '-':>8} {r['weights_gb_per_s']:>8} {r['tflop_per_s']:>8} "
             f"{r['max_rel_diff_vs_reference']:>9.2e}"
         )
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-    report = {
-        "benchmark": "moe_kernel",
-        "device": str(device),
-        "device_name": device_name,
-        "torch": torch.__version__,
-        "shape": {"top_k": shape[0], "hidden": shape[1], "inter": shape[2]},
-        "ceilings": asdict(rates),
-        "results": rows,
-    }
-    opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {opts.json}")
+    write_report(
+        opts.json,
+        benchmark="moe_kernel",
+        device=device,
+        rates=rates,
+        results=rows,
+        shape={"top_k": shape[0], "hidden": shape[1], "inter": shape[2]},
+    )
 
 
 if __name__ == "__main__":
