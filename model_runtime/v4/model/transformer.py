@@ -130,18 +130,20 @@ class DeepseekV4Model(nn.Module):
         self.head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.hc_head_fn, self.hc_head_base, self.hc_head_scale = hc_head_parameters(args)
         self.mtp = nn.ModuleList(MTPBlock(args, kind, weights) for kind in args.mtp_layer_types)
-        rope_dim = args.qk_rope_head_dim
-        self.register_buffer(
-            "main_inv_freq", rope_inv_freq(rope_dim, args.rope_theta, None), persistent=False
-        )
-        self.register_buffer(
-            "compress_inv_freq",
-            rope_inv_freq(rope_dim, args.compress_rope_theta, args.rope_scaling),
-            persistent=False,
-        )
+        self.compute_buffers()
         self.compress_rope_scaling = 1.0 if args.rope_scaling is None else args.rope_scaling.attention_factor
         self._hc = HcSettings.of(args)
         self.kernels = kernels
+
+    def compute_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the buffers derived from `args` alone (the RoPE inverse frequencies, not saved in
+        checkpoints) on `device` (None: the default device): at construction, and after a model built on
+        the meta device is allocated."""
+        args, rope_dim = self.args, self.args.qk_rope_head_dim
+        main = rope_inv_freq(rope_dim, args.rope_theta, None)
+        compress = rope_inv_freq(rope_dim, args.compress_rope_theta, args.rope_scaling)
+        self.register_buffer("main_inv_freq", main.to(device), persistent=False)
+        self.register_buffer("compress_inv_freq", compress.to(device), persistent=False)
 
     @property
     def kernels(self) -> KernelImpl:

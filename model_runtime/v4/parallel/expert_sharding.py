@@ -5,7 +5,10 @@ Each MoE layer keeps the rank's experts (`MoE.shard`), routes every token as the
 pairs routed to its experts, adds the shared expert on rank 0 only and sums the ranks' outputs with one
 all-reduce, so every rank ends each layer with the same hidden states (and the same logits).
 Loading builds the model on the meta device, shards it there, then allocates and reads only what the rank
-holds from the official-format shards, tensor by tensor (`weights/loader.py`).
+holds from the official-format shards, tensor by tensor (`weights/loader.py`); or (`random_sharded_model`)
+allocates it on the rank's device and draws random weights there, as `DeepseekV4Model.random` does: the same
+seed gives every rank the same dense weights (each rank draws as many expert values in the same order, so
+the generators stay in step) — a model as large as the machine, with no checkpoint on disk.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import torch
 
 from deepscout.model_runtime.v4.model.attention import AttnImpl
 from deepscout.model_runtime.v4.model.moe import ExpertParallelism, MoE
+from deepscout.model_runtime.v4.model.random_weights import fill_random_
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
-from deepscout.model_runtime.v4.model_config import WeightFormat
+from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
-from deepscout.model_runtime.v4.weights.loader import LoadReport, load_model
+from deepscout.model_runtime.v4.weights.loader import LoadReport, allocate_model, load_model
 
 
 def shard_experts(model: DeepseekV4Model, group: RankGroup) -> None:
@@ -48,3 +52,21 @@ def load_sharded_model(
     shard = partial(shard_experts, group=group)
     model, report = load_model(directory, dtype=dtype, attn_impl=attn_impl, weights=weights, shard=shard)
     return model.to(group.device), report
+
+
+def random_sharded_model(
+    args: ModelArgs,
+    group: RankGroup,
+    *,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    attn_impl: AttnImpl = "sparse",
+    weights: WeightFormat = "dense",
+) -> DeepseekV4Model:
+    """This rank's model with random weights drawn on its device (only its experts ever allocated)."""
+    shard = partial(shard_experts, group=group)
+    model = allocate_model(
+        args, dtype=dtype, attn_impl=attn_impl, weights=weights, shard=shard, device=group.device
+    )
+    fill_random_(model, args, torch.Generator(device=group.device).manual_seed(seed))
+    return model.eval()

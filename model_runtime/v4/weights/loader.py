@@ -299,26 +299,30 @@ def allocate_model(
     attn_impl: AttnImpl = "sparse",
     weights: WeightFormat = "dense",
     shard: Callable[[DeepseekV4Model], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> DeepseekV4Model:
-    """The model with *uninitialised* parameters allocated once, directly in their final dtypes (no float32
-    detour, no random init); buffers computed from ``args`` as usual (shipped weights' buffers allocated
-    once, in their stored formats). ``shard`` edits the model on the meta device first (expert parallelism
-    keeps one rank's experts), so only what it leaves is allocated. Only for filling by ``load_weights``,
-    which refuses a checkpoint that does not cover every parameter."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(include_buffers=False):
+    """The model with *uninitialised* parameters and stored buffers allocated once on ``device``, directly
+    in their final dtypes and formats (no float32 detour, no random init); the buffers derived from ``args``
+    computed as usual. The model is built on the meta device and ``shard`` edits it there (expert
+    parallelism keeps one rank's experts), so only what it leaves is ever allocated. Only for filling:
+    by ``load_weights``, which refuses a checkpoint that does not cover every parameter, or by
+    ``fill_random_``."""
+    with torch.device("meta"):
         model = DeepseekV4Model(args, attn_impl=attn_impl, weights=weights)
     if shard is not None:
         shard(model)
     model.cast(dtype)  # on the meta device: decides each parameter's dtype, allocates nothing
     for module in model.modules():
         if isinstance(module, RoutedExperts) and module.stacks.w1.is_meta:
-            module.to_empty(device="cpu")  # one tensor per stacked projection, the experts' weights views
+            module.to_empty(device=device)  # one tensor per stacked projection, the experts' weights views
     for module in model.modules():
         for name, param in list(module.named_parameters(recurse=False)):
-            if not param.is_meta:
-                continue
-            empty = torch.empty(param.shape, dtype=param.dtype)
-            module.register_parameter(name, nn.Parameter(empty, requires_grad=param.requires_grad))
+            if param.is_meta:
+                empty = torch.empty(param.shape, dtype=param.dtype, device=device)
+                module.register_parameter(name, nn.Parameter(empty, requires_grad=param.requires_grad))
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.is_meta:
+                kept = name not in module._non_persistent_buffers_set
+                module.register_buffer(name, torch.empty_like(buffer, device=device), persistent=kept)
+    model.compute_buffers(device)
     return model

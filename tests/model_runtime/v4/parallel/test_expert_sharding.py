@@ -1,5 +1,6 @@
 """Loading one rank's shard: every dense tensor and exactly its slice of each layer's routed experts are
-read (no other expert's bytes), and they hold what the whole model holds for those experts."""
+read (no other expert's bytes), and they hold what the whole model holds for those experts. Random shards:
+every rank draws the same dense weights and holds only its experts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from deepscout.model_runtime.v4.model.moe import MoE
 from deepscout.model_runtime.v4.model_config import WeightFormat
-from deepscout.model_runtime.v4.parallel.expert_sharding import load_sharded_model
+from deepscout.model_runtime.v4.parallel.expert_sharding import load_sharded_model, random_sharded_model
 from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
 from deepscout.model_runtime.v4.weights.checkpoint import Checkpoint
 from deepscout.model_runtime.v4.weights.loader import load_model
@@ -56,3 +57,28 @@ def test_a_rank_reads_only_its_experts(
         for field, stack in vars(ours.experts.stacks).items():
             assert torch.equal(stack, getattr(full.experts.stacks, field)[4 * rank : 4 * rank + 4]), field
         assert ours.parallelism is not None and ours.parallelism.adds_shared == (rank == 0)
+
+
+def _without_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in state.items() if not EXPERT.fullmatch(name)}
+
+
+@pytest.mark.parametrize("weights", ["dense", "shipped"])
+def test_random_shards_hold_the_same_dense_weights_and_only_their_experts(weights: WeightFormat) -> None:
+    ranks = [
+        random_sharded_model(
+            ARGS,
+            RankGroup(rank=r, world_size=2, device=torch.device("cpu"), backend="gloo"),
+            seed=3,
+            weights=weights,
+        )
+        for r in (0, 1)
+    ]
+    dense = [_without_experts(model.state_dict()) for model in ranks]
+    assert dense[0].keys() == dense[1].keys()
+    for name, value in dense[0].items():
+        assert torch.equal(value, dense[1][name]), name
+    for rank, model in enumerate(ranks):
+        for moe in _moe_layers(model):
+            assert len(moe.experts) == 4 and moe.experts.ids.start == 4 * rank
+            assert all(stack.abs().sum() > 0 for stack in vars(moe.experts.stacks).values())

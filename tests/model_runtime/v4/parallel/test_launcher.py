@@ -1,10 +1,11 @@
 """Expert parallelism end to end over 2 ranks (gloo on CPU; NCCL on 2 GPUs): launched from a checkpoint
-directory, rank 0 serving, the logits and the greedy and seeded tokens are the single-process engine's;
-cancels and deadlines stop requests on every rank at the same step; a world size that does not divide the
-experts is refused before any process starts."""
+directory (or from random weights each rank draws), rank 0 serving, the logits and the greedy and seeded
+tokens are the single-process engine's; cancels and deadlines stop requests on every rank at the same step;
+a world size that does not divide the experts is refused before any process starts."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,12 +20,22 @@ from deepscout.model_runtime.v4.engine import (
     GenerationRequest,
     SamplingParams,
 )
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import WeightFormat
-from deepscout.model_runtime.v4.parallel.launcher import LaunchSpec, launch
+from deepscout.model_runtime.v4.parallel.expert_sharding import random_sharded_model
+from deepscout.model_runtime.v4.parallel.launcher import (
+    CheckpointSource,
+    LaunchSpec,
+    ModelSource,
+    RandomSource,
+    launch,
+)
+from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
 from deepscout.model_runtime.v4.weights.loader import load_model
 from tests.model_runtime.v4.conftest import new_cache
 from tests.model_runtime.v4.parallel.conftest import ARGS, PROMPT
 
+_EXPERT = re.compile(r"(.+\.experts\.)(\d+)(\..+)")
 CONFIG = EngineConfig(num_blocks=16, prefix_caching=False, cuda_graphs=False)
 
 
@@ -35,10 +46,10 @@ def _requests() -> list[GenerationRequest]:
     ]
 
 
-def _spec(directory: Path, tmp_path: Path, devices: tuple[str, ...], weights: WeightFormat) -> LaunchSpec:
+def _spec(source: ModelSource, tmp_path: Path, devices: tuple[str, ...], weights: WeightFormat) -> LaunchSpec:
     engine = CONFIG.model_copy(update={"cuda_graphs": devices[0].startswith("cuda")})
     return LaunchSpec(
-        directory=directory,
+        source=source,
         devices=devices,
         engine=engine,
         rendezvous=tmp_path / "rendezvous",
@@ -50,7 +61,8 @@ def _spec(directory: Path, tmp_path: Path, devices: tuple[str, ...], weights: We
 
 def _check_against_single_process(spec: LaunchSpec) -> None:
     device = torch.device(spec.devices[0])
-    single, _ = load_model(spec.directory, weights=spec.weights)
+    assert isinstance(spec.source, CheckpointSource)
+    single, _ = load_model(spec.source.directory, weights=spec.weights)
     single = single.to(device)
     with torch.no_grad():
         forward = single(torch.tensor([PROMPT], device=device), [new_cache(ARGS)])[0].float()
@@ -79,18 +91,40 @@ def _check_against_single_process(spec: LaunchSpec) -> None:
 def test_two_ranks_on_gloo_match_one_process(
     checkpoint_dir: Path, tmp_path: Path, weights: WeightFormat
 ) -> None:
-    _check_against_single_process(_spec(checkpoint_dir, tmp_path, ("cpu", "cpu"), weights))
+    _check_against_single_process(_spec(CheckpointSource(checkpoint_dir), tmp_path, ("cpu", "cpu"), weights))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 def test_two_ranks_on_nccl_match_one_process(checkpoint_dir: Path, tmp_path: Path) -> None:
-    _check_against_single_process(_spec(checkpoint_dir, tmp_path, ("cuda:0", "cuda:1"), "shipped"))
+    _check_against_single_process(
+        _spec(CheckpointSource(checkpoint_dir), tmp_path, ("cuda:0", "cuda:1"), "shipped")
+    )
+
+
+def test_random_weights_run_as_the_model_their_shards_make_up(tmp_path: Path) -> None:
+    """Each rank draws its shard on its device; together they are one model, which EP runs exactly."""
+    devices = ("cpu", "cpu")
+    spec = _spec(RandomSource(ARGS, seed=4), tmp_path, devices, "dense")
+    whole = DeepseekV4Model(ARGS)
+    state: dict[str, torch.Tensor] = {}
+    for rank in range(2):
+        group = RankGroup(rank=rank, world_size=2, device=torch.device("cpu"), backend="gloo")
+        for name, value in random_sharded_model(ARGS, group, seed=4).state_dict().items():
+            held = _EXPERT.fullmatch(name)
+            state[name if held is None else f"{held[1]}{int(held[2]) + 4 * rank}{held[3]}"] = value
+    whole.load_state_dict(state)
+    expected = Engine(whole, CONFIG).generate(_requests())
+    with launch(spec) as launched:
+        got = launched.engine.generate(_requests())
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert got[0].prompt_logits is not None and expected[0].prompt_logits is not None
+    torch.testing.assert_close(got[0].prompt_logits, expected[0].prompt_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_a_world_size_that_does_not_divide_the_experts_is_refused(
     checkpoint_dir: Path, tmp_path: Path
 ) -> None:
-    spec = _spec(checkpoint_dir, tmp_path, ("cpu", "cpu", "cpu"), "dense")
+    spec = _spec(CheckpointSource(checkpoint_dir), tmp_path, ("cpu", "cpu", "cpu"), "dense")
     with pytest.raises(ValueError, match=r"n_routed_experts \(8\) divisible by the world size \(3\)"):
         launch(spec)
