@@ -37,6 +37,7 @@ import torch
 from device_rates import ceilings
 
 from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from deepscout.model_runtime.v4.engine.engine import Steppable
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, WeightFormat, flash_shaped
 
@@ -177,19 +178,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     result["prefill_floor_s"] = round(floor, 2)
     result["prefill_x_floor"] = round(prefill_s / floor, 2)
     for batch in (int(b) for b in opts.batch.split(",")):
-        started: set[str] = set()
-        ids = {engine.add_request(request(opts.decode + 2)) for _ in range(batch)}
-        while started != ids:  # each fork recomputes its last prompt token and samples its first token
-            started.update(out.request_id for out in engine.step() if out.new_token_ids)
-        engine.step()  # the first decode step of this shape runs eagerly and captures its graph
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        steps = 0
-        while engine.has_unfinished():
-            engine.step()
-            steps += 1
-        torch.cuda.synchronize()
-        ms = 1000 * (time.perf_counter() - start) / max(steps, 1)
+        ms = decode_ms_per_step(engine, request(opts.decode + 2), batch)
         floor_ms = 1000 * decode_bytes(args, weight_bytes_read(model, batch), opts.context, batch) / copy_rate
         result[f"decode_b{batch}_ms_per_step"] = round(ms, 2)
         result[f"decode_b{batch}_tok_s"] = round(1000 * batch / ms, 1)
@@ -202,7 +191,26 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def prefill(engine: Engine, request: GenerationRequest, *, budget_s: float) -> list[float]:
+def decode_ms_per_step(engine: Steppable, request: GenerationRequest, batch: int) -> float:
+    """Milliseconds per decode step of `batch` copies of `request` (a prompt already prefilled and cached:
+    each copy recomputes its last prompt token and samples its first token, then one step captures the
+    decode graph of this shape; the steps after it are timed until every copy finishes)."""
+    started: set[str] = set()
+    ids = {engine.add_request(request) for _ in range(batch)}
+    while started != ids:
+        started.update(out.request_id for out in engine.step() if out.new_token_ids)
+    engine.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    steps = 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / max(steps, 1)
+
+
+def prefill(engine: Steppable, request: GenerationRequest, *, budget_s: float) -> list[float]:
     """Seconds per engine step (one prompt chunk each) of the request's prefill, printed as they go; stops
     with an error once `budget_s` is spent (the chunk times so far are printed)."""
     rid = engine.add_request(request)

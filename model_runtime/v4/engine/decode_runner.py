@@ -102,7 +102,9 @@ class DecodeRunner:
         return DecodeStep(token_ids, positions, slots, tables, self.model.kernels)
 
     def _capture(self, key: tuple[int, int], step: DecodeStep, storage: list[LayerStorage]) -> None:
-        """Record the step for this shape (capture runs nothing, so the caches are not touched)."""
+        """Record the step for this shape (capture runs nothing, so the caches are not touched). Capture
+        errors are this thread's only: under expert parallelism NCCL's watchdog thread polls its events
+        during the capture, which the default (global) mode would turn into a failed capture."""
         static = DecodeStep(
             step.token_ids.clone(),
             step.positions.clone(),
@@ -112,7 +114,7 @@ class DecodeRunner:
         )
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             logits = self.model.decode(static, storage)
         self._graphs[key] = _Graph(graph, static, logits)
 

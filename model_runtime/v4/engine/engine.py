@@ -81,6 +81,8 @@ class Steppable(Protocol):
 
     def step(self) -> list[RequestOutput]: ...
 
+    def has_unfinished(self) -> bool: ...
+
 
 def run_to_completion(engine: Steppable, requests: Seq[GenerationRequest]) -> list[RequestOutput]:
     """Add the requests and step until all of them finish; final outputs in request order."""

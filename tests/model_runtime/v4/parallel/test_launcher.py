@@ -5,6 +5,7 @@ a world size that does not divide the experts is refused before any process star
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -21,7 +22,7 @@ from deepscout.model_runtime.v4.engine import (
     SamplingParams,
 )
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
-from deepscout.model_runtime.v4.model_config import WeightFormat
+from deepscout.model_runtime.v4.model_config import WeightFormat, flash_shaped
 from deepscout.model_runtime.v4.parallel.expert_sharding import random_sharded_model
 from deepscout.model_runtime.v4.parallel.launcher import (
     CheckpointSource,
@@ -32,6 +33,7 @@ from deepscout.model_runtime.v4.parallel.launcher import (
 )
 from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
 from deepscout.model_runtime.v4.weights.loader import load_model
+from deepscout.model_runtime.v4.weights.synthetic import write_checkpoint
 from tests.model_runtime.v4.conftest import new_cache
 from tests.model_runtime.v4.parallel.conftest import ARGS, PROMPT
 
@@ -100,6 +102,30 @@ def test_two_ranks_on_nccl_match_one_process(checkpoint_dir: Path, tmp_path: Pat
     _check_against_single_process(
         _spec(CheckpointSource(checkpoint_dir), tmp_path, ("cuda:0", "cuda:1"), "shipped")
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_real_width_layers_load_sharded_on_two_gpus(tmp_path: Path) -> None:
+    """Three V4-Flash layers at real width (16 routed experts, a small vocabulary), written in the official
+    format and loaded sharded in the shipped formats over NCCL: the prompt's logits are those of the whole
+    checkpoint in one process, dequantised."""
+    args = dataclasses.replace(flash_shaped(3), n_routed_experts=16, vocab_size=4096)
+    write_checkpoint(
+        DeepseekV4Model.random(args, seed=5, device="cuda"), tmp_path / "ckpt", max_shard_bytes=1 << 30
+    )
+    prompt = PROMPT * 8
+    single, _ = load_model(tmp_path / "ckpt")
+    single = single.to("cuda:0")
+    with torch.no_grad():
+        expected = single(torch.tensor([prompt], device="cuda:0"), [new_cache(args)])[0].float()
+    del single
+    spec = _spec(CheckpointSource(tmp_path / "ckpt"), tmp_path, ("cuda:0", "cuda:1"), "shipped")
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=1, return_prompt_logits=True)
+    with launch(spec) as launched:
+        (got,) = launched.engine.generate([request])
+    assert got.prompt_logits is not None
+    torch.testing.assert_close(got.prompt_logits.float(), expected, rtol=2e-3, atol=2e-3)
 
 
 def test_random_weights_run_as_the_model_their_shards_make_up(tmp_path: Path) -> None:
