@@ -37,6 +37,7 @@ import torch
 from device_rates import ceilings
 
 from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from deepscout.model_runtime.v4.engine.decode_runner import DecodeRunner
 from deepscout.model_runtime.v4.engine.engine import Steppable
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, WeightFormat, flash_shaped
@@ -186,7 +187,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         result[f"decode_b{batch}_x_floor"] = round(ms / floor_ms, 2)
     result["graph_replays"] = engine.runner.decoder.graph_replays
     if opts.profile:
-        profile_decode(engine, request(8))
+        profile_decode(engine, engine.runner.decoder, request(8))
     result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
 
@@ -245,11 +246,11 @@ def profile_prefill(engine: Engine, request: GenerationRequest) -> None:
     print(f"prefill host syncs and copies: {syncs}")
 
 
-def profile_decode(engine: Engine, request: GenerationRequest) -> None:
+def profile_decode(engine: Steppable, decoder: DecodeRunner | None, request: GenerationRequest) -> None:
     """GPU time per kernel over three eager batch-1 decode steps (the graph replays the same kernels)."""
     from torch.profiler import ProfilerActivity, profile
 
-    decoder = engine.runner.decoder
+    assert decoder is not None, "decode runs on the device path (fused kernels)"
     decoder.use_graphs = False
     rid = engine.add_request(request)
     while not any(out.request_id == rid and out.new_token_ids for out in engine.step()):

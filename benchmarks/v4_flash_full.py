@@ -16,7 +16,8 @@ block-scaled projections, MXFP4 routed experts, BF16 embedding and head), launch
 
 No speculation: random weights make MTP drafts almost never accepted.
 
-Prints a table and writes `benchmarks/results/v4_flash_full.json` (or `--json PATH`).
+Prints a table and writes `benchmarks/results/v4_flash_full.json` (or `--json PATH`), rewritten as each
+figure comes in.
 
     python benchmarks/v4_flash_full.py --devices cuda:0,cuda:1 --contexts 8192,131072 --batch 1,8,32
 """
@@ -39,6 +40,7 @@ from long_context import (
     decode_ms_per_step,
     prefill,
     prefill_flops,
+    profile_decode,
     weight_bytes_read,
 )
 
@@ -85,40 +87,49 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         max_tokens_per_step=opts.chunk,
         device=devices[0],
     )
-    rendezvous = Path(tempfile.mkdtemp()) / "rendezvous"
     spec = LaunchSpec(
         source=RandomSource(args, seed=0),
         devices=devices,
         engine=config,
-        rendezvous=rendezvous,
+        rendezvous=Path(tempfile.mkdtemp()) / "rendezvous",
         dtype=torch.bfloat16,
         weights="shipped",
         kernels="triton",
-        timeout_s=1800,
+        timeout_s=600,
     )
+    result: dict[str, Any] = {
+        "devices": list(devices),
+        "kv": opts.kv,
+        "copy_tb_s": round(copy_rate / 1e12, 2),
+        "matmul_tflop_s": round(mm_rate / 1e12, 1),
+        "contexts": {},
+    }
+
+    def request(ids: list[int], tokens: int) -> GenerationRequest:
+        return GenerationRequest(prompt_ids=ids, max_new_tokens=tokens, sampling=SamplingParams())
+
+    def prompt(length: int, seed: int) -> list[int]:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randint(2, args.vocab_size, (length,), generator=gen).tolist()
+
     start = time.perf_counter()
-    result: dict[str, Any] = {"devices": list(devices), "kv": opts.kv, "contexts": {}}
     with launch(spec) as launched:
         engine = launched.engine
         engine.step()  # returns once every rank has loaded and stepped
-        result["init_s"] = round(time.perf_counter() - start, 1)
         model = engine.engine.model
+        result["init_s"] = round(time.perf_counter() - start, 1)
         result["rank0_weights_gib"] = round(
             sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**30, 2
         )
-        result["copy_tb_s"] = round(copy_rate / 1e12, 2)
-        result["matmul_tflop_s"] = round(mm_rate / 1e12, 1)
-
-        def request(ids: list[int], tokens: int) -> GenerationRequest:
-            return GenerationRequest(prompt_ids=ids, max_new_tokens=tokens, sampling=SamplingParams())
-
-        def prompt(length: int, seed: int) -> list[int]:
-            gen = torch.Generator().manual_seed(seed)
-            return torch.randint(2, args.vocab_size, (length,), generator=gen).tolist()
-
+        result["gpu_memory_gib_loaded"] = gpu_memory_gib()
+        report(opts.json, result)
         start = time.perf_counter()
-        engine.generate([request(prompt(opts.warmup, 0), 1)])
+        warm = prompt(opts.warmup, 0)
+        engine.generate([request(warm, 1)])
+        for batch in batches:  # compiles each batch's kernels before anything is timed
+            decode_ms_per_step(engine, request(warm, 4), batch)
         result["warmup_s"] = round(time.perf_counter() - start, 1)
+        report(opts.json, result)
         active = rank_active_parameters(args, len(devices))
         for seed, context in enumerate(contexts, start=1):
             ids = prompt(context, seed)
@@ -141,10 +152,26 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 row[f"decode_b{batch}_x_floor"] = round(ms / floor_ms, 2)
             row["decode_b1_x_peer"] = round(row.get("decode_b1_ms", float("nan")) / PEER_MS_PER_TOKEN, 2)
             result["contexts"][str(context)] = row
-            print(f"context {context}: {row}", flush=True)
+            report(opts.json, result)
+        result["graph_replays"] = (
+            engine.engine.runner.decoder.graph_replays if engine.engine.runner.decoder else 0
+        )
         result["gpu_memory_gib"] = gpu_memory_gib()
         result["rank0_peak_gib"] = round(torch.cuda.max_memory_allocated(devices[0]) / 2**30, 2)
+        report(opts.json, result)
+        if opts.profile:
+            profile_decode(engine, engine.engine.runner.decoder, request(prompt(contexts[0], 1), 8))
     return result
+
+
+def report(path: Path, result: dict[str, Any]) -> None:
+    """Print the figures so far and write them to `path` (rewritten as the run goes, so a run cut short
+    keeps what it measured)."""
+    print(json.dumps(result), flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"benchmark": "v4_flash_full", "torch": torch.__version__, **result}, indent=2) + "\n"
+    )
 
 
 def print_table(result: dict[str, Any], batches: list[int]) -> None:
@@ -180,14 +207,11 @@ def main() -> None:
     parser.add_argument(
         "--prefill-budget", type=float, default=400.0, help="seconds before a prefill gives up"
     )
+    parser.add_argument("--profile", action="store_true", help="print rank 0's GPU time per kernel of decode")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "v4_flash_full.json")
     opts = parser.parse_args()
     result = run(opts)
     print_table(result, [int(b) for b in opts.batch.split(",")])
-    opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(
-        json.dumps({"benchmark": "v4_flash_full", "torch": torch.__version__, **result}, indent=2) + "\n"
-    )
     print(f"wrote {opts.json}")
 
 

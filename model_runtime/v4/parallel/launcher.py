@@ -93,22 +93,27 @@ class LaunchSpec:
 
 @dataclass
 class Launched:
-    """Rank 0's engine and the processes of the other ranks."""
+    """Rank 0's engine and the processes of the other ranks, given `timeout_s` to end once shut down."""
 
     engine: LockstepEngine
     processes: list[SpawnProcess] = field(default_factory=list)
+    timeout_s: float = 600.0
 
     def close(self) -> None:
-        """Shut every rank down: end the followers' loops, leave the process group with them, join them."""
+        """Shut every rank down: end the followers' loops, leave the process group with them, join them
+        (a rank still alive after `timeout_s` is terminated and reported)."""
         self.engine.close()
-        self.engine.group.leave(after_barrier=self._join)
+        self.engine.group.leave(wait_for_peers=self._join)
         failed = [p.exitcode for p in self.processes if p.exitcode]
         if failed:
             raise RuntimeError(f"expert-parallel ranks exited with codes {failed}")
 
     def _join(self) -> None:
         for process in self.processes:
-            process.join()
+            process.join(self.timeout_s)
+            if process.is_alive():
+                process.terminate()
+                process.join()
 
     def __enter__(self) -> Launched:
         return self
@@ -127,7 +132,7 @@ def launch(spec: LaunchSpec) -> Launched:
     for process in processes:
         process.start()
     try:
-        return Launched(LockstepEngine(*_rank_engine(0, spec)), processes)
+        return Launched(LockstepEngine(*_rank_engine(0, spec)), processes, spec.timeout_s)
     except BaseException:
         for process in processes:
             process.terminate()

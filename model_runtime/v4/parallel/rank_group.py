@@ -67,14 +67,18 @@ class RankGroup:
         )
         return cls(rank, world_size, device, backend)
 
-    def leave(self, *, after_barrier: Callable[[], None] | None = None) -> None:
+    def leave(self, *, wait_for_peers: Callable[[], None] | None = None) -> None:
         """Tear the process group down: every rank calls it, and it returns once all have. Rank 0 passes
-        `after_barrier` to wait for the other ranks' processes to end before it closes its own side:
-        a rank whose peer closes the connections while it is still tearing down aborts."""
+        `wait_for_peers` (returns once the other ranks' processes have ended). On gloo it runs before this
+        rank closes its side, as a rank whose peer closes the connections while it is still tearing down
+        aborts; on NCCL after, as every rank's communicator is destroyed together (waiting first would
+        deadlock)."""
         dist.barrier()  # no rank tears its connections down while another still uses them
-        if after_barrier is not None:
-            after_barrier()
+        if wait_for_peers is not None and self.backend == "gloo":
+            wait_for_peers()
         dist.destroy_process_group()
+        if wait_for_peers is not None and self.backend == "nccl":
+            wait_for_peers()
 
     def experts(self, n_experts: int) -> ExpertSlice:
         """This rank's routed experts of a layer with `n_experts`."""

@@ -25,13 +25,16 @@ def _two_threads() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def new_cache(args: ModelArgs, dtype: torch.dtype = torch.float32) -> ContiguousSequenceCache:
+def new_cache(
+    args: ModelArgs, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> ContiguousSequenceCache:
     return ContiguousSequenceCache(
         [*args.layer_types, *args.mtp_layer_types],
         head_dim=args.head_dim,
         index_head_dim=args.index_head_dim,
         sliding_window=args.sliding_window,
         dtype=dtype,
+        device=device,
     )
 
 

@@ -67,7 +67,7 @@ def _check_against_single_process(spec: LaunchSpec) -> None:
     single, _ = load_model(spec.source.directory, weights=spec.weights)
     single = single.to(device)
     with torch.no_grad():
-        forward = single(torch.tensor([PROMPT], device=device), [new_cache(ARGS)])[0].float()
+        forward = single(torch.tensor([PROMPT], device=device), [new_cache(ARGS, device=device)])[0].float()
     expected = Engine(single, spec.engine.model_copy(update={"device": spec.devices[0]})).generate(
         _requests()
     )
@@ -118,7 +118,9 @@ def test_real_width_layers_load_sharded_on_two_gpus(tmp_path: Path) -> None:
     single, _ = load_model(tmp_path / "ckpt")
     single = single.to("cuda:0")
     with torch.no_grad():
-        expected = single(torch.tensor([prompt], device="cuda:0"), [new_cache(args)])[0].float()
+        expected = single(torch.tensor([prompt], device="cuda:0"), [new_cache(args, device="cuda:0")])[
+            0
+        ].float()
     del single
     spec = _spec(CheckpointSource(tmp_path / "ckpt"), tmp_path, ("cuda:0", "cuda:1"), "shipped")
     request = GenerationRequest(prompt_ids=prompt, max_new_tokens=1, return_prompt_logits=True)
