@@ -2,8 +2,10 @@
 
 Per step, under a token budget (`max_tokens_per_step`): first one token for every decoding sequence, then
 prefill chunks (at most `prefill_chunk` tokens of one sequence, cut to end on a block boundary when the
-prefill goes on; with prefix caching the last chunk of a prompt also stops at its last snapshot boundary,
-so the state there can be snapshotted for later reuse), then newly admitted requests in arrival order.
+prefill goes on; with prefix caching the last chunk of a prompt also stops at the last snapshot boundary
+before its last token, so the state there can be snapshotted for later reuse — by a request with the same
+prompt too, which must recompute at least that token for its logits), then newly admitted requests in
+arrival order.
 Memory per step is bounded by the budget whatever the context length.
 
 When blocks run out: with `pool_policy="queue"` a request is admitted only once all the blocks it can
@@ -96,10 +98,11 @@ class Scheduler:
         length = min(pending, self.config.prefill_chunk, budget)
         if length > 1 and (length < pending or self.config.prefix_caching):
             # end on a block boundary (a snapshot boundary with prefix caching) when one lies inside
-            step = self.caches.block_tokens
+            step, end = self.caches.block_tokens, start + length
             if length == pending:
                 step *= self.config.snapshot_every
-            aligned = (start + length) // step * step
+                end -= 1  # the boundary before the prompt's last token, reusable by the same prompt
+            aligned = end // step * step
             if start < aligned < start + length:
                 length = aligned - start
         if admitting:

@@ -75,6 +75,20 @@ def test_prefix_cache_serves_requests_without_a_session(tiny_model: DeepseekV4Mo
     assert engine.caches.blocks.num_cached_unused >= 2
 
 
+def test_a_block_aligned_prompt_asked_again_reuses_all_but_its_last_block(
+    tiny_model: DeepseekV4Model, eh: Any
+) -> None:
+    """The prompt's prefill stops one block before its end, so a copy of it (a fork, a retry) reuses the
+    state there and recomputes one block, not the whole last chunk."""
+    engine = Engine(tiny_model, EngineConfig(prefill_chunk=512, num_blocks=32))
+    prompt = eh.random_tokens(384, seed=8)
+    first = _turn(engine, prompt, None)
+    forks = engine.generate([GenerationRequest(prompt, max_new_tokens=2, return_prompt_logits=True)] * 3)
+    assert first.reused_tokens == 0
+    assert [f.reused_tokens for f in forks] == [256] * 3 and [f.prefilled_tokens for f in forks] == [128] * 3
+    eh.assert_close(forks[0].prompt_logits, eh.reference_logits(tiny_model, prompt)[256:])
+
+
 def test_a_diverging_session_falls_back_to_the_prefix_cache(tiny_model: DeepseekV4Model, eh: Any) -> None:
     engine = Engine(
         tiny_model, EngineConfig(prefill_chunk=128, num_blocks=32, num_state_slots=2, max_running=1)
