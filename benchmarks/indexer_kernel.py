@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from device_rates import Ceilings, ceilings, timed
 
-from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_scores, masked_topk
+from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_scores
 from deepscout.model_runtime.v4.kernels.paged_keys import KeyFormat, PagedKeys, PagedRows
+from deepscout.model_runtime.v4.kernels.topk_select import masked_topk
 from deepscout.model_runtime.v4.weights.quant import quantize_mxfp4
 
 HEADS, DIM, TOPK, PER_BLOCK, PREFILL_QUERIES = 64, 128, 512, 32, 2048
@@ -106,9 +107,11 @@ def run_case(
     assert best is not None
     scores_s, tiles = best
     scores = indexer_scores_triton(q, w, stored, layout, limit, tiles)
-    topk_s = timed(lambda: masked_topk(scores, limit, TOPK), device)
+    topk_s = timed(lambda: masked_topk(scores, limit, TOPK, impl="reference"), device)
     chunked = {c: timed(partial(chunked_topk, scores, limit, TOPK, c), device) for c in TOPK_CHUNKS}
-    assert_same_selection(scores, masked_topk(scores, limit, TOPK), chunked_topk(scores, limit, TOPK, 4096))
+    assert_same_selection(
+        scores, masked_topk(scores, limit, TOPK, impl="reference"), chunked_topk(scores, limit, TOPK, 4096)
+    )
     total = scores_s + topk_s
     matmul_flops, copy_bytes = floors.matmul_flop_per_s, floors.copy_bytes_per_s
     m = q.shape[0]
@@ -147,7 +150,7 @@ def chunked_topk(
     `chunk` keys, then the top k of those candidates."""
     m, t = scores.shape
     if t % chunk or t <= chunk:
-        return masked_topk(scores, limit, k)
+        return masked_topk(scores, limit, k, impl="reference")
     part = scores.view(m, t // chunk, chunk).topk(min(k, chunk), dim=-1)
     offsets = torch.arange(0, t, chunk, device=scores.device)[None, :, None]
     candidates = (part.indices + offsets).flatten(1)

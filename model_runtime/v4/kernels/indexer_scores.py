@@ -12,7 +12,7 @@ block. Scores come out as `[M, T_cap]` float32 with `T_cap = max_blocks * per_bl
 `impl="reference"` dequantises the keys as the KV pool reads them (bfloat16 for the quantised formats) and
 applies the float32 formula row by row; `impl="triton"` streams the stored bytes through a fused kernel
 (`indexer_scores_triton.py`) with no host sync. Both write -inf past each limit, so the causal top-k
-(`select_topk`'s contract) is one `torch.topk`.
+(`select_topk`'s contract) is `masked_topk` over them (`topk_select.py`, with the same `impl`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from deepscout.model_runtime.v4.kernels.paged_keys import (
     PagedRows,
     key_capacity,
 )
+from deepscout.model_runtime.v4.kernels.topk_select import masked_topk
 
 
 def dense_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -43,14 +44,7 @@ def causal_entry_mask(n_entries: int, limit: torch.Tensor) -> torch.Tensor:
 def select_topk(scores: torch.Tensor, limit: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k entry indices `[n, min(k, T)]` among each query's causal entries, and their validity."""
     future = ~causal_entry_mask(scores.shape[-1], limit)
-    return masked_topk(scores.masked_fill(future, float("-inf")), limit, k)
-
-
-def masked_topk(scores: torch.Tensor, limit: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`select_topk` of scores that are already -inf at and past each query's limit (in no particular
-    order: attention reads a set, and sorting it cost two kernels per layer and step)."""
-    indices = scores.topk(min(k, scores.shape[-1]), dim=-1, sorted=False).indices
-    return indices, indices < limit[:, None]
+    return masked_topk(scores.masked_fill(future, float("-inf")), limit, k, impl="reference")
 
 
 def indexer_scores(
@@ -82,7 +76,7 @@ def indexer_topk(
     impl: KernelImpl,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best `min(k, T_cap)` causal entries per query and their validity (`select_topk`'s contract)."""
-    return masked_topk(indexer_scores(q, weights, keys, rows, limit, impl=impl), limit, k)
+    return masked_topk(indexer_scores(q, weights, keys, rows, limit, impl=impl), limit, k, impl=impl)
 
 
 def indexer_scores_reference(
