@@ -203,6 +203,10 @@ class V4Settings(BaseSettings):
         default="dense",
         description="A checkpoint's FP8/MXFP4 weights dequantised (dense) or kept as shipped.",
     )
+    speculative: Literal["off", "mtp"] = Field(
+        default="off",
+        description="mtp: speculative decoding, the MTP layer drafts and the model verifies (same tokens).",
+    )
 
 
 class HFSettings(BaseSettings):

@@ -32,6 +32,11 @@ class WeightsChoice(StrEnum):
     shipped = "shipped"
 
 
+class SpeculativeChoice(StrEnum):
+    off = "off"
+    mtp = "mtp"
+
+
 class ExpertDtypeChoice(StrEnum):
     fp4 = "fp4"
     fp8 = "fp8"
@@ -74,6 +79,10 @@ def run(
         typer.Option("--weights", help="FP8/MXFP4 weights dequantised (dense) or kept as shipped."),
     ] = WeightsChoice.dense,
     stop_at_eos: Annotated[bool, typer.Option("--stop-at-eos/--no-stop-at-eos")] = True,
+    speculative: Annotated[
+        SpeculativeChoice,
+        typer.Option("--speculative", help="mtp: the MTP layer drafts, the model verifies (same tokens)."),
+    ] = SpeculativeChoice.off,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Load a DeepSeek-V4 checkpoint (official format: BF16, FP8 blocks, MXFP4 experts), decode greedily."""
@@ -81,6 +90,7 @@ def run(
 
     from deepscout.model_runtime.v4.checkpoint_run import PromptError, run_checkpoint
     from deepscout.model_runtime.v4.model_config import ModelConfigError
+    from deepscout.model_runtime.v4.mtp_speculation import NoMtpLayerError
     from deepscout.model_runtime.v4.weights.checkpoint_errors import CheckpointError
 
     if (prompt_ids is None) == (text is None):
@@ -97,9 +107,11 @@ def run(
             attn_impl="sparse" if attn_impl is AttnChoice.sparse else "naive",
             stop_at_eos=stop_at_eos,
             weights=weights.value,
+            speculative=speculative.value,
         )
-    except (CheckpointError, ModelConfigError, PromptError) as exc:
+    except (CheckpointError, ModelConfigError, PromptError, NoMtpLayerError) as exc:
         fail(str(exc))
+    stats = result.draft_stats
     summary = {
         "checkpoint": str(checkpoint_dir),
         "tensors": result.load.tensors,
@@ -111,6 +123,10 @@ def run(
         "text": tokenizer.decode(result.new_ids) if tokenizer is not None else None,
         "prefill_seconds": round(result.prefill_seconds, 4),
         "decode_seconds": round(result.decode_seconds, 4),
+        "speculative": speculative.value,
+        "drafted_tokens": None if stats is None else stats.drafted,
+        "accepted_tokens": None if stats is None else stats.accepted,
+        "acceptance_rate": None if stats is None else stats.acceptance_rate,
     }
     if as_json:
         typer.echo(json.dumps(summary))
@@ -123,6 +139,8 @@ def run(
     if summary["text"] is not None:
         typer.echo(f"text: {summary['text']!r}")
     typer.echo(f"prefill {summary['prefill_seconds']}s, decode {summary['decode_seconds']}s")
+    if stats is not None:
+        typer.echo(f"MTP drafts: {stats.accepted}/{stats.drafted} accepted (rate {stats.acceptance_rate})")
 
 
 @app.command("make-synthetic")

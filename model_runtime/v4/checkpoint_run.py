@@ -1,7 +1,9 @@
 """Run a DeepSeek-V4 checkpoint directory from Python: load it, prefill a prompt, decode greedily.
 
 This is the plain single-sequence path over a contiguous cache (what ``deepscout v4 run`` calls); the
-serving engine with paged caches and batching is built on the same model separately.
+serving engine with paged caches and batching is built on the same model separately. With
+``speculative="mtp"`` the MTP layer drafts and the main model verifies (``mtp_speculation.py``): the same
+tokens, with the drafts' acceptance counted.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ import torch
 
 from deepscout.errors import DeepscoutError
 from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.v4.engine.engine_config import Speculative
 from deepscout.model_runtime.v4.model.attention import AttnImpl
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
+from deepscout.model_runtime.v4.mtp_speculation import (
+    DraftStats,
+    NoMtpLayerError,
+    speculative_greedy_generate,
+)
 from deepscout.model_runtime.v4.weights.loader import LoadReport, load_model
 
 
@@ -27,7 +35,8 @@ class PromptError(DeepscoutError, ValueError):
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Prompt and generated token ids, the prompt's last-position logits, and where the time went."""
+    """Prompt and generated token ids, the prompt's last-position logits, where the time went, and the
+    drafts' counts (None unless speculative)."""
 
     prompt_ids: list[int]
     new_ids: list[int]
@@ -35,6 +44,7 @@ class GenerationResult:
     load: LoadReport
     prefill_seconds: float
     decode_seconds: float
+    draft_stats: DraftStats | None = None
 
 
 def new_sequence_cache(model: DeepseekV4Model) -> ContiguousSequenceCache:
@@ -94,16 +104,28 @@ def run_checkpoint(
     attn_impl: AttnImpl = "sparse",
     stop_at_eos: bool = True,
     weights: WeightFormat = "dense",
+    speculative: Speculative = "off",
 ) -> GenerationResult:
     """Load ``directory`` (its FP8/MXFP4 weights dequantised, or as shipped) and generate greedily from
-    ``prompt_ids`` (checked against config.json first)."""
-    check_prompt(ModelArgs.from_json(directory).vocab_size, prompt_ids)
+    ``prompt_ids`` (checked against config.json first), with MTP drafts when ``speculative="mtp"``."""
+    args = ModelArgs.from_json(directory)
+    check_prompt(args.vocab_size, prompt_ids)
+    if speculative == "mtp" and args.num_mtp_layers == 0:
+        raise NoMtpLayerError(f"--speculative mtp needs an MTP layer; {directory} has none")
     model, report = load_model(directory, dtype=dtype, attn_impl=attn_impl, weights=weights)
     eos = model.args.eos_token_id
     stop = (eos,) if stop_at_eos and eos is not None else ()
-    new_ids, last_logits, prefill_s, decode_s = greedy_generate(
-        model, prompt_ids, max_new_tokens, stop_ids=stop
-    )
+    stats = None
+    if speculative == "mtp":
+        result = speculative_greedy_generate(
+            model, new_sequence_cache(model), prompt_ids, max_new_tokens, stop_ids=stop
+        )
+        new_ids, last_logits, stats = result.new_ids, result.last_prompt_logits, result.stats
+        prefill_s, decode_s = result.prefill_seconds, result.decode_seconds
+    else:
+        new_ids, last_logits, prefill_s, decode_s = greedy_generate(
+            model, prompt_ids, max_new_tokens, stop_ids=stop
+        )
     return GenerationResult(
         prompt_ids=list(prompt_ids),
         new_ids=new_ids,
@@ -111,4 +133,5 @@ def run_checkpoint(
         load=report,
         prefill_seconds=prefill_s,
         decode_seconds=decode_s,
+        draft_stats=stats,
     )

@@ -236,7 +236,8 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
 
     The model and the KV pool go to ``options.device`` (on CUDA the model runs its fused kernels); the pool
     is sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two full contexts),
-    ``max_sequences`` sequences decode in one step, and a prompt prefills ``prefill_chunk`` tokens a step.
+    ``max_sequences`` sequences decode in one step, and a prompt prefills ``prefill_chunk`` tokens a step;
+    ``options.speculative == "mtp"`` makes the engine draft with the model's MTP layer.
     The runtime's context window is what one sequence can hold: the model's window (or
     ``options.context_window``), capped by the pool. Callers keep the runtime and share it between the
     chat models and runs that use it.
@@ -273,6 +274,7 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
         "device": options.device,
         "prefill_chunk": options.prefill_chunk,
         "max_tokens_per_step": max(step_tokens, options.prefill_chunk),
+        "speculative": options.speculative,
     }
     engine = Engine(model, EngineConfig.model_validate(config))
     return V4Runtime(model, tokenizer, engine, context_window=min(window, blocks * BLOCK_TOKENS))

@@ -4,6 +4,7 @@ from deepscout.model_runtime.v4.cache.contiguous import ContiguousLayerCache, Co
 from deepscout.model_runtime.v4.cache.protocol import (
     CompressorName,
     CompressorTail,
+    CompressorTrail,
     LayerCache,
     LayerKind,
     SequenceCache,
@@ -13,6 +14,7 @@ from deepscout.model_runtime.v4.cache.protocol import (
 __all__ = [
     "CompressorName",
     "CompressorTail",
+    "CompressorTrail",
     "ContiguousLayerCache",
     "ContiguousSequenceCache",
     "LayerCache",

@@ -1,13 +1,24 @@
-"""A plain contiguous implementation of the cache protocol: growable tensors per layer (tests)."""
+"""A plain contiguous implementation of the cache protocol: growable tensors per layer (tests).
+
+Rollback (cache protocol v2): a mark keeps the window as it was (tensors are replaced, never written in
+place), then collects the window rows written and the compressors' trails until the rollback.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import NotRequired, TypedDict, Unpack
 
 import torch
 
-from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail, WindowView
+from deepscout.model_runtime.v4.cache.protocol import (
+    CompressorName,
+    CompressorTail,
+    CompressorTrail,
+    WindowView,
+    trail_covering,
+)
 from deepscout.model_runtime.v4.model_config import LayerKind
 
 
@@ -37,6 +48,21 @@ class _GrowableRows:
 
     def view(self) -> torch.Tensor:
         return self._data[: self._size]
+
+    def truncate(self, size: int) -> None:
+        """Keep the first `size` rows."""
+        self._size = min(self._size, size)
+
+
+@dataclass
+class _Mark:
+    """What a layer needs to roll back: the window at the mark, then what was written since."""
+
+    window_kv: torch.Tensor
+    window_pos: torch.Tensor
+    written_kv: list[torch.Tensor] = field(default_factory=list)
+    written_pos: list[torch.Tensor] = field(default_factory=list)
+    trails: dict[CompressorName, list[CompressorTrail]] = field(default_factory=dict)
 
 
 class LayerLayout(TypedDict):
@@ -71,6 +97,7 @@ class ContiguousLayerCache:
         self._window_pos = torch.empty(0, dtype=torch.long, device=device)
         self._tails: dict[str, CompressorTail] = {}
         self._entries: dict[str, _GrowableRows] = {}
+        self._mark: _Mark | None = None
         if kind is not LayerKind.SLIDING:
             self._entries["main"] = _GrowableRows(head_dim, dtype, device)
         if kind is LayerKind.CSA:
@@ -88,6 +115,9 @@ class ContiguousLayerCache:
         on_cpu = positions.device.type == "cpu"
         if on_cpu and positions.numel() and self._window_pos.numel() and positions[0] <= self._window_pos[-1]:
             raise CacheUsageError("window positions must increase; got a position at or before the last one")
+        if self._mark is not None:
+            self._mark.written_kv.append(kv.to(self._dtype))
+            self._mark.written_pos.append(positions)
         self._window_kv = torch.cat([self._window_kv, kv.to(self._dtype)])[-self._window :]
         self._window_pos = torch.cat([self._window_pos, positions])[-self._window :]
 
@@ -112,6 +142,34 @@ class ContiguousLayerCache:
     def all_entries(self, name: CompressorName) -> torch.Tensor:
         return self._entries_of(name).view()
 
+    def record_trail(self, name: CompressorName, trail: CompressorTrail) -> None:
+        self._entries_of(name)
+        if self._mark is not None:
+            self._mark.trails.setdefault(name, []).append(trail)
+
+    def mark(self) -> None:
+        self._mark = _Mark(self._window_kv, self._window_pos)
+
+    def rollback(self, num_tokens: int) -> None:
+        mark, self._mark = self._mark, None
+        if mark is None:
+            raise CacheUsageError("rollback needs a mark() first")
+        if mark.written_kv:
+            positions = torch.cat(mark.written_pos)
+            keep = int((positions < num_tokens).sum())
+            kv = torch.cat([mark.window_kv, *mark.written_kv])
+            pos = torch.cat([mark.window_pos, positions])
+            cut = mark.window_kv.shape[0] + keep
+            self._window_kv, self._window_pos = kv[:cut][-self._window :], pos[:cut][-self._window :]
+        for name, trails in mark.trails.items():
+            trail = trail_covering(trails, num_tokens)
+            self._entries[name].truncate(num_tokens // trail.ratio)
+            tail = trail.tail_after(num_tokens)
+            if tail is None:
+                self._tails.pop(name, None)
+            else:
+                self.write_tail(name, tail)
+
     def _entries_of(self, name: CompressorName) -> _GrowableRows:
         try:
             return self._entries[name]
@@ -131,6 +189,7 @@ class ContiguousSequenceCache:
     def __init__(self, layer_kinds: Sequence[LayerKind], **layout: Unpack[LayerLayout]) -> None:
         self._layers = [ContiguousLayerCache(kind, **layout) for kind in layer_kinds]
         self._num_tokens = 0
+        self._marked_at: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -143,6 +202,23 @@ class ContiguousSequenceCache:
         if n < 0:
             raise CacheUsageError(f"cannot advance by a negative count ({n})")
         self._num_tokens += n
+
+    def mark(self) -> None:
+        self._marked_at = self._num_tokens
+        for layer in self._layers:
+            layer.mark()
+
+    def rollback(self, n: int) -> None:
+        marked_at, self._marked_at = self._marked_at, None
+        if marked_at is None:
+            raise CacheUsageError("rollback needs a mark() first")
+        if not 0 <= n <= self._num_tokens - marked_at:
+            raise CacheUsageError(
+                f"can roll back 0..{self._num_tokens - marked_at} tokens (processed since the mark), not {n}"
+            )
+        self._num_tokens -= n
+        for layer in self._layers:
+            layer.rollback(self._num_tokens)
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self._layers)

@@ -25,12 +25,23 @@ Per layer the cache keeps two kinds of data (paper §2.3, "heterogeneous KV cach
 Token accounting: `SequenceCache.num_tokens` is the number of tokens already processed (= the position of
 the next token). The model reads it as the row's start position and calls `advance(n)` once after all layers
 have consumed the `n` new tokens. Tensors returned by reads may be views; the model never writes into them.
-Stable since commit "cache protocol v1"; changes are named in commit messages.
+
+Rollback (speculative decoding): `SequenceCache.mark()` remembers the state after the current `num_tokens`
+tokens; `rollback(n)` then forgets the last `n` tokens processed since that mark (0 <= n <= tokens since
+the mark) and leaves the cache exactly as it was after `num_tokens - n` tokens: the window ring holds the
+rows it held then (overwritten slots come back), each compressor's tail and overlap state are the ones it
+had then, and the compressed entries completed by the forgotten tokens are gone. A rollback ends the mark
+(so does the next `mark()`); layers not written since the mark are unchanged. The layers need the rows
+their compressors pooled to rebuild a tail, so a compressor hands every forward's `CompressorTrail` to
+`LayerCache.record_trail` (kept only while marked). A cache may refuse to roll back into one write longer
+than the sliding window (the paged cache does). Per layer the same is `LayerCache.mark()` and
+`LayerCache.rollback(num_tokens)` (forget what positions >= num_tokens wrote since the mark).
+Stable since commit "cache protocol v1"; changes are named in commit messages: this is "cache protocol v2".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -77,6 +88,60 @@ class CompressorTail:
         )
 
 
+@dataclass(frozen=True)
+class CompressorTrail:
+    """A compressor's tail after every token of one forward, so a rollback can restore any of them.
+
+    `kv`, `gate` `[t + n, width]`: the t rows of the tail the forward started from, then the raw rows of its n
+    new tokens; row 0 is token `start` (an entry boundary, `ratio` tokens per entry). `before`: the tail the
+    forward started from (None when nothing was written before). `window_kv`, `window_gate` `[w, ratio,
+    dim]`: the overlap state after each of the w entries the forward completed (CSA; None on HCA).
+    """
+
+    ratio: int
+    start: int
+    kv: torch.Tensor
+    gate: torch.Tensor
+    before: CompressorTail | None
+    window_kv: torch.Tensor | None = None
+    window_gate: torch.Tensor | None = None
+
+    @property
+    def first(self) -> int:
+        """The token count the forward started from."""
+        return self.start + (0 if self.before is None else self.before.kv.shape[0])
+
+    @property
+    def end(self) -> int:
+        """The token count after the forward."""
+        return self.start + self.kv.shape[0]
+
+    def tail_after(self, num_tokens: int) -> CompressorTail | None:
+        """The tail once `num_tokens` tokens were processed (`first <= num_tokens <= end`)."""
+        if not self.first <= num_tokens <= self.end:
+            raise ValueError(f"this trail covers token counts [{self.first}, {self.end}], not {num_tokens}")
+        if self.before is None and num_tokens == self.first:
+            return None
+        rows = num_tokens - self.start
+        done = rows // self.ratio
+        kv, gate = self.kv[done * self.ratio : rows], self.gate[done * self.ratio : rows]
+        if done == 0:
+            if self.before is None:
+                return CompressorTail(kv, gate)
+            return CompressorTail(kv, gate, self.before.overlap_kv, self.before.overlap_gate)
+        if self.window_kv is None or self.window_gate is None:
+            return CompressorTail(kv, gate)
+        return CompressorTail(kv, gate, self.window_kv[done - 1], self.window_gate[done - 1])
+
+
+def trail_covering(trails: Sequence[CompressorTrail], num_tokens: int) -> CompressorTrail:
+    """The first of a compressor's trails since a mark that covers the token count `num_tokens`."""
+    for trail in trails:
+        if trail.first <= num_tokens <= trail.end:
+            return trail
+    raise ValueError(f"cannot roll back to {num_tokens} tokens: that count is not since the mark")
+
+
 @runtime_checkable
 class LayerCache(Protocol):
     """One sequence's cache for one attention layer."""
@@ -118,6 +183,19 @@ class LayerCache(Protocol):
         """All entries `[num_entries, dim]` in index order."""
         ...
 
+    # rollback (protocol v2)
+    def record_trail(self, name: CompressorName, trail: CompressorTrail) -> None:
+        """The compressor's trail of the forward that just wrote its tail (kept only while marked)."""
+        ...
+
+    def mark(self) -> None:
+        """Remember the current state; `rollback` can return to any token count since."""
+        ...
+
+    def rollback(self, num_tokens: int) -> None:
+        """Forget what tokens at positions >= `num_tokens` wrote since the mark; ends the mark."""
+        ...
+
 
 @runtime_checkable
 class SequenceCache(Protocol):
@@ -132,4 +210,12 @@ class SequenceCache(Protocol):
 
     def advance(self, n: int) -> None:
         """Record that `n` more tokens have been processed by every layer."""
+        ...
+
+    def mark(self) -> None:
+        """Remember the state after the current `num_tokens` tokens (see "Rollback" above)."""
+        ...
+
+    def rollback(self, n: int) -> None:
+        """Forget the last `n` tokens processed since the mark; ends the mark."""
         ...

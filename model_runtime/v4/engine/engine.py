@@ -42,6 +42,11 @@ at their last snapshot boundary go to disk and come back on the session's next t
 Counters for a chat backend: prompt_tokens = len(prompt); reused_tokens = taken from a session, the prefix
 cache or disk; prefilled_tokens = run through the model as prompt (= prompt_tokens - reused_tokens unless
 the request was preempted and recomputed). The engine is single-threaded: call it from one thread.
+
+Speculative decoding (`EngineConfig(speculative="mtp")`, `speculation.py`): each decoding sequence's
+forward also verifies the MTP layer's draft, so a step may give it two tokens; outputs equal plain
+decoding's. `RequestOutput.drafted_tokens`/`accepted_tokens` and `Engine.draft_stats` count the drafts
+(`acceptance_rate`). Pure decode steps then run through the cache protocol, not the device decode step.
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ from deepscout.model_runtime.v4.engine.request import FinishReason, GenerationRe
 from deepscout.model_runtime.v4.engine.sampling import sample
 from deepscout.model_runtime.v4.engine.scheduler import Chunk, Scheduler
 from deepscout.model_runtime.v4.engine.sequence import Sequence, SequenceStatus
+from deepscout.model_runtime.v4.engine.speculation import MtpSpeculator
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.mtp_speculation import DraftStats, accepted_count, accepted_prefix
 
 
 class CapacityError(DeepscoutError, ValueError):
@@ -111,8 +118,12 @@ class Engine:
         self.config = config
         self.caches = CacheManager(model.args, config, hash_fn=hash_fn)
         self.scheduler = Scheduler(config, self.caches)
-        decoder = DecodeRunner(model, self.caches.kv, self.caches.states, cuda_graphs=config.cuda_graphs)
+        self.speculator = MtpSpeculator(model, self.caches) if config.speculative == "mtp" else None
+        decoder = None
+        if self.speculator is None:
+            decoder = DecodeRunner(model, self.caches.kv, self.caches.states, cuda_graphs=config.cuda_graphs)
         self.runner = ModelRunner(model, decoder)
+        self.draft_stats = DraftStats()
         self._ids = itertools.count()
         self._sequences: dict[str, Sequence] = {}
         self._finished_unreported: list[Sequence] = []
@@ -175,39 +186,68 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
     def _run(self, chunks: list[Chunk]) -> None:
-        logits = self.runner.run(chunks)
+        drafts = self.speculator.drafts(chunks) if self.speculator else [[] for _ in chunks]
+        logits = self.runner.run(chunks, drafts)
         self.steps += 1
-        self.forward_tokens += sum(c.length for c in chunks)
-        sampling: list[tuple[Sequence, torch.Tensor]] = []
-        for chunk, sample_logits, prompt_logits in zip(chunks, logits.sample, logits.prompt, strict=True):
+        self.forward_tokens += sum(c.length + len(d) for c, d in zip(chunks, drafts, strict=True))
+        sampling: list[tuple[Sequence, list[int], list[torch.Tensor]]] = []
+        for chunk, draft, sample_logits, verify_logits, prompt_logits in zip(
+            chunks, drafts, logits.sample, logits.verify, logits.prompt, strict=True
+        ):
             seq = chunk.seq
             if chunk.length > 1 or not seq.output or chunk.start < len(seq.prompt):
                 seq.prefilled_tokens += chunk.length
             if prompt_logits is not None:
                 seq.prompt_logits.append(prompt_logits)
                 seq.prompt_logits_upto = min(chunk.start + chunk.length, len(seq.prompt))
-            self.caches.after_forward(seq)
+            if not draft:  # with drafts: once the rejected ones are rolled back
+                self.caches.after_forward(seq)
             if sample_logits is not None:
                 processor = seq.request.sampling.logits_processor
                 if processor is not None:
                     sample_logits = processor(list(seq.output), sample_logits)
-                sampling.append((seq, sample_logits))
-        if not sampling:
-            return
-        seqs = [s for s, _ in sampling]
+                rows = [sample_logits, *(() if verify_logits is None else verify_logits.unbind(0))]
+                sampling.append((seq, draft, rows))
+        finished = self._take_samples(sampling) if sampling else []
+        if self.speculator is not None:
+            self.speculator.draft_next(chunks, logits)
+        for seq, reason in finished:
+            self._finish(seq, reason, report=False)
+
+    def _take_samples(
+        self, sampling: list[tuple[Sequence, list[int], list[torch.Tensor]]]
+    ) -> list[tuple[Sequence, FinishReason]]:
+        """Choose each row's token(s), keep a verified prefix of the drafts (caches rolled back for the rest);
+        returns the sequences that finished (still holding their caches)."""
+        rows = [(seq, i) for seq, _, logits in sampling for i in range(len(logits))]
         tokens, logprobs = sample(
-            torch.stack([lg for _, lg in sampling]),
-            [s.request.sampling for s in seqs],
-            [len(s.tokens) for s in seqs],
+            torch.stack([lg for _, _, logits in sampling for lg in logits]),
+            [seq.request.sampling for seq, _ in rows],
+            [len(seq.tokens) + i for seq, i in rows],
         )
-        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
-            seq.output.append(token)
-            seq.logprobs.append(logprob)
-            seq.new_tokens.append(token)
-            if token in seq.request.stop_token_ids:
-                self._finish(seq, FinishReason.STOP, report=False)
-            elif len(seq.output) >= seq.request.max_new_tokens:
-                self._finish(seq, FinishReason.LENGTH, report=False)
+        finished: list[tuple[Sequence, FinishReason]] = []
+        first = 0
+        for seq, draft, logits in sampling:
+            chosen = accepted_prefix(draft, tokens[first : first + len(logits)])
+            emitted = 0
+            for token, logprob in zip(chosen, logprobs[first:], strict=False):
+                seq.output.append(token)
+                seq.logprobs.append(logprob)
+                seq.new_tokens.append(token)
+                emitted += 1
+                reason = _finish_reason(seq, token)
+                if reason is not None:
+                    finished.append((seq, reason))
+                    break
+            first += len(logits)
+            if draft:
+                assert seq.cache is not None
+                seq.cache.rollback(1 + len(draft) - emitted)
+                self.caches.after_forward(seq)
+                accepted = accepted_count(draft, seq.output[-emitted:])
+                seq.draft_stats.add(len(draft), accepted)
+                self.draft_stats.add(len(draft), accepted)
+        return finished
 
     def _finish(self, seq: Sequence, reason: FinishReason, *, report: bool = True) -> None:
         self.scheduler.remove(seq)
@@ -216,6 +256,15 @@ class Engine:
         seq.finish_reason = reason
         if report:
             self._finished_unreported.append(seq)
+
+
+def _finish_reason(seq: Sequence, token: int) -> FinishReason | None:
+    """Why `seq` ends after producing `token` (None: it goes on)."""
+    if token in seq.request.stop_token_ids:
+        return FinishReason.STOP
+    if len(seq.output) >= seq.request.max_new_tokens:
+        return FinishReason.LENGTH
+    return None
 
 
 def _stop_reason(seq: Sequence) -> FinishReason | None:

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 KvDtype = Literal["float32", "bfloat16", "paper"]
 IndexerFormat = Literal["fp8", "fp4"]
 PoolPolicy = Literal["queue", "preempt"]
+#: "mtp": speculative decoding with the model's MTP layer (see `mtp_speculation.py`; needs an MTP layer).
+Speculative = Literal["off", "mtp"]
 
 
 class EngineConfig(BaseModel):
@@ -35,6 +37,9 @@ class EngineConfig(BaseModel):
     spill_dir: str | None = Field(None, description="write evicted idle sessions' KV here (on-disk cache)")
     device: str = "cpu"
     cuda_graphs: bool = Field(True, description="replay decode steps from CUDA graphs (fused kernels, GPU)")
+    speculative: Speculative = Field(
+        "off", description="'mtp': draft with the MTP layer, verify in one forward (no device decode steps)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

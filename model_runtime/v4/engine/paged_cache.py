@@ -5,6 +5,12 @@ Entry `e` of a compressor with `P` entries per block lives in logical block `e /
 Blocks are shared read-only between sequences with a common prefix: a sequence only ever appends entries
 past its processed tokens, i.e. into blocks it owns alone. The engine grows the block table before a
 forward (`CacheCapacityError` otherwise).
+
+Rollback (cache protocol v2): while marked, each layer keeps the ring rows its writes overwrite
+(`StatePool.window_undo`) and its compressors' trails; a rollback puts the rows back, rebuilds the tails from
+the trails and lowers the entry counts (entries past them are never read, and are overwritten later).
+With speculative decoding the MTP layers' cache is a `ContiguousSequenceCache` attached as `mtp` (with its
+own token count): `layer(i)` for i past the main layers is its layer `i - num_main_layers`.
 """
 
 from __future__ import annotations
@@ -12,9 +18,17 @@ from __future__ import annotations
 import torch
 
 from deepscout.errors import DeepscoutError
-from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail, WindowView
+from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.v4.cache.protocol import (
+    CompressorName,
+    CompressorTail,
+    CompressorTrail,
+    LayerCache,
+    WindowView,
+    trail_covering,
+)
 from deepscout.model_runtime.v4.engine.kv_pool import KVBlockPool
-from deepscout.model_runtime.v4.engine.state_cache import StatePool
+from deepscout.model_runtime.v4.engine.state_cache import StatePool, WindowUndo
 from deepscout.model_runtime.v4.model_config import LayerKind
 
 
@@ -37,6 +51,8 @@ class PagedLayerCache:
         if kind is LayerKind.CSA:
             self._counts["indexer"] = 0
         self._per_block = pool.entries_per_block(kind) if kind is not LayerKind.SLIDING else 0
+        self._undo: list[WindowUndo] | None = None  # None: not marked
+        self._trails: dict[CompressorName, list[CompressorTrail]] = {}
         self.reset_counts(seq.num_tokens)
 
     def reset_counts(self, num_tokens: int) -> None:
@@ -54,7 +70,10 @@ class PagedLayerCache:
         return self._seq.states.read_window(self._seq.slot, self._index)
 
     def write_window(self, kv: torch.Tensor, positions: torch.Tensor) -> None:
-        self._seq.states.write_window(self._seq.slot, self._index, kv, positions, start=self._seq.num_tokens)
+        seq, start = self._seq, self._seq.num_tokens
+        if self._undo is not None:
+            self._undo.append(seq.states.window_undo(seq.slot, self._index, start=start, length=kv.shape[0]))
+        seq.states.write_window(seq.slot, self._index, kv, positions, start=start)
 
     def read_tail(self, name: CompressorName) -> CompressorTail | None:
         self._count(name)
@@ -96,6 +115,33 @@ class PagedLayerCache:
             self._memo[name] = memo
         return memo
 
+    def record_trail(self, name: CompressorName, trail: CompressorTrail) -> None:
+        self._count(name)
+        if self._undo is not None:
+            self._trails.setdefault(name, []).append(trail)
+
+    def mark(self) -> None:
+        self._undo, self._trails = [], {}
+
+    def rollback(self, num_tokens: int) -> None:
+        undo, trails = self._undo, self._trails
+        self._undo, self._trails = None, {}
+        if undo is None:
+            raise ValueError("rollback needs a mark() first")
+        seq = self._seq
+        for record in reversed(undo):
+            seq.states.undo_window(seq.slot, self._index, record, num_tokens)
+        ratio = seq.kv_pool.args.ratio(self._kind) if self._counts else 1
+        for name in self._counts:
+            self._counts[name] = min(self._counts[name], num_tokens // ratio)
+        self._memo.clear()
+        for name, named in trails.items():
+            tail = trail_covering(named, num_tokens).tail_after(num_tokens)
+            if tail is None:
+                seq.states.forget_tail(seq.slot, self._index, name)
+            else:
+                seq.states.write_tail(seq.slot, self._index, name, tail)
+
     def _locate(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logical = index // self._per_block
         table = self._seq.block_table_tensor()
@@ -134,17 +180,21 @@ class PagedSequenceCache:
         self._device_table: torch.Tensor | None = None
         self.registered_blocks = 0  # leading full blocks already offered to the prefix cache
         self._counts_stale = False
+        self._marked_at: int | None = None
         self._layers = [PagedLayerCache(self, i, kind) for i, kind in enumerate(kv_pool.layer_kinds)]
+        self.mtp: ContiguousSequenceCache | None = None  # the MTP layers (speculative decoding only)
 
     @property
     def num_tokens(self) -> int:
         return self._num_tokens
 
-    def layer(self, index: int) -> PagedLayerCache:
+    def layer(self, index: int) -> LayerCache:
+        if index >= len(self._layers) and self.mtp is not None:
+            return self.mtp.layer(index - len(self._layers))
         if not 0 <= index < len(self._layers):
             raise IndexError(
                 f"the paged cache covers the {len(self._layers)} main layers; layer {index} "
-                "(an MTP layer?) is not cached by the engine"
+                "(an MTP layer?) is cached only with speculative decoding"
             )
         if self._counts_stale:
             self.set_position(self._num_tokens)
@@ -154,6 +204,24 @@ class PagedSequenceCache:
         if n < 0:
             raise ValueError(f"cannot advance by a negative count ({n})")
         self._num_tokens += n
+
+    def mark(self) -> None:
+        """Remember this point for `rollback` (the main layers; `mtp` has its own)."""
+        self._marked_at = self._num_tokens
+        for layer in self._layers:
+            layer.mark()
+
+    def rollback(self, n: int) -> None:
+        marked_at, self._marked_at = self._marked_at, None
+        if marked_at is None:
+            raise ValueError("rollback needs a mark() first")
+        if not 0 <= n <= self._num_tokens - marked_at:
+            raise ValueError(
+                f"can roll back 0..{self._num_tokens - marked_at} tokens (processed since the mark), not {n}"
+            )
+        self._num_tokens -= n
+        for layer in self._layers:
+            layer.rollback(self._num_tokens)
 
     def advance_decoded(self) -> None:
         """A device decode step (`model/decode_step.py`) added one token, writing state and entries by

@@ -73,10 +73,12 @@ class GenerationRequest:
 class RequestOutput:
     """The state of one request after a step (or at the end of `generate`).
 
-    `new_token_ids` are the tokens produced in this step; `token_ids` all generated so far.
-    Counters: `prompt_tokens` = len(prompt); `reused_tokens` = prompt tokens taken from a session or the
-    prefix cache at admission; `prefilled_tokens` = tokens run through the model in prefill (recomputation
-    after a preemption included). `prompt_logits` (`[prefilled, vocab]`) only with return_prompt_logits.
+        `new_token_ids` are the tokens produced in this step; `token_ids` all generated so far.
+        Counters: `prompt_tokens` = len(prompt); `reused_tokens` = prompt tokens taken from a session or the
+        prefix cache at admission; `prefilled_tokens` = tokens run through the model in prefill (recomputation
+        after a preemption included). `prompt_logits` (`[prefilled, vocab]`) only with return_prompt_logits.
+    Speculative decoding (`EngineConfig.speculative="mtp"`): `drafted_tokens` drafted by the MTP layer for
+    this request, `accepted_tokens` of them confirmed by the main model.
     """
 
     request_id: str
@@ -90,3 +92,10 @@ class RequestOutput:
     prefilled_tokens: int
     preemptions: int = 0
     prompt_logits: torch.Tensor | None = None
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / drafted tokens of speculative decoding (None when nothing was drafted)."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None

@@ -9,6 +9,7 @@ import torch
 
 from deepscout.model_runtime.v4.engine.paged_cache import PagedSequenceCache
 from deepscout.model_runtime.v4.engine.request import FinishReason, GenerationRequest, RequestOutput
+from deepscout.model_runtime.v4.mtp_speculation import DraftStats
 
 
 class SequenceStatus(StrEnum):
@@ -36,6 +37,8 @@ class Sequence:
     prompt_logits: list[torch.Tensor] = field(default_factory=list)
     prompt_logits_upto: int = -1  # positions < this already have logits collected (-1: none yet)
     new_tokens: list[int] = field(default_factory=list)  # produced in the current step
+    drafts: list[int] = field(default_factory=list)  # the MTP layer's guess of the tokens after `tokens`
+    draft_stats: DraftStats = field(default_factory=DraftStats)
 
     @property
     def tokens(self) -> list[int]:
@@ -70,4 +73,6 @@ class Sequence:
             prefilled_tokens=self.prefilled_tokens,
             preemptions=self.preemptions,
             prompt_logits=logits,
+            drafted_tokens=self.draft_stats.drafted,
+            accepted_tokens=self.draft_stats.accepted,
         )

@@ -11,6 +11,9 @@ position of the slot's previous sequence), so a position mask alone separates li
 After device decode steps (`mark_decoded`) the host bookkeeping is derived from the token count when next
 needed.
 
+Rollback (speculative decoding): before a marked write, `window_undo` copies the ring rows the write will
+overwrite (at most `window` rows), and `undo_window` puts them back for the positions forgotten.
+
 A `StateSnapshot` copies a slot at a block boundary (tails are empty there, so it is mostly the windows);
 `SnapshotStore` keeps snapshots under a memory budget (LRU) so a later sequence with the same prefix can
 restore the state and reuse the prefix's blocks instead of recomputing them.
@@ -55,6 +58,19 @@ class _LayerState:
     window_kv: torch.Tensor  # [slots, window, head_dim]
     window_pos: torch.Tensor  # [slots, window] int64
     tails: dict[str, CompressorTail]  # all slots': kv/gate [slots, ratio, width], overlap [slots, ratio, dim]
+
+
+@dataclass(frozen=True)
+class WindowUndo:
+    """The ring before one write of `length` rows at positions `start, ...`: the rows it overwrote (for its
+    last min(length, window) positions) and the ring's extent."""
+
+    start: int
+    length: int
+    kv: torch.Tensor
+    positions: torch.Tensor
+    window_len: int
+    window_end: int
 
 
 @dataclass(frozen=True)
@@ -202,6 +218,37 @@ class StatePool:
         meta.window_len = min(self.window, meta.window_len + n)
         meta.window_end = start + n
 
+    def window_undo(self, slot: int, layer: int, *, start: int, length: int) -> WindowUndo:
+        """What `undo_window` needs to take back a write of `length` rows at positions `start, ...`."""
+        meta, state = self._slot_meta(slot)[layer], self._layers[layer]
+        index = self._ring_rows(start + length - min(length, self.window), start + length, state)
+        kv, positions = state.window_kv[slot, index].clone(), state.window_pos[slot, index].clone()
+        return WindowUndo(start, length, kv, positions, meta.window_len, meta.window_end)
+
+    def undo_window(self, slot: int, layer: int, undo: WindowUndo, num_tokens: int) -> None:
+        """Forget the rows `undo`'s write put at positions >= `num_tokens` (later writes undone first)."""
+        end = undo.start + undo.length
+        if num_tokens >= end:
+            return
+        first = max(num_tokens, undo.start)
+        written = min(undo.length, self.window)
+        if first < end - written:
+            raise ValueError(
+                f"cannot roll back into a write of {undo.length} rows (longer than the window, {self.window})"
+            )
+        meta, state = self._slot_meta(slot)[layer], self._layers[layer]
+        index = self._ring_rows(first, end, state)
+        state.window_kv[slot, index] = undo.kv[first - end :]
+        state.window_pos[slot, index] = undo.positions[first - end :]
+        if first == undo.start:
+            meta.window_len, meta.window_end = undo.window_len, undo.window_end
+        else:  # the write continued the ring (its extent then), or jumped (only its rows were live)
+            live = undo.window_len if undo.window_end == undo.start else 0
+            meta.window_len, meta.window_end = min(self.window, live + first - undo.start), first
+
+    def _ring_rows(self, first: int, end: int, state: _LayerState) -> torch.Tensor:
+        return (torch.arange(first, end) % self.window).to(state.window_kv.device)
+
     # ------------------------------------------------------------------ compressor tails
     def read_tail(self, slot: int, layer: int, name: CompressorName) -> CompressorTail | None:
         meta = self._tail_meta(slot, layer, name)
@@ -231,6 +278,11 @@ class StatePool:
                 raise ValueError("overlap state is only kept on CSA layers")
             t.overlap_kv[slot] = tail.overlap_kv.to(self.dtype)
             t.overlap_gate[slot] = tail.overlap_gate.to(self.dtype)
+
+    def forget_tail(self, slot: int, layer: int, name: CompressorName) -> None:
+        """Back to no tail written (a rollback to before the compressor's first forward)."""
+        meta = self._tail_meta(slot, layer, name)
+        meta.length, meta.written, meta.has_overlap = 0, False, False
 
     def _tail_meta(self, slot: int, layer: int, name: CompressorName) -> _TailMeta:
         try:

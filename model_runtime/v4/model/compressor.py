@@ -2,7 +2,8 @@
 
 A compressor turns every `ratio` consecutive tokens into one compressed entry. Tokens of an incomplete
 window are carried between forwards as the cache's `CompressorTail`; completed entries are appended to the
-cache (normed, RoPE'd at position `entry_index * ratio`).
+cache (normed, RoPE'd at position `entry_index * ratio`). Every forward also hands the cache its
+`CompressorTrail` (the rows it pooled), which a marked cache keeps to roll back (cache protocol v2).
 """
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail, LayerCache
+from deepscout.model_runtime.v4.cache.protocol import (
+    CompressorName,
+    CompressorTail,
+    CompressorTrail,
+    LayerCache,
+)
 from deepscout.model_runtime.v4.model.primitives import RMSNorm, RopeSpec, apply_rope
 from deepscout.model_runtime.v4.model_config import ModelArgs
 
@@ -50,6 +56,7 @@ class Compressor(nn.Module):
         overlap_gate = None if tail is None else tail.overlap_gate
         first_entry = cache.num_entries(name)
         n_windows = usable // self.ratio
+        window_kv = window_gate = None
         if n_windows == 0:
             entries = kv.new_zeros(0, self.dim)
         else:
@@ -57,8 +64,8 @@ class Compressor(nn.Module):
             chunk_gate = gate[:usable].view(n_windows, self.ratio, -1) + self.ape
             if self.overlap:
                 slots_kv, slots_gate = self._overlap_slots(chunk_kv, chunk_gate, overlap_kv, overlap_gate)
-                overlap_kv = chunk_kv[-1, :, : self.dim].clone()
-                overlap_gate = chunk_gate[-1, :, : self.dim].clone()
+                window_kv, window_gate = chunk_kv[..., : self.dim], chunk_gate[..., : self.dim]
+                overlap_kv, overlap_gate = window_kv[-1].clone(), window_gate[-1].clone()
             else:
                 slots_kv, slots_gate = chunk_kv, chunk_gate
             weights = slots_gate.softmax(dim=1, dtype=torch.float32).to(slots_kv.dtype)
@@ -66,7 +73,10 @@ class Compressor(nn.Module):
             positions = (torch.arange(n_windows, device=x.device) + first_entry) * self.ratio
             entries = apply_rope(entries, rope.at(positions))
             cache.append_entries(name, entries)
+        before = None if tail is None else _detached(tail, kv, gate)  # the cache may overwrite `tail` now
         cache.write_tail(name, CompressorTail(kv[usable:], gate[usable:], overlap_kv, overlap_gate))
+        start = first_entry * self.ratio
+        cache.record_trail(name, CompressorTrail(self.ratio, start, kv, gate, before, window_kv, window_gate))
         return entries
 
     def _overlap_slots(
@@ -88,3 +98,12 @@ class Compressor(nn.Module):
             slots_kv[0, :r] = prior_kv.to(slots_kv.dtype)
             slots_gate[0, :r] = prior_gate.to(slots_gate.dtype)
         return slots_kv, slots_gate
+
+
+def _detached(tail: CompressorTail, kv: torch.Tensor, gate: torch.Tensor) -> CompressorTail:
+    """`tail` without views of the cache's storage: its rows from the forward's `kv`/`gate` (which start
+    with them), its overlap state copied."""
+    rows = tail.kv.shape[0]
+    overlap_kv = None if tail.overlap_kv is None else tail.overlap_kv.clone()
+    overlap_gate = None if tail.overlap_gate is None else tail.overlap_gate.clone()
+    return CompressorTail(kv[:rows], gate[:rows], overlap_kv, overlap_gate)

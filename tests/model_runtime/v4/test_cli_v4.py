@@ -168,3 +168,23 @@ def test_cli_and_runtime_take_the_weight_format(
     with pytest.raises(RuntimeError, match="loaded"):
         runtime_module.load_runtime(str(shipped_checkpoint), V4Settings(weights="shipped"))
     assert asked == ["shipped"]
+
+
+def test_run_speculative_mtp_gives_the_plain_tokens_and_reports_acceptance(
+    written: tuple[Path, DeepseekV4Model],
+) -> None:
+    directory, _ = written
+    prompt = "5,17,300,42,9,250,77"
+    common = [str(directory), "--prompt-ids", prompt, "--max-new-tokens", "6", "--no-stop-at-eos"]
+    plain, spec = _run(*common), _run(*common, "--speculative", "mtp")
+    assert spec["new_ids"] == plain["new_ids"] and spec["speculative"] == "mtp"
+    assert spec["drafted_tokens"] >= max(spec["accepted_tokens"], 1) and spec["accepted_tokens"] >= 0
+    assert 0.0 <= spec["acceptance_rate"] <= 1.0
+    assert plain["acceptance_rate"] is None and plain["drafted_tokens"] is None
+
+
+def test_run_speculative_mtp_needs_an_mtp_layer(tmp_path: Path) -> None:
+    args = tiny((LayerKind.SLIDING, LayerKind.CSA), num_nextn_predict_layers=0, mtp_layer_types=())
+    write_checkpoint(DeepseekV4Model.random(args, seed=1), tmp_path, max_shard_bytes=1 << 20)
+    result = runner.invoke(app, ["v4", "run", str(tmp_path), "--prompt-ids", "1,2", "--speculative", "mtp"])
+    assert result.exit_code == 2 and "needs an MTP layer" in result.output
