@@ -107,10 +107,10 @@ def test_two_ranks_on_nccl_match_one_process(checkpoint_dir: Path, tmp_path: Pat
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 def test_real_width_layers_load_sharded_on_two_gpus(tmp_path: Path) -> None:
-    """Three V4-Flash layers at real width (16 routed experts, a small vocabulary), written in the official
+    """Three V4-Flash layers at real width (8 routed experts, a small vocabulary), written in the official
     format and loaded sharded in the shipped formats over NCCL: the prompt's logits are those of the whole
     checkpoint in one process, dequantised."""
-    args = dataclasses.replace(flash_shaped(3), n_routed_experts=16, vocab_size=4096)
+    args = dataclasses.replace(flash_shaped(3), n_routed_experts=8, vocab_size=4096)
     write_checkpoint(
         DeepseekV4Model.random(args, seed=5, device="cuda"), tmp_path / "ckpt", max_shard_bytes=1 << 30
     )
