@@ -193,8 +193,11 @@ class V4Settings(BaseSettings):
     )
     device: str = Field(
         default="cpu",
-        pattern=r"^(cpu|cuda(:\d+)?)$",
-        description="Where the model and its KV live: cpu, cuda or cuda:N (CUDA runs the fused kernels).",
+        pattern=r"^(cpu|cuda(:\d+)?)(,(cpu|cuda(:\d+)?))*$",
+        description=(
+            "Where the model and its KV live: cpu, cuda or cuda:N (CUDA runs the fused kernels); several, "
+            "comma-separated (cuda:0,cuda:1), run a checkpoint expert-parallel, one process per device."
+        ),
     )
     prefill_chunk: int = Field(
         default=512, ge=1, description="Prompt tokens of one sequence per engine step."
@@ -207,6 +210,11 @@ class V4Settings(BaseSettings):
         default="off",
         description="mtp: speculative decoding, the MTP layer drafts and the model verifies (same tokens).",
     )
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """`device` as one device per rank (one entry: a single process)."""
+        return tuple(self.device.split(","))
 
 
 class HFSettings(BaseSettings):

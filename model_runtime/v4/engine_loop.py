@@ -20,7 +20,8 @@ from dataclasses import replace
 import torch
 
 from deepscout.errors import DeepscoutError
-from deepscout.model_runtime.v4.engine import Engine, GenerationRequest, RequestOutput
+from deepscout.model_runtime.v4.engine import GenerationRequest, RequestOutput
+from deepscout.model_runtime.v4.engine.engine import ServingEngine
 from deepscout.model_runtime.v4.engine.request import LogitsProcessor
 
 
@@ -87,7 +88,7 @@ class RequestStream:
 class EngineLoop:
     """Runs ``engine.step()`` on one thread whenever a submitted request is unfinished."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ServingEngine) -> None:
         self.engine = engine
         self._wake = threading.Condition()
         self._submitted: list[RequestStream] = []

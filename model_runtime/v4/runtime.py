@@ -10,9 +10,10 @@ checked between engine steps.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -37,10 +38,12 @@ from deepscout.model_runtime.v4.engine import (
     RequestOutput,
     SamplingParams,
 )
+from deepscout.model_runtime.v4.engine.engine import ServingEngine
 from deepscout.model_runtime.v4.engine_loop import EngineLoop
 from deepscout.model_runtime.v4.kernels.impl import default_impl
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs, tiny
+from deepscout.model_runtime.v4.parallel.launcher import CheckpointSource, LaunchSpec, launch
 from deepscout.model_runtime.v4.session_router import SessionRouter
 from deepscout.model_runtime.v4.weights.loader import load_model
 from deepscout.settings import V4Settings
@@ -76,7 +79,13 @@ class V4Runtime:
     session holding the longest prefix of its prompt (:class:`SessionRouter`)."""
 
     def __init__(
-        self, model: DeepseekV4Model, tokenizer: V4Tokenizer, engine: Engine, *, context_window: int
+        self,
+        model: DeepseekV4Model,
+        tokenizer: V4Tokenizer,
+        engine: ServingEngine,
+        *,
+        context_window: int,
+        shutdown: Callable[[], None] | None = None,
     ):
         if tokenizer.vocab_size > model.args.vocab_size:
             raise ValueError(
@@ -92,6 +101,7 @@ class V4Runtime:
         self._lock = threading.Lock()
         self.loop = EngineLoop(engine)
         self.sessions = SessionRouter(engine.config.max_idle_sessions)
+        self._shutdown = shutdown
 
     @property
     def ll_tokenizer(self) -> llguidance.LLTokenizer:
@@ -212,8 +222,11 @@ class V4Runtime:
         )
 
     def close(self) -> None:
-        """Stop the engine's loop (requests still running fail); the runtime takes no more requests."""
+        """Stop the engine's loop (requests still running fail), then what runs the engine (the other
+        ranks of expert parallelism); the runtime takes no more requests."""
         self.loop.close()
+        if self._shutdown is not None:
+            self._shutdown()
 
 
 def _drain(outputs: Iterator[RequestOutput]) -> None:
@@ -234,8 +247,10 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
     """Load ``argument`` (``random-tiny`` or a checkpoint directory) and start its engine; a checkpoint's
     FP8/MXFP4 weights dequantised (``options.weights == "dense"``) or kept as shipped (``"shipped"``).
 
-    The model and the KV pool go to ``options.device`` (on CUDA the model runs its fused kernels); the pool
-    is sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two full contexts),
+    The model and the KV pool go to ``options.device`` (on CUDA the model runs its fused kernels); several
+    devices run a checkpoint expert-parallel (``parallel/launcher.py``: one process per device, each
+    loading its experts; this process serves as rank 0), without grammars or speculation. The pool is
+    sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two full contexts),
     ``max_sequences`` sequences decode in one step, and a prompt prefills ``prefill_chunk`` tokens a step;
     ``options.speculative == "mtp"`` makes the engine draft with the model's MTP layer.
     The runtime's context window is what one sequence can hold: the model's window (or
@@ -243,26 +258,49 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
     chat models and runs that use it.
     """
     if argument == RANDOM_TINY:
-        tokenizer = load_v4_tokenizer()
-        model = DeepseekV4Model.random(random_tiny_args(tokenizer.vocab_size), seed=0, dtype=torch.float32)
-        kv_dtype: Literal["float32", "bfloat16", "paper"] = "float32"
-    else:
-        directory = Path(argument).expanduser()
-        if not (directory / "config.json").is_file():
-            raise ModelNotFetchedError(
-                f"no DeepSeek-V4 checkpoint at {directory} (config.json not found): put the official "
-                "checkpoint directory there, write a synthetic one with `deepscout v4 make-synthetic`, or "
-                "use deepseek-v4:random-tiny"
+        if len(options.devices) > 1:
+            raise ValueError(
+                "random-tiny runs on one device; expert parallelism loads a checkpoint directory "
+                "(write one with `deepscout v4 make-synthetic`)"
             )
-        own_tokenizer = directory / "tokenizer.json"
-        tokenizer = V4Tokenizer.from_file(own_tokenizer) if own_tokenizer.is_file() else load_v4_tokenizer()
-        dtype = torch.float32 if options.dtype == "float32" else torch.bfloat16
+        tokenizer = load_v4_tokenizer()
+        args = random_tiny_args(tokenizer.vocab_size)
+        model = DeepseekV4Model.random(args, seed=0, dtype=torch.float32)
+        config = _engine_config(args, options, kv_dtype="float32")
+        return _single_process(model, tokenizer, config, options)
+    directory = Path(argument).expanduser()
+    if not (directory / "config.json").is_file():
+        raise ModelNotFetchedError(
+            f"no DeepSeek-V4 checkpoint at {directory} (config.json not found): put the official "
+            "checkpoint directory there, write a synthetic one with `deepscout v4 make-synthetic`, or "
+            "use deepseek-v4:random-tiny"
+        )
+    own_tokenizer = directory / "tokenizer.json"
+    tokenizer = V4Tokenizer.from_file(own_tokenizer) if own_tokenizer.is_file() else load_v4_tokenizer()
+    dtype = torch.float32 if options.dtype == "float32" else torch.bfloat16
+    source = CheckpointSource(directory)
+    config = _engine_config(source.args(), options, kv_dtype=options.kv_dtype)
+    if len(options.devices) == 1:
         model, _report = load_model(directory, dtype=dtype, weights=options.weights)
-        kv_dtype = options.kv_dtype
-    device = torch.device(options.device)
-    model = model.to(device)
-    model.kernels = default_impl(device)
-    window = options.context_window or model.args.max_position_embeddings
+        return _single_process(model, tokenizer, config, options)
+    if options.speculative != "off":
+        raise ValueError("speculative decoding runs on one device; drop it or use one device")
+    rendezvous = Path(tempfile.mkdtemp(prefix="deepscout-ep-")) / "rendezvous"
+    spec = LaunchSpec(
+        source=source, devices=options.devices, engine=config, rendezvous=rendezvous, dtype=dtype,
+        weights=options.weights,
+    )  # fmt: skip
+    launched = launch(spec)
+    engine = launched.engine
+    window = _window(engine.engine.model.args, options, config)
+    return V4Runtime(engine.engine.model, tokenizer, engine, context_window=window, shutdown=launched.close)
+
+
+def _engine_config(
+    args: ModelArgs, options: V4Settings, *, kv_dtype: Literal["float32", "bfloat16", "paper"]
+) -> EngineConfig:
+    """The engine's settings from the runtime's (the pool sized for `args`' window), on the first device."""
+    window = options.context_window or args.max_position_embeddings
     blocks = options.kv_blocks or 2 * -(-window // BLOCK_TOKENS)
     idle_sessions = EngineConfig.model_fields["max_idle_sessions"].default
     step_tokens = EngineConfig.model_fields["max_tokens_per_step"].default
@@ -271,10 +309,24 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
         "num_blocks": blocks,
         "max_running": options.max_sequences,
         "num_state_slots": options.max_sequences + idle_sessions,
-        "device": options.device,
+        "device": options.devices[0],
         "prefill_chunk": options.prefill_chunk,
         "max_tokens_per_step": max(step_tokens, options.prefill_chunk),
         "speculative": options.speculative,
     }
-    engine = Engine(model, EngineConfig.model_validate(config))
-    return V4Runtime(model, tokenizer, engine, context_window=min(window, blocks * BLOCK_TOKENS))
+    return EngineConfig.model_validate(config)
+
+
+def _window(args: ModelArgs, options: V4Settings, config: EngineConfig) -> int:
+    """What one sequence can hold: the model's window (or the override), capped by the pool."""
+    return min(options.context_window or args.max_position_embeddings, config.num_blocks * BLOCK_TOKENS)
+
+
+def _single_process(
+    model: DeepseekV4Model, tokenizer: V4Tokenizer, config: EngineConfig, options: V4Settings
+) -> V4Runtime:
+    device = torch.device(options.device)
+    model = model.to(device)
+    model.kernels = default_impl(device)
+    engine = Engine(model, config)
+    return V4Runtime(model, tokenizer, engine, context_window=_window(model.args, options, config))

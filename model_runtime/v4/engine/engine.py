@@ -91,6 +91,16 @@ class Steppable(Protocol):
     def has_unfinished(self) -> bool: ...
 
 
+class ServingEngine(Steppable, Protocol):
+    """What a runtime serves requests from (`EngineLoop`): the request API with cancellation, and the
+    engine's settings (`Engine`, or `LockstepEngine` over the ranks of expert parallelism)."""
+
+    @property
+    def config(self) -> EngineConfig: ...
+
+    def cancel(self, request_id: str) -> None: ...
+
+
 def run_to_completion(engine: Steppable, requests: Seq[GenerationRequest]) -> list[RequestOutput]:
     """Add the requests and step until all of them finish; final outputs in request order."""
     ids = [engine.add_request(r) for r in requests]

@@ -19,7 +19,7 @@ def test_engine_follows_device_and_prefill_chunk() -> None:
         runtime.close()
 
 
-@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps"])
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "cuda:0,gpu", "cuda:0,"])
 def test_unknown_device_is_refused(device: str) -> None:
     with pytest.raises(ValidationError, match="device"):
         V4Settings(device=device)
