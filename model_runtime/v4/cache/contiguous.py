@@ -16,6 +16,7 @@ from deepscout.model_runtime.v4.cache.protocol import (
     CompressorName,
     CompressorTail,
     CompressorTrail,
+    TokenMark,
     WindowView,
     trail_covering,
 )
@@ -189,7 +190,7 @@ class ContiguousSequenceCache:
     def __init__(self, layer_kinds: Sequence[LayerKind], **layout: Unpack[LayerLayout]) -> None:
         self._layers = [ContiguousLayerCache(kind, **layout) for kind in layer_kinds]
         self._num_tokens = 0
-        self._marked_at: int | None = None
+        self._mark = TokenMark()
 
     @property
     def num_tokens(self) -> int:
@@ -204,19 +205,12 @@ class ContiguousSequenceCache:
         self._num_tokens += n
 
     def mark(self) -> None:
-        self._marked_at = self._num_tokens
+        self._mark.set(self._num_tokens)
         for layer in self._layers:
             layer.mark()
 
     def rollback(self, n: int) -> None:
-        marked_at, self._marked_at = self._marked_at, None
-        if marked_at is None:
-            raise CacheUsageError("rollback needs a mark() first")
-        if not 0 <= n <= self._num_tokens - marked_at:
-            raise CacheUsageError(
-                f"can roll back 0..{self._num_tokens - marked_at} tokens (processed since the mark), not {n}"
-            )
-        self._num_tokens -= n
+        self._num_tokens = self._mark.rolled_back(self._num_tokens, n)
         for layer in self._layers:
             layer.rollback(self._num_tokens)
 

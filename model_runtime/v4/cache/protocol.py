@@ -142,6 +142,29 @@ def trail_covering(trails: Sequence[CompressorTrail], num_tokens: int) -> Compre
     raise ValueError(f"cannot roll back to {num_tokens} tokens: that count is not since the mark")
 
 
+class TokenMark:
+    """A sequence cache's rollback bookkeeping: the token count `mark` remembered, and how far `rollback`
+    may go back from it (the whole rule is in the module docstring)."""
+
+    def __init__(self) -> None:
+        self._at: int | None = None
+
+    def set(self, num_tokens: int) -> None:
+        self._at = num_tokens
+
+    def rolled_back(self, num_tokens: int, n: int) -> int:
+        """The token count after forgetting the last `n` of `num_tokens`; ends the mark. ValueError when
+        there is no mark or `n` reaches before it."""
+        marked_at, self._at = self._at, None
+        if marked_at is None:
+            raise ValueError("rollback needs a mark() first")
+        if not 0 <= n <= num_tokens - marked_at:
+            raise ValueError(
+                f"can roll back 0..{num_tokens - marked_at} tokens (processed since the mark), not {n}"
+            )
+        return num_tokens - n
+
+
 @runtime_checkable
 class LayerCache(Protocol):
     """One sequence's cache for one attention layer."""

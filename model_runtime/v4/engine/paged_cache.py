@@ -24,6 +24,7 @@ from deepscout.model_runtime.v4.cache.protocol import (
     CompressorTail,
     CompressorTrail,
     LayerCache,
+    TokenMark,
     WindowView,
     trail_covering,
 )
@@ -180,7 +181,7 @@ class PagedSequenceCache:
         self._device_table: torch.Tensor | None = None
         self.registered_blocks = 0  # leading full blocks already offered to the prefix cache
         self._counts_stale = False
-        self._marked_at: int | None = None
+        self._mark = TokenMark()
         self._layers = [PagedLayerCache(self, i, kind) for i, kind in enumerate(kv_pool.layer_kinds)]
         self.mtp: ContiguousSequenceCache | None = None  # the MTP layers (speculative decoding only)
 
@@ -207,19 +208,12 @@ class PagedSequenceCache:
 
     def mark(self) -> None:
         """Remember this point for `rollback` (the main layers; `mtp` has its own)."""
-        self._marked_at = self._num_tokens
+        self._mark.set(self._num_tokens)
         for layer in self._layers:
             layer.mark()
 
     def rollback(self, n: int) -> None:
-        marked_at, self._marked_at = self._marked_at, None
-        if marked_at is None:
-            raise ValueError("rollback needs a mark() first")
-        if not 0 <= n <= self._num_tokens - marked_at:
-            raise ValueError(
-                f"can roll back 0..{self._num_tokens - marked_at} tokens (processed since the mark), not {n}"
-            )
-        self._num_tokens -= n
+        self._num_tokens = self._mark.rolled_back(self._num_tokens, n)
         for layer in self._layers:
             layer.rollback(self._num_tokens)
 

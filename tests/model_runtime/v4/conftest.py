@@ -4,6 +4,7 @@ fresh contiguous caches, and the tolerance check (max|diff| <= 1e-4 * max|ref|).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 
 import pytest
@@ -124,3 +125,14 @@ class Helpers:
 def v4() -> Helpers:
     """The helper functions of this folder (test modules cannot import conftest under importlib mode)."""
     return Helpers()
+
+
+def two_token_head(model: DeepseekV4Model) -> DeepseekV4Model:
+    """A copy of `model` whose (main and MTP) head can only pick token 7 or 9, so MTP drafts are right
+    about half the time."""
+    copy = deepcopy(model).eval()
+    with torch.no_grad():
+        row = model.head.weight[7].clone()
+        copy.head.weight.zero_()
+        copy.head.weight[7], copy.head.weight[9] = row, -row
+    return copy

@@ -16,6 +16,7 @@ from deepscout.model_runtime.v4.mtp_speculation import (
     accepted_prefix,
     speculative_greedy_generate,
 )
+from tests.model_runtime.v4.conftest import two_token_head
 
 ARGS = tiny(mtp_layer_types=(LayerKind.CSA,))  # main: sliding, CSA, HCA; the MTP layer compresses too
 LENGTHS = (5, 126, 131)  # the last two decode across token 128 (entries of both ratios, the window's wrap)
@@ -24,16 +25,6 @@ LENGTHS = (5, 126, 131)  # the last two decode across token 128 (entries of both
 @pytest.fixture(scope="module")
 def model() -> DeepseekV4Model:
     return DeepseekV4Model.random(ARGS, seed=0).eval()
-
-
-def two_token_head(model: DeepseekV4Model) -> DeepseekV4Model:
-    """A copy whose shared head can only pick token 7 or 9: drafts are right about half the time."""
-    copy = DeepseekV4Model.random(ARGS, seed=0).eval()
-    with torch.no_grad():
-        row = model.head.weight[7].clone()
-        copy.head.weight.zero_()
-        copy.head.weight[7], copy.head.weight[9] = row, -row
-    return copy
 
 
 def test_accepted_prefix_keeps_up_to_the_first_disagreement() -> None:

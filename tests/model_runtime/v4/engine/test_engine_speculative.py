@@ -16,6 +16,7 @@ from deepscout.model_runtime.v4.engine.engine_config import Speculative
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, tiny
 from deepscout.model_runtime.v4.mtp_speculation import NoMtpLayerError, speculative_greedy_generate
+from tests.model_runtime.v4.conftest import two_token_head
 
 ARGS = tiny(mtp_layer_types=(LayerKind.CSA,))
 LENGTHS = (5, 126, 131, 250)  # decoding crosses token 128 (a block, HCA's first entry) for two of them
@@ -30,13 +31,7 @@ def model() -> DeepseekV4Model:
 
 @pytest.fixture(scope="module")
 def two_token_model(model: DeepseekV4Model) -> DeepseekV4Model:
-    """The model with a head that only picks token 7 or 9: drafts are right about half the time."""
-    copy = DeepseekV4Model.random(ARGS, seed=0).eval()
-    with torch.no_grad():
-        row = model.head.weight[7].clone()
-        copy.head.weight.zero_()
-        copy.head.weight[7], copy.head.weight[9] = row, -row
-    return copy
+    return two_token_head(model)
 
 
 def _requests(eh: Any, sampling: SamplingParams, new: int = 8) -> list[GenerationRequest]:
