@@ -12,9 +12,10 @@ its limit gets all of them plus entries past the limit, which `valid` marks fals
   k-th value, then the lowest-index entries equal to it (-0.0 equals 0.0, NaN ranks above +inf as in
   torch.topk); the fill past a short row's limit is the lowest indices past it. Entries at and past the
   limit are never read. No host sync (it runs inside the decode step's CUDA graph). Used where it is the
-  faster of the two (`prefers_triton`): rows held in registers (up to 8,192 scores: 2x torch.topk on an
-  H200), and longer rows only when fewer than `SPLIT_MAX_ROWS` (decode: 2.4x at 262,144 scores); many
-  long rows (prefill) take torch.topk, which selects them 2.2x faster than the split radix passes.
+  faster of the two (`topk_select_triton.prefers_triton`): rows held in registers (up to 8,192 scores:
+  2x torch.topk on an H200), and longer rows only when fewer than `SPLIT_MAX_ROWS` (decode: 2.4x at
+  262,144 scores); many long rows (prefill) take torch.topk, which selects them 2.2x faster than the
+  split radix passes.
 """
 
 from __future__ import annotations
@@ -34,23 +35,12 @@ def masked_topk(
             f"top-k needs scores [R, N], limit [R] and k >= 0, got scores {list(scores.shape)}, "
             f"limit {list(limit.shape)}, k {k}"
         )
-    if impl == "triton" and prefers_triton(*scores.shape):
-        from deepscout.model_runtime.v4.kernels.topk_select_triton import topk_select_triton
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.topk_select_triton import prefers_triton, topk_select_triton
 
-        return topk_select_triton(scores, limit, k)
+        if prefers_triton(*scores.shape):
+            return topk_select_triton(scores, limit, k)
     return masked_topk_reference(scores, limit, k)
-
-
-SPLIT_MAX_ROWS = 8
-"""Rows longer than the register-resident layout take the Triton path only below this count."""
-
-RESIDENT_MAX = 8192
-"""The longest row the Triton kernel holds in registers (`TopkTiles.resident_max`)."""
-
-
-def prefers_triton(rows: int, n: int) -> bool:
-    """Whether the Triton select is the faster path for `rows` rows of `n` scores (module docstring)."""
-    return n <= RESIDENT_MAX or rows < SPLIT_MAX_ROWS
 
 
 def masked_topk_reference(

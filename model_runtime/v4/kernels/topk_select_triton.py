@@ -32,7 +32,6 @@ import triton
 import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.paged_keys import IndexerInputError
-from deepscout.model_runtime.v4.kernels.topk_select import RESIDENT_MAX
 
 _BINS = 256
 _PASSES = 4
@@ -44,7 +43,7 @@ class TopkTiles:
     target, and its warps (the resident path takes one warp per 256 scores, 4 to 16). Tiles and resident
     rows stay below 65,536 scores: the compaction packs two counts per score into one int32 scan."""
 
-    resident_max: int = RESIDENT_MAX
+    resident_max: int = 8192
     block: int = 2048
     target_programs: int = 512
     num_warps: int = 8
@@ -223,6 +222,16 @@ def _split_write_kernel(
         )
     if c == 0:
         _fill_past_limit(out_row, valid_row, need, k_out, lim, BLOCK)
+
+
+SPLIT_MAX_ROWS = 8
+"""Rows longer than the register-resident layout take this kernel only below this count (prefill's many
+long rows are faster through torch.topk; see `topk_select.py`)."""
+
+
+def prefers_triton(rows: int, n: int) -> bool:
+    """Whether this kernel is the faster path for `rows` rows of `n` scores (the default tiles)."""
+    return n <= TopkTiles().resident_max or rows < SPLIT_MAX_ROWS
 
 
 def split_chunks(tiles: TopkTiles, rows: int, n: int) -> tuple[int, int]:

@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from deepscout.model_runtime.v4.kernels.paged_keys import IndexerInputError
-from deepscout.model_runtime.v4.kernels.topk_select import masked_topk, prefers_triton
-from deepscout.model_runtime.v4.kernels.topk_select_triton import TopkTiles, topk_select_triton
+from deepscout.model_runtime.v4.kernels.topk_select import masked_topk
+from deepscout.model_runtime.v4.kernels.topk_select_triton import (
+    TopkTiles,
+    prefers_triton,
+    topk_select_triton,
+)
 
 #: the split layout at small sizes: rows past 64 scores cut into chunks of 128-score tiles
 SPLIT = TopkTiles(resident_max=64, block=128, target_programs=12, num_warps=4)
