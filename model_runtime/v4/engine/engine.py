@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from typing import Protocol
 
@@ -115,7 +116,16 @@ def run_to_completion(engine: Steppable, requests: Seq[GenerationRequest]) -> li
 class Engine:
     """Continuous-batching generation with DeepSeek-V4 over the heterogeneous paged KV cache."""
 
-    def __init__(self, model: DeepseekV4Model, config: EngineConfig, *, hash_fn: HashFn = chain_hash) -> None:
+    def __init__(
+        self,
+        model: DeepseekV4Model,
+        config: EngineConfig,
+        *,
+        hash_fn: HashFn = chain_hash,
+        agree_tokens: Callable[[list[int]], list[int]] | None = None,
+    ) -> None:
+        """`agree_tokens` (expert parallelism) maps the tokens this engine sampled in a step to the ones
+        every replica commits: rank 0's, which alone ran the requests' logits processors."""
         device = model.embed.weight.device
         wanted = torch.device(config.device)
         if wanted.type == "cuda" and wanted.index is None:
@@ -134,6 +144,7 @@ class Engine:
             decoder = DecodeRunner(model, self.caches.kv, self.caches.states, cuda_graphs=config.cuda_graphs)
         self.runner = ModelRunner(model, decoder)
         self.draft_stats = DraftStats()
+        self._agree_tokens = agree_tokens
         self._ids = itertools.count()
         self._sequences: dict[str, Sequence] = {}
         self._finished_unreported: list[Sequence] = []
@@ -235,6 +246,8 @@ class Engine:
             [seq.request.sampling for seq, _ in rows],
             [len(seq.tokens) + i for seq, i in rows],
         )
+        if self._agree_tokens is not None:
+            tokens = self._agree_tokens(tokens)
         finished: list[tuple[Sequence, FinishReason]] = []
         first = 0
         for seq, draft, logits in sampling:

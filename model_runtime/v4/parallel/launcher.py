@@ -155,7 +155,7 @@ def _rank_engine(rank: int, spec: LaunchSpec) -> tuple[Engine, RankGroup]:
     model = spec.source.load(group, dtype=spec.dtype, attn_impl=spec.attn_impl, weights=spec.weights)
     model.kernels = spec.kernels or default_impl(device)
     config = spec.engine.model_copy(update={"device": spec.devices[rank]})
-    return Engine(model, config), group
+    return Engine(model, config, agree_tokens=group.agree), group
 
 
 def _follower(rank: int, spec: LaunchSpec) -> None:

@@ -8,7 +8,8 @@ seeded sampling. Rank 0 returns the outputs; the others discard theirs.
 
 What is decided by the clock or by another thread — a request's deadline and its cancel event — is decided
 on rank 0 only, once per step, and travels as a stop order, so all ranks stop a request at the same step.
-A per-row `logits_processor` (a stateful grammar) cannot be replicated this way and is refused.
+A per-row `logits_processor` (a stateful grammar) runs on rank 0 only; every engine is built to take the
+tokens rank 0 sampled (`Engine(agree_tokens=RankGroup.agree)`), so the ranks' caches hold the same tokens.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from deepscout.model_runtime.v4.engine import (
     EngineConfig,
     FinishReason,
     GenerationRequest,
-    RequestError,
     RequestOutput,
     UnknownRequestError,
 )
@@ -100,11 +100,13 @@ class LockstepEngine:
         return self.engine.config
 
     def add_request(self, request: GenerationRequest) -> str:
-        """Queue a request on every rank (from the next step); returns its id."""
-        if request.sampling.logits_processor is not None:
-            raise RequestError("a logits_processor cannot run on every rank of expert parallelism; drop it")
-        shared = dataclasses.replace(request, deadline=None, cancel=None)
-        request_id = self._replica.add(shared)
+        """Queue a request on every rank (from the next step); returns its id. Its logits processor runs
+        here only: the other ranks take the tokens rank 0 chose (`Engine`'s `agree_tokens`)."""
+        local = dataclasses.replace(request, deadline=None, cancel=None)
+        shared = dataclasses.replace(
+            local, sampling=dataclasses.replace(local.sampling, logits_processor=None)
+        )
+        request_id = self._replica.add(local)
         self._added.append((request_id, shared))
         self._controls[request_id] = _Controls(request.cancel, request.deadline)
         return request_id

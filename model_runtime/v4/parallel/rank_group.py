@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -88,6 +88,12 @@ class RankGroup:
         """`tensor` summed over the ranks, in place (every rank gets the same sum); returns it."""
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def agree(self, tokens: list[int]) -> list[int]:
+        """Rank 0's `tokens` on every rank (each rank passes the tokens it sampled)."""
+        box: list[object] = [tokens if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return cast(list[int], box[0])
 
     def broadcast(self, message: object) -> object:
         """Rank 0's `message` on every rank (pickled; the other ranks pass None)."""

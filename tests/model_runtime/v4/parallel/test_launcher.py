@@ -9,6 +9,7 @@ import dataclasses
 import re
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,32 @@ def test_random_weights_run_as_the_model_their_shards_make_up(tmp_path: Path) ->
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
     assert got[0].prompt_logits is not None and expected[0].prompt_logits is not None
     torch.testing.assert_close(got[0].prompt_logits, expected[0].prompt_logits, rtol=1e-4, atol=1e-4)
+
+
+def _forced_first_tokens(generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+    """A stateful-looking grammar stand-in: the first two tokens must be 7, then anything."""
+    if len(generated) >= 2:
+        return logits
+    masked = torch.full_like(logits, float("-inf"))
+    masked[7] = 0.0
+    return masked
+
+
+def test_a_logits_processor_runs_on_rank_0_and_every_rank_takes_its_tokens(
+    checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    """The tokens after the forced ones match one process's only if every rank's cache holds the forced
+    tokens too (each rank's forward feeds its own cache's tokens into the shared all-reduce)."""
+    spec = _spec(CheckpointSource(checkpoint_dir), tmp_path, ("cpu", "cpu"), "dense")
+    request = GenerationRequest(
+        prompt_ids=PROMPT, max_new_tokens=6, sampling=SamplingParams(logits_processor=_forced_first_tokens)
+    )
+    single, _ = load_model(checkpoint_dir)
+    (expected,) = Engine(single, spec.engine).generate([request])
+    with launch(spec) as launched:
+        (got,) = launched.engine.generate([request])
+    assert got.token_ids[:2] == [7, 7]
+    assert got.token_ids == expected.token_ids
 
 
 def test_a_world_size_that_does_not_divide_the_experts_is_refused(
