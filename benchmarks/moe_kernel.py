@@ -10,11 +10,21 @@ packed half byte plus a scale byte per 32) over a device-to-device copy's rate (
 second); for prefill, the FLOPs (2 · N · k · 3 · hidden · inter) over an 8192³ bf16 matmul's rate.
 `--sweep` also times a few tile configurations per case and reports the fastest.
 
+MXFP4 decode rows also time the decode path (`grouped_moe_mxfp4_gemv`, a matrix-vector product per pair,
+which `grouped_moe` takes for at most `GEMV_MAX_PAIRS` pairs) beside the tiled kernels, both as called and
+as CUDA-graph replays (`*_graph_ms`: no Python launch overhead, as the decode step runs), and report the
+byte floor of the expected routing: the expected distinct experts touched, `held · (1 - (1 - k/E)^N)` for
+N tokens' uniform top-k over E experts of which this rank holds `held`, times an expert's bytes, over the
+copy rate.
+`--held COUNT` keeps only the first COUNT experts' stacks, as rank 0 of an expert-parallel group (pairs of
+the other experts add nothing); `--sweep` also times the candidate GEMV tiles in `GEMV_SWEEP`.
+
 Prints a table and writes `benchmarks/results/moe_kernel.json` (or `--json PATH`).
 
     python benchmarks/moe_kernel.py                        # CUDA
     python benchmarks/moe_kernel.py --sweep                # CUDA, with tile sweep
     python benchmarks/moe_kernel.py --weights bf16,mxfp4   # CUDA, both expert formats
+    python benchmarks/moe_kernel.py --weights mxfp4 --experts 256 --held 128 --sweep   # decode on an EP rank
     python benchmarks/moe_kernel.py --device cpu           # small shapes under Triton's interpreter
 """
 
@@ -29,12 +39,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from device_rates import Ceilings, ceilings, timed, write_report
 
-from deepscout.model_runtime.v4.kernels.expert_weights import ExpertStacks
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice, ExpertStacks
 from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe_reference
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks, quantize
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 if TYPE_CHECKING:
+    from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import GemvTiles
     from deepscout.model_runtime.v4.kernels.grouped_moe_triton import TileConfig
 
 SWEEP = {
@@ -58,6 +69,20 @@ SWEEP = {
 }
 """Candidate tiles (block_m, gate_up_n, down_n, block_k, num_warps, num_stages) for `--sweep` (block_k a
 multiple of 32, as MXFP4 needs)."""
+GEMV_SWEEP = [
+    (16, 16, 512, 4, 1),
+    (8, 8, 512, 4, 1),
+    (8, 16, 1024, 4, 1),
+    (16, 16, 1024, 4, 1),
+    (16, 16, 256, 4, 1),
+    (32, 32, 256, 4, 1),
+    (16, 32, 512, 4, 1),
+    (16, 16, 512, 8, 1),
+    (16, 16, 512, 4, 2),
+    (16, 16, 512, 4, 3),
+]
+"""Candidate decode-path tiles (gate_up_n, down_n, block_k, num_warps, num_stages) for `--sweep` (MXFP4
+decode rows; powers of two, block_k >= 32)."""
 WEIGHTS = ("bf16", "mxfp4")
 """Expert formats `--weights` may name."""
 
@@ -68,8 +93,13 @@ def bytes_per_expert(fmt: str, hidden: int, inter: int) -> int:
     return elements * 2 if fmt == "bf16" else elements // 2 + elements // FP4_BLOCK
 
 
+def expected_active(tokens: int, top_k: int, experts: int, held: int) -> float:
+    """Expected distinct experts of the `held` that N tokens' uniform top-k over `experts` touch."""
+    return held * (1 - (1 - top_k / experts) ** tokens)
+
+
 def make_case(
-    device: torch.device, tokens: int, experts: int, top_k: int, hidden: int, inter: int, fmt: str
+    device: torch.device, tokens: int, experts: int, top_k: int, hidden: int, inter: int, fmt: str, held: int
 ) -> dict[str, Any]:
     gen = torch.Generator(device=device).manual_seed(tokens + experts)
 
@@ -81,37 +111,95 @@ def make_case(
     stacks = ExpertStacks(weight(inter, hidden), weight(hidden, inter), weight(inter, hidden))
     if fmt == "mxfp4":
         stacks = quantize(stacks)
+    stacks = stacks.map(lambda t: t[:held])  # rank 0's rows (all of them without --held)
     x = torch.randn(tokens, hidden, generator=gen, device=device).to(torch.bfloat16)
     scores = torch.rand(tokens, experts, generator=gen, device=device)
     weights, indices = scores.topk(top_k, dim=-1)
-    return {"x": x, "weights": weights / weights.sum(-1, keepdim=True), "indices": indices, "stacks": stacks}
+    routing = {"x": x, "weights": weights / weights.sum(-1, keepdim=True), "indices": indices}
+    return {**routing, "stacks": stacks, "experts": ExpertSlice(0, held) if held < experts else None}
 
 
 def measure(
-    case: dict[str, Any], device: torch.device, tiles: TileConfig | None
+    case: dict[str, Any], device: torch.device, tiles: TileConfig | None, *, graphs: bool = False
 ) -> tuple[float, torch.Tensor]:
+    """The tiled kernels' seconds per call (as called, or as CUDA-graph replays) and their output."""
     from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import grouped_moe_mxfp4_triton
     from deepscout.model_runtime.v4.kernels.grouped_moe_triton import grouped_moe_triton
 
     def call() -> torch.Tensor:
-        stacks = case["stacks"]
+        stacks, experts = case["stacks"], case["experts"]
         routing = (case["x"], case["weights"], case["indices"])
         if isinstance(stacks, Mxfp4ExpertStacks):
-            return grouped_moe_mxfp4_triton(*routing, stacks, 10.0, tiles=tiles)
-        return grouped_moe_triton(*routing, stacks.w1, stacks.w2, stacks.w3, 10.0, tiles=tiles)
+            return grouped_moe_mxfp4_triton(*routing, stacks, 10.0, tiles=tiles, experts=experts)
+        return grouped_moe_triton(
+            *routing, stacks.w1, stacks.w2, stacks.w3, 10.0, tiles=tiles, experts=experts
+        )
 
-    return timed(call, device), call()
+    return timed(call, device, graphs=graphs), call()
+
+
+def measure_gemv(
+    case: dict[str, Any], device: torch.device, tiles: GemvTiles | None, *, graphs: bool
+) -> tuple[float, torch.Tensor]:
+    """The decode path's seconds per call (as called, or as CUDA-graph replays) and its output."""
+    from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import grouped_moe_mxfp4_gemv
+
+    def call() -> torch.Tensor:
+        routing = (case["x"], case["weights"], case["indices"], case["stacks"])
+        return grouped_moe_mxfp4_gemv(*routing, 10.0, tiles=tiles, experts=case["experts"])
+
+    return timed(call, device, graphs=graphs), call()
+
+
+def gemv_columns(
+    case: dict[str, Any], device: torch.device, reference: torch.Tensor, floor: float, sweep: bool
+) -> dict[str, Any]:
+    """An MXFP4 decode row's decode-path columns: its times beside the tiled kernels' graph replays, its
+    distance from the byte floor and the reference, and with `sweep` the fastest of `GEMV_SWEEP`."""
+    from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import GemvTiles
+
+    gemv_s, out = measure_gemv(case, device, None, graphs=False)
+    gemv_graph_s, _ = measure_gemv(case, device, None, graphs=True)
+    tiled_graph_s, _ = measure(case, device, None, graphs=True)
+    columns = {
+        "gemv_ms": round(gemv_s * 1e3, 4),
+        "gemv_graph_ms": round(gemv_graph_s * 1e3, 4),
+        "triton_graph_ms": round(tiled_graph_s * 1e3, 4),
+        "gemv_x_floor": round(gemv_graph_s / floor, 2) if floor else None,
+        "gemv_speedup": round(tiled_graph_s / gemv_graph_s, 2) if gemv_graph_s else None,
+        "gemv_max_rel_diff_vs_reference": float(
+            (out.float() - reference).abs().max() / reference.abs().max()
+        ),
+        "gemv_tiles": asdict(GemvTiles()),
+    }
+    if sweep:
+        from triton.compiler.errors import CompilationError
+        from triton.runtime.errors import OutOfResources
+
+        best, best_s = GemvTiles(), gemv_graph_s
+        for candidate in (GemvTiles(*c) for c in GEMV_SWEEP):
+            if candidate == GemvTiles():
+                continue
+            try:
+                cand_s, _ = measure_gemv(case, device, candidate, graphs=True)
+            except (OutOfResources, CompilationError, RuntimeError) as err:  # a candidate Triton cannot build
+                print(f"skipped {candidate}: {err}")
+                continue
+            best, best_s = (candidate, cand_s) if cand_s < best_s else (best, best_s)
+        columns["gemv_best_tiles"] = asdict(best)
+        columns["gemv_best_graph_ms"] = round(best_s * 1e3, 4)
+    return columns
 
 
 def run_case(
     device: torch.device, phase: str, tokens: int, experts: int, shape: tuple[int, int, int], sweep: bool,
-    rates: Ceilings, fmt: str,
+    rates: Ceilings, fmt: str, held: int,
 ) -> dict[str, Any]:  # fmt: skip
     from deepscout.model_runtime.v4.kernels.grouped_moe_triton import TileConfig, choose_tiles, group_pairs
 
     top_k, hidden, inter = shape
-    case = make_case(device, tokens, experts, top_k, hidden, inter, fmt)
-    default = choose_tiles(tokens * top_k, experts)
+    case = make_case(device, tokens, experts, top_k, hidden, inter, fmt, held)
+    default = choose_tiles(tokens * top_k, held)  # as `plan_launches` picks them for the held stacks
     seconds, out = measure(case, device, None)
     routing_s = timed(lambda: group_pairs(case["indices"], experts, default.block_m), device)
     best, best_s = default, seconds
@@ -128,10 +216,11 @@ def run_case(
                 continue
             best, best_s = (candidate, cand_s) if cand_s < best_s else (best, best_s)
     args = (case["x"], case["weights"], case["indices"], case["stacks"], 10.0)
-    ref_s = timed(lambda: grouped_moe_reference(*args), device)
-    reference = grouped_moe_reference(*args).float()
-    active = int(torch.unique(case["indices"]).numel())
+    ref_s = timed(lambda: grouped_moe_reference(*args, experts=case["experts"]), device)
+    reference = grouped_moe_reference(*args, experts=case["experts"]).float()
+    active = int((torch.unique(case["indices"]) < held).sum())
     weight_bytes = active * bytes_per_expert(fmt, hidden, inter)
+    expected_bytes = expected_active(tokens, top_k, experts, held) * bytes_per_expert(fmt, hidden, inter)
     flops = 2 * tokens * top_k * 3 * hidden * inter
     needed, rate = (
         (weight_bytes, rates.copy_bytes_per_s) if phase == "decode" else (flops, rates.matmul_flop_per_s)
@@ -142,11 +231,16 @@ def run_case(
         "weights": fmt,
         "tokens": tokens,
         "experts": experts,
+        "held_experts": held,
         "active_experts": active,
+        "expected_active_experts": round(expected_active(tokens, top_k, experts, held), 2),
         "triton_ms": round(seconds * 1e3, 4),
         "routing_ms": round(routing_s * 1e3, 4),
         "reference_ms": round(ref_s * 1e3, 4),
         "floor_ms": round(floor * 1e3, 4),
+        "expected_floor_ms": round(expected_bytes / rates.copy_bytes_per_s * 1e3, 4)
+        if rates.copy_bytes_per_s
+        else 0.0,
         "x_floor": round(seconds / floor, 2) if floor else None,
         "weights_gb_per_s": round(weight_bytes / seconds / 1e9, 1),
         "tflop_per_s": round(flops / seconds / 1e12, 2),
@@ -156,6 +250,8 @@ def run_case(
     if sweep:
         row["best_tiles"] = asdict(best)
         row["best_ms"] = round(best_s * 1e3, 4)
+    if fmt == "mxfp4" and phase == "decode":
+        row.update(gemv_columns(case, device, reference, floor, sweep))
     return row
 
 
@@ -168,9 +264,12 @@ def main() -> None:
     parser.add_argument("--prefill", default=None, help="tokens per prefill chunk")
     parser.add_argument("--sweep", action="store_true", help="also time the candidate tiles in SWEEP")
     parser.add_argument("--weights", default="bf16", help=f"expert formats, comma-separated, of {WEIGHTS}")
+    parser.add_argument("--held", type=int, default=None, help="experts this rank holds (the first COUNT)")
     default_json = Path(__file__).parent / "results" / "moe_kernel.json"
     parser.add_argument("--json", type=Path, default=default_json)
     opts = parser.parse_args()
+    if opts.held is not None and opts.held < 1:
+        parser.error(f"--held takes a positive expert count, got {opts.held}")
     device = torch.device(opts.device)
     formats = opts.weights.split(",")
     if any(f not in WEIGHTS for f in formats):
@@ -190,7 +289,8 @@ def main() -> None:
     for fmt in formats:
         for n_experts in experts:
             for phase, tokens in cases:
-                row = run_case(device, phase, tokens, n_experts, shape, opts.sweep, rates, fmt)
+                held = min(opts.held or n_experts, n_experts)
+                row = run_case(device, phase, tokens, n_experts, shape, opts.sweep, rates, fmt, held)
                 rows.append(row)
                 print(row, flush=True)
                 if device.type == "cuda":
@@ -207,6 +307,19 @@ def main() -> None:
             f"{r['x_floor'] or '-':>8} {r['weights_gb_per_s']:>8} {r['tflop_per_s']:>8} "
             f"{r['max_rel_diff_vs_reference']:>9.2e}"
         )
+    gemv_rows = [r for r in rows if "gemv_ms" in r]
+    if gemv_rows:
+        print(
+            f"{'weights':>7} {'E':>4} {'held':>4} {'N':>3} {'tiled graph ms':>14} {'gemv graph ms':>13} "
+            f"{'speedup':>7} {'floor ms':>9} {'exp floor ms':>12} {'gemv x floor':>12} {'rel diff':>9}"
+        )
+    for r in gemv_rows:
+        print(
+            f"{r['weights']:>7} {r['experts']:>4} {r['held_experts']:>4} {r['tokens']:>3} "
+            f"{r['triton_graph_ms']:>14} {r['gemv_graph_ms']:>13} {r['gemv_speedup'] or '-':>7} "
+            f"{r['floor_ms']:>9} {r['expected_floor_ms']:>12} {r['gemv_x_floor'] or '-':>12} "
+            f"{r['gemv_max_rel_diff_vs_reference']:>9.2e}"
+        )
     write_report(
         opts.json,
         benchmark="moe_kernel",
@@ -214,6 +327,7 @@ def main() -> None:
         rates=rates,
         results=rows,
         shape={"top_k": shape[0], "hidden": shape[1], "inter": shape[2]},
+        held=opts.held,
     )
 
 

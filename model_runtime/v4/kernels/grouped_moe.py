@@ -16,7 +16,8 @@ stacks hold every expert and `indices` index them directly.
 * "reference": a loop over the experts present (host syncs; the oracle and the CPU default); MXFP4 experts
   are dequantised one by one as they come, only those present.
 * "triton": `grouped_moe_triton` (or `grouped_moe_mxfp4_triton`) — routing grouped on the device, two
-  launches for all experts, no sync.
+  launches for all experts, no sync. MXFP4 experts with at most `GEMV_MAX_PAIRS` (32) pairs (decode) take
+  `grouped_moe_mxfp4_gemv` instead: two launches of a matrix-vector product per pair, no grouping.
 """
 
 from __future__ import annotations
@@ -68,8 +69,14 @@ def grouped_moe(
 
             w1, w2, w3 = stacks.w1, stacks.w2, stacks.w3
             return grouped_moe_triton(x, weights, indices, w1, w2, w3, swiglu_limit, experts=experts)
+        from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import (
+            GEMV_MAX_PAIRS,
+            grouped_moe_mxfp4_gemv,
+        )
         from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import grouped_moe_mxfp4_triton
 
+        if indices.numel() <= GEMV_MAX_PAIRS:
+            return grouped_moe_mxfp4_gemv(x, weights, indices, stacks, swiglu_limit, experts=experts)
         return grouped_moe_mxfp4_triton(x, weights, indices, stacks, swiglu_limit, experts=experts)
     return grouped_moe_reference(x, weights, indices, stacks, swiglu_limit, experts=experts)
 

@@ -1,6 +1,7 @@
 """The grouped-MoE kernel on MXFP4 experts (W4A16) against the reference on the same MXFP4 stacks, and the
-reference against the bf16 path on the dequantised stacks: on the CPU under Triton's interpreter (small
-shapes), and at V4-Flash width on a CUDA device with host syncs forbidden."""
+reference against the bf16 path on the dequantised stacks, for the tiled kernels and the decode path (a
+matrix-vector product per pair): on the CPU under Triton's interpreter (small shapes), and at V4-Flash width
+on a CUDA device with host syncs forbidden (and, for the decode path, replayed in a CUDA graph)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels import grouped_moe_mxfp4_gemv_triton as gemv_module
+from deepscout.model_runtime.v4.kernels import grouped_moe_mxfp4_triton as tiled_module
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe
+from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import (
+    GEMV_MAX_PAIRS,
+    GemvTiles,
+    _e2m1_f16,
+    grouped_moe_mxfp4_gemv,
+)
 from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import _e2m1, _e8m0, grouped_moe_mxfp4_triton
 from deepscout.model_runtime.v4.kernels.grouped_moe_triton import TileConfig
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
@@ -165,3 +175,178 @@ def test_flash_width_on_cuda_without_host_syncs(tokens: int) -> None:
     reference = grouped_moe(x, weights, indices, stacks, 10.0, impl="reference")
     assert _relative(ours, oracle) < 1e-2
     assert _relative(ours, oracle) <= 1.5 * _relative(reference, oracle) + 1e-3
+
+
+# --- the decode path: a matrix-vector product per (token, expert) pair -------------------------------------
+
+_SMALL_GEMV = GemvTiles(gate_up_n=16, down_n=32, block_k=64)  # several steps each launch
+_RAGGED_GEMV = GemvTiles(gate_up_n=64, down_n=64, block_k=64)  # with inter 96, hidden 160: ragged everywhere
+
+
+@triton.jit
+def _decode_nibbles_kernel(BYTES, CODES):
+    byte = tl.load(BYTES + tl.arange(0, 256)).to(tl.int32)
+    tl.store(CODES + 2 * tl.arange(0, 256), _e2m1_f16(byte & 15) * 16384.0)
+    tl.store(CODES + 2 * tl.arange(0, 256) + 1, _e2m1_f16(byte >> 4) * 16384.0)
+
+
+def test_the_decode_path_decodes_every_nibble_as_the_checkpoint_format(device: torch.device) -> None:
+    every = torch.arange(256, dtype=torch.uint8, device=device)
+    values = torch.empty(512, device=device)
+    _decode_nibbles_kernel[(1,)](every, values)
+    assert torch.equal(values.cpu(), unpack_e2m1(every.cpu()))
+
+
+def _slice_case(
+    tokens: int, top_k: int, hidden: int, inter: int, held: ExpertSlice | None, gen: torch.Generator
+) -> tuple[Mxfp4ExpertStacks, torch.Tensor, torch.Tensor]:
+    """Stacks of the held experts (all 8 without a slice) and routing over all 8 global experts."""
+    stacks = _random_mxfp4(8 if held is None else held.count, hidden, inter, gen)
+    weights, indices = _routing(tokens, top_k, 8, gen)
+    return stacks, weights, indices
+
+
+@pytest.mark.parametrize(
+    ("tokens", "top_k", "hidden", "inter", "limit", "held", "tiles"),
+    [
+        (1, 2, 256, 128, 10.0, None, None),  # one decode token, one step each launch
+        (1, 3, 256, 128, 0.0, ExpertSlice(0, 4), None),
+        (3, 2, 256, 128, 1.0, ExpertSlice(4, 4), _SMALL_GEMV),  # clamps active; several steps
+        (5, 3, 160, 96, 1.0, None, _RAGGED_GEMV),  # last row blocks and last steps half full
+        (5, 2, 160, 96, 10.0, ExpertSlice(3, 3), _RAGGED_GEMV),
+        (4, 3, 256, 128, 1.0, ExpertSlice(2, 4), GemvTiles(gate_up_n=64, down_n=64, block_k=256)),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_path_matches_reference(
+    device: torch.device,
+    tokens: int,
+    top_k: int,
+    hidden: int,
+    inter: int,
+    limit: float,
+    held: ExpertSlice | None,
+    tiles: GemvTiles | None,
+    dtype: torch.dtype,
+) -> None:
+    gen = torch.Generator().manual_seed(tokens * 1000 + hidden + inter + top_k + (held.start if held else 9))
+    stacks, weights, indices = _slice_case(tokens, top_k, hidden, inter, held, gen)
+    x = torch.randn(tokens, hidden, generator=gen).to(dtype)
+    oracle = grouped_moe(x.float(), weights, indices, stacks, limit, impl="reference", experts=held)
+    on = stacks.map(lambda t: t.to(device))
+    routing = (x.to(device), weights.to(device), indices.to(device))
+    ours = grouped_moe_mxfp4_gemv(*routing, on, limit, tiles=tiles, experts=held).cpu()
+    assert ours.dtype == dtype and ours.shape == x.shape
+    assert _relative(ours, oracle) < (1e-5 if dtype == torch.float32 else 1e-2)
+    if dtype == torch.bfloat16:
+        reference = grouped_moe(x, weights, indices, stacks, limit, impl="reference", experts=held)
+        assert _relative(ours, oracle) <= 1.5 * _relative(reference, oracle) + 1e-3
+    if held is not None:  # a token none of whose experts is held gets exactly zero
+        elsewhere = ~((indices >= held.start) & (indices < held.stop)).any(dim=1)
+        assert torch.equal(ours[elsewhere], torch.zeros_like(ours[elsewhere]))
+
+
+def test_decode_path_leaves_tokens_routed_elsewhere_at_zero(device: torch.device) -> None:
+    """Token 1's experts are all on another rank: its row is exactly zero (the buffers are not zeroed)."""
+    gen = torch.Generator().manual_seed(11)
+    held = ExpertSlice(0, 4)
+    stacks = _random_mxfp4(4, 128, 64, gen).map(lambda t: t.to(device))
+    x = torch.randn(3, 128, generator=gen, device=device)
+    indices = torch.tensor([[0, 5], [6, 7], [3, 1]], device=device)
+    weights = torch.rand(3, 2, generator=gen).to(device)
+    ours = grouped_moe_mxfp4_gemv(x, weights, indices, stacks, 1.0, experts=held)
+    reference = grouped_moe(x, weights, indices, stacks, 1.0, impl="reference", experts=held)
+    assert torch.equal(ours[1], torch.zeros_like(ours[1]))
+    assert _relative(ours, reference) < 1e-5
+
+
+def test_dispatch_takes_the_decode_path_for_few_pairs(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gen = torch.Generator().manual_seed(12)
+    stacks = _random_mxfp4(8, 64, 32, gen).map(lambda t: t.to(device))
+    taken: list[str] = []
+    for name in ("grouped_moe_mxfp4_gemv", "grouped_moe_mxfp4_triton"):
+        module = gemv_module if name.endswith("gemv") else tiled_module
+        original = getattr(module, name)
+
+        def spy(*args: object, _name: str = name, _original: object = original, **kwargs: object) -> object:
+            taken.append(_name)
+            return _original(*args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(module, name, spy)
+    for tokens in (GEMV_MAX_PAIRS // 2, GEMV_MAX_PAIRS // 2 + 1):  # top-2: 32 pairs, then 34
+        x = torch.randn(tokens, 64, generator=gen, device=device)
+        weights, indices = (t.to(device) for t in _routing(tokens, 2, 8, gen))
+        ours = grouped_moe(x, weights, indices, stacks, 1.0, impl="triton")
+        assert _relative(ours, grouped_moe(x, weights, indices, stacks, 1.0, impl="reference")) < 1e-5
+    assert taken == ["grouped_moe_mxfp4_gemv", "grouped_moe_mxfp4_triton"]
+
+
+@pytest.mark.parametrize("tiles", [GemvTiles(block_k=16), GemvTiles(block_k=96), GemvTiles(down_n=24)])
+def test_decode_path_rejects_bad_tiles(tiles: GemvTiles) -> None:
+    gen = torch.Generator().manual_seed(13)
+    stacks = _random_mxfp4(4, 64, 32, gen)
+    weights, indices = _routing(1, 2, 4, gen)
+    with pytest.raises(ValueError, match="powers of two"):
+        grouped_moe_mxfp4_gemv(torch.randn(1, 64), weights, indices, stacks, 1.0, tiles=tiles)
+
+
+_FLASH_SLICES = [None, ExpertSlice(0, 128), ExpertSlice(128, 128)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("held", _FLASH_SLICES, ids=["all", "rank0of2", "rank1of2"])
+@pytest.mark.parametrize("tokens", [1, 8])
+def test_decode_path_at_flash_width_without_host_syncs(tokens: int, held: ExpertSlice | None) -> None:
+    """V4-Flash's routed experts (256, hidden 4096, inter 2048, top-6; or a rank's 128 of them) in MXFP4
+    with bf16 activations: the decode path runs with host syncs forbidden, matches the float32 reference
+    and the tiled kernels."""
+    gen = torch.Generator(device="cuda").manual_seed(tokens + (held.start if held else 7))
+    stacks = _random_mxfp4(256 if held is None else held.count, 4096, 2048, gen, torch.device("cuda"))
+    x = torch.randn(tokens, 4096, generator=gen, device="cuda").bfloat16()
+    weights, indices = torch.rand(tokens, 256, generator=gen, device="cuda").topk(6, dim=-1)
+    args = (x, weights, indices, stacks, 10.0)
+    grouped_moe_mxfp4_gemv(*args, experts=held)  # compile outside the guarded region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ours = grouped_moe(*args, impl="triton", experts=held)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    oracle = grouped_moe(x.float(), weights, indices, stacks, 10.0, impl="reference", experts=held)
+    reference = grouped_moe(*args, impl="reference", experts=held)
+    tiled = grouped_moe_mxfp4_triton(*args, experts=held)
+    assert _relative(ours, oracle) < 1e-2
+    assert _relative(ours, oracle) <= 1.5 * _relative(reference, oracle) + 1e-3
+    assert _relative(ours, tiled) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_decode_path_replays_in_a_cuda_graph() -> None:
+    """One decode token on rank 0 of 2 captured once, replayed on new activations and routing: the same
+    output as an eager call."""
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    held = ExpertSlice(0, 128)
+    stacks = _random_mxfp4(128, 4096, 2048, gen, torch.device("cuda"))
+    x = torch.randn(1, 4096, generator=gen, device="cuda").bfloat16()
+    weights, indices = torch.rand(1, 256, generator=gen, device="cuda").topk(6, dim=-1)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        grouped_moe(x, weights, indices, stacks, 10.0, impl="triton", experts=held)  # compile first
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = grouped_moe(x, weights, indices, stacks, 10.0, impl="triton", experts=held)
+    x.copy_(torch.randn(1, 4096, generator=gen, device="cuda").bfloat16())
+    new_weights, new_indices = torch.rand(1, 256, generator=gen, device="cuda").topk(6, dim=-1)
+    weights.copy_(new_weights)
+    indices.copy_(new_indices)
+    graph.replay()
+    eager = grouped_moe(x, weights, indices, stacks, 10.0, impl="triton", experts=held)
+    assert torch.equal(captured, eager)
+    oracle = grouped_moe(x.float(), weights, indices, stacks, 10.0, impl="reference", experts=held)
+    assert _relative(captured, oracle) < 1e-2

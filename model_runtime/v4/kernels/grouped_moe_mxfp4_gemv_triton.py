@@ -1,0 +1,280 @@
+"""The decode path of `grouped_moe(..., impl="triton")` on MXFP4 experts (W4A16): a matrix-vector product
+per (token, expert) pair, for the few pairs of a decode step.
+
+When it runs: `grouped_moe` takes it for at most `GEMV_MAX_PAIRS` (32) pairs (N·k; at V4-Flash's top-6,
+decode steps of up to 5 tokens on one GPU, about 10 on each of two expert-parallel ranks), the tiled kernels
+(`grouped_moe_mxfp4_triton`) above. Each pair streams its expert's weights on its own, so the bytes read
+are (pairs × an expert's bytes) rather than (distinct experts × an expert's bytes), and pairs of one
+expert run side by side (the pair is the grid's fastest axis), so the repeats mostly hit L2. Measured on
+an H200 (graph replays, hidden 4096, inter 2048, a rank holding 128 of 256 experts): 3 pairs 62.5 µs
+against the tiled kernels' 300 µs (6.6× its byte floor), about 24 pairs 361 µs against 950 µs; the whole
+decode step of the V4-Flash-shaped stack with 128 experts on one GPU went from 29.8 to 21.6 ms at one
+token, but from 30.6 to 40.9 ms at 8 tokens (48 pairs), hence the switch at 32.
+
+Launch 1 (gate-up), a program per (pair, block of `gate_up_n` rows of inter): the expert's w1 and w3 rows
+`[gate_up_n, hidden/2]` are read in storage order, `block_k` columns a step as a `[rows, block_k/32, 16]`
+byte tile (16 contiguous bytes a row and 32-column group: wide, coalesced loads); each byte's low nibble
+(even column) and high nibble (odd column) times the token's even and odd activation columns are summed
+per group in float32 (`tl.sum`, no dot and no padded rows), the group sums times the group's scale are
+accumulated, and `h = silu(min(g, l)) * clamp(u, -l, l)` (`_store_swiglu`) goes to the pair's row of
+`h` `[N·k, inter]`. Launch 2 (down), a program per (pair, block of `down_n` rows of hidden): the pair's
+row of `h` times w2's rows the same way, times the pair's routing weight, into its row of `pair_out`
+`[N·k, hidden]`; a token's k rows are summed as in the tiled path (deterministic, no atomics).
+
+Pairs routed to experts the stacks do not hold (another rank's, with `experts`; any id outside the stacks)
+skip the weights and write a zero row, on the device: no host sync, so the path runs inside CUDA-graph
+capture. `h` and `pair_out` are in `x`'s dtype (float32 under Triton's interpreter, as the tiled path).
+
+Decoding: a code's e2m1 value times 2^-14 is the float16 whose bits are the code's sign at bit 15 and its
+exponent and mantissa bits at bits 11..9 (e2m1's subnormals, 0 and 0.5, are float16 subnormals), converted
+exactly to float32 — a shift, a mask and a multiply-add per nibble instead of `_e2m1`'s ~14 integer steps
+and int-to-float conversion. Each group's sum is multiplied by 2^14 and by `_e8m0` of its scale byte
+(powers of two: exact wherever the tiled path's products are in range), so the result is the float32 sum
+of the exactly dequantised weights times the activations, in another order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
+from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import SCALE_BLOCK, _bytes, _e8m0
+from deepscout.model_runtime.v4.kernels.grouped_moe_triton import _store_swiglu
+from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
+from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
+
+GEMV_MAX_PAIRS = 32
+"""The most (token, expert) pairs `grouped_moe` sends down this path (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class GemvTiles:
+    """Output rows per program (`gate_up_n` of inter, `down_n` of hidden) and reduction columns per step
+    (`block_k`, a power of two ≥ 32; capped at the reduction's length rounded up to a power of two)."""
+
+    gate_up_n: int = 16
+    down_n: int = 16
+    block_k: int = 512
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+@triton.jit
+def _e2m1_f16(code):
+    """float32 values of e2m1 codes (int32, 0..15) times 2^-14, through their float16 bits (exact)."""
+    bits = (code << 9) + (code & 8) * 3584  # sign: bit 12 + 7·2^12 = bit 15; exponent, mantissa: bits 11..9
+    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _step_offsets(rows, stride_wn, stride_sn, BLOCK_K: tl.constexpr):
+    """Offsets of one reduction step's packed bytes `[rows, BLOCK_K/32, 16]`, scale bytes `[rows, BLOCK_K/32]`
+    (within the expert's matrix, at column 0) and even activation columns `[BLOCK_K/32, 16]`."""
+    groups = tl.arange(0, BLOCK_K // SCALE_BLOCK)
+    columns = groups[:, None] * (SCALE_BLOCK // 2) + tl.arange(0, SCALE_BLOCK // 2)[None, :]
+    w_offsets = rows[:, None, None] * stride_wn + columns[None, :, :]
+    s_offsets = rows[:, None] * stride_sn + groups[None, :]
+    return w_offsets, s_offsets, 2 * columns
+
+
+@triton.jit
+def _groups_in(k0, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Which 32-column groups of the step at column `k0` lie inside the `K` columns."""
+    return tl.arange(0, BLOCK_K // SCALE_BLOCK) < (K - k0) // SCALE_BLOCK
+
+
+@triton.jit
+def _group_sums(W, S, w_offsets, s_offsets, row_ok, group_ok, v_even, v_odd):
+    """One step of a block of rows: each row's and 32-column group's Σ weight · v (`v_even`/`v_odd`
+    `[groups, 16]`, float32), the weights dequantised (float32 `[rows, groups]`)."""
+    w_mask = row_ok[:, None, None] & group_ok[None, :, None]
+    packed = tl.load(W + w_offsets, mask=w_mask, other=0).to(tl.int32)
+    low, high = _e2m1_f16(packed & 15), _e2m1_f16(packed >> 4)
+    sums = tl.sum(low * v_even[None, :, :] + high * v_odd[None, :, :], axis=2)
+    scale = _e8m0(tl.load(S + s_offsets, mask=row_ok[:, None] & group_ok[None, :], other=127))
+    return sums * 16384.0 * scale
+
+
+@triton.jit
+def _gemv_gate_up_kernel(
+    X,
+    W1,
+    W3,
+    S1,
+    S3,
+    H,
+    LOCAL,
+    n_experts,
+    top_k,
+    limit,
+    stride_x,
+    stride_we,
+    stride_wn,
+    stride_se,
+    stride_sn,
+    stride_h,
+    HIDDEN: tl.constexpr,
+    INTER: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    CLAMP: tl.constexpr,
+):
+    pair = tl.program_id(0)
+    expert = tl.load(LOCAL + pair).to(tl.int64)
+    if (expert < 0) | (expert >= n_experts):
+        return
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < INTER
+    w_offsets, s_offsets, x_offsets = _step_offsets(rows, stride_wn, stride_sn, BLOCK_K)
+    x_row = X + (pair // top_k).to(tl.int64) * stride_x
+    w1, w3 = W1 + expert * stride_we, W3 + expert * stride_we
+    s1, s3 = S1 + expert * stride_se, S3 + expert * stride_se
+    gate = tl.zeros((BLOCK_N, BLOCK_K // SCALE_BLOCK), dtype=tl.float32)
+    up = tl.zeros((BLOCK_N, BLOCK_K // SCALE_BLOCK), dtype=tl.float32)
+    for k0 in range(0, HIDDEN, BLOCK_K):
+        group_ok = _groups_in(k0, HIDDEN, BLOCK_K)
+        x_even = tl.load(x_row + k0 + x_offsets, mask=group_ok[:, None], other=0.0).to(tl.float32)
+        x_odd = tl.load(x_row + k0 + 1 + x_offsets, mask=group_ok[:, None], other=0.0).to(tl.float32)
+        w_step, s_step = w_offsets + k0 // 2, s_offsets + k0 // SCALE_BLOCK
+        gate += _group_sums(w1, s1, w_step, s_step, row_ok, group_ok, x_even, x_odd)
+        up += _group_sums(w3, s3, w_step, s_step, row_ok, group_ok, x_even, x_odd)
+    # the tiled path's epilogue on a one-row tile: the pair's row of H, these rows as its columns
+    pair_row = pair + tl.arange(0, 1)
+    gate_row, up_row = tl.sum(gate, axis=1)[None, :], tl.sum(up, axis=1)[None, :]
+    _store_swiglu(H, gate_row, up_row, limit, pair_row, rows, stride_h, row_ok[None, :], CLAMP)
+
+
+@triton.jit
+def _gemv_down_kernel(
+    H,
+    W2,
+    S2,
+    OUT,
+    LOCAL,
+    ROUTE,
+    n_experts,
+    stride_h,
+    stride_we,
+    stride_wn,
+    stride_se,
+    stride_sn,
+    stride_out,
+    HIDDEN: tl.constexpr,
+    INTER: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pair = tl.program_id(0)
+    expert = tl.load(LOCAL + pair).to(tl.int64)
+    held = (expert >= 0) & (expert < n_experts)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < HIDDEN
+    acc = tl.zeros((BLOCK_N, BLOCK_K // SCALE_BLOCK), dtype=tl.float32)
+    if held:
+        w_offsets, s_offsets, h_offsets = _step_offsets(rows, stride_wn, stride_sn, BLOCK_K)
+        h_row = H + pair.to(tl.int64) * stride_h
+        w2, s2 = W2 + expert * stride_we, S2 + expert * stride_se
+        for k0 in range(0, INTER, BLOCK_K):
+            group_ok = _groups_in(k0, INTER, BLOCK_K)
+            h_even = tl.load(h_row + k0 + h_offsets, mask=group_ok[:, None], other=0.0).to(tl.float32)
+            h_odd = tl.load(h_row + k0 + 1 + h_offsets, mask=group_ok[:, None], other=0.0).to(tl.float32)
+            w_step, s_step = w_offsets + k0 // 2, s_offsets + k0 // SCALE_BLOCK
+            acc += _group_sums(w2, s2, w_step, s_step, row_ok, group_ok, h_even, h_odd)
+    route = tl.where(held, tl.load(ROUTE + pair), 0.0)
+    out = tl.sum(acc, axis=1) * route
+    tl.store(OUT + pair.to(tl.int64) * stride_out + rows, out.to(OUT.dtype.element_ty), mask=row_ok)
+
+
+def _block_k(tiles: GemvTiles, k: int) -> int:
+    """The step width for a reduction of `k` columns: `tiles.block_k`, at most `k` rounded up to a power
+    of two."""
+    return min(tiles.block_k, triton.next_power_of_2(k))
+
+
+def grouped_moe_mxfp4_gemv(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    stacks: Mxfp4ExpertStacks,
+    swiglu_limit: float,
+    *,
+    tiles: GemvTiles | None = None,
+    experts: ExpertSlice | None = None,
+) -> torch.Tensor:
+    """The routed experts' summed output `[N, hidden]` in `x`'s dtype from MXFP4 `stacks`, a pair at a
+    time (see the module docstring); with `experts` the stacks hold only that slice and the other experts'
+    pairs add nothing."""
+    tiles = tiles or GemvTiles()
+    n_tokens, hidden = x.shape
+    top_k = indices.shape[1]
+    n_pairs = n_tokens * top_k
+    n_experts, inter, _ = stacks.w1.shape
+    if stacks.w1.shape[2] * 2 != hidden:
+        raise ValueError(f"the MXFP4 stacks are for hidden {stacks.w1.shape[2] * 2}, x has {hidden}")
+    sizes = (tiles.gate_up_n, tiles.down_n, tiles.block_k)
+    if any(s & (s - 1) for s in sizes) or tiles.block_k < FP4_BLOCK:
+        raise ValueError(f"GEMV tiles need powers of two and block_k >= {FP4_BLOCK}, got {tiles}")
+    if n_pairs == 0:
+        return torch.zeros_like(x)
+    x = x.contiguous()
+    w1, w2, w3 = _bytes(stacks.w1), _bytes(stacks.w2), _bytes(stacks.w3)
+    s1, s2, s3 = _bytes(stacks.w1_scale), _bytes(stacks.w2_scale), _bytes(stacks.w3_scale)
+    if w1.stride() != w3.stride() or s1.stride() != s3.stride():
+        raise ValueError("w1 and w3 (and their scales) must share one layout")
+    local = (indices if experts is None else experts.local_ids(indices)).reshape(-1).to(torch.int32)
+    route = weights.reshape(-1).float().contiguous()
+    # as the tiled path: Triton's interpreter truncates what it stores as bf16, so there the work is float32
+    work_dtype = torch.float32 if triton.knobs.runtime.interpret else x.dtype
+    h = torch.empty(n_pairs, inter, dtype=work_dtype, device=x.device)
+    pair_out = torch.empty(n_pairs, hidden, dtype=work_dtype, device=x.device)
+    _gemv_gate_up_kernel[(n_pairs, triton.cdiv(inter, tiles.gate_up_n))](
+        x,
+        w1,
+        w3,
+        s1,
+        s3,
+        h,
+        local,
+        n_experts,
+        top_k,
+        float(swiglu_limit),
+        x.stride(0),
+        w1.stride(0),
+        w1.stride(1),
+        s1.stride(0),
+        s1.stride(1),
+        h.stride(0),
+        HIDDEN=hidden,
+        INTER=inter,
+        BLOCK_N=tiles.gate_up_n,
+        BLOCK_K=_block_k(tiles, hidden),
+        CLAMP=swiglu_limit > 0,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+    )
+    _gemv_down_kernel[(n_pairs, triton.cdiv(hidden, tiles.down_n))](
+        h,
+        w2,
+        s2,
+        pair_out,
+        local,
+        route,
+        n_experts,
+        h.stride(0),
+        w2.stride(0),
+        w2.stride(1),
+        s2.stride(0),
+        s2.stride(1),
+        pair_out.stride(0),
+        HIDDEN=hidden,
+        INTER=inter,
+        BLOCK_N=tiles.down_n,
+        BLOCK_K=_block_k(tiles, inter),
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+    )
+    return pair_out.view(n_tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
