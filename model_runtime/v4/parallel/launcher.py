@@ -11,6 +11,8 @@ serving `generate()` (inside `Launched`, whose `close` shuts the ranks down and 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -159,7 +161,13 @@ def _rank_engine(rank: int, spec: LaunchSpec) -> tuple[Engine, RankGroup]:
 
 
 def _follower(rank: int, spec: LaunchSpec) -> None:
-    """A spawned rank's life: join, load, follow rank 0 until it closes, leave."""
+    """A spawned rank's life: join, load, follow rank 0 until it closes, leave, end. It ends the way a
+    forked child does (`os._exit` once its output is flushed), not through the interpreter's finalisation,
+    which can destroy the process group's worker threads in C++ destructors while still joinable and abort
+    the rank ("terminate called without an active exception", seen on a loaded machine)."""
     engine, group = _rank_engine(rank, spec)
     follow(engine, group)
     group.leave()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
