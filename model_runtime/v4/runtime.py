@@ -249,7 +249,7 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
 
     The model and the KV pool go to ``options.device`` (on CUDA the model runs its fused kernels); several
     devices run a checkpoint expert-parallel (``parallel/launcher.py``: one process per device, each
-    loading its experts; this process serves as rank 0), without speculation. The pool is
+    loading its experts; this process serves as rank 0). The pool is
     sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two full contexts),
     ``max_sequences`` sequences decode in one step, and a prompt prefills ``prefill_chunk`` tokens a step;
     ``options.speculative == "mtp"`` makes the engine draft with the model's MTP layer.
@@ -283,8 +283,6 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
     if len(options.devices) == 1:
         model, _report = load_model(directory, dtype=dtype, weights=options.weights)
         return _single_process(model, tokenizer, config, options)
-    if options.speculative != "off":
-        raise ValueError("speculative decoding runs on one device; drop it or use one device")
     rendezvous = Path(tempfile.mkdtemp(prefix="deepscout-ep-")) / "rendezvous"
     spec = LaunchSpec(
         source=source, devices=options.devices, engine=config, rendezvous=rendezvous, dtype=dtype,

@@ -35,7 +35,7 @@ from deepscout.model_runtime.v4.parallel.launcher import (
 from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
 from deepscout.model_runtime.v4.weights.loader import load_model
 from deepscout.model_runtime.v4.weights.synthetic import write_checkpoint
-from tests.model_runtime.v4.conftest import new_cache
+from tests.model_runtime.v4.conftest import new_cache, two_token_head
 from tests.model_runtime.v4.parallel.conftest import ARGS, PROMPT
 
 _EXPERT = re.compile(r"(.+\.experts\.)(\d+)(\..+)")
@@ -175,6 +175,30 @@ def test_a_logits_processor_runs_on_rank_0_and_every_rank_takes_its_tokens(
         (got,) = launched.engine.generate([request])
     assert got.token_ids[:2] == [7, 7]
     assert got.token_ids == expected.token_ids
+
+
+def test_speculative_decoding_runs_on_every_rank_as_in_one_process(tmp_path: Path) -> None:
+    """MTP drafts, verification and rollbacks stay in lockstep: tokens and draft counts are one process's,
+    and the tokens are plain decoding's."""
+    write_checkpoint(
+        two_token_head(DeepseekV4Model.random(ARGS, seed=3)), tmp_path / "ckpt", max_shard_bytes=1 << 20
+    )
+    spec = _spec(CheckpointSource(tmp_path / "ckpt"), tmp_path, ("cpu", "cpu"), "dense")
+    spec = dataclasses.replace(spec, engine=spec.engine.model_copy(update={"speculative": "mtp"}))
+    requests = [
+        GenerationRequest(prompt_ids=PROMPT, max_new_tokens=12),
+        GenerationRequest(prompt_ids=PROMPT[:17], max_new_tokens=9, sampling=SamplingParams(0.8, seed=3)),
+    ]
+    expected = Engine(load_model(tmp_path / "ckpt")[0], spec.engine).generate(requests)
+    plain_config = spec.engine.model_copy(update={"speculative": "off"})
+    plain = Engine(load_model(tmp_path / "ckpt")[0], plain_config).generate(requests)
+    with launch(spec) as launched:
+        got = launched.engine.generate(requests)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected] == [o.token_ids for o in plain]
+    assert [(o.drafted_tokens, o.accepted_tokens) for o in got] == [
+        (o.drafted_tokens, o.accepted_tokens) for o in expected
+    ]
+    assert sum(o.drafted_tokens for o in got) > 0
 
 
 def test_a_world_size_that_does_not_divide_the_experts_is_refused(

@@ -47,8 +47,6 @@ def test_two_cpu_ranks_serve_what_one_process_serves(checkpoint: Path) -> None:
         parallel.close()
 
 
-def test_random_tiny_and_speculation_stay_on_one_device(checkpoint: Path) -> None:
+def test_random_tiny_stays_on_one_device() -> None:
     with pytest.raises(ValueError, match="random-tiny runs on one device"):
         load_runtime("random-tiny", V4Settings(device="cuda:0,cuda:1"))
-    with pytest.raises(ValueError, match="speculative decoding runs on one device"):
-        load_runtime(str(checkpoint), V4Settings(device="cpu,cpu", speculative="mtp"))
