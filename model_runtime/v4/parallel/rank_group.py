@@ -91,9 +91,7 @@ class RankGroup:
 
     def agree(self, tokens: list[int]) -> list[int]:
         """Rank 0's `tokens` on every rank (each rank passes the tokens it sampled)."""
-        box: list[object] = [tokens if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, device=self.device)
-        return cast(list[int], box[0])
+        return cast(list[int], self.broadcast(tokens if self.rank == 0 else None))
 
     def broadcast(self, message: object) -> object:
         """Rank 0's `message` on every rank (pickled; the other ranks pass None)."""
