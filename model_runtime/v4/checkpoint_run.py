@@ -23,7 +23,7 @@ from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.mtp_speculation import (
     DraftStats,
-    NoMtpLayerError,
+    check_mtp,
     speculative_greedy_generate,
 )
 from deepscout.model_runtime.v4.weights.loader import LoadReport, load_model
@@ -110,8 +110,8 @@ def run_checkpoint(
     ``prompt_ids`` (checked against config.json first), with MTP drafts when ``speculative="mtp"``."""
     args = ModelArgs.from_json(directory)
     check_prompt(args.vocab_size, prompt_ids)
-    if speculative == "mtp" and args.num_mtp_layers == 0:
-        raise NoMtpLayerError(f"--speculative mtp needs an MTP layer; {directory} has none")
+    if speculative == "mtp":
+        check_mtp(args)  # before loading the weights
     model, report = load_model(directory, dtype=dtype, attn_impl=attn_impl, weights=weights)
     eos = model.args.eos_token_id
     stop = (eos,) if stop_at_eos and eos is not None else ()

@@ -27,6 +27,7 @@ from deepscout.errors import DeepscoutError
 from deepscout.model_runtime.v4.cache.protocol import SequenceCache
 from deepscout.model_runtime.v4.model.packing import RowSegment
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model_config import ModelArgs
 
 DRAFT_TOKENS = 1
 """Tokens drafted per sequence and step (by the first MTP layer)."""
@@ -36,9 +37,9 @@ class NoMtpLayerError(DeepscoutError, ValueError):
     """Speculative decoding with MTP was asked for, but the model has no MTP layer."""
 
 
-def check_mtp(model: DeepseekV4Model) -> None:
-    """Raise `NoMtpLayerError` unless the model has an MTP layer to draft with."""
-    if len(model.mtp) == 0:
+def check_mtp(args: ModelArgs) -> None:
+    """Raise `NoMtpLayerError` unless the model `args` describe has an MTP layer to draft with."""
+    if args.num_mtp_layers == 0:
         raise NoMtpLayerError(
             "speculative decoding with MTP needs an MTP layer; this model has none (use speculative='off')"
         )
@@ -123,7 +124,7 @@ def speculative_greedy_generate(
 ) -> SpeculativeResult:
     """Greedy decoding of one sequence over `cache` (empty, covering the MTP layers) with MTP drafts: the
     same tokens as plain greedy decoding, in fewer forwards when drafts are accepted."""
-    check_mtp(model)
+    check_mtp(model.args)
     stats = DraftStats()
     device = model.embed.weight.device
     prompt = list(prompt_ids)

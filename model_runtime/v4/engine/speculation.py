@@ -34,7 +34,7 @@ class MtpSpeculator:
     """Drafts with the model's first MTP layer for the engine's decoding sequences."""
 
     def __init__(self, model: DeepseekV4Model, caches: CacheManager) -> None:
-        check_mtp(model)
+        check_mtp(model.args)
         self.model = model
         self.caches = caches
 
