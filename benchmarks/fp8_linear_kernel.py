@@ -2,12 +2,15 @@
 on the dequantised weight (what an `nn.Linear` model pays) and the dequantising reference.
 
 The V4-Flash FP8 projections (attention `wq_a`, `wq_b`, `wkv`, the grouped `wo_a`, `wo_b`, the indexer's
-`wq_b`, the shared expert's `w1`/`w2`), bf16 activations, e8m0 scales, at M rows each of `--rows` (decode
-steps and a prefill chunk). Times are CUDA-graph replays (Python's launch overhead left out, as the decode
-path runs). The floors come from the same process: bytes (FP8 weight, scales, activations in and out) over
-a device-to-device copy's rate (bytes read + written per second), and FLOPs (2·M·N·K) over an 8192³ bf16
-matmul's rate; `x floor` is the time over the larger of the two. `--sweep` also times a few tile
-configurations per case and reports the fastest.
+`wq_b`, the shared expert's `w1`/`w2`, and two concatenations of one input's projections), bf16
+activations, e8m0 scales, at M rows each of `--rows` (decode steps and a prefill chunk). Both Triton paths:
+`triton us` is the tiled GEMM (`fp8_linear_triton`, split-K at decode), `gemv us` the few-row GEMV
+(`fp8_linear_gemv`, timed up to its `ROW_LIMIT` rows; `fp8_linear` takes it up to `GEMV_MAX_ROWS`). Times are
+CUDA-graph replays (Python's launch overhead left out, as the decode path runs). The floors come from the
+same process: bytes (FP8 weight, scales, activations in and out) over a device-to-device copy's rate (bytes
+read + written per second), and FLOPs (2·M·N·K) over an 8192³ bf16 matmul's rate; `x floor` (and `gemv xf`)
+is the time over the larger of the two. `--sweep` also times a few tile configurations per case (GEMM and
+GEMV) and reports the fastest.
 
 Prints a table and writes `benchmarks/results/fp8_linear_kernel.json` (or `--json PATH`).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +36,7 @@ from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear_reference
 from deepscout.model_runtime.v4.weights.quant import dequantize_fp8_block, quantize_fp8_block
 
 if TYPE_CHECKING:
+    from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import GemvTiles
     from deepscout.model_runtime.v4.kernels.fp8_linear_triton import TileConfig
 
 FLASH_SHAPES = {
@@ -43,9 +48,11 @@ FLASH_SHAPES = {
     "indexer.wq_b": (8192, 1024, 1),
     "shared.w1": (2048, 4096, 1),
     "shared.w2": (4096, 2048, 1),
+    "attn.wq_a+wkv": (1536, 4096, 1),
+    "shared.w1+w3": (4096, 4096, 1),
 }
 """(N, K, groups) of the V4-Flash FP8 linears (`wo_a`: 8 groups of 1024 rows, each over its own 4096
-inputs)."""
+inputs), and two concatenations of projections of one input."""
 SMALL_SHAPES = {"ragged": (200, 300, 1), "grouped": (256, 256, 2)}
 """Shapes for a CPU run under Triton's interpreter (it only checks that the benchmark runs)."""
 
@@ -70,6 +77,20 @@ SWEEP = {
     ],
 }
 """Candidate tiles (block_m, block_n, block_k, num_warps, num_stages, split_k) for `--sweep`."""
+GEMV_SWEEP = [
+    (1, 4096, 4, 1),
+    (2, 2048, 4, 1),
+    (4, 1024, 4, 1),
+    (8, 512, 4, 1),
+    (16, 256, 4, 1),
+    (32, 128, 4, 1),
+    (64, 128, 4, 1),
+    (4, 512, 2, 1),
+    (8, 1024, 8, 1),
+    (16, 512, 4, 2),
+    (32, 256, 8, 2),
+]
+"""Candidate GEMV tiles (block_n, block_k, num_warps, num_stages) for `--sweep` (block_k capped at K)."""
 
 
 def make_case(device: torch.device, rows: int, shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -97,6 +118,67 @@ def measure(
     return timed(call, device, graphs=device.type == "cuda"), call()
 
 
+def measure_gemv(
+    case: dict[str, Any], device: torch.device, tiles: GemvTiles | None
+) -> tuple[float, torch.Tensor]:
+    from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import fp8_linear_gemv
+
+    groups = case["groups"]
+    flat = case["x"].reshape(case["x"].shape[0], groups, -1)
+
+    def call() -> torch.Tensor:
+        return fp8_linear_gemv(flat, case["weight"], case["scale"], groups=groups, tiles=tiles)
+
+    return timed(call, device, graphs=device.type == "cuda"), call()
+
+
+def fastest(
+    measure_tiles: Callable[[Any], float], default: Any, default_s: float, candidates: Iterable[Any]
+) -> tuple[Any, float]:
+    """The fastest of `default` (timed at `default_s`) and the `candidates` (those that fail to build are
+    skipped)."""
+    from triton.runtime.errors import OutOfResources
+
+    best, best_s = default, default_s
+    for candidate in candidates:
+        if candidate == default:
+            continue
+        try:
+            cand_s = measure_tiles(candidate)
+        except (OutOfResources, ValueError) as err:
+            print(f"skipped {candidate}: {err}")
+            continue
+        best, best_s = (candidate, cand_s) if cand_s < best_s else (best, best_s)
+    return best, best_s
+
+
+def gemv_columns(
+    case: dict[str, Any], device: torch.device, sweep: bool, floor: float, reference: torch.Tensor
+) -> dict[str, Any]:
+    """The GEMV's time, its multiple of the floor, its difference from the reference and its tiles."""
+    from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import GemvTiles, device_gemv_tiles
+
+    (n, k), groups = case["weight"].shape, case["groups"]
+    default = device_gemv_tiles(n // groups, k, groups=groups, device=device)
+    seconds, out = measure_gemv(case, device, None)
+    columns = {
+        "gemv_us": round(seconds * 1e6, 2),
+        "gemv_x_floor": round(seconds / floor, 2) if floor else None,
+        "gemv_weight_tb_per_s": round(case["weight"].nbytes / seconds / 1e12, 3),
+        "gemv_max_rel_diff_vs_reference": float((out.float().view_as(reference) - reference).abs().max())
+        / float(reference.abs().max()),
+        "gemv_tiles": asdict(default),
+    }
+    if sweep:
+        import triton
+
+        k_cover = 128 * triton.next_power_of_2(triton.cdiv(k, 128))
+        candidates = {GemvTiles(bn, min(bk, k_cover), w, st) for bn, bk, w, st in GEMV_SWEEP}
+        best, best_s = fastest(lambda t: measure_gemv(case, device, t)[0], default, seconds, candidates)
+        columns |= {"gemv_best_tiles": asdict(best), "gemv_best_us": round(best_s * 1e6, 2)}
+    return columns
+
+
 def bf16_linear(case: dict[str, Any], device: torch.device) -> float:
     """A bf16 cuBLAS product with the weight dequantised once beforehand (the `nn.Linear` model's cost)."""
     groups, x = case["groups"], case["x"]
@@ -110,6 +192,7 @@ def bf16_linear(case: dict[str, Any], device: torch.device) -> float:
 def run_case(
     device: torch.device, name: str, rows: int, shape: tuple[int, int, int], sweep: bool, rates: Ceilings
 ) -> dict[str, Any]:
+    from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import ROW_LIMIT
     from deepscout.model_runtime.v4.kernels.fp8_linear_triton import TileConfig, device_tiles
 
     n, k, groups = shape
@@ -118,18 +201,8 @@ def run_case(
     seconds, out = measure(case, device, None)
     best, best_s = default, seconds
     if sweep:
-        from triton.runtime.errors import OutOfResources
-
-        phase = "decode" if rows <= 64 else "prefill"
-        for candidate in (TileConfig(*c[:5], split_k=c[5]) for c in SWEEP[phase]):
-            if candidate == default:
-                continue
-            try:
-                cand_s, _ = measure(case, device, candidate)
-            except (OutOfResources, ValueError) as err:
-                print(f"skipped {candidate}: {err}")
-                continue
-            best, best_s = (candidate, cand_s) if cand_s < best_s else (best, best_s)
+        candidates = [TileConfig(*c[:5], split_k=c[5]) for c in SWEEP["decode" if rows <= 64 else "prefill"]]
+        best, best_s = fastest(lambda t: measure(case, device, t)[0], default, seconds, candidates)
     args = (case["x"], case["weight"], case["scale"])
     reference = fp8_linear_reference(*args, groups=groups).float()
     ref_s = timed(lambda: fp8_linear_reference(*args, groups=groups), device)
@@ -160,6 +233,8 @@ def run_case(
     if sweep:
         row["best_tiles"] = asdict(best)
         row["best_us"] = round(best_s * 1e6, 2)
+    if rows <= ROW_LIMIT:
+        row |= gemv_columns(case, device, sweep, floor, reference)
     return row
 
 
@@ -179,7 +254,9 @@ def main() -> None:
     shapes = SMALL_SHAPES if device.type == "cpu" else FLASH_SHAPES
     if opts.only:
         shapes = {name: shapes[name] for name in opts.only.split(",")}
-    rows_list = [int(r) for r in (opts.rows or ("1,37" if device.type == "cpu" else "1,8,4096")).split(",")]
+    rows_list = [
+        int(r) for r in (opts.rows or ("1,2,37" if device.type == "cpu" else "1,2,4,8,4096")).split(",")
+    ]
     torch.manual_seed(0)
     rates = ceilings(device)
     copy_tb, mm_tflop = rates.copy_bytes_per_s / 1e12, rates.matmul_flop_per_s / 1e12
@@ -193,16 +270,19 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     header = (
-        f"{'linear':>13} {'M':>5} {'N':>6} {'K':>5} {'triton us':>10} {'bf16 us':>9} {'ref us':>9} "
-        f"{'bytes us':>9} {'flops us':>9} {'x floor':>8} {'W TB/s':>7} {'TFLOP/s':>8} {'rel diff':>9}"
+        f"{'linear':>13} {'M':>5} {'N':>6} {'K':>5} {'triton us':>10} {'gemv us':>8} {'bf16 us':>9} "
+        f"{'ref us':>9} {'bytes us':>9} {'flops us':>9} {'x floor':>8} {'gemv xf':>8} {'W TB/s':>7} "
+        f"{'TFLOP/s':>8} {'rel diff':>9}"
     )
     print(header)
     for r in results:
         print(
             f"{r['name']:>13} {r['rows']:>5} {r['n']:>6} {r['k']:>5} {r['triton_us']:>10} "
+            f"{r.get('gemv_us', '-'):>8} "
             f"{r['bf16_linear_us']:>9} {r['reference_us']:>9} {r['byte_floor_us']:>9} "
             f"{r['flop_floor_us']:>9} "
-            f"{r['x_floor'] or '-':>8} {r['weight_tb_per_s']:>7} {r['tflop_per_s']:>8} "
+            f"{r['x_floor'] or '-':>8} {r.get('gemv_x_floor') or '-':>8} {r['weight_tb_per_s']:>7} "
+            f"{r['tflop_per_s']:>8} "
             f"{r['max_rel_diff_vs_reference']:>9.2e}"
         )
     write_report(opts.json, benchmark="fp8_linear_kernel", device=device, rates=rates, results=results)

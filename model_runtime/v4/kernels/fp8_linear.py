@@ -12,8 +12,10 @@ groups of N/G (a multiple of 128, so each group owns whole scale rows), `y` `[..
 
 * "reference": the exact dequantisation (`quant.dequantize_fp8_block`), then the product in float32, cast
   to `x`'s dtype. The oracle; it materialises the float32 weight.
-* "triton": `fp8_linear_triton` — a W8A16 GEMM reading the FP8 weight and its scales as stored, float32
-  accumulation per 128-wide K block times that block's scale.
+* "triton": the FP8 weight and its scales read as stored, float32 accumulation per 128-wide K block times
+  that block's scale. Up to `GEMV_MAX_ROWS` (2) rows (decode) `fp8_linear_gemv` — a matrix-vector product,
+  one launch reading the weight once for all rows, no tensor cores; above, `fp8_linear_triton` — a W8A16
+  GEMM on tensor-core tiles (the threshold's measurements are in `fp8_linear_gemv_triton.py`).
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ def fp8_linear(
     """`x Wᵀ` in `x`'s dtype for the FP8 block-scaled weight (see the module docstring)."""
     check_fp8_linear(x, weight, scale, groups=groups)
     if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import GEMV_MAX_ROWS, fp8_linear_gemv
         from deepscout.model_runtime.v4.kernels.fp8_linear_triton import fp8_linear_triton
 
         lead = x.shape[:-2] if groups > 1 else x.shape[:-1]
         flat = x.reshape(-1, groups, x.shape[-1])
-        y = fp8_linear_triton(flat, weight, scale, groups=groups)
+        product = fp8_linear_gemv if flat.shape[0] <= GEMV_MAX_ROWS else fp8_linear_triton
+        y = product(flat, weight, scale, groups=groups)
         return y.view(*lead, weight.shape[0]) if groups == 1 else y.view(*lead, groups, -1)
     return fp8_linear_reference(x, weight, scale, groups=groups)
 

@@ -18,7 +18,9 @@ than the device's multiprocessors, split-K: each of `split_k` programs per tile 
 of K blocks) reduces an equal contiguous share of them into its own float32 slice of a `[split_k, M, N]`
 workspace, summed afterwards (deterministic, no atomics). Many rows (prefill) take 128×128 tensor-core
 tiles, pipelined 3 stages deep. (Triton's interpreter cannot loop to a bound computed in the kernel, so the
-K blocks per program are a compile-time constant: `split_k` must divide their number.)
+K blocks per program are a compile-time constant: `split_k` must divide their number.) `fp8_linear` sends up
+to `GEMV_MAX_ROWS` (2) rows to the matrix-vector kernel of `fp8_linear_gemv_triton.py` instead, so through
+it the few-row tiles (and split-K) serve 3 to 64 rows.
 
 `groups` > 1 runs G independent GEMMs in one launch (a third grid axis): x `[M, G, K]`, weight rows in G
 consecutive groups of N/G (a multiple of 128, so a group owns whole scale rows), output `[M, G, N/G]`.

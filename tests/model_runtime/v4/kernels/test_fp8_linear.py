@@ -1,5 +1,6 @@
-"""The FP8 block-scaled linear: the Triton kernel against the exact-dequantisation reference, on the CPU under
-Triton's interpreter (small ragged shapes, both scale formats), and at V4-Flash shapes on a CUDA device.
+"""The FP8 block-scaled linear: the Triton kernels (the tiled GEMM and the few-row GEMV) against the
+exact-dequantisation reference, on the CPU under Triton's interpreter (small ragged shapes, both scale
+formats), and at V4-Flash shapes on a CUDA device.
 
 Tolerance: every product of a bf16 activation and an e4m3 weight is exact in float32 and both paths add
 them in float32, so they differ only by summation order (float32) plus the final rounding to the output
@@ -12,6 +13,13 @@ import pytest
 import torch
 
 from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear, fp8_linear_reference
+from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import (
+    GEMV_MAX_ROWS,
+    ROW_LIMIT,
+    GemvTiles,
+    choose_gemv_tiles,
+    fp8_linear_gemv,
+)
 from deepscout.model_runtime.v4.kernels.fp8_linear_triton import TileConfig, choose_tiles, fp8_linear_triton
 from deepscout.model_runtime.v4.weights.quant import ScaleFormat, quantize_fp8_block
 
@@ -156,6 +164,80 @@ def test_tiles_follow_the_rows() -> None:
     assert (prefill.block_m, prefill.block_n, prefill.split_k) == (128, 128, 1)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, ROW_LIMIT])
+@pytest.mark.parametrize(("n", "k", "groups"), [(200, 300, 1), (384, 200, 3)])  # ragged K, ragged N; grouped
+@pytest.mark.parametrize("fmt", ["e8m0", "float32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gemv_matches_reference(
+    device: torch.device, rows: int, n: int, k: int, groups: int, fmt: ScaleFormat, dtype: torch.dtype
+) -> None:
+    gen = torch.Generator().manual_seed(rows * 1000 + n + k)
+    weight, scale = _weight(n, k, fmt, gen)
+    x = torch.randn(rows, groups, k, generator=gen).to(dtype)
+    reference = fp8_linear_reference(x if groups > 1 else x[:, 0], weight, scale, groups=groups)
+    ours = fp8_linear_gemv(x.to(device), weight.to(device), scale.to(device), groups=groups)
+    assert ours.dtype == dtype and ours.shape == (rows, groups, n // groups)
+    assert _relative(ours.view_as(reference), reference) < _TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize(
+    "tiles",
+    [
+        GemvTiles(block_n=1, block_k=512),
+        GemvTiles(block_n=16, block_k=256),
+        GemvTiles(block_n=64, block_k=1024),
+    ],
+)
+def test_gemv_explicit_tiles_match_reference(device: torch.device, tiles: GemvTiles) -> None:
+    """A column per program, a last column block past N, a step wider than all of K (700: the last K block
+    ragged)."""
+    gen = torch.Generator().manual_seed(tiles.block_n)
+    weight, scale = _weight(72, 700, "e8m0", gen)
+    x = torch.randn(5, 700, generator=gen).to(torch.bfloat16)
+    reference = fp8_linear_reference(x, weight, scale)
+    ours = fp8_linear_gemv(x.to(device)[:, None], weight.to(device), scale.to(device), tiles=tiles)
+    assert ours.shape == (5, 1, 72)
+    assert _relative(ours[:, 0], reference) < _TOLERANCE[torch.bfloat16]
+
+
+def test_triton_impl_takes_the_gemv_up_to_its_rows(device: torch.device) -> None:
+    """`fp8_linear` gives exactly the GEMV's output up to `GEMV_MAX_ROWS` rows (any leading dims), the tiled
+    GEMM's above."""
+    gen = torch.Generator().manual_seed(5)
+    weight, scale = (t.to(device) for t in _weight(128, 256, "e8m0", gen))
+    for rows, product in ((GEMV_MAX_ROWS, fp8_linear_gemv), (GEMV_MAX_ROWS + 1, fp8_linear_triton)):
+        x = torch.randn(rows, 256, generator=gen).to(device)
+        ours = fp8_linear(x.view(1, rows, 256), weight, scale, impl="triton")
+        assert ours.shape == (1, rows, 128)
+        assert torch.equal(ours[0], product(x[:, None], weight, scale)[:, 0])
+
+
+def test_gemv_refuses_bad_rows_and_tiles() -> None:
+    weight, scale = _weight(64, 128, "e8m0", torch.Generator().manual_seed(0))
+    assert fp8_linear_gemv(torch.zeros(0, 1, 128), weight, scale).shape == (0, 1, 64)
+    with pytest.raises(ValueError, match=f"at most {ROW_LIMIT} rows"):
+        fp8_linear_gemv(torch.zeros(ROW_LIMIT + 1, 1, 128), weight, scale)
+    with pytest.raises(ValueError, match="power-of-two block_n"):
+        fp8_linear_gemv(torch.zeros(1, 1, 128), weight, scale, tiles=GemvTiles(block_n=3, block_k=128))
+    with pytest.raises(ValueError, match="power-of-two block_n"):
+        fp8_linear_gemv(torch.zeros(1, 1, 128), weight, scale, tiles=GemvTiles(block_n=4, block_k=384))
+
+
+def test_gemv_tiles_fill_the_device() -> None:
+    """On 132 multiprocessors every V4-Flash linear gets at least 4 programs each (wkv's 512 columns one
+    per program), fewer columns per program the smaller N, and about 4 KiB of weight a step."""
+    for n, k, groups in (*_FLASH_SHAPES.values(), *_CONCATENATED_SHAPES.values()):
+        tiles = choose_gemv_tiles(n // groups, k, groups=groups, n_sms=132)
+        assert groups * -(-n // groups // tiles.block_n) >= 4 * 132 or tiles.block_n == 1
+        assert tiles.block_n * tiles.block_k == max(4096, 128 * tiles.block_n)
+    wkv, wq_b = (
+        choose_gemv_tiles(512, 4096, groups=1, n_sms=132),
+        choose_gemv_tiles(32768, 1024, groups=1, n_sms=132),
+    )
+    assert (wkv.block_n, wkv.block_k) == (1, 4096) and (wq_b.block_n, wq_b.block_k) == (32, 128)
+    assert choose_gemv_tiles(512, 300, groups=1, n_sms=132).block_k == 512  # 3 K blocks: one step of 4
+
+
 _FLASH_SHAPES = {  # (N, K, groups) of the V4-Flash FP8 linears
     "attn.wq_a": (1024, 4096, 1),
     "attn.wq_b": (32768, 1024, 1),
@@ -193,3 +275,28 @@ def test_flash_shapes_on_cuda(name: str, rows: int) -> None:
     tb_per_s, tflop_per_s = weight.numel() / seconds / 1e12, 2 * rows * n * k / seconds / 1e12
     print(f"{name} M={rows}: {seconds * 1e6:.1f} us, weight {tb_per_s:.2f} TB/s, {tflop_per_s:.1f} TFLOP/s")
     assert _relative(ours, reference) < _TOLERANCE[torch.bfloat16]
+
+
+_CONCATENATED_SHAPES = {  # projections of one input side by side in one weight
+    "attn.wq_a+wkv": (1536, 4096, 1),
+    "shared_experts.w1+w3": (4096, 4096, 1),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("rows", [1, 2, 4, 8])
+@pytest.mark.parametrize("name", [*_FLASH_SHAPES, *_CONCATENATED_SHAPES])
+def test_gemv_flash_shapes_on_cuda(name: str, rows: int) -> None:
+    """The GEMV at V4-Flash shapes, bf16 activations, e8m0 scales, against the reference (tolerance as on
+    the CPU: max |diff| <= 1e-2 · max |ref|)."""
+    n, k, groups = {**_FLASH_SHAPES, **_CONCATENATED_SHAPES}[name]
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    value = torch.randn(n, k, generator=gen, device="cuda") * k**-0.5
+    weight, scale = quantize_fp8_block(value, scale_format="e8m0")
+    del value
+    x = torch.randn(rows, groups, k, generator=gen, device="cuda").bfloat16()
+    ours = fp8_linear_gemv(x, weight, scale, groups=groups)
+    reference = fp8_linear_reference(x if groups > 1 else x[:, 0], weight, scale, groups=groups)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (rows, groups, n // groups)
+    assert _relative(ours.view_as(reference), reference) < _TOLERANCE[torch.bfloat16]

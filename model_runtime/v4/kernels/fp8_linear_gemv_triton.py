@@ -1,0 +1,195 @@
+"""The decode path of `fp8_linear(..., impl="triton")` (contract in `fp8_linear.py`): a matrix-vector product
+for a few rows of activations, one launch, the output written directly in `x`'s dtype.
+
+When it runs: `fp8_linear` takes it for at most `GEMV_MAX_ROWS` (2) rows, the tiled GEMM
+(`fp8_linear_triton`) above. Measured on an H200 (`benchmarks/fp8_linear_kernel.py`, CUDA-graph replays,
+V4-Flash's FP8 shapes): at one row 2.0–3.1× faster than the tiled path with its split-K reduction (wq_a
+3.1 vs 8.0 µs, wq_b 8.9 vs 15.0, wo_a 11.2 vs 25.0), at two rows 1.1–2.4× (wo_a 21.3 vs 23.8). Each
+weight byte costs M float32 FMAs on the CUDA cores, so the advantage shrinks with the rows; at eight rows
+the whole batch-8 step of the one-GPU shipped stack was 5.3 ms slower than with the tiled path (35.7 →
+41.0 ms), so from three rows on the tiled path runs (3–7 rows not timed one by one).
+
+A program owns `block_n` consecutive output columns (weight rows) of one group and all the rows of `x`, so
+the weight is read once, in storage order, and walks K `block_k` (a power-of-two multiple of 128) columns a
+step: the e4m3 tile `[block_n, block_k/128, 128]` (each row's 128-byte scale blocks contiguous: wide,
+coalesced loads) is converted to float32 (exact), then for each row of `x` (unrolled: M is a compile-time
+constant) the products with that row's activations are summed per 128-wide K block (`tl.sum` in float32,
+no `tl.dot`), the block sums times their scales (`scale[row // 128, k_block]`, decoded by the GEMM's
+`_decode_scales`: e8m0 bytes or float32) summed into the row's float32 accumulator. The result is the
+reference's float32 sum of the exactly dequantised products in another order; there is no workspace and
+no reduction kernel.
+
+Grid: (column blocks, groups). `choose_gemv_tiles` sizes `block_n` so that N=512..32768 gives at least
+about four programs per multiprocessor (fewer columns per program for small N), and `block_k` so that a
+step reads about 4 KiB of weight. `groups` > 1 is V4's grouped `wo_a`: x `[M, G, K]`, weight rows in G
+consecutive groups of N/G, output `[M, G, N/G]`. Under Triton's interpreter the output is written in
+float32 (it truncates what it stores as bf16) and cast afterwards, as in the tiled path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from deepscout.model_runtime.v4.kernels.fp8_linear_triton import _decode_scales
+from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
+
+GEMV_MAX_ROWS = 2
+"""The most rows `fp8_linear` sends down this path (see the module docstring)."""
+ROW_LIMIT = 8
+"""The most rows the kernel takes (each row unrolled: registers and compile time grow with them)."""
+_MAX_BLOCK_N = 64
+"""The most output columns per program."""
+_PROGRAMS_PER_SM = 4
+"""Programs per multiprocessor `choose_gemv_tiles` aims for, to keep enough weight loads in flight."""
+_STEP_ELEMENTS = 4096
+"""Weight elements (bytes) per program and step: 32 per thread of four warps, two 16-byte loads."""
+
+
+@dataclass(frozen=True)
+class GemvTiles:
+    """`block_n` output columns per program (a power of two), `block_k` K columns per step (a power-of-two
+    multiple of 128), launch `num_warps`/`num_stages`."""
+
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+def choose_gemv_tiles(n: int, k: int, *, groups: int, n_sms: int) -> GemvTiles:
+    """The widest `block_n` (at most 64) that still gives `groups` × ⌈`n`/`block_n`⌉ ≥ 4 programs per
+    multiprocessor (1 when even that falls short), and `block_k` for about 4096 weight bytes a step (at
+    least 128, at most K rounded up to a power-of-two number of 128-wide blocks)."""
+    block_n = _MAX_BLOCK_N
+    while block_n > 1 and groups * triton.cdiv(n, block_n) < _PROGRAMS_PER_SM * n_sms:
+        block_n //= 2
+    k_cover = triton.next_power_of_2(triton.cdiv(k, FP8_BLOCK)) * FP8_BLOCK
+    block_k = min(max(FP8_BLOCK, _STEP_ELEMENTS // block_n), k_cover)
+    return GemvTiles(block_n=block_n, block_k=block_k)
+
+
+def device_gemv_tiles(n: int, k: int, *, groups: int, device: torch.device) -> GemvTiles:
+    """`choose_gemv_tiles` for `device` (off CUDA one multiprocessor: the interpreter gains nothing from
+    many programs)."""
+    n_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return choose_gemv_tiles(n, k, groups=groups, n_sms=n_sms)
+
+
+@triton.jit
+def _activations(ptrs, ks, k_left, EVEN_K: tl.constexpr):
+    """One row's activations of a step `[BLOCK_K/128, 128]` in float32, zero past the `k_left` columns."""
+    x = tl.load(ptrs) if EVEN_K else tl.load(ptrs, mask=ks < k_left, other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _fp8_gemv_kernel(
+    X,
+    W,
+    S,
+    Y,
+    N,
+    stride_xm,
+    stride_xg,
+    stride_wn,
+    stride_sn,
+    stride_ym,
+    stride_yg,
+    ROWS: tl.constexpr,
+    ROWS_POW2: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SCALE_BLOCK: tl.constexpr,
+    E8M0: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    group = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    w_rows = group * N + cols  # the weight's rows (int64)
+    k_blocks = tl.arange(0, BLOCK_K // SCALE_BLOCK)
+    ks = k_blocks[:, None] * SCALE_BLOCK + tl.arange(0, SCALE_BLOCK)[None, :]  # [BLOCK_K/128, 128]
+    w_ptrs = W + w_rows[:, None, None] * stride_wn + ks[None, :, :]
+    s_ptrs = S + (w_rows // SCALE_BLOCK)[:, None] * stride_sn + k_blocks[None, :]
+    x_ptrs = X + group * stride_xg + ks
+    slots = tl.arange(0, ROWS_POW2)
+    acc = tl.zeros((BLOCK_N, ROWS_POW2), dtype=tl.float32)  # acc[column, row of x]
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            w = tl.load(w_ptrs + k0, mask=col_ok[:, None, None], other=0.0)
+            raw_scale = tl.load(s_ptrs + k0 // SCALE_BLOCK, mask=col_ok[:, None], other=0)
+        else:
+            k_ok = ks < K - k0
+            w = tl.load(w_ptrs + k0, mask=col_ok[:, None, None] & k_ok[None, :, :], other=0.0)
+            s_mask = col_ok[:, None] & (k_blocks[None, :] * SCALE_BLOCK < K - k0)
+            raw_scale = tl.load(s_ptrs + k0 // SCALE_BLOCK, mask=s_mask, other=0)
+        w = w.to(tl.float32)
+        scale = _decode_scales(raw_scale, E8M0)
+        for m in tl.static_range(ROWS):
+            x = _activations(x_ptrs + m * stride_xm + k0, ks, K - k0, EVEN_K)
+            block_sums = tl.sum(w * x[None, :, :], axis=2)  # [BLOCK_N, BLOCK_K/128]
+            row = tl.sum(block_sums * scale, axis=1)
+            acc = tl.where(slots[None, :] == m, acc + row[:, None], acc)
+    y_ptrs = Y + group * stride_yg + slots[None, :].to(tl.int64) * stride_ym + cols[:, None]
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=col_ok[:, None] & (slots[None, :] < ROWS))
+
+
+def fp8_linear_gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    groups: int = 1,
+    tiles: GemvTiles | None = None,
+) -> torch.Tensor:
+    """`x` `[M, G, K]` (bf16 or float32, M ≤ `ROW_LIMIT`) times the FP8 block-scaled `weight` `[N, K]`
+    (rows in `groups` consecutive groups) → `[M, G, N/G]` in `x`'s dtype; inputs validated by
+    `fp8_linear`. `tiles` overrides `device_gemv_tiles`."""
+    m, _, k = x.shape
+    n_group = weight.shape[0] // groups
+    if m > ROW_LIMIT:
+        raise ValueError(f"the FP8 GEMV takes at most {ROW_LIMIT} rows, got {m}")
+    if m == 0:
+        return x.new_empty(0, groups, n_group)
+    if weight.stride(1) != 1 or scale.stride(1) != 1:
+        raise ValueError("the FP8 weight and its scales must be row-major")
+    tiles = tiles or device_gemv_tiles(n_group, k, groups=groups, device=x.device)
+    block_k_ok = tiles.block_k % FP8_BLOCK == 0 and triton.next_power_of_2(tiles.block_k) == tiles.block_k
+    if triton.next_power_of_2(tiles.block_n) != tiles.block_n or not block_k_ok:
+        raise ValueError(f"GEMV tiles need a power-of-two block_n and block_k a power of two >= 128: {tiles}")
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    e8m0 = scale.dtype in (torch.float8_e8m0fnu, torch.uint8)
+    stored_scale = scale.view(torch.uint8) if e8m0 else scale.to(torch.float32)
+    # as the tiled path: Triton's interpreter truncates what it stores as bf16, so there it writes float32
+    out_dtype = torch.float32 if triton.knobs.runtime.interpret else x.dtype
+    out = torch.empty(m, groups, n_group, dtype=out_dtype, device=x.device)
+    _fp8_gemv_kernel[(triton.cdiv(n_group, tiles.block_n), groups)](
+        x,
+        weight,
+        stored_scale,
+        out,
+        n_group,
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        stored_scale.stride(0),
+        out.stride(0),
+        out.stride(1),
+        ROWS=m,
+        ROWS_POW2=triton.next_power_of_2(m),
+        K=k,
+        BLOCK_N=tiles.block_n,
+        BLOCK_K=tiles.block_k,
+        SCALE_BLOCK=FP8_BLOCK,
+        E8M0=e8m0,
+        EVEN_K=k % tiles.block_k == 0,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+    )
+    return out.to(x.dtype)
