@@ -32,9 +32,9 @@ def sample(
     """One token per row of `logits` `[B, V]` (float32) and its log-probability under the model's
     (untempered) distribution. `positions[i]` is the position the sampled token will take."""
     device = logits.device
-    greedy = torch.tensor([p.temperature == 0 for p in params], device=device)
     chosen = logits.argmax(dim=-1)
-    if not bool(greedy.all()):
+    if any(p.temperature > 0 for p in params):  # decided on the host: no device round trip
+        greedy = torch.tensor([p.temperature == 0 for p in params], device=device)
         temps = torch.tensor([p.temperature or 1.0 for p in params], device=device, dtype=logits.dtype)
         probs = (logits / temps[:, None]).softmax(dim=-1)
         top_p = torch.tensor([p.top_p for p in params], device=device, dtype=logits.dtype)
@@ -49,4 +49,6 @@ def sample(
         sampled = (probs / noise).argmax(dim=-1)
         chosen = torch.where(greedy, chosen, sampled)
     logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None]).squeeze(1)
-    return chosen.tolist(), logprobs.tolist()
+    # one read-back for both (token ids < 2^53 are exact in float64)
+    tokens, values = torch.stack([chosen.double(), logprobs.double()]).tolist()
+    return [int(t) for t in tokens], values
