@@ -153,10 +153,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         engine.generate([request(1, other.tolist())])
     torch.cuda.synchronize()
     warmup_s = time.perf_counter() - start
-    if opts.profile:
-        profile_prefill(engine, request(1, (other + 1).clamp(max=args.vocab_size - 1).tolist()))
-
-    chunk_s = prefill(engine, request(1), budget_s=opts.prefill_budget)
+    profiled = max(opts.context // opts.chunk - 1, 0) if opts.profile else None
+    chunk_s = prefill(engine, request(1), budget_s=opts.prefill_budget, profile_step=profiled)
     prefill_s = sum(chunk_s)
     kv_bytes = engine.caches.kv.nbytes / config.num_blocks * blocks_per_seq
     result: dict[str, Any] = {
@@ -187,7 +185,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         result[f"decode_b{batch}_x_floor"] = round(ms / floor_ms, 2)
     result["graph_replays"] = engine.runner.decoder.graph_replays
     if opts.profile:
-        profile_decode(engine, engine.runner.decoder, request(8))
+        profile_decode(engine, engine.runner.decoder, request(12))
     result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
 
@@ -211,16 +209,22 @@ def decode_ms_per_step(engine: Steppable, request: GenerationRequest, batch: int
     return 1000 * (time.perf_counter() - start) / max(steps, 1)
 
 
-def prefill(engine: Steppable, request: GenerationRequest, *, budget_s: float) -> list[float]:
+def prefill(
+    engine: Steppable, request: GenerationRequest, *, budget_s: float, profile_step: int | None = None
+) -> list[float]:
     """Seconds per engine step (one prompt chunk each) of the request's prefill, printed as they go; stops
-    with an error once `budget_s` is spent (the chunk times so far are printed)."""
+    with an error once `budget_s` is spent (the chunk times so far are printed). Step `profile_step`
+    (0-based) runs under the profiler (its time then includes the profiler's)."""
     rid = engine.add_request(request)
     times: list[float] = []
     done = False
     while not done:
         torch.cuda.synchronize()
         start = time.perf_counter()
-        done = any(out.request_id == rid and out.new_token_ids for out in engine.step())
+        if len(times) == profile_step:
+            done = profile_prefill_step(engine, rid)
+        else:
+            done = any(out.request_id == rid and out.new_token_ids for out in engine.step())
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         print(f"prefill step {len(times)}: {times[-1]:.3f} s (total {sum(times):.1f} s)", flush=True)
@@ -231,37 +235,43 @@ def prefill(engine: Steppable, request: GenerationRequest, *, budget_s: float) -
     return times
 
 
-def profile_prefill(engine: Engine, request: GenerationRequest) -> None:
-    """Host and GPU time per op over one prefill (warm kernels), and the host syncs it makes."""
+def profile_prefill_step(engine: Steppable, rid: str) -> bool:
+    """Host and GPU time per op over one prefill step (one chunk at its place in the context), and the
+    host syncs it makes; whether the step finished the request's prefill."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        engine.generate([request])
+        done = any(out.request_id == rid and out.new_token_ids for out in engine.step())
         torch.cuda.synchronize()
     events = prof.key_averages()
-    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
-    print(events.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
+    print(events.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60))
     syncs = {e.key: e.count for e in events if "Synchronize" in e.key or "MemcpyAsync" in e.key}
-    print(f"prefill host syncs and copies: {syncs}")
+    print(f"prefill step host syncs and copies: {syncs}")
+    return done
 
 
 def profile_decode(engine: Steppable, decoder: DecodeRunner | None, request: GenerationRequest) -> None:
-    """GPU time per kernel over three eager batch-1 decode steps (the graph replays the same kernels)."""
+    """GPU time per kernel over three eager batch-1 decode steps (the graph replays the same kernels), then
+    host time per op over three graph-replayed steps (what the GPU waits for between replays)."""
     from torch.profiler import ProfilerActivity, profile
 
     assert decoder is not None, "decode runs on the device path (fused kernels)"
-    decoder.use_graphs = False
     rid = engine.add_request(request)
     while not any(out.request_id == rid and out.new_token_ids for out in engine.step()):
         pass
-    engine.step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            engine.step()
+    for graphs, activities, sort in (
+        (False, [ProfilerActivity.CUDA], "self_cuda_time_total"),
+        (True, [ProfilerActivity.CPU, ProfilerActivity.CUDA], "self_cpu_time_total"),
+    ):
+        decoder.use_graphs = graphs
+        engine.step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                engine.step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=60))
     while engine.has_unfinished():
         engine.step()
 
@@ -281,7 +291,7 @@ def main() -> None:
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
-        "--profile", action="store_true", help="print time per op of a prefill and decode steps"
+        "--profile", action="store_true", help="profile the last full prefill chunk and decode steps"
     )
     opts = parser.parse_args()
     result = run(opts)
