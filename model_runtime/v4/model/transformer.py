@@ -255,26 +255,36 @@ class DeepseekV4Model(nn.Module):
 
     def decode(self, step: DecodeStep, storage: Sequence[LayerStorage]) -> torch.Tensor:
         """Float32 next-token logits `[B, vocab]` of one device decode step (`decode_step.py`): every row adds
-        one token, reading and writing the engine's storage directly; no host sync, graph-capturable."""
+        one token, reading and writing the engine's storage directly; no host sync, graph-capturable. It is
+        `decode_embed`, `decode_layers` over every layer, then `logits`, which run apart when the step is
+        captured as several graphs."""
+        streams = self.decode_layers(self.decode_embed(step), step, storage, range(len(self.layers)))
+        return self.logits(streams).float()
+
+    def decode_embed(self, step: DecodeStep) -> torch.Tensor:
+        """The step's tokens as the first layer's input streams `[B, hc, dim]` (float32)."""
         x = self.embed(step.token_ids)
-        streams = x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
+        return x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
+
+    def decode_layers(
+        self, streams: torch.Tensor, step: DecodeStep, storage: Sequence[LayerStorage], layers: range
+    ) -> torch.Tensor:
+        """Streams after the decode step's `layers` (consecutive layer indices) have run on `streams`."""
         compress_rope = self.rope_spec(LayerKind.CSA)
-        tables = {
-            kind: self.rope_spec(kind).at(step.positions) for kind in (LayerKind.SLIDING, LayerKind.CSA)
-        }
-        for module, layer_storage in zip(self.layers, storage, strict=True):
-            layer = cast(Block, module)
-            table = tables[LayerKind.SLIDING if layer.attn.kind is LayerKind.SLIDING else LayerKind.CSA]
+        for i in layers:
+            layer = cast(Block, self.layers[i])
+            kind = LayerKind.SLIDING if layer.attn.kind is LayerKind.SLIDING else LayerKind.CSA
+            table = step.derived(("rope", kind), partial(self.rope_spec(kind).at, step.positions))
             attend = partial(
                 decode_attention,
                 layer.attn,
-                storage=layer_storage,
+                storage=storage[i],
                 step=step,
                 rope=table,
                 compress_rope=compress_rope,
             )
             streams = layer.run(streams, step.token_ids, attend, step.kernels, self.dtype)
-        return self.logits(streams).float()
+        return streams
 
     def logits(self, streams: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits from final streams `[n, hc, dim]` (hyper-head, norm, head)."""
