@@ -13,8 +13,9 @@ rotated, rounded to the projections' dtype) is written at `e`'s place in the poo
 stores it (provisional until the window completes); when the token
 completes its window, this window's Ca half (gate plus bias) becomes the overlap state.
 
-"reference": the PyTorch ops; "triton": one launch, one program per row (plus the pool's quantising
-write when the pool is not plain rows).
+"reference": the PyTorch ops; "triton": two launches, the window pooled by programs over (row, channel
+block) then one program per row norming, rotating and storing the entry (plus the pool's quantising write
+when the pool is not plain rows).
 """
 
 from __future__ import annotations

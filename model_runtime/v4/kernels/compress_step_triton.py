@@ -1,12 +1,27 @@
-"""The Triton kernel behind `compress_step(..., impl="triton")` (contract in `compress_step.py`).
+"""The Triton kernels behind `compress_step(..., impl="triton")` (contract in `compress_step.py`).
 
-One program per row holds the entry's even and odd channels as two `[dim/2]` vectors (so RoPE's pairs need no
-shuffle), streams the window's slots in tiles of up to 8 through an online softmax per channel, then norms,
-rotates and stores the entry (into a plain pool directly; else into rows that the pool's quantising write
-stores), writes the token's tail row, and on a completed CSA window the new overlap state. The token's own
-projections are taken from the inputs, never re-read from the tail it just wrote."""
+Two launches, so that a row's window is streamed by many programs rather than one:
+
+* "pool", grid (B, channel blocks of `CompressTiles.channels`): a program pools the whole window for its
+  block of the entry's channels — on CSA the previous window's Ca half from the overlap state (-inf before
+  the first window is complete), then this window's Cb half — by an online softmax over tiles of slots
+  (one tile at V4's shapes), and writes the pooled float32 channels to a scratch `[B, dim]`. It also writes
+  its columns of the token's tail row (both halves on CSA) and its channels of the overlap state (this
+  window's Ca half plus bias on a completed window, else the prior as read), so every element of the state
+  is read and written by one program only. The token's own slot comes from the inputs, never from the tail
+  row being written.
+* "finish", grid (B,): RMS norm (float32 statistics, rounded to the projections' dtype), RoPE on the
+  trailing pairs at the entry's position (even and odd channels as two vectors, so pairs need no shuffle),
+  and the store: into a plain pool directly, else into rows that the pool's quantising write stores.
+
+Values are rounded as the reference rounds them (stored slots read in the projections' dtype, the token's
+slot as the tail stores it); the pooling itself runs in float32 where the reference multiplies in the
+projections' dtype. Parameters and RoPE tables are read in their stored dtype and strides: no conversion
+launches. Shapes depend only on (B, dim), so the step captures in a CUDA graph."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -14,13 +29,26 @@ import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.compressor_state import CompressorState
 
-#: window slots pooled per step: HCA's 128-slot window in 16 steps of 8, CSA's windows of 4 in one
-_SLOT_TILE = 8
+
+@dataclass(frozen=True)
+class CompressTiles:
+    """Layout knobs, powers of two: entry channels per pool program (V4's 512 channels in 32 programs per
+    row, the indexer's 128 in 8), the most slots x channels pooled per tile (HCA's 128-slot window in one),
+    and the pool's warps."""
+
+    channels: int = 16
+    tile_elements: int = 4096
+    num_warps: int = 4
+
+    def __post_init__(self) -> None:
+        for size in (self.channels, self.tile_elements):
+            if size < 1 or size & (size - 1):
+                raise ValueError(f"compress-step tiles must be powers of two, got {self}")
 
 
 @triton.jit
 def _pool_tile(kv, g, m, total, acc):
-    """Online softmax pooling of a tile of slots `[SB, HALF]` into per-channel running (max, sum, acc)."""
+    """Online softmax pooling of a tile of slots `[SB, CB]` into per-channel running (max, sum, acc)."""
     m_new = tl.maximum(m, tl.max(g, axis=0))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(m - m_safe)
@@ -29,15 +57,41 @@ def _pool_tile(kv, g, m, total, acc):
 
 
 @triton.jit
-def _compress_step_kernel(
+def _own_slot(kv_row, gate_row, TAIL_KV, TAIL_GATE, own_row, cols, live):
+    """The token's projections at `cols`: written to its tail row, and returned as the window reads them
+    back (rounded to the tail's dtype, then to the projections')."""
+    kv = tl.load(kv_row + cols, mask=live, other=0.0)
+    g = tl.load(gate_row + cols, mask=live, other=0.0)
+    stored_kv = kv.to(TAIL_KV.dtype.element_ty)
+    stored_g = g.to(TAIL_GATE.dtype.element_ty)
+    tl.store(TAIL_KV + own_row + cols, stored_kv, mask=live)
+    tl.store(TAIL_GATE + own_row + cols, stored_g, mask=live)
+    return stored_kv.to(kv.dtype), stored_g.to(g.dtype)
+
+
+@triton.jit
+def _window_tile(TAIL_KV, TAIL_GATE, APE, stride_tr, stride_ape, tail, s, cols, r, own_kv, own_g, mask):
+    """This window's slots `s` at columns `cols` as the reference pools them: stored slots read in the
+    projections' dtype, the token's slot `r` from `own_*` (as the tail stores it), the gate plus the
+    position bias, all as float32 `[SB, CB]`."""
+    at = tail + s[:, None] * stride_tr + cols[None, :]
+    own = (s == r)[:, None]
+    kv = tl.load(TAIL_KV + at, mask=mask, other=0.0)
+    g = tl.load(TAIL_GATE + at, mask=mask, other=0.0)
+    kv = tl.where(own, own_kv[None, :], kv).to(own_kv.dtype)
+    g = tl.where(own, own_g[None, :], g).to(own_g.dtype)
+    bias = tl.load(APE + s[:, None] * stride_ape + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return kv.to(tl.float32), g.to(tl.float32) + bias
+
+
+@triton.jit
+def _pool_kernel(
     KV,
     GATE,
-    stride_new,
+    stride_kv,
+    stride_gate,
     POS,
     SLOTS,
-    COS,
-    SIN,
-    stride_cs,
     TAIL_KV,
     TAIL_GATE,
     stride_ts,
@@ -48,8 +102,80 @@ def _compress_step_kernel(
     stride_or,
     APE,
     stride_ape,
+    POOLED,
+    dim,
+    RATIO: tl.constexpr,
+    OVERLAP: tl.constexpr,
+    CB: tl.constexpr,  # entry channels per program
+    SB: tl.constexpr,  # window slots per tile (a power of two)
+):
+    b = tl.program_id(0)
+    p = tl.load(POS + b)
+    slot = tl.load(SLOTS + b).to(tl.int64)
+    r = p % RATIO
+    c = tl.program_id(1) * CB + tl.arange(0, CB)
+    live = c < dim
+    cb = c + dim if OVERLAP else c  # this window's (Cb) half of a projection row
+    kv_row = KV + b * stride_kv
+    gate_row = GATE + b * stride_gate
+    tail = slot * stride_ts
+    own_row = tail + r * stride_tr
+    own_kv, own_g = _own_slot(kv_row, gate_row, TAIL_KV, TAIL_GATE, own_row, cb, live)
+    m = tl.full([CB], float("-inf"), tl.float32)
+    total = tl.zeros([CB], tl.float32)
+    acc = tl.zeros([CB], tl.float32)
+    sl = tl.arange(0, SB)
+    if OVERLAP:
+        own_ca_kv, own_ca_g = _own_slot(kv_row, gate_row, TAIL_KV, TAIL_GATE, own_row, c, live)
+        has_prior = p >= RATIO
+        done = r == RATIO - 1
+        for s0 in range(0, RATIO, SB):
+            s = s0 + sl
+            inside = (s < RATIO)[:, None] & live[None, :]
+            ovl = slot * stride_os + s[:, None] * stride_or + c[None, :]
+            prior_kv = tl.load(OVL_KV + ovl, mask=inside, other=0.0).to(KV.dtype.element_ty).to(tl.float32)
+            prior_g = tl.load(OVL_GATE + ovl, mask=inside, other=0.0).to(GATE.dtype.element_ty).to(tl.float32)
+            g = tl.where((s < RATIO)[:, None] & has_prior, prior_g, float("-inf"))
+            m, total, acc = _pool_tile(prior_kv, g, m, total, acc)
+            # a completed window hands its Ca half (gate plus bias) to the next, else the prior is stored
+            # back as read (rounded as the reference rounds it); each store depends on its element's load
+            ca_kv, ca_g = _window_tile(
+                TAIL_KV,
+                TAIL_GATE,
+                APE,
+                stride_tr,
+                stride_ape,
+                tail,
+                s,
+                c,
+                r,
+                own_ca_kv,
+                own_ca_g,
+                inside & done,
+            )
+            tl.store(OVL_KV + ovl, tl.where(done, ca_kv, prior_kv).to(OVL_KV.dtype.element_ty), mask=inside)
+            tl.store(OVL_GATE + ovl, tl.where(done, ca_g, prior_g).to(OVL_GATE.dtype.element_ty), mask=inside)
+    for s0 in range(0, RATIO, SB):
+        s = s0 + sl
+        inside = (s < RATIO)[:, None] & live[None, :]
+        kv, g = _window_tile(
+            TAIL_KV, TAIL_GATE, APE, stride_tr, stride_ape, tail, s, cb, r, own_kv, own_g, inside
+        )
+        m, total, acc = _pool_tile(kv, tl.where((s < RATIO)[:, None], g, float("-inf")), m, total, acc)
+    tl.store(POOLED + b * dim + c, acc / total, mask=live)
+
+
+@triton.jit
+def _finish_kernel(
+    POOLED,
+    PROJ,  # the projections, read for their dtype only (the normed entry is rounded to it)
+    POS,
     NORM_W,
     eps,
+    COS,
+    SIN,
+    stride_cos,
+    stride_sin,
     POOL,
     stride_pb,
     stride_pe,
@@ -57,111 +183,43 @@ def _compress_step_kernel(
     stride_table,
     per_block,
     dim,
-    width,
     nope_half,
     RATIO: tl.constexpr,
-    OVERLAP: tl.constexpr,
     HALF: tl.constexpr,
-    WIDTH_P: tl.constexpr,
-    SB: tl.constexpr,  # window slots per tile (divides RATIO)
     TO_POOL: tl.constexpr,  # False: POOL is rows [B, dim] (row stride stride_pb) the caller stores
 ):
     b = tl.program_id(0)
-    p = tl.load(POS + b)
-    slot = tl.load(SLOTS + b).to(tl.int64)
-    r = p % RATIO
     i = tl.arange(0, HALF)
     live = i < dim // 2
     even = 2 * i
     odd = even + 1
-    cb = dim if OVERLAP else 0  # where this window's own (Cb) half sits in a projection row
-    new_row = KV + b * stride_new
-    gate_row = GATE + b * stride_new
-    new_kv_e = tl.load(new_row + cb + even, mask=live, other=0.0).to(tl.float32)
-    new_kv_o = tl.load(new_row + cb + odd, mask=live, other=0.0).to(tl.float32)
-    new_g_e = tl.load(gate_row + cb + even, mask=live, other=0.0).to(tl.float32)
-    new_g_o = tl.load(gate_row + cb + odd, mask=live, other=0.0).to(tl.float32)
-    m_e = tl.full([HALF], float("-inf"), tl.float32)
-    m_o = tl.full([HALF], float("-inf"), tl.float32)
-    l_e = tl.zeros([HALF], tl.float32)
-    l_o = tl.zeros([HALF], tl.float32)
-    a_e = tl.zeros([HALF], tl.float32)
-    a_o = tl.zeros([HALF], tl.float32)
-    sl = tl.arange(0, SB)
-    if OVERLAP:
-        has_prior = p >= RATIO
-        for s0 in range(0, RATIO, SB):
-            ovl = slot * stride_os + (s0 + sl)[:, None] * stride_or
-            kv_e = tl.load(OVL_KV + ovl + even[None, :], mask=live[None, :], other=0.0).to(tl.float32)
-            kv_o = tl.load(OVL_KV + ovl + odd[None, :], mask=live[None, :], other=0.0).to(tl.float32)
-            g_e = tl.load(OVL_GATE + ovl + even[None, :], mask=live[None, :], other=0.0).to(tl.float32)
-            g_o = tl.load(OVL_GATE + ovl + odd[None, :], mask=live[None, :], other=0.0).to(tl.float32)
-            g_e = tl.where(has_prior, g_e, float("-inf"))
-            g_o = tl.where(has_prior, g_o, float("-inf"))
-            m_e, l_e, a_e = _pool_tile(kv_e, g_e, m_e, l_e, a_e)
-            m_o, l_o, a_o = _pool_tile(kv_o, g_o, m_o, l_o, a_o)
-    for s0 in range(0, RATIO, SB):
-        tail = slot * stride_ts + (s0 + sl)[:, None] * stride_tr + cb
-        ape = APE + (s0 + sl)[:, None] * stride_ape + cb
-        own = (s0 + sl == r)[:, None]
-        kv_e = tl.load(TAIL_KV + tail + even[None, :], mask=live[None, :], other=0.0).to(tl.float32)
-        kv_o = tl.load(TAIL_KV + tail + odd[None, :], mask=live[None, :], other=0.0).to(tl.float32)
-        g_e = tl.load(TAIL_GATE + tail + even[None, :], mask=live[None, :], other=0.0).to(tl.float32)
-        g_o = tl.load(TAIL_GATE + tail + odd[None, :], mask=live[None, :], other=0.0).to(tl.float32)
-        kv_e = tl.where(own, new_kv_e[None, :], kv_e)
-        kv_o = tl.where(own, new_kv_o[None, :], kv_o)
-        g_e = tl.where(own, new_g_e[None, :], g_e) + tl.load(
-            ape + even[None, :], mask=live[None, :], other=0.0
-        )
-        g_o = tl.where(own, new_g_o[None, :], g_o) + tl.load(
-            ape + odd[None, :], mask=live[None, :], other=0.0
-        )
-        m_e, l_e, a_e = _pool_tile(kv_e, g_e, m_e, l_e, a_e)
-        m_o, l_o, a_o = _pool_tile(kv_o, g_o, m_o, l_o, a_o)
-    e_e = tl.where(live, a_e / l_e, 0.0)
-    e_o = tl.where(live, a_o / l_o, 0.0)
+    e_e = tl.load(POOLED + b * dim + even, mask=live, other=0.0)
+    e_o = tl.load(POOLED + b * dim + odd, mask=live, other=0.0)
     # RMS norm (float32 statistics), rounded to the projections' dtype as the module returns it
     inv = tl.rsqrt((tl.sum(e_e * e_e, axis=0) + tl.sum(e_o * e_o, axis=0)) / dim + eps)
-    n_e = (tl.load(NORM_W + even, mask=live, other=0.0) * e_e * inv).to(KV.dtype.element_ty).to(tl.float32)
-    n_o = (tl.load(NORM_W + odd, mask=live, other=0.0) * e_o * inv).to(KV.dtype.element_ty).to(tl.float32)
+    w_e = tl.load(NORM_W + even, mask=live, other=0.0).to(tl.float32)
+    w_o = tl.load(NORM_W + odd, mask=live, other=0.0).to(tl.float32)
+    n_e = (w_e * (e_e * inv)).to(PROJ.dtype.element_ty).to(tl.float32)
+    n_o = (w_o * (e_o * inv)).to(PROJ.dtype.element_ty).to(tl.float32)
     # RoPE on the trailing pairs, at the entry's position
     rot = live & (i >= nope_half)
-    c = tl.load(COS + b * stride_cs + (i - nope_half), mask=rot, other=1.0)
-    sn = tl.load(SIN + b * stride_cs + (i - nope_half), mask=rot, other=0.0)
-    out_e = tl.where(rot, n_e * c - n_o * sn, n_e).to(KV.dtype.element_ty)
-    out_o = tl.where(rot, n_o * c + n_e * sn, n_o).to(KV.dtype.element_ty)
+    c = tl.load(COS + b * stride_cos + (i - nope_half), mask=rot, other=1.0).to(tl.float32)
+    sn = tl.load(SIN + b * stride_sin + (i - nope_half), mask=rot, other=0.0).to(tl.float32)
+    out_e = tl.where(rot, n_e * c - n_o * sn, n_e).to(PROJ.dtype.element_ty)
+    out_o = tl.where(rot, n_o * c + n_e * sn, n_o).to(PROJ.dtype.element_ty)
     if TO_POOL:
-        entry = p // RATIO
+        entry = tl.load(POS + b) // RATIO
         block = tl.load(TABLE + b * stride_table + entry // per_block).to(tl.int64)
         dst = POOL + block * stride_pb + (entry % per_block).to(tl.int64) * stride_pe
     else:
         dst = POOL + b * stride_pb
     tl.store(dst + even, out_e.to(POOL.dtype.element_ty), mask=live)
     tl.store(dst + odd, out_o.to(POOL.dtype.element_ty), mask=live)
-    # the token's tail row
-    cols = tl.arange(0, WIDTH_P)
-    wide = cols < width
-    own_row = slot * stride_ts + r * stride_tr
-    own_kv = tl.load(new_row + cols, mask=wide, other=0.0).to(TAIL_KV.dtype.element_ty)
-    own_gate = tl.load(gate_row + cols, mask=wide, other=0.0).to(TAIL_GATE.dtype.element_ty)
-    tl.store(TAIL_KV + own_row + cols, own_kv, mask=wide)
-    tl.store(TAIL_GATE + own_row + cols, own_gate, mask=wide)
-    if OVERLAP:
-        # a completed window hands its Ca half (gate plus bias) to the next window
-        done = r == RATIO - 1
-        lead = cols < dim
-        for s in range(RATIO):
-            tail = slot * stride_ts + s * stride_tr
-            own = s == r
-            kv = tl.load(TAIL_KV + tail + cols, mask=lead, other=0.0).to(tl.float32)
-            kv = tl.where(own, own_kv.to(tl.float32), kv)
-            g = tl.load(TAIL_GATE + tail + cols, mask=lead, other=0.0).to(tl.float32)
-            g = tl.where(own, own_gate.to(tl.float32), g) + tl.load(
-                APE + s * stride_ape + cols, mask=lead, other=0.0
-            )
-            ovl = slot * stride_os + s * stride_or
-            tl.store(OVL_KV + ovl + cols, kv.to(OVL_KV.dtype.element_ty), mask=lead & done)
-            tl.store(OVL_GATE + ovl + cols, g.to(OVL_GATE.dtype.element_ty), mask=lead & done)
+
+
+def _unit_columns(t: torch.Tensor) -> torch.Tensor:
+    """`t` as rows of adjacent elements (the kernels take row strides only); a copy only if it is not."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def compress_step_triton(
@@ -172,7 +230,10 @@ def compress_step_triton(
     cos: torch.Tensor,
     sin: torch.Tensor,
     state: CompressorState,
+    *,
+    tiles: CompressTiles | None = None,
 ) -> None:
+    tiles = tiles or CompressTiles()
     rows, width = kv.shape
     if rows == 0:
         return
@@ -181,20 +242,18 @@ def compress_step_triton(
     dim = width // 2 if overlap else width
     ovl_kv = state.overlap_kv if state.overlap_kv is not None else state.tail_kv
     ovl_gate = state.overlap_gate if state.overlap_gate is not None else state.tail_gate
-    kv, gate = kv.contiguous(), gate.contiguous()
-    cos, sin = cos.float().contiguous(), sin.float().contiguous()
-    ape = state.ape.float().contiguous()
-    to_pool = state.entries.format == "plain"
-    pool = state.entries.data if to_pool else kv.new_empty(rows, dim).unsqueeze(1)
-    _compress_step_kernel[(rows,)](
+    kv, gate, cos, sin = (_unit_columns(t) for t in (kv, gate, cos, sin))
+    ape = _unit_columns(state.ape)
+    positions, slots = positions.contiguous(), slots.contiguous()
+    pooled = torch.empty(rows, dim, dtype=torch.float32, device=kv.device)
+    slot_tile = min(triton.next_power_of_2(ratio), max(1, tiles.tile_elements // tiles.channels))
+    _pool_kernel[(rows, triton.cdiv(dim, tiles.channels))](
         kv,
         gate,
         kv.stride(0),
-        positions.contiguous(),
-        slots.contiguous(),
-        cos,
-        sin,
-        cos.stride(0),
+        gate.stride(0),
+        positions,
+        slots,
         state.tail_kv,
         state.tail_gate,
         state.tail_kv.stride(0),
@@ -205,8 +264,26 @@ def compress_step_triton(
         ovl_kv.stride(1),
         ape,
         ape.stride(0),
-        state.norm_weight.float().contiguous(),
+        pooled,
+        dim,
+        RATIO=ratio,
+        OVERLAP=overlap,
+        CB=tiles.channels,
+        SB=slot_tile,
+        num_warps=tiles.num_warps,
+    )
+    to_pool = state.entries.format == "plain"
+    pool = state.entries.data if to_pool else kv.new_empty(rows, dim).unsqueeze(1)
+    _finish_kernel[(rows,)](
+        pooled,
+        kv,
+        positions,
+        state.norm_weight,
         state.norm_eps,
+        cos,
+        sin,
+        cos.stride(0),
+        sin.stride(0),
         pool,
         pool.stride(0),
         pool.stride(1),
@@ -214,13 +291,9 @@ def compress_step_triton(
         state.block_tables.stride(0),
         state.entries.per_block,
         dim,
-        width,
         dim // 2 - cos.shape[1],
         RATIO=ratio,
-        OVERLAP=overlap,
         HALF=triton.next_power_of_2(dim // 2),
-        WIDTH_P=triton.next_power_of_2(width),
-        SB=min(ratio, _SLOT_TILE),
         TO_POOL=to_pool,
         num_warps=4,
     )
