@@ -92,8 +92,7 @@ class PagedLayerCache:
         if n == 0:
             return
         first = self._count(name)
-        index = torch.arange(first, first + n)
-        blocks, offsets = self._locate(index)
+        blocks, offsets = self._locate(self._entry_range(first, first + n))
         self._seq.kv_pool.storage(self._index, name).write(blocks, offsets, entries)
         self._counts[name] = first + n
         self._memo.pop(name, None)
@@ -102,7 +101,7 @@ class PagedLayerCache:
         count = self._count(name)
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= count):
             raise IndexError(f"entry index out of range [0, {count}) for {name!r}")
-        blocks, offsets = self._locate(indices.cpu())
+        blocks, offsets = self._locate(indices.to(self._seq.kv_pool.device))
         return self._seq.kv_pool.storage(self._index, name).read(blocks, offsets)
 
     def all_entries(self, name: CompressorName) -> torch.Tensor:
@@ -111,7 +110,7 @@ class PagedLayerCache:
         count = self._count(name)
         memo = self._memo.get(name)
         if memo is None or memo.shape[0] != count:
-            blocks, offsets = self._locate(torch.arange(count))
+            blocks, offsets = self._locate(self._entry_range(0, count))
             memo = self._seq.kv_pool.storage(self._index, name).read(blocks, offsets)
             self._memo[name] = memo
         return memo
@@ -143,16 +142,22 @@ class PagedLayerCache:
             else:
                 seq.states.write_tail(seq.slot, self._index, name, tail)
 
-    def _locate(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logical = index // self._per_block
-        table = self._seq.block_table_tensor()
-        if index.numel() and int(logical.max()) >= table.shape[0]:
+    def _entry_range(self, start: int, stop: int) -> torch.Tensor:
+        """Entry indices `[start, stop)` on the pool's device, once the allocated blocks are known to hold
+        them (checked from host integers: no device round trip)."""
+        allocated = len(self._seq.block_table)
+        if stop > start and (stop - 1) // self._per_block >= allocated:
             raise CacheCapacityError(
-                f"entry {int(index.max())} needs logical block {int(logical.max())}, "
-                f"but only {table.shape[0]} blocks are allocated"
+                f"entry {stop - 1} needs logical block {(stop - 1) // self._per_block}, "
+                f"but only {allocated} blocks are allocated"
             )
-        device = self._seq.kv_pool.device
-        return table[logical].to(device), (index % self._per_block).to(device)
+        return torch.arange(start, stop, device=self._seq.kv_pool.device)
+
+    def _locate(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Physical blocks and offsets of entries `index` (on the pool's device, within the allocated
+        blocks), computed on the device from the sequence's device block table."""
+        table = self._seq.device_block_table(self._seq.kv_pool.device)
+        return table[index // self._per_block], index % self._per_block
 
     def _count(self, name: CompressorName) -> int:
         try:
@@ -177,7 +182,6 @@ class PagedSequenceCache:
         self.slot = slot
         self.block_table: list[int] = list(block_table or [])
         self._num_tokens = num_tokens
-        self._table_tensor: torch.Tensor | None = None
         self._device_table: torch.Tensor | None = None
         self.registered_blocks = 0  # leading full blocks already offered to the prefix cache
         self._counts_stale = False
@@ -244,9 +248,3 @@ class PagedSequenceCache:
 
     def extend_blocks(self, blocks: list[int]) -> None:
         self.block_table.extend(blocks)
-        self._table_tensor = None
-
-    def block_table_tensor(self) -> torch.Tensor:
-        if self._table_tensor is None or self._table_tensor.shape[0] != len(self.block_table):
-            self._table_tensor = torch.tensor(self.block_table, dtype=torch.long)
-        return self._table_tensor

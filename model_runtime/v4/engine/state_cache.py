@@ -198,7 +198,7 @@ class StatePool:
     def read_window(self, slot: int, layer: int) -> WindowView:
         meta, state = self._slot_meta(slot)[layer], self._layers[layer]
         first = meta.window_end - meta.window_len
-        order = (torch.arange(first, meta.window_end) % self.window).to(state.window_kv.device)
+        order = self._ring_rows(first, meta.window_end, state)
         return WindowView(state.window_kv[slot, order], state.window_pos[slot, order])
 
     def write_window(
@@ -210,7 +210,7 @@ class StatePool:
         if n == 0:
             return
         keep = min(n, self.window)
-        index = (torch.arange(start + n - keep, start + n) % self.window).to(state.window_kv.device)
+        index = self._ring_rows(start + n - keep, start + n, state)
         state.window_kv[slot, index] = kv[-keep:].to(self.dtype)
         state.window_pos[slot, index] = positions[-keep:]
         if meta.window_end != start:
@@ -247,7 +247,8 @@ class StatePool:
             meta.window_len, meta.window_end = min(self.window, live + first - undo.start), first
 
     def _ring_rows(self, first: int, end: int, state: _LayerState) -> torch.Tensor:
-        return (torch.arange(first, end) % self.window).to(state.window_kv.device)
+        """Ring rows of positions `[first, end)`, made on the state's device (no host-to-device copy)."""
+        return torch.arange(first, end, device=state.window_kv.device) % self.window
 
     # ------------------------------------------------------------------ compressor tails
     def read_tail(self, slot: int, layer: int, name: CompressorName) -> CompressorTail | None:
