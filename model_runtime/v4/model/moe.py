@@ -231,7 +231,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (weights `[n, k]`, expert indices `[n, k]`)."""
-        logits = F.linear(x.float(), self.weight.float())  # routing decisions in float32
+        logits = F.linear(x.float(), self.weight.float())  # float32 (a cast model keeps the weight so)
         if self.score_func == "sqrtsoftplus":
             scores = F.softplus(logits).sqrt()
         elif self.score_func == "sigmoid":
