@@ -14,15 +14,20 @@ or writes is addressed by position (see `engine/state_cache.py`):
 So every shape is fixed by (B, block-table width) and nothing reads back to the host: the step can be
 captured in a CUDA graph and replayed. It computes what the protocol path (`attention.py`,
 `compressor.py`) computes for a one-token chunk; `tests/.../test_decode_step.py` holds them equal.
+
+With the Triton kernels and at most `FUSED_MAX_ROWS` rows, a layer's plain projections of its normed input
+(`wq_a`, `wkv`, the compressors' `wkv`/`wgate`, the indexer's `weights_proj`) run as one `multi_linear`
+launch, each weight read where its module holds it (`_project_input`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import TypeGuard, TypeVar, cast
 
 import torch
+from torch import nn
 
 from deepscout.model_runtime.v4.cache.protocol import CompressorName, CompressorTail
 from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
@@ -30,6 +35,7 @@ from deepscout.model_runtime.v4.kernels.compress_step import compress_step
 from deepscout.model_runtime.v4.kernels.compressor_state import CompressorState
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_topk
+from deepscout.model_runtime.v4.kernels.multi_linear import FUSED_MAX_ROWS, multi_linear
 from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
 from deepscout.model_runtime.v4.model.attention import Attention
@@ -118,21 +124,22 @@ def decode_attention(
 ) -> torch.Tensor:
     """The layer's attention output `[B, hidden]` for normed inputs `x` `[B, hidden]`."""
     n, heads, dim = x.shape[0], attn.n_heads, attn.head_dim
-    q_residual = attn.q_norm(attn.wq_a(x))
+    projected = _project_input(attn, x, step.kernels)
+    q_residual = attn.q_norm(projected[attn.wq_a])
     q = rms_normalize(attn.wq_b(q_residual).view(n, heads, dim), attn.args.rms_norm_eps, step.kernels)
     q = apply_rope(q, rope)
-    kv = apply_rope(attn.kv_norm(attn.wkv(x)), rope)
+    kv = apply_rope(attn.kv_norm(projected[attn.wkv]), rope)
     ring = step.derived(("ring", attn.window), lambda: step.positions % attn.window)
     storage.window_kv[step.slots, ring] = kv.to(storage.window_kv.dtype)
     storage.window_pos[step.slots, ring] = step.positions
     if attn.compressor is not None:
-        _compress(attn.compressor, x, storage, "main", step, compress_rope)
+        _compress(attn.compressor, projected, storage, "main", step, compress_rope)
     if attn.indexer is not None:
-        _compress(attn.indexer.compressor, x, storage, "indexer", step, compress_rope)
+        _compress(attn.indexer.compressor, projected, storage, "indexer", step, compress_rope)
     out = sparse_attention(
         q.to(storage.window_kv.dtype),
         step.band(storage.window_kv, storage.window_pos),
-        _entry_keys(attn, x, q_residual, rope, storage, step),
+        _entry_keys(attn, projected, q_residual, rope, storage, step),
         attn.attn_sink,
         step.positions,
         scale=attn.scale,
@@ -142,9 +149,40 @@ def decode_attention(
     return attn._project_out(apply_rope(out.to(x.dtype), rope, inverse=True))
 
 
+def _project_input(attn: Attention, x: torch.Tensor, kernels: KernelImpl) -> dict[nn.Module, torch.Tensor]:
+    """Every projection of the layer that reads its normed input `x`, mapped to its output: `wq_a`, `wkv`,
+    each compressor's `wkv` and `wgate`, the indexer's `weights_proj`.
+
+    With the Triton kernels and at most `FUSED_MAX_ROWS` rows, the plain ones (bias-free `nn.Linear`s in
+    `x`'s dtype: all of them in the dense format, all but the FP8 `wq_a` and `wkv` in the shipped one) run
+    as one `multi_linear` launch reading each weight where its module holds it; otherwise, and for the
+    rest, each module runs on its own."""
+    layers: list[nn.Module] = [attn.wq_a, attn.wkv]
+    if attn.compressor is not None:
+        layers += [attn.compressor.wkv, attn.compressor.wgate]
+    if attn.indexer is not None:
+        comp = attn.indexer.compressor
+        layers += [attn.indexer.weights_proj, comp.wkv, comp.wgate]
+    plain = [layer for layer in layers if _plain_linear(layer, x.dtype)]
+    if kernels != "triton" or x.shape[0] > FUSED_MAX_ROWS or len(plain) < 2:
+        return {layer: layer(x) for layer in layers}
+    fused = dict(zip(plain, multi_linear(x, [layer.weight for layer in plain], impl=kernels), strict=True))
+    return {layer: fused[layer] if layer in fused else layer(x) for layer in layers}
+
+
+def _plain_linear(layer: nn.Module, dtype: torch.dtype) -> TypeGuard[nn.Linear]:
+    """Whether `layer` is a bias-free `nn.Linear` whose weight `multi_linear` reads as stored in `dtype`."""
+    return (
+        isinstance(layer, nn.Linear)
+        and layer.bias is None
+        and layer.weight.dtype == dtype
+        and layer.weight.is_contiguous()
+    )
+
+
 def _entry_keys(
     attn: Attention,
-    x: torch.Tensor,
+    projected: Mapping[nn.Module, torch.Tensor],
     q_residual: torch.Tensor,
     rope: RopeTable,
     storage: LayerStorage,
@@ -160,10 +198,12 @@ def _entry_keys(
     indices = None
     if attn.kind is LayerKind.CSA:
         assert attn.indexer is not None
-        index = attn.indexer.queries(x, q_residual, rope)
+        index = attn.indexer.queries_from(projected[attn.indexer.weights_proj], q_residual, rope)
         paged_rows = step.derived(
             "paged_rows",
-            lambda: PagedRows(step.block_tables, torch.arange(rows.shape[0] + 1, device=x.device).int(), 1),
+            lambda: PagedRows(
+                step.block_tables, torch.arange(rows.shape[0] + 1, device=rows.device).int(), 1
+            ),
         )
         chosen, _ = indexer_topk(
             index.q,
@@ -187,13 +227,14 @@ def _entry_keys(
 
 def _compress(
     comp: Compressor,
-    x: torch.Tensor,
+    projected: Mapping[nn.Module, torch.Tensor],
     storage: LayerStorage,
     name: CompressorName,
     step: DecodeStep,
     rope: RopeSpec,
 ) -> None:
-    """Write the token into the compressor's tail and its window's (possibly provisional) entry."""
+    """Write the token (its projections by the compressor's `wkv` and `wgate` in `projected`) into the
+    compressor's tail and its window's (possibly provisional) entry."""
     tail = storage.tails[name]
     state = CompressorState(
         tail_kv=tail.kv,
@@ -207,5 +248,5 @@ def _compress(
         block_tables=step.block_tables,
     )
     table = step.compress_table(rope, comp.ratio)
-    kv, gate = comp.wkv(x), comp.wgate(x)
+    kv, gate = projected[comp.wkv], projected[comp.wgate]
     compress_step(kv, gate, step.positions, step.slots, table.cos, table.sin, state, impl=step.kernels)

@@ -61,10 +61,15 @@ class Indexer(nn.Module):
 
     def queries(self, x: torch.Tensor, q_residual: torch.Tensor, rope: RopeTable) -> IndexQueries:
         """Per-token indexer queries and head weights of the packed tokens."""
-        q = self.wq_b(q_residual).view(x.shape[0], self.n_heads, self.head_dim)
-        q = apply_rope(q, rope)
-        weights = self.weights_proj(x).float() * self.n_heads**-0.5
-        return IndexQueries(q, weights)
+        return self.queries_from(self.weights_proj(x), q_residual, rope)
+
+    def queries_from(
+        self, head_logits: torch.Tensor, q_residual: torch.Tensor, rope: RopeTable
+    ) -> IndexQueries:
+        """`queries` given `weights_proj`'s output `head_logits` `[n, heads]` (computed with other projections
+        of the same input)."""
+        q = self.wq_b(q_residual).view(q_residual.shape[0], self.n_heads, self.head_dim)
+        return IndexQueries(apply_rope(q, rope), head_logits.float() * self.n_heads**-0.5)
 
     def scores(self, queries: IndexQueries, keys: torch.Tensor) -> torch.Tensor:
         """Index scores `[n, T]` (float32) of queries against keys `[T, dim]`."""
