@@ -66,9 +66,9 @@ class GrammarProcessor:
         for token in generated[self._accepted :]:
             self._guide.accept(int(token))
         self._accepted = len(generated)
-        masked = logits.clone()
+        masked = logits.to("cpu", copy=True)  # the guide masks a host tensor in place
         self._guide.apply(masked)
-        return masked
+        return masked.to(logits.device)
 
 
 class V4Runtime:

@@ -2,7 +2,9 @@
 
 Grid: one program per block of tokens; each token's hc×hc mix lives in registers as a `[BN, hc, hc]` tile
 through the softmax and every Sinkhorn round, so the whole mapping is one read of the logits and one
-write of the three outputs.
+write of the three outputs. One warp per program: the rounds are a chain of tiny reductions, which stay
+within a warp (shuffles) instead of crossing warps through shared memory and barriers; a decode step's
+few tokens get a block of their own size.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def hc_mix_triton(
     comb = torch.empty(n, hc, hc, dtype=torch.float32, device=mixes.device)
     if n == 0:
         return pre, post, comb
-    _hc_mix_kernel[(triton.cdiv(n, _TOKENS_PER_PROGRAM),)](
+    block = min(_TOKENS_PER_PROGRAM, triton.next_power_of_2(n))
+    _hc_mix_kernel[(triton.cdiv(n, block),)](
         mixes,
         scale.float().contiguous(),
         base.float().contiguous(),
@@ -80,7 +83,7 @@ def hc_mix_triton(
         eps,
         ITERS=iters,
         HC=hc,
-        BN=_TOKENS_PER_PROGRAM,
-        num_warps=4,
+        BN=block,
+        num_warps=1,
     )
     return pre, post, comb
