@@ -31,7 +31,8 @@ host-side work included: context counting, bridge entities, searches), documents
     python benchmarks/agent_long_context.py --context 65536 --layers 8
     python benchmarks/agent_long_context.py --tiny --device cpu --context 4096    # CPU smoke run
 
-Prints a table and writes ``benchmarks/results/agent_long_context.json`` (or ``--out PATH``).
+Prints each call as it completes (a run cut short keeps them), then a table, and writes
+``benchmarks/results/agent_long_context.json`` (or ``--out PATH``).
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class RecordingRuntime(V4Runtime):
                 "wall_s": round(time.perf_counter() - started, 3),
             }
         )
+        print(f"call {len(self.calls)}: {self.calls[-1]}", flush=True)  # a cut-short run keeps its calls
         return outcome
 
     def on_event(self, event: Event) -> None:
