@@ -36,8 +36,6 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.multi_linear import ROW_LIMIT
-
 _MAX_BLOCK_N = 64
 """The most output columns per program."""
 _PROGRAMS_PER_SM = 4
@@ -125,12 +123,10 @@ def _multi_gemv_kernel(
 def multi_linear_triton(
     x: torch.Tensor, weights: Sequence[torch.Tensor], *, tiles: MultiTiles | None = None
 ) -> list[torch.Tensor]:
-    """`[x Wᵢᵀ for each weight]` in one launch: `x` `[M, K]` (M ≤ `ROW_LIMIT`), weights `[Nᵢ, K]`
+    """`[x Wᵢᵀ for each weight]` in one launch: `x` `[M, K]` (M ≤ `multi_linear.ROW_LIMIT`), weights `[Nᵢ, K]`
     contiguous in `x`'s dtype; inputs validated by `multi_linear`. `tiles` overrides `device_multi_tiles`."""
     m, k = x.shape
     ns = [w.shape[0] for w in weights]
-    if m > ROW_LIMIT:
-        raise ValueError(f"multi_linear takes at most {ROW_LIMIT} rows, got {m}")
     tiles = tiles or device_multi_tiles(ns, k, device=x.device)
     if any(triton.next_power_of_2(b) != b for b in (tiles.block_n, tiles.block_k)):
         raise ValueError(f"multi_linear tiles need a power-of-two block_n and block_k: {tiles}")
