@@ -42,8 +42,8 @@ import triton
 import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
-from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import SCALE_BLOCK, _bytes, _e8m0
-from deepscout.model_runtime.v4.kernels.grouped_moe_triton import _store_swiglu
+from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import SCALE_BLOCK, _e8m0, stack_bytes
+from deepscout.model_runtime.v4.kernels.grouped_moe_triton import _store_swiglu, sum_pairs
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
@@ -221,10 +221,7 @@ def grouped_moe_mxfp4_gemv(
     if n_pairs == 0:
         return torch.zeros_like(x)
     x = x.contiguous()
-    w1, w2, w3 = _bytes(stacks.w1), _bytes(stacks.w2), _bytes(stacks.w3)
-    s1, s2, s3 = _bytes(stacks.w1_scale), _bytes(stacks.w2_scale), _bytes(stacks.w3_scale)
-    if w1.stride() != w3.stride() or s1.stride() != s3.stride():
-        raise ValueError("w1 and w3 (and their scales) must share one layout")
+    w1, w2, w3, s1, s2, s3 = stack_bytes(stacks)
     local = (indices if experts is None else experts.local_ids(indices)).reshape(-1).to(torch.int32)
     route = weights.reshape(-1).float().contiguous()
     # as the tiled path: Triton's interpreter truncates what it stores as bf16, so there the work is float32
@@ -277,4 +274,4 @@ def grouped_moe_mxfp4_gemv(
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    return pair_out.view(n_tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    return sum_pairs(pair_out, x)

@@ -234,6 +234,16 @@ def _bytes(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8)
 
 
+def stack_bytes(stacks: Mxfp4ExpertStacks) -> tuple[torch.Tensor, ...]:
+    """`(w1, w2, w3, w1_scale, w2_scale, w3_scale)` as the uint8 bytes the kernels read (views); w1 and w3
+    (and their scales) must share one layout, as the gate-up kernels address both with the same strides."""
+    w1, w2, w3 = _bytes(stacks.w1), _bytes(stacks.w2), _bytes(stacks.w3)
+    s1, s2, s3 = _bytes(stacks.w1_scale), _bytes(stacks.w2_scale), _bytes(stacks.w3_scale)
+    if w1.stride() != w3.stride() or s1.stride() != s3.stride():
+        raise ValueError("w1 and w3 (and their scales) must share one layout")
+    return w1, w2, w3, s1, s2, s3
+
+
 def grouped_moe_mxfp4_triton(
     x: torch.Tensor,
     weights: torch.Tensor,
@@ -260,10 +270,7 @@ def grouped_moe_mxfp4_triton(
     tiles, groups, h, pair_out = plan.tiles, plan.groups, plan.h, plan.pair_out
     if tiles.block_k % FP4_BLOCK:
         raise ValueError(f"MXFP4 tiles need block_k a multiple of {FP4_BLOCK}, got {tiles.block_k}")
-    w1, w2, w3 = _bytes(stacks.w1), _bytes(stacks.w2), _bytes(stacks.w3)
-    s1, s2, s3 = _bytes(stacks.w1_scale), _bytes(stacks.w2_scale), _bytes(stacks.w3_scale)
-    if w1.stride() != w3.stride() or s1.stride() != s3.stride():
-        raise ValueError("w1 and w3 (and their scales) must share one layout")
+    w1, w2, w3, s1, s2, s3 = stack_bytes(stacks)
     _mxfp4_gate_up_kernel[(groups.n_tiles * triton.cdiv(inter, tiles.gate_up_n),)](
         x,
         w1,

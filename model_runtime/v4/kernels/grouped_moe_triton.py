@@ -119,8 +119,14 @@ class LaunchPlan:
 
     def summed(self, x: torch.Tensor) -> torch.Tensor:
         """Each token's k rows of `pair_out` summed, in `x`'s dtype."""
-        n_tokens, hidden = x.shape
-        return self.pair_out.view(n_tokens, -1, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
+        return sum_pairs(self.pair_out, x)
+
+
+def sum_pairs(pair_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Each token's k consecutive rows of `pair_out` `[N*k, hidden]` summed in float32 (deterministic, no
+    atomics), in `x`'s dtype (`x` `[N, hidden]`)."""
+    n_tokens, hidden = x.shape
+    return pair_out.view(n_tokens, -1, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
 
 
 def plan_launches(
