@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.fp8_linear_triton import _decode_scales
+from deepscout.model_runtime.v4.kernels.fp8_linear_triton import _decode_scales, stored_scales
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
 
 GEMV_MAX_ROWS = 2
@@ -156,16 +156,13 @@ def fp8_linear_gemv(
         raise ValueError(f"the FP8 GEMV takes at most {ROW_LIMIT} rows, got {m}")
     if m == 0:
         return x.new_empty(0, groups, n_group)
-    if weight.stride(1) != 1 or scale.stride(1) != 1:
-        raise ValueError("the FP8 weight and its scales must be row-major")
+    stored_scale, e8m0 = stored_scales(weight, scale)
     tiles = tiles or device_gemv_tiles(n_group, k, groups=groups, device=x.device)
     block_k_ok = tiles.block_k % FP8_BLOCK == 0 and triton.next_power_of_2(tiles.block_k) == tiles.block_k
     if triton.next_power_of_2(tiles.block_n) != tiles.block_n or not block_k_ok:
         raise ValueError(f"GEMV tiles need a power-of-two block_n and block_k a power of two >= 128: {tiles}")
     if x.stride(2) != 1:
         x = x.contiguous()
-    e8m0 = scale.dtype in (torch.float8_e8m0fnu, torch.uint8)
-    stored_scale = scale.view(torch.uint8) if e8m0 else scale.to(torch.float32)
     # as the tiled path: Triton's interpreter truncates what it stores as bf16, so there it writes float32
     out_dtype = torch.float32 if triton.knobs.runtime.interpret else x.dtype
     out = torch.empty(m, groups, n_group, dtype=out_dtype, device=x.device)

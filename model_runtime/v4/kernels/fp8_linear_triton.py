@@ -162,6 +162,15 @@ def _fp8_linear_kernel(
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+def stored_scales(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The scales as the kernels read them — e8m0 bytes as uint8 (a view), float scales as float32 — and
+    whether they are e8m0; the weight and its scales must be row-major."""
+    if weight.stride(1) != 1 or scale.stride(1) != 1:
+        raise ValueError("the FP8 weight and its scales must be row-major")
+    e8m0 = scale.dtype in (torch.float8_e8m0fnu, torch.uint8)
+    return (scale.view(torch.uint8) if e8m0 else scale.to(torch.float32)), e8m0
+
+
 def device_tiles(m: int, n: int, k: int, *, groups: int, device: torch.device) -> TileConfig:
     """`choose_tiles` for `device`, its multiprocessors shared among the groups (off CUDA one: the
     interpreter gains nothing from splitting)."""
@@ -184,12 +193,9 @@ def fp8_linear_triton(
     n_group = weight.shape[0] // groups
     if m == 0:
         return x.new_empty(0, groups, n_group)
-    if weight.stride(1) != 1 or scale.stride(1) != 1:
-        raise ValueError("the FP8 weight and its scales must be row-major")
+    stored_scale, e8m0 = stored_scales(weight, scale)
     if x.stride(2) != 1:
         x = x.contiguous()
-    e8m0 = scale.dtype in (torch.float8_e8m0fnu, torch.uint8)
-    stored_scale = scale.view(torch.uint8) if e8m0 else scale.to(torch.float32)
     tiles = tiles or device_tiles(m, n_group, k, groups=groups, device=x.device)
     k_blocks = triton.cdiv(k, FP8_BLOCK)
     if FP8_BLOCK % tiles.block_k or k_blocks % tiles.split_k:
