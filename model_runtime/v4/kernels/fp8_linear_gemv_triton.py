@@ -28,13 +28,18 @@ float32 (it truncates what it stores as bf16) and cast afterwards, as in the til
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.fp8_linear_triton import _decode_scales, stored_scales
+from deepscout.model_runtime.v4.kernels.fp8_linear_triton import (
+    _decode_scales,
+    multiprocessors,
+    stored_scales,
+)
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
 
 GEMV_MAX_ROWS = 2
@@ -44,7 +49,7 @@ ROW_LIMIT = 8
 _MAX_BLOCK_N = 64
 """The most output columns per program."""
 _PROGRAMS_PER_SM = 4
-"""Programs per multiprocessor `choose_gemv_tiles` aims for, to keep enough weight loads in flight."""
+"""Programs per multiprocessor the decode GEMVs aim for, to keep enough weight loads in flight."""
 _STEP_ELEMENTS = 4096
 """Weight elements (bytes) per program and step: 32 per thread of four warps, two 16-byte loads."""
 
@@ -61,22 +66,27 @@ class GemvTiles:
 
 
 def choose_gemv_tiles(n: int, k: int, *, groups: int, n_sms: int) -> GemvTiles:
-    """The widest `block_n` (at most 64) that still gives `groups` × ⌈`n`/`block_n`⌉ ≥ 4 programs per
-    multiprocessor (1 when even that falls short), and `block_k` for about 4096 weight bytes a step (at
-    least 128, at most K rounded up to a power-of-two number of 128-wide blocks)."""
-    block_n = _MAX_BLOCK_N
-    while block_n > 1 and groups * triton.cdiv(n, block_n) < _PROGRAMS_PER_SM * n_sms:
-        block_n //= 2
+    """`block_n` by `gemv_block_n` over the `groups` of `n` rows, and `block_k` for about 4096 weight bytes
+    a step (at least 128, at most K rounded up to a power-of-two number of 128-wide blocks)."""
+    block_n = gemv_block_n([n] * groups, n_sms=n_sms)
     k_cover = triton.next_power_of_2(triton.cdiv(k, FP8_BLOCK)) * FP8_BLOCK
     block_k = min(max(FP8_BLOCK, _STEP_ELEMENTS // block_n), k_cover)
     return GemvTiles(block_n=block_n, block_k=block_k)
 
 
 def device_gemv_tiles(n: int, k: int, *, groups: int, device: torch.device) -> GemvTiles:
-    """`choose_gemv_tiles` for `device` (off CUDA one multiprocessor: the interpreter gains nothing from
-    many programs)."""
-    n_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    return choose_gemv_tiles(n, k, groups=groups, n_sms=n_sms)
+    """`choose_gemv_tiles` for `device`."""
+    return choose_gemv_tiles(n, k, groups=groups, n_sms=multiprocessors(device))
+
+
+def gemv_block_n(columns: Sequence[int], *, n_sms: int) -> int:
+    """Output columns per program of a matrix-vector launch over weights of `columns` rows each: the widest
+    power of two (at most 64) that still gives Σ ⌈columns/block_n⌉ ≥ 4 programs per multiprocessor (1 when
+    even that falls short)."""
+    block_n = _MAX_BLOCK_N
+    while block_n > 1 and sum(triton.cdiv(n, block_n) for n in columns) < _PROGRAMS_PER_SM * n_sms:
+        block_n //= 2
+    return block_n
 
 
 @triton.jit

@@ -171,11 +171,15 @@ def stored_scales(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tens
     return (scale.view(torch.uint8) if e8m0 else scale.to(torch.float32)), e8m0
 
 
+def multiprocessors(device: torch.device) -> int:
+    """The device's multiprocessors, which the decode kernels size their grids by (off CUDA one: the
+    interpreter gains nothing from many programs)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
 def device_tiles(m: int, n: int, k: int, *, groups: int, device: torch.device) -> TileConfig:
-    """`choose_tiles` for `device`, its multiprocessors shared among the groups (off CUDA one: the
-    interpreter gains nothing from splitting)."""
-    n_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    return choose_tiles(m, n, k, n_sms=max(1, n_sms // groups))
+    """`choose_tiles` for `device`, its multiprocessors shared among the groups."""
+    return choose_tiles(m, n, k, n_sms=max(1, multiprocessors(device) // groups))
 
 
 def fp8_linear_triton(

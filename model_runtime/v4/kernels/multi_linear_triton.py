@@ -36,10 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
-_MAX_BLOCK_N = 64
-"""The most output columns per program."""
-_PROGRAMS_PER_SM = 4
-"""Programs per multiprocessor `choose_multi_tiles` aims for, to keep enough weight loads in flight."""
+from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import gemv_block_n
+from deepscout.model_runtime.v4.kernels.fp8_linear_triton import multiprocessors
+
 _STEP_ELEMENTS = 4096
 """Weight elements per program and step: 32 per thread of four warps (four 16-byte loads in bf16)."""
 
@@ -56,20 +55,15 @@ class MultiTiles:
 
 
 def choose_multi_tiles(ns: Sequence[int], k: int, *, n_sms: int) -> MultiTiles:
-    """The widest `block_n` (at most 64) that still gives Σᵢ ⌈`ns[i]`/`block_n`⌉ ≥ 4 programs per
-    multiprocessor (1 when even that falls short), and `block_k` for about 4096 weight elements a step (at
-    most K rounded up to a power of two)."""
-    block_n = _MAX_BLOCK_N
-    while block_n > 1 and sum(triton.cdiv(n, block_n) for n in ns) < _PROGRAMS_PER_SM * n_sms:
-        block_n //= 2
+    """`block_n` by `gemv_block_n` over all the weights' rows, and `block_k` for about 4096 weight elements a
+    step (at most K rounded up to a power of two)."""
+    block_n = gemv_block_n(ns, n_sms=n_sms)
     return MultiTiles(block_n=block_n, block_k=min(_STEP_ELEMENTS // block_n, triton.next_power_of_2(k)))
 
 
 def device_multi_tiles(ns: Sequence[int], k: int, *, device: torch.device) -> MultiTiles:
-    """`choose_multi_tiles` for `device` (off CUDA one multiprocessor: the interpreter gains nothing from
-    many programs)."""
-    n_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    return choose_multi_tiles(ns, k, n_sms=n_sms)
+    """`choose_multi_tiles` for `device`."""
+    return choose_multi_tiles(ns, k, n_sms=multiprocessors(device))
 
 
 @triton.jit
