@@ -185,7 +185,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         result[f"decode_b{batch}_x_floor"] = round(ms / floor_ms, 2)
     result["graph_replays"] = engine.runner.decoder.graph_replays
     if opts.profile:
-        profile_decode(engine, engine.runner.decoder, request(12))
+        profile_decode(engine, engine.runner.decoder, request(12), opts.profile_batch)
     result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
 
@@ -251,15 +251,19 @@ def profile_prefill_step(engine: Steppable, rid: str) -> bool:
     return done
 
 
-def profile_decode(engine: Steppable, decoder: DecodeRunner | None, request: GenerationRequest) -> None:
-    """GPU time per kernel over three eager batch-1 decode steps (the graph replays the same kernels), then
-    host time per op over three graph-replayed steps (what the GPU waits for between replays)."""
+def profile_decode(
+    engine: Steppable, decoder: DecodeRunner | None, request: GenerationRequest, batch: int
+) -> None:
+    """GPU time per kernel over three eager decode steps of `batch` copies of `request` (the graph replays
+    the same kernels), then host time per op over three graph-replayed steps (what the GPU waits for
+    between replays)."""
     from torch.profiler import ProfilerActivity, profile
 
     assert decoder is not None, "decode runs on the device path (fused kernels)"
-    rid = engine.add_request(request)
-    while not any(out.request_id == rid and out.new_token_ids for out in engine.step()):
-        pass
+    started: set[str] = set()
+    ids = {engine.add_request(request) for _ in range(batch)}
+    while started != ids:
+        started.update(out.request_id for out in engine.step() if out.new_token_ids)
     for graphs, activities, sort in (
         (False, [ProfilerActivity.CUDA], "self_cuda_time_total"),
         (True, [ProfilerActivity.CPU, ProfilerActivity.CUDA], "self_cpu_time_total"),
@@ -293,6 +297,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile the last full prefill chunk and decode steps"
     )
+    parser.add_argument("--profile-batch", type=int, default=1, help="sequences in the profiled decode steps")
     opts = parser.parse_args()
     result = run(opts)
     for key, value in result.items():

@@ -172,12 +172,11 @@ class CacheManager:
             return
         bt = self.block_tokens
         full = cache.num_tokens // bt
-        tokens = seq.tokens
         for j in range(cache.registered_blocks, full):
             block = cache.block_table[j]
             if not self.blocks.is_registered(block):
                 parent = cache.block_table[j - 1] if j else None
-                self.blocks.register(block, parent, tokens[j * bt : (j + 1) * bt])
+                self.blocks.register(block, parent, seq.token_slice(j * bt, (j + 1) * bt))
         cache.registered_blocks = max(cache.registered_blocks, full)
         if cache.num_tokens % bt == 0 and full and full % self.config.snapshot_every == 0:
             last = cache.block_table[full - 1]

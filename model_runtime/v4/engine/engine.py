@@ -244,7 +244,7 @@ class Engine:
         tokens, logprobs = sample(
             torch.stack([lg for _, _, logits in sampling for lg in logits]),
             [seq.request.sampling for seq, _ in rows],
-            [len(seq.tokens) + i for seq, i in rows],
+            [seq.num_tokens + i for seq, i in rows],
         )
         if self._agree_tokens is not None:
             tokens = self._agree_tokens(tokens)

@@ -35,7 +35,7 @@ class Chunk:
 
     @property
     def token_ids(self) -> list[int]:
-        return self.seq.tokens[self.start : self.start + self.length]
+        return self.seq.token_slice(self.start, self.start + self.length)
 
 
 class Scheduler:

@@ -42,7 +42,21 @@ class Sequence:
 
     @property
     def tokens(self) -> list[int]:
+        """Prompt + output as one new list: O(length), so per-step code uses `token_slice`/`num_tokens`."""
         return self.prompt + self.output
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    def token_slice(self, start: int, stop: int) -> list[int]:
+        """`tokens[start:stop]` (0 <= start <= stop), built from the two lists in O(stop - start)."""
+        n = len(self.prompt)
+        if stop <= n:
+            return self.prompt[start:stop]
+        if start >= n:
+            return self.output[start - n : stop - n]
+        return self.prompt[start:] + self.output[: stop - n]
 
     @property
     def num_processed(self) -> int:
@@ -51,7 +65,7 @@ class Sequence:
     @property
     def pending(self) -> int:
         """Tokens still to run through the model before the next sample."""
-        return len(self.prompt) + len(self.output) - self.num_processed
+        return self.num_tokens - self.num_processed
 
     @property
     def finished(self) -> bool:

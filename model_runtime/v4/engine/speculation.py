@@ -72,7 +72,7 @@ class MtpSpeculator:
                 chunk.seq.drafts = []
                 continue
             kept = cache.num_tokens - chunk.start
-            next_ids = chunk.seq.tokens[chunk.start + 1 : cache.num_tokens + 1]
+            next_ids = chunk.seq.token_slice(chunk.start + 1, cache.num_tokens + 1)
             rows.append(MtpRow(logits.streams[seg.offset : seg.offset + kept], chunk.start, next_ids))
             drafting.append(chunk)
         if not rows:
