@@ -3,7 +3,8 @@
 Grid: (query, head block, split). A program loads its query's heads `[HB, dim]` once, then streams key tiles
 `[BN, dim]` (the band on split 0, then its share of the entries, gathered through the block table; FP8 entries
 with BF16 RoPE dims are loaded in two masked parts and widened) with an online softmax; K = V, so each tile
-feeds both products. One split finishes in the kernel (sink folded into the denominator); several splits write
+feeds both products; a split stops at its query's limit (HCA) or the last chosen index (CSA), so a program
+reads no tile wholly past what its query sees. One split finishes in the kernel (sink folded into the denominator); several splits write
 partial outputs and log-sum-exps that `_combine_splits` merges with the sink. Every size is host-known: no
 host sync."""
 
@@ -134,9 +135,12 @@ def _sparse_attention_kernel(
         row = tl.load(ROW + m).to(tl.int64)
         lim = tl.load(LIMIT + m)
         lo = split * keys_per_split
-        for start in range(0, keys_per_split, BN):
-            j = lo + start + tl.arange(0, BN)
-            jmask = j < entry_count
+        # scan this split's share only up to the entries there are (chosen indices) or the query can see
+        # (every entry below its limit): tiles past them would be masked work
+        hi = tl.minimum(lo + keys_per_split, entry_count if ENTRY_MODE == 1 else tl.minimum(lim, entry_count))
+        for start in range(lo, hi, BN):
+            j = start + tl.arange(0, BN)
+            jmask = j < hi
             if ENTRY_MODE == 1:
                 e = tl.load(IDX + m64 * stride_idx + j, mask=jmask, other=-1).to(tl.int32)
             else:
