@@ -144,9 +144,13 @@ class V4Runtime:
         control: GenerationControl,
         guide: GrammarGuide | None,
         stop: threading.Event | None = None,
+        checkpoints: Sequence[int] = (),
     ) -> Generator[int, None, GenerationOutcome]:
         """Run one request on the engine's loop, yielding each new token id (the end-of-sentence one
         included) as the batched steps produce it.
+
+        ``checkpoints`` are prompt positions where a later prompt is likely to diverge from this one; the
+        engine keeps its state near each (``GenerationRequest.checkpoints``), so such a prompt reuses it.
 
         ``stop`` set by the consumer (e.g. on a stop string) ends the generation with
         ``finish_reason="stop"``; nothing after the token that set it is yielded. Raises
@@ -168,6 +172,7 @@ class V4Runtime:
             stop_token_ids=[self.tokenizer.special.eos],
             deadline=control.deadline,
             session_id=session_id,
+            checkpoints=tuple(checkpoints),
         )
         watch = [*control.cancel_events, *([] if stop is None else [stop])]
         started = time.perf_counter()

@@ -10,7 +10,10 @@ reasoning, answer, DSML tool calls → LangChain ``tool_calls``). Structured out
 format's response format and decodes the answer under the JSON-schema grammar (llguidance), then validates
 it. Generation runs on the engine (:mod:`deepscout.model_runtime.v4.engine`) through the runtime's one
 engine thread, so calls from many threads batch together; each continues the engine session holding the
-longest prefix of its prompt, so an append-only conversation prefills only its new tokens.
+longest prefix of its prompt, so an append-only conversation prefills only its new tokens. Where a later
+prompt is likely to diverge (the renderer's checkpoint segments: in the last user turn, after the text of
+its next-to-last part and after its own text) the request asks the engine to keep its state, so the next
+round and a structured retry, which add text there, reuse the prompt up to that point.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class _V4Plan(CallPlan):
     """Makes the grammar state of one generation (structured output, required tool calls)."""
     schema: dict[str, Any] | None = None
     """The JSON schema structured output must satisfy."""
+    checkpoints: tuple[int, ...] = ()
+    """Prompt positions where a later prompt likely diverges (the engine keeps its state near each)."""
 
     @property
     def whole(self) -> bool:
@@ -122,7 +127,8 @@ class EmbeddedV4ChatModel(EmbeddedChatModel[_V4Plan]):
             reasoning_effort=self.reasoning_effort,
             context_window=self.context_window,
         )
-        return len(self._encode(segments, messages))
+        ids, _ = self._encode(segments, messages)
+        return len(ids)
 
     def _plan(
         self, messages: Sequence[BaseMessage], options: dict[str, Any], stop: list[str] | None
@@ -139,20 +145,22 @@ class EmbeddedV4ChatModel(EmbeddedChatModel[_V4Plan]):
             schema = strict_schema(response_format["schema"])
             # Chat mode: the answer is the JSON object itself, decoded under its grammar.
             segments = render_prompt_segments(turns, tools=specs, thinking=False, response_format=schema)
-            ids = self._encode(segments, messages)
+            ids, checkpoints = self._encode(segments, messages)
             guide = self._runtime.grammars.get(schema).guide
-            return _V4Plan(ids, "structured", guide=guide, schema=schema)
+            return _V4Plan(ids, "structured", guide=guide, schema=schema, checkpoints=checkpoints)
         if required:
             # Chat mode, and the output is a DSML block of the allowed tools, decoded under its grammar.
             allowed = [spec for spec in specs if required is True or spec.name == required]
             segments = render_prompt_segments(turns, tools=specs, context_window=self.context_window)
             grammar_text = tool_calls_grammar(allowed)
+            ids, checkpoints = self._encode(segments, messages)
             return _V4Plan(
-                self._encode(segments, messages),
+                ids,
                 "tools",
                 names,
                 required_tool=required,
                 guide=lambda: self._runtime.lark_guide(grammar_text),
+                checkpoints=checkpoints,
             )
         segments = render_prompt_segments(
             turns,
@@ -162,33 +170,39 @@ class EmbeddedV4ChatModel(EmbeddedChatModel[_V4Plan]):
             context_window=self.context_window,
         )
         kind: Literal["text", "tools"] = "tools" if specs else "text"
-        return _V4Plan(self._encode(segments, messages), kind, names, tuple(stop or ()), self.thinking)
+        ids, checkpoints = self._encode(segments, messages)
+        return _V4Plan(ids, kind, names, tuple(stop or ()), self.thinking, checkpoints=checkpoints)
 
-    def _encode(self, segments: Sequence[PromptSegment], messages: Sequence[BaseMessage]) -> list[int]:
-        """Prompt ids; an assistant turn this model generated keeps the ids it was generated as.
+    def _encode(
+        self, segments: Sequence[PromptSegment], messages: Sequence[BaseMessage]
+    ) -> tuple[list[int], tuple[int, ...]]:
+        """Prompt ids, and the token positions of the segments marked ``checkpoint`` (the tokens wholly
+        before each segment's end); an assistant turn this model generated keeps the ids it was generated as.
 
         Re-encoding generated text need not give back the sampled ids (BPE has many spellings of one
         text), and a changed id would end the engine's reuse of the conversation there. A turn's own ids
         are used when they decode to exactly the turn's rendered text and the text before it ends with a
-        special token (where tokenization is split anyway).
+        special token (where tokenization is split anyway). Text between such turns is encoded once.
         """
         tokenizer = self._runtime.tokenizer
         ids: list[int] = []
+        checkpoints: list[int] = []
         pending = ""
+        marks: list[int] = []  # checkpoints in `pending`, as character offsets
         for segment in segments:
             generated = None
             if segment.assistant_turn is not None and (not pending or pending.endswith(_SPLIT_AFTER)):
                 generated = _generated_ids(messages[segment.assistant_turn], segment.text, tokenizer)
             if generated is None:
                 pending += segment.text
+                if segment.checkpoint:
+                    marks.append(len(pending))
                 continue
-            if pending:
-                ids += tokenizer.encode(pending)
+            _encode_text(tokenizer, pending, marks, ids, checkpoints)
             ids += generated
-            pending = ""
-        if pending:
-            ids += tokenizer.encode(pending)
-        return ids
+            pending, marks = "", []
+        _encode_text(tokenizer, pending, marks, ids, checkpoints)
+        return ids, tuple(checkpoints)
 
     # ----------------------------------------------------------------- generation
 
@@ -241,6 +255,7 @@ class EmbeddedV4ChatModel(EmbeddedChatModel[_V4Plan]):
             control=control,
             guide=plan.guide() if plan.guide is not None else None,
             stop=stopping,
+            checkpoints=plan.checkpoints,
         )
         reader = OutputReader(
             self._runtime.tokenizer, plan.thinking, tool_calls=plan.kind == "tools", stop=plan.stop
@@ -293,6 +308,17 @@ def _problem(plan: _V4Plan, parsed: ParsedCompletion, finish_reason: str) -> str
     }:
         return f"a call of {plan.required_tool!r} was required"
     return None
+
+
+def _encode_text(
+    tokenizer: V4Tokenizer, text: str, marks: Sequence[int], ids: list[int], checkpoints: list[int]
+) -> None:
+    """Append the ids of ``text`` to ``ids`` and the token positions of its ``marks`` to ``checkpoints``."""
+    if not text:
+        return
+    encoded, counts = tokenizer.encode_marked(text, marks)
+    checkpoints += [len(ids) + count for count in counts]
+    ids += encoded
 
 
 def _generated_ids(message: BaseMessage, text: str, tokenizer: V4Tokenizer) -> list[int] | None:

@@ -156,12 +156,13 @@ class _UserBlock:
 
     parts: list[str | ToolResultTurn]
 
-    def render(self) -> str:
+    def pieces(self) -> list[str]:
+        """The rendered turn, one piece per part: the first opens the turn, the others their blank line."""
         texts = [
             part if isinstance(part, str) else f"<tool_result>{part.content}</tool_result>"
             for part in self.parts
         ]
-        return USER + "\n\n".join(texts)
+        return [USER + texts[0], *("\n\n" + text for text in texts[1:])]
 
 
 _Item = SystemTurn | AssistantTurn | _UserBlock
@@ -213,6 +214,8 @@ class PromptSegment:
     text: str
     assistant_turn: int | None = None
     """Index in ``turns`` of the assistant turn this segment renders (None for everything else)."""
+    checkpoint: bool = False
+    """A later prompt likely shares the text up to this segment's end (set on user text only)."""
 
 
 class PromptOptions(TypedDict, total=False):
@@ -244,6 +247,10 @@ def render_prompt_segments(
     the last user turn's text, as the format does for a developer turn, so the conversation before it
     stays a shared token prefix. ``reasoning_effort="max"`` (Think Max) requires ``thinking=True`` and a
     ``context_window`` of at least 384K tokens.
+
+    Segments end where a later prompt is likely to diverge from this one, marked ``checkpoint``: in the
+    last user turn after the text of its next-to-last part (the next round adds parts before the last,
+    the instruction) and after its text (a retry adds a response format, the next turn an answer).
     """
     if reasoning_effort not in (None, "high", "max"):
         raise PromptEncodingError(f"reasoning_effort must be 'high', 'max' or None, got {reasoning_effort!r}")
@@ -267,13 +274,14 @@ def render_prompt_segments(
 
     keep_all_reasoning = not drop_thinking or bool(tools)
     last_user = max((i for i, item in enumerate(items) if isinstance(item, _UserBlock)), default=-1)
+    last_block = items[last_user] if last_user >= 0 else None
+    shared_parts = len(last_block.parts) if isinstance(last_block, _UserBlock) else 0
+    checkpoints = range(max(shared_parts - 2, 0), shared_parts)  # the last user turn's parts they follow
     if response_format is not None:
-        if last_user < 0:
+        if not isinstance(last_block, _UserBlock):
             raise PromptEncodingError("a response format needs a user turn to follow")
         section = _RESPONSE_FORMAT_SECTION.format(schema=_to_json(response_format))
-        block = items[last_user]
-        assert isinstance(block, _UserBlock)
-        items[last_user] = _UserBlock([*block.parts, section])
+        items[last_user] = _UserBlock([*last_block.parts, section])
 
     turn_index = {id(turn): i for i, turn in enumerate(turns) if isinstance(turn, AssistantTurn)}
     pieces = [BOS]
@@ -290,7 +298,11 @@ def render_prompt_segments(
             text = render_assistant_turn(item, with_reasoning=with_reasoning)
             segments.append(PromptSegment(text, turn_index[id(item)]))
         else:
-            pieces.append(item.render())
+            for part, piece in enumerate(item.pieces()):
+                pieces.append(piece)
+                if index == last_user and part in checkpoints:
+                    segments.append(PromptSegment("".join(pieces), checkpoint=True))
+                    pieces = []
             following = items[index + 1] if index + 1 < len(items) else None
             if following is None or isinstance(following, AssistantTurn):
                 opens_thinking = thinking and (keep_all_reasoning or index >= last_user)

@@ -113,6 +113,22 @@ class V4Tokenizer:
         """Token ids of ``text``; special-token strings map to their ids, nothing is added."""
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def encode_marked(self, text: str, marks: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Token ids of ``text`` (as :meth:`encode`) and, per mark (a character offset into ``text``), how
+        many of them lie wholly before it: a mark inside a token counts only the tokens before that token;
+        a mark at the end of ``text`` counts them all."""
+        outside = [mark for mark in marks if not 0 <= mark <= len(text)]
+        if outside:
+            raise ValueError(f"marks must be character offsets in [0, {len(text)}]; got {outside[:5]}")
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        ids = list(encoding.ids)
+        counts = []
+        for mark in marks:
+            # the first token holding a character at or after the mark (none: the mark ends the text)
+            found = (encoding.char_to_token(char) for char in range(mark, len(text)))
+            counts.append(next((token for token in found if token is not None), len(ids)))
+        return ids, counts
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of several texts (encoded in parallel by the Rust tokenizer)."""
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)

@@ -48,7 +48,13 @@ class SamplingParams:
 @dataclass
 class GenerationRequest:
     """One generation: the full prompt's token ids (for a session turn: the whole conversation so far;
-    the engine reuses what it already holds and prefills only the rest)."""
+    the engine reuses what it already holds and prefills only the rest).
+
+    `checkpoints` are prompt positions (token counts, in [0, len(prompt_ids)]) where a later prompt is
+    likely to diverge from this one (e.g. where the last message starts). With prefix caching the prefill
+    ends a chunk at the snapshot boundary at or below each, so the state there is kept and a later prompt
+    sharing the prefix up to it reuses it.
+    """
 
     prompt_ids: Sequence[int]
     max_new_tokens: int = 256
@@ -58,6 +64,7 @@ class GenerationRequest:
     cancel: threading.Event | None = None
     session_id: str | None = None
     return_prompt_logits: bool = False  # float32 logits of every prefilled position (tests, scoring)
+    checkpoints: Sequence[int] = ()
 
     def validate(self, vocab_size: int) -> None:
         if len(self.prompt_ids) == 0:
@@ -67,6 +74,11 @@ class GenerationRequest:
         bad = [t for t in self.prompt_ids if not 0 <= int(t) < vocab_size]
         if bad:
             raise RequestError(f"prompt token ids must be in [0, {vocab_size}); got {bad[:5]}")
+        outside = [c for c in self.checkpoints if not 0 <= c <= len(self.prompt_ids)]
+        if outside:
+            raise RequestError(
+                f"checkpoints must be prompt positions in [0, {len(self.prompt_ids)}]; got {outside[:5]}"
+            )
 
 
 @dataclass

@@ -6,6 +6,8 @@ prefill goes on; with prefix caching the last chunk of a prompt also stops at th
 before its last token, so the state there can be snapshotted for later reuse — by a request with the same
 prompt too, which must recompute at least that token for its logits), then newly admitted requests in
 arrival order.
+With prefix caching a chunk also ends at the snapshot boundary at or below each of the request's
+`checkpoints` (where a later prompt is likely to diverge), so the state there is snapshotted too.
 Memory per step is bounded by the budget whatever the context length.
 
 When blocks run out: with `pool_policy="queue"` a request is admitted only once all the blocks it can
@@ -96,6 +98,8 @@ class Scheduler:
         assert seq.cache is not None
         start, pending = seq.cache.num_tokens, seq.pending
         length = min(pending, self.config.prefill_chunk, budget)
+        if self.config.prefix_caching:
+            length = self._checkpoint_cut(seq, start, length)
         if length > 1 and (length < pending or self.config.prefix_caching):
             # end on a block boundary (a snapshot boundary with prefix caching) when one lies inside
             step, end = self.caches.block_tokens, start + length
@@ -111,6 +115,12 @@ class Scheduler:
         elif not self._make_room(seq, start + length, chunks):
             return None
         return Chunk(seq, start, length, sample=length == pending)
+
+    def _checkpoint_cut(self, seq: Sequence, start: int, length: int) -> int:
+        """`length`, cut to end at the first snapshot boundary at or below a checkpoint inside the chunk."""
+        step = self.caches.block_tokens * self.config.snapshot_every
+        inside = [b for c in seq.request.checkpoints if start < (b := c // step * step) < start + length]
+        return min(inside, default=start + length) - start
 
     def _make_room(self, seq: Sequence, num_tokens: int, chunks: list[Chunk]) -> bool:
         while not self.caches.ensure_blocks(seq, num_tokens):
