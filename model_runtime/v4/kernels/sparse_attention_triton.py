@@ -3,10 +3,10 @@
 Grid: (query, head block, split). A program loads its query's heads `[HB, dim]` once, then streams key tiles
 `[BN, dim]` (the band on split 0, then its share of the entries, gathered through the block table; FP8 entries
 with BF16 RoPE dims are loaded in two masked parts and widened) with an online softmax; K = V, so each tile
-feeds both products; a split stops at its query's limit (HCA) or the last chosen index (CSA), so a program
-reads no tile wholly past what its query sees. One split finishes in the kernel (sink folded into the denominator); several splits write
-partial outputs and log-sum-exps that `_combine_splits` merges with the sink. Every size is host-known: no
-host sync."""
+feeds both products. A split stops at its query's limit (HCA) or the last chosen index (CSA): no program
+reads a tile wholly past what its query sees. One split finishes in the kernel (sink folded into the
+denominator); several splits write partial outputs and log-sum-exps that `_combine_splits` merges with the
+sink. Every size is host-known: no host sync."""
 
 from __future__ import annotations
 
