@@ -8,13 +8,17 @@ to the host.
 
 Graphs: on CUDA, the first step of a (batch size, block-table width) shape runs eagerly (it compiles the
 kernels and warms the libraries up) and is then captured; later steps of that shape copy their inputs into
-the graph's static buffers and replay it. Block tables are padded to a power-of-two width so a growing
-context needs one graph per doubling, not one per block.
+the graph's static buffers and replay it. Block tables are padded to one of eight widths per doubling
+(`bucket_width`), so a growing context needs eight graphs per doubling, not one per block, and the kernels
+sized by the width (indexer scoring, top-k, the HCA splits) do at most 12.5% more work than the context needs
+(a power-of-two width cost up to 2x just past each doubling: 1M tokens + 1 padded to 2M).
 
 A step is captured as several graphs of `LAYERS_PER_GRAPH` layers each (the first also embeds, the last also
-computes the logits), replayed in order and sharing one memory pool: launching a graph costs the host time
+computes the logits), replayed in order: launching a graph costs the host time
 in proportion to its kernels (about 10 ms for the 43-layer step's ~4,000 kernels on an H200 host), and the
 GPU starts on the first part while the host still launches the next, instead of waiting for all of it.
+Every graph of the runner, of every shape, shares one memory pool: they never run at the same time, and a
+step's logits are copied out right after its replay, so the pool holds one step's scratch, not one per shape.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class DecodeRunner:
         self.storage = _layer_storage(model, kv, states)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._pool: torch.cuda._POOL_HANDLE | None = None  # every graph's memory (made at the first capture)
         self._seen: set[tuple[int, int]] = set()
         self.graph_replays = 0
 
@@ -74,7 +79,7 @@ class DecodeRunner:
         """Float32 logits `[B, vocab]` for the chunks' sequences, whose caches then count the token."""
         storage = self.storage
         caches = [_cache(c) for c in chunks]
-        width = _bucket(max(len(c.block_table) for c in caches))
+        width = bucket_width(max(len(c.block_table) for c in caches))
         step = self._inputs(chunks, caches, width)
         key = (len(chunks), width)
         graph = self._graphs.get(key)
@@ -122,7 +127,9 @@ class DecodeRunner:
             step.kernels,
         )
         torch.cuda.synchronize(self.device)
-        pool = torch.cuda.graph_pool_handle()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        pool = self._pool
         n_layers = len(self.model.layers)
         parts = []
         streams = logits = None
@@ -153,9 +160,12 @@ def _cache(chunk: Chunk) -> PagedSequenceCache:
     return cache
 
 
-def _bucket(blocks: int) -> int:
-    """The padded block-table width: the next power of two (at least 1)."""
-    return 1 << max(blocks - 1, 0).bit_length()
+def bucket_width(blocks: int) -> int:
+    """The padded block-table width: `blocks` rounded up to a multiple of a sixteenth of the power of two at
+    or above it (eight widths per doubling, at most 12.5% padding), and of 8 blocks (1K tokens: short
+    contexts pad a little more rather than capture a graph every 128 tokens)."""
+    step = max(1 << max(max(blocks - 1, 0).bit_length() - 4, 0), 8)
+    return max(-(-blocks // step) * step, 1)
 
 
 def _layer_storage(model: DeepseekV4Model, kv: KVBlockPool, states: StatePool) -> list[LayerStorage]:
