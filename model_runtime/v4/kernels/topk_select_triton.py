@@ -225,13 +225,13 @@ def _split_write_kernel(
 
 
 SPLIT_MAX_ROWS = 8
-"""Rows longer than the register-resident layout take this kernel only below this count (prefill's many
+"""Rows longer than the register-resident layout take this kernel only up to this count (prefill's many
 long rows are faster through torch.topk; see `topk_select.py`)."""
 
 
 def prefers_triton(rows: int, n: int) -> bool:
     """Whether this kernel is the faster path for `rows` rows of `n` scores (the default tiles)."""
-    return n <= TopkTiles().resident_max or rows < SPLIT_MAX_ROWS
+    return n <= TopkTiles().resident_max or rows <= SPLIT_MAX_ROWS
 
 
 def split_chunks(tiles: TopkTiles, rows: int, n: int) -> tuple[int, int]:
