@@ -14,9 +14,9 @@ sized by the width (indexer scoring, top-k, the HCA splits) do at most 12.5% mor
 (a power-of-two width cost up to 2x just past each doubling: 1M tokens + 1 padded to 2M).
 
 A step is captured as several graphs of `LAYERS_PER_GRAPH` layers each (the first also embeds, the last also
-computes the logits), replayed in order: launching a graph costs the host time
-in proportion to its kernels (about 10 ms for the 43-layer step's ~4,000 kernels on an H200 host), and the
-GPU starts on the first part while the host still launches the next, instead of waiting for all of it.
+computes the logits), replayed in order: launching a graph costs the host time in proportion to its kernels
+(about 10 ms for the 43-layer step's ~4,000 kernels on an H200 host), and the GPU starts on the first part
+while the host still launches the next, instead of waiting for all of it.
 Every graph of the runner, of every shape, shares one memory pool: they never run at the same time, and a
 step's logits are copied out right after its replay, so the pool holds one step's scratch, not one per shape.
 """
