@@ -45,9 +45,11 @@ def sqlite_checkpointer(home: Path) -> SqliteSaver:
     readers)."""
     import sqlite3
 
-    from deepscout.memory.db import create_private_file
+    from deepscout.memory.db import SQLITE_BUSY_TIMEOUT_S, create_private_file, use_wal
 
     create_private_file(home / CHECKPOINT_FILE)
-    connection = sqlite3.connect(home / CHECKPOINT_FILE, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
+    connection = sqlite3.connect(
+        home / CHECKPOINT_FILE, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False
+    )
+    use_wal(connection)
     return SqliteSaver(connection)
