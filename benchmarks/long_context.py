@@ -190,14 +190,20 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def decode_ms_per_step(engine: Steppable, request: GenerationRequest, batch: int) -> float:
-    """Milliseconds per decode step of `batch` copies of `request` (a prompt already prefilled and cached:
-    each copy recomputes its last prompt token and samples its first token, then one step captures the
-    decode graph of this shape; the steps after it are timed until every copy finishes)."""
+def start_copies(engine: Steppable, request: GenerationRequest, batch: int) -> None:
+    """Add `batch` copies of `request` and step until each has sampled its first token (the prefix cache
+    gives them the prefilled prompt; each recomputes its last prompt token)."""
     started: set[str] = set()
     ids = {engine.add_request(request) for _ in range(batch)}
     while started != ids:
         started.update(out.request_id for out in engine.step() if out.new_token_ids)
+
+
+def decode_ms_per_step(engine: Steppable, request: GenerationRequest, batch: int) -> float:
+    """Milliseconds per decode step of `batch` copies of `request` (a prompt already prefilled and cached:
+    each copy recomputes its last prompt token and samples its first token, then one step captures the
+    decode graph of this shape; the steps after it are timed until every copy finishes)."""
+    start_copies(engine, request, batch)
     engine.step()
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -260,10 +266,7 @@ def profile_decode(
     from torch.profiler import ProfilerActivity, profile
 
     assert decoder is not None, "decode runs on the device path (fused kernels)"
-    started: set[str] = set()
-    ids = {engine.add_request(request) for _ in range(batch)}
-    while started != ids:
-        started.update(out.request_id for out in engine.step() if out.new_token_ids)
+    start_copies(engine, request, batch)
     for graphs, activities, sort in (
         (False, [ProfilerActivity.CUDA], "self_cuda_time_total"),
         (True, [ProfilerActivity.CPU, ProfilerActivity.CUDA], "self_cpu_time_total"),
