@@ -160,7 +160,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         result["rank0_peak_gib"] = round(torch.cuda.max_memory_allocated(devices[0]) / 2**30, 2)
         report(opts.json, result)
         if opts.profile:
-            profile_decode(engine, engine.engine.runner.decoder, request(prompt(contexts[0], 1), 12))
+            profile_decode(engine, engine.engine.runner.decoder, request(prompt(contexts[0], 1), 12), 1)
     return result
 
 

@@ -97,6 +97,16 @@ class DecodeRunner:
             cache.advance_decoded()
         return logits
 
+    def release_graphs(self) -> None:
+        """Drop every captured graph and their memory pool (the next step of a shape captures it again).
+        Under expert parallelism this must come before the process group is destroyed: a live graph holding
+        NCCL collectives makes NCCL's communicator teardown wait forever (pytorch/pytorch#115388)."""
+        for graph in self._graphs.values():
+            for part in graph.parts:
+                part.reset()
+        self._graphs.clear()
+        self._pool = None
+
     def _inputs(self, chunks: Sequence[Chunk], caches: list[PagedSequenceCache], width: int) -> DecodeStep:
         host = (
             torch.tensor(

@@ -168,6 +168,12 @@ class Engine:
         self.scheduler.add(seq)
         return request_id
 
+    def release_graphs(self) -> None:
+        """Drop the decode steps' captured CUDA graphs (before the process group of expert parallelism is
+        destroyed; see `DecodeRunner.release_graphs`). Later decode steps capture them again."""
+        if self.runner.decoder is not None:
+            self.runner.decoder.release_graphs()
+
     def cancel(self, request_id: str) -> None:
         """Stop a request before the next step (its output reports FinishReason.CANCELLED)."""
         seq = self._sequences.get(request_id)

@@ -102,9 +102,11 @@ class Launched:
     timeout_s: float = 600.0
 
     def close(self) -> None:
-        """Shut every rank down: end the followers' loops, leave the process group with them, join them
-        (a rank still alive after `timeout_s` is terminated and reported)."""
+        """Shut every rank down: end the followers' loops, drop the captured graphs (each rank does), leave
+        the process group with them, join them (a rank still alive after `timeout_s` is terminated and
+        reported)."""
         self.engine.close()
+        self.engine.engine.release_graphs()
         self.engine.group.leave(wait_for_peers=self._join)
         failed = [p.exitcode for p in self.processes if p.exitcode]
         if failed:
@@ -161,12 +163,14 @@ def _rank_engine(rank: int, spec: LaunchSpec) -> tuple[Engine, RankGroup]:
 
 
 def _follower(rank: int, spec: LaunchSpec) -> None:
-    """A spawned rank's life: join, load, follow rank 0 until it closes, leave, end. It ends the way a
-    forked child does (`os._exit` once its output is flushed), not through the interpreter's finalisation,
-    which can destroy the process group's worker threads in C++ destructors while still joinable and abort
-    the rank ("terminate called without an active exception", seen on a loaded machine)."""
+    """A spawned rank's life: join, load, follow rank 0 until it closes, drop its graphs, leave, end. It
+    ends the way a forked child does (`os._exit` once its output is flushed), not through the interpreter's
+    finalisation, which can destroy the process group's worker threads in C++ destructors while still
+    joinable and abort the rank ("terminate called without an active exception", seen on a loaded
+    machine)."""
     engine, group = _rank_engine(rank, spec)
     follow(engine, group)
+    engine.release_graphs()
     group.leave()
     sys.stdout.flush()
     sys.stderr.flush()
