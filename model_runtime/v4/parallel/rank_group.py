@@ -4,6 +4,10 @@ The facts are decided at the entry point and passed down explicitly (nothing bel
 or a global). The backend follows the device: NCCL on CUDA, gloo on CPU; the same code runs on both. Rank
 `r` of `W` holds the routed experts `[r*E/W, (r+1)*E/W)` of every MoE layer (`expert_slice`), which needs
 `E` divisible by `W`.
+
+Control messages (rank 0's step orders, the tokens it sampled) travel through a gloo group on the CPUs,
+never through NCCL: an object collective on NCCL copies its bytes through the device and makes every
+receiver wait for its stream (a host sync), twice a message, four times a decode step.
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ def expert_slice(n_experts: int, *, rank: int, world_size: int) -> ExpertSlice:
 
 @dataclass(frozen=True)
 class RankGroup:
-    """This process's place in the (default) process group, once `join`ed."""
+    """This process's place in the (default) process group, once `join`ed; `control` is the CPU group the
+    control messages travel through (None: the default group, which is then gloo)."""
 
     rank: int
     world_size: int
     device: torch.device
     backend: Backend
+    control: dist.ProcessGroup | None = None
 
     @classmethod
     def join(
@@ -65,7 +71,10 @@ class RankGroup:
             world_size=world_size,
             timeout=timedelta(seconds=timeout_s),
         )
-        return cls(rank, world_size, device, backend)
+        control = None
+        if backend != "gloo":
+            control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        return cls(rank, world_size, device, backend, control)
 
     def leave(self, *, wait_for_peers: Callable[[], None] | None = None) -> None:
         """Tear the process group down: every rank calls it, and it returns once all have. Rank 0 passes
@@ -94,7 +103,7 @@ class RankGroup:
         return cast(list[int], self.broadcast(tokens if self.rank == 0 else None))
 
     def broadcast(self, message: object) -> object:
-        """Rank 0's `message` on every rank (pickled; the other ranks pass None)."""
+        """Rank 0's `message` on every rank (pickled, sent through the control group; others pass None)."""
         box = [message]
-        dist.broadcast_object_list(box, src=0, device=self.device)
+        dist.broadcast_object_list(box, src=0, group=self.control, device=torch.device("cpu"))
         return box[0]
