@@ -1,12 +1,14 @@
 """The Triton kernel behind `sparse_attention(..., impl="triton")` (contract in `sparse_attention.py`).
 
 Grid: (query, head block, split). A program loads its query's heads `[HB, dim]` once, then streams key tiles
-`[BN, dim]` (the band on split 0, then its share of the entries, gathered through the block table; FP8 entries
-with BF16 RoPE dims are loaded in two masked parts and widened) with an online softmax; K = V, so each tile
-feeds both products. A split stops at its query's limit (HCA) or the last chosen index (CSA): no program
-reads a tile wholly past what its query sees. One split finishes in the kernel (sink folded into the
-denominator); several splits write partial outputs and log-sum-exps that `_combine_splits` merges with the
-sink. Every size is host-known: no host sync."""
+`[BN, dim]` with an online softmax; K = V, so each tile feeds both products. The keys a query may see are one
+sequence: its band (padded to whole tiles), then its entries (gathered through the block table; FP8 entries
+with BF16 RoPE dims are loaded in two masked parts and widened). Split `s` takes keys
+`[s·keys_per_split, (s+1)·keys_per_split)` of that sequence, so with few queries (decode) the band is shared
+out like the entries instead of lengthening the first split. A split stops at its query's limit (HCA) or
+the last chosen index (CSA): no program reads a tile wholly past what its query sees. One split finishes in
+the kernel (sink folded into the denominator); several splits write partial outputs and log-sum-exps that
+`_combine_kernel` merges with the sink in one launch. Every size is host-known: no host sync."""
 
 from __future__ import annotations
 
@@ -90,8 +92,8 @@ def _sparse_attention_kernel(
     entry_count,
     per_block,
     nope_dim,
-    keys_per_split,  # a runtime bound: a context that grows does not recompile the kernel
-    BAND_MAX: tl.constexpr,
+    keys_per_split,  # a runtime bound, a multiple of BN: a context that grows does not recompile the kernel
+    BAND_MAX: tl.constexpr,  # the band's length rounded up to whole tiles: where the entries start
     DIM: tl.constexpr,
     HB: tl.constexpr,
     BN: tl.constexpr,
@@ -117,10 +119,12 @@ def _sparse_attention_kernel(
     m_i = tl.full([HB], float("-inf"), tl.float32)
     l_i = tl.zeros([HB], tl.float32)
     acc = tl.zeros([HB, DIM], tl.float32)
-    if split == 0:
+    lo = split * keys_per_split
+    hi = lo + keys_per_split
+    if lo < BAND_MAX:
         b0 = tl.load(BAND_START + m).to(tl.int64)
         blen = tl.load(BAND_LEN + m)
-        for start in range(0, BAND_MAX, BN):
+        for start in range(lo, tl.minimum(hi, tl.minimum(blen, BAND_MAX)), BN):
             r = start + tl.arange(0, BN)
             rmask = r < blen
             kpos = tl.load(BAND_POS + b0 + r, mask=rmask, other=0)
@@ -134,13 +138,13 @@ def _sparse_attention_kernel(
     if ENTRY_MODE != 0:
         row = tl.load(ROW + m).to(tl.int64)
         lim = tl.load(LIMIT + m)
-        lo = split * keys_per_split
+        e_lo = tl.maximum(lo - BAND_MAX, 0)
         # scan this split's share only up to the entries there are (chosen indices) or the query can see
         # (every entry below its limit): tiles past them would be masked work
-        hi = tl.minimum(lo + keys_per_split, entry_count if ENTRY_MODE == 1 else tl.minimum(lim, entry_count))
-        for start in range(lo, hi, BN):
+        e_hi = tl.minimum(hi - BAND_MAX, entry_count if ENTRY_MODE == 1 else tl.minimum(lim, entry_count))
+        for start in range(e_lo, e_hi, BN):
             j = start + tl.arange(0, BN)
-            jmask = j < hi
+            jmask = j < e_hi
             if ENTRY_MODE == 1:
                 e = tl.load(IDX + m64 * stride_idx + j, mask=jmask, other=-1).to(tl.int32)
             else:
@@ -184,13 +188,49 @@ def _sparse_attention_kernel(
         tl.store(PART_LSE + slot, lse, mask=hmask)
 
 
-def _splits(n_queries: int, head_blocks: int, max_count: int, key_block: int) -> int:
-    """How many programs share one query's entries: enough to fill the GPU when queries are few."""
+@triton.jit
+def _combine_kernel(
+    PART_O,
+    PART_LSE,
+    SINK,
+    OUT,
+    stride_om,
+    stride_oh,
+    n_splits,
+    n_queries,
+    n_heads,
+    dim,
+    SPLITS: tl.constexpr,
+    DB: tl.constexpr,
+):
+    """One (query, head, block of `DB` dims): every split's normalised output weighted by its share of
+    the softmax mass, the sink counting as one more split with no value. All splits in one tile (at most
+    `SPLITS`, masked), so the loads are independent and a program's work does not grow with the splits."""
+    m = tl.program_id(0)
+    h = tl.program_id(1)
+    d = tl.program_id(2) * DB + tl.arange(0, DB)
+    split = tl.arange(0, SPLITS)
+    live = split < n_splits
+    slot = (split * n_queries + m) * n_heads + h
+    lse = tl.load(PART_LSE + slot, mask=live, other=float("-inf"))
+    sink = tl.load(SINK + h)
+    top = tl.maximum(tl.max(lse), sink)
+    w = tl.exp(lse - top)
+    total = tl.sum(w) + tl.exp(sink - top)
+    o = tl.load(PART_O + slot[:, None] * dim + d[None, :], mask=live[:, None] & (d < dim)[None, :], other=0.0)
+    out = tl.sum(o * w[:, None], axis=0) / total
+    tl.store(OUT + m.to(tl.int64) * stride_om + h * stride_oh + d, out.to(OUT.dtype.element_ty), mask=d < dim)
+
+
+def _split_keys(n_queries: int, head_blocks: int, keys: int, key_block: int) -> int:
+    """Keys per split (a multiple of `key_block`) of a query's `keys` (its padded band and its entries):
+    all of them in one program unless the queries are too few to fill the GPU and the keys are many."""
     programs = n_queries * head_blocks
-    if programs >= _TARGET_PROGRAMS or max_count <= 2 * key_block:
-        return 1
-    wanted = triton.cdiv(_TARGET_PROGRAMS, programs)
-    return max(1, min(wanted, _MAX_SPLITS, triton.cdiv(max_count, 2 * key_block)))
+    whole = triton.cdiv(max(keys, 1), key_block) * key_block
+    if programs >= _TARGET_PROGRAMS or keys <= 2 * key_block:
+        return whole
+    splits = min(triton.cdiv(_TARGET_PROGRAMS, programs), _MAX_SPLITS, triton.cdiv(keys, key_block))
+    return triton.cdiv(triton.cdiv(keys, splits), key_block) * key_block
 
 
 def sparse_attention_triton(
@@ -226,9 +266,9 @@ def sparse_attention_triton(
         idx = entries.indices if entries.indices is not None else entries.limit
         idx_stride = entries.indices.stride(0) if entries.indices is not None else 0
     rope = entries.keys.rope if entries is not None and entries.keys.rope is not None else pool
-    splits = _splits(n_queries, head_blocks, count, tiles.key_block) if mode else 1
-    keys_per_split = max(triton.next_power_of_2(triton.cdiv(max(count, 1), splits)), tiles.key_block)
-    splits = triton.cdiv(max(count, 1), keys_per_split)
+    band_max = triton.cdiv(max(band.max_length, 1), tiles.key_block) * tiles.key_block
+    keys_per_split = _split_keys(n_queries, head_blocks, band_max + count, tiles.key_block)
+    splits = triton.cdiv(band_max + count, keys_per_split)
     if splits == 1:
         part_o = part_lse = out  # unused
     else:
@@ -272,7 +312,7 @@ def sparse_attention_triton(
         pool.shape[1],
         pool.shape[2],
         keys_per_split,
-        BAND_MAX=triton.cdiv(max(band.max_length, 1), tiles.key_block) * tiles.key_block,
+        BAND_MAX=band_max,
         DIM=triton.next_power_of_2(dim),
         HB=tiles.head_block,
         BN=tiles.key_block,
@@ -283,15 +323,20 @@ def sparse_attention_triton(
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    if splits == 1:
-        return out
-    return _combine_splits(part_o, part_lse, sink32).to(q.dtype)
-
-
-def _combine_splits(part_o: torch.Tensor, part_lse: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
-    """Merge per-split normalised outputs `[S, M, H, dim]` by their log-sum-exps `[S, M, H]`, the sink
-    counting as one more split with no value."""
-    sink_lse = sink.view(1, 1, -1).expand(1, part_lse.shape[1], -1)
-    total = torch.logsumexp(torch.cat([part_lse, sink_lse]), dim=0)
-    weights = torch.exp(part_lse - total)
-    return (weights.unsqueeze(-1) * part_o).sum(dim=0)
+    if splits > 1:
+        block = min(128, triton.next_power_of_2(dim))
+        _combine_kernel[(n_queries, n_heads, triton.cdiv(dim, block))](
+            part_o,
+            part_lse,
+            sink32,
+            out,
+            out.stride(0),
+            out.stride(1),
+            splits,
+            n_queries,
+            n_heads,
+            dim,
+            SPLITS=_MAX_SPLITS,
+            DB=block,
+        )
+    return out

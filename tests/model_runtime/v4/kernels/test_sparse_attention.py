@@ -165,6 +165,30 @@ def test_band_only_and_empty_rows(device: torch.device) -> None:
     assert torch.equal(zeros, torch.zeros_like(zeros))
 
 
+@pytest.mark.parametrize("with_entries", [False, True], ids=["sliding", "hca"])
+def test_decode_shares_a_long_band_out_over_splits(device: torch.device, with_entries: bool) -> None:
+    """With few queries a band longer than two tiles is split over several programs (and the entries after
+    it), whose partial results are merged with the sink: the same attention as one program's."""
+    q, band, entries, sink, qpos = _case(
+        device=device,
+        dtype=torch.float32,
+        n_heads=16,
+        dim=32,
+        window=100,
+        rows=2,
+        queries_per_row=1,
+        entries_per_row=40,
+        per_block=8,
+        chosen=None,
+        ratio=4,
+        seed=11,
+    )
+    kept = entries if with_entries else None
+    ref = sparse_attention_reference(q, band, kept, sink, qpos, scale=0.3, window=100)
+    out = sparse_attention(q, band, kept, sink, qpos, scale=0.3, window=100, impl="triton")
+    assert _relative_error(out, ref) < 1e-4
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("paper", [False, True], ids=["bf16", "paper"])
