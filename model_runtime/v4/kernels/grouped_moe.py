@@ -34,8 +34,15 @@ if TYPE_CHECKING:
     from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 
 
-def swiglu_activation(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
-    """`silu(min(gate, l)) * clamp(up, -l, l)`, the clamps only when `limit` > 0."""
+def swiglu_activation(
+    gate: torch.Tensor, up: torch.Tensor, limit: float, *, impl: KernelImpl = "reference"
+) -> torch.Tensor:
+    """`silu(min(gate, l)) * clamp(up, -l, l)`, the clamps only when `limit` > 0; "triton" computes it in
+    one launch (`swiglu_triton`)."""
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.grouped_moe_triton import swiglu_triton
+
+        return swiglu_triton(gate, up, limit)
     if limit > 0:
         gate = gate.clamp(max=limit)
         up = up.clamp(min=-limit, max=limit)

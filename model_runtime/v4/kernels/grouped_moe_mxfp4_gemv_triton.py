@@ -23,7 +23,9 @@ row of `h` times w2's rows the same way, times the pair's routing weight, into i
 
 Pairs routed to experts the stacks do not hold (another rank's, with `experts`; any id outside the stacks)
 skip the weights and write a zero row, on the device: no host sync, so the path runs inside CUDA-graph
-capture. `h` and `pair_out` are in `x`'s dtype (float32 under Triton's interpreter, as the tiled path).
+capture. The kernels read the router's global ids as they are and subtract the slice's first expert
+themselves (mapping them apart took six small kernels a layer). `h` and `pair_out` are in `x`'s dtype
+(float32 under Triton's interpreter, as the tiled path).
 
 Decoding: a code's e2m1 value times 2^-14 is the float16 whose bits are the code's sign at bit 15 and its
 exponent and mantissa bits at bits 11..9 (e2m1's subnormals, 0 and 0.5, are float16 subnormals), converted
@@ -107,7 +109,8 @@ def _gemv_gate_up_kernel(
     S1,
     S3,
     H,
-    LOCAL,
+    IDS,
+    first_expert,
     n_experts,
     top_k,
     limit,
@@ -124,7 +127,7 @@ def _gemv_gate_up_kernel(
     CLAMP: tl.constexpr,
 ):
     pair = tl.program_id(0)
-    expert = tl.load(LOCAL + pair).to(tl.int64)
+    expert = tl.load(IDS + pair).to(tl.int64) - first_expert
     if (expert < 0) | (expert >= n_experts):
         return
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -154,8 +157,9 @@ def _gemv_down_kernel(
     W2,
     S2,
     OUT,
-    LOCAL,
+    IDS,
     ROUTE,
+    first_expert,
     n_experts,
     stride_h,
     stride_we,
@@ -169,7 +173,7 @@ def _gemv_down_kernel(
     BLOCK_K: tl.constexpr,
 ):
     pair = tl.program_id(0)
-    expert = tl.load(LOCAL + pair).to(tl.int64)
+    expert = tl.load(IDS + pair).to(tl.int64) - first_expert
     held = (expert >= 0) & (expert < n_experts)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < HIDDEN
@@ -222,7 +226,8 @@ def grouped_moe_mxfp4_gemv(
         return torch.zeros_like(x)
     x = x.contiguous()
     w1, w2, w3, s1, s2, s3 = stack_bytes(stacks)
-    local = (indices if experts is None else experts.local_ids(indices)).reshape(-1).to(torch.int32)
+    ids = indices.reshape(-1).contiguous()
+    first = 0 if experts is None else experts.start
     route = weights.reshape(-1).float().contiguous()
     # as the tiled path: Triton's interpreter truncates what it stores as bf16, so there the work is float32
     work_dtype = torch.float32 if triton.knobs.runtime.interpret else x.dtype
@@ -235,7 +240,8 @@ def grouped_moe_mxfp4_gemv(
         s1,
         s3,
         h,
-        local,
+        ids,
+        first,
         n_experts,
         top_k,
         float(swiglu_limit),
@@ -258,8 +264,9 @@ def grouped_moe_mxfp4_gemv(
         w2,
         s2,
         pair_out,
-        local,
+        ids,
         route,
+        first,
         n_experts,
         h.stride(0),
         w2.stride(0),

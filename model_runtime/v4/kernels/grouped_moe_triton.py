@@ -190,6 +190,33 @@ def _store_swiglu(H, gate, up, limit, rows, cols, stride_h, mask, CLAMP: tl.cons
 
 
 @triton.jit
+def _swiglu_kernel(GATE, UP, H, n_cols, limit, BLOCK: tl.constexpr, CLAMP: tl.constexpr):
+    """One row's block of columns of `h` from the same block of the (contiguous) gate and up rows."""
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < n_cols
+    offsets = row.to(tl.int64) * n_cols + cols
+    gate = tl.load(GATE + offsets, mask=ok, other=0.0).to(tl.float32)[None, :]
+    up = tl.load(UP + offsets, mask=ok, other=0.0).to(tl.float32)[None, :]
+    _store_swiglu(H, gate, up, limit, row + tl.arange(0, 1), cols, n_cols, ok[None, :], CLAMP)
+
+
+def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
+    """`silu(min(gate, l)) * clamp(up, -l, l)` (clamps when `limit` > 0) in one launch, computed in
+    float32 and stored in `gate`'s dtype (the reference takes four kernels, each rounding)."""
+    gate, up = gate.contiguous(), up.contiguous()
+    h = torch.empty_like(gate)
+    n_cols = gate.shape[-1]
+    rows = gate.numel() // max(n_cols, 1)
+    if rows and n_cols:
+        block = min(1024, triton.next_power_of_2(n_cols))
+        _swiglu_kernel[(rows, triton.cdiv(n_cols, block))](
+            gate, up, h, n_cols, float(limit), BLOCK=block, CLAMP=limit > 0
+        )
+    return h
+
+
+@triton.jit
 def _store_weighted(OUT, acc, ROUTE, pair, valid, cols, col_ok, stride_out):
     """Write each real pair's row of `acc` times its routing weight to its row of OUT."""
     route = tl.load(ROUTE + pair, mask=valid, other=0.0)

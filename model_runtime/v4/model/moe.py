@@ -26,6 +26,7 @@ from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice, Exper
 from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe, swiglu_activation
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
+from deepscout.model_runtime.v4.kernels.route_experts import route_experts
 from deepscout.model_runtime.v4.model.projections import projection
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
@@ -44,8 +45,8 @@ class Expert(nn.Module):
         self.w2 = projection(inter_dim, dim, weights)
         self.w3 = projection(dim, inter_dim, weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(swiglu_activation(self.w1(x), self.w3(x), self.limit))
+    def forward(self, x: torch.Tensor, kernels: KernelImpl = "reference") -> torch.Tensor:
+        return self.w2(swiglu_activation(self.w1(x), self.w3(x), self.limit, impl=kernels))
 
 
 class Mxfp4Projection(nn.Module):
@@ -229,23 +230,20 @@ class Gate(nn.Module):
         else:
             self.bias = nn.Parameter(torch.zeros(args.n_routed_experts, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (weights `[n, k]`, expert indices `[n, k]`)."""
         logits = F.linear(x.float(), self.weight.float())  # float32 (a cast model keeps the weight so)
-        if self.score_func == "sqrtsoftplus":
-            scores = F.softplus(logits).sqrt()
-        elif self.score_func == "sigmoid":
-            scores = logits.sigmoid()
-        else:
-            scores = logits.softmax(dim=-1)
-        if self.hash_routed:
-            indices = self.tid2eid[token_ids].long()
-        else:
-            assert self.bias is not None
-            indices = torch.topk(scores + self.bias, self.top_k, dim=-1, sorted=False).indices
-        weights = scores.gather(1, indices)
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-        return weights * self.route_scale, indices
+        return route_experts(
+            logits,
+            score_func=self.score_func,
+            top_k=self.top_k,
+            scale=self.route_scale,
+            bias=None if self.hash_routed else self.bias,
+            hashed=self.tid2eid[token_ids] if self.hash_routed else None,
+            impl=kernels,
+        )
 
 
 def _restack_after_load(module: nn.Module, _incompatible_keys: object) -> None:
@@ -286,13 +284,13 @@ class MoE(nn.Module):
     def forward(
         self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"
     ) -> torch.Tensor:
-        weights, indices = self.gate(x, token_ids)
+        weights, indices = self.gate(x, token_ids, kernels)
         experts, limit, ep = self.experts, self.experts.limit, self.parallelism
         if ep is None:
             routed = grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels)
-            return routed + self.shared_experts(x)
+            return routed + self.shared_experts(x, kernels)
         routed = grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels, experts=experts.ids)
         if ep.adds_shared:
-            routed = routed + self.shared_experts(x)
+            routed = routed + self.shared_experts(x, kernels)
         # summed in float32: one rounding to x's dtype after the sum, not one per rank's partial sum
         return ep.reduce(routed.float()).to(x.dtype)

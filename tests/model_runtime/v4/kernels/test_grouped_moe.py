@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertStacks
-from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe
+from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe, swiglu_activation
 from deepscout.model_runtime.v4.kernels.grouped_moe_triton import (
     TileConfig,
     choose_tiles,
@@ -109,6 +109,16 @@ def test_a_token_may_pick_an_expert_twice(device: torch.device) -> None:
     on = stacks.map(lambda w: w.to(device))
     ours = grouped_moe(x.to(device), weights.to(device), indices.to(device), on, 1.0, impl="triton")
     assert _relative(ours.cpu(), reference) < 1e-5
+
+
+@pytest.mark.parametrize("limit", [0.0, 1.5], ids=["unclamped", "clamped"])
+def test_swiglu_in_one_launch_matches_reference(device: torch.device, limit: float) -> None:
+    """The shared expert's activation (rows wider than one block of columns, clamps on both sides)."""
+    g = torch.Generator().manual_seed(7)
+    gate, up = (torch.randn(3, 1500, generator=g).mul(2).to(device) for _ in range(2))
+    want = swiglu_activation(gate, up, limit)
+    got = swiglu_activation(gate, up, limit, impl="triton")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_tiles_follow_the_pairs_per_expert() -> None:

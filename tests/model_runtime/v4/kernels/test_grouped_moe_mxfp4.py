@@ -144,7 +144,7 @@ def test_reference_dequantises_only_the_experts_present(monkeypatch: pytest.Monk
 def test_dispatch_picks_the_mxfp4_kernel_and_checks_tiles(device: torch.device) -> None:
     gen = torch.Generator().manual_seed(9)
     stacks = _random_mxfp4(4, 64, 32, gen).map(lambda t: t.to(device))
-    x = torch.randn(3, 64, generator=gen, device=device)
+    x = torch.randn(3, 64, generator=gen).to(device)
     weights, indices = (t.to(device) for t in _routing(3, 2, 4, gen))
     ours = grouped_moe(x, weights, indices, stacks, 1.0, impl="triton")
     reference = grouped_moe(x, weights, indices, stacks, 1.0, impl="reference")
@@ -251,7 +251,7 @@ def test_decode_path_leaves_tokens_routed_elsewhere_at_zero(device: torch.device
     gen = torch.Generator().manual_seed(11)
     held = ExpertSlice(0, 4)
     stacks = _random_mxfp4(4, 128, 64, gen).map(lambda t: t.to(device))
-    x = torch.randn(3, 128, generator=gen, device=device)
+    x = torch.randn(3, 128, generator=gen).to(device)
     indices = torch.tensor([[0, 5], [6, 7], [3, 1]], device=device)
     weights = torch.rand(3, 2, generator=gen).to(device)
     ours = grouped_moe_mxfp4_gemv(x, weights, indices, stacks, 1.0, experts=held)
@@ -276,7 +276,7 @@ def test_dispatch_takes_the_decode_path_for_few_pairs(
 
         monkeypatch.setattr(module, name, spy)
     for tokens in (GEMV_MAX_PAIRS // 2, GEMV_MAX_PAIRS // 2 + 1):  # top-2: 32 pairs, then 34
-        x = torch.randn(tokens, 64, generator=gen, device=device)
+        x = torch.randn(tokens, 64, generator=gen).to(device)
         weights, indices = (t.to(device) for t in _routing(tokens, 2, 8, gen))
         ours = grouped_moe(x, weights, indices, stacks, 1.0, impl="triton")
         assert _relative(ours, grouped_moe(x, weights, indices, stacks, 1.0, impl="reference")) < 1e-5
