@@ -56,6 +56,7 @@ class Recorder:
 def decode(
     model: DeepseekV4Model, kv_dtype: KvDtype, prompt: list[int], steps: int, recorder: Recorder
 ) -> dict[str, Any]:
+    device = model.embed.weight.device
     blocks = -(-(len(prompt) + steps + 1) // 128) + 2
     config = EngineConfig(
         kv_dtype=kv_dtype,
@@ -64,30 +65,36 @@ def decode(
         max_running=1,
         prefill_chunk=8192,
         max_tokens_per_step=8192,
-        device="cuda",
+        device=str(device),
     )
     engine = Engine(model, config)
     sampling = SamplingParams(logits_processor=recorder)
     rid = engine.add_request(GenerationRequest(prompt_ids=prompt, max_new_tokens=steps, sampling=sampling))
     while not any(out.request_id == rid and out.new_token_ids for out in engine.step()):
         pass  # prefill, and the first token
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     tokens = 1
     while engine.has_unfinished():
         tokens += sum(len(out.new_token_ids) for out in engine.step())
-    torch.cuda.synchronize()
+    synchronize(device)
     ms = 1000 * (time.perf_counter() - start) / max(tokens - 1, 1)
     pool = engine.caches.kv
     result = {
         "kv_bytes_per_token": round(pool.nbytes / (pool.num_blocks * pool.block_tokens), 1),
         "kv_bytes_by_kind": pool.nbytes_by_kind(),
         "decode_ms_per_token": round(ms, 2),
-        "graph_replays": engine.runner.decoder.graph_replays,
+        "graph_replays": engine.runner.decoder.graph_replays if engine.runner.decoder else 0,
     }
     del engine
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return result
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def compare(reference: list[torch.Tensor], paper: list[torch.Tensor]) -> dict[str, Any]:
