@@ -7,11 +7,12 @@ trains a small model of V4's architecture on text first, so its predictions are 
 model's, then measures the same thing.
 
 The model: V4's attention at the paper layout's real entry shapes (head_dim 512 with 64 RoPE dims, so main
-entries are 448 FP8 dims + 64 BF16 dims; indexer keys of 128 dims in MXFP4), hidden 256, four layers
-(sliding, CSA, HCA, CSA: window 128, ratios 4 and 128, top-32 of the indexer), 8 routed experts top-2 (the
-first layer hash-routed), mHC; a byte-level vocabulary (256). It is trained in float32 on the CPU for
-`--train-seconds` on the HotpotQA corpus's passages (every tenth passage held out), AdamW, sequences of
-`--seq` bytes.
+entries are 448 FP8 dims + 64 BF16 dims; indexer keys of 128 dims in MXFP4), hidden 256, `--layers` layers
+(one sliding, then CSA and HCA alternating: window 128, ratios 4 and 128, top-32 of the indexer), 8 routed
+experts top-2 (the first layer hash-routed), mHC; a byte-level vocabulary (256). It is trained in float32
+on `--device` (the PyTorch reference path: the fused kernels have no backward) for `--train-seconds` on the
+HotpotQA corpus's passages (every tenth passage held out), AdamW, sequences of `--seq` bytes. On a GPU the
+engines then decode on the fused kernels and the device decode path, as the runtime serves.
 
 Then two engines that share the model — compressed entries kept as BF16 rows, or in the paper layout,
 quantised as the engine stores them — read `--context` bytes of the held-out passages and decode `--steps`
@@ -20,7 +21,8 @@ agrees (and counting exact ties in the BF16 logits), the max and median relative
 `paper_kv_agreement.py`; the model's held-out loss (nats/byte) and top-1 accuracy under BF16 KV, and the
 median gap between its two best logits, which show how peaked its predictions are.
 
-    python benchmarks/paper_kv_trained.py --train-seconds 900
+    python benchmarks/paper_kv_trained.py --train-seconds 900                        # 4 layers, CPU
+    python benchmarks/paper_kv_trained.py --layers 43 --device cuda --train-seconds 300  # at depth, a GPU
 
 Prints a table and writes `benchmarks/results/paper_kv_trained.json` (or `--json PATH`).
 """
@@ -40,16 +42,18 @@ import torch.nn.functional as F
 from paper_kv_agreement import Recorder, compare, decode
 
 from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.v4.kernels.impl import default_impl
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def small_v4() -> ModelArgs:
+def small_v4(layers: int) -> ModelArgs:
     """V4's architecture at the paper layout's entry shapes, small elsewhere (see the module docstring)."""
+    kinds = [LayerKind.SLIDING] + [(LayerKind.CSA, LayerKind.HCA)[i % 2] for i in range(layers - 1)]
     return tiny(
-        (LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA, LayerKind.CSA),
+        tuple(kinds),
         vocab_size=256,
         hidden_size=256,
         moe_intermediate_size=256,
@@ -80,7 +84,8 @@ def train(model: DeepseekV4Model, data: bytes, *, seconds: float, seq: int, batc
     args = model.args
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     rng = random.Random(0)
-    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+    device = model.embed.weight.device
+    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).long().to(device)
     losses: list[float] = []
     model.train()
     start = time.perf_counter()
@@ -93,6 +98,7 @@ def train(model: DeepseekV4Model, data: bytes, *, seconds: float, seq: int, batc
                 head_dim=args.head_dim,
                 index_head_dim=args.index_head_dim,
                 sliding_window=args.sliding_window,
+                device=device,
             )
             for _ in range(batch)
         ]
@@ -119,7 +125,7 @@ def train(model: DeepseekV4Model, data: bytes, *, seconds: float, seq: int, batc
 def held_out_fit(logits: list[torch.Tensor], follow: list[int]) -> dict[str, Any]:
     """Loss, top-1 accuracy and median top-2 logit gap of the recorded logits on the followed bytes."""
     stacked = torch.stack(logits).float()
-    target = torch.tensor(follow[: len(logits)])
+    target = torch.tensor(follow[: len(logits)], device=stacked.device)
     top2 = stacked.topk(2, dim=-1).values
     return {
         "held_out_loss_nats_per_byte": round(float(F.cross_entropy(stacked, target)), 3),
@@ -133,6 +139,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--hotpotqa", type=Path, default=REPO.parent / "shared" / "data" / "hotpotqa")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--train-seconds", type=float, default=900.0)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
@@ -142,8 +150,10 @@ def main() -> None:
     opts = parser.parse_args()
     torch.manual_seed(0)
     train_text, held_text = passages(opts.hotpotqa)
-    model = DeepseekV4Model.random(small_v4(), seed=0)
+    device = torch.device(opts.device)
+    model = DeepseekV4Model.random(small_v4(opts.layers), seed=0, device=device)
     fit = train(model, train_text, seconds=opts.train_seconds, seq=opts.seq, batch=opts.batch)
+    model.kernels = default_impl(device)
     held = list(held_text[: opts.context + opts.steps])
     prompt, follow = held[: opts.context], held[opts.context :]
     with torch.no_grad():
@@ -152,6 +162,8 @@ def main() -> None:
         paper = decode(model, "paper", prompt, opts.steps, forced)
     result = {
         "context": opts.context,
+        "layers": opts.layers,
+        "device": str(device),
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         **fit,
         **held_out_fit(reference.logits, follow),
