@@ -61,7 +61,6 @@ class DecodeRunner:
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool: torch.cuda._POOL_HANDLE | None = None  # every graph's memory (made at the first capture)
-        self._seen: set[tuple[int, int]] = set()
         self.graph_replays = 0
 
     def handles(self, chunks: Sequence[Chunk]) -> bool:
