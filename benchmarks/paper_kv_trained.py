@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from paper_kv_agreement import Recorder, compare, decode
 
-from deepscout.model_runtime.v4.cache.contiguous import ContiguousSequenceCache
+from deepscout.model_runtime.v4.checkpoint_run import new_sequence_cache
 from deepscout.model_runtime.v4.kernels.impl import default_impl
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, tiny
@@ -92,16 +92,7 @@ def train(model: DeepseekV4Model, data: bytes, *, seconds: float, seq: int, batc
     while time.perf_counter() - start < seconds:
         offsets = [rng.randrange(len(tokens) - seq - 1) for _ in range(batch)]
         window = torch.stack([tokens[o : o + seq + 1] for o in offsets])
-        caches = [
-            ContiguousSequenceCache(
-                list(args.layer_types),
-                head_dim=args.head_dim,
-                index_head_dim=args.index_head_dim,
-                sliding_window=args.sliding_window,
-                device=device,
-            )
-            for _ in range(batch)
-        ]
+        caches = [new_sequence_cache(model) for _ in range(batch)]
         for group in optimizer.param_groups:  # 50 warm-up steps
             group["lr"] = 2e-3 * min(1.0, (len(losses) + 1) / 50)
         logits = model(window[:, :-1], caches)

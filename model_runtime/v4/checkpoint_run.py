@@ -48,7 +48,8 @@ class GenerationResult:
 
 
 def new_sequence_cache(model: DeepseekV4Model) -> ContiguousSequenceCache:
-    """An empty cache for one sequence, covering the main layers and the MTP layers."""
+    """An empty cache for one sequence on the model's device, covering the main layers and the MTP
+    layers."""
     args = model.args
     return ContiguousSequenceCache(
         [*args.layer_types, *args.mtp_layer_types],
@@ -56,6 +57,7 @@ def new_sequence_cache(model: DeepseekV4Model) -> ContiguousSequenceCache:
         index_head_dim=args.index_head_dim,
         sliding_window=args.sliding_window,
         dtype=model.dtype,
+        device=model.embed.weight.device,
     )
 
 
