@@ -17,7 +17,7 @@ from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe
 from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import (
     GEMV_MAX_PAIRS,
     GemvTiles,
-    _e2m1_f16,
+    _pair_f32,
     grouped_moe_mxfp4_gemv,
 )
 from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import _e2m1, _e8m0, grouped_moe_mxfp4_triton
@@ -184,16 +184,27 @@ _RAGGED_GEMV = GemvTiles(gate_up_n=64, down_n=64, block_k=64)  # with inter 96, 
 
 
 @triton.jit
-def _decode_nibbles_kernel(BYTES, CODES):
-    byte = tl.load(BYTES + tl.arange(0, 256)).to(tl.int32)
-    tl.store(CODES + 2 * tl.arange(0, 256), _e2m1_f16(byte & 15) * 16384.0)
-    tl.store(CODES + 2 * tl.arange(0, 256) + 1, _e2m1_f16(byte >> 4) * 16384.0)
+def _decode_words_kernel(WORDS, CODES):
+    word = tl.load(WORDS + tl.arange(0, 64))
+    out = CODES + 8 * tl.arange(0, 64)  # a word's eight codes: nibble i is column i
+    low, high = _pair_f32(word, 9, 12)
+    tl.store(out, low * 16384.0)
+    tl.store(out + 4, high * 16384.0)
+    low, high = _pair_f32(word, 5, 8)
+    tl.store(out + 1, low * 16384.0)
+    tl.store(out + 5, high * 16384.0)
+    low, high = _pair_f32(word, 1, 4)
+    tl.store(out + 2, low * 16384.0)
+    tl.store(out + 6, high * 16384.0)
+    low, high = _pair_f32(word, -3, 0)
+    tl.store(out + 3, low * 16384.0)
+    tl.store(out + 7, high * 16384.0)
 
 
 def test_the_decode_path_decodes_every_nibble_as_the_checkpoint_format(device: torch.device) -> None:
-    every = torch.arange(256, dtype=torch.uint8, device=device)
+    every = torch.arange(256, dtype=torch.uint8, device=device)  # as int32 words: every code in every nibble
     values = torch.empty(512, device=device)
-    _decode_nibbles_kernel[(1,)](every, values)
+    _decode_words_kernel[(1,)](every.view(torch.int32), values)
     assert torch.equal(values.cpu(), unpack_e2m1(every.cpu()))
 
 
