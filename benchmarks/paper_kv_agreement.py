@@ -149,12 +149,18 @@ def main() -> None:
         "paper": paper,
         **compare(reference.logits, forced.logits),
     }
+    report(result, benchmark="paper_kv_agreement", path=opts.json)
+
+
+def report(result: dict[str, Any], *, benchmark: str, path: Path | None) -> None:
+    """Print `result` a key a line and write it as JSON to `path` (default
+    `benchmarks/results/<benchmark>.json`)."""
     for key, value in result.items():
         print(f"{key:>32} {value}")
-    path = opts.json or Path(__file__).parent / "results" / "paper_kv_agreement.json"
+    path = path or Path(__file__).parent / "results" / f"{benchmark}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        json.dumps({"benchmark": "paper_kv_agreement", "torch": torch.__version__, **result}, indent=2) + "\n"
+        json.dumps({"benchmark": benchmark, "torch": torch.__version__, **result}, indent=2) + "\n"
     )
     print(f"wrote {path}")
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from paper_kv_agreement import Recorder, compare, decode
+from paper_kv_agreement import Recorder, compare, decode, report
 
 from deepscout.model_runtime.v4.checkpoint_run import new_sequence_cache
 from deepscout.model_runtime.v4.kernels.impl import default_impl
@@ -163,14 +163,7 @@ def main() -> None:
         **compare(reference.logits, forced.logits),
         "uniform_loss_nats_per_byte": round(math.log(256), 3),
     }
-    for key, value in result.items():
-        print(f"{key:>32} {value}")
-    path = opts.json or REPO / "benchmarks" / "results" / "paper_kv_trained.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"benchmark": "paper_kv_trained", "torch": torch.__version__, **result}, indent=2) + "\n"
-    )
-    print(f"wrote {path}")
+    report(result, benchmark="paper_kv_trained", path=opts.json)
 
 
 if __name__ == "__main__":
