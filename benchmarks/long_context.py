@@ -137,6 +137,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         prefill_chunk=opts.chunk,
         max_tokens_per_step=opts.chunk,
         device="cuda",
+        overlap=not opts.no_overlap,
     )
     engine = Engine(model, config)
     prompt = torch.randint(
@@ -163,6 +164,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "layers": opts.layers,
         "experts": opts.experts,
         "weights": opts.weights,
+        "overlap": config.overlap,
         "weights_gib": round(weights_gib, 2),
         "init_s": round(init_s, 1),
         "warmup_s": round(warmup_s, 2),
@@ -202,16 +204,17 @@ def start_copies(engine: Steppable, request: GenerationRequest, batch: int) -> N
 def decode_ms_per_step(engine: Steppable, request: GenerationRequest, batch: int) -> float:
     """Milliseconds per decode step of `batch` copies of `request` (a prompt already prefilled and cached:
     each copy recomputes its last prompt token and samples its first token, then one step captures the
-    decode graph of this shape; the steps after it are timed until every copy finishes)."""
+    decode graph of this shape; the steps after it are timed until every copy finishes). Steps are counted
+    by the tokens they give: an overlapped step's tokens come back with the next step."""
     start_copies(engine, request, batch)
-    engine.step()
+    untimed = sum(len(out.new_token_ids) for out in engine.step())
     torch.cuda.synchronize()
     start = time.perf_counter()
-    steps = 0
+    tokens = 0
     while engine.has_unfinished():
-        engine.step()
-        steps += 1
+        tokens += sum(len(out.new_token_ids) for out in engine.step())
     torch.cuda.synchronize()
+    steps = (tokens + untimed) / batch - 1  # less the untimed step, whatever step returned its tokens
     return 1000 * (time.perf_counter() - start) / max(steps, 1)
 
 
@@ -296,6 +299,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=16384, help="tokens of the kernel warm-up prefill")
     parser.add_argument("--prefill-budget", type=float, default=480.0, help="seconds before prefill gives up")
     parser.add_argument("--batch", default="1,8")
+    parser.add_argument(
+        "--no-overlap", action="store_true", help="read each decode step's tokens before the next step"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--profile", action="store_true", help="profile the last full prefill chunk and decode steps"

@@ -86,6 +86,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         prefill_chunk=opts.chunk,
         max_tokens_per_step=opts.chunk,
         device=devices[0],
+        overlap=not opts.no_overlap,
     )
     spec = LaunchSpec(
         source=RandomSource(args, seed=0),
@@ -100,6 +101,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "devices": list(devices),
         "kv": opts.kv,
+        "overlap": config.overlap,
         "copy_tb_s": round(copy_rate / 1e12, 2),
         "matmul_tflop_s": round(mm_rate / 1e12, 1),
         "contexts": {},
@@ -200,6 +202,9 @@ def main() -> None:
     parser.add_argument("--devices", default="cuda:0,cuda:1")
     parser.add_argument("--contexts", default="8192,131072")
     parser.add_argument("--batch", default="1,8,32")
+    parser.add_argument(
+        "--no-overlap", action="store_true", help="read each decode step's tokens before the next step"
+    )
     parser.add_argument("--kv", choices=["bfloat16", "paper"], default="bfloat16")
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--decode", type=int, default=32)

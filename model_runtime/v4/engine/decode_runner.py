@@ -4,7 +4,8 @@ A step qualifies when every scheduled chunk is one token of a sequence already p
 logits wanted) and the model runs its fused kernels; the kernels read and write the compressed entries in the
 pool's storage format (plain rows, or the paper layout's FP8/BF16 and MXFP4). Then the step's inputs are three
 `[B]` vectors (token ids, positions, state slots) and the rows' block tables; nothing in the step reads back
-to the host.
+to the host. A step's input tokens can also be the previous step's samples, still on the device
+(`CarriedTokens`: the engine launches a step before it reads the tokens of the one before).
 
 Graphs: on CUDA, the first step of a (batch size, block-table width) shape runs eagerly (it compiles the
 kernels and warms the libraries up) and is then captured; later steps of that shape copy their inputs into
@@ -42,6 +43,15 @@ LAYERS_PER_GRAPH = 4
 """Layers per captured graph of a decode step (see the module docstring)."""
 
 
+@dataclass(frozen=True)
+class CarriedTokens:
+    """Input tokens not on the host yet: `ids` (long, on the device) sampled by the previous step, and per
+    chunk of this step the row of `ids` holding its input token (-1: the chunk's token is on the host)."""
+
+    ids: torch.Tensor
+    rows: list[int]
+
+
 @dataclass
 class _Graph:
     """A captured step (its graphs, replayed in order) and the static tensors it reads and writes."""
@@ -76,12 +86,12 @@ class DecodeRunner:
         )
 
     @torch.no_grad()
-    def run(self, chunks: Sequence[Chunk]) -> torch.Tensor:
+    def run(self, chunks: Sequence[Chunk], carried: CarriedTokens | None = None) -> torch.Tensor:
         """Float32 logits `[B, vocab]` for the chunks' sequences, whose caches then count the token."""
         storage = self.storage
         caches = [_cache(c) for c in chunks]
         width = bucket_width(max(len(c.block_table) for c in caches))
-        step = self._inputs(chunks, caches, width)
+        step = self._inputs(chunks, caches, width, carried)
         key = (len(chunks), width)
         graph = self._graphs.get(key)
         if graph is not None:
@@ -108,18 +118,26 @@ class DecodeRunner:
         self._graphs.clear()
         self._pool = None
 
-    def _inputs(self, chunks: Sequence[Chunk], caches: list[PagedSequenceCache], width: int) -> DecodeStep:
-        host = (
-            torch.tensor(
-                [[c.token_ids[0], c.start, cache.slot] for c, cache in zip(chunks, caches, strict=True)],
-                dtype=torch.long,
-            )
-            .t()
-            .contiguous()
-        )
+    def _inputs(
+        self,
+        chunks: Sequence[Chunk],
+        caches: list[PagedSequenceCache],
+        width: int,
+        carried: CarriedTokens | None,
+    ) -> DecodeStep:
+        rows = [-1] * len(chunks) if carried is None else carried.rows
+        columns = []
+        for c, cache, row in zip(chunks, caches, rows, strict=True):
+            token = c.token_ids[0]
+            if (token < 0) != (row >= 0):
+                raise ValueError(f"chunk of {c.seq.request_id}: token {token} and carried row {row} disagree")
+            columns.append([max(token, 0), c.start, cache.slot, row])
+        host = torch.tensor(columns, dtype=torch.long).t().contiguous()
         if self.device.type == "cuda":
             host = host.pin_memory()
-        token_ids, positions, slots = host.to(self.device, non_blocking=True)
+        token_ids, positions, slots, source = host.to(self.device, non_blocking=True)
+        if carried is not None:
+            token_ids = torch.where(source >= 0, carried.ids[source.clamp(min=0)], token_ids)
         tables = torch.zeros(len(chunks), width, dtype=torch.int32, device=self.device)
         for row, cache in enumerate(caches):
             table = cache.device_block_table(self.device)

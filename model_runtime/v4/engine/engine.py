@@ -43,6 +43,14 @@ Counters for a chat backend: prompt_tokens = len(prompt); reused_tokens = taken 
 cache or disk; prefilled_tokens = run through the model as prompt (= prompt_tokens - reused_tokens unless
 the request was preempted and recomputed). The engine is single-threaded: call it from one thread.
 
+Overlapped decode steps (`EngineConfig(overlap=True)`, the default): a pure decode step on the device
+(`decode_runner.py`) is launched before the tokens of the step before it are read; its input tokens are
+taken from that step's samples on the device, and the host reads them (one small copy) while the GPU runs
+the new step, so the host's work between steps (scheduling, reading tokens, the ranks' messages under
+expert parallelism) hides behind the GPU's. A step's outputs are then those of the forward before it. A
+sequence whose token read back is a stop token has had one more token processed (dropped, its cache
+holding the stop token); rows with a logits processor, prefill and mixed steps read their tokens first.
+
 Speculative decoding (`EngineConfig(speculative="mtp")`, `speculation.py`): each decoding sequence's
 forward also verifies the MTP layer's draft, so a step may give it two tokens; outputs equal plain
 decoding's. `RequestOutput.drafted_tokens`/`accepted_tokens` and `Engine.draft_stats` count the drafts
@@ -55,20 +63,21 @@ import itertools
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from deepscout.errors import DeepscoutError
 from deepscout.model_runtime.v4.engine.cache_manager import CacheManager
-from deepscout.model_runtime.v4.engine.decode_runner import DecodeRunner
+from deepscout.model_runtime.v4.engine.decode_runner import CarriedTokens, DecodeRunner
 from deepscout.model_runtime.v4.engine.engine_config import EngineConfig
 from deepscout.model_runtime.v4.engine.model_runner import ModelRunner
 from deepscout.model_runtime.v4.engine.prefix_cache import HashFn, chain_hash
 from deepscout.model_runtime.v4.engine.request import FinishReason, GenerationRequest, RequestOutput
-from deepscout.model_runtime.v4.engine.sampling import sample
+from deepscout.model_runtime.v4.engine.sampling import Drawn, sample
 from deepscout.model_runtime.v4.engine.scheduler import Chunk, Scheduler
-from deepscout.model_runtime.v4.engine.sequence import Sequence, SequenceStatus
+from deepscout.model_runtime.v4.engine.sequence import IN_FLIGHT, Sequence, SequenceStatus
 from deepscout.model_runtime.v4.engine.speculation import MtpSpeculator
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.mtp_speculation import DraftStats, accepted_count, accepted_prefix
@@ -113,6 +122,16 @@ def run_to_completion(engine: Steppable, requests: Seq[GenerationRequest]) -> li
     return [final[i] for i in ids if i in final]
 
 
+@dataclass
+class _InFlight:
+    """An overlapped decode step whose samples are not read yet: row i continued `seqs[i]`, whose output
+    holds a placeholder at `slots[i]`."""
+
+    seqs: list[Sequence]
+    slots: list[int]
+    drawn: Drawn
+
+
 class Engine:
     """Continuous-batching generation with DeepSeek-V4 over the heterogeneous paged KV cache."""
 
@@ -148,7 +167,10 @@ class Engine:
         self._ids = itertools.count()
         self._sequences: dict[str, Sequence] = {}
         self._finished_unreported: list[Sequence] = []
+        self._cancelled: set[Sequence] = set()
+        self._in_flight: _InFlight | None = None
         self.steps = 0
+        self.overlapped_steps = 0  # steps launched before the previous step's tokens were read
         self.forward_tokens = 0
 
     # ------------------------------------------------------------------ public API
@@ -180,26 +202,42 @@ class Engine:
         if seq is None:
             raise UnknownRequestError(request_id)
         if not seq.finished:
-            self._finish(seq, FinishReason.CANCELLED)
+            self._cancelled.add(seq)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work() or bool(self._finished_unreported)
+        return self.scheduler.has_work() or bool(self._finished_unreported) or self._in_flight is not None
 
     def step(self) -> list[RequestOutput]:
-        """Run one forward; returns the requests that produced tokens or finished in it."""
-        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
-            reason = _stop_reason(seq)
-            if reason is not None:
+        """Run one forward; returns the requests that produced tokens or finished in it (with overlapped
+        decode steps: whose tokens the step read, those of the forward before)."""
+        touched: dict[int, Sequence] = {}
+        stops = self._due_stops()
+        if stops and self._in_flight is not None:  # the stopped sequences keep the tokens already sampled
+            self._land(self._in_flight, touched, taken=False)
+            self._in_flight = None
+        for seq, reason in stops:
+            if not seq.finished:
                 self._finish(seq, reason)
-        reported = self._finished_unreported
+        for seq in self._finished_unreported:
+            touched[id(seq)] = seq
         self._finished_unreported = []
         chunks = self.scheduler.schedule()
-        if chunks:
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None and not self._overlaps(chunks):
+            self._land(previous, touched, taken=False)
+            previous = None
+            chunks = [c for c in chunks if not c.seq.finished]
+        if self._overlaps(chunks):
+            self._launch_decode(chunks, previous)
+            if previous is not None:  # read while the GPU runs the step just launched
+                self._land(previous, touched, taken=True)
+            for chunk in chunks:
+                self.caches.after_forward(chunk.seq)  # its input token is known now
+        elif chunks:
             self._run(chunks)
-        touched = {id(s): s for s in reported}
-        for chunk in chunks:
-            if chunk.seq.new_tokens or chunk.seq.finished:
-                touched[id(chunk.seq)] = chunk.seq
+            for chunk in chunks:
+                if chunk.seq.new_tokens or chunk.seq.finished:
+                    touched[id(chunk.seq)] = chunk.seq
         outputs = [s.to_output() for s in touched.values()]
         for seq in touched.values():
             seq.new_tokens = []
@@ -212,7 +250,85 @@ class Engine:
         return run_to_completion(self, requests)
 
     # ------------------------------------------------------------------ internals
+    def _due_stops(self) -> list[tuple[Sequence, FinishReason]]:
+        """The sequences to stop before this step: cancelled, or their cancel event set or deadline past."""
+        stops = [(seq, FinishReason.CANCELLED) for seq in self._cancelled if not seq.finished]
+        self._cancelled.clear()
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            reason = _stop_reason(seq)
+            if reason is not None:
+                stops.append((seq, reason))
+        return stops
+
+    def _overlaps(self, chunks: list[Chunk]) -> bool:
+        """Whether these chunks run as an overlapped decode step (`EngineConfig.overlap`): a device decode
+        step whose samples are read during the next step. Not for rows with a logits processor: it needs
+        every earlier token on the host before it samples."""
+        decoder = self.runner.decoder
+        return (
+            self.config.overlap
+            and decoder is not None
+            and bool(chunks)
+            and decoder.handles(chunks)
+            and all(c.seq.request.sampling.logits_processor is None for c in chunks)
+        )
+
+    def _launch_decode(self, chunks: list[Chunk], previous: _InFlight | None) -> None:
+        """Queue a device decode step and its sampling; the tokens stay in flight (placeholders in the
+        sequences' outputs) until `_land`. Input tokens not read yet are taken from `previous` on the
+        device. A sequence that reaches max_new_tokens with this token leaves the schedule now."""
+        assert self.runner.decoder is not None
+        carried = None
+        if previous is not None:
+            rows = {id(seq): i for i, seq in enumerate(previous.seqs)}
+            carried = CarriedTokens(
+                previous.drawn.ids, [rows[id(c.seq)] if c.seq.in_flight else -1 for c in chunks]
+            )
+        logits = self.runner.decoder.run(chunks, carried)
+        seqs = [c.seq for c in chunks]
+        drawn = sample(logits, [s.request.sampling for s in seqs], [s.num_tokens for s in seqs])
+        self.steps += 1
+        self.overlapped_steps += 1
+        self.forward_tokens += len(chunks)
+        self._in_flight = _InFlight(seqs, [len(s.output) for s in seqs], drawn)
+        for seq in seqs:
+            seq.output.append(IN_FLIGHT)
+            seq.in_flight += 1
+            if len(seq.output) >= seq.request.max_new_tokens:
+                self.scheduler.remove(seq)  # finishes when its token lands
+
+    def _land(self, flight: _InFlight, touched: dict[int, Sequence], *, taken: bool) -> None:
+        """Read an overlapped step's tokens into the outputs in place of their placeholders; finish the
+        sequences they end. `taken`: the step after it already took them as inputs on the device, so the
+        ranks of expert parallelism must have sampled the same (they do: the same all-reduced logits and
+        seeds; a difference means they diverged). A sequence the tokens end drops its later placeholder:
+        its cache then holds its last token too, and the token sampled after it is never read."""
+        tokens, logprobs = flight.drawn.read()
+        if self._agree_tokens is not None:
+            agreed = self._agree_tokens(tokens)
+            if taken and agreed != tokens:
+                raise RuntimeError(
+                    f"this rank sampled {tokens} where rank 0 sampled {agreed}, after the next step "
+                    "took them as inputs: the ranks diverged"
+                )
+            tokens = agreed
+        for seq, slot, token, logprob in zip(flight.seqs, flight.slots, tokens, logprobs, strict=True):
+            if seq.finished:
+                continue  # ended by a token read before this one
+            seq.output[slot] = token
+            seq.in_flight -= 1
+            seq.logprobs.append(logprob)
+            seq.new_tokens.append(token)
+            touched[id(seq)] = seq
+            reason = _finish_reason(seq, token, produced=slot + 1)
+            if reason is not None:
+                del seq.output[slot + 1 :]
+                seq.in_flight = 0
+                self._finish(seq, reason, report=False)
+
     def _run(self, chunks: list[Chunk]) -> None:
+        """A forward whose samples are read before it returns (prefill, mixed steps, drafts, logits
+        processors, or `overlap` off)."""
         drafts = self.speculator.drafts(chunks) if self.speculator else [[] for _ in chunks]
         logits = self.runner.run(chunks, drafts)
         self.steps += 1
@@ -251,7 +367,7 @@ class Engine:
             torch.stack([lg for _, _, logits in sampling for lg in logits]),
             [seq.request.sampling for seq, _ in rows],
             [seq.num_tokens + i for seq, i in rows],
-        )
+        ).read()
         if self._agree_tokens is not None:
             tokens = self._agree_tokens(tokens)
         finished: list[tuple[Sequence, FinishReason]] = []
@@ -264,7 +380,7 @@ class Engine:
                 seq.logprobs.append(logprob)
                 seq.new_tokens.append(token)
                 emitted += 1
-                reason = _finish_reason(seq, token)
+                reason = _finish_reason(seq, token, produced=len(seq.output))
                 if reason is not None:
                     finished.append((seq, reason))
                     break
@@ -287,11 +403,11 @@ class Engine:
             self._finished_unreported.append(seq)
 
 
-def _finish_reason(seq: Sequence, token: int) -> FinishReason | None:
-    """Why `seq` ends after producing `token` (None: it goes on)."""
+def _finish_reason(seq: Sequence, token: int, *, produced: int) -> FinishReason | None:
+    """Why `seq` ends after producing `token`, its `produced`-th (None: it goes on)."""
     if token in seq.request.stop_token_ids:
         return FinishReason.STOP
-    if len(seq.output) >= seq.request.max_new_tokens:
+    if produced >= seq.request.max_new_tokens:
         return FinishReason.LENGTH
     return None
 

@@ -37,6 +37,11 @@ class EngineConfig(BaseModel):
     spill_dir: str | None = Field(None, description="write evicted idle sessions' KV here (on-disk cache)")
     device: str = "cpu"
     cuda_graphs: bool = Field(True, description="replay decode steps from CUDA graphs (fused kernels, GPU)")
+    overlap: bool = Field(
+        True,
+        description="launch each device decode step before reading the previous one's tokens (the host's "
+        "work hides behind the GPU's); False: read every step's tokens before the next step",
+    )
     speculative: Speculative = Field(
         "off", description="'mtp': draft with the MTP layer, verify in one forward (no device decode steps)"
     )

@@ -3,6 +3,9 @@
 Sampled rows use the exponential-race form of categorical sampling (argmax of p / E, E ~ Exp(1)), with the
 noise drawn from a generator seeded by (request seed, position): the same request at the same position
 always draws the same token, which keeps outputs identical when a preempted sequence is recomputed.
+
+The tokens stay on the device (`Drawn.ids`, what a next decode step can take as its inputs) and are copied
+to the host behind the step; `Drawn.read` waits for that copy only, not for work queued after it.
 """
 
 from __future__ import annotations
@@ -26,9 +29,31 @@ def top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
-def sample(
-    logits: torch.Tensor, params: Sequence[SamplingParams], positions: Sequence[int]
-) -> tuple[list[int], list[float]]:
+class Drawn:
+    """A step's sampled tokens: `ids` (long `[B]`) on the logits' device, and their copy (with the
+    log-probabilities) on its way to the host."""
+
+    def __init__(self, ids: torch.Tensor, logprobs: torch.Tensor) -> None:
+        self.ids = ids
+        packed = torch.stack([ids.double(), logprobs.double()])  # token ids < 2^53 are exact in float64
+        self._ready: torch.cuda.Event | None = None
+        if packed.is_cuda:
+            self._host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            self._host.copy_(packed, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host = packed
+
+    def read(self) -> tuple[list[int], list[float]]:
+        """The token ids and their log-probabilities (waits for their copy, not for later work)."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        tokens, values = self._host.tolist()
+        return [int(t) for t in tokens], values
+
+
+def sample(logits: torch.Tensor, params: Sequence[SamplingParams], positions: Sequence[int]) -> Drawn:
     """One token per row of `logits` `[B, V]` (float32) and its log-probability under the model's
     (untempered) distribution. `positions[i]` is the position the sampled token will take."""
     device = logits.device
@@ -49,6 +74,4 @@ def sample(
         sampled = (probs / noise).argmax(dim=-1)
         chosen = torch.where(greedy, chosen, sampled)
     logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None]).squeeze(1)
-    # one read-back for both (token ids < 2^53 are exact in float64)
-    tokens, values = torch.stack([chosen.double(), logprobs.double()]).tolist()
-    return [int(t) for t in tokens], values
+    return Drawn(chosen, logprobs)

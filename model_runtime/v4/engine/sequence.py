@@ -11,6 +11,9 @@ from deepscout.model_runtime.v4.engine.paged_cache import PagedSequenceCache
 from deepscout.model_runtime.v4.engine.request import FinishReason, GenerationRequest, RequestOutput
 from deepscout.model_runtime.v4.mtp_speculation import DraftStats
 
+IN_FLIGHT = -1
+"""The output token standing for one sampled on the device and not read yet."""
+
 
 class SequenceStatus(StrEnum):
     WAITING = "waiting"  # not admitted yet, or preempted (its cache freed, to be recomputed)
@@ -20,7 +23,9 @@ class SequenceStatus(StrEnum):
 
 @dataclass(eq=False)
 class Sequence:
-    """Prompt + generated tokens; the cache has processed `cache.num_tokens` of them."""
+    """Prompt + generated tokens; the cache has processed `cache.num_tokens` of them. The last
+    `in_flight` output tokens are placeholders (`IN_FLIGHT`) for tokens sampled on the device and not read
+    yet (the engine's overlapped decode steps)."""
 
     request_id: str
     request: GenerationRequest
@@ -39,6 +44,7 @@ class Sequence:
     new_tokens: list[int] = field(default_factory=list)  # produced in the current step
     drafts: list[int] = field(default_factory=list)  # the MTP layer's guess of the tokens after `tokens`
     draft_stats: DraftStats = field(default_factory=DraftStats)
+    in_flight: int = 0
 
     @property
     def tokens(self) -> list[int]:
@@ -77,7 +83,7 @@ class Sequence:
             logits = torch.cat(self.prompt_logits)
         return RequestOutput(
             request_id=self.request_id,
-            token_ids=list(self.output),
+            token_ids=self.output[: len(self.output) - self.in_flight],
             new_token_ids=list(self.new_tokens),
             logprobs=list(self.logprobs) if self.request.sampling.logprobs else None,
             finished=self.finished,

@@ -10,6 +10,8 @@ What is decided by the clock or by another thread — a request's deadline and i
 on rank 0 only, once per step, and travels as a stop order, so all ranks stop a request at the same step.
 A per-row `logits_processor` (a stateful grammar) runs on rank 0 only; every engine is built to take the
 tokens rank 0 sampled (`Engine(agree_tokens=RankGroup.agree)`), so the ranks' caches hold the same tokens.
+The other ranks get `rank0_chooses` in its place, so their engines, like rank 0's, read such a row's
+tokens before its next step; rows without one run overlapped decode steps on every rank alike.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
 
 from deepscout.model_runtime.v4.engine import (
     Engine,
@@ -103,8 +107,9 @@ class LockstepEngine:
         """Queue a request on every rank (from the next step); returns its id. Its logits processor runs
         here only: the other ranks take the tokens rank 0 chose (`Engine`'s `agree_tokens`)."""
         local = dataclasses.replace(request, deadline=None, cancel=None)
+        processor = None if local.sampling.logits_processor is None else rank0_chooses
         shared = dataclasses.replace(
-            local, sampling=dataclasses.replace(local.sampling, logits_processor=None)
+            local, sampling=dataclasses.replace(local.sampling, logits_processor=processor)
         )
         request_id = self._replica.add(local)
         self._added.append((request_id, shared))
@@ -158,6 +163,12 @@ class LockstepEngine:
         for request_id in stops:
             self._controls.pop(request_id, None)
         return tuple(stops.items())
+
+
+def rank0_chooses(output: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+    """A follower's stand-in for a request's logits processor (rank 0 runs the real one and the follower
+    takes the tokens it chose): the logits as they are."""
+    return logits
 
 
 def follow(engine: Engine, group: RankGroup) -> None:

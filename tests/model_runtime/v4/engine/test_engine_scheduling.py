@@ -150,16 +150,16 @@ def test_sampling_is_seeded_per_position_and_respects_top_p() -> None:
         SamplingParams(),
         SamplingParams(temperature=0.7, seed=2),
     ]
-    first = sample(logits, params, [10, 10, 10])
-    assert first == sample(logits, params, [10, 10, 10])
+    first = sample(logits, params, [10, 10, 10]).read()
+    assert first == sample(logits, params, [10, 10, 10]).read()
     assert first[0][1] == int(logits[1].argmax())
-    draws = {sample(logits[:1], params[:1], [p])[0][0] for p in range(40)}
+    draws = {sample(logits[:1], params[:1], [p]).read()[0][0] for p in range(40)}
     assert len(draws) > 5  # different positions draw different tokens
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     kept = top_p_filter(probs, torch.tensor([0.7]))
     assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
     narrow = [SamplingParams(temperature=1.0, top_p=1e-6, seed=s) for s in range(5)]
-    tokens, _ = sample(logits[:1].expand(5, -1), narrow, [0] * 5)
+    tokens, _ = sample(logits[:1].expand(5, -1), narrow, [0] * 5).read()
     assert set(tokens) == {int(logits[0].argmax())}
 
 
