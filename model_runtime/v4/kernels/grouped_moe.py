@@ -5,7 +5,9 @@ the experts' weights stacked per projection (`ExpertStacks`: w1/w3 `[E, inter, h
 `[E, hidden, inter]`; or `Mxfp4ExpertStacks`, the same kept in MXFP4 and dequantised exactly to `x`'s
 dtype, W4A16). Pair (n, j) computes `h = silu(min(x W1ᵀ, l)) * clamp(x W3ᵀ, -l, l)` with expert
 `e = indices[n, j]` (the clamps only when the limit `l` > 0), then `h W2ᵀ * weights[n, j]`; a token's
-output is the sum over its k pairs, in `x`'s dtype.
+output is the sum over its k pairs, plus `add` `[N, hidden]` when given (the shared expert's output), in
+`out_dtype` (default `x`'s dtype). The Triton paths add and convert in the launch that sums the pairs
+(float32 throughout, one rounding); the reference path sums in `x`'s dtype, then adds, then converts.
 
 Expert parallelism: with `experts=ExpertSlice(start, count)` the stacks hold only the global experts
 `[start, start + count)` (stack row `e - start`); pairs routed to any other expert contribute zero (another
@@ -65,9 +67,11 @@ def grouped_moe(
     *,
     impl: KernelImpl,
     experts: ExpertSlice | None = None,
+    add: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The routed experts' summed output `[N, hidden]` in `x`'s dtype (see the module docstring); with
-    `experts` only the pairs of the experts the stacks hold."""
+    """The routed experts' summed output `[N, hidden]`, plus `add`, in `out_dtype` (see the module
+    docstring); with `experts` only the pairs of the experts the stacks hold."""
     if experts is not None and experts.count != stacks.n_experts:
         raise ValueError(f"the stacks hold {stacks.n_experts} experts, the slice names {experts.count}")
     if impl == "triton":
@@ -75,17 +79,21 @@ def grouped_moe(
             from deepscout.model_runtime.v4.kernels.grouped_moe_triton import grouped_moe_triton
 
             w1, w2, w3 = stacks.w1, stacks.w2, stacks.w3
-            return grouped_moe_triton(x, weights, indices, w1, w2, w3, swiglu_limit, experts=experts)
+            return grouped_moe_triton(
+                x, weights, indices, w1, w2, w3, swiglu_limit, experts=experts, add=add, out_dtype=out_dtype
+            )
         from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import (
             GEMV_MAX_PAIRS,
             grouped_moe_mxfp4_gemv,
         )
         from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import grouped_moe_mxfp4_triton
 
-        if indices.numel() <= GEMV_MAX_PAIRS:
-            return grouped_moe_mxfp4_gemv(x, weights, indices, stacks, swiglu_limit, experts=experts)
-        return grouped_moe_mxfp4_triton(x, weights, indices, stacks, swiglu_limit, experts=experts)
-    return grouped_moe_reference(x, weights, indices, stacks, swiglu_limit, experts=experts)
+        run = grouped_moe_mxfp4_gemv if indices.numel() <= GEMV_MAX_PAIRS else grouped_moe_mxfp4_triton
+        return run(x, weights, indices, stacks, swiglu_limit, experts=experts, add=add, out_dtype=out_dtype)
+    routed = grouped_moe_reference(x, weights, indices, stacks, swiglu_limit, experts=experts)
+    if add is not None:
+        routed = routed + add
+    return routed.to(out_dtype or x.dtype)
 
 
 def grouped_moe_reference(

@@ -19,7 +19,8 @@ in float32 (in-thread multiply-adds, no dot and no padded rows), the group sums 
 accumulated, and `h = silu(min(g, l)) * clamp(u, -l, l)` (`_store_swiglu`) goes to the pair's row of
 `h` `[N·k, inter]`. Launch 2 (down), a program per (pair, block of `down_n` rows of hidden): the pair's
 row of `h` times w2's rows the same way, times the pair's routing weight, into its row of `pair_out`
-`[N·k, hidden]`; a token's k rows are summed as in the tiled path (deterministic, no atomics).
+`[N·k, hidden]`; a token's k rows are summed as in the tiled path (`sum_pairs`: deterministic, no
+atomics, the shared expert's output added in the same launch).
 
 Pairs routed to experts the stacks do not hold (another rank's, with `experts`; any id outside the stacks)
 skip the weights and write a zero row, on the device: no host sync, so the path runs inside CUDA-graph
@@ -242,10 +243,12 @@ def grouped_moe_mxfp4_gemv(
     *,
     tiles: GemvTiles | None = None,
     experts: ExpertSlice | None = None,
+    add: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The routed experts' summed output `[N, hidden]` in `x`'s dtype from MXFP4 `stacks`, a pair at a
-    time (see the module docstring); with `experts` the stacks hold only that slice and the other experts'
-    pairs add nothing."""
+    """The routed experts' summed output `[N, hidden]` (plus `add`, in `out_dtype`: `sum_pairs`) from
+    MXFP4 `stacks`, a pair at a time (see the module docstring); with `experts` the stacks hold only that
+    slice and the other experts' pairs add nothing."""
     tiles = tiles or GemvTiles()
     n_tokens, hidden = x.shape
     top_k = indices.shape[1]
@@ -257,7 +260,7 @@ def grouped_moe_mxfp4_gemv(
     if any(s & (s - 1) for s in sizes) or tiles.block_k < FP4_BLOCK:
         raise ValueError(f"GEMV tiles need powers of two and block_k >= {FP4_BLOCK}, got {tiles}")
     if n_pairs == 0:
-        return torch.zeros_like(x)
+        return sum_pairs(x.new_empty(0, hidden), x, add=add, out_dtype=out_dtype)
     x = x.contiguous()
     w1, w2, w3, s1, s2, s3 = stack_bytes(stacks)
     w1, w2, w3 = (w.view(torch.int32) for w in (w1, w2, w3))  # eight codes a word
@@ -316,4 +319,4 @@ def grouped_moe_mxfp4_gemv(
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    return sum_pairs(pair_out, x)
+    return sum_pairs(pair_out, x, add=add, out_dtype=out_dtype)

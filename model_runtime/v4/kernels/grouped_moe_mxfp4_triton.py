@@ -31,6 +31,7 @@ from deepscout.model_runtime.v4.kernels.grouped_moe_triton import (
     _store_weighted,
     _tile_rows,
     plan_launches,
+    sum_pairs,
 )
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
@@ -253,10 +254,12 @@ def grouped_moe_mxfp4_triton(
     *,
     tiles: TileConfig | None = None,
     experts: ExpertSlice | None = None,
+    add: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The routed experts' summed output `[N, hidden]` in `x`'s dtype, from MXFP4 `stacks`; `tiles`
-    overrides `choose_tiles` (its `block_k` must be a multiple of 32); with `experts` the stacks hold only
-    that slice and the other experts' pairs add nothing."""
+    """The routed experts' summed output `[N, hidden]` (plus `add`, in `out_dtype`: `sum_pairs`), from
+    MXFP4 `stacks`; `tiles` overrides `choose_tiles` (its `block_k` must be a multiple of 32); with
+    `experts` the stacks hold only that slice and the other experts' pairs add nothing."""
     n_tokens, hidden = x.shape
     top_k = indices.shape[1]
     n_pairs = n_tokens * top_k
@@ -264,7 +267,7 @@ def grouped_moe_mxfp4_triton(
     if stacks.w1.shape[2] * 2 != hidden:
         raise ValueError(f"the MXFP4 stacks are for hidden {stacks.w1.shape[2] * 2}, x has {hidden}")
     if n_pairs == 0:
-        return torch.zeros_like(x)
+        return sum_pairs(x.new_empty(0, hidden), x, add=add, out_dtype=out_dtype)
     x = x.contiguous()
     plan = plan_launches(x, weights, indices, n_experts=n_experts, inter=inter, tiles=tiles, experts=experts)
     tiles, groups, h, pair_out = plan.tiles, plan.groups, plan.h, plan.pair_out
@@ -331,4 +334,4 @@ def grouped_moe_mxfp4_triton(
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    return plan.summed(x)
+    return plan.summed(x, add=add, out_dtype=out_dtype)

@@ -117,16 +117,76 @@ class LaunchPlan:
     precision: str
     upcast: bool
 
-    def summed(self, x: torch.Tensor) -> torch.Tensor:
-        """Each token's k rows of `pair_out` summed, in `x`'s dtype."""
-        return sum_pairs(self.pair_out, x)
+    def summed(
+        self, x: torch.Tensor, *, add: torch.Tensor | None, out_dtype: torch.dtype | None
+    ) -> torch.Tensor:
+        """Each token's k rows of `pair_out` summed (see `sum_pairs`)."""
+        return sum_pairs(self.pair_out, x, add=add, out_dtype=out_dtype)
 
 
-def sum_pairs(pair_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Each token's k consecutive rows of `pair_out` `[N*k, hidden]` summed in float32 (deterministic, no
-    atomics), in `x`'s dtype (`x` `[N, hidden]`)."""
+SUM_BLOCK = 512
+"""Columns per program of `sum_pairs`."""
+
+
+@triton.jit
+def _sum_pairs_kernel(
+    PAIRS,
+    ADD,
+    OUT,
+    hidden,
+    stride_p,
+    stride_a,
+    stride_o,
+    TOP_K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    HAS_ADD: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < hidden
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        acc += tl.load(PAIRS + (token * TOP_K + j) * stride_p + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        acc += tl.load(ADD + token * stride_a + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(OUT + token * stride_o + cols, acc.to(OUT.dtype.element_ty), mask=ok)
+
+
+def sum_pairs(
+    pair_out: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    add: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Each token's k consecutive rows of `pair_out` `[N*k, hidden]` summed in float32, in a fixed order
+    (deterministic, no atomics), plus `add` `[N, hidden]` when given (the shared expert's output), rounded
+    once to `out_dtype` (default `x`'s dtype; `x` `[N, hidden]`), in one launch."""
     n_tokens, hidden = x.shape
-    return pair_out.view(n_tokens, -1, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    dtype = out_dtype or x.dtype
+    # Triton's interpreter truncates what it stores as bf16: there the sum is stored in float32 and cast
+    stored = torch.float32 if triton.knobs.runtime.interpret else dtype
+    out = torch.empty(n_tokens, hidden, dtype=stored, device=x.device)
+    if n_tokens == 0:
+        return out.to(dtype)
+    if add is not None and add.shape != x.shape:
+        raise ValueError(f"add has shape {tuple(add.shape)}, the output {tuple(x.shape)}")
+    top_k = pair_out.shape[0] // n_tokens
+    pair_out = pair_out.contiguous()
+    extra = out if add is None else add.contiguous()
+    _sum_pairs_kernel[(n_tokens, triton.cdiv(hidden, SUM_BLOCK))](
+        pair_out,
+        extra,
+        out,
+        hidden,
+        pair_out.stride(0),
+        extra.stride(0),
+        out.stride(0),
+        TOP_K=top_k,
+        BLOCK=SUM_BLOCK,
+        HAS_ADD=add is not None,
+    )
+    return out.to(dtype)
 
 
 def plan_launches(
@@ -352,10 +412,13 @@ def grouped_moe_triton(
     *,
     tiles: TileConfig | None = None,
     experts: ExpertSlice | None = None,
+    add: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The routed experts' summed output `[N, hidden]` in `x`'s dtype, from the stacked projections w1/w3
-    `[E, inter, hidden]` and w2 `[E, hidden, inter]`; `tiles` overrides `choose_tiles`; with `experts` the
-    stacks hold only that slice and the other experts' pairs add nothing."""
+    """The routed experts' summed output `[N, hidden]` (plus `add`, in `out_dtype`: `sum_pairs`), from the
+    stacked projections w1/w3 `[E, inter, hidden]` and w2 `[E, hidden, inter]`; `tiles` overrides
+    `choose_tiles`; with `experts` the stacks hold only that slice and the other experts' pairs add
+    nothing."""
     n_tokens, hidden = x.shape
     top_k = indices.shape[1]
     n_pairs = n_tokens * top_k
@@ -363,7 +426,7 @@ def grouped_moe_triton(
     if any(w.stride(-1) != 1 or w.dtype != x.dtype for w in (w1, w2, w3)):
         raise ValueError(f"the expert stacks must be row-major in the activations' dtype ({x.dtype})")
     if n_pairs == 0:
-        return torch.zeros_like(x)
+        return sum_pairs(x.new_empty(0, hidden), x, add=add, out_dtype=out_dtype)
     x = x.contiguous()
     plan = plan_launches(x, weights, indices, n_experts=n_experts, inter=inter, tiles=tiles, experts=experts)
     tiles, groups, h, pair_out = plan.tiles, plan.groups, plan.h, plan.pair_out
@@ -420,4 +483,4 @@ def grouped_moe_triton(
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
     )
-    return plan.summed(x)
+    return plan.summed(x, add=add, out_dtype=out_dtype)

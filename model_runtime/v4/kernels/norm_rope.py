@@ -5,6 +5,8 @@
   to x's dtype first, `x * rsqrt(mean(x²) + eps).to(x.dtype)`.
 * `rope(x, cos, sin, inverse)`: rotates the trailing `2·len(cos)` channels of `x` `[n, (heads,) dim]` as
   interleaved pairs with per-row cos/sin (float32); `inverse` applies the conjugate rotation.
+* `rope_into_rows(x, cos, sin, out, rows)`: `rope` of `x` `[n, dim]` written to rows `rows` of `out`
+  `[R, dim]` in its dtype (a decode step's KV rows into the window ring: one launch on the fused path).
 
 "reference" is the PyTorch arithmetic (several launches each); "triton" computes the same in one.
 """
@@ -46,3 +48,20 @@ def rope(
     rotated_half = torch.stack((-rot[..., 1::2], rot[..., 0::2]), dim=-1).flatten(-2)
     rotated = (rot.float() * cos + rotated_half.float() * sin).to(x.dtype)
     return torch.cat([nope, rotated], dim=-1)
+
+
+def rope_into_rows(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    out: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    impl: KernelImpl,
+) -> None:
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.norm_rope_triton import rope_triton
+
+        rope_triton(x, cos, sin, inverse=False, out=out, out_rows=rows)
+        return
+    out.index_copy_(0, rows, rope(x, cos, sin, inverse=False, impl=impl).to(out.dtype))

@@ -1,7 +1,8 @@
 """The Triton kernels behind `rms_norm` and `rope` with impl="triton" (contracts in `norm_rope.py`).
 
 RMS norm: one program per row, the whole row in registers. RoPE: one program per (token, block of
-heads); the pass-through channels are copied, the rotated pairs read as (even, odd) halves.
+heads); the pass-through channels are copied, the rotated pairs read as (even, odd) halves; the output
+rows are a new tensor's, or (`rope_into_rows`) rows of another tensor named per token.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def _rope_kernel(
     COS,
     SIN,
     OUT,
+    OUT_ROWS,
     n_heads,
     dim,
     stride_xt,
@@ -70,12 +72,16 @@ def _rope_kernel(
     HALF: tl.constexpr,
     NOPE_BLOCK: tl.constexpr,
     HB: tl.constexpr,
+    HAS_OUT_ROWS: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * HB + tl.arange(0, HB)
     hmask = heads < n_heads
     x_row = X + token * stride_xt + heads[:, None] * stride_xh
-    o_row = OUT + token * stride_ot + heads[:, None] * stride_oh
+    out_token = token
+    if HAS_OUT_ROWS:
+        out_token = tl.load(OUT_ROWS + token).to(tl.int64)
+    o_row = OUT + out_token * stride_ot + heads[:, None] * stride_oh
     if NOPE > 0:
         cols = tl.arange(0, NOPE_BLOCK)
         keep = hmask[:, None] & (cols[None, :] < NOPE)
@@ -91,13 +97,28 @@ def _rope_kernel(
     tl.store(o_row + even_at + 1, (of * cos + ef * sin).to(OUT.dtype.element_ty), mask=hmask[:, None])
 
 
-def rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+def rope_triton(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    inverse: bool,
+    out: torch.Tensor | None = None,
+    out_rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`x` rotated, into a new tensor; or with `out` `[R, dim]` and `out_rows` `[n]`, token i's row written
+    to `out[out_rows[i]]` (in `out`'s dtype), and `out` returned."""
     x3 = x if x.dim() == 3 else x.unsqueeze(1)
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()
     n, heads, dim = x3.shape
     half = cos.shape[-1]
-    out = torch.empty(x3.shape, dtype=x.dtype, device=x.device)
+    if out is None:
+        out3 = torch.empty(x3.shape, dtype=x.dtype, device=x.device)
+    else:
+        if out_rows is None or x.dim() != 2 or out.dim() != 2 or out.shape[1] != dim or out.stride(1) != 1:
+            raise ValueError("rows of x [n, dim] go to rows out_rows of out [R, dim]")
+        out3 = out.unsqueeze(1)
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     if n:
         nope = dim - 2 * half
@@ -106,19 +127,23 @@ def rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, invers
             x3,
             cos,
             sin,
-            out,
+            out3,
+            out3 if out_rows is None else out_rows,
             heads,
             dim,
             x3.stride(0),
             x3.stride(1),
-            out.stride(0),
-            out.stride(1),
+            out3.stride(0),
+            out3.stride(1),
             cos.stride(0),
             -1.0 if inverse else 1.0,
             NOPE=nope,
             HALF=half,
             NOPE_BLOCK=triton.next_power_of_2(max(nope, 1)),
             HB=head_block,
+            HAS_OUT_ROWS=out_rows is not None,
             num_warps=4,
         )
-    return out if x.dim() == 3 else out.squeeze(1)
+    if out is not None:
+        return out
+    return out3 if x.dim() == 3 else out3.squeeze(1)

@@ -40,7 +40,13 @@ from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
 from deepscout.model_runtime.v4.model.attention import Attention
 from deepscout.model_runtime.v4.model.compressor import Compressor
-from deepscout.model_runtime.v4.model.primitives import RopeSpec, RopeTable, apply_rope, rms_normalize
+from deepscout.model_runtime.v4.model.primitives import (
+    RopeSpec,
+    RopeTable,
+    apply_rope,
+    apply_rope_into,
+    rms_normalize,
+)
 from deepscout.model_runtime.v4.model_config import LayerKind
 
 _T = TypeVar("_T")
@@ -90,6 +96,11 @@ class DecodeStep:
         """`[B]` int32: the complete entries of a compressor with this ratio, per row."""
         return self.derived(("limit", ratio), lambda: ((self.positions + 1) // ratio).to(torch.int32))
 
+    def ring_rows(self, window: int) -> torch.Tensor:
+        """`[B]` each row's slot in the window rings flattened to `[slots * window]`: `slot * window +
+        position % window`."""
+        return self.derived(("ring", window), lambda: self.slots * window + self.positions % window)
+
     def band(self, window_kv: torch.Tensor, window_pos: torch.Tensor) -> BandKeys:
         """Each row's whole window ring `[slots, window, dim]` as its band (masked by position in the
         kernel); the rows' starts and lengths are shared by every layer."""
@@ -128,10 +139,9 @@ def decode_attention(
     q_residual = attn.q_norm(projected[attn.wq_a])
     q = rms_normalize(attn.wq_b(q_residual).view(n, heads, dim), attn.args.rms_norm_eps, step.kernels)
     q = apply_rope(q, rope)
-    kv = apply_rope(attn.kv_norm(projected[attn.wkv]), rope)
-    ring = step.derived(("ring", attn.window), lambda: step.positions % attn.window)
-    storage.window_kv[step.slots, ring] = kv.to(storage.window_kv.dtype)
-    storage.window_pos[step.slots, ring] = step.positions
+    ring = step.ring_rows(attn.window)
+    apply_rope_into(attn.kv_norm(projected[attn.wkv]), rope, storage.window_kv.view(-1, dim), ring)
+    storage.window_pos.view(-1).index_copy_(0, ring, step.positions)
     if attn.compressor is not None:
         _compress(attn.compressor, projected, storage, "main", step, compress_rope)
     if attn.indexer is not None:

@@ -286,11 +286,19 @@ class MoE(nn.Module):
     ) -> torch.Tensor:
         weights, indices = self.gate(x, token_ids, kernels)
         experts, limit, ep = self.experts, self.experts.limit, self.parallelism
+        shared = self.shared_experts(x, kernels) if ep is None or ep.adds_shared else None
         if ep is None:
-            routed = grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels)
-            return routed + self.shared_experts(x, kernels)
-        routed = grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels, experts=experts.ids)
-        if ep.adds_shared:
-            routed = routed + self.shared_experts(x, kernels)
-        # summed in float32: one rounding to x's dtype after the sum, not one per rank's partial sum
-        return ep.reduce(routed.float()).to(x.dtype)
+            return grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels, add=shared)
+        # this rank's part in float32: one rounding to x's dtype after the ranks' sum, not one per part
+        part = grouped_moe(
+            x,
+            weights,
+            indices,
+            experts.stacks,
+            limit,
+            impl=kernels,
+            experts=experts.ids,
+            add=shared,
+            out_dtype=torch.float32,
+        )
+        return ep.reduce(part).to(x.dtype)

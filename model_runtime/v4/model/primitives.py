@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope
+from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope, rope_into_rows
 from deepscout.model_runtime.v4.model_config import YarnScaling
 
 # ----------------------------------------------------------------------------------------------- norms
@@ -101,3 +101,8 @@ def apply_rope(x: torch.Tensor, table: RopeTable, *, inverse: bool = False) -> t
     `inverse` applies the conjugate rotation (used on the attention output, paper §2.3.3).
     """
     return rope(x, table.cos, table.sin, inverse=inverse, impl=table.kernels)
+
+
+def apply_rope_into(x: torch.Tensor, table: RopeTable, out: torch.Tensor, rows: torch.Tensor) -> None:
+    """`apply_rope(x, table)` of `x` `[n, dim]`, written to rows `rows` of `out` `[R, dim]` (its dtype)."""
+    rope_into_rows(x, table.cos, table.sin, out, rows, impl=table.kernels)

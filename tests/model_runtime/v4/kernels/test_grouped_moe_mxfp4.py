@@ -294,6 +294,29 @@ def test_dispatch_takes_the_decode_path_for_few_pairs(
     assert taken == ["grouped_moe_mxfp4_gemv", "grouped_moe_mxfp4_triton"]
 
 
+@pytest.mark.parametrize("tokens", [2, 24], ids=["decode", "tiled"])
+def test_a_ranks_part_adds_the_shared_output_in_float32(device: torch.device, tokens: int) -> None:
+    """An expert-parallel rank's MoE part: its held pairs summed, plus the shared expert's output, in
+    float32 for the all-reduce, from the launch that sums the pairs; as the reference's sum, add and cast."""
+    gen = torch.Generator().manual_seed(17 + tokens)
+    held = ExpertSlice(4, 4)
+    stacks, weights, indices = _slice_case(tokens, 2, 128, 64, held, gen)
+    x = torch.randn(tokens, 128, generator=gen).bfloat16()
+    shared = torch.randn(tokens, 128, generator=gen).bfloat16()
+    want = grouped_moe(
+        x, weights, indices, stacks, 1.0, impl="reference", experts=held, add=shared, out_dtype=torch.float32
+    )
+    on = stacks.map(lambda t: t.to(device))
+    routing = (x.to(device), weights.to(device), indices.to(device))
+    got = grouped_moe(
+        *routing, on, 1.0, impl="triton", experts=held, add=shared.to(device), out_dtype=torch.float32
+    )
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    assert _relative(got.cpu(), want) < 1e-2  # the reference rounds the routed sum to bf16 before adding
+    elsewhere = ~((indices >= held.start) & (indices < held.stop)).any(dim=1)
+    assert torch.equal(got.cpu()[elsewhere], shared[elsewhere].float())  # nothing held: the shared output
+
+
 @pytest.mark.parametrize("tiles", [GemvTiles(block_k=16), GemvTiles(block_k=96), GemvTiles(down_n=24)])
 def test_decode_path_rejects_bad_tiles(tiles: GemvTiles) -> None:
     gen = torch.Generator().manual_seed(13)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope
+from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope, rope_into_rows
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -35,3 +35,24 @@ def test_rope_matches_reference(
     out = rope(x, cos, sin, inverse=inverse, impl="triton")
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     assert out.dtype == ref.dtype and torch.allclose(out.float(), ref.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_rope_into_rows_writes_only_the_named_rows(device: torch.device, out_dtype: torch.dtype) -> None:
+    """A decode step's KV rows into the window rings (flattened `[slots * window, dim]`), in the ring's dtype;
+    the other rows keep what they held."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 40, generator=g).to(device)
+    angles = torch.randn(3, 4, generator=g).to(device)
+    cos, sin = angles.cos(), angles.sin()
+    rows = torch.tensor([9, 2, 14], device=device)
+    before = torch.randn(16, 40, generator=g).to(device, out_dtype)
+    want, got = before.clone(), before.clone()
+    rope_into_rows(x, cos, sin, want, rows, impl="reference")
+    rope_into_rows(x, cos, sin, got, rows, impl="triton")
+    tol = 1e-6 if out_dtype == torch.float32 else 1e-2
+    assert torch.allclose(got.float(), want.float(), rtol=tol, atol=tol)
+    others = torch.ones(16, dtype=torch.bool, device=device)
+    others[rows] = False
+    assert torch.equal(got[others], before[others])
+    assert not torch.equal(got[rows], before[rows])

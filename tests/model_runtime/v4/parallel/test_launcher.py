@@ -160,21 +160,44 @@ def _forced_first_tokens(generated: Sequence[int], logits: torch.Tensor) -> torc
     return masked
 
 
+@pytest.mark.parametrize(
+    "devices",
+    [
+        ("cpu", "cpu"),
+        pytest.param(
+            ("cuda:0", "cuda:1"),
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices"),
+            ],
+        ),
+    ],
+)
 def test_a_logits_processor_runs_on_rank_0_and_every_rank_takes_its_tokens(
-    checkpoint_dir: Path, tmp_path: Path
+    checkpoint_dir: Path, tmp_path: Path, devices: tuple[str, str]
 ) -> None:
     """The tokens after the forced ones match one process's only if every rank's cache holds the forced
-    tokens too (each rank's forward feeds its own cache's tokens into the shared all-reduce)."""
-    spec = _spec(CheckpointSource(checkpoint_dir), tmp_path, ("cpu", "cpu"), "dense")
-    request = GenerationRequest(
-        prompt_ids=PROMPT, max_new_tokens=6, sampling=SamplingParams(logits_processor=_forced_first_tokens)
-    )
-    single, _ = load_model(checkpoint_dir)
-    (expected,) = Engine(single, spec.engine).generate([request])
+    tokens too (each rank's forward feeds its own cache's tokens into the shared all-reduce). On the GPUs
+    the other request's steps run overlapped once the processor's request has finished (device decode
+    steps, their tokens agreed after the next step took them)."""
+    spec = _spec(CheckpointSource(checkpoint_dir), tmp_path, devices, "dense")
+    requests = [
+        GenerationRequest(
+            prompt_ids=PROMPT,
+            max_new_tokens=6,
+            sampling=SamplingParams(logits_processor=_forced_first_tokens),
+        ),
+        GenerationRequest(prompt_ids=PROMPT[:17], max_new_tokens=12),
+    ]
+    single = load_model(checkpoint_dir)[0].to(devices[0])
+    expected = Engine(single, spec.engine.model_copy(update={"device": devices[0]})).generate(requests)
+    del single
     with launch(spec) as launched:
-        (got,) = launched.engine.generate([request])
-    assert got.token_ids[:2] == [7, 7]
-    assert got.token_ids == expected.token_ids
+        got = launched.engine.generate(requests)
+        overlapped = launched.engine.engine.overlapped_steps
+    assert got[0].token_ids[:2] == [7, 7]
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert overlapped > 0 if devices[0].startswith("cuda") else overlapped == 0
 
 
 def test_speculative_decoding_runs_on_every_rank_as_in_one_process(tmp_path: Path) -> None:
