@@ -5,6 +5,7 @@ leave the formats alone."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import cast
@@ -46,17 +47,21 @@ def shipped(checkpoint_dir: Path) -> DeepseekV4Model:
 
 
 def _logits(model: DeepseekV4Model, kernels: KernelImpl, decode_steps: int = 3) -> torch.Tensor:
-    """Prefill in two chunks (the window wraps), then greedy decode steps, all rows' logits."""
+    """Prefill in two chunks (the window wraps), then greedy decode steps, all rows' logits (on the
+    model's device)."""
     model.kernels = kernels
     args = model.args
+    device = model.embed.weight.device
     cache = ContiguousSequenceCache(
         [*args.layer_types, *args.mtp_layer_types],
         head_dim=args.head_dim,
         index_head_dim=args.index_head_dim,
         sliding_window=args.sliding_window,
+        device=device,
     )
+    ids = IDS.to(device)
     with torch.no_grad():
-        out = [model(IDS[:, :25], [cache])[0], model(IDS[:, 25:], [cache])[0]]
+        out = [model(ids[:, :25], [cache])[0], model(ids[:, 25:], [cache])[0]]
         for _ in range(decode_steps):
             out.append(model(out[-1][-1].argmax().view(1, 1), [cache])[0])
     return torch.cat(out)
@@ -74,11 +79,13 @@ def test_shipped_and_dense_loads_give_the_same_logits(checkpoint_dir: Path, ship
 
 
 def test_shipped_triton_matches_reference(shipped: DeepseekV4Model) -> None:
-    """The W8A16 FP8 linear and W4A16 MXFP4 grouped MoE kernels (interpreter on CPU) against the
-    dequantising references (and every other fused kernel against its reference), float32 activations:
-    accumulation-order error only (3e-7 measured; bound 1e-5 of max|logit|)."""
-    reference = _logits(shipped, "reference", decode_steps=1)
-    fused = _logits(shipped, "triton", decode_steps=1)
+    """The W8A16 FP8 linear and W4A16 MXFP4 grouped MoE kernels (on the CUDA device when there is one,
+    else under Triton's interpreter) against the dequantising references (and every other fused kernel
+    against its reference), float32 activations: accumulation-order error only (3e-7 measured on the CPU;
+    bound 1e-5 of max|logit|)."""
+    model = copy.deepcopy(shipped).to("cuda" if torch.cuda.is_available() else "cpu")
+    reference = _logits(model, "reference", decode_steps=1)
+    fused = _logits(model, "triton", decode_steps=1)
     assert _relative(fused, reference) < 1e-5
 
 
