@@ -15,11 +15,11 @@ sized by the width (indexer scoring, top-k, the HCA splits) do at most 12.5% mor
 (a power-of-two width cost up to 2x just past each doubling: 1M tokens + 1 padded to 2M).
 
 A step is captured as several graphs (`graph_parts`: the embedding and the first layer, then
-`LAYERS_PER_GRAPH` layers each, the last also computing the logits), replayed in order: launching a graph
-costs the host time in proportion to its kernels (about 10 ms for the 43-layer step's ~4,000 kernels on an
-H200 host), and the GPU starts on the first part while the host still launches the next, instead of waiting
-for all of it. The first part is one layer because the GPU idles until it is launched (0.7 ms for a part
-of 4 layers); each later part is launched while the GPU runs the one before.
+`LAYERS_PER_GRAPH` layers each, the last also computing the logits), replayed in order. The split was made
+when profiles showed a launch costing the host time in proportion to its kernels; measured without the
+profiler, a launch of a part costs the host 4-10 µs whatever its size (the profiler traces every node), so
+the parts cost nothing and only let the GPU start on the first layer while the host launches the rest.
+
 Every graph of the runner, of every shape, shares one memory pool: they never run at the same time, and a
 step's logits are copied out right after its replay, so the pool holds one step's scratch, not one per shape.
 """
