@@ -167,7 +167,7 @@ class Engine:
         self._ids = itertools.count()
         self._sequences: dict[str, Sequence] = {}
         self._finished_unreported: list[Sequence] = []
-        self._cancelled: set[Sequence] = set()
+        self._cancelled: list[Sequence] = []  # in call order: every rank of expert parallelism stops alike
         self._in_flight: _InFlight | None = None
         self.steps = 0
         self.overlapped_steps = 0  # steps launched before the previous step's tokens were read
@@ -201,8 +201,8 @@ class Engine:
         seq = self._sequences.get(request_id)
         if seq is None:
             raise UnknownRequestError(request_id)
-        if not seq.finished:
-            self._cancelled.add(seq)
+        if not seq.finished and seq not in self._cancelled:
+            self._cancelled.append(seq)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work() or bool(self._finished_unreported) or self._in_flight is not None
@@ -280,9 +280,9 @@ class Engine:
         assert self.runner.decoder is not None
         carried = None
         if previous is not None:
-            rows = {id(seq): i for i, seq in enumerate(previous.seqs)}
+            rows = {seq: i for i, seq in enumerate(previous.seqs)}
             carried = CarriedTokens(
-                previous.drawn.ids, [rows[id(c.seq)] if c.seq.in_flight else -1 for c in chunks]
+                previous.drawn.ids, [rows[c.seq] if c.seq.in_flight else -1 for c in chunks]
             )
         logits = self.runner.decoder.run(chunks, carried)
         seqs = [c.seq for c in chunks]
