@@ -118,3 +118,19 @@ def test_overlapped_steps_give_the_outputs_of_reading_each_step_first(model: Dee
     # the session's next turn reuses its cache (overlapped: the last token of the turn was processed too)
     turn_two = plain.ids[5]
     assert overlapped.final[turn_two].reused_tokens >= plain.final[turn_two].reused_tokens > 0
+
+
+def test_preemption_while_a_step_is_in_flight(model: DeepseekV4Model) -> None:
+    """Three sequences grow past their first block in a pool of five: the latest admitted is preempted
+    (its cache freed, its token still in flight) and recomputed later, with the same tokens."""
+
+    def run(overlap: bool) -> tuple[list[list[int]], int]:
+        engine = Engine(model, _config(model, num_blocks=5, prefix_caching=False, overlap=overlap))
+        requests = [GenerationRequest(_prompt(124, 20 + i), max_new_tokens=8) for i in range(3)]
+        outputs = engine.generate(requests)
+        return [o.token_ids for o in outputs], engine.scheduler.preemptions
+
+    plain, plain_preemptions = run(overlap=False)
+    overlapped, preemptions = run(overlap=True)
+    assert preemptions > 0 and plain_preemptions > 0
+    assert overlapped == plain
