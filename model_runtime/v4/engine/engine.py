@@ -281,9 +281,7 @@ class Engine:
         carried = None
         if previous is not None:
             rows = {seq: i for i, seq in enumerate(previous.seqs)}
-            carried = CarriedTokens(
-                previous.drawn.ids, [rows[c.seq] if c.seq.in_flight else -1 for c in chunks]
-            )
+            carried = CarriedTokens(previous.drawn.ids, [rows.get(c.seq, -1) for c in chunks])
         logits = self.runner.decoder.run(chunks, carried)
         seqs = [c.seq for c in chunks]
         drawn = sample(logits, [s.request.sampling for s in seqs], [s.num_tokens for s in seqs])
@@ -293,7 +291,6 @@ class Engine:
         self._in_flight = _InFlight(seqs, [len(s.output) for s in seqs], drawn)
         for seq in seqs:
             seq.output.append(IN_FLIGHT)
-            seq.in_flight += 1
             if len(seq.output) >= seq.request.max_new_tokens:
                 self.scheduler.remove(seq)  # finishes when its token lands
 
@@ -316,14 +313,12 @@ class Engine:
             if seq.finished:
                 continue  # ended by a token read before this one
             seq.output[slot] = token
-            seq.in_flight -= 1
             seq.logprobs.append(logprob)
             seq.new_tokens.append(token)
             touched[id(seq)] = seq
             reason = _finish_reason(seq, token, produced=slot + 1)
             if reason is not None:
                 del seq.output[slot + 1 :]
-                seq.in_flight = 0
                 self._finish(seq, reason, report=False)
 
     def _run(self, chunks: list[Chunk]) -> None:

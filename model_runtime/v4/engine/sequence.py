@@ -23,9 +23,9 @@ class SequenceStatus(StrEnum):
 
 @dataclass(eq=False)
 class Sequence:
-    """Prompt + generated tokens; the cache has processed `cache.num_tokens` of them. The last
-    `in_flight` output tokens are placeholders (`IN_FLIGHT`) for tokens sampled on the device and not read
-    yet (the engine's overlapped decode steps)."""
+    """Prompt + generated tokens; the cache has processed `cache.num_tokens` of them. Output tokens equal
+    to `IN_FLIGHT` (the last ones only) stand for tokens sampled on the device and not read yet (the
+    engine's overlapped decode steps)."""
 
     request_id: str
     request: GenerationRequest
@@ -44,7 +44,6 @@ class Sequence:
     new_tokens: list[int] = field(default_factory=list)  # produced in the current step
     drafts: list[int] = field(default_factory=list)  # the MTP layer's guess of the tokens after `tokens`
     draft_stats: DraftStats = field(default_factory=DraftStats)
-    in_flight: int = 0
 
     @property
     def tokens(self) -> list[int]:
@@ -83,7 +82,7 @@ class Sequence:
             logits = torch.cat(self.prompt_logits)
         return RequestOutput(
             request_id=self.request_id,
-            token_ids=self.output[: len(self.output) - self.in_flight],
+            token_ids=[t for t in self.output if t != IN_FLIGHT],
             new_token_ids=list(self.new_tokens),
             logprobs=list(self.logprobs) if self.request.sampling.logprobs else None,
             finished=self.finished,
