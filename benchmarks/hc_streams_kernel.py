@@ -2,7 +2,8 @@
 reference, at V4 widths (hc 4, hidden 4096, 24 mixing logits, float32 streams, bfloat16 block output).
 
 Per token count in `--tokens` (decode steps and a prefill chunk): `premix` (the RMS-normed projection to
-the mixing logits), `collapse` (the pre-weighted sum to the sub-block input), `merge` (the new streams),
+the mixing logits), `collapse` (the pre-weighted sum to the sub-block input, RMS-normed, in bfloat16),
+`merge` (the new streams),
 and `sub-block` (all the mHC work around one attention or MoE call: `model/mhc.py`'s `hc_split` with the
 Sinkhorn mapping, then `hc_merge`). Times are CUDA-graph replays (`device_rates.timed(graphs=True)`), as
 the decode path runs; the floor is each pass's bytes read + written over a device-to-device copy's rate.
@@ -27,6 +28,7 @@ from device_rates import ceilings, timed, write_report
 from deepscout.model_runtime.v4.kernels.hc_streams import hc_collapse, hc_merge, hc_premix
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model import mhc
+from deepscout.model_runtime.v4.model.primitives import RMSNorm
 
 HC, MIX, EPS, SINKHORN_ITERS = 4, 24, 1e-6, 20
 
@@ -50,13 +52,16 @@ def passes(case: dict[str, torch.Tensor], kernels: KernelImpl) -> dict[str, Call
     s = case["streams"]
     settings = mhc.HcSettings(SINKHORN_ITERS, EPS, EPS)
 
+    norm = RMSNorm(s.shape[2], EPS).to(s.device)
+
     def sub_block() -> torch.Tensor:
-        x, post, comb = mhc.hc_split(s, case["fn"], case["scale"], case["base"], settings, kernels)
-        return mhc.hc_merge(x.to(torch.bfloat16), s, post, comb, kernels)
+        fn, scale, base = case["fn"], case["scale"], case["base"]
+        x, post, comb = mhc.hc_split(s, fn, scale, base, norm, settings, torch.bfloat16, kernels)
+        return mhc.hc_merge(x, s, post, comb, kernels)
 
     return {
         "premix": lambda: hc_premix(s, case["fn"], EPS, impl=kernels),
-        "collapse": lambda: hc_collapse(s, case["pre"], s.dtype, impl=kernels),
+        "collapse": lambda: hc_collapse(s, case["pre"], norm.weight, EPS, torch.bfloat16, impl=kernels),
         "merge": lambda: hc_merge(case["block_out"], s, case["post"], case["comb"], impl=kernels),
         "sub-block": sub_block,
     }
@@ -66,7 +71,7 @@ def pass_bytes(tokens: int, dim: int) -> dict[str, int]:
     """Bytes each pass must read + write at least (float32 streams, bfloat16 block output)."""
     streams, row = tokens * HC * dim * 4, tokens * dim
     premix = streams + MIX * HC * dim * 4 + tokens * MIX * 4
-    collapse = streams + row * 4
+    collapse = streams + row * 2
     merge = row * 2 + 2 * streams
     return {"premix": premix, "collapse": collapse, "merge": merge, "sub-block": premix + collapse + merge}
 

@@ -5,8 +5,9 @@ Contract (streams `[T, hc, D]`, float32 in the model; every sum in float32):
 
 * `hc_premix(streams, fn, norm_eps)` -> `[T, mix]` float32: `F.linear(x · rsqrt(mean(x²) + eps), fn)` with
   `x = streams.flatten(1)` in float32 (a weightless RMS norm) and `fn` `[mix, hc·D]`.
-* `hc_collapse(streams, pre, out_dtype)` -> `[T, D]`: `Σ_i pre[t, i] · streams[t, i, :]` (`pre` `[T, hc]`),
-  cast to `out_dtype` once.
+* `hc_collapse(streams, pre, weight, eps, out_dtype)` -> `[T, D]`: the sub-block's normed input,
+  `rms_norm(Σ_i pre[t, i] · streams[t, i, :], weight, eps)` (`pre` `[T, hc]`; the sum and the norm in
+  float32), cast to `out_dtype` once.
 * `hc_merge(block_out, streams, post, comb)` -> `[T, hc, D]` in streams' dtype:
   `post[t, j] · block_out[t, :] + Σ_i comb[t, i, j] · streams[t, i, :]` (`block_out` `[T, D]`, `post`
   `[T, hc]`, `comb` `[T, hc, hc]`), i.e. `comb[t]ᵀ @ streams[t]` plus the post-weighted block output.
@@ -15,8 +16,8 @@ Contract (streams `[T, hc, D]`, float32 in the model; every sum in float32):
   merge a batched matmul);
 * "triton": `hc_premix` reads the streams once, accumulating the projection and the sum of squares
   together and scaling by the rsqrt at the end (decode-sized T splits the hc·D axis over programs and
-  combines the partials in a second launch; fixed shapes, no host sync); `hc_collapse` and `hc_merge`
-  are one memory-bound pass each over (token block, D block) tiles.
+  combines the partials in a second launch; fixed shapes, no host sync); `hc_collapse` (with its norm)
+  and `hc_merge` are one memory-bound pass each.
 """
 
 from __future__ import annotations
@@ -43,16 +44,23 @@ def hc_premix(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float, *, impl:
 
 
 def hc_collapse(
-    streams: torch.Tensor, pre: torch.Tensor, out_dtype: torch.dtype, *, impl: KernelImpl
+    streams: torch.Tensor,
+    pre: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype,
+    *,
+    impl: KernelImpl,
 ) -> torch.Tensor:
-    """The pre-weighted sum of the streams `[T, D]` in `out_dtype` (see the module docstring)."""
+    """The RMS-normed pre-weighted sum of the streams `[T, D]` in `out_dtype` (see the module docstring)."""
     _check_streams(streams)
     _check_weights("pre", pre, streams.shape[:2])
+    _check_weights("norm", weight, streams.shape[2:])
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_collapse_triton
 
-        return hc_collapse_triton(streams, pre, out_dtype)
-    return hc_collapse_reference(streams, pre, out_dtype)
+        return hc_collapse_triton(streams, pre, weight, eps, out_dtype)
+    return hc_collapse_reference(streams, pre, weight, eps, out_dtype)
 
 
 def hc_merge(
@@ -81,8 +89,11 @@ def hc_premix_reference(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float
     return F.linear(rms_norm(streams.flatten(1).float(), None, norm_eps, impl="reference"), fn.float())
 
 
-def hc_collapse_reference(streams: torch.Tensor, pre: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    return (pre.unsqueeze(-1) * streams).sum(dim=1).to(out_dtype)
+def hc_collapse_reference(
+    streams: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype
+) -> torch.Tensor:
+    collapsed = (pre.float().unsqueeze(-1) * streams.float()).sum(dim=1)
+    return rms_norm(collapsed, weight.float(), eps, impl="reference").to(out_dtype)
 
 
 def hc_merge_reference(

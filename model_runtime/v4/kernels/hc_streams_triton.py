@@ -8,11 +8,18 @@ T splits the axis so the GPU fills (`_PREMIX_PROGRAMS`), the partials `[splits, 
 `[splits, T]` then summed by a second launch, one program per token. The split depends only on the shapes,
 so a captured CUDA graph replays it unchanged.
 
-Collapse and merge: a program per (block of tokens, block of D), each hc stream row loaded once with
-contiguous (vectorised) loads; merge keeps the `[tokens, hc, D-block]` output tile in registers.
+`premix_partials` is the first launch alone, for a consumer that sums the partials itself (the mHC
+mapping kernel, `hc_mix_triton`: the premix and the mapping are two launches, not three).
+
+Collapse: a program per token holding the whole `[D]` row, so the RMS norm that follows the collapse is
+in the same launch (the row's sum of squares is the program's own). Merge: a program per (block of tokens,
+block of D), each hc stream row loaded once with contiguous (vectorised) loads; it keeps the
+`[tokens, hc, D-block]` output tile in registers.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -21,7 +28,6 @@ import triton.language as tl
 _PREMIX_BLOCK_K = 64
 _PREMIX_PROGRAMS = 128  # about one per SM of an H200 (132): fewer token blocks split the hc·D axis
 _STREAM_BLOCK_D = 512
-_COLLAPSE_TOKENS = 4
 _MERGE_TOKENS = 2
 
 
@@ -89,22 +95,68 @@ def _premix_combine_kernel(
     tl.store(OUT + token * n_mix + mixes, scaled, mask=mixes < n_mix)
 
 
+@dataclass(frozen=True)
+class PremixPartials:
+    """The premix's unscaled projections `part` `[splits, T, mix_pad]` and sums of squares `sumsq`
+    `[splits, T]` over `splits` slices of the hc·D axis (`k_total` long): the logits are
+    `Σ part · rsqrt(Σ sumsq / k_total + eps)`, summed by `_premix_combine_kernel` or by a consumer."""
+
+    part: torch.Tensor
+    sumsq: torch.Tensor
+    k_total: int
+
+    @property
+    def splits(self) -> int:
+        return self.part.shape[0]
+
+
 def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -> torch.Tensor:
+    n = streams.shape[0]
+    n_mix = fn.shape[0]
+    out = torch.empty(n, n_mix, dtype=torch.float32, device=streams.device)
+    if n == 0:
+        return out
+    partials = premix_partials(streams, fn, norm_eps, out=out)
+    if partials is None:
+        return out
+    mix_pad = partials.part.shape[2]
+    _premix_combine_kernel[(n,)](
+        partials.part,
+        partials.sumsq,
+        out,
+        n,
+        n_mix,
+        partials.splits,
+        partials.k_total,
+        norm_eps,
+        SPLITS=triton.next_power_of_2(partials.splits),
+        MIXP=mix_pad,
+        num_warps=4,
+    )
+    return out
+
+
+def premix_partials(
+    streams: torch.Tensor, fn: torch.Tensor, norm_eps: float, *, out: torch.Tensor | None = None
+) -> PremixPartials | None:
+    """The premix launch over `streams` (T > 0): its partials, or with `out` `[T, mix]` given and one slice
+    (prefill-sized T) the finished logits stored there and None."""
     n = streams.shape[0]
     x = _rows_contiguous(streams.reshape(n, -1))
     fn = fn.float().contiguous()
     n_mix, k_total = fn.shape
-    out = torch.empty(n, n_mix, dtype=torch.float32, device=streams.device)
-    if n == 0:
-        return out
     block_t = 16 if n <= 16 else 32  # tl.dot needs at least 16 rows
     mix_pad = max(16, triton.next_power_of_2(n_mix))
     token_blocks = triton.cdiv(n, block_t)
     k_split = _premix_split(k_total, token_blocks)
     splits = triton.cdiv(k_total, k_split)
-    split = splits > 1
-    part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device) if split else out
-    sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device) if split else out
+    split = splits > 1 or out is None
+    if split:
+        part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
+        sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)
+    else:
+        assert out is not None
+        part = sumsq = out
     _premix_kernel[(token_blocks, splits)](
         x,
         fn,
@@ -124,21 +176,7 @@ def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -
         PRECISION="tf32x3" if x.is_cuda else "ieee",
         num_warps=4,
     )
-    if split:
-        _premix_combine_kernel[(n,)](
-            part,
-            sumsq,
-            out,
-            n,
-            n_mix,
-            splits,
-            k_total,
-            norm_eps,
-            SPLITS=triton.next_power_of_2(splits),
-            MIXP=mix_pad,
-            num_warps=4,
-        )
-    return out
+    return PremixPartials(part, sumsq, k_total) if split else None
 
 
 def _premix_split(k_total: int, token_blocks: int) -> int:
@@ -152,49 +190,51 @@ def _premix_split(k_total: int, token_blocks: int) -> int:
 def _collapse_kernel(
     S,
     PRE,
+    W,
     OUT,
-    n_tokens,
     dim,
     stride_st,
     stride_sh,
     stride_ot,
+    eps,
     HC: tl.constexpr,
-    BT: tl.constexpr,
     BD: tl.constexpr,
 ):
-    tokens = tl.program_id(0) * BT + tl.arange(0, BT)
-    cols = tl.program_id(1) * BD + tl.arange(0, BD)
-    live = tokens < n_tokens
-    rows = tokens.to(tl.int64)
-    mask = live[:, None] & (cols < dim)[None, :]
-    acc = tl.zeros([BT, BD], tl.float32)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BD)
+    live = cols < dim
+    acc = tl.zeros([BD], tl.float32)
     for i in tl.static_range(HC):
-        weight = tl.load(PRE + rows * HC + i, mask=live, other=0.0).to(tl.float32)
-        stream = tl.load(S + rows[:, None] * stride_st + i * stride_sh + cols[None, :], mask=mask, other=0.0)
-        acc += weight[:, None] * stream.to(tl.float32)
-    tl.store(OUT + rows[:, None] * stride_ot + cols[None, :], acc.to(OUT.dtype.element_ty), mask=mask)
+        weight = tl.load(PRE + row * HC + i).to(tl.float32)
+        stream = tl.load(S + row * stride_st + i * stride_sh + cols, mask=live, other=0.0)
+        acc += weight * stream.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(acc * acc, axis=0) / dim + eps)
+    normed = tl.load(W + cols, mask=live, other=0.0).to(tl.float32) * (acc * inv)
+    tl.store(OUT + row * stride_ot + cols, normed.to(OUT.dtype.element_ty), mask=live)
 
 
-def hc_collapse_triton(streams: torch.Tensor, pre: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def hc_collapse_triton(
+    streams: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype
+) -> torch.Tensor:
     n, hc, dim = streams.shape
     streams = _rows_contiguous(streams)
     out = torch.empty(n, dim, dtype=out_dtype, device=streams.device)
     if n == 0:
         return out
-    grid = (triton.cdiv(n, _COLLAPSE_TOKENS), triton.cdiv(dim, _STREAM_BLOCK_D))
-    _collapse_kernel[grid](
+    block = triton.next_power_of_2(dim)
+    _collapse_kernel[(n,)](
         streams,
         pre.float().contiguous(),
+        weight.float().contiguous(),
         out,
-        n,
         dim,
         streams.stride(0),
         streams.stride(1),
         out.stride(0),
+        eps,
         HC=hc,
-        BT=_COLLAPSE_TOKENS,
-        BD=_STREAM_BLOCK_D,
-        num_warps=4,
+        BD=block,
+        num_warps=min(16, max(1, block // 256)),
     )
     return out
 

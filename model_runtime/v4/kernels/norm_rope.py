@@ -1,11 +1,13 @@
 """RMS normalisation and rotary embeddings of the V4 forward pass, each one launch on the fused path.
 
 * `rms_norm(x, weight, eps)`: over the last dim, statistics in float32. With a weight (the `RMSNorm`
-  module): `(weight * x·rsqrt(mean(x²) + eps)).to(x.dtype)`; without (`rms_normalize`): the scale is cast
-  to x's dtype first, `x * rsqrt(mean(x²) + eps).to(x.dtype)`.
-* `rope(x, cos, sin, inverse)`: rotates the trailing `2·len(cos)` channels of `x` `[n, (heads,) dim]` as
-  interleaved pairs with per-row cos/sin (float32); `inverse` applies the conjugate rotation.
-* `rope_into_rows(x, cos, sin, out, rows)`: `rope` of `x` `[n, dim]` written to rows `rows` of `out`
+  module): `(weight * x·rsqrt(mean(x²) + eps)).to(x.dtype)`; without (the query heads' norm): the scale
+  is cast to x's dtype first, `x * rsqrt(mean(x²) + eps).to(x.dtype)`.
+* `rope(x, cos, sin, inverse, norm)`: rotates the trailing `2·len(cos)` channels of `x` `[n, (heads,) dim]`
+  as interleaved pairs with per-row cos/sin (float32); `inverse` applies the conjugate rotation. With a
+  `RowNorm`, `x` is first `rms_norm(x, norm.weight, norm.eps)` (V4's query and KV norms before their
+  RoPE: one launch for both on the fused path).
+* `rope_into_rows(x, cos, sin, out, rows, norm)`: `rope` of `x` `[n, dim]` written to rows `rows` of `out`
   `[R, dim]` in its dtype (a decode step's KV rows into the window ring: one launch on the fused path).
 
 "reference" is the PyTorch arithmetic (several launches each); "triton" computes the same in one.
@@ -13,9 +15,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+
+
+@dataclass(frozen=True)
+class RowNorm:
+    """An RMS norm over the last dim applied before a rotation: `rms_norm(x, weight, eps)`."""
+
+    weight: torch.Tensor | None
+    eps: float
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, impl: KernelImpl) -> torch.Tensor:
@@ -31,12 +43,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, impl: 
 
 
 def rope(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inverse: bool, impl: KernelImpl
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    inverse: bool,
+    impl: KernelImpl,
+    norm: RowNorm | None = None,
 ) -> torch.Tensor:
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.norm_rope_triton import rope_triton
 
-        return rope_triton(x, cos, sin, inverse=inverse)
+        return rope_triton(x, cos, sin, inverse=inverse, norm=norm)
+    if norm is not None:
+        x = rms_norm(x, norm.weight, norm.eps, impl=impl)
     cos = cos.repeat_interleave(2, dim=-1)
     sin = sin.repeat_interleave(2, dim=-1)
     if inverse:
@@ -58,10 +78,11 @@ def rope_into_rows(
     rows: torch.Tensor,
     *,
     impl: KernelImpl,
+    norm: RowNorm | None = None,
 ) -> None:
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.norm_rope_triton import rope_triton
 
-        rope_triton(x, cos, sin, inverse=False, out=out, out_rows=rows)
+        rope_triton(x, cos, sin, inverse=False, out=out, out_rows=rows, norm=norm)
         return
-    out.index_copy_(0, rows, rope(x, cos, sin, inverse=False, impl=impl).to(out.dtype))
+    out.index_copy_(0, rows, rope(x, cos, sin, inverse=False, impl=impl, norm=norm).to(out.dtype))

@@ -2,7 +2,9 @@
 
 RMS norm: one program per row, the whole row in registers. RoPE: one program per (token, block of
 heads); the pass-through channels are copied, the rotated pairs read as (even, odd) halves; the output
-rows are a new tensor's, or (`rope_into_rows`) rows of another tensor named per token.
+rows are a new tensor's, or (`rope_into_rows`) rows of another tensor named per token. With a `RowNorm`
+the program first RMS-normalises each of its heads' rows (all of a head's channels are its own), rounding
+the normed values to x's dtype as the unfused norm stores them, so the rotation sees the same inputs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm
 
 
 @triton.jit
@@ -54,6 +58,18 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) ->
 
 
 @triton.jit
+def _normed(xf, sumsq, W, at, mask, dim: tl.constexpr, eps, NORM: tl.constexpr, X_DTYPE: tl.constexpr):
+    """Channels `at` of rows with sum of squares `sumsq` (float32), RMS-normed as `_rms_norm_kernel` does
+    (NORM 2: times the weight at `at`) and rounded to x's dtype, back in float32."""
+    inv = tl.rsqrt(sumsq / dim + eps)[:, None]
+    if NORM == 2:
+        out = tl.load(W + at, mask=mask, other=0.0).to(tl.float32) * (xf * inv)
+    else:
+        out = xf * inv.to(X_DTYPE).to(tl.float32)
+    return out.to(X_DTYPE).to(tl.float32)
+
+
+@triton.jit
 def _rope_kernel(
     X,
     COS,
@@ -68,11 +84,14 @@ def _rope_kernel(
     stride_oh,
     stride_c,
     sign,
+    W,
+    eps,
     NOPE: tl.constexpr,
     HALF: tl.constexpr,
     NOPE_BLOCK: tl.constexpr,
     HB: tl.constexpr,
     HAS_OUT_ROWS: tl.constexpr,
+    NORM: tl.constexpr,  # 0: none, 1: weightless RMS norm first, 2: RMS norm with the weight W first
 ):
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * HB + tl.arange(0, HB)
@@ -82,17 +101,31 @@ def _rope_kernel(
     if HAS_OUT_ROWS:
         out_token = tl.load(OUT_ROWS + token).to(tl.int64)
     o_row = OUT + out_token * stride_ot + heads[:, None] * stride_oh
-    if NOPE > 0:
-        cols = tl.arange(0, NOPE_BLOCK)
-        keep = hmask[:, None] & (cols[None, :] < NOPE)
-        tl.store(o_row + cols[None, :], tl.load(x_row + cols[None, :], mask=keep, other=0.0), mask=keep)
+    cols = tl.arange(0, NOPE_BLOCK)
+    keep = hmask[:, None] & (cols[None, :] < NOPE)
     pairs = tl.arange(0, HALF)
+    even_at = NOPE + 2 * pairs[None, :]
+    ef = tl.load(x_row + even_at, mask=hmask[:, None], other=0.0).to(tl.float32)
+    of = tl.load(x_row + even_at + 1, mask=hmask[:, None], other=0.0).to(tl.float32)
+    if NOPE > 0:
+        nope = tl.load(x_row + cols[None, :], mask=keep, other=0.0)
+        if NORM > 0:
+            nf = nope.to(tl.float32)
+            sumsq = tl.sum(nf * nf, axis=1) + tl.sum(ef * ef + of * of, axis=1)
+            nope = _normed(nf, sumsq, W, cols, keep, NOPE + 2 * HALF, eps, NORM, X.dtype.element_ty)
+            ef = _normed(
+                ef, sumsq, W, even_at, hmask[:, None], NOPE + 2 * HALF, eps, NORM, X.dtype.element_ty
+            )
+            of = _normed(
+                of, sumsq, W, even_at + 1, hmask[:, None], NOPE + 2 * HALF, eps, NORM, X.dtype.element_ty
+            )
+        tl.store(o_row + cols[None, :], nope.to(OUT.dtype.element_ty), mask=keep)
+    elif NORM > 0:
+        sumsq = tl.sum(ef * ef + of * of, axis=1)
+        ef = _normed(ef, sumsq, W, even_at, hmask[:, None], 2 * HALF, eps, NORM, X.dtype.element_ty)
+        of = _normed(of, sumsq, W, even_at + 1, hmask[:, None], 2 * HALF, eps, NORM, X.dtype.element_ty)
     cos = tl.load(COS + token * stride_c + pairs)[None, :]
     sin = tl.load(SIN + token * stride_c + pairs)[None, :] * sign
-    even_at = NOPE + 2 * pairs[None, :]
-    even = tl.load(x_row + even_at, mask=hmask[:, None], other=0.0)
-    odd = tl.load(x_row + even_at + 1, mask=hmask[:, None], other=0.0)
-    ef, of = even.to(tl.float32), odd.to(tl.float32)
     tl.store(o_row + even_at, (ef * cos - of * sin).to(OUT.dtype.element_ty), mask=hmask[:, None])
     tl.store(o_row + even_at + 1, (of * cos + ef * sin).to(OUT.dtype.element_ty), mask=hmask[:, None])
 
@@ -105,9 +138,10 @@ def rope_triton(
     inverse: bool,
     out: torch.Tensor | None = None,
     out_rows: torch.Tensor | None = None,
+    norm: RowNorm | None = None,
 ) -> torch.Tensor:
-    """`x` rotated, into a new tensor; or with `out` `[R, dim]` and `out_rows` `[n]`, token i's row written
-    to `out[out_rows[i]]` (in `out`'s dtype), and `out` returned."""
+    """`x` rotated (RMS-normed first with `norm`), into a new tensor; or with `out` `[R, dim]` and
+    `out_rows` `[n]`, token i's row written to `out[out_rows[i]]` (in `out`'s dtype), and `out` returned."""
     x3 = x if x.dim() == 3 else x.unsqueeze(1)
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()
@@ -137,11 +171,14 @@ def rope_triton(
             out3.stride(1),
             cos.stride(0),
             -1.0 if inverse else 1.0,
+            x3 if norm is None or norm.weight is None else norm.weight.float().contiguous(),
+            0.0 if norm is None else norm.eps,
             NOPE=nope,
             HALF=half,
             NOPE_BLOCK=triton.next_power_of_2(max(nope, 1)),
             HB=head_block,
             HAS_OUT_ROWS=out_rows is not None,
+            NORM=0 if norm is None else 1 if norm.weight is None else 2,
             num_warps=4,
         )
     if out is not None:

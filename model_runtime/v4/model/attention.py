@@ -26,6 +26,7 @@ from torch import nn
 from deepscout.model_runtime.v4.cache.protocol import LayerCache
 from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
 from deepscout.model_runtime.v4.model.compressor import Compressor
 from deepscout.model_runtime.v4.model.indexer import (
@@ -40,7 +41,6 @@ from deepscout.model_runtime.v4.model.primitives import (
     RopeSpec,
     RopeTable,
     apply_rope,
-    rms_normalize,
 )
 from deepscout.model_runtime.v4.model.projections import grouped_projection, projection
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, WeightFormat
@@ -115,9 +115,8 @@ class Attention(nn.Module):
         n = x.shape[0]
         q_residual = self.q_norm(self.wq_a(x))
         q = self.wq_b(q_residual).view(n, self.n_heads, self.head_dim)
-        q = rms_normalize(q, self.args.rms_norm_eps, batch.kernels)
-        q = apply_rope(q, rope)
-        kv = apply_rope(self.kv_norm(self.wkv(x)), rope)
+        q = apply_rope(q, rope, norm=self.q_head_norm())
+        kv = apply_rope(self.wkv(x), rope, norm=self.kv_norm.before_rope())
         index = None if self.indexer is None else self.indexer.queries(x, q_residual, rope)
         attend = self._attend_naive
         if batch.impl == "sparse":
@@ -138,6 +137,10 @@ class Attention(nn.Module):
             outputs.append(attend(_RowAttention(q[rows], seg, positions, keys, key_pos, cache, row_index)))
         out = apply_rope(torch.cat(outputs), rope, inverse=True)
         return self._project_out(out)
+
+    def q_head_norm(self) -> RowNorm:
+        """The weightless RMS norm of each query head before its RoPE."""
+        return RowNorm(None, self.args.rms_norm_eps)
 
     def _project_out(self, out: torch.Tensor) -> torch.Tensor:
         """Grouped low-rank output projection: per group `wo_a[g]`, then `wo_b` over all groups."""

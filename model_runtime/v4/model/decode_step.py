@@ -45,7 +45,6 @@ from deepscout.model_runtime.v4.model.primitives import (
     RopeTable,
     apply_rope,
     apply_rope_into,
-    rms_normalize,
 )
 from deepscout.model_runtime.v4.model_config import LayerKind
 
@@ -137,10 +136,10 @@ def decode_attention(
     n, heads, dim = x.shape[0], attn.n_heads, attn.head_dim
     projected = _project_input(attn, x, step.kernels)
     q_residual = attn.q_norm(projected[attn.wq_a])
-    q = rms_normalize(attn.wq_b(q_residual).view(n, heads, dim), attn.args.rms_norm_eps, step.kernels)
-    q = apply_rope(q, rope)
+    q = apply_rope(attn.wq_b(q_residual).view(n, heads, dim), rope, norm=attn.q_head_norm())
     ring = step.ring_rows(attn.window)
-    apply_rope_into(attn.kv_norm(projected[attn.wkv]), rope, storage.window_kv.view(-1, dim), ring)
+    ring_kv = storage.window_kv.view(-1, dim)
+    apply_rope_into(projected[attn.wkv], rope, ring_kv, ring, norm=attn.kv_norm.before_rope())
     storage.window_pos.view(-1).index_copy_(0, ring, step.positions)
     if attn.compressor is not None:
         _compress(attn.compressor, projected, storage, "main", step, compress_rope)

@@ -1,8 +1,9 @@
 """Manifold-constrained hyper-connections (mHC): `hc_mult` residual streams per token instead of one.
 
 Around each attention and MoE sub-block the streams `[n, hc, dim]` are collapsed to the sub-block's input
-(`pre` weights), and its output is spread back (`post` weights) while the streams mix through a doubly
-stochastic matrix (Sinkhorn-Knopp). The hyper-head collapses the final streams before the output norm.
+(`pre` weights; the sub-block's RMS norm applied in the same pass), and its output is spread back (`post`
+weights) while the streams mix through a doubly stochastic matrix (Sinkhorn-Knopp). The hyper-head
+collapses the final streams, with the output norm.
 Mappings are computed in float32. Parameter names follow the official checkpoints (`hc_attn_fn`, ...).
 The stream passes (mixing logits, collapse, merge) are `kernels/hc_streams.py`, the mappings from the
 logits `kernels/hc_mix.py`; `kernels` picks their reference or fused paths.
@@ -18,6 +19,7 @@ from torch import nn
 from deepscout.model_runtime.v4.kernels import hc_streams
 from deepscout.model_runtime.v4.kernels.hc_mix import hc_mix
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.model.primitives import RMSNorm
 from deepscout.model_runtime.v4.model_config import ModelArgs
 
 
@@ -39,15 +41,20 @@ def hc_split(
     fn: torch.Tensor,
     scale: torch.Tensor,
     base: torch.Tensor,
+    norm: RMSNorm,
     hc: HcSettings,
+    dtype: torch.dtype,
     kernels: KernelImpl = "reference",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mHC mappings from streams `[n, hc, dim]`: collapsed input `[n, dim]`, post `[n, hc]`, and the
-    doubly-stochastic (Sinkhorn-Knopp) residual mix `[n, hc, hc]`, the latter two in float32."""
-    mixes = hc_streams.hc_premix(streams, fn, hc.norm_eps, impl=kernels)
-    n_streams, iters = streams.shape[1], hc.sinkhorn_iters
-    pre, post, comb = hc_mix(mixes, scale, base, hc=n_streams, iters=iters, eps=hc.eps, impl=kernels)
-    return hc_streams.hc_collapse(streams, pre, streams.dtype, impl=kernels), post, comb
+    """mHC mappings from streams `[n, hc, dim]`: the sub-block's input `[n, dim]` (the collapse, normed by
+    `norm`, in `dtype`), post `[n, hc]`, and the doubly-stochastic (Sinkhorn-Knopp) residual mix
+    `[n, hc, hc]`, the latter two in float32."""
+    iters = hc.sinkhorn_iters
+    pre, post, comb = hc_mix(
+        streams, fn, scale, base, norm_eps=hc.norm_eps, iters=iters, eps=hc.eps, impl=kernels
+    )
+    x = hc_streams.hc_collapse(streams, pre, norm.weight, norm.eps, dtype, impl=kernels)
+    return x, post, comb
 
 
 def hc_merge(
@@ -76,10 +83,12 @@ def hc_head(
     fn: torch.Tensor,
     scale: torch.Tensor,
     base: torch.Tensor,
+    norm: RMSNorm,
     hc: HcSettings,
+    dtype: torch.dtype,
     kernels: KernelImpl = "reference",
 ) -> torch.Tensor:
-    """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`."""
+    """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`, normed by `norm`, in `dtype`."""
     mixes = hc_streams.hc_premix(streams, fn, hc.norm_eps, impl=kernels)
     pre = torch.sigmoid(mixes * scale.float() + base.float()) + hc.eps
-    return hc_streams.hc_collapse(streams, pre, streams.dtype, impl=kernels)
+    return hc_streams.hc_collapse(streams, pre, norm.weight, norm.eps, dtype, impl=kernels)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, rms_norm, rope, rope_into_rows
 from deepscout.model_runtime.v4.model_config import YarnScaling
 
 # ----------------------------------------------------------------------------------------------- norms
@@ -32,10 +32,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps, impl=self.kernels)
 
-
-def rms_normalize(x: torch.Tensor, eps: float, kernels: KernelImpl = "reference") -> torch.Tensor:
-    """Weightless RMS normalisation over the last dim (the scale is computed in float32)."""
-    return rms_norm(x, None, eps, impl=kernels)
+    def before_rope(self) -> RowNorm:
+        """This norm, to be applied by `apply_rope` in the rotation's launch."""
+        return RowNorm(self.weight, self.eps)
 
 
 # ------------------------------------------------------------------------------------------------ RoPE
@@ -95,14 +94,20 @@ class RopeTable:
         return cls(freqs.cos() * scaling, freqs.sin() * scaling, kernels)
 
 
-def apply_rope(x: torch.Tensor, table: RopeTable, *, inverse: bool = False) -> torch.Tensor:
+def apply_rope(
+    x: torch.Tensor, table: RopeTable, *, inverse: bool = False, norm: RowNorm | None = None
+) -> torch.Tensor:
     """Rotate the trailing rope channels (interleaved pairs) of `x` `[n, (heads,) dim]` per table row.
 
-    `inverse` applies the conjugate rotation (used on the attention output, paper §2.3.3).
+    `inverse` applies the conjugate rotation (used on the attention output, paper §2.3.3); `norm` RMS-
+    normalises each row (head) first, in the same launch on the fused path.
     """
-    return rope(x, table.cos, table.sin, inverse=inverse, impl=table.kernels)
+    return rope(x, table.cos, table.sin, inverse=inverse, impl=table.kernels, norm=norm)
 
 
-def apply_rope_into(x: torch.Tensor, table: RopeTable, out: torch.Tensor, rows: torch.Tensor) -> None:
-    """`apply_rope(x, table)` of `x` `[n, dim]`, written to rows `rows` of `out` `[R, dim]` (its dtype)."""
-    rope_into_rows(x, table.cos, table.sin, out, rows, impl=table.kernels)
+def apply_rope_into(
+    x: torch.Tensor, table: RopeTable, out: torch.Tensor, rows: torch.Tensor, *, norm: RowNorm | None = None
+) -> None:
+    """`apply_rope(x, table, norm=norm)` of `x` `[n, dim]`, written to rows `rows` of `out` `[R, dim]` (its
+    dtype)."""
+    rope_into_rows(x, table.cos, table.sin, out, rows, impl=table.kernels, norm=norm)

@@ -77,12 +77,21 @@ class Block(nn.Module):
         """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
         the device decode step's), its branches fed in the model's `dtype`."""
         hc = HcSettings.of(self.args)
-        x, post, comb = hc_split(streams, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, hc, kernels)
-        streams = hc_merge(attend(self.attn_norm(x).to(dtype)), streams, post, comb, kernels)
-        x, post, comb = hc_split(streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, hc, kernels)
-        return hc_merge(
-            self.ffn(self.ffn_norm(x).to(dtype), token_ids, kernels), streams, post, comb, kernels
+        x, post, comb = hc_split(
+            streams,
+            self.hc_attn_fn,
+            self.hc_attn_scale,
+            self.hc_attn_base,
+            self.attn_norm,
+            hc,
+            dtype,
+            kernels,
         )
+        streams = hc_merge(attend(x), streams, post, comb, kernels)
+        x, post, comb = hc_split(
+            streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, self.ffn_norm, hc, dtype, kernels
+        )
+        return hc_merge(self.ffn(x, token_ids, kernels), streams, post, comb, kernels)
 
 
 class MTPBlock(Block):
@@ -320,9 +329,16 @@ class DeepseekV4Model(nn.Module):
     def _head_logits(self, owner: DeepseekV4Model | MTPBlock, streams: torch.Tensor) -> torch.Tensor:
         """Logits through `owner`'s hyper-head and final norm (the model's own, or an MTP block's)."""
         x = hc_head(
-            streams, owner.hc_head_fn, owner.hc_head_scale, owner.hc_head_base, self._hc, self.kernels
+            streams,
+            owner.hc_head_fn,
+            owner.hc_head_scale,
+            owner.hc_head_base,
+            owner.norm,
+            self._hc,
+            self.head.weight.dtype,
+            self.kernels,
         )
-        return self.head(owner.norm(x).to(self.head.weight.dtype))
+        return self.head(x)
 
 
 def check_shipped_shapes(args: ModelArgs) -> None:

@@ -1,5 +1,5 @@
-"""The fused mHC stream passes (premix, collapse, merge) against their PyTorch references, on random
-streams: small widths under the interpreter (or the GPU), and the real width on a GPU.
+"""The fused mHC stream passes (premix, collapse with its norm, merge) against their PyTorch references, on
+random streams: small widths under the interpreter (or the GPU), and the real width on a GPU.
 
 Tolerances: every path sums in float32, only the order differs (the fused premix scales after the
 projection instead of before), so float32 results agree to a few ulps of the largest value; a bfloat16
@@ -51,10 +51,15 @@ def test_premix_matches_reference(device: torch.device, n_tokens: int, dim: int)
 def test_collapse_matches_reference(
     device: torch.device, n_tokens: int, dim: int, out_dtype: torch.dtype
 ) -> None:
+    """The collapse with the sub-block's RMS norm after it, in one launch."""
     t = _streams(n_tokens, dim, device, seed=n_tokens + dim)
-    want = hc_collapse(t["streams"], t["pre"], out_dtype, impl="reference")
-    got = hc_collapse(t["streams"], t["pre"], out_dtype, impl="triton")
-    _close(got, want, 1e-6 if out_dtype == torch.float32 else 2**-7)
+    weight = torch.rand(dim, generator=torch.Generator().manual_seed(dim)).to(device) + 0.5
+    want = hc_collapse(t["streams"], t["pre"], weight, EPS, out_dtype, impl="reference")
+    got = hc_collapse(t["streams"], t["pre"], weight, EPS, out_dtype, impl="triton")
+    _close(got, want, 1e-5 if out_dtype == torch.float32 else 2**-7)
+    collapsed = (t["pre"][..., None] * t["streams"]).sum(1)
+    normed = collapsed * torch.rsqrt(collapsed.square().mean(-1, keepdim=True) + EPS) * weight
+    _close(want, normed.to(out_dtype), 1e-6 if out_dtype == torch.float32 else 2**-7)
 
 
 @pytest.mark.parametrize("dim", [64, 96])
@@ -85,7 +90,9 @@ def test_bad_shapes_raise_one_line_errors() -> None:
     with pytest.raises(ValueError, match="weight must be"):
         hc_premix(t["streams"], t["fn"][:, :-1], EPS, impl="triton")
     with pytest.raises(ValueError, match="pre weights"):
-        hc_collapse(t["streams"], t["pre"][:2], torch.float32, impl="triton")
+        hc_collapse(t["streams"], t["pre"][:2], torch.ones(16), EPS, torch.float32, impl="triton")
+    with pytest.raises(ValueError, match="norm weights"):
+        hc_collapse(t["streams"], t["pre"], torch.ones(15), EPS, torch.float32, impl="triton")
     with pytest.raises(ValueError, match="block output"):
         hc_merge(t["block_out"][:, :8], t["streams"], t["post"], t["comb"], impl="triton")
 
@@ -98,8 +105,9 @@ def test_real_width_matches_reference(n_tokens: int) -> None:
     t = _streams(n_tokens, 4096, device, seed=n_tokens)
     s = t["streams"]
     _close(hc_premix(s, t["fn"], EPS, impl="triton"), hc_premix(s, t["fn"], EPS, impl="reference"), 1e-5)
-    for out_dtype, rel in ((torch.float32, 1e-6), (torch.bfloat16, 2**-7)):
-        want = hc_collapse(s, t["pre"], out_dtype, impl="reference")
-        _close(hc_collapse(s, t["pre"], out_dtype, impl="triton"), want, rel)
+    weight = torch.rand(4096, device=device) + 0.5
+    for out_dtype, rel in ((torch.float32, 1e-5), (torch.bfloat16, 2**-7)):
+        want = hc_collapse(s, t["pre"], weight, EPS, out_dtype, impl="reference")
+        _close(hc_collapse(s, t["pre"], weight, EPS, out_dtype, impl="triton"), want, rel)
     args = (t["block_out"].to(torch.bfloat16), s, t["post"], t["comb"])
     _close(hc_merge(*args, impl="triton"), hc_merge(*args, impl="reference"), 1e-6)

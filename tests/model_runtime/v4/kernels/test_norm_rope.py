@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, rms_norm, rope, rope_into_rows
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -56,3 +56,28 @@ def test_rope_into_rows_writes_only_the_named_rows(device: torch.device, out_dty
     others[rows] = False
     assert torch.equal(got[others], before[others])
     assert not torch.equal(got[rows], before[rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(5, 40), (5, 20, 40), (3, 3, 8)])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_normed_rope_matches_norm_then_rope(
+    device: torch.device, dtype: torch.dtype, shape: tuple[int, ...], weighted: bool
+) -> None:
+    """RMS norm and rotation in one launch equal the norm's output rotated (V4's query and KV rows)."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(*shape, generator=g) * 3).to(device, dtype)
+    angles = torch.randn(shape[0], 4, generator=g).to(device)
+    cos, sin = angles.cos(), angles.sin()
+    norm = RowNorm((torch.rand(shape[-1], generator=g) + 0.5).to(device) if weighted else None, 1e-6)
+    normed = rms_norm(x, norm.weight, norm.eps, impl="reference")
+    want = rope(normed, cos, sin, inverse=False, impl="reference")
+    assert torch.equal(rope(x, cos, sin, inverse=False, impl="reference", norm=norm), want)
+    got = rope(x, cos, sin, inverse=False, impl="triton", norm=norm)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: two roundings (norm, rotation) of values ~3
+    assert got.dtype == want.dtype and torch.allclose(got.float(), want.float(), rtol=tol, atol=tol)
+    if len(shape) == 2:
+        rows = torch.tensor([7, 0, 3, 9, 1][: shape[0]], device=device)
+        ring = torch.zeros(10, shape[-1], device=device, dtype=torch.bfloat16)
+        rope_into_rows(x, cos, sin, ring, rows, impl="triton", norm=norm)
+        assert torch.allclose(ring[rows].float(), want.to(torch.bfloat16).float(), rtol=2e-2, atol=2e-2)
