@@ -10,9 +10,10 @@ block-scaled projections, MXFP4 routed experts, BF16 embedding and head), launch
 * prefill of a fresh prompt of that length (`--chunk` tokens a step), after a warm-up prefill that
   compiles the kernels; tokens/s and the ratio to its compute floor;
 * decode ms/step at each `--batch` on sequences forked from the prefilled prompt (the prefix cache shares
-  its blocks), beside the byte floor — the bytes the busiest GPU (rank 0: every dense weight, its experts
-  and the shared expert, the whole KV, as attention is replicated) reads per step, over the copy rate of
-  that GPU measured in the same run — and the peer's 3.28 ms/token (SGLang, FP8, four H200s, with MTP).
+  its blocks; the median of `--repeats` timed runs, each run in the JSON), beside the byte floor — the
+  bytes the busiest GPU (rank 0: every dense weight, its experts and the shared expert, the whole KV, as
+  attention is replicated) reads per step, over the copy rate of that GPU measured in the same run — and
+  the peer's 3.28 ms/token (SGLang, FP8, four H200s, with MTP).
 
 No speculation: random weights make MTP drafts almost never accepted.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import tempfile
 import time
@@ -38,6 +40,7 @@ from long_context import (
     active_parameters,
     decode_bytes,
     decode_ms_per_step,
+    decode_ms_runs,
     prefill,
     prefill_flops,
     profile_decode,
@@ -144,11 +147,13 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 "prefill_x_floor": round(sum(chunk_s) / floor_s, 2),
             }
             for batch in batches:
-                ms = decode_ms_per_step(engine, request(ids, opts.decode + 2), batch)
+                runs = decode_ms_runs(engine, request(ids, opts.decode + 2), batch, opts.repeats)
+                ms = statistics.median(runs)
                 floor_ms = (
                     1000 * decode_bytes(args, weight_bytes_read(model, batch), context, batch) / copy_rate
                 )
                 row[f"decode_b{batch}_ms"] = round(ms, 2)
+                row[f"decode_b{batch}_ms_runs"] = [round(r, 2) for r in runs]
                 row[f"decode_b{batch}_tok_s"] = round(1000 * batch / ms, 1)
                 row[f"decode_b{batch}_floor_ms"] = round(floor_ms, 2)
                 row[f"decode_b{batch}_x_floor"] = round(ms / floor_ms, 2)
@@ -208,6 +213,7 @@ def main() -> None:
     parser.add_argument("--kv", choices=["bfloat16", "paper"], default="bfloat16")
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--decode", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed decode runs a batch (median shown)")
     parser.add_argument("--warmup", type=int, default=16384, help="tokens of the kernel warm-up prefill")
     parser.add_argument(
         "--prefill-budget", type=float, default=400.0, help="seconds before a prefill gives up"

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.compressor_state import CompressorState
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ def _pool_kernel(
     OVERLAP: tl.constexpr,
     CB: tl.constexpr,  # entry channels per program
     SB: tl.constexpr,  # window slots per tile (a power of two)
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     b = tl.program_id(0)
     p = tl.load(POS + b)
     slot = tl.load(SLOTS + b).to(tl.int64)
@@ -187,7 +190,9 @@ def _finish_kernel(
     RATIO: tl.constexpr,
     HALF: tl.constexpr,
     TO_POOL: tl.constexpr,  # False: POOL is rows [B, dim] (row stride stride_pb) the caller stores
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     b = tl.program_id(0)
     i = tl.arange(0, HALF)
     live = i < dim // 2
@@ -271,6 +276,7 @@ def compress_step_triton(
         CB=tiles.channels,
         SB=slot_tile,
         num_warps=tiles.num_warps,
+        **pdl_launch(kv.device),
     )
     to_pool = state.entries.format == "plain"
     pool = state.entries.data if to_pool else kv.new_empty(rows, dim).unsqueeze(1)
@@ -296,6 +302,7 @@ def compress_step_triton(
         HALF=triton.next_power_of_2(dim // 2),
         TO_POOL=to_pool,
         num_warps=4,
+        **pdl_launch(pooled.device),
     )
     if not to_pool:
         state.entries.write(*state.entry_places(positions), pool.squeeze(1))

@@ -40,6 +40,7 @@ from deepscout.model_runtime.v4.kernels.fp8_linear_triton import (
     multiprocessors,
     stored_scales,
 )
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
 
 GEMV_MAX_ROWS = 2
@@ -117,7 +118,9 @@ def _fp8_gemv_kernel(
     SCALE_BLOCK: tl.constexpr,
     E8M0: tl.constexpr,
     EVEN_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     group = tl.program_id(1).to(tl.int64)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -198,5 +201,6 @@ def fp8_linear_gemv(
         EVEN_K=k % tiles.block_k == 0,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(x.device),
     )
     return out.to(x.dtype)

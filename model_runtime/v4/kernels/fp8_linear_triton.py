@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
 
 _DECODE_ROWS = 16
@@ -123,7 +124,9 @@ def _fp8_linear_kernel(
     EVEN_K: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     tile_m, tile_n = _tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     split = tl.program_id(1)
     group = tl.program_id(2).to(tl.int64)
@@ -241,5 +244,6 @@ def fp8_linear_triton(
         PRECISION="ieee" if upcast or x.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(x.device),
     )
     return (out[0] if tiles.split_k == 1 else out.sum(dim=0)).to(x.dtype)

@@ -58,6 +58,7 @@ from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import SCALE_BLOCK, _e8m0, stack_bytes
 from deepscout.model_runtime.v4.kernels.grouped_moe_triton import _store_swiglu, sum_pairs
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 GEMV_MAX_PAIRS = 32
@@ -162,7 +163,9 @@ def _gemv_gate_up_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     CLAMP: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     pair = tl.program_id(0)
     expert = tl.load(IDS + pair).to(tl.int64) - first_expert
     if (expert < 0) | (expert >= n_experts):
@@ -207,7 +210,9 @@ def _gemv_down_kernel(
     INTER: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     pair = tl.program_id(0)
     expert = tl.load(IDS + pair).to(tl.int64) - first_expert
     held = (expert >= 0) & (expert < n_experts)
@@ -296,6 +301,7 @@ def grouped_moe_mxfp4_gemv(
         CLAMP=swiglu_limit > 0,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(x.device),
     )
     _gemv_down_kernel[(n_pairs, triton.cdiv(hidden, tiles.down_n))](
         h,
@@ -318,5 +324,6 @@ def grouped_moe_mxfp4_gemv(
         BLOCK_K=_block_k(tiles, inter),
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(h.device),
     )
     return sum_pairs(pair_out, x, add=add, out_dtype=out_dtype)

@@ -34,6 +34,7 @@ from deepscout.model_runtime.v4.kernels.grouped_moe_triton import (
     sum_pairs,
 )
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 #: columns per scale, as the kernels see it.
@@ -131,7 +132,9 @@ def _mxfp4_gate_up_kernel(
     CLAMP: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     expert, rows, pair, valid, cols, col_ok = _tile_rows(
         PAIR_IDS, TILE_EXPERT, n_pairs, n_tiles, INTER, BLOCK_M, BLOCK_N, GROUP_M
     )
@@ -197,7 +200,9 @@ def _mxfp4_down_kernel(
     GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     expert, rows, pair, valid, cols, col_ok = _tile_rows(
         PAIR_IDS, TILE_EXPERT, n_pairs, n_tiles, HIDDEN, BLOCK_M, BLOCK_N, GROUP_M
     )
@@ -305,6 +310,7 @@ def grouped_moe_mxfp4_triton(
         UPCAST=plan.upcast,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(x.device),
     )
     _mxfp4_down_kernel[(groups.n_tiles * triton.cdiv(hidden, tiles.down_n),)](
         h,
@@ -333,5 +339,6 @@ def grouped_moe_mxfp4_triton(
         UPCAST=plan.upcast,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(h.device),
     )
     return plan.summed(x, add=add, out_dtype=out_dtype)

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,9 @@ def _sum_pairs_kernel(
     TOP_K: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_ADD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < hidden
@@ -185,6 +188,7 @@ def sum_pairs(
         TOP_K=top_k,
         BLOCK=SUM_BLOCK,
         HAS_ADD=add is not None,
+        **pdl_launch(pair_out.device),
     )
     return out.to(dtype)
 
@@ -250,8 +254,9 @@ def _store_swiglu(H, gate, up, limit, rows, cols, stride_h, mask, CLAMP: tl.cons
 
 
 @triton.jit
-def _swiglu_kernel(GATE, UP, H, n_cols, limit, BLOCK: tl.constexpr, CLAMP: tl.constexpr):
+def _swiglu_kernel(GATE, UP, H, n_cols, limit, BLOCK: tl.constexpr, CLAMP: tl.constexpr, PDL: tl.constexpr):
     """One row's block of columns of `h` from the same block of the (contiguous) gate and up rows."""
+    enter_pdl(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -271,7 +276,14 @@ def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.T
     if rows and n_cols:
         block = min(1024, triton.next_power_of_2(n_cols))
         _swiglu_kernel[(rows, triton.cdiv(n_cols, block))](
-            gate, up, h, n_cols, float(limit), BLOCK=block, CLAMP=limit > 0
+            gate,
+            up,
+            h,
+            n_cols,
+            float(limit),
+            BLOCK=block,
+            CLAMP=limit > 0,
+            **pdl_launch(h.device),
         )
     return h
 
@@ -319,7 +331,9 @@ def _gate_up_kernel(
     CLAMP: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     expert, rows, pair, valid, cols, col_ok = _tile_rows(
         PAIR_IDS, TILE_EXPERT, n_pairs, n_tiles, INTER, BLOCK_M, BLOCK_N, GROUP_M
     )
@@ -375,7 +389,9 @@ def _down_kernel(
     GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     expert, rows, pair, valid, cols, col_ok = _tile_rows(
         PAIR_IDS, TILE_EXPERT, n_pairs, n_tiles, HIDDEN, BLOCK_M, BLOCK_N, GROUP_M
     )
@@ -457,6 +473,7 @@ def grouped_moe_triton(
         UPCAST=plan.upcast,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(x.device),
     )
     _down_kernel[(groups.n_tiles * triton.cdiv(hidden, tiles.down_n),)](
         h,
@@ -482,5 +499,6 @@ def grouped_moe_triton(
         UPCAST=plan.upcast,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(h.device),
     )
     return plan.summed(x, add=add, out_dtype=out_dtype)

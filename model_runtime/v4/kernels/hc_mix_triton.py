@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.hc_streams_triton import premix_partials
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _TOKENS_PER_PROGRAM = 32
 _PARTIALS_PER_PROGRAM = 128
@@ -65,7 +66,9 @@ def _hc_mix_kernel(
     BN: tl.constexpr,
     SPLITS: tl.constexpr,
     MIXP: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     tokens = tl.program_id(0) * BN + tl.arange(0, BN)
     live = tokens < n_tokens
     lanes = tl.arange(0, HC)
@@ -138,5 +141,6 @@ def hc_mix_triton(
         SPLITS=splits,
         MIXP=partials.part.shape[2],
         num_warps=1,
+        **pdl_launch(pre.device),
     )
     return pre, post, comb

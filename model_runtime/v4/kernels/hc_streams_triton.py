@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
+
 _PREMIX_BLOCK_K = 64
 _PREMIX_PROGRAMS = 128  # about one per SM of an H200 (132): fewer token blocks split the hc·D axis
 _STREAM_BLOCK_D = 512
@@ -49,7 +51,9 @@ def _premix_kernel(
     K_SPLIT: tl.constexpr,
     SPLIT: tl.constexpr,
     PRECISION: tl.constexpr,  # "tf32x3" on tensor cores (float32-accurate), "ieee" elsewhere
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     split = tl.program_id(1)
     tokens = tl.program_id(0) * BT + tl.arange(0, BT)
     live = tokens < n_tokens
@@ -82,8 +86,19 @@ def _premix_kernel(
 
 @triton.jit
 def _premix_combine_kernel(
-    PART, SUMSQ, OUT, n_tokens, n_mix, n_splits, k_total, eps, SPLITS: tl.constexpr, MIXP: tl.constexpr
+    PART,
+    SUMSQ,
+    OUT,
+    n_tokens,
+    n_mix,
+    n_splits,
+    k_total,
+    eps,
+    SPLITS: tl.constexpr,
+    MIXP: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     token = tl.program_id(0).to(tl.int64)
     splits = tl.arange(0, SPLITS)
     split_live = splits < n_splits
@@ -132,6 +147,7 @@ def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -
         SPLITS=triton.next_power_of_2(partials.splits),
         MIXP=mix_pad,
         num_warps=4,
+        **pdl_launch(out.device),
     )
     return out
 
@@ -175,6 +191,7 @@ def premix_partials(
         SPLIT=split,
         PRECISION="tf32x3" if x.is_cuda else "ieee",
         num_warps=4,
+        **pdl_launch(x.device),
     )
     return PremixPartials(part, sumsq, k_total) if split else None
 
@@ -199,7 +216,9 @@ def _collapse_kernel(
     eps,
     HC: tl.constexpr,
     BD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
     live = cols < dim
@@ -235,6 +254,7 @@ def hc_collapse_triton(
         HC=hc,
         BD=block,
         num_warps=min(16, max(1, block // 256)),
+        **pdl_launch(streams.device),
     )
     return out
 
@@ -257,7 +277,9 @@ def _merge_kernel(
     HCP: tl.constexpr,
     BT: tl.constexpr,
     BD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     tokens = tl.program_id(0) * BT + tl.arange(0, BT)
     cols = tl.program_id(1) * BD + tl.arange(0, BD)
     live = tokens < n_tokens
@@ -306,6 +328,7 @@ def hc_merge_triton(
         BT=_MERGE_TOKENS,
         BD=_STREAM_BLOCK_D,
         num_warps=4,
+        **pdl_launch(block_out.device),
     )
     return out
 

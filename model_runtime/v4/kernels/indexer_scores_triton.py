@@ -26,6 +26,7 @@ from deepscout.model_runtime.v4.kernels.paged_keys import (
     PagedRows,
     key_capacity,
 )
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _FORMAT_CODE = {"plain": 0, "fp8": 1, "mxfp4": 2}
 _DOT_ROWS = 64  # query-head pairs per tl.dot (>= 16, the MMA minimum)
@@ -99,7 +100,9 @@ def _indexer_scores_kernel(
     BT: tl.constexpr,
     BD: tl.constexpr,
     DOT_F32: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     t_tile = tl.program_id(0)
     q_tile = tl.program_id(1)
     row = tl.program_id(2)
@@ -209,5 +212,6 @@ def indexer_scores_triton(
         DOT_F32=dot_f32,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(q.device),
     )
     return out

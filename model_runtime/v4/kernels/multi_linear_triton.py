@@ -38,6 +38,7 @@ import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import gemv_block_n
 from deepscout.model_runtime.v4.kernels.fp8_linear_triton import multiprocessors
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _STEP_ELEMENTS = 4096
 """Weight elements per program and step: 32 per thread of four warps (four 16-byte loads in bf16)."""
@@ -81,7 +82,9 @@ def _multi_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     pid = tl.program_id(0)
     w_base = WS[0]
     n = tl.full((), NS[0], tl.int32)
@@ -147,5 +150,6 @@ def multi_linear_triton(
             EVEN_K=k % tiles.block_k == 0,
             num_warps=tiles.num_warps,
             num_stages=tiles.num_stages,
+            **pdl_launch(x.device),
         )
     return [y.view(m, n) for y, n in zip(out.to(x.dtype).split([m * n for n in ns]), ns, strict=True)]

@@ -14,12 +14,23 @@ import triton
 import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 
 @triton.jit
 def _rms_norm_kernel(
-    X, W, OUT, dim, stride_x, stride_out, eps, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr
+    X,
+    W,
+    OUT,
+    dim,
+    stride_x,
+    stride_out,
+    eps,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     live = cols < dim
@@ -53,6 +64,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) ->
             HAS_WEIGHT=weight is not None,
             BLOCK=block,
             num_warps=min(16, max(1, block // 256)),
+            **pdl_launch(flat.device),
         )
     return out.view(x.shape)
 
@@ -92,7 +104,9 @@ def _rope_kernel(
     HB: tl.constexpr,
     HAS_OUT_ROWS: tl.constexpr,
     NORM: tl.constexpr,  # 0: none, 1: weightless RMS norm first, 2: RMS norm with the weight W first
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * HB + tl.arange(0, HB)
     hmask = heads < n_heads
@@ -180,6 +194,7 @@ def rope_triton(
             HAS_OUT_ROWS=out_rows is not None,
             NORM=0 if norm is None else 1 if norm.weight is None else 2,
             num_warps=4,
+            **pdl_launch(x3.device),
         )
     if out is not None:
         return out

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.model_config import ScoringFunc
 
 _SCORE_CODES: dict[ScoringFunc, int] = {"sqrtsoftplus": 0, "sigmoid": 1, "softmax": 2}
@@ -31,7 +32,9 @@ def _route_kernel(
     BLOCK_E: tl.constexpr,
     SCORE: tl.constexpr,  # 0: sqrt(softplus), 1: sigmoid, 2: softmax over the experts
     HASH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     token = tl.program_id(0).to(tl.int64)
     e = tl.arange(0, BLOCK_E)
     live = e < n_experts
@@ -94,5 +97,6 @@ def route_experts_triton(
         SCORE=_SCORE_CODES[score_func],
         HASH=hashed is not None,
         num_warps=4 if n_experts > 128 else 1,
+        **pdl_launch(logits.device),
     )
     return weights, indices

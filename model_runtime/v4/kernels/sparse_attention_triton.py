@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _TARGET_PROGRAMS = 264  # two waves of the H200's 132 multiprocessors
 _MAX_SPLITS = 64
@@ -101,7 +102,9 @@ def _sparse_attention_kernel(
     SPLIT_ROPE: tl.constexpr,  # entries as FP8 dims [0, nope_dim) in POOL + BF16 dims after in ROPE
     FINALIZE: tl.constexpr,
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact), "tf32" otherwise (bf16 operands)
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     m = tl.program_id(0)
     m64 = m.to(tl.int64)
     hb = tl.program_id(1)
@@ -202,10 +205,12 @@ def _combine_kernel(
     dim,
     SPLITS: tl.constexpr,
     DB: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One (query, head, block of `DB` dims): every split's normalised output weighted by its share of
     the softmax mass, the sink counting as one more split with no value. All splits in one tile (at most
     `SPLITS`, masked), so the loads are independent and a program's work does not grow with the splits."""
+    enter_pdl(PDL)
     m = tl.program_id(0)
     h = tl.program_id(1)
     d = tl.program_id(2) * DB + tl.arange(0, DB)
@@ -322,6 +327,7 @@ def sparse_attention_triton(
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
+        **pdl_launch(q.device),
     )
     if splits > 1:
         block = min(128, triton.next_power_of_2(dim))
@@ -338,5 +344,6 @@ def sparse_attention_triton(
             dim,
             SPLITS=_MAX_SPLITS,
             DB=block,
+            **pdl_launch(part_o.device),
         )
     return out

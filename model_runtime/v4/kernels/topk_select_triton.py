@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.paged_keys import IndexerInputError
+from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _BINS = 256
 _PASSES = 4
@@ -125,7 +126,8 @@ def _row_start(SCORES, stride_r, LIMIT, OUT, VALID, row, n, k_out):
 
 
 @triton.jit
-def _resident_kernel(SCORES, stride_r, LIMIT, OUT, VALID, n, k_out, BLOCK: tl.constexpr):
+def _resident_kernel(SCORES, stride_r, LIMIT, OUT, VALID, n, k_out, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    enter_pdl(PDL)
     row = tl.program_id(0)
     scores_row, out_row, valid_row, lim, length, need = _row_start(
         SCORES, stride_r, LIMIT, OUT, VALID, row, n, k_out
@@ -157,7 +159,9 @@ def _radix_pass_kernel(
     n_chunks,
     PASS: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     lim = tl.load(LIMIT + row).to(tl.int32)
@@ -200,7 +204,9 @@ def _split_write_kernel(
     n_chunks,
     CHUNKS: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    enter_pdl(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     scores_row, out_row, valid_row, lim, length, need = _row_start(
@@ -264,6 +270,7 @@ def topk_select_triton(
         _resident_kernel[(rows,)](
             scores, scores.stride(0), limit, indices, flags, n, k_out, BLOCK=block,
             num_warps=min(max(block // 256, 4), 16),
+            **pdl_launch(scores.device),
         )  # fmt: skip
         return indices, valid
     block = tiles.block
@@ -274,10 +281,19 @@ def topk_select_triton(
     common = (scores, scores.stride(0), limit, hist, chunk_above, chunk_ties)
     for p in range(_PASSES):
         _radix_pass_kernel[(rows, n_chunks)](
-            *common, n, k_out, chunk, n_chunks, PASS=p, BLOCK=block, num_warps=tiles.num_warps
+            *common,
+            n,
+            k_out,
+            chunk,
+            n_chunks,
+            PASS=p,
+            BLOCK=block,
+            num_warps=tiles.num_warps,
+            **pdl_launch(scores.device),
         )
     _split_write_kernel[(rows, n_chunks)](
         *common, indices, flags, n, k_out, chunk, n_chunks,
         CHUNKS=max(triton.next_power_of_2(n_chunks), 2), BLOCK=block, num_warps=tiles.num_warps,
+        **pdl_launch(scores.device),
     )  # fmt: skip
     return indices, valid
