@@ -16,6 +16,11 @@ groups of N/G (a multiple of 128, so each group owns whole scale rows), `y` `[..
   that block's scale. Up to `GEMV_MAX_ROWS` (2) rows (decode) `fp8_linear_gemv` — a matrix-vector product,
   one launch reading the weight once for all rows, no tensor cores; above, `fp8_linear_triton` — a W8A16
   GEMM on tensor-core tiles (the threshold's measurements are in `fp8_linear_gemv_triton.py`).
+
+`fp8_swiglu(x, gate, up, limit)` is a SwiGLU expert's first half on two FP8 projections of one input:
+`silu(min(x W_gateᵀ, l)) · clamp(x W_upᵀ, -l, l)` (clamps when `limit` > 0), in `x`'s dtype. "reference" is
+the two products above and `swiglu_activation`'s reference; "triton" at decode sizes is one GEMV launch
+reading both weights (`fp8_swiglu_gemv`), above it the two products and the one-launch activation.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deepscout.model_runtime.v4.kernels.grouped_moe import swiglu_activation
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.weights.quant import (
     FP8_BLOCK,
@@ -54,6 +60,30 @@ def fp8_linear(
         y = product(flat, weight, scale, groups=groups)
         return y.view(*lead, weight.shape[0]) if groups == 1 else y.view(*lead, groups, -1)
     return fp8_linear_reference(x, weight, scale, groups=groups)
+
+
+def fp8_swiglu(
+    x: torch.Tensor,
+    gate: tuple[torch.Tensor, torch.Tensor],
+    up: tuple[torch.Tensor, torch.Tensor],
+    limit: float,
+    *,
+    impl: KernelImpl,
+) -> torch.Tensor:
+    """The SwiGLU of two FP8 projections of `x` `[..., K]` (see the module docstring); `gate` and `up` are
+    (weight, scale) pairs of the same shape."""
+    check_fp8_linear(x, *gate, groups=1)
+    check_fp8_linear(x, *up, groups=1)
+    if gate[0].shape != up[0].shape:
+        raise ValueError(f"SwiGLU gate and up weights differ: {list(gate[0].shape)} vs {list(up[0].shape)}")
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import GEMV_MAX_ROWS, fp8_swiglu_gemv
+
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] <= GEMV_MAX_ROWS:
+            return fp8_swiglu_gemv(flat, gate, up, limit).view(*x.shape[:-1], gate[0].shape[0])
+    h_gate, h_up = (fp8_linear(x, *pair, impl=impl) for pair in (gate, up))
+    return swiglu_activation(h_gate, h_up, limit, impl=impl)
 
 
 def fp8_linear_reference(

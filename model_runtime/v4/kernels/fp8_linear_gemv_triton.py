@@ -19,6 +19,11 @@ no `tl.dot`), the block sums times their scales (`scale[row // 128, k_block]`, d
 reference's float32 sum of the exactly dequantised products in another order; there is no workspace and
 no reduction kernel.
 
+With a second weight (`fp8_swiglu_gemv`: a SwiGLU expert's gate and up projections of one input, V4's
+shared expert at decode) a program reads both weights' rows for its columns in the same steps, keeps two
+accumulators and stores `silu(min(gate, l)) · clamp(up, -l, l)` from them: one launch instead of three
+(two products and the activation), the activation on the float32 sums rather than on rounded outputs.
+
 Grid: (column blocks, groups). `choose_gemv_tiles` sizes `block_n` so that N=512..32768 gives at least
 about four programs per multiprocessor (fewer columns per program for small N), and `block_k` so that a
 step reads about 4 KiB of weight. `groups` > 1 is V4's grouped `wo_a`: x `[M, G, K]`, weight rows in G
@@ -40,6 +45,7 @@ from deepscout.model_runtime.v4.kernels.fp8_linear_triton import (
     multiprocessors,
     stored_scales,
 )
+from deepscout.model_runtime.v4.kernels.grouped_moe_triton import swiglu_values
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
 
@@ -98,10 +104,27 @@ def _activations(ptrs, ks, k_left, EVEN_K: tl.constexpr):
 
 
 @triton.jit
+def _weight_step(w_ptrs, s_ptrs, k0, col_ok, ks, k_blocks, K, SCALE_BLOCK: tl.constexpr, E8M0: tl.constexpr,
+                 EVEN_K: tl.constexpr):  # fmt: skip
+    """One step's weight tile `[BLOCK_N, BLOCK_K/128, 128]` in float32 and its block scales."""
+    if EVEN_K:
+        w = tl.load(w_ptrs + k0, mask=col_ok[:, None, None], other=0.0)
+        raw_scale = tl.load(s_ptrs + k0 // SCALE_BLOCK, mask=col_ok[:, None], other=0)
+    else:
+        k_ok = ks < K - k0
+        w = tl.load(w_ptrs + k0, mask=col_ok[:, None, None] & k_ok[None, :, :], other=0.0)
+        s_mask = col_ok[:, None] & (k_blocks[None, :] * SCALE_BLOCK < K - k0)
+        raw_scale = tl.load(s_ptrs + k0 // SCALE_BLOCK, mask=s_mask, other=0)
+    return w.to(tl.float32), _decode_scales(raw_scale, E8M0)
+
+
+@triton.jit
 def _fp8_gemv_kernel(
     X,
     W,
     S,
+    UP_W,
+    UP_S,
     Y,
     N,
     stride_xm,
@@ -110,6 +133,7 @@ def _fp8_gemv_kernel(
     stride_sn,
     stride_ym,
     stride_yg,
+    limit,
     ROWS: tl.constexpr,
     ROWS_POW2: tl.constexpr,
     K: tl.constexpr,
@@ -118,6 +142,8 @@ def _fp8_gemv_kernel(
     SCALE_BLOCK: tl.constexpr,
     E8M0: tl.constexpr,
     EVEN_K: tl.constexpr,
+    SWIGLU: tl.constexpr,  # W is the gate, UP_W/UP_S the up projection; the output is their SwiGLU
+    CLAMP: tl.constexpr,
     PDL: tl.constexpr,
 ):
     enter_pdl(PDL)
@@ -127,27 +153,27 @@ def _fp8_gemv_kernel(
     w_rows = group * N + cols  # the weight's rows (int64)
     k_blocks = tl.arange(0, BLOCK_K // SCALE_BLOCK)
     ks = k_blocks[:, None] * SCALE_BLOCK + tl.arange(0, SCALE_BLOCK)[None, :]  # [BLOCK_K/128, 128]
-    w_ptrs = W + w_rows[:, None, None] * stride_wn + ks[None, :, :]
-    s_ptrs = S + (w_rows // SCALE_BLOCK)[:, None] * stride_sn + k_blocks[None, :]
+    w_at = w_rows[:, None, None] * stride_wn + ks[None, :, :]
+    s_at = (w_rows // SCALE_BLOCK)[:, None] * stride_sn + k_blocks[None, :]
     x_ptrs = X + group * stride_xg + ks
     slots = tl.arange(0, ROWS_POW2)
     acc = tl.zeros((BLOCK_N, ROWS_POW2), dtype=tl.float32)  # acc[column, row of x]
+    up_acc = tl.zeros((BLOCK_N, ROWS_POW2), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            w = tl.load(w_ptrs + k0, mask=col_ok[:, None, None], other=0.0)
-            raw_scale = tl.load(s_ptrs + k0 // SCALE_BLOCK, mask=col_ok[:, None], other=0)
-        else:
-            k_ok = ks < K - k0
-            w = tl.load(w_ptrs + k0, mask=col_ok[:, None, None] & k_ok[None, :, :], other=0.0)
-            s_mask = col_ok[:, None] & (k_blocks[None, :] * SCALE_BLOCK < K - k0)
-            raw_scale = tl.load(s_ptrs + k0 // SCALE_BLOCK, mask=s_mask, other=0)
-        w = w.to(tl.float32)
-        scale = _decode_scales(raw_scale, E8M0)
+        w, scale = _weight_step(W + w_at, S + s_at, k0, col_ok, ks, k_blocks, K, SCALE_BLOCK, E8M0, EVEN_K)
+        if SWIGLU:
+            up_w, up_scale = _weight_step(
+                UP_W + w_at, UP_S + s_at, k0, col_ok, ks, k_blocks, K, SCALE_BLOCK, E8M0, EVEN_K
+            )
         for m in tl.static_range(ROWS):
             x = _activations(x_ptrs + m * stride_xm + k0, ks, K - k0, EVEN_K)
-            block_sums = tl.sum(w * x[None, :, :], axis=2)  # [BLOCK_N, BLOCK_K/128]
-            row = tl.sum(block_sums * scale, axis=1)
+            row = tl.sum(tl.sum(w * x[None, :, :], axis=2) * scale, axis=1)  # [BLOCK_N]
             acc = tl.where(slots[None, :] == m, acc + row[:, None], acc)
+            if SWIGLU:
+                up_row = tl.sum(tl.sum(up_w * x[None, :, :], axis=2) * up_scale, axis=1)
+                up_acc = tl.where(slots[None, :] == m, up_acc + up_row[:, None], up_acc)
+    if SWIGLU:
+        acc = swiglu_values(acc, up_acc, limit, CLAMP)
     y_ptrs = Y + group * stride_yg + slots[None, :].to(tl.int64) * stride_ym + cols[:, None]
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=col_ok[:, None] & (slots[None, :] < ROWS))
 
@@ -163,13 +189,41 @@ def fp8_linear_gemv(
     """`x` `[M, G, K]` (bf16 or float32, M ≤ `ROW_LIMIT`) times the FP8 block-scaled `weight` `[N, K]`
     (rows in `groups` consecutive groups) → `[M, G, N/G]` in `x`'s dtype; inputs validated by
     `fp8_linear`. `tiles` overrides `device_gemv_tiles`."""
+    return _gemv(x, (weight, scale), None, 0.0, groups=groups, tiles=tiles)
+
+
+def fp8_swiglu_gemv(
+    x: torch.Tensor,
+    gate: tuple[torch.Tensor, torch.Tensor],
+    up: tuple[torch.Tensor, torch.Tensor],
+    limit: float,
+    *,
+    tiles: GemvTiles | None = None,
+) -> torch.Tensor:
+    """`silu(min(x W_gateᵀ, l)) · clamp(x W_upᵀ, -l, l)` `[M, N]` (clamps when `limit` > 0) for `x`
+    `[M, K]` and the FP8 (weight, scale) pairs `gate` and `up` `[N, K]`, in one launch: each program
+    reads both weights' rows for its columns and applies the SwiGLU to its float32 sums before the one
+    store. Inputs validated by `fp8_swiglu`."""
+    return _gemv(x.unsqueeze(1), gate, up, limit, groups=1, tiles=tiles).squeeze(1)
+
+
+def _gemv(
+    x: torch.Tensor,
+    weight: tuple[torch.Tensor, torch.Tensor],
+    up: tuple[torch.Tensor, torch.Tensor] | None,
+    limit: float,
+    *,
+    groups: int,
+    tiles: GemvTiles | None,
+) -> torch.Tensor:
     m, _, k = x.shape
-    n_group = weight.shape[0] // groups
+    n_group = weight[0].shape[0] // groups
     if m > ROW_LIMIT:
         raise ValueError(f"the FP8 GEMV takes at most {ROW_LIMIT} rows, got {m}")
     if m == 0:
         return x.new_empty(0, groups, n_group)
-    stored_scale, e8m0 = stored_scales(weight, scale)
+    stored_scale, e8m0 = stored_scales(*weight)
+    up_weight, up_scale = (weight[0], stored_scale) if up is None else (up[0], stored_scales(*up)[0])
     tiles = tiles or device_gemv_tiles(n_group, k, groups=groups, device=x.device)
     block_k_ok = tiles.block_k % FP8_BLOCK == 0 and triton.next_power_of_2(tiles.block_k) == tiles.block_k
     if triton.next_power_of_2(tiles.block_n) != tiles.block_n or not block_k_ok:
@@ -181,16 +235,19 @@ def fp8_linear_gemv(
     out = torch.empty(m, groups, n_group, dtype=out_dtype, device=x.device)
     _fp8_gemv_kernel[(triton.cdiv(n_group, tiles.block_n), groups)](
         x,
-        weight,
+        weight[0],
         stored_scale,
+        up_weight,
+        up_scale,
         out,
         n_group,
         x.stride(0),
         x.stride(1),
-        weight.stride(0),
+        weight[0].stride(0),
         stored_scale.stride(0),
         out.stride(0),
         out.stride(1),
+        float(limit),
         ROWS=m,
         ROWS_POW2=triton.next_power_of_2(m),
         K=k,
@@ -199,6 +256,8 @@ def fp8_linear_gemv(
         SCALE_BLOCK=FP8_BLOCK,
         E8M0=e8m0,
         EVEN_K=k % tiles.block_k == 0,
+        SWIGLU=up is not None,
+        CLAMP=limit > 0,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
         **pdl_launch(x.device),

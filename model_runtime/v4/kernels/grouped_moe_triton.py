@@ -243,12 +243,18 @@ def _tile_rows(
 
 
 @triton.jit
-def _store_swiglu(H, gate, up, limit, rows, cols, stride_h, mask, CLAMP: tl.constexpr):
-    """Write `h = silu(min(gate, l)) * clamp(up, -l, l)` (clamps when CLAMP) to the tile's rows of H."""
+def swiglu_values(gate, up, limit, CLAMP: tl.constexpr):
+    """`silu(min(gate, l)) * clamp(up, -l, l)` (clamps when CLAMP) of float32 tiles."""
     if CLAMP:
         gate = tl.minimum(gate, limit)
         up = tl.minimum(tl.maximum(up, -limit), limit)
-    h = gate * tl.sigmoid(gate) * up
+    return gate * tl.sigmoid(gate) * up
+
+
+@triton.jit
+def _store_swiglu(H, gate, up, limit, rows, cols, stride_h, mask, CLAMP: tl.constexpr):
+    """Write `h = silu(min(gate, l)) * clamp(up, -l, l)` (clamps when CLAMP) to the tile's rows of H."""
+    h = swiglu_values(gate, up, limit, CLAMP)
     h_ptrs = H + rows[:, None].to(tl.int64) * stride_h + cols[None, :]
     tl.store(h_ptrs, h.to(H.dtype.element_ty), mask=mask)
 

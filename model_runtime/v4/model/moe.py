@@ -23,10 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice, ExpertStacks
+from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_swiglu
 from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe, swiglu_activation
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.kernels.route_experts import route_experts
+from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
 from deepscout.model_runtime.v4.model.projections import projection
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
@@ -46,7 +48,12 @@ class Expert(nn.Module):
         self.w3 = projection(dim, inter_dim, weights)
 
     def forward(self, x: torch.Tensor, kernels: KernelImpl = "reference") -> torch.Tensor:
-        return self.w2(swiglu_activation(self.w1(x), self.w3(x), self.limit, impl=kernels))
+        w1, w3 = self.w1, self.w3
+        if isinstance(w1, Fp8BlockLinear) and isinstance(w3, Fp8BlockLinear):  # both read in one launch
+            h = fp8_swiglu(x, (w1.weight, w1.scale), (w3.weight, w3.scale), self.limit, impl=kernels)
+        else:
+            h = swiglu_activation(w1(x), w3(x), self.limit, impl=kernels)
+        return self.w2(h)
 
 
 class Mxfp4Projection(nn.Module):

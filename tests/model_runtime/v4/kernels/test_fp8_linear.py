@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear, fp8_linear_reference
+from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear, fp8_linear_reference, fp8_swiglu
 from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import (
     GEMV_MAX_ROWS,
     ROW_LIMIT,
@@ -300,3 +300,35 @@ def test_gemv_flash_shapes_on_cuda(name: str, rows: int) -> None:
     reference = fp8_linear_reference(x if groups > 1 else x[:, 0], weight, scale, groups=groups)
     assert ours.dtype == torch.bfloat16 and ours.shape == (rows, groups, n // groups)
     assert _relative(ours.view_as(reference), reference) < _TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])  # 1, 2: one GEMV launch reading both weights; 3: two products
+@pytest.mark.parametrize(("n", "k", "limit"), [(200, 300, 0.0), (256, 384, 0.3)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_swiglu_of_two_projections_matches_reference(
+    device: torch.device, rows: int, n: int, k: int, limit: float, dtype: torch.dtype
+) -> None:
+    """The shared expert's first half: the SwiGLU of the gate and up products (clamped when limit > 0)."""
+    gen = torch.Generator().manual_seed(rows + n + k)
+    gate, up = _weight(n, k, "e8m0", gen), _weight(n, k, "e8m0", gen)
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+    g, u = (fp8_linear_reference(x.double(), *w).float() for w in (gate, up))
+    if limit:
+        g, u = g.clamp(max=limit), u.clamp(-limit, limit)
+    exact = torch.nn.functional.silu(g) * u
+    reference = fp8_swiglu(x, gate, up, limit, impl="reference")
+    on_device = [t.to(device) for t in (*gate, *up)]
+    ours = fp8_swiglu(x.to(device), tuple(on_device[:2]), tuple(on_device[2:]), limit, impl="triton")
+    assert ours.dtype == dtype and ours.shape == (rows, n)
+    # bf16: the reference rounds the products and each activation op; the fused path only its output
+    tolerance = 5e-5 if dtype == torch.float32 else 2e-2
+    assert _relative(reference, exact) < tolerance and _relative(ours, exact) < tolerance
+    if limit:
+        assert float(ours.float().abs().max()) <= limit * 1.01  # |silu(min(g, l))| <= l, |clamp(u)| <= l
+
+
+def test_swiglu_rejects_mismatched_projections() -> None:
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="SwiGLU gate and up weights differ"):
+        fp8_swiglu(torch.randn(1, 256), _weight(128, 256, "e8m0", gen), _weight(256, 256, "e8m0", gen), 0.0,
+                   impl="triton")  # fmt: skip
