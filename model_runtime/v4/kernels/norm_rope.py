@@ -7,8 +7,10 @@
   as interleaved pairs with per-row cos/sin (float32); `inverse` applies the conjugate rotation. With a
   `RowNorm`, `x` is first `rms_norm(x, norm.weight, norm.eps)` (V4's query and KV norms before their
   RoPE: one launch for both on the fused path).
-* `rope_into_rows(x, cos, sin, out, rows, norm)`: `rope` of `x` `[n, dim]` written to rows `rows` of `out`
-  `[R, dim]` in its dtype (a decode step's KV rows into the window ring: one launch on the fused path).
+* `rope_into_rows(x, cos, sin, out, rows, norm, positions)`: `rope` of `x` `[n, dim]` written to rows
+  `rows` of `out` `[R, dim]` in its dtype, and with `RowPositions` each row's position to the same index
+  of `positions.out` `[R]` (a decode step's KV rows and their positions into the window ring: one launch
+  on the fused path).
 
 "reference" is the PyTorch arithmetic (several launches each); "triton" computes the same in one.
 """
@@ -20,6 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+
+
+@dataclass(frozen=True)
+class RowPositions:
+    """Positions `values` `[n]` written beside rows: `out[rows[i]] = values[i]` (`out` `[R]`)."""
+
+    values: torch.Tensor
+    out: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -79,10 +89,13 @@ def rope_into_rows(
     *,
     impl: KernelImpl,
     norm: RowNorm | None = None,
+    positions: RowPositions | None = None,
 ) -> None:
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.norm_rope_triton import rope_triton
 
-        rope_triton(x, cos, sin, inverse=False, out=out, out_rows=rows, norm=norm)
+        rope_triton(x, cos, sin, inverse=False, out=out, out_rows=rows, norm=norm, positions=positions)
         return
     out.index_copy_(0, rows, rope(x, cos, sin, inverse=False, impl=impl, norm=norm).to(out.dtype))
+    if positions is not None:
+        positions.out.index_copy_(0, rows, positions.values.to(positions.out.dtype))

@@ -2,7 +2,8 @@
 
 RMS norm: one program per row, the whole row in registers. RoPE: one program per (token, block of
 heads); the pass-through channels are copied, the rotated pairs read as (even, odd) halves; the output
-rows are a new tensor's, or (`rope_into_rows`) rows of another tensor named per token. With a `RowNorm`
+rows are a new tensor's, or (`rope_into_rows`) rows of another tensor named per token, with the token's
+position stored beside it when asked (the window ring's positions). With a `RowNorm`
 the program first RMS-normalises each of its heads' rows (all of a head's channels are its own), rounding
 the normed values to x's dtype as the unfused norm stores them, so the rotation sees the same inputs.
 """
@@ -13,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm
+from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, RowPositions
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 
@@ -98,12 +99,15 @@ def _rope_kernel(
     sign,
     W,
     eps,
+    POS,
+    POS_OUT,
     NOPE: tl.constexpr,
     HALF: tl.constexpr,
     NOPE_BLOCK: tl.constexpr,
     HB: tl.constexpr,
     HAS_OUT_ROWS: tl.constexpr,
     NORM: tl.constexpr,  # 0: none, 1: weightless RMS norm first, 2: RMS norm with the weight W first
+    HAS_POS: tl.constexpr,  # also POS_OUT[OUT_ROWS[token]] = POS[token] (with HAS_OUT_ROWS)
     PDL: tl.constexpr,
 ):
     enter_pdl(PDL)
@@ -114,6 +118,8 @@ def _rope_kernel(
     out_token = token
     if HAS_OUT_ROWS:
         out_token = tl.load(OUT_ROWS + token).to(tl.int64)
+        if HAS_POS and tl.program_id(1) == 0:
+            tl.store(POS_OUT + out_token, tl.load(POS + token))
     o_row = OUT + out_token * stride_ot + heads[:, None] * stride_oh
     cols = tl.arange(0, NOPE_BLOCK)
     keep = hmask[:, None] & (cols[None, :] < NOPE)
@@ -153,9 +159,11 @@ def rope_triton(
     out: torch.Tensor | None = None,
     out_rows: torch.Tensor | None = None,
     norm: RowNorm | None = None,
+    positions: RowPositions | None = None,
 ) -> torch.Tensor:
     """`x` rotated (RMS-normed first with `norm`), into a new tensor; or with `out` `[R, dim]` and
-    `out_rows` `[n]`, token i's row written to `out[out_rows[i]]` (in `out`'s dtype), and `out` returned."""
+    `out_rows` `[n]`, token i's row written to `out[out_rows[i]]` (in `out`'s dtype), and `out` returned;
+    with `positions` also `positions.out[out_rows[i]] = positions.values[i]`."""
     x3 = x if x.dim() == 3 else x.unsqueeze(1)
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()
@@ -167,6 +175,8 @@ def rope_triton(
         if out_rows is None or x.dim() != 2 or out.dim() != 2 or out.shape[1] != dim or out.stride(1) != 1:
             raise ValueError("rows of x [n, dim] go to rows out_rows of out [R, dim]")
         out3 = out.unsqueeze(1)
+    if positions is not None and (out_rows is None or not positions.out.is_contiguous()):
+        raise ValueError("positions are written beside rows out_rows, into a contiguous [R] tensor")
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     if n:
         nope = dim - 2 * half
@@ -187,12 +197,15 @@ def rope_triton(
             -1.0 if inverse else 1.0,
             x3 if norm is None or norm.weight is None else norm.weight.float().contiguous(),
             0.0 if norm is None else norm.eps,
+            x3 if positions is None else positions.values,
+            x3 if positions is None else positions.out,
             NOPE=nope,
             HALF=half,
             NOPE_BLOCK=triton.next_power_of_2(max(nope, 1)),
             HB=head_block,
             HAS_OUT_ROWS=out_rows is not None,
             NORM=0 if norm is None else 1 if norm.weight is None else 2,
+            HAS_POS=positions is not None,
             num_warps=4,
             **pdl_launch(x3.device),
         )

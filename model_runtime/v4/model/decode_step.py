@@ -36,6 +36,7 @@ from deepscout.model_runtime.v4.kernels.compressor_state import CompressorState
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_topk
 from deepscout.model_runtime.v4.kernels.multi_linear import FUSED_MAX_ROWS, multi_linear
+from deepscout.model_runtime.v4.kernels.norm_rope import RowPositions
 from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
 from deepscout.model_runtime.v4.model.attention import Attention
@@ -137,10 +138,12 @@ def decode_attention(
     projected = _project_input(attn, x, step.kernels)
     q_residual = attn.q_norm(projected[attn.wq_a])
     q = apply_rope(attn.wq_b(q_residual).view(n, heads, dim), rope, norm=attn.q_head_norm())
-    ring = step.ring_rows(attn.window)
-    ring_kv = storage.window_kv.view(-1, dim)
-    apply_rope_into(projected[attn.wkv], rope, ring_kv, ring, norm=attn.kv_norm.before_rope())
-    storage.window_pos.view(-1).index_copy_(0, ring, step.positions)
+    ring = step.ring_rows(attn.window)  # the token's KV row and its position, into the window ring
+    ring_pos = RowPositions(step.positions, storage.window_pos.view(-1))
+    kv_norm = attn.kv_norm.before_rope()
+    apply_rope_into(
+        projected[attn.wkv], rope, storage.window_kv.view(-1, dim), ring, norm=kv_norm, positions=ring_pos
+    )
     if attn.compressor is not None:
         _compress(attn.compressor, projected, storage, "main", step, compress_rope)
     if attn.indexer is not None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, RowPositions, rms_norm, rope, rope_into_rows
 from deepscout.model_runtime.v4.model_config import YarnScaling
 
 # ----------------------------------------------------------------------------------------------- norms
@@ -106,8 +106,14 @@ def apply_rope(
 
 
 def apply_rope_into(
-    x: torch.Tensor, table: RopeTable, out: torch.Tensor, rows: torch.Tensor, *, norm: RowNorm | None = None
+    x: torch.Tensor,
+    table: RopeTable,
+    out: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    norm: RowNorm | None = None,
+    positions: RowPositions | None = None,
 ) -> None:
     """`apply_rope(x, table, norm=norm)` of `x` `[n, dim]`, written to rows `rows` of `out` `[R, dim]` (its
-    dtype)."""
-    rope_into_rows(x, table.cos, table.sin, out, rows, impl=table.kernels, norm=norm)
+    dtype), and `positions` beside them (same launch on the fused path)."""
+    rope_into_rows(x, table.cos, table.sin, out, rows, impl=table.kernels, norm=norm, positions=positions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, RowPositions, rms_norm, rope, rope_into_rows
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -81,3 +81,21 @@ def test_normed_rope_matches_norm_then_rope(
         ring = torch.zeros(10, shape[-1], device=device, dtype=torch.bfloat16)
         rope_into_rows(x, cos, sin, ring, rows, impl="triton", norm=norm)
         assert torch.allclose(ring[rows].float(), want.to(torch.bfloat16).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_rope_into_rows_writes_the_positions_beside_the_rows(device: torch.device) -> None:
+    """The window ring's positions in the rows' launch: position i lands at rows[i], nothing else moves."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 40, generator=g).to(device)
+    angles = torch.randn(3, 4, generator=g).to(device)
+    rows = torch.tensor([9, 2, 14], device=device)
+    values = torch.tensor([1000, 17, 123456789], device=device)
+    for impl in ("reference", "triton"):
+        ring = torch.zeros(16, 40, device=device)
+        ring_pos = torch.full((16,), -1, dtype=torch.long, device=device)
+        rope_into_rows(
+            x, angles.cos(), angles.sin(), ring, rows, impl=impl, positions=RowPositions(values, ring_pos)
+        )
+        want = torch.full((16,), -1, dtype=torch.long, device=device)
+        want[rows] = values
+        assert torch.equal(ring_pos, want)
