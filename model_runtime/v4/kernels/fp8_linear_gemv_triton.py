@@ -45,8 +45,8 @@ from deepscout.model_runtime.v4.kernels.fp8_linear_triton import (
     multiprocessors,
     stored_scales,
 )
-from deepscout.model_runtime.v4.kernels.grouped_moe_triton import swiglu_values
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
+from deepscout.model_runtime.v4.kernels.swiglu_triton import swiglu_values
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
 
 GEMV_MAX_ROWS = 2

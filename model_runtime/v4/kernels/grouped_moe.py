@@ -42,7 +42,7 @@ def swiglu_activation(
     """`silu(min(gate, l)) * clamp(up, -l, l)`, the clamps only when `limit` > 0; "triton" computes it in
     one launch (`swiglu_triton`)."""
     if impl == "triton":
-        from deepscout.model_runtime.v4.kernels.grouped_moe_triton import swiglu_triton
+        from deepscout.model_runtime.v4.kernels.swiglu_triton import swiglu_triton
 
         return swiglu_triton(gate, up, limit)
     if limit > 0:

@@ -16,7 +16,7 @@ Launch 1 (gate-up), a program per (pair, block of `gate_up_n` rows of inter): th
 tile of int32 words (eight codes a word, 16 contiguous bytes a row and 32-column group: wide, coalesced
 loads); each word's codes times the token's activations at the word's eight columns are summed per group
 in float32 (in-thread multiply-adds, no dot and no padded rows), the group sums times the group's scale are
-accumulated, and `h = silu(min(g, l)) * clamp(u, -l, l)` (`_store_swiglu`) goes to the pair's row of
+accumulated, and `h = silu(min(g, l)) * clamp(u, -l, l)` (`store_swiglu`) goes to the pair's row of
 `h` `[N·k, inter]`. Launch 2 (down), a program per (pair, block of `down_n` rows of hidden): the pair's
 row of `h` times w2's rows the same way, times the pair's routing weight, into its row of `pair_out`
 `[N·k, hidden]`; a token's k rows are summed as in the tiled path (`sum_pairs`: deterministic, no
@@ -56,9 +56,10 @@ import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import SCALE_BLOCK, _e8m0, stack_bytes
-from deepscout.model_runtime.v4.kernels.grouped_moe_triton import _store_swiglu, sum_pairs
+from deepscout.model_runtime.v4.kernels.grouped_moe_triton import sum_pairs
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
+from deepscout.model_runtime.v4.kernels.swiglu_triton import store_swiglu
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 GEMV_MAX_PAIRS = 32
@@ -187,7 +188,7 @@ def _gemv_gate_up_kernel(
     # the tiled path's epilogue on a one-row tile: the pair's row of H, these rows as its columns
     pair_row = pair + tl.arange(0, 1)
     gate_row, up_row = tl.sum(gate, axis=1)[None, :], tl.sum(up, axis=1)[None, :]
-    _store_swiglu(H, gate_row, up_row, limit, pair_row, rows, stride_h, row_ok[None, :], CLAMP)
+    store_swiglu(H, gate_row, up_row, limit, pair_row, rows, stride_h, row_ok[None, :], CLAMP)
 
 
 @triton.jit

@@ -1,8 +1,8 @@
 """The Triton kernels behind `grouped_moe(..., impl="triton")` for experts kept in MXFP4 (W4A16).
 
 The dispatch, the tiles, the two launches and their epilogues are `grouped_moe_triton`'s (`plan_launches`,
-`_tile_rows`, `_store_swiglu`, `_store_weighted`); only the weight operand differs. Each reduction step of
-`BLOCK_K` columns loads the expert's packed bytes `[BLOCK_K/2, BLOCK_N]` and scale bytes
+`_tile_rows`, `_store_weighted`; `swiglu_triton.store_swiglu`); only the weight operand differs. Each
+reduction step of `BLOCK_K` columns loads the expert's packed bytes `[BLOCK_K/2, BLOCK_N]` and scale bytes
 `[BLOCK_K/32, BLOCK_N]` (the scales one step ahead: a byte per thread is too narrow for Triton to pipeline
 the load itself), splits every byte into its low nibble (even column) and high nibble (odd column),
 maps each e2m1 code to its value arithmetically (twice the magnitude is `((2 + m) << e) >> 1`, less one for
@@ -27,7 +27,6 @@ from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.kernels.grouped_moe_triton import (
     TileConfig,
     _operand,
-    _store_swiglu,
     _store_weighted,
     _tile_rows,
     plan_launches,
@@ -35,6 +34,7 @@ from deepscout.model_runtime.v4.kernels.grouped_moe_triton import (
 )
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
+from deepscout.model_runtime.v4.kernels.swiglu_triton import store_swiglu
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 #: columns per scale, as the kernels see it.
@@ -171,7 +171,7 @@ def _mxfp4_gate_up_kernel(
         w1_ptrs += BLOCK_K // 2
         w3_ptrs += BLOCK_K // 2
         s1, s3 = s1_next, s3_next
-    _store_swiglu(H, gate, up, limit, rows, cols, stride_h, valid[:, None] & col_ok[None, :], CLAMP)
+    store_swiglu(H, gate, up, limit, rows, cols, stride_h, valid[:, None] & col_ok[None, :], CLAMP)
 
 
 @triton.jit

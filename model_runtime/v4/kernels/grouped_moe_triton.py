@@ -17,8 +17,8 @@ all column blocks together, so a group's rows and its expert's weights stay in L
 tiles are few and the column blocks fill the GPU, each active expert's weights read once.
 
 What does not depend on the weights' format — the tiles, the grouping, the work buffers (`plan_launches`),
-each program's rows and columns (`_tile_rows`) and the two epilogues (`_store_swiglu`, `_store_weighted`) —
-is shared with the MXFP4 kernels (`grouped_moe_mxfp4_triton`).
+each program's rows and columns (`_tile_rows`) and the two epilogues (`swiglu_triton.store_swiglu`,
+`_store_weighted`) — is shared with the MXFP4 kernels (`grouped_moe_mxfp4_triton`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
+from deepscout.model_runtime.v4.kernels.swiglu_triton import store_swiglu
 
 
 @dataclass(frozen=True)
@@ -243,58 +244,6 @@ def _tile_rows(
 
 
 @triton.jit
-def swiglu_values(gate, up, limit, CLAMP: tl.constexpr):
-    """`silu(min(gate, l)) * clamp(up, -l, l)` (clamps when CLAMP) of float32 tiles."""
-    if CLAMP:
-        gate = tl.minimum(gate, limit)
-        up = tl.minimum(tl.maximum(up, -limit), limit)
-    return gate * tl.sigmoid(gate) * up
-
-
-@triton.jit
-def _store_swiglu(H, gate, up, limit, rows, cols, stride_h, mask, CLAMP: tl.constexpr):
-    """Write `h = silu(min(gate, l)) * clamp(up, -l, l)` (clamps when CLAMP) to the tile's rows of H."""
-    h = swiglu_values(gate, up, limit, CLAMP)
-    h_ptrs = H + rows[:, None].to(tl.int64) * stride_h + cols[None, :]
-    tl.store(h_ptrs, h.to(H.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _swiglu_kernel(GATE, UP, H, n_cols, limit, BLOCK: tl.constexpr, CLAMP: tl.constexpr, PDL: tl.constexpr):
-    """One row's block of columns of `h` from the same block of the (contiguous) gate and up rows."""
-    enter_pdl(PDL)
-    row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = cols < n_cols
-    offsets = row.to(tl.int64) * n_cols + cols
-    gate = tl.load(GATE + offsets, mask=ok, other=0.0).to(tl.float32)[None, :]
-    up = tl.load(UP + offsets, mask=ok, other=0.0).to(tl.float32)[None, :]
-    _store_swiglu(H, gate, up, limit, row + tl.arange(0, 1), cols, n_cols, ok[None, :], CLAMP)
-
-
-def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
-    """`silu(min(gate, l)) * clamp(up, -l, l)` (clamps when `limit` > 0) in one launch, computed in
-    float32 and stored in `gate`'s dtype (the reference takes four kernels, each rounding)."""
-    gate, up = gate.contiguous(), up.contiguous()
-    h = torch.empty_like(gate)
-    n_cols = gate.shape[-1]
-    rows = gate.numel() // max(n_cols, 1)
-    if rows and n_cols:
-        block = min(1024, triton.next_power_of_2(n_cols))
-        _swiglu_kernel[(rows, triton.cdiv(n_cols, block))](
-            gate,
-            up,
-            h,
-            n_cols,
-            float(limit),
-            BLOCK=block,
-            CLAMP=limit > 0,
-            **pdl_launch(h.device),
-        )
-    return h
-
-
-@triton.jit
 def _store_weighted(OUT, acc, ROUTE, pair, valid, cols, col_ok, stride_out):
     """Write each real pair's row of `acc` times its routing weight to its row of OUT."""
     route = tl.load(ROUTE + pair, mask=valid, other=0.0)
@@ -369,7 +318,7 @@ def _gate_up_kernel(
         x_ptrs += BLOCK_K
         w1_ptrs += BLOCK_K
         w3_ptrs += BLOCK_K
-    _store_swiglu(H, gate, up, limit, rows, cols, stride_h, valid[:, None] & col_ok[None, :], CLAMP)
+    store_swiglu(H, gate, up, limit, rows, cols, stride_h, valid[:, None] & col_ok[None, :], CLAMP)
 
 
 @triton.jit

@@ -17,27 +17,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-
-
-@dataclass(frozen=True)
-class RowPositions:
-    """Positions `values` `[n]` written beside rows: `out[rows[i]] = values[i]` (`out` `[R]`)."""
-
-    values: torch.Tensor
-    out: torch.Tensor
-
-
-@dataclass(frozen=True)
-class RowNorm:
-    """An RMS norm over the last dim applied before a rotation: `rms_norm(x, weight, eps)`."""
-
-    weight: torch.Tensor | None
-    eps: float
+from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm, RowPositions
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, impl: KernelImpl) -> torch.Tensor:

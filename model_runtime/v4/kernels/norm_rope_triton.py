@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, RowPositions
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
+from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm, RowPositions
 
 
 @triton.jit

@@ -26,7 +26,7 @@ from torch import nn
 from deepscout.model_runtime.v4.cache.protocol import LayerCache
 from deepscout.model_runtime.v4.kernels.attention_keys import BandKeys, EntryKeys
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm
+from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
 from deepscout.model_runtime.v4.model.compressor import Compressor
 from deepscout.model_runtime.v4.model.indexer import (

@@ -36,8 +36,8 @@ from deepscout.model_runtime.v4.kernels.compressor_state import CompressorState
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_topk
 from deepscout.model_runtime.v4.kernels.multi_linear import FUSED_MAX_ROWS, multi_linear
-from deepscout.model_runtime.v4.kernels.norm_rope import RowPositions
 from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
+from deepscout.model_runtime.v4.kernels.rope_rows import RowPositions
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
 from deepscout.model_runtime.v4.model.attention import Attention
 from deepscout.model_runtime.v4.model.compressor import Compressor

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, RowPositions, rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm, RowPositions
 from deepscout.model_runtime.v4.model_config import YarnScaling
 
 # ----------------------------------------------------------------------------------------------- norms

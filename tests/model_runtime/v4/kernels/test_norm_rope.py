@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.norm_rope import RowNorm, RowPositions, rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm, RowPositions
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
