@@ -3,10 +3,10 @@ reference, at V4 widths (hc 4, hidden 4096, 24 mixing logits, float32 streams, b
 
 Per token count in `--tokens` (decode steps and a prefill chunk): `premix` (the RMS-normed projection to
 the mixing logits), `collapse` (the pre-weighted sum to the sub-block input, RMS-normed, in bfloat16),
-`merge` (the new streams),
-and `sub-block` (all the mHC work around one attention or MoE call: `model/mhc.py`'s `hc_split` with the
-Sinkhorn mapping, then `hc_merge`). Times are CUDA-graph replays (`device_rates.timed(graphs=True)`), as
-the decode path runs; the floor is each pass's bytes read + written over a device-to-device copy's rate.
+`merge` (the new streams), and `sub-block` (all the mHC work around one attention or MoE call:
+`model/mhc.py`'s `hc_split` with the Sinkhorn mapping, then `hc_merge`). Times are CUDA-graph replays
+(`device_rates.timed(graphs=True)`), as the decode path runs; the floor is each pass's bytes read + written
+over a device-to-device copy's rate.
 
 Prints a table and writes `benchmarks/results/hc_streams_kernel.json` (or `--json PATH`).
 
@@ -51,7 +51,6 @@ def passes(case: dict[str, torch.Tensor], kernels: KernelImpl) -> dict[str, Call
     """Each pass of the benchmark as a call on `case` with `kernels`."""
     s = case["streams"]
     settings = mhc.HcSettings(SINKHORN_ITERS, EPS, EPS)
-
     norm = RMSNorm(s.shape[2], EPS).to(s.device)
 
     def sub_block() -> torch.Tensor:

@@ -319,6 +319,8 @@ def main() -> None:
     )
     parser.add_argument("--profile-batch", type=int, default=1, help="sequences in the profiled decode steps")
     opts = parser.parse_args()
+    if opts.repeats < 1:
+        parser.error(f"--repeats takes a positive count of timed decode runs, got {opts.repeats}")
     result = run(opts)
     for key, value in result.items():
         print(f"{key:>24} {value}")

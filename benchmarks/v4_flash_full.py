@@ -221,6 +221,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print rank 0's GPU time per kernel of decode")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "v4_flash_full.json")
     opts = parser.parse_args()
+    if opts.repeats < 1:
+        parser.error(f"--repeats takes a positive count of timed decode runs, got {opts.repeats}")
     result = run(opts)
     print_table(result, [int(b) for b in opts.batch.split(",")])
     print(f"wrote {opts.json}")
