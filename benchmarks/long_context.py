@@ -271,11 +271,15 @@ def profile_prefill_step(engine: Steppable, rid: str) -> bool:
 
 
 def profile_decode(
-    engine: Steppable, decoder: DecodeRunner | None, request: GenerationRequest, batch: int
+    engine: Steppable,
+    decoder: DecodeRunner | None,
+    request: GenerationRequest,
+    batch: int,
+    trace: Path | None = None,
 ) -> None:
     """GPU time per kernel over three eager decode steps of `batch` copies of `request` (the graph replays
     the same kernels), then host time per op over three graph-replayed steps (what the GPU waits for
-    between replays)."""
+    between replays), their timeline written to `trace` (Chrome trace JSON) when given."""
     from torch.profiler import ProfilerActivity, profile
 
     assert decoder is not None, "decode runs on the device path (fused kernels)"
@@ -292,6 +296,8 @@ def profile_decode(
                 engine.step()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=60))
+        if graphs and trace is not None:
+            prof.export_chrome_trace(str(trace))
     while engine.has_unfinished():
         engine.step()
 

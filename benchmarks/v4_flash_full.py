@@ -167,7 +167,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         result["rank0_peak_gib"] = round(torch.cuda.max_memory_allocated(devices[0]) / 2**30, 2)
         report(opts.json, result)
         if opts.profile:
-            profile_decode(engine, engine.engine.runner.decoder, request(prompt(contexts[0], 1), 12), 1)
+            decoder = engine.engine.runner.decoder
+            profile_decode(engine, decoder, request(prompt(contexts[0], 1), 12), 1, opts.trace)
     return result
 
 
@@ -219,6 +220,9 @@ def main() -> None:
         "--prefill-budget", type=float, default=400.0, help="seconds before a prefill gives up"
     )
     parser.add_argument("--profile", action="store_true", help="print rank 0's GPU time per kernel of decode")
+    parser.add_argument(
+        "--trace", type=Path, default=None, help="with --profile: the graph-replayed steps' Chrome trace"
+    )
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "v4_flash_full.json")
     opts = parser.parse_args()
     if opts.repeats < 1:
