@@ -1,7 +1,7 @@
 """The Triton kernels behind `rms_norm` and `rope` with impl="triton" (contracts in `norm_rope.py`).
 
 RMS norm: one program per row, the whole row in registers. RoPE: one program per (token, block of
-heads); the pass-through channels are copied, the rotated pairs read as (even, odd) halves; the output
+heads), blocks of up to 16 heads, fewer when the tokens are few (`_rope_head_block`); the pass-through channels are copied, the rotated pairs read as (even, odd) halves; the output
 rows are a new tensor's, or (`rope_into_rows`) rows of another tensor named per token, with the token's
 position stored beside it when asked (the window ring's positions). With a `RowNorm`
 the program first RMS-normalises each of its heads' rows (all of a head's channels are its own), rounding
@@ -16,6 +16,9 @@ import triton.language as tl
 
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm, RowPositions
+
+_ROPE_PROGRAMS = 128
+"""Programs a RoPE launch aims for (about one per multiprocessor of an H200)."""
 
 
 @triton.jit
@@ -180,7 +183,7 @@ def rope_triton(
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     if n:
         nope = dim - 2 * half
-        head_block = min(16, triton.next_power_of_2(heads))
+        head_block = _rope_head_block(n, heads)
         _rope_kernel[(n, triton.cdiv(heads, head_block))](
             x3,
             cos,
@@ -212,3 +215,12 @@ def rope_triton(
     if out is not None:
         return out
     return out3 if x.dim() == 3 else out3.squeeze(1)
+
+
+def _rope_head_block(n: int, heads: int) -> int:
+    """Heads per program: up to 16, fewer while the programs would not reach `_ROPE_PROGRAMS` (a decode
+    step's 64 query heads as 4 programs left the step's largest RoPE launch on 4 multiprocessors)."""
+    block = min(16, triton.next_power_of_2(heads))
+    while block > 1 and n * triton.cdiv(heads, block) < _ROPE_PROGRAMS:
+        block //= 2
+    return block
