@@ -4,8 +4,9 @@ decode) and against their byte floor, at V4-Flash's decode sets.
 
 Sets (K = 4096, bf16): a CSA layer's `wq_a`, `wkv`, compressor `wkv`/`wgate`, indexer `weights_proj` and
 indexer compressor `wkv`/`wgate` (N = 1024, 512, 1024, 1024, 64, 256, 256), an HCA layer's `wq_a`, `wkv`,
-compressor `wkv`/`wgate` (1024, 512, 512, 512), and the same two in the shipped format, where `wq_a` and
-`wkv` are FP8 and only the rest are fused. At `--rows` rows (1 and 2: the decode step takes one launch up
+compressor `wkv`/`wgate` (1024, 512, 512, 512), and the bf16 rest of the same two in the shipped format
+(there `wq_a` and `wkv` are FP8 and join the same launch as `Fp8Weight`s; this benchmark times the bf16
+weights only). At `--rows` rows (1 and 2: the decode step takes one launch up
 to `FUSED_MAX_ROWS`). Times are CUDA-graph replays (`device_rates.timed(graphs=True)`), as the decode step
 runs: the separate products as one graph of all of them. The floor is the bytes (weights, input, outputs)
 over a device-to-device copy's rate. Each row also checks the outputs against the reference, and the table

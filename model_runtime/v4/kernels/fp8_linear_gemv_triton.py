@@ -97,15 +97,15 @@ def gemv_block_n(columns: Sequence[int], *, n_sms: int) -> int:
 
 
 @triton.jit
-def _activations(ptrs, ks, k_left, EVEN_K: tl.constexpr):
+def gemv_activations(ptrs, ks, k_left, EVEN_K: tl.constexpr):
     """One row's activations of a step `[BLOCK_K/128, 128]` in float32, zero past the `k_left` columns."""
     x = tl.load(ptrs) if EVEN_K else tl.load(ptrs, mask=ks < k_left, other=0.0)
     return x.to(tl.float32)
 
 
 @triton.jit
-def _weight_step(w_ptrs, s_ptrs, k0, col_ok, ks, k_blocks, K, SCALE_BLOCK: tl.constexpr, E8M0: tl.constexpr,
-                 EVEN_K: tl.constexpr):  # fmt: skip
+def fp8_weight_step(w_ptrs, s_ptrs, k0, col_ok, ks, k_blocks, K, SCALE_BLOCK: tl.constexpr,
+                    E8M0: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
     """One step's weight tile `[BLOCK_N, BLOCK_K/128, 128]` in float32 and its block scales."""
     if EVEN_K:
         w = tl.load(w_ptrs + k0, mask=col_ok[:, None, None], other=0.0)
@@ -160,13 +160,13 @@ def _fp8_gemv_kernel(
     acc = tl.zeros((BLOCK_N, ROWS_POW2), dtype=tl.float32)  # acc[column, row of x]
     up_acc = tl.zeros((BLOCK_N, ROWS_POW2), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        w, scale = _weight_step(W + w_at, S + s_at, k0, col_ok, ks, k_blocks, K, SCALE_BLOCK, E8M0, EVEN_K)
+        w, scale = fp8_weight_step(W + w_at, S + s_at, k0, col_ok, ks, k_blocks, K, SCALE_BLOCK, E8M0, EVEN_K)
         if SWIGLU:
-            up_w, up_scale = _weight_step(
+            up_w, up_scale = fp8_weight_step(
                 UP_W + w_at, UP_S + s_at, k0, col_ok, ks, k_blocks, K, SCALE_BLOCK, E8M0, EVEN_K
             )
         for m in tl.static_range(ROWS):
-            x = _activations(x_ptrs + m * stride_xm + k0, ks, K - k0, EVEN_K)
+            x = gemv_activations(x_ptrs + m * stride_xm + k0, ks, K - k0, EVEN_K)
             row = tl.sum(tl.sum(w * x[None, :, :], axis=2) * scale, axis=1)  # [BLOCK_N]
             acc = tl.where(slots[None, :] == m, acc + row[:, None], acc)
             if SWIGLU:

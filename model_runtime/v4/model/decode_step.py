@@ -15,16 +15,17 @@ So every shape is fixed by (B, block-table width) and nothing reads back to the 
 captured in a CUDA graph and replayed. It computes what the protocol path (`attention.py`,
 `compressor.py`) computes for a one-token chunk; `tests/.../test_decode_step.py` holds them equal.
 
-With the Triton kernels and at most `FUSED_MAX_ROWS` rows, a layer's plain projections of its normed input
+With the Triton kernels and at most `FUSED_MAX_ROWS` rows, a layer's projections of its normed input
 (`wq_a`, `wkv`, the compressors' `wkv`/`wgate`, the indexer's `weights_proj`) run as one `multi_linear`
-launch, each weight read where its module holds it (`_project_input`).
+launch, each weight read where and as its module holds it: plain ones in the activations' dtype and, in
+the shipped format, `wq_a` and `wkv` as FP8 weights with their block scales (`_project_input`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeGuard, TypeVar, cast
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -35,12 +36,18 @@ from deepscout.model_runtime.v4.kernels.compress_step import compress_step
 from deepscout.model_runtime.v4.kernels.compressor_state import CompressorState
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_topk
-from deepscout.model_runtime.v4.kernels.multi_linear import FUSED_MAX_ROWS, multi_linear
+from deepscout.model_runtime.v4.kernels.multi_linear import (
+    FUSED_MAX_ROWS,
+    Fp8Weight,
+    LinearWeight,
+    multi_linear,
+)
 from deepscout.model_runtime.v4.kernels.paged_keys import PagedKeys, PagedRows
 from deepscout.model_runtime.v4.kernels.rope_rows import RowPositions
 from deepscout.model_runtime.v4.kernels.sparse_attention import sparse_attention
 from deepscout.model_runtime.v4.model.attention import Attention
 from deepscout.model_runtime.v4.model.compressor import Compressor
+from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
 from deepscout.model_runtime.v4.model.primitives import (
     RopeSpec,
     RopeTable,
@@ -165,31 +172,35 @@ def _project_input(attn: Attention, x: torch.Tensor, kernels: KernelImpl) -> dic
     """Every projection of the layer that reads its normed input `x`, mapped to its output: `wq_a`, `wkv`,
     each compressor's `wkv` and `wgate`, the indexer's `weights_proj`.
 
-    With the Triton kernels and at most `FUSED_MAX_ROWS` rows, the plain ones (bias-free `nn.Linear`s in
-    `x`'s dtype: all of them in the dense format, all but the FP8 `wq_a` and `wkv` in the shipped one) run
-    as one `multi_linear` launch reading each weight where its module holds it; otherwise, and for the
-    rest, each module runs on its own."""
+    With the Triton kernels and at most `FUSED_MAX_ROWS` rows, the fusable ones (`_fused_weight`: bias-free
+    `nn.Linear`s in `x`'s dtype, and `Fp8BlockLinear`s running the Triton kernels — in the shipped format
+    the FP8 `wq_a` and `wkv` beside the plain rest, in the dense one all plain) run as one `multi_linear`
+    launch reading each weight where and as its module holds it; otherwise, and for the rest, each module
+    runs on its own."""
     layers: list[nn.Module] = [attn.wq_a, attn.wkv]
     if attn.compressor is not None:
         layers += [attn.compressor.wkv, attn.compressor.wgate]
     if attn.indexer is not None:
         comp = attn.indexer.compressor
         layers += [attn.indexer.weights_proj, comp.wkv, comp.wgate]
-    plain = [layer for layer in layers if _plain_linear(layer, x.dtype)]
-    if kernels != "triton" or x.shape[0] > FUSED_MAX_ROWS or len(plain) < 2:
+    fusable = {layer: weight for layer in layers if (weight := _fused_weight(layer, x.dtype)) is not None}
+    if kernels != "triton" or x.shape[0] > FUSED_MAX_ROWS or len(fusable) < 2:
         return {layer: layer(x) for layer in layers}
-    fused = dict(zip(plain, multi_linear(x, [layer.weight for layer in plain], impl=kernels), strict=True))
+    fused = dict(zip(fusable, multi_linear(x, list(fusable.values()), impl=kernels), strict=True))
     return {layer: fused[layer] if layer in fused else layer(x) for layer in layers}
 
 
-def _plain_linear(layer: nn.Module, dtype: torch.dtype) -> TypeGuard[nn.Linear]:
-    """Whether `layer` is a bias-free `nn.Linear` whose weight `multi_linear` reads as stored in `dtype`."""
-    return (
-        isinstance(layer, nn.Linear)
-        and layer.bias is None
-        and layer.weight.dtype == dtype
-        and layer.weight.is_contiguous()
-    )
+def _fused_weight(layer: nn.Module, dtype: torch.dtype) -> LinearWeight | None:
+    """What `multi_linear` reads for `layer`, as stored: a bias-free `nn.Linear`'s contiguous weight in
+    `dtype`, or an `Fp8BlockLinear`'s weight and block scales (contiguous) when it runs the Triton kernels;
+    None for any other layer (it runs on its own)."""
+    if isinstance(layer, nn.Linear):
+        plain = layer.bias is None and layer.weight.dtype == dtype and layer.weight.is_contiguous()
+        return layer.weight if plain else None
+    if isinstance(layer, Fp8BlockLinear) and layer.kernels == "triton":
+        stored = layer.weight.is_contiguous() and layer.scale.is_contiguous()
+        return Fp8Weight(layer.weight, layer.scale) if stored else None
+    return None
 
 
 def _entry_keys(
