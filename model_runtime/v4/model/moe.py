@@ -19,7 +19,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice, ExpertStacks
@@ -218,9 +217,14 @@ class RoutedExperts(nn.ModuleList):
 
 class Gate(nn.Module):
     """Router. Hash layers pick experts by the frozen `tid2eid[token]` table; others by top-k of
-    score + bias. Either way the weights are the picked experts' scores, normalised, times the route scale."""
+    score + bias. Either way the weights are the picked experts' scores, normalised, times the route scale.
+
+    `arrivals` is the counter `route_experts`' single Triton launch counts its programs with (see
+    `kernels/route_experts.py`): not saved, zero between launches. Whatever (re)places it leaves it zero:
+    `_apply` zeroes it (`to_empty`, `.to(device)`), and the loader allocates unsaved buffers zeroed."""
 
     tid2eid: torch.Tensor
+    arrivals: torch.Tensor
 
     def __init__(self, args: ModelArgs, hash_routed: bool) -> None:
         super().__init__()
@@ -236,21 +240,29 @@ class Gate(nn.Module):
             )
         else:
             self.bias = nn.Parameter(torch.zeros(args.n_routed_experts, dtype=torch.float32))
+        self.register_buffer("arrivals", torch.zeros(1, dtype=torch.int32), persistent=False)
 
     def forward(
         self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (weights `[n, k]`, expert indices `[n, k]`)."""
-        logits = F.linear(x.float(), self.weight.float())  # float32 (a cast model keeps the weight so)
         return route_experts(
-            logits,
+            x,
+            self.weight,  # float32 (a cast model keeps it so) or the model's dtype
             score_func=self.score_func,
             top_k=self.top_k,
             scale=self.route_scale,
             bias=None if self.hash_routed else self.bias,
             hashed=self.tid2eid[token_ids] if self.hash_routed else None,
+            arrivals=self.arrivals,
             impl=kernels,
         )
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Gate:
+        super()._apply(fn, recurse)
+        with torch.no_grad():
+            self.arrivals.zero_()
+        return self
 
 
 def _restack_after_load(module: nn.Module, _incompatible_keys: object) -> None:

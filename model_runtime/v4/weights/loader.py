@@ -302,11 +302,11 @@ def allocate_model(
     device: torch.device | str = "cpu",
 ) -> DeepseekV4Model:
     """The model with *uninitialised* parameters and stored buffers allocated once on ``device``, directly
-    in their final dtypes and formats (no float32 detour, no random init); the buffers derived from ``args``
-    computed as usual. The model is built on the meta device and ``shard`` edits it there (expert
-    parallelism keeps one rank's experts), so only what it leaves is ever allocated. Only for filling:
-    by ``load_weights``, which refuses a checkpoint that does not cover every parameter, or by
-    ``fill_random_``."""
+    in their final dtypes and formats (no float32 detour, no random init); the buffers a checkpoint does not
+    hold zeroed, then those derived from ``args`` computed as usual. The model is built on the meta device
+    and ``shard`` edits it there (expert parallelism keeps one rank's experts), so only what it leaves is
+    ever allocated. Only for filling: by ``load_weights``, which refuses a checkpoint that does not cover
+    every parameter, or by ``fill_random_``."""
     with torch.device("meta"):
         model = DeepseekV4Model(args, attn_impl=attn_impl, weights=weights)
     if shard is not None:
@@ -321,8 +321,9 @@ def allocate_model(
                 empty = torch.empty(param.shape, dtype=param.dtype, device=device)
                 module.register_parameter(name, nn.Parameter(empty, requires_grad=param.requires_grad))
         for name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer.is_meta:
+            if buffer.is_meta:  # a checkpoint fills the stored ones; the others (state, counters) start at 0
                 kept = name not in module._non_persistent_buffers_set
-                module.register_buffer(name, torch.empty_like(buffer, device=device), persistent=kept)
+                alloc = torch.empty_like if kept else torch.zeros_like
+                module.register_buffer(name, alloc(buffer, device=device), persistent=kept)
     model.compute_buffers(device)
     return model
