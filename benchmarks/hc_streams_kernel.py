@@ -3,10 +3,10 @@ reference, at V4 widths (hc 4, hidden 4096, 24 mixing logits, float32 streams, b
 
 Per token count in `--tokens` (decode steps and a prefill chunk): `premix` (the RMS-normed projection to
 the mixing logits), `collapse` (the pre-weighted sum to the sub-block input, RMS-normed, in bfloat16),
-`merge` (the new streams), and `sub-block` (all the mHC work from one sub-block's output to the next one's
-input: `model/mhc.py`'s `hc_split` of a `PendingMerge`, i.e. the merge, the Sinkhorn mapping, the
-collapse). Times are CUDA-graph replays (`device_rates.timed(graphs=True)`), as the decode path runs; the
-floor is each pass's bytes read + written over a device-to-device copy's rate.
+`merge` (the new streams), and `sub-block` (all the mHC work around one attention or MoE call:
+`model/mhc.py`'s `hc_split` with the Sinkhorn mapping, then `hc_merge`). Times are CUDA-graph replays
+(`device_rates.timed(graphs=True)`), as the decode path runs; the floor is each pass's bytes read + written
+over a device-to-device copy's rate.
 
 Prints a table and writes `benchmarks/results/hc_streams_kernel.json` (or `--json PATH`).
 
@@ -55,8 +55,8 @@ def passes(case: dict[str, torch.Tensor], kernels: KernelImpl) -> dict[str, Call
 
     def sub_block() -> torch.Tensor:
         fn, scale, base = case["fn"], case["scale"], case["base"]
-        pending = mhc.PendingMerge(case["block_out"], s, case["post"], case["comb"])
-        return mhc.hc_split(pending, fn, scale, base, norm, settings, torch.bfloat16, kernels)[1]
+        x, post, comb = mhc.hc_split(s, fn, scale, base, norm, settings, torch.bfloat16, kernels)
+        return mhc.hc_merge(x, s, post, comb, kernels)
 
     return {
         "premix": lambda: hc_premix(s, case["fn"], EPS, impl=kernels),

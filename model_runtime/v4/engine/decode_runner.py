@@ -36,7 +36,6 @@ from deepscout.model_runtime.v4.engine.paged_cache import PagedSequenceCache
 from deepscout.model_runtime.v4.engine.scheduler import Chunk
 from deepscout.model_runtime.v4.engine.state_cache import StatePool
 from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage
-from deepscout.model_runtime.v4.model.mhc import Streams
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind
 
@@ -162,8 +161,7 @@ class DecodeRunner:
         pool = self._pool
         n_layers = len(self.model.layers)
         parts = []
-        streams: Streams | None = None
-        logits = None
+        streams = logits = None
         for layers in graph_parts(n_layers):
             part = torch.cuda.CUDAGraph()
             with torch.cuda.graph(part, pool=pool, capture_error_mode="thread_local"):

@@ -7,23 +7,16 @@ returns `pre` `[N, hc]` = sigmoid(w·s0 + b) + eps, `post` `[N, hc]` = 2·sigmoi
 `[N, hc, hc]`: a row softmax of w·s2 + b plus eps, a column normalisation, then `iters - 1` rounds of row
 and column normalisation.
 
-`hc_merge_mix(block_out, streams, post, comb, fn, scale, base, ...)` is `hc_merge` (`hc_streams.py`) of a
-sub-block's output followed by `hc_mix` of the merged streams for the next sub-block (its `fn`, `scale`,
-`base`): returns (merged streams, pre, post, comb).
-
 * "reference": `hc_premix`'s reference, then the PyTorch ops (about 80 launches for 20 iterations);
-  `hc_merge_mix` runs `hc_merge`'s reference first;
 * "triton": two launches, the premix's partial projections and one kernel summing them and computing the
-  mappings, each program holding its tokens' hc×hc matrices in registers. At decode sizes
-  `hc_merge_mix` is two launches too: its premix launch computes the merged streams it projects (and
-  stores them), so the merge takes no launch of its own (`hc_streams_triton.merge_premix_partials`).
+  mappings, each program holding its tokens' hc×hc matrices in registers.
 """
 
 from __future__ import annotations
 
 import torch
 
-from deepscout.model_runtime.v4.kernels.hc_streams import check_merge, hc_merge, hc_premix
+from deepscout.model_runtime.v4.kernels.hc_streams import hc_premix
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 
 
@@ -39,48 +32,18 @@ def hc_mix(
     impl: KernelImpl,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pre, post, comb) of the streams (see the module docstring)."""
-    _check_mappings(streams.shape[1], fn, scale, base)
-    if impl == "triton":
-        from deepscout.model_runtime.v4.kernels.hc_mix_triton import hc_mix_triton
-
-        return hc_mix_triton(streams, fn, scale, base, norm_eps=norm_eps, iters=iters, eps=eps)
-    mixes = hc_premix(streams, fn, norm_eps, impl="reference")
-    return hc_mix_reference(mixes, scale, base, hc=streams.shape[1], iters=iters, eps=eps)
-
-
-def hc_merge_mix(
-    block_out: torch.Tensor,
-    streams: torch.Tensor,
-    post: torch.Tensor,
-    comb: torch.Tensor,
-    fn: torch.Tensor,
-    scale: torch.Tensor,
-    base: torch.Tensor,
-    *,
-    norm_eps: float,
-    iters: int,
-    eps: float,
-    impl: KernelImpl,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(merged streams, pre, post, comb): the merge of `block_out`, then the next sub-block's mappings."""
-    check_merge(block_out, streams, post, comb)
-    _check_mappings(streams.shape[1], fn, scale, base)
-    if impl == "triton":
-        from deepscout.model_runtime.v4.kernels.hc_mix_triton import hc_merge_mix_triton
-
-        return hc_merge_mix_triton(
-            block_out, streams, post, comb, fn, scale, base, norm_eps=norm_eps, iters=iters, eps=eps
-        )
-    merged = hc_merge(block_out, streams, post, comb, impl=impl)
-    return merged, *hc_mix(merged, fn, scale, base, norm_eps=norm_eps, iters=iters, eps=eps, impl=impl)
-
-
-def _check_mappings(hc: int, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor) -> None:
+    hc = streams.shape[1]
     if fn.shape[0] != 2 * hc + hc * hc or base.shape != (fn.shape[0],) or scale.shape != (3,):
         raise ValueError(
             f"hc_mix needs fn [{2 * hc + hc * hc}, hc·D], base [{2 * hc + hc * hc}] and scale [3] for "
             f"{hc} streams, got {list(fn.shape)}, {list(base.shape)}, {list(scale.shape)}"
         )
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.hc_mix_triton import hc_mix_triton
+
+        return hc_mix_triton(streams, fn, scale, base, norm_eps=norm_eps, iters=iters, eps=eps)
+    mixes = hc_premix(streams, fn, norm_eps, impl="reference")
+    return hc_mix_reference(mixes, scale, base, hc=hc, iters=iters, eps=eps)
 
 
 def hc_mix_reference(

@@ -1,7 +1,6 @@
-"""The Triton kernel behind `hc_mix` and `hc_merge_mix` with impl="triton" (contracts in `hc_mix.py`).
+"""The Triton kernel behind `hc_mix(..., impl="triton")` (contract in `hc_mix.py`).
 
-Two launches: the premix's projection partials (`hc_streams_triton.premix_partials`, or for
-`hc_merge_mix` `merge_premix_partials`, which merges the streams in the same launch), then this kernel,
+Two launches: the premix's projection partials (`hc_streams_triton.premix_partials`), then this kernel,
 which sums them into the logits and computes the mappings.
 
 Grid: one program (one warp) per token. The warp's lanes share out the premix's slices (slice s on lane
@@ -19,11 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.hc_streams_triton import (
-    PremixPartials,
-    merge_premix_partials,
-    premix_partials,
-)
+from deepscout.model_runtime.v4.kernels.hc_streams_triton import premix_partials
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _LANES = 32
@@ -105,48 +100,13 @@ def hc_mix_triton(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n, hc = streams.shape[:2]
-    partials = premix_partials(streams, fn, norm_eps) if n else None
-    return _mappings(partials, n, hc, scale, base, norm_eps=norm_eps, iters=iters, eps=eps)
-
-
-def hc_merge_mix_triton(
-    block_out: torch.Tensor,
-    streams: torch.Tensor,
-    post: torch.Tensor,
-    comb: torch.Tensor,
-    fn: torch.Tensor,
-    scale: torch.Tensor,
-    base: torch.Tensor,
-    *,
-    norm_eps: float,
-    iters: int,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    n, hc = streams.shape[:2]
-    if n == 0:
-        merged = torch.empty_like(streams)
-        return merged, *_mappings(None, 0, hc, scale, base, norm_eps=norm_eps, iters=iters, eps=eps)
-    merged, partials = merge_premix_partials(block_out, streams, post, comb, fn, norm_eps)
-    return merged, *_mappings(partials, n, hc, scale, base, norm_eps=norm_eps, iters=iters, eps=eps)
-
-
-def _mappings(
-    partials: PremixPartials | None,
-    n: int,
-    hc: int,
-    scale: torch.Tensor,
-    base: torch.Tensor,
-    *,
-    norm_eps: float,
-    iters: int,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pre, post, comb) of `n` tokens from their premix partials (None only when `n` is 0)."""
-    pre = torch.empty(n, hc, dtype=torch.float32, device=base.device)
+    pre = torch.empty(n, hc, dtype=torch.float32, device=streams.device)
     post = torch.empty_like(pre)
-    comb = torch.empty(n, hc, hc, dtype=torch.float32, device=base.device)
-    if partials is None:
+    comb = torch.empty(n, hc, hc, dtype=torch.float32, device=streams.device)
+    if n == 0:
         return pre, post, comb
+    partials = premix_partials(streams, fn, norm_eps)
+    assert partials is not None
     _hc_mix_kernel[(n,)](
         partials.part,
         partials.sumsq,

@@ -72,24 +72,17 @@ def hc_merge(
     impl: KernelImpl,
 ) -> torch.Tensor:
     """New streams `[T, hc, D]`: the sub-block output spread by post plus the streams mixed by comb."""
-    check_merge(block_out, streams, post, comb)
-    if impl == "triton":
-        from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_merge_triton
-
-        return hc_merge_triton(block_out, streams, post, comb)
-    return hc_merge_reference(block_out, streams, post, comb)
-
-
-def check_merge(
-    block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
-) -> None:
-    """Raise a one-line error unless `hc_merge`'s operands fit its contract."""
     _check_streams(streams)
     n, hc, dim = streams.shape
     if tuple(block_out.shape) != (n, dim):
         raise ValueError(f"hc_merge block output must be [{n}, {dim}], got {list(block_out.shape)}")
     _check_weights("post", post, (n, hc))
     _check_weights("comb", comb, (n, hc, hc))
+    if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_merge_triton
+
+        return hc_merge_triton(block_out, streams, post, comb)
+    return hc_merge_reference(block_out, streams, post, comb)
 
 
 def hc_premix_reference(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -> torch.Tensor:

@@ -10,9 +10,6 @@ so a captured CUDA graph replays it unchanged.
 
 `premix_partials` is the first launch alone, for a consumer that sums the partials itself (the mHC
 mapping kernel, `hc_mix_triton`: the premix and the mapping are two launches, not three).
-`merge_premix_partials` is that launch with the merge before it folded in: each program computes the merged
-streams at the columns it projects (`hc_merge`'s sum, in `_merge_kernel`'s order), stores them and projects
-them, so a sub-block's merge and the next sub-block's premix are one launch.
 
 Collapse: a program per token holding the whole `[D]` row, so the RMS norm that follows the collapse is
 in the same launch (the row's sum of squares is the program's own). Merge: a program per (block of tokens,
@@ -34,24 +31,6 @@ _PREMIX_BLOCK_K = 64
 _PREMIX_PROGRAMS = 128  # about one per SM of an H200 (132): fewer token blocks split the hc·D axis
 _STREAM_BLOCK_D = 512
 _MERGE_TOKENS = 2
-_MERGE_IN_PREMIX_TOKENS = 16
-"""The most tokens `merge_premix_partials` merges inside the premix launch (one block of premix rows)."""
-
-
-@triton.jit
-def _merged_columns(B, S, POST, COMB, rows, k, mask, dim, stride_bt, stride_st, stride_sh, HC: tl.constexpr):
-    """The merged streams (`hc_merge`) at flattened hc·D columns `k` `[BK]` of `rows` `[BT]`: `[BT, BK]`
-    float32, summed in `_merge_kernel`'s order (post-weighted block output, then each stream i)."""
-    j = k // dim  # the output stream
-    d = k % dim
-    post = tl.load(POST + rows[:, None] * HC + j[None, :], mask=mask, other=0.0)
-    block = tl.load(B + rows[:, None] * stride_bt + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    acc = post * block
-    for i in tl.static_range(HC):
-        comb = tl.load(COMB + rows[:, None] * (HC * HC) + i * HC + j[None, :], mask=mask, other=0.0)
-        stream = tl.load(S + rows[:, None] * stride_st + i * stride_sh + d[None, :], mask=mask, other=0.0)
-        acc += comb * stream.to(tl.float32)
-    return acc
 
 
 @triton.jit
@@ -60,27 +39,17 @@ def _premix_kernel(
     FN,
     OUT,
     SUMSQ,
-    B,
-    S,
-    POST,
-    COMB,
     n_tokens,
     n_mix,
     k_total,
     stride_x,
     stride_fn,
-    dim,
-    stride_bt,
-    stride_st,
-    stride_sh,
     eps,
     BT: tl.constexpr,
     MIXP: tl.constexpr,
     BK: tl.constexpr,
     K_SPLIT: tl.constexpr,
     SPLIT: tl.constexpr,
-    MERGE: tl.constexpr,  # X is the merge's output, computed here from B, S, POST, COMB and stored
-    HC: tl.constexpr,
     PRECISION: tl.constexpr,  # "tf32x3" on tensor cores (float32-accurate), "ieee" elsewhere
     PDL: tl.constexpr,
 ):
@@ -97,15 +66,9 @@ def _premix_kernel(
     for start in range(0, K_SPLIT, BK):
         k = k0 + start + tl.arange(0, BK)
         k_live = k < k_total
-        mask = live[:, None] & k_live[None, :]
-        if MERGE:
-            merged = _merged_columns(
-                B, S, POST, COMB, rows, k, mask, dim, stride_bt, stride_st, stride_sh, HC
-            )
-            x = merged.to(X.dtype.element_ty)
-            tl.store(X + rows[:, None] * stride_x + k[None, :], x, mask=mask)
-        else:
-            x = tl.load(X + rows[:, None] * stride_x + k[None, :], mask=mask, other=0.0)
+        x = tl.load(
+            X + rows[:, None] * stride_x + k[None, :], mask=live[:, None] & k_live[None, :], other=0.0
+        )
         x = x.to(tl.float32)
         w = tl.load(
             FN + mixes[:, None] * stride_fn + k[None, :], mask=mix_live[:, None] & k_live[None, :], other=0.0
@@ -195,61 +158,7 @@ def premix_partials(
     """The premix launch over `streams` (T > 0): its partials, or with `out` `[T, mix]` given and one slice
     (prefill-sized T) the finished logits stored there and None."""
     n = streams.shape[0]
-    return _premix(_rows_contiguous(streams.reshape(n, -1)), fn, norm_eps, out=out, merge=None)
-
-
-@dataclass(frozen=True)
-class _MergeOperands:
-    """`hc_merge`'s operands, for a premix launch that computes the streams it projects."""
-
-    block_out: torch.Tensor
-    streams: torch.Tensor
-    post: torch.Tensor
-    comb: torch.Tensor
-
-
-def merge_premix_partials(
-    block_out: torch.Tensor,
-    streams: torch.Tensor,
-    post: torch.Tensor,
-    comb: torch.Tensor,
-    fn: torch.Tensor,
-    norm_eps: float,
-) -> tuple[torch.Tensor, PremixPartials]:
-    """`hc_merge(block_out, streams, post, comb)` (T > 0) and the premix partials of its result. Up to
-    `_MERGE_IN_PREMIX_TOKENS` tokens in one launch: each program merges the slice of the hc·D axis it
-    projects and stores it (a slice reads every stream at its columns, so the new streams go to a new
-    tensor). Above, the merge kernel then the premix: the fused slices read each stream column once per
-    output stream, four times the merge kernel's reads, which only decode sizes get for free. Returns
-    (new streams, partials)."""
-    n, hc, dim = streams.shape
-    if n > _MERGE_IN_PREMIX_TOKENS:
-        merged = hc_merge_triton(block_out, streams, post, comb)
-        partials = premix_partials(merged, fn, norm_eps)
-        assert partials is not None
-        return merged, partials
-    merge = _MergeOperands(
-        _rows_contiguous(block_out),
-        _rows_contiguous(streams),
-        post.float().contiguous(),
-        comb.float().contiguous(),
-    )
-    merged = torch.empty(n, hc, dim, dtype=streams.dtype, device=streams.device)
-    partials = _premix(merged.view(n, hc * dim), fn, norm_eps, out=None, merge=merge)
-    assert partials is not None
-    return merged, partials
-
-
-def _premix(
-    x: torch.Tensor,
-    fn: torch.Tensor,
-    norm_eps: float,
-    *,
-    out: torch.Tensor | None,
-    merge: _MergeOperands | None,
-) -> PremixPartials | None:
-    """Launch the premix over rows `x` `[T, hc·D]` (written by the launch itself with `merge`)."""
-    n = x.shape[0]
+    x = _rows_contiguous(streams.reshape(n, -1))
     fn = fn.float().contiguous()
     n_mix, k_total = fn.shape
     block_t = 16 if n <= 16 else 32  # tl.dot needs at least 16 rows
@@ -259,38 +168,27 @@ def _premix(
     splits = triton.cdiv(k_total, k_split)
     split = splits > 1 or out is None
     if split:
-        part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=x.device)
-        sumsq = torch.empty(splits, n, dtype=torch.float32, device=x.device)
+        part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
+        sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)
     else:
         assert out is not None
         part = sumsq = out
-    src = merge or _MergeOperands(x, x.view(n, 1, k_total), x, x)  # unread without `merge`
     _premix_kernel[(token_blocks, splits)](
         x,
         fn,
         part,
         sumsq,
-        src.block_out,
-        src.streams,
-        src.post,
-        src.comb,
         n,
         n_mix,
         k_total,
         x.stride(0),
         fn.stride(0),
-        src.streams.shape[2],
-        src.block_out.stride(0),
-        src.streams.stride(0),
-        src.streams.stride(1),
         norm_eps,
         BT=block_t,
         MIXP=mix_pad,
         BK=_PREMIX_BLOCK_K,
         K_SPLIT=k_split,
         SPLIT=split,
-        MERGE=merge is not None,
-        HC=src.streams.shape[1],
         PRECISION="tf32x3" if x.is_cuda else "ieee",
         num_warps=4,
         **pdl_launch(x.device),

@@ -6,21 +6,18 @@ weights) while the streams mix through a doubly stochastic matrix (Sinkhorn-Knop
 collapses the final streams, with the output norm.
 Mappings are computed in float32. Parameter names follow the official checkpoints (`hc_attn_fn`, ...).
 The stream passes (mixing logits, collapse, merge) are `kernels/hc_streams.py`, the mappings from the
-logits `kernels/hc_mix.py`; `kernels` picks their reference or fused paths. A sub-block's output is handed
-on unmerged (`PendingMerge`) and merged by the next split, which on the fused path does it inside the
-mapping's first launch.
+logits `kernels/hc_mix.py`; `kernels` picks their reference or fused paths.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import torch
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels import hc_streams
-from deepscout.model_runtime.v4.kernels.hc_mix import hc_merge_mix, hc_mix
+from deepscout.model_runtime.v4.kernels.hc_mix import hc_mix
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.primitives import RMSNorm
 from deepscout.model_runtime.v4.model_config import ModelArgs
@@ -39,34 +36,8 @@ class HcSettings:
         return cls(args.hc_sinkhorn_iters, args.hc_eps, args.rms_norm_eps)
 
 
-@dataclass(frozen=True)
-class PendingMerge:
-    """A sub-block's output `block_out` `[n, dim]` with the mappings that merge it into `streams`
-    (`hc_merge`'s operands), not merged yet. Whatever reads the streams next merges it: the next
-    sub-block's `hc_split` (on the fused path inside its mapping's first launch, so a merge takes no launch
-    of its own), or `merged` / `resolve`."""
-
-    block_out: torch.Tensor
-    streams: torch.Tensor
-    post: torch.Tensor
-    comb: torch.Tensor
-
-    def merged(self, kernels: KernelImpl) -> torch.Tensor:
-        """New streams: post-weighted block output plus the residual streams mixed by comb^T."""
-        return hc_streams.hc_merge(self.block_out, self.streams, self.post, self.comb, impl=kernels)
-
-
-Streams: TypeAlias = torch.Tensor | PendingMerge
-"""hc streams `[n, hc, dim]`, or a sub-block's output still to be merged into them."""
-
-
-def resolve(streams: Streams, kernels: KernelImpl) -> torch.Tensor:
-    """The streams as a tensor (a pending merge merged)."""
-    return streams.merged(kernels) if isinstance(streams, PendingMerge) else streams
-
-
 def hc_split(
-    streams: Streams,
+    streams: torch.Tensor,
     fn: torch.Tensor,
     scale: torch.Tensor,
     base: torch.Tensor,
@@ -74,22 +45,27 @@ def hc_split(
     hc: HcSettings,
     dtype: torch.dtype,
     kernels: KernelImpl = "reference",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mHC mappings from streams `[n, hc, dim]` (a pending merge merged first): the streams, the
-    sub-block's input `[n, dim]` (the collapse, normed by `norm`, in `dtype`), post `[n, hc]`, and the
-    doubly-stochastic (Sinkhorn-Knopp) residual mix `[n, hc, hc]`, the latter two in float32."""
-    eps, norm_eps, iters = hc.eps, hc.norm_eps, hc.sinkhorn_iters
-    if isinstance(streams, PendingMerge):
-        merge = (streams.block_out, streams.streams, streams.post, streams.comb)
-        streams, pre, post, comb = hc_merge_mix(
-            *merge, fn, scale, base, norm_eps=norm_eps, iters=iters, eps=eps, impl=kernels
-        )
-    else:
-        pre, post, comb = hc_mix(
-            streams, fn, scale, base, norm_eps=norm_eps, iters=iters, eps=eps, impl=kernels
-        )
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mHC mappings from streams `[n, hc, dim]`: the sub-block's input `[n, dim]` (the collapse, normed by
+    `norm`, in `dtype`), post `[n, hc]`, and the doubly-stochastic (Sinkhorn-Knopp) residual mix
+    `[n, hc, hc]`, the latter two in float32."""
+    iters = hc.sinkhorn_iters
+    pre, post, comb = hc_mix(
+        streams, fn, scale, base, norm_eps=hc.norm_eps, iters=iters, eps=hc.eps, impl=kernels
+    )
     x = hc_streams.hc_collapse(streams, pre, norm.weight, norm.eps, dtype, impl=kernels)
-    return streams, x, post, comb
+    return x, post, comb
+
+
+def hc_merge(
+    block_out: torch.Tensor,
+    streams: torch.Tensor,
+    post: torch.Tensor,
+    comb: torch.Tensor,
+    kernels: KernelImpl = "reference",
+) -> torch.Tensor:
+    """New streams: post-weighted block output plus the residual streams mixed by comb^T."""
+    return hc_streams.hc_merge(block_out, streams, post, comb, impl=kernels)
 
 
 def hc_head_parameters(args: ModelArgs) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
@@ -103,7 +79,7 @@ def hc_head_parameters(args: ModelArgs) -> tuple[nn.Parameter, nn.Parameter, nn.
 
 
 def hc_head(
-    streams: Streams,
+    streams: torch.Tensor,
     fn: torch.Tensor,
     scale: torch.Tensor,
     base: torch.Tensor,
@@ -113,7 +89,6 @@ def hc_head(
     kernels: KernelImpl = "reference",
 ) -> torch.Tensor:
     """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`, normed by `norm`, in `dtype`."""
-    streams = resolve(streams, kernels)
     mixes = hc_streams.hc_premix(streams, fn, hc.norm_eps, impl=kernels)
     pre = torch.sigmoid(mixes * scale.float() + base.float()) + hc.eps
     return hc_streams.hc_collapse(streams, pre, norm.weight, norm.eps, dtype, impl=kernels)

@@ -22,15 +22,7 @@ from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.attention import Attention, AttentionBatch, AttnImpl
 from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage, decode_attention
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
-from deepscout.model_runtime.v4.model.mhc import (
-    HcSettings,
-    PendingMerge,
-    Streams,
-    hc_head,
-    hc_head_parameters,
-    hc_split,
-    resolve,
-)
+from deepscout.model_runtime.v4.model.mhc import HcSettings, hc_head, hc_head_parameters, hc_merge, hc_split
 from deepscout.model_runtime.v4.model.moe import MoE, RoutedExperts
 from deepscout.model_runtime.v4.model.packing import RowSegment, pack_rows, packed_positions
 from deepscout.model_runtime.v4.model.primitives import RMSNorm, RopeSpec, rope_inv_freq
@@ -68,30 +60,38 @@ class Block(nn.Module):
         self.hc_ffn_scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
 
     def forward(
-        self, streams: Streams, token_ids: torch.Tensor, batch: AttentionBatch, dtype: torch.dtype
-    ) -> PendingMerge:
-        """New hc streams `[N, hc, dim]`, their last merge pending (the token ids feed the hash router;
-        attention and MoE compute in the model's `dtype`)."""
+        self, streams: torch.Tensor, token_ids: torch.Tensor, batch: AttentionBatch, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """New hc streams `[N, hc, dim]` (the token ids feed the hash router; attention and MoE compute in
+        the model's `dtype`)."""
         return self.run(streams, token_ids, lambda x: self.attn(x, batch), batch.kernels, dtype)
 
     def run(
         self,
-        streams: Streams,
+        streams: torch.Tensor,
         token_ids: torch.Tensor,
         attend: Callable[[torch.Tensor], torch.Tensor],
         kernels: KernelImpl,
         dtype: torch.dtype,
-    ) -> PendingMerge:
+    ) -> torch.Tensor:
         """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
-        the device decode step's), its branches fed in the model's `dtype`. Returns the MoE's output with
-        its merge pending: the next layer's split (or `resolve`) merges it."""
+        the device decode step's), its branches fed in the model's `dtype`."""
         hc = HcSettings.of(self.args)
-        attn = (self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, self.attn_norm)
-        streams, x, post, comb = hc_split(streams, *attn, hc, dtype, kernels)
-        pending = PendingMerge(attend(x), streams, post, comb)
-        ffn = (self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, self.ffn_norm)
-        streams, x, post, comb = hc_split(pending, *ffn, hc, dtype, kernels)
-        return PendingMerge(self.ffn(x, token_ids, kernels), streams, post, comb)
+        x, post, comb = hc_split(
+            streams,
+            self.hc_attn_fn,
+            self.hc_attn_scale,
+            self.hc_attn_base,
+            self.attn_norm,
+            hc,
+            dtype,
+            kernels,
+        )
+        streams = hc_merge(attend(x), streams, post, comb, kernels)
+        x, post, comb = hc_split(
+            streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, self.ffn_norm, hc, dtype, kernels
+        )
+        return hc_merge(self.ffn(x, token_ids, kernels), streams, post, comb, kernels)
 
 
 class MTPBlock(Block):
@@ -247,7 +247,7 @@ class DeepseekV4Model(nn.Module):
         impl = attn_impl or self.attn_impl
         x = self.embed(token_ids)
         # the residual streams stay in float32 whatever the weights' dtype (blocks compute in that dtype)
-        streams: Streams = x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
+        streams = x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
         positions = packed_positions(segments, x.device)
         compress_rope = self.rope_spec(LayerKind.CSA)
         tables = {kind: self.rope_spec(kind).at(positions) for kind in (LayerKind.SLIDING, LayerKind.CSA)}
@@ -262,7 +262,7 @@ class DeepseekV4Model(nn.Module):
             streams = layer(streams, token_ids, batch, self.dtype)
         for cache, seg in zip(caches, segments, strict=True):
             cache.advance(seg.length)
-        return resolve(streams, self.kernels), segments
+        return streams, segments
 
     def decode(self, step: DecodeStep, storage: Sequence[LayerStorage]) -> torch.Tensor:
         """Float32 next-token logits `[B, vocab]` of one device decode step (`decode_step.py`): every row adds
@@ -278,10 +278,9 @@ class DeepseekV4Model(nn.Module):
         return x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
 
     def decode_layers(
-        self, streams: Streams, step: DecodeStep, storage: Sequence[LayerStorage], layers: range
-    ) -> Streams:
-        """Streams after the decode step's `layers` (consecutive layer indices) have run on `streams` (the
-        last merge pending, merged by the next layer or `logits`)."""
+        self, streams: torch.Tensor, step: DecodeStep, storage: Sequence[LayerStorage], layers: range
+    ) -> torch.Tensor:
+        """Streams after the decode step's `layers` (consecutive layer indices) have run on `streams`."""
         compress_rope = self.rope_spec(LayerKind.CSA)
         for i in layers:
             layer = cast(Block, self.layers[i])
@@ -298,7 +297,7 @@ class DeepseekV4Model(nn.Module):
             streams = layer.run(streams, step.token_ids, attend, step.kernels, self.dtype)
         return streams
 
-    def logits(self, streams: Streams) -> torch.Tensor:
+    def logits(self, streams: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits from final streams `[n, hc, dim]` (hyper-head, norm, head)."""
         return self._head_logits(self, streams)
 
@@ -327,7 +326,7 @@ class DeepseekV4Model(nn.Module):
         x = block(x, next_ids, batch, self.dtype)
         return self._head_logits(block, x)
 
-    def _head_logits(self, owner: DeepseekV4Model | MTPBlock, streams: Streams) -> torch.Tensor:
+    def _head_logits(self, owner: DeepseekV4Model | MTPBlock, streams: torch.Tensor) -> torch.Tensor:
         """Logits through `owner`'s hyper-head and final norm (the model's own, or an MTP block's)."""
         x = hc_head(
             streams,
