@@ -190,7 +190,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         result[f"decode_b{batch}_x_floor"] = round(ms / floor_ms, 2)
     result["graph_replays"] = engine.runner.decoder.graph_replays
     if opts.profile:
-        profile_decode(engine, engine.runner.decoder, request(12), opts.profile_batch)
+        profile_decode(engine, engine.runner.decoder, request(12), opts.profile_batch, opts.trace)
     result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
 
@@ -324,6 +324,9 @@ def main() -> None:
         "--profile", action="store_true", help="profile the last full prefill chunk and decode steps"
     )
     parser.add_argument("--profile-batch", type=int, default=1, help="sequences in the profiled decode steps")
+    parser.add_argument(
+        "--trace", type=Path, default=None, help="with --profile: the graph-replayed steps' Chrome trace"
+    )
     opts = parser.parse_args()
     if opts.repeats < 1:
         parser.error(f"--repeats takes a positive count of timed decode runs, got {opts.repeats}")
