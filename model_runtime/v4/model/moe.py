@@ -8,8 +8,8 @@ grouped kernel (`kernels/grouped_moe.py`) reads in one launch for all experts of
 `experts.{e}.w1.weight` / `.scale`) and the shared expert FP8 (`Fp8BlockLinear`), as checkpoints store them.
 
 Expert parallelism (`MoE.shard`): a rank keeps only its `ExpertSlice` of the routed experts (its modules
-numbered from 0, `RoutedExperts.ids` naming the global ids), runs the pairs routed to them, adds the
-shared expert when it is the one rank that does, and sums the ranks' partial outputs (`ExpertParallelism`).
+numbered from 0, `RoutedExperts.ids` naming the global ids), runs the pairs routed to them, adds its share
+of the shared expert (`ExpertParallelism.shared_units`) and sums the ranks' partial outputs.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice, ExpertStacks
-from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_swiglu
+from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear, fp8_swiglu
 from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe, swiglu_activation
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
@@ -30,7 +31,7 @@ from deepscout.model_runtime.v4.kernels.route_experts import route_experts
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
 from deepscout.model_runtime.v4.model.projections import projection
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
-from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
+from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK, FP8_BLOCK
 
 
 class Expert(nn.Module):
@@ -46,13 +47,24 @@ class Expert(nn.Module):
         self.w2 = projection(inter_dim, dim, weights)
         self.w3 = projection(dim, inter_dim, weights)
 
-    def forward(self, x: torch.Tensor, kernels: KernelImpl = "reference") -> torch.Tensor:
-        w1, w3 = self.w1, self.w3
+    def forward(
+        self, x: torch.Tensor, kernels: KernelImpl = "reference", units: slice | None = None
+    ) -> torch.Tensor:
+        """The expert's output; with `units` only the part through those intermediate units (rows of w1
+        and w3, columns of w2: views, nothing copied), so parts over disjoint units sum to the output. FP8
+        projections need `units` on 128-wide block bounds (`ExpertParallelism.shared_units` keeps them so)."""
+        w1, w2, w3 = self.w1, self.w2, self.w3
+        units = units or slice(0, w1.weight.shape[0])
+        blocks = slice(units.start // FP8_BLOCK, -(-units.stop // FP8_BLOCK))  # their FP8 scale blocks
         if isinstance(w1, Fp8BlockLinear) and isinstance(w3, Fp8BlockLinear):  # both read in one launch
-            h = fp8_swiglu(x, (w1.weight, w1.scale), (w3.weight, w3.scale), self.limit, impl=kernels)
+            pairs = [(w.weight[units], w.scale[blocks]) for w in (w1, w3)]
+            h = fp8_swiglu(x, pairs[0], pairs[1], self.limit, impl=kernels)
         else:
-            h = swiglu_activation(w1(x), w3(x), self.limit, impl=kernels)
-        return self.w2(h)
+            gate, up = (F.linear(x, w.weight[units]) for w in (w1, w3))
+            h = swiglu_activation(gate, up, self.limit, impl=kernels)
+        if isinstance(w2, Fp8BlockLinear):
+            return fp8_linear(h, w2.weight[:, units], w2.scale[:, blocks], impl=kernels)
+        return F.linear(h, w2.weight[:, units])
 
 
 class Mxfp4Projection(nn.Module):
@@ -272,13 +284,23 @@ def _restack_after_load(module: nn.Module, _incompatible_keys: object) -> None:
 
 @dataclass(frozen=True)
 class ExpertParallelism:
-    """One rank's part in a MoE layer under expert parallelism: its slice of the routed experts, whether it
-    adds the shared expert (exactly one rank does), and `reduce`, the sum of all ranks' partial outputs
-    (an all-reduce: every rank gets the same sum)."""
+    """One rank's part in a MoE layer under expert parallelism: its slice of the routed experts, its place
+    (`rank` of `world_size`) for its share of the shared expert, and `reduce`, the sum of all ranks'
+    partial outputs (an all-reduce: every rank gets the same sum)."""
 
     experts: ExpertSlice
-    adds_shared: bool
+    rank: int
+    world_size: int
     reduce: Callable[[torch.Tensor], torch.Tensor]
+
+    def shared_units(self, inter: int, *, block: int) -> slice | None:
+        """The shared expert's intermediate units this rank computes: an equal contiguous share in whole
+        `block`s (the FP8 block for FP8 projections), so the busiest rank reads only its share of the
+        shared expert's weights; all of them on rank 0 (None elsewhere) when `inter` does not split so."""
+        if inter % (self.world_size * block):
+            return slice(0, inter) if self.rank == 0 else None
+        share = inter // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
 
 
 class MoE(nn.Module):
@@ -293,21 +315,27 @@ class MoE(nn.Module):
         self.experts = RoutedExperts(args.n_routed_experts, dim, inter, limit, weights)
         self.shared_experts = Expert(dim, inter, limit, weights)
         self.parallelism: ExpertParallelism | None = None
+        self.shared_units: slice | None = None  # after `shard`: this rank's units of the shared expert
 
     def shard(self, parallelism: ExpertParallelism) -> None:
         """Keep only `parallelism.experts` of the routed experts (see `RoutedExperts.sliced`) and compute
         this rank's part from now on."""
         self.experts = self.experts.sliced(parallelism.experts)
         self.parallelism = parallelism
+        w1 = self.shared_experts.w1
+        block = FP8_BLOCK if isinstance(w1, Fp8BlockLinear) else 1
+        self.shared_units = parallelism.shared_units(w1.weight.shape[0], block=block)
 
     def forward(
         self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"
     ) -> torch.Tensor:
         weights, indices = self.gate(x, token_ids, kernels)
         experts, limit, ep = self.experts, self.experts.limit, self.parallelism
-        shared = self.shared_experts(x, kernels) if ep is None or ep.adds_shared else None
         if ep is None:
+            shared = self.shared_experts(x, kernels)
             return grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels, add=shared)
+        units = self.shared_units
+        shared = None if units is None else self.shared_experts(x, kernels, units)
         # this rank's part in float32: one rounding to x's dtype after the ranks' sum, not one per part
         part = grouped_moe(
             x,

@@ -2,8 +2,9 @@
 norms, embedding, head, mHC) and only its slice of each MoE layer's routed experts.
 
 Each MoE layer keeps the rank's experts (`MoE.shard`), routes every token as the whole model does, runs the
-pairs routed to its experts, adds the shared expert on rank 0 only and sums the ranks' outputs with one
-all-reduce, so every rank ends each layer with the same hidden states (and the same logits).
+pairs routed to its experts, adds its share of the shared expert's intermediate units (every rank holds the
+whole shared expert and reads only its share) and sums the ranks' outputs with one all-reduce, so every rank
+ends each layer with the same hidden states (and the same logits).
 Loading builds the model on the meta device, shards it there, then allocates and reads only what the rank
 holds from the official-format shards, tensor by tensor (`weights/loader.py`); or (`random_sharded_model`)
 allocates it on the rank's device and draws random weights there, as `DeepseekV4Model.random` does: the same
@@ -31,7 +32,8 @@ def shard_experts(model: DeepseekV4Model, group: RankGroup) -> None:
     """Make every MoE layer of `model` (MTP layers too) compute `group`'s rank's part (in place)."""
     parallelism = ExpertParallelism(
         experts=group.experts(model.args.n_routed_experts),
-        adds_shared=group.rank == 0,
+        rank=group.rank,
+        world_size=group.world_size,
         reduce=group.all_reduce_sum,
     )
     for module in model.modules():

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.model.moe import MoE
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
+from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
+from deepscout.model_runtime.v4.model.moe import Expert, ExpertParallelism, MoE
 from deepscout.model_runtime.v4.model_config import WeightFormat
 from deepscout.model_runtime.v4.parallel.expert_sharding import load_sharded_model, random_sharded_model
 from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
@@ -56,7 +58,14 @@ def test_a_rank_reads_only_its_experts(
         assert ours.experts.is_stacked()
         for field, stack in vars(ours.experts.stacks).items():
             assert torch.equal(stack, getattr(full.experts.stacks, field)[4 * rank : 4 * rank + 4]), field
-        assert ours.parallelism is not None and ours.parallelism.adds_shared == (rank == 0)
+        # the tiny shared expert's 32 units split in two unless FP8 (which splits in whole 128-wide blocks)
+        inter = ARGS.moe_intermediate_size
+        shares = (
+            [slice(0, inter // 2), slice(inter // 2, inter)]
+            if weights == "dense"
+            else [slice(0, inter), None]
+        )
+        assert ours.shared_units == shares[rank]
 
 
 def _without_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -82,3 +91,32 @@ def test_random_shards_hold_the_same_dense_weights_and_only_their_experts(weight
         for moe in _moe_layers(model):
             assert len(moe.experts) == 4 and moe.experts.ids.start == 4 * rank
             assert all(stack.abs().sum() > 0 for stack in vars(moe.experts.stacks).values())
+
+
+def _place(rank: int, world_size: int) -> ExpertParallelism:
+    return ExpertParallelism(ExpertSlice(0, 1), rank=rank, world_size=world_size, reduce=lambda t: t)
+
+
+def test_the_shared_expert_splits_in_whole_blocks_or_stays_on_rank_0() -> None:
+    assert [_place(r, 2).shared_units(2048, block=128) for r in (0, 1)] == [slice(0, 1024), slice(1024, 2048)]
+    assert [_place(r, 4).shared_units(96, block=1) for r in range(4)] == [
+        slice(24 * r, 24 * r + 24) for r in range(4)
+    ]
+    assert [_place(r, 2).shared_units(384, block=128) for r in (0, 1)] == [slice(0, 384), None]
+
+
+@pytest.mark.parametrize("weights", ["dense", "shipped"])
+def test_the_ranks_shares_of_the_shared_expert_sum_to_it(weights: WeightFormat) -> None:
+    """Each rank reads only its units' rows of w1/w3 and columns of w2 (FP8 blocks and their scales);
+    the ranks' parts sum to the whole expert's output."""
+    dim, inter = 256, 512
+    expert = Expert(dim, inter, swiglu_limit=7.0, weights=weights)
+    generator = torch.Generator().manual_seed(0)
+    if weights == "shipped":
+        for name, (n_in, n_out) in {"w1": (dim, inter), "w2": (inter, dim), "w3": (dim, inter)}.items():
+            setattr(expert, name, Fp8BlockLinear.random(n_in, n_out, generator=generator))
+    x = torch.randn(3, dim, generator=generator)
+    whole = expert(x)
+    parts = [expert(x, units=_place(r, 2).shared_units(inter, block=128)) for r in (0, 1)]
+    torch.testing.assert_close(parts[0] + parts[1], whole, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(parts[0], whole, atol=1e-3)
