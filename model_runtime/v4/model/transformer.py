@@ -11,10 +11,12 @@ and `random_weights`. The forward pass works on a packed batch, each row continu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepscout.model_runtime.v4.cache.protocol import SequenceCache
@@ -139,6 +141,7 @@ class DeepseekV4Model(nn.Module):
         )
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.vocab_parallelism: VocabParallelism | None = None
         self.hc_head_fn, self.hc_head_base, self.hc_head_scale = hc_head_parameters(args)
         self.mtp = nn.ModuleList(MTPBlock(args, kind, weights) for kind in args.mtp_layer_types)
         self.compute_buffers()
@@ -338,7 +341,20 @@ class DeepseekV4Model(nn.Module):
             self.head.weight.dtype,
             self.kernels,
         )
-        return self.head(x)
+        share = self.vocab_parallelism
+        if share is None:
+            return self.head(x)
+        return share.gather(F.linear(x, self.head.weight[share.rows]))
+
+
+@dataclass(frozen=True)
+class VocabParallelism:
+    """One rank's part in the logits (`DeepseekV4Model.vocab_parallelism`): it computes the logits of the
+    vocabulary `rows` of the head (a view: every rank holds the whole head and reads only its rows), and
+    `gather` puts the ranks' equal shares side by side in rank order, on every rank."""
+
+    rows: slice
+    gather: Callable[[torch.Tensor], torch.Tensor]
 
 
 def check_shipped_shapes(args: ModelArgs) -> None:

@@ -1,6 +1,9 @@
 """One rank's DeepSeek-V4 model under expert parallelism: every dense weight (attention, shared expert,
 norms, embedding, head, mHC) and only its slice of each MoE layer's routed experts.
 
+The head computes the rank's equal share of the vocabulary's logits and one all-gather puts the shares
+together on every rank (`VocabParallelism`), so no rank reads the whole 1 GB head each step.
+
 Each MoE layer keeps the rank's experts (`MoE.shard`), routes every token as the whole model does, runs the
 pairs routed to its experts, adds its share of the shared expert's intermediate units (every rank holds the
 whole shared expert and reads only its share) and sums the ranks' outputs with one all-reduce, so every rank
@@ -22,14 +25,15 @@ import torch
 from deepscout.model_runtime.v4.model.attention import AttnImpl
 from deepscout.model_runtime.v4.model.moe import ExpertParallelism, MoE
 from deepscout.model_runtime.v4.model.random_weights import fill_random_
-from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
+from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model, VocabParallelism
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
 from deepscout.model_runtime.v4.weights.loader import LoadReport, allocate_model, load_model
 
 
 def shard_experts(model: DeepseekV4Model, group: RankGroup) -> None:
-    """Make every MoE layer of `model` (MTP layers too) compute `group`'s rank's part (in place)."""
+    """Make every MoE layer of `model` (MTP layers too) compute `group`'s rank's part (in place), and the
+    head its share of the vocabulary when the vocabulary splits evenly."""
     parallelism = ExpertParallelism(
         experts=group.experts(model.args.n_routed_experts),
         rank=group.rank,
@@ -39,6 +43,11 @@ def shard_experts(model: DeepseekV4Model, group: RankGroup) -> None:
     for module in model.modules():
         if isinstance(module, MoE):
             module.shard(parallelism)
+    vocab = model.args.vocab_size
+    if vocab % group.world_size == 0:
+        share = vocab // group.world_size
+        rows = slice(group.rank * share, (group.rank + 1) * share)
+        model.vocab_parallelism = VocabParallelism(rows=rows, gather=group.gather_columns)
 
 
 def load_sharded_model(

@@ -98,6 +98,12 @@ class RankGroup:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def gather_columns(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The ranks' `[..., C]` tensors side by side, `[..., world_size·C]` in rank order, on every rank."""
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=-1)
+
     def agree(self, tokens: list[int]) -> list[int]:
         """Rank 0's `tokens` on every rank (each rank passes the tokens it sampled)."""
         return cast(list[int], self.broadcast(tokens if self.rank == 0 else None))

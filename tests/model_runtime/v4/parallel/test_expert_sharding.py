@@ -66,6 +66,10 @@ def test_a_rank_reads_only_its_experts(
             else [slice(0, inter), None]
         )
         assert ours.shared_units == shares[rank]
+    half = ARGS.vocab_size // 2
+    assert model.vocab_parallelism is not None and model.vocab_parallelism.rows == slice(
+        half * rank, half * (rank + 1)
+    )
 
 
 def _without_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
