@@ -16,7 +16,7 @@ With `kernels="triton"` the sparse path runs each row's queries through one fuse
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,7 +42,13 @@ from deepscout.model_runtime.v4.model.primitives import (
     RopeTable,
     apply_rope,
 )
-from deepscout.model_runtime.v4.model.projections import grouped_projection, projection
+from deepscout.model_runtime.v4.model.projections import (
+    grouped_projection,
+    on_block_bounds,
+    project_columns,
+    project_rows,
+    projection,
+)
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, WeightFormat
 
 AttnImpl = Literal["naive", "sparse"]
@@ -101,6 +107,8 @@ class Attention(nn.Module):
         group_in = self.n_heads * self.head_dim // args.o_groups
         self.wo_a = projection(group_in, args.o_groups * args.o_lora_rank, weights)
         self.wo_b = projection(args.o_groups * args.o_lora_rank, args.hidden_size, weights)
+        self.heads = slice(0, self.n_heads)  # the query heads computed here (`shard_heads`)
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.ratio = args.ratio(kind)
         self.compressor: Compressor | None = None
         self.indexer: Indexer | None = None
@@ -112,10 +120,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         """`x` `[N, hidden]` packed normed inputs; returns `[N, hidden]`."""
         rope, compress_rope = batch.rope, batch.compress_rope
-        n = x.shape[0]
         q_residual = self.q_norm(self.wq_a(x))
-        q = self.wq_b(q_residual).view(n, self.n_heads, self.head_dim)
-        q = apply_rope(q, rope, norm=self.q_head_norm())
+        q = apply_rope(self.queries(q_residual), rope, norm=self.q_head_norm())
         kv = apply_rope(self.wkv(x), rope, norm=self.kv_norm.before_rope())
         index = None if self.indexer is None else self.indexer.queries(x, q_residual, rope)
         attend = self._attend_naive
@@ -136,17 +142,49 @@ class Attention(nn.Module):
             row_index = None if index is None else index.rows(rows)
             outputs.append(attend(_RowAttention(q[rows], seg, positions, keys, key_pos, cache, row_index)))
         out = apply_rope(torch.cat(outputs), rope, inverse=True)
-        return self._project_out(out)
+        return self.project_out(out)
+
+    def shard_heads(
+        self, *, rank: int, world_size: int, reduce: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        """Compute only rank `rank`'s equal share of the query heads (whole output groups; views of the
+        weights: `wq_b`'s rows, `wo_a`'s groups, `wo_b`'s columns, the heads' sinks), `reduce` summing the
+        ranks' outputs. Every rank keeps the keys, compressors and indexer whole. Left as it is (every head,
+        no reduce) when the heads or groups do not split evenly or an FP8 share would cut a scale block."""
+        groups = self.args.o_groups
+        if groups % world_size:
+            return
+        per_rank, lora = self.n_heads // world_size, self.args.o_lora_rank
+        heads = slice(rank * per_rank, (rank + 1) * per_rank)
+        outputs = slice(rank * groups // world_size * lora, (rank + 1) * groups // world_size * lora)
+        q_rows = slice(heads.start * self.head_dim, heads.stop * self.head_dim)
+        parts = ((self.wq_b, q_rows), (self.wo_a, outputs), (self.wo_b, outputs))
+        if all(on_block_bounds(layer, part) for layer, part in parts):
+            self.heads, self.reduce = heads, reduce
+
+    def queries(self, q_residual: torch.Tensor) -> torch.Tensor:
+        """The computed heads' queries `[n, heads, head_dim]` (before the head norm and RoPE)."""
+        rows = slice(self.heads.start * self.head_dim, self.heads.stop * self.head_dim)
+        return project_rows(q_residual, self.wq_b, rows).view(q_residual.shape[0], -1, self.head_dim)
+
+    def sinks(self) -> torch.Tensor:
+        """The computed heads' sink logits."""
+        return self.attn_sink[self.heads]
 
     def q_head_norm(self) -> RowNorm:
         """The weightless RMS norm of each query head before its RoPE."""
         return RowNorm(None, self.args.rms_norm_eps)
 
-    def _project_out(self, out: torch.Tensor) -> torch.Tensor:
-        """Grouped low-rank output projection: per group `wo_a[g]`, then `wo_b` over all groups."""
-        groups = self.args.o_groups
-        grouped = out.reshape(out.shape[0], groups, -1)
-        return self.wo_b(grouped_projection(grouped, self.wo_a, groups).flatten(1))
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        """Grouped low-rank output projection of the computed heads' outputs `[n, heads, head_dim]`: per
+        group `wo_a[g]`, then `wo_b` over the groups (the ranks' parts summed by `reduce`)."""
+        per_group = self.n_heads // self.args.o_groups
+        count, lora = (self.heads.stop - self.heads.start) // per_group, self.args.o_lora_rank
+        first = self.heads.start // per_group * lora
+        rows = slice(first, first + count * lora)  # of wo_a's outputs; of wo_b's inputs
+        grouped = grouped_projection(out.reshape(out.shape[0], count, -1), self.wo_a, count, rows)
+        y = project_columns(grouped.flatten(1), self.wo_b, rows)
+        return y if self.reduce is None else self.reduce(y)
 
     # --------------------------------------------------------------- compressed-entry selection
     def _selected_entries(
@@ -185,7 +223,7 @@ class Attention(nn.Module):
 
     def _softmax_with_sink(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over the last dim with one extra per-head sink logit that absorbs mass and is dropped."""
-        sink = self.attn_sink.to(logits.dtype).view(1, -1, 1).expand(logits.shape[0], -1, 1)
+        sink = self.sinks().to(logits.dtype).view(1, -1, 1).expand(logits.shape[0], -1, 1)
         combined = torch.cat([logits, sink], dim=-1)
         combined = combined - combined.max(dim=-1, keepdim=True).values
         return combined.softmax(dim=-1)[..., :-1]
@@ -239,7 +277,7 @@ class Attention(nn.Module):
             q,
             band,
             self._entry_keys(row),
-            self.attn_sink,
+            self.sinks(),
             row.positions,
             scale=self.scale,
             window=self.window,

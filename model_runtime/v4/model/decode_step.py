@@ -141,15 +141,19 @@ def decode_attention(
     compress_rope: RopeSpec,
 ) -> torch.Tensor:
     """The layer's attention output `[B, hidden]` for normed inputs `x` `[B, hidden]`."""
-    n, heads, dim = x.shape[0], attn.n_heads, attn.head_dim
     projected = _project_input(attn, x, step.kernels)
     q_residual = attn.q_norm(projected[attn.wq_a])
-    q = apply_rope(attn.wq_b(q_residual).view(n, heads, dim), rope, norm=attn.q_head_norm())
+    q = apply_rope(attn.queries(q_residual), rope, norm=attn.q_head_norm())
     ring = step.ring_rows(attn.window)  # the token's KV row and its position, into the window ring
     ring_pos = RowPositions(step.positions, storage.window_pos.view(-1))
     kv_norm = attn.kv_norm.before_rope()
     apply_rope_into(
-        projected[attn.wkv], rope, storage.window_kv.view(-1, dim), ring, norm=kv_norm, positions=ring_pos
+        projected[attn.wkv],
+        rope,
+        storage.window_kv.view(-1, attn.head_dim),
+        ring,
+        norm=kv_norm,
+        positions=ring_pos,
     )
     if attn.compressor is not None:
         _compress(attn.compressor, projected, storage, "main", step, compress_rope)
@@ -159,13 +163,13 @@ def decode_attention(
         q.to(storage.window_kv.dtype),
         step.band(storage.window_kv, storage.window_pos),
         _entry_keys(attn, projected, q_residual, rope, storage, step),
-        attn.attn_sink,
+        attn.sinks(),
         step.positions,
         scale=attn.scale,
         window=attn.window,
         impl=step.kernels,
     )
-    return attn._project_out(apply_rope(out.to(x.dtype), rope, inverse=True))
+    return attn.project_out(apply_rope(out.to(x.dtype), rope, inverse=True))
 
 
 def _project_input(attn: Attention, x: torch.Tensor, kernels: KernelImpl) -> dict[nn.Module, torch.Tensor]:

@@ -19,19 +19,24 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice, ExpertStacks
-from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_linear, fp8_swiglu
+from deepscout.model_runtime.v4.kernels.fp8_linear import fp8_swiglu
 from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe, swiglu_activation
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.kernels.route_experts import route_experts
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
-from deepscout.model_runtime.v4.model.projections import projection
+from deepscout.model_runtime.v4.model.projections import (
+    fp8_rows,
+    on_block_bounds,
+    project_columns,
+    project_rows,
+    projection,
+)
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
-from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK, FP8_BLOCK
+from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 
 class Expert(nn.Module):
@@ -52,19 +57,16 @@ class Expert(nn.Module):
     ) -> torch.Tensor:
         """The expert's output; with `units` only the part through those intermediate units (rows of w1
         and w3, columns of w2: views, nothing copied), so parts over disjoint units sum to the output. FP8
-        projections need `units` on 128-wide block bounds (`ExpertParallelism.shared_units` keeps them so)."""
+        projections need `units` on 128-wide block bounds (`MoE.shard` keeps them so)."""
         w1, w2, w3 = self.w1, self.w2, self.w3
         units = units or slice(0, w1.weight.shape[0])
-        blocks = slice(units.start // FP8_BLOCK, -(-units.stop // FP8_BLOCK))  # their FP8 scale blocks
         if isinstance(w1, Fp8BlockLinear) and isinstance(w3, Fp8BlockLinear):  # both read in one launch
-            pairs = [(w.weight[units], w.scale[blocks]) for w in (w1, w3)]
-            h = fp8_swiglu(x, pairs[0], pairs[1], self.limit, impl=kernels)
+            h = fp8_swiglu(x, fp8_rows(w1, units), fp8_rows(w3, units), self.limit, impl=kernels)
         else:
-            gate, up = (F.linear(x, w.weight[units]) for w in (w1, w3))
-            h = swiglu_activation(gate, up, self.limit, impl=kernels)
-        if isinstance(w2, Fp8BlockLinear):
-            return fp8_linear(h, w2.weight[:, units], w2.scale[:, blocks], impl=kernels)
-        return F.linear(h, w2.weight[:, units])
+            h = swiglu_activation(
+                project_rows(x, w1, units), project_rows(x, w3, units), self.limit, impl=kernels
+            )
+        return project_columns(h, w2, units)
 
 
 class Mxfp4Projection(nn.Module):
@@ -293,11 +295,11 @@ class ExpertParallelism:
     world_size: int
     reduce: Callable[[torch.Tensor], torch.Tensor]
 
-    def shared_units(self, inter: int, *, block: int) -> slice | None:
-        """The shared expert's intermediate units this rank computes: an equal contiguous share in whole
-        `block`s (the FP8 block for FP8 projections), so the busiest rank reads only its share of the
-        shared expert's weights; all of them on rank 0 (None elsewhere) when `inter` does not split so."""
-        if inter % (self.world_size * block):
+    def shared_units(self, inter: int) -> slice | None:
+        """The shared expert's intermediate units this rank computes: an equal contiguous share, so the
+        busiest rank reads only its share of the shared expert's weights; all of them on rank 0 (None
+        elsewhere) when `inter` does not split evenly."""
+        if inter % self.world_size:
             return slice(0, inter) if self.rank == 0 else None
         share = inter // self.world_size
         return slice(self.rank * share, (self.rank + 1) * share)
@@ -322,9 +324,12 @@ class MoE(nn.Module):
         this rank's part from now on."""
         self.experts = self.experts.sliced(parallelism.experts)
         self.parallelism = parallelism
-        w1 = self.shared_experts.w1
-        block = FP8_BLOCK if isinstance(w1, Fp8BlockLinear) else 1
-        self.shared_units = parallelism.shared_units(w1.weight.shape[0], block=block)
+        shared = self.shared_experts
+        self.shared_units = parallelism.shared_units(shared.w1.weight.shape[0])
+        if self.shared_units is not None and not all(
+            on_block_bounds(layer, self.shared_units) for layer in (shared.w1, shared.w2, shared.w3)
+        ):
+            self.shared_units = slice(0, shared.w1.weight.shape[0]) if parallelism.rank == 0 else None
 
     def forward(
         self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"

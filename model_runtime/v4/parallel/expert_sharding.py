@@ -1,8 +1,11 @@
 """One rank's DeepSeek-V4 model under expert parallelism: every dense weight (attention, shared expert,
 norms, embedding, head, mHC) and only its slice of each MoE layer's routed experts.
 
-The head computes the rank's equal share of the vocabulary's logits and one all-gather puts the shares
-together on every rank (`VocabParallelism`), so no rank reads the whole 1 GB head each step.
+Beside the experts, each rank computes an equal share of what reads the most dense bytes a decode step,
+from views of the weights it holds whole: every attention's query heads (`Attention.shard_heads`: its
+`wq_b` rows, `wo_a` groups and `wo_b` columns, the partial outputs summed by one all-reduce; the keys,
+compressors and indexer stay whole on every rank) and the vocabulary's logits (`VocabParallelism`: one
+all-gather joins the shares).
 
 Each MoE layer keeps the rank's experts (`MoE.shard`), routes every token as the whole model does, runs the
 pairs routed to its experts, adds its share of the shared expert's intermediate units (every rank holds the
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from deepscout.model_runtime.v4.model.attention import AttnImpl
+from deepscout.model_runtime.v4.model.attention import Attention, AttnImpl
 from deepscout.model_runtime.v4.model.moe import ExpertParallelism, MoE
 from deepscout.model_runtime.v4.model.random_weights import fill_random_
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model, VocabParallelism
@@ -32,8 +35,9 @@ from deepscout.model_runtime.v4.weights.loader import LoadReport, allocate_model
 
 
 def shard_experts(model: DeepseekV4Model, group: RankGroup) -> None:
-    """Make every MoE layer of `model` (MTP layers too) compute `group`'s rank's part (in place), and the
-    head its share of the vocabulary when the vocabulary splits evenly."""
+    """Make every MoE layer of `model` (MTP layers too) compute `group`'s rank's part (in place), every
+    attention its share of the query heads and the head its share of the vocabulary, where they split
+    evenly."""
     parallelism = ExpertParallelism(
         experts=group.experts(model.args.n_routed_experts),
         rank=group.rank,
@@ -43,6 +47,8 @@ def shard_experts(model: DeepseekV4Model, group: RankGroup) -> None:
     for module in model.modules():
         if isinstance(module, MoE):
             module.shard(parallelism)
+        elif isinstance(module, Attention):
+            module.shard_heads(rank=group.rank, world_size=group.world_size, reduce=group.all_reduce_sum)
     vocab = model.args.vocab_size
     if vocab % group.world_size == 0:
         share = vocab // group.world_size

@@ -109,26 +109,36 @@ def test_two_ranks_on_nccl_match_one_process(checkpoint_dir: Path, tmp_path: Pat
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 def test_real_width_layers_load_sharded_on_two_gpus(tmp_path: Path) -> None:
     """Three V4-Flash layers at real width (8 routed experts, a small vocabulary), written in the official
-    format and loaded sharded in the shipped formats over NCCL: the prompt's logits are those of the whole
-    checkpoint in one process, dequantised."""
+    format and loaded sharded in the shipped formats over NCCL, each rank computing half the query heads,
+    half the shared expert and half the vocabulary: the prompt's logits are those of the whole checkpoint in
+    one process, dequantised, and so are the greedy tokens of the decode steps (the device decode step,
+    replayed from CUDA graphs) and their log-probabilities."""
     args = dataclasses.replace(flash_shaped(3), n_routed_experts=8, vocab_size=4096)
     write_checkpoint(
         DeepseekV4Model.random(args, seed=5, device="cuda"), tmp_path / "ckpt", max_shard_bytes=1 << 30
     )
     prompt = PROMPT * 8
+    request = GenerationRequest(
+        prompt_ids=prompt, max_new_tokens=4, return_prompt_logits=True, sampling=SamplingParams(logprobs=True)
+    )
     single, _ = load_model(tmp_path / "ckpt")
     single = single.to("cuda:0")
     with torch.no_grad():
         expected = single(torch.tensor([prompt], device="cuda:0"), [new_cache(args, device="cuda:0")])[
             0
         ].float()
+    (whole,) = Engine(single, CONFIG.model_copy(update={"device": "cuda:0", "cuda_graphs": True})).generate(
+        [request]
+    )
     del single
     spec = _spec(CheckpointSource(tmp_path / "ckpt"), tmp_path, ("cuda:0", "cuda:1"), "shipped")
-    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=1, return_prompt_logits=True)
     with launch(spec) as launched:
+        assert launched.engine.engine.model.layers[0].attn.heads == slice(0, 32)
         (got,) = launched.engine.generate([request])
     assert got.prompt_logits is not None
     torch.testing.assert_close(got.prompt_logits.float(), expected, rtol=2e-3, atol=2e-3)
+    assert got.token_ids == whole.token_ids
+    torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(whole.logprobs), rtol=2e-3, atol=2e-3)
 
 
 def test_random_weights_run_as_the_model_their_shards_make_up(tmp_path: Path) -> None:
