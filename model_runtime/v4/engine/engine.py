@@ -284,7 +284,12 @@ class Engine:
             carried = CarriedTokens(previous.drawn.ids, [rows.get(c.seq, -1) for c in chunks])
         logits = self.runner.decoder.run(chunks, carried)
         seqs = [c.seq for c in chunks]
-        drawn = sample(logits, [s.request.sampling for s in seqs], [s.num_tokens for s in seqs])
+        drawn = sample(
+            logits,
+            [s.request.sampling for s in seqs],
+            [s.num_tokens for s in seqs],
+            impl=self.model.kernels,
+        )
         self.steps += 1
         self.overlapped_steps += 1
         self.forward_tokens += len(chunks)
@@ -362,6 +367,7 @@ class Engine:
             torch.stack([lg for _, _, logits in sampling for lg in logits]),
             [seq.request.sampling for seq, _ in rows],
             [seq.num_tokens + i for seq, i in rows],
+            impl=self.model.kernels,
         ).read()
         if self._agree_tokens is not None:
             tokens = self._agree_tokens(tokens)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 
 from deepscout.model_runtime.v4.engine.request import SamplingParams
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.row_max import row_max_logsumexp
 
 _SEED_STRIDE = 1_000_003
 
@@ -53,11 +55,14 @@ class Drawn:
         return [int(t) for t in tokens], values
 
 
-def sample(logits: torch.Tensor, params: Sequence[SamplingParams], positions: Sequence[int]) -> Drawn:
+def sample(
+    logits: torch.Tensor, params: Sequence[SamplingParams], positions: Sequence[int], *, impl: KernelImpl
+) -> Drawn:
     """One token per row of `logits` `[B, V]` (float32) and its log-probability under the model's
-    (untempered) distribution. `positions[i]` is the position the sampled token will take."""
+    (untempered) distribution. `positions[i]` is the position the sampled token will take. `impl` picks
+    the path of the rows' largest logits and log-sum-exps (`kernels/row_max.py`)."""
     device = logits.device
-    chosen = logits.argmax(dim=-1)
+    chosen, lse = row_max_logsumexp(logits, impl=impl)
     if any(p.temperature > 0 for p in params):  # decided on the host: no device round trip
         greedy = torch.tensor([p.temperature == 0 for p in params], device=device)
         temps = torch.tensor([p.temperature or 1.0 for p in params], device=device, dtype=logits.dtype)
@@ -73,5 +78,5 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], positions: Se
                 noise[row] = 1.0
         sampled = (probs / noise).argmax(dim=-1)
         chosen = torch.where(greedy, chosen, sampled)
-    logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None]).squeeze(1)
+    logprobs = logits.gather(1, chosen[:, None]).squeeze(1) - lse
     return Drawn(chosen, logprobs)

@@ -20,6 +20,7 @@ from deepscout.model_runtime.v4.engine import (
     SamplingParams,
 )
 from deepscout.model_runtime.v4.engine.sampling import sample, top_p_filter
+from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 
 
@@ -143,23 +144,26 @@ def test_invalid_requests_are_refused(narrow_model: DeepseekV4Model) -> None:
         EngineConfig(max_running=4, num_state_slots=2)
 
 
-def test_sampling_is_seeded_per_position_and_respects_top_p() -> None:
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_sampling_is_seeded_per_position_and_respects_top_p(impl: KernelImpl) -> None:
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
     params = [
         SamplingParams(temperature=1.0, seed=1),
         SamplingParams(),
         SamplingParams(temperature=0.7, seed=2),
     ]
-    first = sample(logits, params, [10, 10, 10]).read()
-    assert first == sample(logits, params, [10, 10, 10]).read()
+    first = sample(logits, params, [10, 10, 10], impl=impl).read()
+    assert first == sample(logits, params, [10, 10, 10], impl=impl).read()
     assert first[0][1] == int(logits[1].argmax())
-    draws = {sample(logits[:1], params[:1], [p]).read()[0][0] for p in range(40)}
+    want = logits.log_softmax(dim=-1)[torch.arange(3), torch.tensor(first[0])]
+    torch.testing.assert_close(torch.tensor(first[1], dtype=torch.float32), want, rtol=1e-5, atol=1e-5)
+    draws = {sample(logits[:1], params[:1], [p], impl=impl).read()[0][0] for p in range(40)}
     assert len(draws) > 5  # different positions draw different tokens
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     kept = top_p_filter(probs, torch.tensor([0.7]))
     assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
     narrow = [SamplingParams(temperature=1.0, top_p=1e-6, seed=s) for s in range(5)]
-    tokens, _ = sample(logits[:1].expand(5, -1), narrow, [0] * 5).read()
+    tokens, _ = sample(logits[:1].expand(5, -1), narrow, [0] * 5, impl=impl).read()
     assert set(tokens) == {int(logits[0].argmax())}
 
 
