@@ -99,13 +99,11 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         dtype=torch.bfloat16,
         weights="shipped",
         kernels="triton",
-        all_reduce=opts.all_reduce,
         timeout_s=600,
     )
     result: dict[str, Any] = {
         "devices": list(devices),
         "kv": opts.kv,
-        "all_reduce": opts.all_reduce,
         "overlap": config.overlap,
         "copy_tb_s": round(copy_rate / 1e12, 2),
         "matmul_tflop_s": round(mm_rate / 1e12, 1),
@@ -214,12 +212,6 @@ def main() -> None:
         "--no-overlap", action="store_true", help="read each decode step's tokens before the next step"
     )
     parser.add_argument("--kv", choices=["bfloat16", "paper"], default="bfloat16")
-    parser.add_argument(
-        "--all-reduce",
-        choices=["one_shot", "group"],
-        default="one_shot",
-        help="the ranks' sums: one-shot kernels on symmetric memory, or NCCL's all-reduce",
-    )
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed decode runs a batch (median shown)")

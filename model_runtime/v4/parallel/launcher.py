@@ -27,7 +27,7 @@ from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.parallel.expert_sharding import load_sharded_model, random_sharded_model
 from deepscout.model_runtime.v4.parallel.lockstep_engine import LockstepEngine, follow
-from deepscout.model_runtime.v4.parallel.rank_group import AllReduceImpl, RankGroup, expert_slice
+from deepscout.model_runtime.v4.parallel.rank_group import RankGroup, expert_slice
 from deepscout.model_runtime.v4.weights.loader import backbone_args
 
 
@@ -75,7 +75,6 @@ class LaunchSpec:
     """Everything a rank needs (picklable): where the weights come from, one device per rank (rank r on
     `devices[r]`; all CUDA or all CPU), how to load and run the model, the engine settings (their device
     replaced by the rank's), the rendezvous file (not yet existing) and the collectives' timeout;
-    `all_reduce` how the ranks sum (None: one-shot kernels on CUDA, the group's all-reduce on CPU);
     `cpu_threads` caps each rank's intra-op threads (None: torch's default)."""
 
     source: ModelSource
@@ -86,7 +85,6 @@ class LaunchSpec:
     weights: WeightFormat = "dense"
     attn_impl: AttnImpl = "sparse"
     kernels: KernelImpl | None = None
-    all_reduce: AllReduceImpl | None = None
     timeout_s: float = 600.0
     cpu_threads: int | None = None
 
@@ -157,7 +155,6 @@ def _rank_engine(rank: int, spec: LaunchSpec) -> tuple[Engine, RankGroup]:
         device=device,
         rendezvous=spec.rendezvous,
         timeout_s=spec.timeout_s,
-        all_reduce=spec.all_reduce or ("one_shot" if device.type == "cuda" else "group"),
     )
     model = spec.source.load(group, dtype=spec.dtype, attn_impl=spec.attn_impl, weights=spec.weights)
     model.kernels = spec.kernels or default_impl(device)

@@ -5,10 +5,6 @@ or a global). The backend follows the device: NCCL on CUDA, gloo on CPU; the sam
 `r` of `W` holds the routed experts `[r*E/W, (r+1)*E/W)` of every MoE layer (`expert_slice`), which needs
 `E` divisible by `W`.
 
-Sums (`all_reduce_sum`) go through the group's all-reduce, or with `all_reduce="one_shot"` (CUDA only)
-through symmetric memory up to a megabyte (`one_shot_reduce.py`: the decode step's partials in one kernel
-each, where NCCL's ring took 8-13 µs).
-
 Control messages (rank 0's step orders, the tokens it sampled) travel through a gloo group on the CPUs,
 never through NCCL: an object collective on NCCL copies its bytes through the device and makes every
 receiver wait for its stream (a host sync), twice a message, four times a decode step.
@@ -26,12 +22,8 @@ import torch
 import torch.distributed as dist
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
-from deepscout.model_runtime.v4.parallel.one_shot_reduce import OneShotReduce
 
 Backend = Literal["nccl", "gloo"]
-AllReduceImpl = Literal["group", "one_shot"]
-"""How `RankGroup.all_reduce_sum` sums: the process group's all-reduce, or one-shot kernels on symmetric
-memory for small tensors (CUDA)."""
 
 
 def backend_for(device: torch.device) -> Backend:
@@ -55,32 +47,21 @@ def expert_slice(n_experts: int, *, rank: int, world_size: int) -> ExpertSlice:
 @dataclass(frozen=True)
 class RankGroup:
     """This process's place in the (default) process group, once `join`ed; `control` is the CPU group the
-    control messages travel through (None: the default group, which is then gloo); `one_shot` the small
-    sums' symmetric-memory path (None: every sum through the group)."""
+    control messages travel through (None: the default group, which is then gloo)."""
 
     rank: int
     world_size: int
     device: torch.device
     backend: Backend
     control: dist.ProcessGroup | None = None
-    one_shot: OneShotReduce | None = None
 
     @classmethod
     def join(
-        cls,
-        *,
-        rank: int,
-        world_size: int,
-        device: torch.device,
-        rendezvous: Path,
-        timeout_s: float,
-        all_reduce: AllReduceImpl = "group",
+        cls, *, rank: int, world_size: int, device: torch.device, rendezvous: Path, timeout_s: float
     ) -> RankGroup:
         """Join the process group through the file `rendezvous` (all ranks name the same, not yet existing
-        file); blocks until every rank has joined. Every rank passes the same `all_reduce`."""
+        file); blocks until every rank has joined."""
         backend = backend_for(device)
-        if all_reduce == "one_shot" and device.type != "cuda":
-            raise ValueError(f"all_reduce='one_shot' needs CUDA devices, got {device}")
         if device.type == "cuda":
             torch.cuda.set_device(device)  # NCCL and its object collectives use the current device
         dist.init_process_group(
@@ -93,8 +74,7 @@ class RankGroup:
         control = None
         if backend != "gloo":
             control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
-        one_shot = OneShotReduce(device) if all_reduce == "one_shot" else None
-        return cls(rank, world_size, device, backend, control, one_shot)
+        return cls(rank, world_size, device, backend, control)
 
     def leave(self, *, wait_for_peers: Callable[[], None] | None = None) -> None:
         """Tear the process group down: every rank calls it, and it returns once all have. Rank 0 passes
@@ -114,10 +94,7 @@ class RankGroup:
         return expert_slice(n_experts, rank=self.rank, world_size=self.world_size)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` summed over the ranks (every rank gets the same sum): in place through the group, a new
-        tensor through `one_shot`."""
-        if self.one_shot is not None:
-            return self.one_shot(tensor)
+        """`tensor` summed over the ranks, in place (every rank gets the same sum); returns it."""
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
