@@ -50,9 +50,15 @@ FLASH_SHAPES = {
     "shared.w2": (4096, 2048, 1),
     "attn.wq_a+wkv": (1536, 4096, 1),
     "shared.w1+w3": (4096, 4096, 1),
+    "attn.wq_b/2": (16384, 1024, 1),
+    "attn.wo_a/2": (4096, 4096, 4),
+    "attn.wo_b/2": (4096, 4096, 1),
+    "shared.w1+w3/2": (2048, 4096, 1),
+    "shared.w2/2": (4096, 1024, 1),
 }
 """(N, K, groups) of the V4-Flash FP8 linears (`wo_a`: 8 groups of 1024 rows, each over its own 4096
-inputs), and two concatenations of projections of one input."""
+inputs), two concatenations of projections of one input, and (`/2`) one expert-parallel rank's share of
+two: half the query heads' `wq_b` rows, `wo_a` groups and `wo_b` columns, half the shared expert's units."""
 SMALL_SHAPES = {"ragged": (200, 300, 1), "grouped": (256, 256, 2)}
 """Shapes for a CPU run under Triton's interpreter (it only checks that the benchmark runs)."""
 
@@ -89,6 +95,10 @@ GEMV_SWEEP = [
     (8, 1024, 8, 1),
     (16, 512, 4, 2),
     (32, 256, 8, 2),
+    (4, 1024, 4, 3),
+    (8, 512, 4, 3),
+    (16, 256, 4, 4),
+    (2, 2048, 8, 1),
 ]
 """Candidate GEMV tiles (block_n, block_k, num_warps, num_stages) for `--sweep` (block_k capped at K)."""
 
