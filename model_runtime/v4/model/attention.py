@@ -71,6 +71,12 @@ class AttentionBatch:
     kernels: KernelImpl = "reference"
 
 
+def _share(count: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s equal contiguous share of `count` things (`count` divisible by `world_size`)."""
+    per_rank = count // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
 @dataclass(frozen=True)
 class _RowAttention:
     """One row's attention inputs: its queries `[L, heads, dim]` at `positions`, the keys within reach
@@ -108,6 +114,7 @@ class Attention(nn.Module):
         self.wo_a = projection(group_in, args.o_groups * args.o_lora_rank, weights)
         self.wo_b = projection(args.o_groups * args.o_lora_rank, args.hidden_size, weights)
         self.heads = slice(0, self.n_heads)  # the query heads computed here (`shard_heads`)
+        self.groups = slice(0, args.o_groups)  # and their output groups
         self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.ratio = args.ratio(kind)
         self.compressor: Compressor | None = None
@@ -151,16 +158,14 @@ class Attention(nn.Module):
         weights: `wq_b`'s rows, `wo_a`'s groups, `wo_b`'s columns, the heads' sinks), `reduce` summing the
         ranks' outputs. Every rank keeps the keys, compressors and indexer whole. Left as it is (every head,
         no reduce) when the heads or groups do not split evenly or an FP8 share would cut a scale block."""
-        groups = self.args.o_groups
-        if groups % world_size:
+        if self.args.o_groups % world_size or self.n_heads % world_size:
             return
-        per_rank, lora = self.n_heads // world_size, self.args.o_lora_rank
-        heads = slice(rank * per_rank, (rank + 1) * per_rank)
-        outputs = slice(rank * groups // world_size * lora, (rank + 1) * groups // world_size * lora)
+        heads, groups = (_share(count, rank, world_size) for count in (self.n_heads, self.args.o_groups))
         q_rows = slice(heads.start * self.head_dim, heads.stop * self.head_dim)
+        outputs = self._group_rows(groups)
         parts = ((self.wq_b, q_rows), (self.wo_a, outputs), (self.wo_b, outputs))
         if all(on_block_bounds(layer, part) for layer, part in parts):
-            self.heads, self.reduce = heads, reduce
+            self.heads, self.groups, self.reduce = heads, groups, reduce
 
     def queries(self, q_residual: torch.Tensor) -> torch.Tensor:
         """The computed heads' queries `[n, heads, head_dim]` (before the head norm and RoPE)."""
@@ -178,13 +183,15 @@ class Attention(nn.Module):
     def project_out(self, out: torch.Tensor) -> torch.Tensor:
         """Grouped low-rank output projection of the computed heads' outputs `[n, heads, head_dim]`: per
         group `wo_a[g]`, then `wo_b` over the groups (the ranks' parts summed by `reduce`)."""
-        per_group = self.n_heads // self.args.o_groups
-        count, lora = (self.heads.stop - self.heads.start) // per_group, self.args.o_lora_rank
-        first = self.heads.start // per_group * lora
-        rows = slice(first, first + count * lora)  # of wo_a's outputs; of wo_b's inputs
+        count, rows = self.groups.stop - self.groups.start, self._group_rows(self.groups)
         grouped = grouped_projection(out.reshape(out.shape[0], count, -1), self.wo_a, count, rows)
         y = project_columns(grouped.flatten(1), self.wo_b, rows)
         return y if self.reduce is None else self.reduce(y)
+
+    def _group_rows(self, groups: slice) -> slice:
+        """The rows of `wo_a`'s outputs (and columns of `wo_b`'s inputs) of the output groups `groups`."""
+        lora = self.args.o_lora_rank
+        return slice(groups.start * lora, groups.stop * lora)
 
     # --------------------------------------------------------------- compressed-entry selection
     def _selected_entries(
