@@ -40,6 +40,8 @@ from device_rates import ceilings
 from deepscout.model_runtime.v4.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from deepscout.model_runtime.v4.engine.decode_runner import DecodeRunner
 from deepscout.model_runtime.v4.engine.engine import Steppable
+from deepscout.model_runtime.v4.model.attention import Attention
+from deepscout.model_runtime.v4.model.moe import MoE
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, WeightFormat, flash_shaped
 
@@ -73,7 +75,8 @@ def active_parameters(args: ModelArgs) -> int:
 def weight_bytes_read(model: DeepseekV4Model, batch: int) -> float:
     """Bytes of weights one decode step reads, as stored (BF16, or FP8/MXFP4 with their scales): all but
     the embedding; of the routed experts, the expected number a batch of independently routed tokens
-    touches, E·(1 - (1 - k/E)^batch)."""
+    touches, E·(1 - (1 - k/E)^batch); of what a rank of expert parallelism reads a share of, that share
+    (`read_fraction`)."""
     args = model.args
     k, experts = args.num_experts_per_tok, args.n_routed_experts
     touched = 1 - (1 - k / experts) ** batch
@@ -82,9 +85,31 @@ def weight_bytes_read(model: DeepseekV4Model, batch: int) -> float:
         weight = tensor.is_floating_point() or tensor.dtype == torch.uint8  # not the routing tables
         if name.startswith("embed.") or name.startswith("mtp.") or not weight:
             continue
-        share = touched if ".ffn.experts." in name else 1.0
+        share = touched if ".ffn.experts." in name else read_fraction(model, name)
         total += tensor.numel() * tensor.element_size() * share
     return total
+
+
+def read_fraction(model: DeepseekV4Model, name: str) -> float:
+    """The fraction of the tensor `name` this rank reads: under expert parallelism its share of the query
+    heads (`wq_b`, `wo_a`, `wo_b`, the sinks), of the shared expert's units or of the vocabulary (the head);
+    all of anything else."""
+    parts = name.split(".")
+    if parts[0] == "head":
+        vocab = model.vocab_parallelism
+        return 1.0 if vocab is None else (vocab.rows.stop - vocab.rows.start) / model.args.vocab_size
+    if "attn" in parts and parts[parts.index("attn") + 1] in ("wq_b", "wo_a", "wo_b", "attn_sink"):
+        attn = model.get_submodule(".".join(parts[: parts.index("attn") + 1]))
+        assert isinstance(attn, Attention)
+        return (attn.heads.stop - attn.heads.start) / attn.n_heads
+    if "shared_experts" in parts:
+        moe = model.get_submodule(".".join(parts[: parts.index("shared_experts")]))
+        assert isinstance(moe, MoE)
+        if moe.parallelism is None:
+            return 1.0
+        units = moe.shared_units
+        return 0.0 if units is None else (units.stop - units.start) / model.args.moe_intermediate_size
+    return 1.0
 
 
 def keys_seen(args: ModelArgs, kind: LayerKind, position: int) -> tuple[int, int]:
