@@ -34,10 +34,10 @@ from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
 from deepscout.model_runtime.v4.weights.loader import LoadReport, allocate_model, load_model
 
 
-def shard_experts(model: DeepseekV4Model, group: RankGroup) -> None:
-    """Make every MoE layer of `model` (MTP layers too) compute `group`'s rank's part (in place), every
-    attention its share of the query heads and the head its share of the vocabulary, where they split
-    evenly."""
+def shard_model(model: DeepseekV4Model, group: RankGroup) -> None:
+    """Make `model` compute `group`'s rank's part (in place): every MoE layer (MTP layers too) its experts
+    and its share of the shared expert, every attention its share of the query heads and the head its share
+    of the vocabulary, where they split evenly."""
     parallelism = ExpertParallelism(
         experts=group.experts(model.args.n_routed_experts),
         rank=group.rank,
@@ -66,7 +66,7 @@ def load_sharded_model(
 ) -> tuple[DeepseekV4Model, LoadReport]:
     """This rank's model from a checkpoint directory (its experts and the dense weights read, nothing
     else), on the rank's device."""
-    shard = partial(shard_experts, group=group)
+    shard = partial(shard_model, group=group)
     model, report = load_model(directory, dtype=dtype, attn_impl=attn_impl, weights=weights, shard=shard)
     return model.to(group.device), report
 
@@ -81,7 +81,7 @@ def random_sharded_model(
     weights: WeightFormat = "dense",
 ) -> DeepseekV4Model:
     """This rank's model with random weights drawn on its device (only its experts ever allocated)."""
-    shard = partial(shard_experts, group=group)
+    shard = partial(shard_model, group=group)
     model = allocate_model(
         args, dtype=dtype, attn_impl=attn_impl, weights=weights, shard=shard, device=group.device
     )
