@@ -43,6 +43,7 @@ from deepscout.model_runtime.v4.model.primitives import (
     apply_rope,
 )
 from deepscout.model_runtime.v4.model.projections import (
+    equal_share,
     grouped_projection,
     on_block_bounds,
     project_columns,
@@ -69,12 +70,6 @@ class AttentionBatch:
     compress_rope: RopeSpec
     impl: AttnImpl
     kernels: KernelImpl = "reference"
-
-
-def _share(count: int, rank: int, world_size: int) -> slice:
-    """Rank `rank`'s equal contiguous share of `count` things (`count` divisible by `world_size`)."""
-    per_rank = count // world_size
-    return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
 @dataclass(frozen=True)
@@ -158,9 +153,10 @@ class Attention(nn.Module):
         weights: `wq_b`'s rows, `wo_a`'s groups, `wo_b`'s columns, the heads' sinks), `reduce` summing the
         ranks' outputs. Every rank keeps the keys, compressors and indexer whole. Left as it is (every head,
         no reduce) when the heads or groups do not split evenly or an FP8 share would cut a scale block."""
-        if self.args.o_groups % world_size or self.n_heads % world_size:
+        heads = equal_share(self.n_heads, rank=rank, world_size=world_size)
+        groups = equal_share(self.args.o_groups, rank=rank, world_size=world_size)
+        if heads is None or groups is None:
             return
-        heads, groups = (_share(count, rank, world_size) for count in (self.n_heads, self.args.o_groups))
         q_rows = slice(heads.start * self.head_dim, heads.stop * self.head_dim)
         outputs = self._group_rows(groups)
         parts = ((self.wq_b, q_rows), (self.wo_a, outputs), (self.wo_b, outputs))

@@ -29,6 +29,7 @@ from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.kernels.route_experts import route_experts
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
 from deepscout.model_runtime.v4.model.projections import (
+    equal_share,
     fp8_rows,
     on_block_bounds,
     project_columns,
@@ -299,10 +300,10 @@ class ExpertParallelism:
         """The shared expert's intermediate units this rank computes: an equal contiguous share, so the
         busiest rank reads only its share of the shared expert's weights; all of them on rank 0 (None
         elsewhere) when `inter` does not split evenly."""
-        if inter % self.world_size:
+        share = equal_share(inter, rank=self.rank, world_size=self.world_size)
+        if share is None:
             return slice(0, inter) if self.rank == 0 else None
-        share = inter // self.world_size
-        return slice(self.rank * share, (self.rank + 1) * share)
+        return share
 
 
 class MoE(nn.Module):

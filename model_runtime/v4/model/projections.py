@@ -5,7 +5,8 @@ holding the checkpoint's e4m3 bytes and e8m0 block scales. Both are called the s
 output in `x`'s dtype). What reads a part of a projection's weight goes through the functions here, which
 take either: V4's grouped output projection `wo_a` (`grouped_projection`), and a rank's share of the output
 rows (`project_rows`, `fp8_rows`) or of the input columns (`project_columns`) under parallelism — views of
-the weight, no copies; an FP8 share must lie on 128-wide block bounds (`on_block_bounds`).
+the weight, no copies; a share is an equal contiguous one (`equal_share`), and an FP8 share must lie on
+128-wide block bounds (`on_block_bounds`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ def project_columns(x: torch.Tensor, layer: Projection, columns: slice) -> torch
 def fp8_rows(layer: Fp8BlockLinear, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """The (weight, block scales) views of an FP8 layer's output rows `rows`."""
     return layer.weight[rows], layer.scale[_blocks(rows)]
+
+
+def equal_share(count: int, *, rank: int, world_size: int) -> slice | None:
+    """Rank `rank`'s equal contiguous share of `count` things (heads, units, rows) over `world_size` ranks;
+    None when they do not split evenly."""
+    if count % world_size:
+        return None
+    per_rank = count // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
 def on_block_bounds(layer: Projection, part: slice) -> bool:

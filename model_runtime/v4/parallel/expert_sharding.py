@@ -27,6 +27,7 @@ import torch
 
 from deepscout.model_runtime.v4.model.attention import Attention, AttnImpl
 from deepscout.model_runtime.v4.model.moe import ExpertParallelism, MoE
+from deepscout.model_runtime.v4.model.projections import equal_share
 from deepscout.model_runtime.v4.model.random_weights import fill_random_
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model, VocabParallelism
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
@@ -49,10 +50,8 @@ def shard_model(model: DeepseekV4Model, group: RankGroup) -> None:
             module.shard(parallelism)
         elif isinstance(module, Attention):
             module.shard_heads(rank=group.rank, world_size=group.world_size, reduce=group.all_reduce_sum)
-    vocab = model.args.vocab_size
-    if vocab % group.world_size == 0:
-        share = vocab // group.world_size
-        rows = slice(group.rank * share, (group.rank + 1) * share)
+    rows = equal_share(model.args.vocab_size, rank=group.rank, world_size=group.world_size)
+    if rows is not None:
         model.vocab_parallelism = VocabParallelism(rows=rows, gather=group.gather_columns)
 
 
