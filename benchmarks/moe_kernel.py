@@ -12,12 +12,16 @@ second); for prefill, the FLOPs (2 · N · k · 3 · hidden · inter) over an 81
 
 MXFP4 decode rows also time the decode path (`grouped_moe_mxfp4_gemv`, a matrix-vector product per pair,
 which `grouped_moe` takes for at most `GEMV_MAX_PAIRS` pairs) beside the tiled kernels, both as called and
-as CUDA-graph replays (`*_graph_ms`: no Python launch overhead, as the decode step runs), and report the
+as CUDA-graph replays (`*_graph_ms`: no Python launch overhead, as the decode step runs); the decode path
+cycles through `ROUTINGS` routings so that its weights stream from memory (`gemv_x_floor` is against their
+mean held experts' bytes), and the rows report the
 byte floor of the expected routing: the expected distinct experts touched, `held · (1 - (1 - k/E)^N)` for
 N tokens' uniform top-k over E experts of which this rank holds `held`, times an expert's bytes, over the
 copy rate.
-`--held COUNT` keeps only the first COUNT experts' stacks, as rank 0 of an expert-parallel group (pairs of
-the other experts add nothing); `--sweep` also times the candidate GEMV tiles in `GEMV_SWEEP`.
+`--held COUNT` keeps only the first COUNT experts' stacks, as rank 0 of an expert-parallel group sharing
+whole experts (pairs of the other experts add nothing); `--inter 1024` gives every expert a rank's share of
+V4-Flash's units when two ranks share every expert's units; `--sweep` also times the candidate GEMV tiles
+in `GEMV_SWEEP`.
 
 Prints a table and writes `benchmarks/results/moe_kernel.json` (or `--json PATH`).
 
@@ -70,21 +74,17 @@ SWEEP = {
 """Candidate tiles (block_m, gate_up_n, down_n, block_k, num_warps, num_stages) for `--sweep` (block_k a
 multiple of 32, as MXFP4 needs)."""
 GEMV_SWEEP = [
-    (16, 16, 512, 4, 1),
-    (8, 8, 512, 4, 1),
-    (8, 16, 1024, 4, 1),
-    (4, 8, 1024, 4, 1),
-    (4, 16, 2048, 4, 1),
-    (16, 16, 1024, 4, 1),
-    (16, 16, 256, 4, 1),
-    (32, 32, 256, 4, 1),
-    (16, 32, 512, 4, 1),
-    (16, 16, 512, 8, 1),
-    (16, 16, 512, 4, 2),
-    (16, 16, 512, 4, 3),
+    (gate_up_n, down_n, block_k, num_warps, prefetch)
+    for gate_up_n, down_n in ((4, 8), (8, 16), (16, 32))
+    for block_k in (256, 512, 1024)
+    for num_warps in (4, 8)
+    for prefetch in (False, True)
 ]
-"""Candidate decode-path tiles (gate_up_n, down_n, block_k, num_warps, num_stages) for `--sweep` (MXFP4
+"""Candidate decode-path tiles (gate_up_n, down_n, block_k, num_warps, prefetch) for `--sweep` (MXFP4
 decode rows; powers of two, block_k >= 32)."""
+ROUTINGS = 16
+"""Routings each decode-path timing cycles through (different experts, so the weights stream from memory
+as in a decode step, where each layer's experts are read once, rather than replaying from L2)."""
 WEIGHTS = ("bf16", "mxfp4")
 """Expert formats `--weights` may name."""
 
@@ -115,9 +115,11 @@ def make_case(
         stacks = quantize(stacks)
     stacks = stacks.map(lambda t: t[:held])  # rank 0's rows (all of them without --held)
     x = torch.randn(tokens, hidden, generator=gen, device=device).to(torch.bfloat16)
-    scores = torch.rand(tokens, experts, generator=gen, device=device)
-    weights, indices = scores.topk(top_k, dim=-1)
-    routing = {"x": x, "weights": weights / weights.sum(-1, keepdim=True), "indices": indices}
+    routings = []
+    for _ in range(ROUTINGS):
+        weights, indices = torch.rand(tokens, experts, generator=gen, device=device).topk(top_k, dim=-1)
+        routings.append((weights / weights.sum(-1, keepdim=True), indices))
+    routing = {"x": x, "weights": routings[0][0], "indices": routings[0][1], "routings": routings}
     return {**routing, "stacks": stacks, "experts": ExpertSlice(0, held) if held < experts else None}
 
 
@@ -143,14 +145,20 @@ def measure(
 def measure_gemv(
     case: dict[str, Any], device: torch.device, tiles: GemvTiles | None, *, graphs: bool
 ) -> tuple[float, torch.Tensor]:
-    """The decode path's seconds per call (as called, or as CUDA-graph replays) and its output."""
+    """The decode path's seconds per call (as called, or as CUDA-graph replays; the mean over the case's
+    `ROUTINGS` routings, run in turn) and its output for the first routing."""
     from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import grouped_moe_mxfp4_gemv
 
     def call() -> torch.Tensor:
-        routing = (case["x"], case["weights"], case["indices"], case["stacks"])
-        return grouped_moe_mxfp4_gemv(*routing, 10.0, tiles=tiles, experts=case["experts"])
+        outs = [
+            grouped_moe_mxfp4_gemv(
+                case["x"], weights, indices, case["stacks"], 10.0, tiles=tiles, experts=case["experts"]
+            )
+            for weights, indices in case["routings"]
+        ]
+        return outs[0]
 
-    return timed(call, device, graphs=graphs), call()
+    return timed(call, device, graphs=graphs) / len(case["routings"]), call()
 
 
 def gemv_columns(
@@ -253,7 +261,10 @@ def run_case(
         row["best_tiles"] = asdict(best)
         row["best_ms"] = round(best_s * 1e3, 4)
     if fmt == "mxfp4" and phase == "decode":
-        row.update(gemv_columns(case, device, reference, floor, sweep))
+        held_active = [int((torch.unique(indices) < held).sum()) for _, indices in case["routings"]]
+        mean_bytes = sum(held_active) / len(held_active) * bytes_per_expert(fmt, hidden, inter)
+        gemv_floor = mean_bytes / rates.copy_bytes_per_s if rates.copy_bytes_per_s else 0.0
+        row.update(gemv_columns(case, device, reference, gemv_floor, sweep))
     return row
 
 
@@ -267,6 +278,12 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also time the candidate tiles in SWEEP")
     parser.add_argument("--weights", default="bf16", help=f"expert formats, comma-separated, of {WEIGHTS}")
     parser.add_argument("--held", type=int, default=None, help="experts this rank holds (the first COUNT)")
+    parser.add_argument(
+        "--inter",
+        type=int,
+        default=None,
+        help="intermediate units of each expert (V4-Flash: 2048; a rank's share when the ranks share units)",
+    )
     default_json = Path(__file__).parent / "results" / "moe_kernel.json"
     parser.add_argument("--json", type=Path, default=default_json)
     opts = parser.parse_args()
@@ -279,7 +296,7 @@ def main() -> None:
     if device.type == "cpu":  # Triton reads this when the kernels are first defined
         os.environ.setdefault("TRITON_INTERPRET", "1")
     small = device.type == "cpu"
-    shape = (6, 256, 128) if small else (6, 4096, 2048)
+    shape = (6, 256, opts.inter or 128) if small else (6, 4096, opts.inter or 2048)
     experts = [int(e) for e in (opts.experts or ("8" if small else "16,256")).split(",")]
     prefill = int(opts.prefill or (64 if small else 4096))
     torch.manual_seed(0)

@@ -75,7 +75,7 @@ class GemvTiles:
     down_n: int = 16
     block_k: int = 1024
     num_warps: int = 4
-    num_stages: int = 1
+    prefetch: bool = False
 
 
 @triton.jit
@@ -126,18 +126,25 @@ def _load_columns(row, x_offsets, group_ok):
 
 
 @triton.jit
-def _group_sums(W, S, w_offsets, s_offsets, row_ok, group_ok, v):
-    """One step of a block of rows: each row's and 32-column group's Σ weight · v (`v`: the eight column
-    tensors of `_load_columns`), the weights dequantised (float32 `[rows, groups]`)."""
+def _load_step(W, S, w_offsets, s_offsets, row_ok, group_ok):
+    """One step's packed words `[rows, groups, 4]` and scale bytes `[rows, groups]` of a block of rows
+    (nothing read outside the rows and groups: past the reduction's end every group is out)."""
     words = tl.load(W + w_offsets, mask=row_ok[:, None, None] & group_ok[None, :, None], other=0)
+    scales = tl.load(S + s_offsets, mask=row_ok[:, None] & group_ok[None, :], other=127)
+    return words, scales
+
+
+@triton.jit
+def _group_sums(words, scales, v):
+    """Each row's and 32-column group's Σ weight · v of one step (`v`: the eight column tensors of
+    `_load_columns`), the weights dequantised (float32 `[rows, groups]`)."""
     w0, w4 = _pair_f32(words, 9, 12)
     w1, w5 = _pair_f32(words, 5, 8)
     w2, w6 = _pair_f32(words, 1, 4)
     w3, w7 = _pair_f32(words, -3, 0)
     products = w0 * v[0][None] + w4 * v[4][None] + w1 * v[1][None] + w5 * v[5][None]
     products += w2 * v[2][None] + w6 * v[6][None] + w3 * v[3][None] + w7 * v[7][None]
-    scale = _e8m0(tl.load(S + s_offsets, mask=row_ok[:, None] & group_ok[None, :], other=127))
-    return tl.sum(products, axis=2) * 16384.0 * scale
+    return tl.sum(products, axis=2) * 16384.0 * _e8m0(scales)
 
 
 @triton.jit
@@ -164,6 +171,7 @@ def _gemv_gate_up_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     CLAMP: tl.constexpr,
+    PREFETCH: tl.constexpr,
     PDL: tl.constexpr,
 ):
     enter_pdl(PDL)
@@ -179,12 +187,23 @@ def _gemv_gate_up_kernel(
     s1, s3 = S1 + expert * stride_se, S3 + expert * stride_se
     gate = tl.zeros((BLOCK_N, BLOCK_K // SCALE_BLOCK), dtype=tl.float32)
     up = tl.zeros((BLOCK_N, BLOCK_K // SCALE_BLOCK), dtype=tl.float32)
+    group_ok = _groups_in(0, HIDDEN, BLOCK_K)
+    gate_words, gate_scales = _load_step(w1, s1, w_offsets, s_offsets, row_ok, group_ok)
+    up_words, up_scales = _load_step(w3, s3, w_offsets, s_offsets, row_ok, group_ok)
     for k0 in range(0, HIDDEN, BLOCK_K):
         group_ok = _groups_in(k0, HIDDEN, BLOCK_K)
         v = _load_columns(x_row + k0, x_offsets, group_ok)
-        w_step, s_step = w_offsets + k0 // 8, s_offsets + k0 // SCALE_BLOCK
-        gate += _group_sums(w1, s1, w_step, s_step, row_ok, group_ok, v)
-        up += _group_sums(w3, s3, w_step, s_step, row_ok, group_ok, v)
+        this_gate, this_gate_scales, this_up, this_up_scales = gate_words, gate_scales, up_words, up_scales
+        next_ok = _groups_in(k0 + BLOCK_K, HIDDEN, BLOCK_K)
+        w_next, s_next = w_offsets + (k0 + BLOCK_K) // 8, s_offsets + (k0 + BLOCK_K) // SCALE_BLOCK
+        if PREFETCH:  # the next step's weights in flight while this step's are summed
+            gate_words, gate_scales = _load_step(w1, s1, w_next, s_next, row_ok, next_ok)
+            up_words, up_scales = _load_step(w3, s3, w_next, s_next, row_ok, next_ok)
+        gate += _group_sums(this_gate, this_gate_scales, v)
+        up += _group_sums(this_up, this_up_scales, v)
+        if not PREFETCH:
+            gate_words, gate_scales = _load_step(w1, s1, w_next, s_next, row_ok, next_ok)
+            up_words, up_scales = _load_step(w3, s3, w_next, s_next, row_ok, next_ok)
     # the tiled path's epilogue on a one-row tile: the pair's row of H, these rows as its columns
     pair_row = pair + tl.arange(0, 1)
     gate_row, up_row = tl.sum(gate, axis=1)[None, :], tl.sum(up, axis=1)[None, :]
@@ -211,6 +230,7 @@ def _gemv_down_kernel(
     INTER: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PREFETCH: tl.constexpr,
     PDL: tl.constexpr,
 ):
     enter_pdl(PDL)
@@ -224,11 +244,18 @@ def _gemv_down_kernel(
         w_offsets, s_offsets, h_offsets = _step_offsets(rows, stride_wn, stride_sn, BLOCK_K)
         h_row = H + pair.to(tl.int64) * stride_h
         w2, s2 = W2 + expert * stride_we, S2 + expert * stride_se
+        words, scales = _load_step(w2, s2, w_offsets, s_offsets, row_ok, _groups_in(0, INTER, BLOCK_K))
         for k0 in range(0, INTER, BLOCK_K):
             group_ok = _groups_in(k0, INTER, BLOCK_K)
             v = _load_columns(h_row + k0, h_offsets, group_ok)
-            w_step, s_step = w_offsets + k0 // 8, s_offsets + k0 // SCALE_BLOCK
-            acc += _group_sums(w2, s2, w_step, s_step, row_ok, group_ok, v)
+            this_words, this_scales = words, scales
+            next_ok = _groups_in(k0 + BLOCK_K, INTER, BLOCK_K)
+            w_next, s_next = w_offsets + (k0 + BLOCK_K) // 8, s_offsets + (k0 + BLOCK_K) // SCALE_BLOCK
+            if PREFETCH:  # the next step's weights in flight while this step's are summed
+                words, scales = _load_step(w2, s2, w_next, s_next, row_ok, next_ok)
+            acc += _group_sums(this_words, this_scales, v)
+            if not PREFETCH:
+                words, scales = _load_step(w2, s2, w_next, s_next, row_ok, next_ok)
     route = tl.where(held, tl.load(ROUTE + pair), 0.0)
     out = tl.sum(acc, axis=1) * route
     tl.store(OUT + pair.to(tl.int64) * stride_out + rows, out.to(OUT.dtype.element_ty), mask=row_ok)
@@ -300,8 +327,8 @@ def grouped_moe_mxfp4_gemv(
         BLOCK_N=tiles.gate_up_n,
         BLOCK_K=_block_k(tiles, hidden),
         CLAMP=swiglu_limit > 0,
+        PREFETCH=tiles.prefetch,
         num_warps=tiles.num_warps,
-        num_stages=tiles.num_stages,
         **pdl_launch(x.device),
     )
     _gemv_down_kernel[(n_pairs, triton.cdiv(hidden, tiles.down_n))](
@@ -323,8 +350,8 @@ def grouped_moe_mxfp4_gemv(
         INTER=inter,
         BLOCK_N=tiles.down_n,
         BLOCK_K=_block_k(tiles, inter),
+        PREFETCH=tiles.prefetch,
         num_warps=tiles.num_warps,
-        num_stages=tiles.num_stages,
         **pdl_launch(h.device),
     )
     return sum_pairs(pair_out, x, add=add, out_dtype=out_dtype)

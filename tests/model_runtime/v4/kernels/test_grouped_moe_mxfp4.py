@@ -181,6 +181,7 @@ def test_flash_width_on_cuda_without_host_syncs(tokens: int) -> None:
 
 _SMALL_GEMV = GemvTiles(gate_up_n=16, down_n=32, block_k=64)  # several steps each launch
 _RAGGED_GEMV = GemvTiles(gate_up_n=64, down_n=64, block_k=64)  # with inter 96, hidden 160: ragged everywhere
+_PREFETCH_GEMV = GemvTiles(gate_up_n=64, down_n=64, block_k=64, prefetch=not GemvTiles().prefetch)
 
 
 @triton.jit
@@ -225,6 +226,7 @@ def _slice_case(
         (3, 2, 256, 128, 1.0, ExpertSlice(4, 4), _SMALL_GEMV),  # clamps active; several steps
         (5, 3, 160, 96, 1.0, None, _RAGGED_GEMV),  # last row blocks and last steps half full
         (5, 2, 160, 96, 10.0, ExpertSlice(3, 3), _RAGGED_GEMV),
+        (5, 2, 160, 96, 10.0, ExpertSlice(3, 3), _PREFETCH_GEMV),  # the other way of loading the steps
         (4, 3, 256, 128, 1.0, ExpertSlice(2, 4), GemvTiles(gate_up_n=64, down_n=64, block_k=256)),
     ],
 )
