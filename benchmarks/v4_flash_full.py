@@ -4,16 +4,18 @@ expert-parallel over `--devices`, measured against the busiest GPU's floors and 
 The model is V4-Flash at real size (43 layers, 256 routed experts top-6 + 1 shared, the MTP layer; FP8
 block-scaled projections, MXFP4 routed experts, BF16 embedding and head), launched as the runtime runs it
 (`parallel/launcher.py`, one process per GPU, NCCL): every rank draws its shard's random weights on its GPU
-(`RandomSource`: only its experts are ever allocated). Measured, for each `--contexts` length:
+(`RandomSource`: only its share of the experts, `--moe-sharding`, is ever allocated). Measured, for each
+`--contexts` length:
 
 * init: seconds until every rank holds its weights; memory per GPU (`nvidia-smi`), after the run;
 * prefill of a fresh prompt of that length (`--chunk` tokens a step), after a warm-up prefill that
   compiles the kernels; tokens/s and the ratio to its compute floor;
 * decode ms/step at each `--batch` on sequences forked from the prefilled prompt (the prefix cache shares
   its blocks; the median of `--repeats` timed runs, each run in the JSON), beside the byte floor — the
-  bytes the busiest GPU (rank 0: every dense weight, its experts and the shared expert, the whole KV, as
-  attention is replicated) reads per step, over the copy rate of that GPU measured in the same run — and
-  the peer's 3.28 ms/token (SGLang, FP8, four H200s, with MTP).
+  bytes rank 0 reads per step (its shares of the heads, the shared expert, the head and the routed
+  experts it holds that the step's tokens touch, every other dense weight, the whole KV), over the copy
+  rate of that GPU measured in the same run — and the peer's 3.28 ms/token (SGLang, FP8, four H200s,
+  with MTP).
 
 No speculation: random weights make MTP drafts almost never accepted.
 
@@ -32,7 +34,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from device_rates import ceilings
@@ -48,6 +50,7 @@ from long_context import (
 )
 
 from deepscout.model_runtime.v4.engine import EngineConfig, GenerationRequest, SamplingParams
+from deepscout.model_runtime.v4.model.moe import MoeSharding
 from deepscout.model_runtime.v4.model_config import ModelArgs, flash_shaped
 from deepscout.model_runtime.v4.parallel.launcher import LaunchSpec, RandomSource, launch
 
@@ -98,6 +101,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         rendezvous=Path(tempfile.mkdtemp()) / "rendezvous",
         dtype=torch.bfloat16,
         weights="shipped",
+        moe_sharding=opts.moe_sharding,
         kernels="triton",
         timeout_s=600,
     )
@@ -105,6 +109,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "devices": list(devices),
         "kv": opts.kv,
         "overlap": config.overlap,
+        "moe_sharding": opts.moe_sharding,
         "copy_tb_s": round(copy_rate / 1e12, 2),
         "matmul_tflop_s": round(mm_rate / 1e12, 1),
         "contexts": {},
@@ -212,6 +217,12 @@ def main() -> None:
         "--no-overlap", action="store_true", help="read each decode step's tokens before the next step"
     )
     parser.add_argument("--kv", choices=["bfloat16", "paper"], default="bfloat16")
+    parser.add_argument(
+        "--moe-sharding",
+        choices=list(get_args(MoeSharding)),
+        default="units",
+        help="how the ranks share the routed experts: every expert's units, or whole experts",
+    )
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed decode runs a batch (median shown)")

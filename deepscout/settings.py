@@ -210,6 +210,13 @@ class V4Settings(BaseSettings):
         default="off",
         description="mtp: speculative decoding, the MTP layer drafts and the model verifies (same tokens).",
     )
+    moe_sharding: Literal["units", "experts"] = Field(
+        default="units",
+        description=(
+            "Over several devices, how they share the routed experts: units (each holds its share of every "
+            "expert, so each reads the same bytes a step) or experts (each holds whole experts)."
+        ),
+    )
 
     @property
     def devices(self) -> tuple[str, ...]:

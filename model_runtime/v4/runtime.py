@@ -291,7 +291,7 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
     rendezvous = Path(tempfile.mkdtemp(prefix="deepscout-ep-")) / "rendezvous"
     spec = LaunchSpec(
         source=source, devices=options.devices, engine=config, rendezvous=rendezvous, dtype=dtype,
-        weights=options.weights,
+        weights=options.weights, moe_sharding=options.moe_sharding,
     )  # fmt: skip
     launched = launch(spec)
     engine = launched.engine

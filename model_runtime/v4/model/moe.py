@@ -7,16 +7,19 @@ grouped kernel (`kernels/grouped_moe.py`) reads in one launch for all experts of
 `weights="shipped"` (`WeightFormat`) the routed experts stay MXFP4 (packed bytes and e8m0 scale bytes,
 `experts.{e}.w1.weight` / `.scale`) and the shared expert FP8 (`Fp8BlockLinear`), as checkpoints store them.
 
-Expert parallelism (`MoE.shard`): a rank keeps only its `ExpertSlice` of the routed experts (its modules
-numbered from 0, `RoutedExperts.ids` naming the global ids), runs the pairs routed to them, adds its share
-of the shared expert (`ExpertParallelism.shared_units`) and sums the ranks' partial outputs.
+Parallelism (`MoE.shard`, `MoeSharding`): a rank keeps either an equal share of every routed expert's
+intermediate units (`RoutedExperts.unit_share`: rows of w1/w3, columns of w2, so every rank reads the same
+bytes whatever the routing) or its `ExpertSlice` of whole experts (its modules numbered from 0,
+`RoutedExperts.ids` naming the global ids), runs the pairs routed to what it holds, adds its share of the
+shared expert (`ExpertParallelism.shared_units`) and sums the ranks' partial outputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -128,7 +131,8 @@ class RoutedExperts(nn.ModuleList):
     re-stacks (one copy).
 
     `ids` are the global expert ids held (all of them, unless `sliced` for expert parallelism): module `i`
-    is expert `ids.start + i`."""
+    is expert `ids.start + i`; `units` the intermediate units of each expert held (all of them, unless
+    `unit_share`d), counted in the whole expert's."""
 
     stacks: ExpertStacks | Mxfp4ExpertStacks
 
@@ -145,6 +149,7 @@ class RoutedExperts(nn.ModuleList):
             self._point_experts()
         self.limit = swiglu_limit
         self.ids = ExpertSlice(0, n_experts)
+        self.units = slice(0, inter_dim)
         self.register_load_state_dict_post_hook(_restack_after_load)
 
     def sliced(self, ids: ExpertSlice) -> RoutedExperts:
@@ -152,15 +157,41 @@ class RoutedExperts(nn.ModuleList):
         stacks copied (on the meta device: nothing allocated), the experts' tensors views into them."""
         if ids.start < 0 or ids.stop > len(self) or ids.count < 1:
             raise ValueError(f"experts [{ids.start}, {ids.stop}) are not within the {len(self)} held")
-        _, inter, packed_hidden = self.stacks.w1.shape
+        _, inter, _ = self.stacks.w1.shape
+        kept = self._kept(ids.count, inter, lambda stack, _field: stack[ids.start : ids.stop])
+        kept.ids = ExpertSlice(self.ids.start + ids.start, ids.count)
+        kept.units = self.units
+        return kept
+
+    def unit_share(self, units: slice) -> RoutedExperts:
+        """Every expert's intermediate `units` only (counted in those held here): their rows of w1/w3 and
+        columns of w2 copied (MXFP4 on whole 32-wide scale blocks; on the meta device nothing is allocated),
+        the experts' tensors views into them. The parts over disjoint units sum to the layer's output."""
+        _, inter, _ = self.stacks.w1.shape
+        block = FP4_BLOCK if self._packed() else 1
+        if not 0 <= units.start < units.stop <= inter or units.start % block or units.stop % block:
+            raise ValueError(
+                f"units [{units.start}, {units.stop}) are not within the {inter} held on {block}-wide bounds"
+            )
+        kept = self._kept(len(self), units.stop - units.start, partial(_unit_part, units=units, inter=inter))
+        kept.ids = self.ids
+        kept.units = slice(self.units.start + units.start, self.units.start + units.stop)
+        return kept
+
+    def _kept(
+        self, n_experts: int, inter: int, part: Callable[[torch.Tensor, str], torch.Tensor]
+    ) -> RoutedExperts:
+        """Experts of this layer holding `part(stack, field)` of each stack (copied), the experts' tensors
+        views into them."""
+        packed_hidden = self.stacks.w1.shape[2]
         hidden = packed_hidden * 2 if self._packed() else packed_hidden
         weights: WeightFormat = "shipped" if self._packed() else "dense"
         with torch.device("meta"):
-            kept = RoutedExperts(ids.count, hidden, inter, self.limit, weights)
+            kept = RoutedExperts(n_experts, hidden, inter, self.limit, weights)
         with torch.no_grad():
-            kept.stacks = self.stacks.map(lambda t: t[ids.start : ids.stop].clone())
+            stacks = {f: part(getattr(self.stacks, f), f).clone() for f in self._fields()}
+            kept.stacks = type(self.stacks)(**stacks)
         kept._point_experts()
-        kept.ids = ExpertSlice(self.ids.start + ids.start, ids.count)
         return kept
 
     def _fields(self) -> tuple[str, ...]:
@@ -280,21 +311,38 @@ class Gate(nn.Module):
         return self
 
 
+def _unit_part(stack: torch.Tensor, field: str, *, units: slice, inter: int) -> torch.Tensor:
+    """The intermediate `units` (of `inter`) of one stack: rows of w1/w3 and their scales, columns of w2
+    and its scales, in the stack's own columns (a packed byte holds two weights, a scale byte 32)."""
+    if field.startswith("w2"):
+        per_column = inter // stack.shape[2]
+        return stack[:, :, units.start // per_column : units.stop // per_column]
+    return stack[:, units]
+
+
 def _restack_after_load(module: nn.Module, _incompatible_keys: object) -> None:
     assert isinstance(module, RoutedExperts)
     module.ensure_stacked()
 
 
+MoeSharding = Literal["units", "experts"]
+"""How ranks share a MoE layer's routed experts: "units", every rank an equal share of every expert's
+intermediate units (each reads the same bytes a step, whatever the routing); "experts", every rank an equal
+slice of whole experts (a step waits for the rank that most of its tokens' experts are on)."""
+
+
 @dataclass(frozen=True)
 class ExpertParallelism:
-    """One rank's part in a MoE layer under expert parallelism: its slice of the routed experts, its place
-    (`rank` of `world_size`) for its share of the shared expert, and `reduce`, the sum of all ranks'
+    """One rank's part in a MoE layer: the routed experts it holds (`experts`) and, when the ranks share
+    every expert's units, the intermediate units of each it holds (`routed_units`; None: whole experts), its
+    place (`rank` of `world_size`) for its share of the shared expert, and `reduce`, the sum of all ranks'
     partial outputs (an all-reduce: every rank gets the same sum)."""
 
     experts: ExpertSlice
     rank: int
     world_size: int
     reduce: Callable[[torch.Tensor], torch.Tensor]
+    routed_units: slice | None = None
 
     def shared_units(self, inter: int) -> slice | None:
         """The shared expert's intermediate units this rank computes: an equal contiguous share, so the
@@ -321,9 +369,13 @@ class MoE(nn.Module):
         self.shared_units: slice | None = None  # after `shard`: this rank's units of the shared expert
 
     def shard(self, parallelism: ExpertParallelism) -> None:
-        """Keep only `parallelism.experts` of the routed experts (see `RoutedExperts.sliced`) and compute
-        this rank's part from now on."""
-        self.experts = self.experts.sliced(parallelism.experts)
+        """Keep only `parallelism.experts` of the routed experts (see `RoutedExperts.sliced`) and of each
+        only `parallelism.routed_units` (`RoutedExperts.unit_share`), and compute this rank's part from now
+        on."""
+        if parallelism.experts != self.experts.ids:
+            self.experts = self.experts.sliced(parallelism.experts)
+        if parallelism.routed_units is not None:
+            self.experts = self.experts.unit_share(parallelism.routed_units)
         self.parallelism = parallelism
         shared = self.shared_experts
         self.shared_units = parallelism.shared_units(shared.w1.weight.shape[0])

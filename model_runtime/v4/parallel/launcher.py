@@ -1,11 +1,12 @@
 """Start expert-parallel DeepSeek-V4 on the devices of one machine and serve it from this process.
 
-`launch` reads the model's arguments from its source (refusing a world size that does not divide the routed
-experts), spawns one process per rank beyond the first (torch.multiprocessing, "spawn"), and becomes rank 0
-itself: every rank joins the process group through a rendezvous file, loads its shard of the checkpoint
-(`CheckpointSource`) or draws its shard's random weights (`RandomSource`) onto its device and builds the
-same engine; ranks 1.. then `follow` rank 0, and this process returns the `LockstepEngine`
-serving `generate()` (inside `Launched`, whose `close` shuts the ranks down and joins them).
+`launch` reads the model's arguments from its source (refusing a world size its routed experts do not
+share out over, by `LaunchSpec.moe_sharding`), spawns one process per rank beyond the first
+(torch.multiprocessing, "spawn"), and becomes rank 0 itself: every rank joins the process group through a
+rendezvous file, loads its shard of the checkpoint (`CheckpointSource`) or draws its shard's random weights
+(`RandomSource`) onto its device and builds the same engine; ranks 1.. then `follow` rank 0, and this
+process returns the `LockstepEngine` serving `generate()` (inside `Launched`, whose `close` shuts the
+ranks down and joins them).
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ import torch.multiprocessing as mp
 from deepscout.model_runtime.v4.engine import Engine, EngineConfig
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl, default_impl
 from deepscout.model_runtime.v4.model.attention import AttnImpl
+from deepscout.model_runtime.v4.model.moe import MoeSharding
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
-from deepscout.model_runtime.v4.parallel.expert_sharding import load_sharded_model, random_sharded_model
+from deepscout.model_runtime.v4.parallel.expert_sharding import (
+    load_sharded_model,
+    random_sharded_model,
+    routed_share,
+)
 from deepscout.model_runtime.v4.parallel.lockstep_engine import LockstepEngine, follow
-from deepscout.model_runtime.v4.parallel.rank_group import RankGroup, expert_slice
+from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
 from deepscout.model_runtime.v4.weights.loader import backbone_args
 
 
@@ -41,10 +47,21 @@ class CheckpointSource:
         return backbone_args(json.loads((self.directory / "config.json").read_text()))
 
     def load(
-        self, group: RankGroup, *, dtype: torch.dtype, attn_impl: AttnImpl, weights: WeightFormat
+        self,
+        group: RankGroup,
+        *,
+        dtype: torch.dtype,
+        attn_impl: AttnImpl,
+        weights: WeightFormat,
+        moe_sharding: MoeSharding,
     ) -> DeepseekV4Model:
         model, _report = load_sharded_model(
-            self.directory, group, dtype=dtype, attn_impl=attn_impl, weights=weights
+            self.directory,
+            group,
+            dtype=dtype,
+            attn_impl=attn_impl,
+            weights=weights,
+            moe_sharding=moe_sharding,
         )
         return model
 
@@ -60,10 +77,22 @@ class RandomSource:
         return self.model_args
 
     def load(
-        self, group: RankGroup, *, dtype: torch.dtype, attn_impl: AttnImpl, weights: WeightFormat
+        self,
+        group: RankGroup,
+        *,
+        dtype: torch.dtype,
+        attn_impl: AttnImpl,
+        weights: WeightFormat,
+        moe_sharding: MoeSharding,
     ) -> DeepseekV4Model:
         return random_sharded_model(
-            self.model_args, group, seed=self.seed, dtype=dtype, attn_impl=attn_impl, weights=weights
+            self.model_args,
+            group,
+            seed=self.seed,
+            dtype=dtype,
+            attn_impl=attn_impl,
+            weights=weights,
+            moe_sharding=moe_sharding,
         )
 
 
@@ -73,8 +102,9 @@ ModelSource = CheckpointSource | RandomSource
 @dataclass(frozen=True)
 class LaunchSpec:
     """Everything a rank needs (picklable): where the weights come from, one device per rank (rank r on
-    `devices[r]`; all CUDA or all CPU), how to load and run the model, the engine settings (their device
-    replaced by the rank's), the rendezvous file (not yet existing) and the collectives' timeout;
+    `devices[r]`; all CUDA or all CPU), how to load, share out (`moe_sharding`) and run the model, the
+    engine settings (their device replaced by the rank's), the rendezvous file (not yet existing) and the
+    collectives' timeout;
     `cpu_threads` caps each rank's intra-op threads (None: torch's default)."""
 
     source: ModelSource
@@ -83,6 +113,7 @@ class LaunchSpec:
     rendezvous: Path
     dtype: torch.dtype = torch.float32
     weights: WeightFormat = "dense"
+    moe_sharding: MoeSharding = "units"
     attn_impl: AttnImpl = "sparse"
     kernels: KernelImpl | None = None
     timeout_s: float = 600.0
@@ -128,7 +159,13 @@ class Launched:
 
 def launch(spec: LaunchSpec) -> Launched:
     """Start every rank of `spec` and return rank 0's engine (this process is rank 0)."""
-    expert_slice(spec.source.args().n_routed_experts, rank=0, world_size=spec.world_size)
+    routed_share(
+        spec.source.args(),
+        moe_sharding=spec.moe_sharding,
+        weights=spec.weights,
+        rank=0,
+        world_size=spec.world_size,
+    )  # refuses a split that does not work before any rank starts
     if len({torch.device(d).type for d in spec.devices}) != 1:
         raise ValueError(f"the ranks' devices must be all CUDA or all CPU, got {list(spec.devices)}")
     context = mp.get_context("spawn")
@@ -156,7 +193,13 @@ def _rank_engine(rank: int, spec: LaunchSpec) -> tuple[Engine, RankGroup]:
         rendezvous=spec.rendezvous,
         timeout_s=spec.timeout_s,
     )
-    model = spec.source.load(group, dtype=spec.dtype, attn_impl=spec.attn_impl, weights=spec.weights)
+    model = spec.source.load(
+        group,
+        dtype=spec.dtype,
+        attn_impl=spec.attn_impl,
+        weights=spec.weights,
+        moe_sharding=spec.moe_sharding,
+    )
     model.kernels = spec.kernels or default_impl(device)
     config = spec.engine.model_copy(update={"device": spec.devices[rank]})
     return Engine(model, config, agree_tokens=group.agree), group

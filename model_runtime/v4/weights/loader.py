@@ -21,7 +21,8 @@ still have its place in the model.
 Expert parallelism: a model whose MoE layers hold only a slice of the routed experts (``MoE.shard``, applied
 through ``load_model(shard=...)`` before anything is allocated) loads only those experts' tensors, under
 their global names, and all the dense ones; the other experts' tensors are set aside unread
-(``LoadReport.skipped_experts``).
+(``LoadReport.skipped_experts``). One holding only some intermediate units of every expert reads each
+expert's tensors and keeps its part (``HeldPart``: rows of w1/w3, columns of w2, with their scale blocks).
 """
 
 from __future__ import annotations
@@ -117,6 +118,49 @@ def shipped_targets(model: nn.Module) -> dict[str, ShippedTarget]:
     return found
 
 
+@dataclass(frozen=True)
+class HeldPart:
+    """The part of a stored routed-expert weight `[N, K]` that a model holding only some of each expert's
+    intermediate units (`RoutedExperts.unit_share`) keeps: `units` of the `whole` rows (w1, w3: `dim` 0)
+    or columns (w2: `dim` 1)."""
+
+    dim: int
+    units: slice
+    whole: int
+
+    def whole_shape(self, held: tuple[int, ...]) -> tuple[int, ...]:
+        """The stored shape of a weight whose part has shape `held`."""
+        return tuple(self.whole if d == self.dim else n for d, n in enumerate(held))
+
+    def of(self, weight: torch.Tensor) -> torch.Tensor:
+        """The part of a (dequantised or plain) weight: a view."""
+        return weight.narrow(self.dim, self.units.start, self.units.stop - self.units.start)
+
+    def of_stored(self, value: QuantizedTensor) -> QuantizedTensor:
+        """The part of a stored quantised weight: its bytes and scales (views, on whole scale blocks)."""
+        start, length = self.units.start, self.units.stop - self.units.start
+        per_element = value.shape[self.dim] // value.data.shape[self.dim]  # weights a stored element holds
+        block = value.block[self.dim]
+        if start % block or length % block:
+            raise CheckpointError(f"units [{start}, {self.units.stop}) cut a {block}-wide scale block")
+        data = value.data.narrow(self.dim, start // per_element, length // per_element)
+        scale = value.scale.narrow(self.dim, start // block, length // block)
+        shape = tuple(length if d == self.dim else n for d, n in enumerate(value.shape))
+        return QuantizedTensor(value.format, data, scale, shape)
+
+
+def held_parts(model: DeepseekV4Model) -> dict[str, HeldPart]:
+    """The checkpoint names of the routed-expert weights `model` holds only some units of, with the part."""
+    whole = model.args.moe_intermediate_size
+    parts = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, RoutedExperts) and module.units != slice(0, whole):
+            for expert in range(module.ids.start, module.ids.stop):
+                for projection, dim in (("w1", 0), ("w2", 1), ("w3", 0)):
+                    parts[f"{prefix}.{expert}.{projection}.weight"] = HeldPart(dim, module.units, whole)
+    return parts
+
+
 _E8M0_SCALES = (torch.float8_e8m0fnu, torch.uint8)
 
 
@@ -126,11 +170,18 @@ def check_compatible(
     *,
     skipped: Collection[str] = (),
     shipped: Mapping[str, ShippedTarget] | None = None,
+    parts: Mapping[str, HeldPart] | None = None,
 ) -> None:
     """Raise if the checkpoint's tensors do not fit the model exactly (names, shapes, dtype kinds); the
     ``skipped`` tensors (already recognised and checked elsewhere) are set aside. ``shipped`` targets (by
-    weight name, their scales not in ``targets``) must be stored in their format with e8m0 scales."""
+    weight name, their scales not in ``targets``) must be stored in their format with e8m0 scales. A target
+    in ``parts`` holds that part of its stored weight."""
     shipped = shipped or {}
+    parts = parts or {}
+
+    def whole(name: str, held: tuple[int, ...]) -> tuple[int, ...]:
+        return parts[name].whole_shape(held) if name in parts else held
+
     stored = checkpoint.weights
     expected = set(targets) | set(shipped)
     missing = sorted(expected - set(stored))
@@ -146,8 +197,8 @@ def check_compatible(
             raise TensorShapeError(name, stored[name].shape, tuple(targets[target_name].shape))
     for name, ship in shipped.items():
         held = stored[name]
-        if held.shape != ship.shape:
-            raise TensorShapeError(name, held.shape, ship.shape)
+        if held.shape != whole(name, ship.shape):
+            raise TensorShapeError(name, held.shape, whole(name, ship.shape))
         if held.format != ship.format or held.scale is None or held.scale.dtype not in _E8M0_SCALES:
             scale = f" + {dtype_name(held.scale.dtype)} scale" if held.scale is not None else ""
             found = dtype_name(held.data.dtype) + scale
@@ -157,8 +208,8 @@ def check_compatible(
             )  # fmt: skip
     for name, target in targets.items():
         weight: StoredWeight = stored[name]
-        if weight.shape != tuple(target.shape):
-            raise TensorShapeError(name, weight.shape, tuple(target.shape))
+        if weight.shape != whole(name, tuple(target.shape)):
+            raise TensorShapeError(name, weight.shape, whole(name, tuple(target.shape)))
         if target.is_floating_point() and not weight.is_floating:
             raise TensorDtypeError(
                 name, dtype_name(weight.data.dtype), ["bfloat16", "float32", "float8_e4m3fn + scale"],
@@ -216,7 +267,8 @@ def load_weights(model: DeepseekV4Model, checkpoint: Checkpoint) -> LoadReport:
     targets = {g: t for n, t in model_tensors if (g := _global_name(n, held)) not in shipped_tensors}
     others = _other_ranks_experts(checkpoint.weights, held, model.args.n_routed_experts)
     skipped = [*(drafter.names if drafter else ()), *others]
-    check_compatible(targets, checkpoint, skipped=skipped, shipped=shipped)
+    parts = held_parts(model)
+    check_compatible(targets, checkpoint, skipped=skipped, shipped=shipped, parts=parts)
     if drafter is not None:
         logger.info(drafter.log_line())
     formats: Counter[str] = Counter()
@@ -225,13 +277,14 @@ def load_weights(model: DeepseekV4Model, checkpoint: Checkpoint) -> LoadReport:
         for name in [*targets, *shipped]:
             weight = checkpoint.weights[name]
             value = checkpoint.read_stored(name)
+            part = parts.get(name)
             if name in shipped:
                 assert isinstance(value, QuantizedTensor)
-                shipped[name].copy_stored_(value)
-            elif isinstance(value, QuantizedTensor):
-                targets[name].copy_(value.dequantize(targets[name].dtype))
+                shipped[name].copy_stored_(value if part is None else part.of_stored(value))
             else:
-                targets[name].copy_(value)
+                if isinstance(value, QuantizedTensor):
+                    value = value.dequantize(targets[name].dtype)
+                targets[name].copy_(value if part is None else part.of(value))
             del value
             formats[weight.format if weight.format != "plain" else dtype_name(weight.data.dtype)] += 1
             stored_bytes += weight.nbytes

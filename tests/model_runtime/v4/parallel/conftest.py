@@ -12,7 +12,13 @@ from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind, tiny
 from deepscout.model_runtime.v4.weights.synthetic import write_checkpoint
 
-ARGS = tiny((LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA), o_lora_rank=128, sliding_window=16)
+# 64 units: two ranks' shares of every routed expert lie on whole 32-wide MXFP4 blocks
+ARGS = tiny(
+    (LayerKind.SLIDING, LayerKind.CSA, LayerKind.HCA),
+    o_lora_rank=128,
+    sliding_window=16,
+    moe_intermediate_size=64,
+)
 PROMPT = torch.randint(2, ARGS.vocab_size, (40,), generator=torch.Generator().manual_seed(5)).tolist()
 
 

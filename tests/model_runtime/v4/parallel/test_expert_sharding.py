@@ -1,6 +1,7 @@
-"""Loading one rank's shard: every dense tensor and exactly its slice of each layer's routed experts are
-read (no other expert's bytes), and they hold what the whole model holds for those experts. Random shards:
-every rank draws the same dense weights and holds only its experts."""
+"""Loading one rank's shard: every dense tensor and, by whole experts, exactly its slice of each layer's
+routed experts are read (no other expert's bytes), or, by units, its rows and columns of every expert; either
+way they hold what the whole model holds there. Random shards: every rank draws the same dense weights and
+holds only its share of the experts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
-from deepscout.model_runtime.v4.model.moe import Expert, ExpertParallelism, MoE
+from deepscout.model_runtime.v4.model.moe import Expert, ExpertParallelism, MoE, MoeSharding
 from deepscout.model_runtime.v4.model_config import WeightFormat
 from deepscout.model_runtime.v4.parallel.expert_sharding import load_sharded_model, random_sharded_model
 from deepscout.model_runtime.v4.parallel.rank_group import RankGroup
@@ -41,7 +42,7 @@ def test_a_rank_reads_only_its_experts(
 
     monkeypatch.setattr(Checkpoint, "read_stored", recording)
     group = RankGroup(rank=rank, world_size=2, device=torch.device("cpu"), backend="gloo")
-    model, report = load_sharded_model(checkpoint_dir, group, weights=weights)
+    model, report = load_sharded_model(checkpoint_dir, group, weights=weights, moe_sharding="experts")
     monkeypatch.undo()
 
     stored = Checkpoint(checkpoint_dir).weights
@@ -76,18 +77,48 @@ def test_a_rank_reads_only_its_experts(
     )
 
 
+def _units_of(stack: torch.Tensor, field: str, units: slice) -> torch.Tensor:
+    """`units` of a whole stack: rows of w1/w3 and their scales, columns of w2 and its scales."""
+    if not field.startswith("w2"):
+        return stack[:, units]
+    per_column = ARGS.moe_intermediate_size // stack.shape[2]  # 1, 2 (packed codes) or 32 (scale bytes)
+    return stack[:, :, units.start // per_column : units.stop // per_column]
+
+
+@pytest.mark.parametrize("weights", ["dense", "shipped"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_holds_its_units_of_every_expert(
+    checkpoint_dir: Path, weights: WeightFormat, rank: int
+) -> None:
+    group = RankGroup(rank=rank, world_size=2, device=torch.device("cpu"), backend="gloo")
+    model, report = load_sharded_model(checkpoint_dir, group, weights=weights, moe_sharding="units")
+    assert report.skipped_experts == 0
+    assert report.stored_bytes == sum(w.nbytes for w in Checkpoint(checkpoint_dir).weights.values())
+    whole, _ = load_model(checkpoint_dir, weights=weights)
+    units = slice(32 * rank, 32 * rank + 32)
+    for ours, full in zip(_moe_layers(model), _moe_layers(whole), strict=True):
+        assert len(ours.experts) == ARGS.n_routed_experts and ours.experts.units == units
+        assert ours.experts.is_stacked()
+        for field, stack in vars(ours.experts.stacks).items():
+            assert torch.equal(stack, _units_of(getattr(full.experts.stacks, field), field, units)), field
+
+
 def _without_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value for name, value in state.items() if not EXPERT.fullmatch(name)}
 
 
+@pytest.mark.parametrize("moe_sharding", ["units", "experts"])
 @pytest.mark.parametrize("weights", ["dense", "shipped"])
-def test_random_shards_hold_the_same_dense_weights_and_only_their_experts(weights: WeightFormat) -> None:
+def test_random_shards_hold_the_same_dense_weights_and_only_their_experts(
+    weights: WeightFormat, moe_sharding: MoeSharding
+) -> None:
     ranks = [
         random_sharded_model(
             ARGS,
             RankGroup(rank=r, world_size=2, device=torch.device("cpu"), backend="gloo"),
             seed=3,
             weights=weights,
+            moe_sharding=moe_sharding,
         )
         for r in (0, 1)
     ]
@@ -97,7 +128,10 @@ def test_random_shards_hold_the_same_dense_weights_and_only_their_experts(weight
         assert torch.equal(value, dense[1][name]), name
     for rank, model in enumerate(ranks):
         for moe in _moe_layers(model):
-            assert len(moe.experts) == 4 and moe.experts.ids.start == 4 * rank
+            if moe_sharding == "experts":
+                assert len(moe.experts) == 4 and moe.experts.ids.start == 4 * rank
+            else:
+                assert len(moe.experts) == 8 and moe.experts.units == slice(32 * rank, 32 * rank + 32)
             assert all(stack.abs().sum() > 0 for stack in vars(moe.experts.stacks).values())
 
 

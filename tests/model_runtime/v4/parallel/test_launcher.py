@@ -1,7 +1,8 @@
 """Expert parallelism end to end over 2 ranks (gloo on CPU; NCCL on 2 GPUs): launched from a checkpoint
 directory (or from random weights each rank draws), rank 0 serving, the logits and the greedy and seeded
-tokens are the single-process engine's; cancels and deadlines stop requests on every rank at the same step;
-a world size that does not divide the experts is refused before any process starts."""
+tokens are the single-process engine's, the routed experts shared out by units or by whole experts; cancels
+and deadlines stop requests on every rank at the same step; a world size the experts or their units do not
+share out over is refused before any process starts."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from deepscout.model_runtime.v4.engine import (
     GenerationRequest,
     SamplingParams,
 )
+from deepscout.model_runtime.v4.model.moe import MoeSharding
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import WeightFormat, flash_shaped
 from deepscout.model_runtime.v4.parallel.expert_sharding import random_sharded_model
@@ -49,7 +51,13 @@ def _requests() -> list[GenerationRequest]:
     ]
 
 
-def _spec(source: ModelSource, tmp_path: Path, devices: tuple[str, ...], weights: WeightFormat) -> LaunchSpec:
+def _spec(
+    source: ModelSource,
+    tmp_path: Path,
+    devices: tuple[str, ...],
+    weights: WeightFormat,
+    moe_sharding: MoeSharding = "units",
+) -> LaunchSpec:
     engine = CONFIG.model_copy(update={"cuda_graphs": devices[0].startswith("cuda")})
     return LaunchSpec(
         source=source,
@@ -57,6 +65,7 @@ def _spec(source: ModelSource, tmp_path: Path, devices: tuple[str, ...], weights
         engine=engine,
         rendezvous=tmp_path / "rendezvous",
         weights=weights,
+        moe_sharding=moe_sharding,
         timeout_s=120,
         cpu_threads=1,
     )
@@ -90,11 +99,15 @@ def _check_against_single_process(spec: LaunchSpec) -> None:
     torch.testing.assert_close(got[0].prompt_logits, expected[0].prompt_logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("moe_sharding", ["units", "experts"])
 @pytest.mark.parametrize("weights", ["dense", "shipped"])
 def test_two_ranks_on_gloo_match_one_process(
-    checkpoint_dir: Path, tmp_path: Path, weights: WeightFormat
+    checkpoint_dir: Path, tmp_path: Path, weights: WeightFormat, moe_sharding: MoeSharding
 ) -> None:
-    _check_against_single_process(_spec(CheckpointSource(checkpoint_dir), tmp_path, ("cpu", "cpu"), weights))
+    devices = ("cpu", "cpu")
+    _check_against_single_process(
+        _spec(CheckpointSource(checkpoint_dir), tmp_path, devices, weights, moe_sharding)
+    )
 
 
 @pytest.mark.gpu
@@ -142,14 +155,16 @@ def test_real_width_layers_load_sharded_on_two_gpus(tmp_path: Path) -> None:
 
 
 def test_random_weights_run_as_the_model_their_shards_make_up(tmp_path: Path) -> None:
-    """Each rank draws its shard on its device; together they are one model, which EP runs exactly."""
+    """Each rank draws its shard (whole experts) on its device; together they are one model, which EP runs
+    exactly."""
     devices = ("cpu", "cpu")
-    spec = _spec(RandomSource(ARGS, seed=4), tmp_path, devices, "dense")
+    spec = _spec(RandomSource(ARGS, seed=4), tmp_path, devices, "dense", "experts")
     whole = DeepseekV4Model(ARGS)
     state: dict[str, torch.Tensor] = {}
     for rank in range(2):
         group = RankGroup(rank=rank, world_size=2, device=torch.device("cpu"), backend="gloo")
-        for name, value in random_sharded_model(ARGS, group, seed=4).state_dict().items():
+        shard = random_sharded_model(ARGS, group, seed=4, moe_sharding="experts")
+        for name, value in shard.state_dict().items():
             held = _EXPERT.fullmatch(name)
             state[name if held is None else f"{held[1]}{int(held[2]) + 4 * rank}{held[3]}"] = value
     whole.load_state_dict(state)
@@ -237,6 +252,20 @@ def test_speculative_decoding_runs_on_every_rank_as_in_one_process(tmp_path: Pat
 def test_a_world_size_that_does_not_divide_the_experts_is_refused(
     checkpoint_dir: Path, tmp_path: Path
 ) -> None:
-    spec = _spec(CheckpointSource(checkpoint_dir), tmp_path, ("cpu", "cpu", "cpu"), "dense")
+    spec = _spec(CheckpointSource(checkpoint_dir), tmp_path, ("cpu", "cpu", "cpu"), "dense", "experts")
     with pytest.raises(ValueError, match=r"n_routed_experts \(8\) divisible by the world size \(3\)"):
         launch(spec)
+
+
+@pytest.mark.parametrize(
+    ("devices", "weights", "why"),
+    [
+        (("cpu",) * 3, "dense", r"moe_intermediate_size \(64\) to split into 3 equal shares$"),
+        (("cpu",) * 4, "shipped", r"into 4 equal shares of whole 32-wide MXFP4 blocks"),
+    ],
+)
+def test_a_world_size_the_units_do_not_share_out_over_is_refused(
+    checkpoint_dir: Path, tmp_path: Path, devices: tuple[str, ...], weights: WeightFormat, why: str
+) -> None:
+    with pytest.raises(ValueError, match=why):
+        launch(_spec(CheckpointSource(checkpoint_dir), tmp_path, devices, weights))
