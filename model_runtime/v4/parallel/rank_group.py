@@ -1,9 +1,9 @@
 """One rank of an expert-parallel process group: its rank, the world size, its device and the backend.
 
 The facts are decided at the entry point and passed down explicitly (nothing below reads the environment
-or a global). The backend follows the device: NCCL on CUDA, gloo on CPU; the same code runs on both. Rank
-`r` of `W` holds the routed experts `[r*E/W, (r+1)*E/W)` of every MoE layer (`expert_slice`), which needs
-`E` divisible by `W`.
+or a global). The backend follows the device: NCCL on CUDA, gloo on CPU; the same code runs on both. When
+the ranks share whole experts, rank `r` of `W` holds the routed experts `[r*E/W, (r+1)*E/W)` of every MoE
+layer (`expert_slice`), which needs `E` divisible by `W`.
 
 Control messages (rank 0's step orders, the tokens it sampled) travel through a gloo group on the CPUs,
 never through NCCL: an object collective on NCCL copies its bytes through the device and makes every
@@ -88,10 +88,6 @@ class RankGroup:
         dist.destroy_process_group()
         if wait_for_peers is not None and self.backend == "nccl":
             wait_for_peers()
-
-    def experts(self, n_experts: int) -> ExpertSlice:
-        """This rank's routed experts of a layer with `n_experts`."""
-        return expert_slice(n_experts, rank=self.rank, world_size=self.world_size)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` summed over the ranks, in place (every rank gets the same sum); returns it."""
