@@ -65,12 +65,13 @@ def _mxfp4_cases() -> list[Case]:
         **common, "top_k": "i32", "limit": "fp32", "stride_x": "i32", "stride_we": "i64", "stride_wn": "i32",
         "stride_se": "i64", "stride_sn": "i32", "stride_h": "i32", "HIDDEN": "constexpr",
         "INTER": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "CLAMP": "constexpr",
+        "PREFETCH": "constexpr",
     }  # fmt: skip
     down = {
         "H": "*bf16", "W2": "*i32", "S2": "*u8", "OUT": "*bf16", "IDS": "*i64", "ROUTE": "*fp32", **common,
         "stride_h": "i32", "stride_we": "i64", "stride_wn": "i32", "stride_se": "i64", "stride_sn": "i32",
         "stride_out": "i32", "HIDDEN": "constexpr", "INTER": "constexpr", "BLOCK_N": "constexpr",
-        "BLOCK_K": "constexpr",
+        "BLOCK_K": "constexpr", "PREFETCH": "constexpr",
     }  # fmt: skip
     shape = {"HIDDEN": 4096, "INTER": 2048}
     threads = 32 * tiles.num_warps
@@ -79,7 +80,13 @@ def _mxfp4_cases() -> list[Case]:
             "mxfp4 gate-up (hidden 4096 -> 2x2048)",
             mxfp4_gemv._gemv_gate_up_kernel,
             gate_up,
-            {**shape, "BLOCK_N": tiles.gate_up_n, "BLOCK_K": tiles.block_k, "CLAMP": True},
+            {
+                **shape,
+                "BLOCK_N": tiles.gate_up_n,
+                "BLOCK_K": tiles.block_k,
+                "CLAMP": True,
+                "PREFETCH": tiles.prefetch,
+            },
             _divisible(gate_up),
             2 * tiles.gate_up_n * tiles.block_k / threads,
             tiles.num_warps,
@@ -88,7 +95,7 @@ def _mxfp4_cases() -> list[Case]:
             "mxfp4 down (inter 2048 -> 4096)",
             mxfp4_gemv._gemv_down_kernel,
             down,
-            {**shape, "BLOCK_N": tiles.down_n, "BLOCK_K": tiles.block_k},
+            {**shape, "BLOCK_N": tiles.down_n, "BLOCK_K": tiles.block_k, "PREFETCH": tiles.prefetch},
             _divisible(down),
             tiles.down_n * tiles.block_k / threads,
             tiles.num_warps,

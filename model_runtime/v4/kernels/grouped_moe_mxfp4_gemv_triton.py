@@ -38,12 +38,15 @@ tensors in registers. Each group's sum is multiplied by 2^14 and by `_e8m0` of i
 two: exact wherever the tiled path's products are in range), so the result is the float32 sum of the
 exactly dequantised weights times the activations, in another order.
 
-Tiles: the kernel is short of loads in flight more than of instructions, so the default steps 1024 columns
-at a time over 8 gate-up rows (16 down rows) a program. Measured on an H200 (graph replays, one token,
-hidden 4096, inter 2048, ten tile shapes each): byte-at-a-time decoding was best at 77.7 µs for 6 held
-pairs and 51.0 µs for 3 (an expert-parallel rank), whatever the tiles; word decoding at the default tiles
-takes 60.6 and 39.6 µs (at the former 16/16/512 tiles 83.9 and 48.5). The shipped 128-expert stack on one
-GPU went from 12.5 to 10.9 ms a decode step at 8K.
+Tiles: the kernel is short of loads in flight more than of instructions, so each program steps 1024
+columns at a time over 4 gate-up rows (8 down rows) and loads the next step's words while it sums this
+step's (`GemvTiles.prefetch`; Triton does not pipeline loads that feed no dot, whatever `num_stages`).
+Measured on an H200 (graph replays cycling through 16 routings, so the weights stream from memory as in a
+decode step; one token, hidden 4096, 36 tile shapes each, `benchmarks/moe_kernel.py --sweep`): 3 held
+pairs of full experts (inter 2048, 128 of 256 held: a rank sharing whole experts) 30.3 µs at the former
+8/16/1024 tiles without prefetch, 27.8 at these; 6 pairs of a rank's half of every expert (inter 1024: a
+rank sharing units) 34.0 and 29.5 µs (3.1× the bytes' floor). Earlier, byte-at-a-time decoding was best at
+77.7 µs for 6 held pairs and 51.0 µs for 3 (replayed from L2), word decoding 60.6 and 39.6 µs.
 """
 
 from __future__ import annotations
@@ -68,14 +71,15 @@ GEMV_MAX_PAIRS = 32
 
 @dataclass(frozen=True)
 class GemvTiles:
-    """Output rows per program (`gate_up_n` of inter, `down_n` of hidden) and reduction columns per step
-    (`block_k`, a power of two ≥ 32; capped at the reduction's length rounded up to a power of two)."""
+    """Output rows per program (`gate_up_n` of inter, `down_n` of hidden), reduction columns per step
+    (`block_k`, a power of two ≥ 32; capped at the reduction's length rounded up to a power of two), and
+    whether a step's weights are loaded while the previous step's are summed (`prefetch`)."""
 
-    gate_up_n: int = 8
-    down_n: int = 16
+    gate_up_n: int = 4
+    down_n: int = 8
     block_k: int = 1024
     num_warps: int = 4
-    prefetch: bool = False
+    prefetch: bool = True
 
 
 @triton.jit
