@@ -5,7 +5,8 @@ The V4-Flash FP8 projections (attention `wq_a`, `wq_b`, `wkv`, the grouped `wo_a
 `wq_b`, the shared expert's `w1`/`w2`, and two concatenations of one input's projections), bf16
 activations, e8m0 scales, at M rows each of `--rows` (decode steps and a prefill chunk). Both Triton paths:
 `triton us` is the tiled GEMM (`fp8_linear_triton`, split-K at decode), `gemv us` the few-row GEMV
-(`fp8_linear_gemv`, timed up to its `ROW_LIMIT` rows; `fp8_linear` takes it up to `GEMV_MAX_ROWS`). Times are
+(`fp8_linear_gemv`, timed up to its `ROW_LIMIT` rows through copies of the weight, `STREAMED_BYTES` in all,
+so that it streams from memory as in a decode step; `fp8_linear` takes it up to `GEMV_MAX_ROWS`). Times are
 CUDA-graph replays (Python's launch overhead left out, as the decode path runs). The floors come from the
 same process: bytes (FP8 weight, scales, activations in and out) over a device-to-device copy's rate (bytes
 read + written per second), and FLOPs (2·M·N·K) over an 8192³ bf16 matmul's rate; `x floor` (and `gemv xf`)
@@ -84,23 +85,18 @@ SWEEP = {
 }
 """Candidate tiles (block_m, block_n, block_k, num_warps, num_stages, split_k) for `--sweep`."""
 GEMV_SWEEP = [
-    (1, 4096, 4, 1),
-    (2, 2048, 4, 1),
-    (4, 1024, 4, 1),
-    (8, 512, 4, 1),
-    (16, 256, 4, 1),
-    (32, 128, 4, 1),
-    (64, 128, 4, 1),
-    (4, 512, 2, 1),
-    (8, 1024, 8, 1),
-    (16, 512, 4, 2),
-    (32, 256, 8, 2),
-    (4, 1024, 4, 3),
-    (8, 512, 4, 3),
-    (16, 256, 4, 4),
-    (2, 2048, 8, 1),
+    *(
+        (block_n, max(128, 4096 // block_n), num_warps, num_stages)
+        for block_n in (4, 8, 16, 32, 64)
+        for num_warps in (2, 4, 8)
+        for num_stages in (1, 3)
+    ),
+    *((block_n, 8192 // block_n, 4, num_stages) for block_n in (8, 16, 32) for num_stages in (1, 3)),
 ]
-"""Candidate GEMV tiles (block_n, block_k, num_warps, num_stages) for `--sweep` (block_k capped at K)."""
+"""Candidate GEMV tiles (block_n, block_k, num_warps, num_stages) for `--sweep` (block_k capped at K): 4 KiB
+of weights a step at every width, warps and stages, and 8 KiB steps."""
+STREAMED_BYTES = 256 << 20
+"""Weight bytes a GEMV timing cycles through (copies of the case's weight), well past the 50 MB L2."""
 
 
 def make_case(device: torch.device, rows: int, shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -128,18 +124,29 @@ def measure(
     return timed(call, device, graphs=device.type == "cuda"), call()
 
 
+def streamed_copies(case: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The case's weight and scales, then copies of them, `STREAMED_BYTES` in all (at least one): a GEMV
+    timed through them in turn reads its weight from memory, as a decode step does, not from L2."""
+    weight, scale = case["weight"], case["scale"]
+    copies = max(1, -(-STREAMED_BYTES // weight.nbytes))
+    return [(weight, scale)] + [(weight.clone(), scale.clone()) for _ in range(copies - 1)]
+
+
 def measure_gemv(
     case: dict[str, Any], device: torch.device, tiles: GemvTiles | None
 ) -> tuple[float, torch.Tensor]:
+    """The GEMV's seconds per call (the mean over `case["copies"]`, run in turn) and its output for the
+    case's own weight."""
     from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import fp8_linear_gemv
 
-    groups = case["groups"]
+    groups, copies = case["groups"], case["copies"]
     flat = case["x"].reshape(case["x"].shape[0], groups, -1)
 
     def call() -> torch.Tensor:
-        return fp8_linear_gemv(flat, case["weight"], case["scale"], groups=groups, tiles=tiles)
+        outs = [fp8_linear_gemv(flat, w, s, groups=groups, tiles=tiles) for w, s in copies]
+        return outs[0]
 
-    return timed(call, device, graphs=device.type == "cuda"), call()
+    return timed(call, device, graphs=device.type == "cuda") / len(copies), call()
 
 
 def fastest(
@@ -169,7 +176,9 @@ def gemv_columns(
     from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import GemvTiles, device_gemv_tiles
 
     (n, k), groups = case["weight"].shape, case["groups"]
+    w, sc = case["weight"], case["scale"]
     default = device_gemv_tiles(n // groups, k, groups=groups, device=device)
+    case = {**case, "copies": streamed_copies(case) if device.type == "cuda" else [(w, sc)]}
     seconds, out = measure_gemv(case, device, None)
     columns = {
         "gemv_us": round(seconds * 1e6, 2),
