@@ -254,7 +254,7 @@ def load_runtime(argument: str, options: V4Settings) -> V4Runtime:
 
     The model and the KV pool go to ``options.device`` (on CUDA the model runs its fused kernels); several
     devices run a checkpoint expert-parallel (``parallel/launcher.py``: one process per device, each
-    loading its experts; this process serves as rank 0). The pool is
+    loading its share of the experts, by ``options.moe_sharding``; this process serves as rank 0). The pool is
     sized here, once, from ``options``: ``kv_blocks`` blocks of 128 tokens (default: two full contexts),
     ``max_sequences`` sequences decode in one step, and a prompt prefills ``prefill_chunk`` tokens a step;
     ``options.speculative == "mtp"`` makes the engine draft with the model's MTP layer.
