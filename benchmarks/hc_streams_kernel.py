@@ -2,7 +2,8 @@
 reference, at V4 widths (hc 4, hidden 4096, 24 mixing logits, float32 streams, bfloat16 block output).
 
 Per token count in `--tokens` (decode steps and a prefill chunk): `premix` (the RMS-normed projection to
-the mixing logits), `collapse` (the pre-weighted sum to the sub-block input, RMS-normed, in bfloat16),
+the mixing logits, left in slices), `collapse` (the pre weights and the pre-weighted sum to the sub-block
+input, RMS-normed, in bfloat16),
 `merge` (the new streams), and `sub-block` (all the mHC work around one attention or MoE call:
 `model/mhc.py`'s `hc_split` with the Sinkhorn mapping, then `hc_merge`). Times are CUDA-graph replays
 (`device_rates.timed(graphs=True)`), as the decode path runs; the floor is each pass's bytes read + written
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from device_rates import ceilings, timed, write_report
 
-from deepscout.model_runtime.v4.kernels.hc_streams import hc_collapse, hc_merge, hc_premix
+from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits, hc_collapse, hc_merge, hc_premix
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model import mhc
 from deepscout.model_runtime.v4.model.primitives import RMSNorm
@@ -40,30 +41,50 @@ def make_case(device: torch.device, tokens: int, dim: int) -> dict[str, torch.Te
         "fn": torch.randn(MIX, HC * dim, generator=gen, device=device) * (HC * dim) ** -0.5,
         "scale": torch.rand(3, generator=gen, device=device) + 0.5,
         "base": torch.randn(MIX, generator=gen, device=device),
-        "pre": torch.rand(tokens, HC, generator=gen, device=device),
         "post": 2 * torch.rand(tokens, HC, generator=gen, device=device),
         "comb": torch.softmax(torch.randn(tokens, HC, HC, generator=gen, device=device), dim=-1),
         "block_out": torch.randn(tokens, dim, generator=gen, device=device).to(torch.bfloat16),
     }
 
 
-def passes(case: dict[str, torch.Tensor], kernels: KernelImpl) -> dict[str, Callable[[], torch.Tensor]]:
-    """Each pass of the benchmark as a call on `case` with `kernels`."""
+def passes(case: dict[str, torch.Tensor], kernels: KernelImpl) -> dict[str, Callable[[], object]]:
+    """Each pass of the benchmark as a call on `case` with `kernels` (the collapse reads the logits as
+    that path's premix leaves them)."""
     s = case["streams"]
     settings = mhc.HcSettings(SINKHORN_ITERS, EPS, EPS)
     norm = RMSNorm(s.shape[2], EPS).to(s.device)
+    fn, scale, base = case["fn"], case["scale"], case["base"]
+    logits = hc_premix(s, fn, impl=kernels)
 
     def sub_block() -> torch.Tensor:
-        fn, scale, base = case["fn"], case["scale"], case["base"]
-        x, post, comb = mhc.hc_split(s, fn, scale, base, norm, settings, torch.bfloat16, kernels)
-        return mhc.hc_merge(x, s, post, comb, kernels)
+        x, mapping = mhc.hc_split(s, fn, scale, base, norm, settings, torch.bfloat16, kernels)
+        return mhc.hc_merge(x, s, mapping, kernels)
 
     return {
-        "premix": lambda: hc_premix(s, case["fn"], EPS, impl=kernels),
-        "collapse": lambda: hc_collapse(s, case["pre"], norm.weight, EPS, torch.bfloat16, impl=kernels),
+        "premix": lambda: hc_premix(s, fn, impl=kernels),
+        "collapse": lambda: hc_collapse(
+            s,
+            logits,
+            scale,
+            base,
+            norm.weight,
+            mix_norm_eps=EPS,
+            hc_eps=EPS,
+            eps=EPS,
+            out_dtype=torch.bfloat16,
+            impl=kernels,
+        ),
         "merge": lambda: hc_merge(case["block_out"], s, case["post"], case["comb"], impl=kernels),
         "sub-block": sub_block,
     }
+
+
+def _values(result: object) -> torch.Tensor:
+    """A pass's result as float32 values to compare (the premix's finished logits)."""
+    if isinstance(result, MixLogits):
+        return result.logits(EPS)
+    assert isinstance(result, torch.Tensor)
+    return result.float()
 
 
 def pass_bytes(tokens: int, dim: int) -> dict[str, int]:
@@ -83,7 +104,7 @@ def run_case(device: torch.device, tokens: int, dim: int, copy_rate: float) -> l
     for name, needed in pass_bytes(tokens, dim).items():
         triton_s = timed(fused[name], device, graphs=graphs)
         ref_s = timed(reference[name], device, graphs=graphs)
-        want = reference[name]().float()
+        want = _values(reference[name]())
         floor = needed / copy_rate if copy_rate else 0.0
         rows.append(
             {
@@ -96,7 +117,7 @@ def run_case(device: torch.device, tokens: int, dim: int, copy_rate: float) -> l
                 "x_floor": round(triton_s / floor, 2) if floor else None,
                 "gb_per_s": round(needed / triton_s / 1e9, 1),
                 "max_rel_diff_vs_reference": float(
-                    (fused[name]().float() - want).abs().max() / want.abs().max()
+                    (_values(fused[name]()) - want).abs().max() / want.abs().max()
                 ),
             }
         )

@@ -3,24 +3,29 @@ pre-weighted collapse to the sub-block's input, and the merge of its output back
 
 Contract (streams `[T, hc, D]`, float32 in the model; every sum in float32):
 
-* `hc_premix(streams, fn, norm_eps)` -> `[T, mix]` float32: `F.linear(x · rsqrt(mean(x²) + eps), fn)` with
-  `x = streams.flatten(1)` in float32 (a weightless RMS norm) and `fn` `[mix, hc·D]`.
-* `hc_collapse(streams, pre, weight, eps, out_dtype)` -> `[T, D]`: the sub-block's normed input,
-  `rms_norm(Σ_i pre[t, i] · streams[t, i, :], weight, eps)` (`pre` `[T, hc]`; the sum and the norm in
-  float32), cast to `out_dtype` once.
+* `hc_premix(streams, fn)` -> `MixLogits`: the mixing logits `F.linear(x · rsqrt(mean(x²) + eps), fn)`
+  with `x = streams.flatten(1)` in float32 (a weightless RMS norm) and `fn` `[mix, hc·D]`, held as the
+  unscaled projections and sums of squares of slices of the hc·D axis, so a consumer finishes the sum
+  in its own launch (`MixLogits.logits` is that sum in PyTorch).
+* `hc_collapse(streams, logits, scale, base, weight, ...)` -> `[T, D]`: the sub-block's normed input,
+  `rms_norm(Σ_i pre[t, i] · streams[t, i, :], weight, eps)` with the pre weights
+  `pre = sigmoid(logits[:, :hc] · scale[0] + base[:hc]) + hc_eps` (the sum and the norm in float32), cast
+  to `out_dtype` once. The pre weights come first in both the sub-blocks' 24 logits and the hyper-head's
+  hc, so one kernel serves both.
 * `hc_merge(block_out, streams, post, comb)` -> `[T, hc, D]` in streams' dtype:
   `post[t, j] · block_out[t, :] + Σ_i comb[t, i, j] · streams[t, i, :]` (`block_out` `[T, D]`, `post`
   `[T, hc]`, `comb` `[T, hc, hc]`), i.e. `comb[t]ᵀ @ streams[t]` plus the post-weighted block output.
 
-* "reference": the PyTorch ops (the projection an SIMT sgemm after a separate normalisation pass, the
-  merge a batched matmul);
+* "reference": the PyTorch ops (the projection an SIMT sgemm over the whole axis, one slice; the merge a
+  batched matmul);
 * "triton": `hc_premix` reads the streams once, accumulating the projection and the sum of squares
-  together and scaling by the rsqrt at the end (decode-sized T splits the hc·D axis over programs and
-  combines the partials in a second launch; fixed shapes, no host sync); `hc_collapse` (with its norm)
-  and `hc_merge` are one memory-bound pass each.
+  together (decode-sized T splits the hc·D axis over programs; fixed shapes, no host sync); `hc_collapse`
+  (with the pre weights and its norm) and `hc_merge` are one memory-bound pass each.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +34,30 @@ from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm
 
 
-def hc_premix(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float, *, impl: KernelImpl) -> torch.Tensor:
-    """The mixing logits `[T, mix]` of the RMS-normed streams (see the module docstring)."""
+@dataclass(frozen=True)
+class MixLogits:
+    """Mixing logits of T tokens in split form: `part` `[splits, T, ≥ n_mix]` the unscaled projections
+    `x · fnᵀ` of `splits` slices of the hc·D axis (`k_total` long; columns past `n_mix` are padding) and
+    `sumsq` `[splits, T]` the slices' sums of squares. The logits are `Σ part · rsqrt(Σ sumsq / k_total +
+    eps)`."""
+
+    part: torch.Tensor
+    sumsq: torch.Tensor
+    k_total: int
+    n_mix: int
+
+    @property
+    def splits(self) -> int:
+        return self.part.shape[0]
+
+    def logits(self, norm_eps: float) -> torch.Tensor:
+        """The finished logits `[T, n_mix]` (float32)."""
+        inv = torch.rsqrt(self.sumsq.sum(0) / self.k_total + norm_eps)
+        return self.part.sum(0)[:, : self.n_mix] * inv[:, None]
+
+
+def hc_premix(streams: torch.Tensor, fn: torch.Tensor, *, impl: KernelImpl) -> MixLogits:
+    """The mixing logits of the RMS-normed streams, in split form (see the module docstring)."""
     _check_streams(streams)
     if fn.dim() != 2 or fn.shape[1] != streams.shape[1] * streams.shape[2]:
         raise ValueError(
@@ -39,28 +66,40 @@ def hc_premix(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float, *, impl:
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_premix_triton
 
-        return hc_premix_triton(streams, fn, norm_eps)
-    return hc_premix_reference(streams, fn, norm_eps)
+        return hc_premix_triton(streams, fn)
+    return hc_premix_reference(streams, fn)
 
 
 def hc_collapse(
     streams: torch.Tensor,
-    pre: torch.Tensor,
+    logits: MixLogits,
+    scale: torch.Tensor,
+    base: torch.Tensor,
     weight: torch.Tensor,
+    *,
+    mix_norm_eps: float,
+    hc_eps: float,
     eps: float,
     out_dtype: torch.dtype,
-    *,
     impl: KernelImpl,
 ) -> torch.Tensor:
-    """The RMS-normed pre-weighted sum of the streams `[T, D]` in `out_dtype` (see the module docstring)."""
+    """The RMS-normed pre-weighted sum of the streams `[T, D]` in `out_dtype` (see the module docstring):
+    `mix_norm_eps` is the logits' RMS epsilon, `hc_eps` the pre weights' floor, `eps` the norm's."""
     _check_streams(streams)
-    _check_weights("pre", pre, streams.shape[:2])
+    n, hc, _ = streams.shape
+    if logits.part.shape[1] != n or logits.n_mix < hc or base.shape[0] < hc or scale.numel() < 1:
+        raise ValueError(
+            f"hc_collapse needs the logits of {n} tokens (at least {hc} of them), base [≥{hc}] and a scale, "
+            f"got {list(logits.part.shape)}, {list(base.shape)}, {list(scale.shape)}"
+        )
     _check_weights("norm", weight, streams.shape[2:])
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_collapse_triton
 
-        return hc_collapse_triton(streams, pre, weight, eps, out_dtype)
-    return hc_collapse_reference(streams, pre, weight, eps, out_dtype)
+        return hc_collapse_triton(streams, logits, scale, base, weight, mix_norm_eps, hc_eps, eps, out_dtype)
+    pre = torch.sigmoid(logits.logits(mix_norm_eps)[:, :hc] * scale[0] + base[:hc]) + hc_eps
+    collapsed = (pre.unsqueeze(-1) * streams.float()).sum(dim=1)
+    return rms_norm(collapsed, weight.float(), eps, impl="reference").to(out_dtype)
 
 
 def hc_merge(
@@ -85,15 +124,9 @@ def hc_merge(
     return hc_merge_reference(block_out, streams, post, comb)
 
 
-def hc_premix_reference(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -> torch.Tensor:
-    return F.linear(rms_norm(streams.flatten(1).float(), None, norm_eps, impl="reference"), fn.float())
-
-
-def hc_collapse_reference(
-    streams: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype
-) -> torch.Tensor:
-    collapsed = (pre.float().unsqueeze(-1) * streams.float()).sum(dim=1)
-    return rms_norm(collapsed, weight.float(), eps, impl="reference").to(out_dtype)
+def hc_premix_reference(streams: torch.Tensor, fn: torch.Tensor) -> MixLogits:
+    x = streams.flatten(1).float()
+    return MixLogits(F.linear(x, fn.float())[None], x.square().sum(-1)[None], x.shape[1], fn.shape[0])
 
 
 def hc_merge_reference(

@@ -2,34 +2,33 @@
 `hc_streams.py`).
 
 Premix: a program per (block of tokens, slice of the hc·D axis) walks its slice once, accumulating
-`x · fnᵀ` (float32 "ieee" dots, the mix axis padded to a power of two) and the sum of squares together.
-With one slice (prefill-sized T) it scales by `rsqrt(mean(x²) + eps)` and stores the logits; decode-sized
-T splits the axis so the GPU fills (`_PREMIX_PROGRAMS`), the partials `[splits, T, mix]` and sums of squares
-`[splits, T]` then summed by a second launch, one program per token. The split depends only on the shapes,
-so a captured CUDA graph replays it unchanged.
+`x · fnᵀ` (float32 "ieee" dots, the mix axis padded to a power of two) and the sum of squares together, and
+stores both unscaled (`MixLogits`): decode-sized T splits the axis so the GPU fills (`_PREMIX_PROGRAMS`),
+prefill-sized T keeps one slice. The consumers (the collapse below, the mHC mapping kernel in
+`hc_mix_triton.py`) sum the slices themselves, so the logits take no launch of their own. The split
+depends only on the shapes, so a captured CUDA graph replays it unchanged.
 
-`premix_partials` is the first launch alone, for a consumer that sums the partials itself (the mHC
-mapping kernel, `hc_mix_triton`: the premix and the mapping are two launches, not three).
-
-Collapse: a program per token holding the whole `[D]` row, so the RMS norm that follows the collapse is
-in the same launch (the row's sum of squares is the program's own). Merge: a program per (block of tokens,
-block of D), each hc stream row loaded once with contiguous (vectorised) loads; it keeps the
-`[tokens, hc, D-block]` output tile in registers.
+Collapse: a program per token holding the whole `[D]` row, so the pre weights (from the logits' slices)
+and the RMS norm that follows the collapse (the row's sum of squares is the program's own) are in the same
+launch. Merge: a program per (block of tokens, block of D), each hc stream row loaded once with contiguous
+(vectorised) loads; it keeps the `[tokens, hc, D-block]` output tile in registers. Decode-sized T takes
+narrower D blocks, so that about as many programs run as the premix's (loads in flight on every SM).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
-_PREMIX_BLOCK_K = 64
+_PREMIX_BLOCK_K = 128  # a decode program's whole slice in one step: one round trip to memory
 _PREMIX_PROGRAMS = 128  # about one per SM of an H200 (132): fewer token blocks split the hc·D axis
-_STREAM_BLOCK_D = 512
+_MERGE_PROGRAMS = 128  # the merge's D blocks shrink (to `_MERGE_MIN_BLOCK_D`) until this many programs run
+_MERGE_MAX_BLOCK_D = 512
+_MERGE_MIN_BLOCK_D = 64
 _MERGE_TOKENS = 2
 
 
@@ -37,19 +36,17 @@ _MERGE_TOKENS = 2
 def _premix_kernel(
     X,
     FN,
-    OUT,
+    PART,
     SUMSQ,
     n_tokens,
     n_mix,
     k_total,
     stride_x,
     stride_fn,
-    eps,
     BT: tl.constexpr,
     MIXP: tl.constexpr,
     BK: tl.constexpr,
     K_SPLIT: tl.constexpr,
-    SPLIT: tl.constexpr,
     PRECISION: tl.constexpr,  # "tf32x3" on tensor cores (float32-accurate), "ieee" elsewhere
     PDL: tl.constexpr,
 ):
@@ -75,88 +72,12 @@ def _premix_kernel(
         )
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
         sumsq += tl.sum(x * x, axis=1)
-    if SPLIT:
-        slot = split.to(tl.int64) * n_tokens + rows
-        tl.store(OUT + slot[:, None] * MIXP + mixes[None, :], acc, mask=live[:, None])
-        tl.store(SUMSQ + slot, sumsq, mask=live)
-    else:
-        scaled = acc * tl.rsqrt(sumsq / k_total + eps)[:, None]
-        tl.store(OUT + rows[:, None] * n_mix + mixes[None, :], scaled, mask=live[:, None] & mix_live[None, :])
+    slot = split.to(tl.int64) * n_tokens + rows
+    tl.store(PART + slot[:, None] * MIXP + mixes[None, :], acc, mask=live[:, None])
+    tl.store(SUMSQ + slot, sumsq, mask=live)
 
 
-@triton.jit
-def _premix_combine_kernel(
-    PART,
-    SUMSQ,
-    OUT,
-    n_tokens,
-    n_mix,
-    n_splits,
-    k_total,
-    eps,
-    SPLITS: tl.constexpr,
-    MIXP: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    enter_pdl(PDL)
-    token = tl.program_id(0).to(tl.int64)
-    splits = tl.arange(0, SPLITS)
-    split_live = splits < n_splits
-    mixes = tl.arange(0, MIXP)
-    slot = splits.to(tl.int64) * n_tokens + token
-    part = tl.load(PART + slot[:, None] * MIXP + mixes[None, :], mask=split_live[:, None], other=0.0)
-    sumsq = tl.sum(tl.load(SUMSQ + slot, mask=split_live, other=0.0), axis=0)
-    scaled = tl.sum(part, axis=0) * tl.rsqrt(sumsq / k_total + eps)
-    tl.store(OUT + token * n_mix + mixes, scaled, mask=mixes < n_mix)
-
-
-@dataclass(frozen=True)
-class PremixPartials:
-    """The premix's unscaled projections `part` `[splits, T, mix_pad]` and sums of squares `sumsq`
-    `[splits, T]` over `splits` slices of the hc·D axis (`k_total` long): the logits are
-    `Σ part · rsqrt(Σ sumsq / k_total + eps)`, summed by `_premix_combine_kernel` or by a consumer."""
-
-    part: torch.Tensor
-    sumsq: torch.Tensor
-    k_total: int
-
-    @property
-    def splits(self) -> int:
-        return self.part.shape[0]
-
-
-def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -> torch.Tensor:
-    n = streams.shape[0]
-    n_mix = fn.shape[0]
-    out = torch.empty(n, n_mix, dtype=torch.float32, device=streams.device)
-    if n == 0:
-        return out
-    partials = premix_partials(streams, fn, norm_eps, out=out)
-    if partials is None:
-        return out
-    mix_pad = partials.part.shape[2]
-    _premix_combine_kernel[(n,)](
-        partials.part,
-        partials.sumsq,
-        out,
-        n,
-        n_mix,
-        partials.splits,
-        partials.k_total,
-        norm_eps,
-        SPLITS=triton.next_power_of_2(partials.splits),
-        MIXP=mix_pad,
-        num_warps=4,
-        **pdl_launch(out.device),
-    )
-    return out
-
-
-def premix_partials(
-    streams: torch.Tensor, fn: torch.Tensor, norm_eps: float, *, out: torch.Tensor | None = None
-) -> PremixPartials | None:
-    """The premix launch over `streams` (T > 0): its partials, or with `out` `[T, mix]` given and one slice
-    (prefill-sized T) the finished logits stored there and None."""
+def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor) -> MixLogits:
     n = streams.shape[0]
     x = _rows_contiguous(streams.reshape(n, -1))
     fn = fn.float().contiguous()
@@ -166,13 +87,10 @@ def premix_partials(
     token_blocks = triton.cdiv(n, block_t)
     k_split = _premix_split(k_total, token_blocks)
     splits = triton.cdiv(k_total, k_split)
-    split = splits > 1 or out is None
-    if split:
-        part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
-        sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)
-    else:
-        assert out is not None
-        part = sumsq = out
+    part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
+    sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)
+    if n == 0:
+        return MixLogits(part, sumsq, k_total, n_mix)
     _premix_kernel[(token_blocks, splits)](
         x,
         fn,
@@ -183,17 +101,15 @@ def premix_partials(
         k_total,
         x.stride(0),
         fn.stride(0),
-        norm_eps,
         BT=block_t,
         MIXP=mix_pad,
         BK=_PREMIX_BLOCK_K,
         K_SPLIT=k_split,
-        SPLIT=split,
         PRECISION="tf32x3" if x.is_cuda else "ieee",
         num_warps=4,
         **pdl_launch(x.device),
     )
-    return PremixPartials(part, sumsq, k_total) if split else None
+    return MixLogits(part, sumsq, k_total, n_mix)
 
 
 def _premix_split(k_total: int, token_blocks: int) -> int:
@@ -206,26 +122,44 @@ def _premix_split(k_total: int, token_blocks: int) -> int:
 @triton.jit
 def _collapse_kernel(
     S,
-    PRE,
+    PART,
+    SUMSQ,
+    SCALE,
+    BASE,
     W,
     OUT,
+    n_tokens,
+    n_splits,
+    k_total,
     dim,
     stride_st,
     stride_sh,
     stride_ot,
+    mix_norm_eps,
+    hc_eps,
     eps,
     HC: tl.constexpr,
+    SPLITS: tl.constexpr,  # a power of two covering n_splits
+    MIXP: tl.constexpr,
     BD: tl.constexpr,
     PDL: tl.constexpr,
 ):
     enter_pdl(PDL)
     row = tl.program_id(0).to(tl.int64)
+    splits = tl.arange(0, SPLITS)
+    split_live = splits < n_splits
+    i = tl.arange(0, HC)
+    slot = splits.to(tl.int64) * n_tokens + row
+    part = tl.load(PART + slot[:, None] * MIXP + i[None, :], mask=split_live[:, None], other=0.0)
+    sumsq = tl.sum(tl.load(SUMSQ + slot, mask=split_live, other=0.0), axis=0)
+    logits = tl.sum(part, axis=0) * tl.rsqrt(sumsq / k_total + mix_norm_eps)
+    pre = tl.sigmoid(logits * tl.load(SCALE) + tl.load(BASE + i)) + hc_eps
     cols = tl.arange(0, BD)
     live = cols < dim
     acc = tl.zeros([BD], tl.float32)
-    for i in tl.static_range(HC):
-        weight = tl.load(PRE + row * HC + i).to(tl.float32)
-        stream = tl.load(S + row * stride_st + i * stride_sh + cols, mask=live, other=0.0)
+    for h in tl.static_range(HC):
+        weight = tl.sum(tl.where(i == h, pre, 0.0), axis=0)
+        stream = tl.load(S + row * stride_st + h * stride_sh + cols, mask=live, other=0.0)
         acc += weight * stream.to(tl.float32)
     inv = tl.rsqrt(tl.sum(acc * acc, axis=0) / dim + eps)
     normed = tl.load(W + cols, mask=live, other=0.0).to(tl.float32) * (acc * inv)
@@ -233,7 +167,15 @@ def _collapse_kernel(
 
 
 def hc_collapse_triton(
-    streams: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype
+    streams: torch.Tensor,
+    logits: MixLogits,
+    scale: torch.Tensor,
+    base: torch.Tensor,
+    weight: torch.Tensor,
+    mix_norm_eps: float,
+    hc_eps: float,
+    eps: float,
+    out_dtype: torch.dtype,
 ) -> torch.Tensor:
     n, hc, dim = streams.shape
     streams = _rows_contiguous(streams)
@@ -243,15 +185,25 @@ def hc_collapse_triton(
     block = triton.next_power_of_2(dim)
     _collapse_kernel[(n,)](
         streams,
-        pre.float().contiguous(),
+        logits.part,
+        logits.sumsq,
+        scale.float().contiguous(),
+        base.float().contiguous(),
         weight.float().contiguous(),
         out,
+        n,
+        logits.splits,
+        logits.k_total,
         dim,
         streams.stride(0),
         streams.stride(1),
         out.stride(0),
+        mix_norm_eps,
+        hc_eps,
         eps,
         HC=hc,
+        SPLITS=triton.next_power_of_2(logits.splits),
+        MIXP=logits.part.shape[2],
         BD=block,
         num_warps=min(16, max(1, block // 256)),
         **pdl_launch(streams.device),
@@ -309,7 +261,11 @@ def hc_merge_triton(
     out = torch.empty(n, hc, dim, dtype=streams.dtype, device=streams.device)
     if n == 0:
         return out
-    grid = (triton.cdiv(n, _MERGE_TOKENS), triton.cdiv(dim, _STREAM_BLOCK_D))
+    token_blocks = triton.cdiv(n, _MERGE_TOKENS)
+    block_d = _MERGE_MAX_BLOCK_D
+    while block_d > _MERGE_MIN_BLOCK_D and token_blocks * triton.cdiv(dim, block_d) < _MERGE_PROGRAMS:
+        block_d //= 2
+    grid = (token_blocks, triton.cdiv(dim, block_d))
     _merge_kernel[grid](
         block_out,
         streams,
@@ -326,7 +282,7 @@ def hc_merge_triton(
         HC=hc,
         HCP=triton.next_power_of_2(hc),
         BT=_MERGE_TOKENS,
-        BD=_STREAM_BLOCK_D,
+        BD=block_d,
         num_warps=4,
         **pdl_launch(block_out.device),
     )

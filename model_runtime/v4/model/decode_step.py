@@ -78,13 +78,15 @@ class DecodeStep:
 
     What the layers derive from them (ring rows, entry limits, the compressors' RoPE tables, ...) depends
     only on the window or the ratio, so it is computed once per step (`derived`), not once per layer: in a
-    captured graph that is a few dozen kernels instead of hundreds."""
+    captured graph that is a few dozen kernels instead of hundreds. `mix_stream`: the CUDA stream the
+    layers' mHC mappings run on beside the sub-blocks (`model/mhc.py`), or None (in line)."""
 
     token_ids: torch.Tensor
     positions: torch.Tensor
     slots: torch.Tensor
     block_tables: torch.Tensor
     kernels: KernelImpl
+    mix_stream: torch.cuda.Stream | None = None
     _derived: dict[Hashable, object] = field(default_factory=dict, compare=False, repr=False)
 
     def derived(self, key: Hashable, make: Callable[[], _T]) -> _T:

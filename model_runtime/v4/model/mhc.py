@@ -5,8 +5,15 @@ Around each attention and MoE sub-block the streams `[n, hc, dim]` are collapsed
 weights) while the streams mix through a doubly stochastic matrix (Sinkhorn-Knopp). The hyper-head
 collapses the final streams, with the output norm.
 Mappings are computed in float32. Parameter names follow the official checkpoints (`hc_attn_fn`, ...).
-The stream passes (mixing logits, collapse, merge) are `kernels/hc_streams.py`, the mappings from the
-logits `kernels/hc_mix.py`; `kernels` picks their reference or fused paths.
+The stream passes (mixing logits, collapse, merge) are `kernels/hc_streams.py`, the post and mix mappings
+`kernels/hc_mix.py`; `kernels` picks their reference or fused paths.
+
+Only the merge needs the post and mix mappings, so on CUDA they may be computed on a side stream
+(`hc_split(..., side=)`) while the collapse and the sub-block run: the 20-round Sinkhorn chain, a few
+microseconds of one warp, leaves the critical path. The side stream waits for the logits; the merge waits
+for the mappings (`HcMapping.ready`). Every tensor the side stream touches is made on the current stream
+and held by the `HcMapping` until the merge, so the caching allocator never hands it out while the side
+stream may still use it. Captured in a CUDA graph, the fork and join become the graph's edges.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from torch import nn
 
 from deepscout.model_runtime.v4.kernels import hc_streams
 from deepscout.model_runtime.v4.kernels.hc_mix import hc_mix
+from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.primitives import RMSNorm
 from deepscout.model_runtime.v4.model_config import ModelArgs
@@ -36,6 +44,18 @@ class HcSettings:
         return cls(args.hc_sinkhorn_iters, args.hc_eps, args.rms_norm_eps)
 
 
+@dataclass(frozen=True)
+class HcMapping:
+    """What a sub-block's merge needs: `post` `[n, hc]` and the residual mix `comb` `[n, hc, hc]` (float32),
+    and when they were computed on a side stream, the event recorded after them (`ready`) and the logits
+    they were computed from (held until the merge)."""
+
+    post: torch.Tensor
+    comb: torch.Tensor
+    ready: torch.cuda.Event | None = None
+    logits: MixLogits | None = None
+
+
 def hc_split(
     streams: torch.Tensor,
     fn: torch.Tensor,
@@ -45,27 +65,81 @@ def hc_split(
     hc: HcSettings,
     dtype: torch.dtype,
     kernels: KernelImpl = "reference",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mHC mappings from streams `[n, hc, dim]`: the sub-block's input `[n, dim]` (the collapse, normed by
-    `norm`, in `dtype`), post `[n, hc]`, and the doubly-stochastic (Sinkhorn-Knopp) residual mix
-    `[n, hc, hc]`, the latter two in float32."""
-    iters = hc.sinkhorn_iters
-    pre, post, comb = hc_mix(
-        streams, fn, scale, base, norm_eps=hc.norm_eps, iters=iters, eps=hc.eps, impl=kernels
+    side: torch.cuda.Stream | None = None,
+) -> tuple[torch.Tensor, HcMapping]:
+    """The sub-block's input `[n, dim]` from streams `[n, hc, dim]` (the collapse, normed by `norm`, in
+    `dtype`) and its merge's mappings, computed on `side` when given (see the module docstring)."""
+    logits = hc_streams.hc_premix(streams, fn, impl=kernels)
+    mapping = _mapping(logits, scale, base, hc, streams.shape[1], kernels, side)
+    return _collapse(streams, logits, scale, base, norm, hc, dtype, kernels), mapping
+
+
+def _collapse(
+    streams: torch.Tensor,
+    logits: MixLogits,
+    scale: torch.Tensor,
+    base: torch.Tensor,
+    norm: RMSNorm,
+    hc: HcSettings,
+    dtype: torch.dtype,
+    kernels: KernelImpl,
+) -> torch.Tensor:
+    return hc_streams.hc_collapse(
+        streams,
+        logits,
+        scale,
+        base,
+        norm.weight,
+        mix_norm_eps=hc.norm_eps,
+        hc_eps=hc.eps,
+        eps=norm.eps,
+        out_dtype=dtype,
+        impl=kernels,
     )
-    x = hc_streams.hc_collapse(streams, pre, norm.weight, norm.eps, dtype, impl=kernels)
-    return x, post, comb
+
+
+def _mapping(
+    logits: MixLogits,
+    scale: torch.Tensor,
+    base: torch.Tensor,
+    hc: HcSettings,
+    n_streams: int,
+    kernels: KernelImpl,
+    side: torch.cuda.Stream | None,
+) -> HcMapping:
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        return hc_mix(
+            logits,
+            scale,
+            base,
+            hc=n_streams,
+            norm_eps=hc.norm_eps,
+            iters=hc.sinkhorn_iters,
+            eps=hc.eps,
+            impl=kernels,
+        )
+
+    if side is None:
+        return HcMapping(*compute())
+    current = torch.cuda.current_stream(side.device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        post, comb = compute()
+        ready = torch.cuda.Event()
+        ready.record(side)
+    post.record_stream(current)
+    comb.record_stream(current)
+    return HcMapping(post, comb, ready, logits)
 
 
 def hc_merge(
-    block_out: torch.Tensor,
-    streams: torch.Tensor,
-    post: torch.Tensor,
-    comb: torch.Tensor,
-    kernels: KernelImpl = "reference",
+    block_out: torch.Tensor, streams: torch.Tensor, mapping: HcMapping, kernels: KernelImpl = "reference"
 ) -> torch.Tensor:
-    """New streams: post-weighted block output plus the residual streams mixed by comb^T."""
-    return hc_streams.hc_merge(block_out, streams, post, comb, impl=kernels)
+    """New streams: post-weighted block output plus the residual streams mixed by comb^T (after the
+    mappings are ready)."""
+    if mapping.ready is not None:
+        torch.cuda.current_stream(block_out.device).wait_event(mapping.ready)
+    return hc_streams.hc_merge(block_out, streams, mapping.post, mapping.comb, impl=kernels)
 
 
 def hc_head_parameters(args: ModelArgs) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
@@ -89,6 +163,5 @@ def hc_head(
     kernels: KernelImpl = "reference",
 ) -> torch.Tensor:
     """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`, normed by `norm`, in `dtype`."""
-    mixes = hc_streams.hc_premix(streams, fn, hc.norm_eps, impl=kernels)
-    pre = torch.sigmoid(mixes * scale.float() + base.float()) + hc.eps
-    return hc_streams.hc_collapse(streams, pre, norm.weight, norm.eps, dtype, impl=kernels)
+    logits = hc_streams.hc_premix(streams, fn, impl=kernels)
+    return _collapse(streams, logits, scale, base, norm, hc, dtype, kernels)

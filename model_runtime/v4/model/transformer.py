@@ -75,11 +75,13 @@ class Block(nn.Module):
         attend: Callable[[torch.Tensor], torch.Tensor],
         kernels: KernelImpl,
         dtype: torch.dtype,
+        mix_stream: torch.cuda.Stream | None = None,
     ) -> torch.Tensor:
         """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
-        the device decode step's), its branches fed in the model's `dtype`."""
+        the device decode step's), its branches fed in the model's `dtype`; the mHC mappings on
+        `mix_stream` when given (`mhc.py`)."""
         hc = HcSettings.of(self.args)
-        x, post, comb = hc_split(
+        x, mapping = hc_split(
             streams,
             self.hc_attn_fn,
             self.hc_attn_scale,
@@ -88,12 +90,21 @@ class Block(nn.Module):
             hc,
             dtype,
             kernels,
+            mix_stream,
         )
-        streams = hc_merge(attend(x), streams, post, comb, kernels)
-        x, post, comb = hc_split(
-            streams, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, self.ffn_norm, hc, dtype, kernels
+        streams = hc_merge(attend(x), streams, mapping, kernels)
+        x, mapping = hc_split(
+            streams,
+            self.hc_ffn_fn,
+            self.hc_ffn_scale,
+            self.hc_ffn_base,
+            self.ffn_norm,
+            hc,
+            dtype,
+            kernels,
+            mix_stream,
         )
-        return hc_merge(self.ffn(x, token_ids, kernels), streams, post, comb, kernels)
+        return hc_merge(self.ffn(x, token_ids, kernels), streams, mapping, kernels)
 
 
 class MTPBlock(Block):
@@ -297,7 +308,7 @@ class DeepseekV4Model(nn.Module):
                 rope=table,
                 compress_rope=compress_rope,
             )
-            streams = layer.run(streams, step.token_ids, attend, step.kernels, self.dtype)
+            streams = layer.run(streams, step.token_ids, attend, step.kernels, self.dtype, step.mix_stream)
         return streams
 
     def logits(self, streams: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The fused mHC mapping (premix partials + one mapping kernel) against its PyTorch reference, on fresh
+"""The fused mHC mappings (one kernel over the premix's slices) against their PyTorch reference, on fresh
 random streams."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deepscout.model_runtime.v4.kernels.hc_mix import hc_mix
+from deepscout.model_runtime.v4.kernels.hc_streams import hc_premix
 
 HC, EPS = 4, 1e-6
 
@@ -21,25 +22,19 @@ def test_kernel_matches_reference(device: torch.device, n_tokens: int, dim: int)
     fn = (torch.randn(mix, HC * dim, generator=g) * 3 * dim**-0.5).to(device)
     scale = (torch.rand(3, generator=g) + 0.5).to(device)
     base = torch.randn(mix, generator=g).to(device)
-    ref = hc_mix(streams, fn, scale, base, norm_eps=EPS, iters=20, eps=EPS, impl="reference")
-    out = hc_mix(streams, fn, scale, base, norm_eps=EPS, iters=20, eps=EPS, impl="triton")
+    settings = {"hc": HC, "norm_eps": EPS, "iters": 20, "eps": EPS}
+    ref = hc_mix(hc_premix(streams, fn, impl="reference"), scale, base, **settings, impl="reference")
+    out = hc_mix(hc_premix(streams, fn, impl="triton"), scale, base, **settings, impl="triton")
     for got, want in zip(out, ref, strict=True):
         assert got.shape == want.shape
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
-    comb = out[2]
+    comb = out[1]
     assert torch.allclose(comb.sum(dim=-2), torch.ones(n_tokens, HC, device=device), atol=1e-4)
 
 
 def test_mismatched_weights_are_one_line_errors() -> None:
-    streams = torch.zeros(2, HC, 8)
-    with pytest.raises(ValueError, match="hc_mix needs fn"):
+    logits = hc_premix(torch.zeros(2, HC, 8), torch.zeros(10, HC * 8), impl="reference")
+    with pytest.raises(ValueError, match="hc_mix needs 24 logits"):
         hc_mix(
-            streams,
-            torch.zeros(10, HC * 8),
-            torch.ones(3),
-            torch.zeros(10),
-            norm_eps=EPS,
-            iters=2,
-            eps=EPS,
-            impl="reference",
+            logits, torch.ones(3), torch.zeros(10), hc=HC, norm_eps=EPS, iters=2, eps=EPS, impl="reference"
         )

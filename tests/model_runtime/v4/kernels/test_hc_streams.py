@@ -1,12 +1,14 @@
 """The fused mHC stream passes (premix, collapse with its norm, merge) against their PyTorch references, on
 random streams: small widths under the interpreter (or the GPU), and the real width on a GPU.
 
-Tolerances: every path sums in float32, only the order differs (the fused premix scales after the
-projection instead of before), so float32 results agree to a few ulps of the largest value; a bfloat16
-collapse may round to the neighbouring bfloat16 value.
+Tolerances: every path sums in float32, only the order differs (the slices of the hc·D axis), so float32
+results agree to a few ulps of the largest value; a bfloat16 collapse may round to the neighbouring
+bfloat16 value.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +23,8 @@ def _streams(n: int, dim: int, device: torch.device, seed: int) -> dict[str, tor
     tensors = {
         "streams": torch.randn(n, HC, dim, generator=g) * 3,
         "fn": torch.randn(MIX, HC * dim, generator=g) * dim**-0.5,
-        "pre": torch.rand(n, HC, generator=g) + 1e-6,
+        "scale": torch.rand(3, generator=g) + 0.5,
+        "base": torch.randn(MIX, generator=g),
         "post": 2 * torch.rand(n, HC, generator=g),
         "comb": torch.softmax(torch.randn(n, HC, HC, generator=g), dim=-1),
         "block_out": torch.randn(n, dim, generator=g),
@@ -35,14 +38,25 @@ def _close(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
     assert float((got.float() - want.float()).abs().max()) <= rel * float(scale)
 
 
+def _collapse(t: dict[str, torch.Tensor], fn: torch.Tensor, weight: torch.Tensor, **kw: Any) -> torch.Tensor:
+    logits = hc_premix(t["streams"], fn, impl=kw["impl"])
+    return hc_collapse(
+        t["streams"], logits, t["scale"], t["base"], weight, mix_norm_eps=EPS, hc_eps=EPS, eps=EPS, **kw
+    )
+
+
 # D 16: the hc·D axis is one K block (one slice, as in prefill); D 64/96: split slices, a ragged D block.
 @pytest.mark.parametrize("dim", [16, 64, 96])
 @pytest.mark.parametrize("n_tokens", [1, 3, 70])
-def test_premix_matches_reference(device: torch.device, n_tokens: int, dim: int) -> None:
+def test_premix_matches_the_normed_projection(device: torch.device, n_tokens: int, dim: int) -> None:
     t = _streams(n_tokens, dim, device, seed=n_tokens + dim)
+    x = t["streams"].flatten(1)
     for fn in (t["fn"], t["fn"][:HC]):  # the sub-blocks' 24 logits, the hyper-head's hc
-        want = hc_premix(t["streams"], fn, EPS, impl="reference")
-        _close(hc_premix(t["streams"], fn, EPS, impl="triton"), want, 1e-5)
+        want = (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + EPS)) @ fn.t()
+        for impl in ("reference", "triton"):
+            logits = hc_premix(t["streams"], fn, impl=impl)
+            _close(logits.logits(EPS), want, 1e-5)
+        assert logits.splits > 1 or n_tokens > 16 or dim == 16  # decode shapes split the axis
 
 
 @pytest.mark.parametrize("dim", [64, 96])
@@ -51,13 +65,17 @@ def test_premix_matches_reference(device: torch.device, n_tokens: int, dim: int)
 def test_collapse_matches_reference(
     device: torch.device, n_tokens: int, dim: int, out_dtype: torch.dtype
 ) -> None:
-    """The collapse with the sub-block's RMS norm after it, in one launch."""
+    """The pre weights from the logits, the collapse, and the sub-block's RMS norm after it, in one
+    launch."""
     t = _streams(n_tokens, dim, device, seed=n_tokens + dim)
     weight = torch.rand(dim, generator=torch.Generator().manual_seed(dim)).to(device) + 0.5
-    want = hc_collapse(t["streams"], t["pre"], weight, EPS, out_dtype, impl="reference")
-    got = hc_collapse(t["streams"], t["pre"], weight, EPS, out_dtype, impl="triton")
-    _close(got, want, 1e-5 if out_dtype == torch.float32 else 2**-7)
-    collapsed = (t["pre"][..., None] * t["streams"]).sum(1)
+    want = _collapse(t, t["fn"], weight, out_dtype=out_dtype, impl="reference")
+    for fn in (t["fn"], t["fn"][:HC]):  # pre weights first in the 24 logits and in the head's hc
+        got = _collapse(t, fn, weight, out_dtype=out_dtype, impl="triton")
+        _close(got, want, 1e-5 if out_dtype == torch.float32 else 2**-7)
+    logits = hc_premix(t["streams"], t["fn"], impl="reference").logits(EPS)
+    pre = torch.sigmoid(logits[:, :HC] * t["scale"][0] + t["base"][:HC]) + EPS
+    collapsed = (pre[..., None] * t["streams"]).sum(1)
     normed = collapsed * torch.rsqrt(collapsed.square().mean(-1, keepdim=True) + EPS) * weight
     _close(want, normed.to(out_dtype), 1e-6 if out_dtype == torch.float32 else 2**-7)
 
@@ -88,11 +106,23 @@ def test_merge_mixes_by_the_transposed_comb(device: torch.device) -> None:
 def test_bad_shapes_raise_one_line_errors() -> None:
     t = _streams(3, 16, torch.device("cpu"), seed=0)
     with pytest.raises(ValueError, match="weight must be"):
-        hc_premix(t["streams"], t["fn"][:, :-1], EPS, impl="triton")
-    with pytest.raises(ValueError, match="pre weights"):
-        hc_collapse(t["streams"], t["pre"][:2], torch.ones(16), EPS, torch.float32, impl="triton")
+        hc_premix(t["streams"], t["fn"][:, :-1], impl="triton")
+    logits = hc_premix(t["streams"][:2], t["fn"], impl="reference")
+    with pytest.raises(ValueError, match="logits of 3 tokens"):
+        hc_collapse(
+            t["streams"],
+            logits,
+            t["scale"],
+            t["base"],
+            torch.ones(16),
+            mix_norm_eps=EPS,
+            hc_eps=EPS,
+            eps=EPS,
+            out_dtype=torch.float32,
+            impl="triton",
+        )
     with pytest.raises(ValueError, match="norm weights"):
-        hc_collapse(t["streams"], t["pre"], torch.ones(15), EPS, torch.float32, impl="triton")
+        _collapse(t, t["fn"], torch.ones(15), out_dtype=torch.float32, impl="triton")
     with pytest.raises(ValueError, match="block output"):
         hc_merge(t["block_out"][:, :8], t["streams"], t["post"], t["comb"], impl="triton")
 
@@ -104,10 +134,11 @@ def test_real_width_matches_reference(n_tokens: int) -> None:
     device = torch.device("cuda")
     t = _streams(n_tokens, 4096, device, seed=n_tokens)
     s = t["streams"]
-    _close(hc_premix(s, t["fn"], EPS, impl="triton"), hc_premix(s, t["fn"], EPS, impl="reference"), 1e-5)
+    want = hc_premix(s, t["fn"], impl="reference").logits(EPS)
+    _close(hc_premix(s, t["fn"], impl="triton").logits(EPS), want, 1e-5)
     weight = torch.rand(4096, device=device) + 0.5
     for out_dtype, rel in ((torch.float32, 1e-5), (torch.bfloat16, 2**-7)):
-        want = hc_collapse(s, t["pre"], weight, EPS, out_dtype, impl="reference")
-        _close(hc_collapse(s, t["pre"], weight, EPS, out_dtype, impl="triton"), want, rel)
+        want = _collapse(t, t["fn"], weight, out_dtype=out_dtype, impl="reference")
+        _close(_collapse(t, t["fn"], weight, out_dtype=out_dtype, impl="triton"), want, rel)
     args = (t["block_out"].to(torch.bfloat16), s, t["post"], t["comb"])
     _close(hc_merge(*args, impl="triton"), hc_merge(*args, impl="reference"), 1e-6)
