@@ -6,8 +6,8 @@ Under programmatic dependent launch a kernel starts while its predecessor still 
 than the step). Each kernel's own time is therefore counted from its predecessor's end: `end - max(start,
 previous end)`, the kernels of one device taken in start order. Reported per step (the trace's kernel time
 divided by `--steps`): the span from the first kernel's start to the last one's end, the time some kernel
-ran, the idle rest and its largest gaps, and every kernel name's launches, own time a call and own time a
-step, largest first.
+ran, the idle rest, its largest gaps (with the kernels on either side) and the idle time before each kernel
+name, and every kernel name's launches, own time a call and own time a step, largest first.
 
 Prints a table and writes `benchmarks/results/decode_trace.json` (or `--json PATH`). Any machine.
 
@@ -41,17 +41,23 @@ def device_events(trace: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str
 def summarise(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     """Span, busy and idle time a step, the largest gaps, and own time per kernel name (see the docstring)."""
     per_name: defaultdict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    gaps: list[float] = []
+    idle_before: defaultdict[str, float] = defaultdict(float)
+    gaps: list[tuple[float, str, str]] = []
     busy = 0.0
     previous_end: float | None = None
+    previous_name = ""
     for event in events:
         start, end = event["ts"], event["ts"] + event["dur"]
         begin = start if previous_end is None else max(start, previous_end)
+        name = event["name"][:_NAME_CHARS]
         if previous_end is not None and start > previous_end:
-            gaps.append(start - previous_end)
+            gaps.append((start - previous_end, previous_name, name))
+            idle_before[name] += start - previous_end
+        if previous_end is None or end >= previous_end:
+            previous_name = name
         own = max(end - begin, 0.0)
         busy += own
-        row = per_name[event["name"][:_NAME_CHARS]]
+        row = per_name[name]
         row[0] += 1
         row[1] += own
         previous_end = end if previous_end is None else max(previous_end, end)
@@ -71,7 +77,15 @@ def summarise(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         "span_ms_per_step": round(span / steps / 1000, 3),
         "busy_ms_per_step": round(busy / steps / 1000, 3),
         "idle_ms_per_step": round((span - busy) / steps / 1000, 3),
-        "largest_gaps_us": [round(g, 1) for g in sorted(gaps, reverse=True)[:12]],
+        "largest_gaps_us": [round(g, 1) for g, _, _ in sorted(gaps, reverse=True)[:12]],
+        "largest_gaps": [
+            {"us": round(g, 1), "after": before, "before": after}
+            for g, before, after in sorted(gaps, reverse=True)[:12]
+        ],
+        "idle_before_us_per_step": {
+            name: round(idle / steps, 1)
+            for name, idle in sorted(idle_before.items(), key=lambda kv: -kv[1])[:12]
+        },
         "kernels": kernels,
     }
 
@@ -99,6 +113,9 @@ def main() -> None:
         f"{result['busy_ms_per_step']} ms, idle {result['idle_ms_per_step']} ms a step; largest gaps (us) "
         f"{result['largest_gaps_us']}"
     )
+    for gap in result["largest_gaps"]:
+        print(f"gap {gap['us']:>7} us after {gap['after'][:40]!r} before {gap['before'][:40]!r}")
+    print("idle before each kernel name (us a step):", result["idle_before_us_per_step"])
     print(f"{'kernel':{_NAME_CHARS}} {'a step':>7} {'us/call':>8} {'ms/step':>8}")
     for row in result["kernels"][: opts.rows]:
         print(

@@ -225,16 +225,17 @@ def test_gemv_refuses_bad_rows_and_tiles() -> None:
 
 def test_gemv_tiles_fill_the_device() -> None:
     """On 132 multiprocessors every V4-Flash linear gets at least 4 programs each (wkv's 512 columns one
-    per program), fewer columns per program the smaller N, and about 4 KiB of weight a step."""
+    per program), fewer columns per program the smaller N, and about 8 KiB of weight a step."""
     for n, k, groups in (*_FLASH_SHAPES.values(), *_CONCATENATED_SHAPES.values()):
         tiles = choose_gemv_tiles(n // groups, k, groups=groups, n_sms=132)
         assert groups * -(-n // groups // tiles.block_n) >= 4 * 132 or tiles.block_n == 1
-        assert tiles.block_n * tiles.block_k == max(4096, 128 * tiles.block_n)
+        k_cover = 128 * (1 << (-(-k // 128) - 1).bit_length())  # K in whole blocks, a power-of-two count
+        assert tiles.block_k == min(max(128, 8192 // tiles.block_n), k_cover)
     wkv, wq_b = (
         choose_gemv_tiles(512, 4096, groups=1, n_sms=132),
         choose_gemv_tiles(32768, 1024, groups=1, n_sms=132),
     )
-    assert (wkv.block_n, wkv.block_k) == (1, 4096) and (wq_b.block_n, wq_b.block_k) == (32, 128)
+    assert (wkv.block_n, wkv.block_k) == (1, 4096) and (wq_b.block_n, wq_b.block_k) == (32, 256)
     assert choose_gemv_tiles(512, 300, groups=1, n_sms=132).block_k == 512  # 3 K blocks: one step of 4
 
 
