@@ -4,7 +4,8 @@ reference, at V4 widths (hc 4, hidden 4096, 24 mixing logits, float32 streams, b
 Per token count in `--tokens` (decode steps and a prefill chunk): `premix` (the RMS-normed projection to
 the mixing logits, left in slices), `collapse` (the pre weights and the pre-weighted sum to the sub-block
 input, RMS-normed, in bfloat16),
-`merge` (the new streams), and `sub-block` (all the mHC work around one attention or MoE call:
+`merge` (the new streams), `merge+premix` (the new streams and the next sub-block's logits), and
+`sub-block` (all the mHC work around one attention or MoE call:
 `model/mhc.py`'s `hc_split` with the Sinkhorn mapping, then `hc_merge`). Times are CUDA-graph replays
 (`device_rates.timed(graphs=True)`), as the decode path runs; the floor is each pass's bytes read + written
 over a device-to-device copy's rate.
@@ -26,7 +27,13 @@ from typing import Any
 import torch
 from device_rates import ceilings, timed, write_report
 
-from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits, hc_collapse, hc_merge, hc_premix
+from deepscout.model_runtime.v4.kernels.hc_streams import (
+    MixLogits,
+    hc_collapse,
+    hc_merge,
+    hc_merge_premix,
+    hc_premix,
+)
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model import mhc
 from deepscout.model_runtime.v4.model.primitives import RMSNorm
@@ -75,14 +82,20 @@ def passes(case: dict[str, torch.Tensor], kernels: KernelImpl) -> dict[str, Call
             impl=kernels,
         ),
         "merge": lambda: hc_merge(case["block_out"], s, case["post"], case["comb"], impl=kernels),
+        "merge+premix": lambda: hc_merge_premix(
+            case["block_out"], s, case["post"], case["comb"], fn, impl=kernels
+        ),
         "sub-block": sub_block,
     }
 
 
 def _values(result: object) -> torch.Tensor:
-    """A pass's result as float32 values to compare (the premix's finished logits)."""
+    """A pass's result as float32 values to compare (the premix's finished logits; after a merge, the new
+    streams and the logits side by side)."""
     if isinstance(result, MixLogits):
         return result.logits(EPS)
+    if isinstance(result, tuple):
+        return torch.cat([_values(part).flatten() for part in result])
     assert isinstance(result, torch.Tensor)
     return result.float()
 
@@ -93,7 +106,13 @@ def pass_bytes(tokens: int, dim: int) -> dict[str, int]:
     premix = streams + MIX * HC * dim * 4 + tokens * MIX * 4
     collapse = streams + row * 2
     merge = row * 2 + 2 * streams
-    return {"premix": premix, "collapse": collapse, "merge": merge, "sub-block": premix + collapse + merge}
+    return {
+        "premix": premix,
+        "collapse": collapse,
+        "merge": merge,
+        "merge+premix": merge + premix - streams,
+        "sub-block": premix + collapse + merge,
+    }
 
 
 def run_case(device: torch.device, tokens: int, dim: int, copy_rate: float) -> list[dict[str, Any]]:

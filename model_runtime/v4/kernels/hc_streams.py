@@ -15,12 +15,15 @@ Contract (streams `[T, hc, D]`, float32 in the model; every sum in float32):
 * `hc_merge(block_out, streams, post, comb)` -> `[T, hc, D]` in streams' dtype:
   `post[t, j] · block_out[t, :] + Σ_i comb[t, i, j] · streams[t, i, :]` (`block_out` `[T, D]`, `post`
   `[T, hc]`, `comb` `[T, hc, hc]`), i.e. `comb[t]ᵀ @ streams[t]` plus the post-weighted block output.
+* `hc_merge_premix(block_out, streams, post, comb, fn)` -> the merge's new streams and their `hc_premix`
+  by the next sub-block's `fn`.
 
 * "reference": the PyTorch ops (the projection an SIMT sgemm over the whole axis, one slice; the merge a
   batched matmul);
 * "triton": `hc_premix` reads the streams once, accumulating the projection and the sum of squares
   together (decode-sized T splits the hc·D axis over programs; fixed shapes, no host sync); `hc_collapse`
-  (with the pre weights and its norm) and `hc_merge` are one memory-bound pass each.
+  (with the pre weights and its norm) and `hc_merge` are one memory-bound pass each; at decode sizes
+  `hc_merge_premix` is one pass too, the premix's slices computed from the new streams in registers.
 """
 
 from __future__ import annotations
@@ -58,11 +61,7 @@ class MixLogits:
 
 def hc_premix(streams: torch.Tensor, fn: torch.Tensor, *, impl: KernelImpl) -> MixLogits:
     """The mixing logits of the RMS-normed streams, in split form (see the module docstring)."""
-    _check_streams(streams)
-    if fn.dim() != 2 or fn.shape[1] != streams.shape[1] * streams.shape[2]:
-        raise ValueError(
-            f"hc_premix weight must be [mix, {streams.shape[1] * streams.shape[2]}], got {list(fn.shape)}"
-        )
+    _check_premix(streams, fn)
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_premix_triton
 
@@ -111,17 +110,33 @@ def hc_merge(
     impl: KernelImpl,
 ) -> torch.Tensor:
     """New streams `[T, hc, D]`: the sub-block output spread by post plus the streams mixed by comb."""
-    _check_streams(streams)
-    n, hc, dim = streams.shape
-    if tuple(block_out.shape) != (n, dim):
-        raise ValueError(f"hc_merge block output must be [{n}, {dim}], got {list(block_out.shape)}")
-    _check_weights("post", post, (n, hc))
-    _check_weights("comb", comb, (n, hc, hc))
+    _check_merge(block_out, streams, post, comb)
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_merge_triton
 
         return hc_merge_triton(block_out, streams, post, comb)
     return hc_merge_reference(block_out, streams, post, comb)
+
+
+def hc_merge_premix(
+    block_out: torch.Tensor,
+    streams: torch.Tensor,
+    post: torch.Tensor,
+    comb: torch.Tensor,
+    fn: torch.Tensor,
+    *,
+    impl: KernelImpl,
+) -> tuple[torch.Tensor, MixLogits]:
+    """`hc_merge`'s new streams and `hc_premix` of them by the next sub-block's `fn` (one launch at decode
+    sizes with "triton")."""
+    if impl == "triton":
+        _check_merge(block_out, streams, post, comb)
+        _check_premix(streams, fn)
+        from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_merge_premix_triton
+
+        return hc_merge_premix_triton(block_out, streams, post, comb, fn)
+    out = hc_merge(block_out, streams, post, comb, impl=impl)
+    return out, hc_premix(out, fn, impl=impl)
 
 
 def hc_premix_reference(streams: torch.Tensor, fn: torch.Tensor) -> MixLogits:
@@ -136,6 +151,25 @@ def hc_merge_reference(
     return post.to(dtype).unsqueeze(-1) * block_out.unsqueeze(-2) + torch.matmul(
         comb.to(dtype).transpose(-1, -2), streams
     )
+
+
+def _check_premix(streams: torch.Tensor, fn: torch.Tensor) -> None:
+    _check_streams(streams)
+    if fn.dim() != 2 or fn.shape[1] != streams.shape[1] * streams.shape[2]:
+        raise ValueError(
+            f"hc_premix weight must be [mix, {streams.shape[1] * streams.shape[2]}], got {list(fn.shape)}"
+        )
+
+
+def _check_merge(
+    block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
+) -> None:
+    _check_streams(streams)
+    n, hc, dim = streams.shape
+    if tuple(block_out.shape) != (n, dim):
+        raise ValueError(f"hc_merge block output must be [{n}, {dim}], got {list(block_out.shape)}")
+    _check_weights("post", post, (n, hc))
+    _check_weights("comb", comb, (n, hc, hc))
 
 
 def _check_streams(streams: torch.Tensor) -> None:

@@ -13,6 +13,11 @@ and the RMS norm that follows the collapse (the row's sum of squares is the prog
 launch. Merge: a program per (block of tokens, block of D), each hc stream row loaded once with contiguous
 (vectorised) loads; it keeps the `[tokens, hc, D-block]` output tile in registers. Decode-sized T takes
 narrower D blocks, so that about as many programs run as the premix's (loads in flight on every SM).
+
+Merge and premix (`hc_merge_premix`, up to `MERGE_PREMIX_MAX_ROWS` tokens): a program per (token, block of
+D) merges as above and, from the new streams as stored, projects its `hc × block` slice of the hc·D axis
+on the next sub-block's mixing weight and sums its squares: the premix's partials, one slice per D block,
+without reading the streams again or a launch of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ _MERGE_PROGRAMS = 128  # the merge's D blocks shrink (to `_MERGE_MIN_BLOCK_D`) u
 _MERGE_MAX_BLOCK_D = 512
 _MERGE_MIN_BLOCK_D = 64
 _MERGE_TOKENS = 2
+MERGE_PREMIX_MAX_ROWS = 16
+"""The most tokens the merge and the next premix share a launch for (decode steps); more run apart."""
+_MERGE_PREMIX_BLOCK_D = 64  # 64 programs a token at hidden 4096, each reading 24 KB of the premix weight
 
 
 @triton.jit
@@ -287,6 +295,105 @@ def hc_merge_triton(
         **pdl_launch(block_out.device),
     )
     return out
+
+
+@triton.jit
+def _merge_premix_kernel(
+    B,
+    S,
+    POST,
+    COMB,
+    FN,
+    OUT,
+    PART,
+    SUMSQ,
+    n_tokens,
+    n_mix,
+    dim,
+    stride_bt,
+    stride_st,
+    stride_sh,
+    stride_ot,
+    stride_oh,
+    stride_fn,
+    HC: tl.constexpr,
+    HCP: tl.constexpr,
+    MIXP: tl.constexpr,
+    BD: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    enter_pdl(PDL)
+    token = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    cols = split * BD + tl.arange(0, BD)
+    live = cols < dim
+    lanes = tl.arange(0, HCP)  # the output stream j
+    lane_ok = lanes < HC
+    mask = lane_ok[:, None] & live[None, :]
+    post = tl.load(POST + token * HC + lanes, mask=lane_ok, other=0.0)
+    block = tl.load(B + token * stride_bt + cols, mask=live, other=0.0).to(tl.float32)
+    acc = post[:, None] * block[None, :]
+    for i in tl.static_range(HC):
+        comb = tl.load(COMB + token * (HC * HC) + i * HC + lanes, mask=lane_ok, other=0.0)
+        stream = tl.load(S + token * stride_st + i * stride_sh + cols, mask=live, other=0.0)
+        acc += comb[:, None] * stream.to(tl.float32)[None, :]
+    stored = acc.to(OUT.dtype.element_ty)
+    tl.store(OUT + token * stride_ot + lanes[:, None] * stride_oh + cols[None, :], stored, mask=mask)
+    # the next premix's slice: these columns of every new stream (hc·D axis index j·D + column)
+    x = tl.where(mask, stored.to(tl.float32), 0.0)
+    mixes = tl.arange(0, MIXP)
+    at = mixes[:, None, None] * stride_fn + lanes[None, :, None] * dim + cols[None, None, :]
+    fn = tl.load(FN + at, mask=(mixes < n_mix)[:, None, None] & mask[None, :, :], other=0.0)
+    part = tl.sum(tl.sum(fn * x[None, :, :], axis=2), axis=1)
+    slot = split.to(tl.int64) * n_tokens + token
+    tl.store(PART + slot * MIXP + mixes, part)
+    tl.store(SUMSQ + slot, tl.sum(tl.sum(x * x, axis=1), axis=0))
+
+
+def hc_merge_premix_triton(
+    block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor, fn: torch.Tensor
+) -> tuple[torch.Tensor, MixLogits]:
+    n, hc, dim = streams.shape
+    if n > MERGE_PREMIX_MAX_ROWS:
+        out = hc_merge_triton(block_out, streams, post, comb)
+        return out, hc_premix_triton(out, fn)
+    streams = _rows_contiguous(streams)
+    block_out = _rows_contiguous(block_out)
+    fn = fn.float().contiguous()
+    n_mix = fn.shape[0]
+    mix_pad = max(16, triton.next_power_of_2(n_mix))
+    splits = triton.cdiv(dim, _MERGE_PREMIX_BLOCK_D)
+    out = torch.empty(n, hc, dim, dtype=streams.dtype, device=streams.device)
+    part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
+    sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)
+    if n == 0:
+        return out, MixLogits(part, sumsq, hc * dim, n_mix)
+    _merge_premix_kernel[(n, splits)](
+        block_out,
+        streams,
+        post.float().contiguous(),
+        comb.float().contiguous(),
+        fn,
+        out,
+        part,
+        sumsq,
+        n,
+        n_mix,
+        dim,
+        block_out.stride(0),
+        streams.stride(0),
+        streams.stride(1),
+        out.stride(0),
+        out.stride(1),
+        fn.stride(0),
+        HC=hc,
+        HCP=triton.next_power_of_2(hc),
+        MIXP=mix_pad,
+        BD=_MERGE_PREMIX_BLOCK_D,
+        num_warps=4,
+        **pdl_launch(block_out.device),
+    )
+    return out, MixLogits(part, sumsq, hc * dim, n_mix)
 
 
 def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:

@@ -66,10 +66,13 @@ def hc_split(
     dtype: torch.dtype,
     kernels: KernelImpl = "reference",
     side: torch.cuda.Stream | None = None,
+    logits: MixLogits | None = None,
 ) -> tuple[torch.Tensor, HcMapping]:
     """The sub-block's input `[n, dim]` from streams `[n, hc, dim]` (the collapse, normed by `norm`, in
-    `dtype`) and its merge's mappings, computed on `side` when given (see the module docstring)."""
-    logits = hc_streams.hc_premix(streams, fn, impl=kernels)
+    `dtype`) and its merge's mappings, computed on `side` when given (see the module docstring). `logits`:
+    the streams' premix by `fn` when the merge that made them computed it (`hc_merge_premix`)."""
+    if logits is None:
+        logits = hc_streams.hc_premix(streams, fn, impl=kernels)
     mapping = _mapping(logits, scale, base, hc, streams.shape[1], kernels, side)
     return _collapse(streams, logits, scale, base, norm, hc, dtype, kernels), mapping
 
@@ -137,9 +140,27 @@ def hc_merge(
 ) -> torch.Tensor:
     """New streams: post-weighted block output plus the residual streams mixed by comb^T (after the
     mappings are ready)."""
-    if mapping.ready is not None:
-        torch.cuda.current_stream(block_out.device).wait_event(mapping.ready)
+    _wait_for(mapping, block_out.device)
     return hc_streams.hc_merge(block_out, streams, mapping.post, mapping.comb, impl=kernels)
+
+
+def hc_merge_premix(
+    block_out: torch.Tensor,
+    streams: torch.Tensor,
+    mapping: HcMapping,
+    fn: torch.Tensor,
+    kernels: KernelImpl = "reference",
+) -> tuple[torch.Tensor, MixLogits]:
+    """`hc_merge`'s new streams and their premix by the next sub-block's `fn` (for its `hc_split`), in one
+    pass at decode sizes."""
+    _wait_for(mapping, block_out.device)
+    return hc_streams.hc_merge_premix(block_out, streams, mapping.post, mapping.comb, fn, impl=kernels)
+
+
+def _wait_for(mapping: HcMapping, device: torch.device) -> None:
+    """Make the current stream wait for the mappings when a side stream computes them."""
+    if mapping.ready is not None:
+        torch.cuda.current_stream(device).wait_event(mapping.ready)
 
 
 def hc_head_parameters(args: ModelArgs) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:

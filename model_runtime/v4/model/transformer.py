@@ -24,7 +24,14 @@ from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.attention import Attention, AttentionBatch, AttnImpl
 from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage, decode_attention
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
-from deepscout.model_runtime.v4.model.mhc import HcSettings, hc_head, hc_head_parameters, hc_merge, hc_split
+from deepscout.model_runtime.v4.model.mhc import (
+    HcSettings,
+    hc_head,
+    hc_head_parameters,
+    hc_merge,
+    hc_merge_premix,
+    hc_split,
+)
 from deepscout.model_runtime.v4.model.moe import MoE, RoutedExperts
 from deepscout.model_runtime.v4.model.packing import RowSegment, pack_rows, packed_positions
 from deepscout.model_runtime.v4.model.primitives import RMSNorm, RopeSpec, rope_inv_freq
@@ -92,7 +99,7 @@ class Block(nn.Module):
             kernels,
             mix_stream,
         )
-        streams = hc_merge(attend(x), streams, mapping, kernels)
+        streams, logits = hc_merge_premix(attend(x), streams, mapping, self.hc_ffn_fn, kernels)
         x, mapping = hc_split(
             streams,
             self.hc_ffn_fn,
@@ -103,6 +110,7 @@ class Block(nn.Module):
             dtype,
             kernels,
             mix_stream,
+            logits,
         )
         return hc_merge(self.ffn(x, token_ids, kernels), streams, mapping, kernels)
 

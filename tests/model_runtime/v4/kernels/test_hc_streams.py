@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.hc_streams import hc_collapse, hc_merge, hc_premix
+from deepscout.model_runtime.v4.kernels.hc_streams import hc_collapse, hc_merge, hc_merge_premix, hc_premix
 
 HC, MIX, EPS = 4, 24, 1e-6
 
@@ -91,6 +91,21 @@ def test_merge_matches_reference(
     _close(hc_merge(*args, impl="triton"), hc_merge(*args, impl="reference"), 1e-6)
 
 
+# 1 and 3 tokens: one launch (D 96: a ragged last block); 20: past MERGE_PREMIX_MAX_ROWS, two launches
+@pytest.mark.parametrize("dim", [64, 96])
+@pytest.mark.parametrize("n_tokens", [1, 3, 20])
+def test_merge_premix_matches_merge_then_premix(device: torch.device, n_tokens: int, dim: int) -> None:
+    t = _streams(n_tokens, dim, device, seed=n_tokens + dim)
+    args = (t["block_out"], t["streams"], t["post"], t["comb"])
+    want = hc_merge(*args, impl="reference")
+    for fn in (t["fn"], t["fn"][:HC]):  # the next sub-block's 24 logits, the hyper-head's hc
+        logits_want = hc_premix(want, fn, impl="reference").logits(EPS)
+        for impl in ("reference", "triton"):
+            out, logits = hc_merge_premix(*args, fn, impl=impl)
+            _close(out, want, 1e-6)
+            _close(logits.logits(EPS), logits_want, 1e-5)
+
+
 def test_merge_mixes_by_the_transposed_comb(device: torch.device) -> None:
     """Stream j receives Σ_i comb[i, j] · stream i: a one-hot comb moves stream 0 into stream 2."""
     t = _streams(2, 64, device, seed=0)
@@ -141,4 +156,8 @@ def test_real_width_matches_reference(n_tokens: int) -> None:
         want = _collapse(t, t["fn"], weight, out_dtype=out_dtype, impl="reference")
         _close(_collapse(t, t["fn"], weight, out_dtype=out_dtype, impl="triton"), want, rel)
     args = (t["block_out"].to(torch.bfloat16), s, t["post"], t["comb"])
-    _close(hc_merge(*args, impl="triton"), hc_merge(*args, impl="reference"), 1e-6)
+    want = hc_merge(*args, impl="reference")
+    _close(hc_merge(*args, impl="triton"), want, 1e-6)
+    out, logits = hc_merge_premix(*args, t["fn"], impl="triton")
+    _close(out, want, 1e-6)
+    _close(logits.logits(EPS), hc_premix(want, t["fn"], impl="reference").logits(EPS), 1e-5)
