@@ -167,15 +167,15 @@ class DecodeRunner:
         pool = self._pool
         n_layers = len(self.model.layers)
         parts = []
-        streams = logits = None
+        state = logits = None
         for layers in graph_parts(n_layers):
             part = torch.cuda.CUDAGraph()
             with torch.cuda.graph(part, pool=pool, capture_error_mode="thread_local"):
-                if streams is None:
-                    streams = self.model.decode_embed(static)
-                streams = self.model.decode_layers(streams, static, storage, layers)
+                if state is None:
+                    state = self.model.decode_embed(static)
+                state = self.model.decode_layers(state, static, storage, layers)
                 if layers.stop == n_layers:
-                    logits = self.model.logits(streams).float()
+                    logits = self.model.logits(state.streams, state.mix).float()
             parts.append(part)
         assert logits is not None
         self._graphs[key] = _Graph(tuple(parts), static, logits)

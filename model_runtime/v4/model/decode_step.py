@@ -234,7 +234,7 @@ def _entry_keys(
                 step.block_tables, torch.arange(rows.shape[0] + 1, device=rows.device).int(), 1
             ),
         )
-        chosen, _ = indexer_topk(
+        indices, _ = indexer_topk(
             index.q,
             index.weights,
             storage.entries["indexer"],
@@ -243,7 +243,6 @@ def _entry_keys(
             attn.indexer.topk,
             impl=step.kernels,
         )
-        indices = chosen.to(torch.int32)
     return EntryKeys(
         keys=main,
         block_table=step.block_tables,

@@ -45,6 +45,15 @@ class HcSettings:
 
 
 @dataclass(frozen=True)
+class HcState:
+    """Residual streams `[n, hc, dim]` between sub-blocks and, when the merge that made them computed it,
+    their premix by the next sub-block's (or the hyper-head's) mixing weight (`hc_merge_premix`)."""
+
+    streams: torch.Tensor
+    mix: MixLogits | None = None
+
+
+@dataclass(frozen=True)
 class HcMapping:
     """What a sub-block's merge needs: `post` `[n, hc]` and the residual mix `comb` `[n, hc, hc]` (float32),
     and when they were computed on a side stream, the event recorded after them (`ready`) and the logits
@@ -182,7 +191,10 @@ def hc_head(
     hc: HcSettings,
     dtype: torch.dtype,
     kernels: KernelImpl = "reference",
+    logits: MixLogits | None = None,
 ) -> torch.Tensor:
-    """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`, normed by `norm`, in `dtype`."""
-    logits = hc_streams.hc_premix(streams, fn, impl=kernels)
+    """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`, normed by `norm`, in `dtype`
+    (`logits`: the streams' premix by `fn`, when the last merge computed it)."""
+    if logits is None:
+        logits = hc_streams.hc_premix(streams, fn, impl=kernels)
     return _collapse(streams, logits, scale, base, norm, hc, dtype, kernels)

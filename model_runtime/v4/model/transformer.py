@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepscout.model_runtime.v4.cache.protocol import SequenceCache
+from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.model.attention import Attention, AttentionBatch, AttnImpl
 from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage, decode_attention
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
 from deepscout.model_runtime.v4.model.mhc import (
     HcSettings,
+    HcState,
     hc_head,
     hc_head_parameters,
     hc_merge,
@@ -73,21 +75,26 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """New hc streams `[N, hc, dim]` (the token ids feed the hash router; attention and MoE compute in
         the model's `dtype`)."""
-        return self.run(streams, token_ids, lambda x: self.attn(x, batch), batch.kernels, dtype)
+        return self.run(
+            HcState(streams), token_ids, lambda x: self.attn(x, batch), batch.kernels, dtype
+        ).streams
 
     def run(
         self,
-        streams: torch.Tensor,
+        state: HcState,
         token_ids: torch.Tensor,
         attend: Callable[[torch.Tensor], torch.Tensor],
         kernels: KernelImpl,
         dtype: torch.dtype,
         mix_stream: torch.cuda.Stream | None = None,
-    ) -> torch.Tensor:
+        next_fn: torch.Tensor | None = None,
+    ) -> HcState:
         """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
         the device decode step's), its branches fed in the model's `dtype`; the mHC mappings on
-        `mix_stream` when given (`mhc.py`)."""
+        `mix_stream` when given (`mhc.py`). With `next_fn` (the next layer's or the hyper-head's mixing
+        weight) the last merge also computes the new streams' premix by it."""
         hc = HcSettings.of(self.args)
+        streams = state.streams
         x, mapping = hc_split(
             streams,
             self.hc_attn_fn,
@@ -98,6 +105,7 @@ class Block(nn.Module):
             dtype,
             kernels,
             mix_stream,
+            state.mix,
         )
         streams, logits = hc_merge_premix(attend(x), streams, mapping, self.hc_ffn_fn, kernels)
         x, mapping = hc_split(
@@ -112,7 +120,10 @@ class Block(nn.Module):
             mix_stream,
             logits,
         )
-        return hc_merge(self.ffn(x, token_ids, kernels), streams, mapping, kernels)
+        out = self.ffn(x, token_ids, kernels)
+        if next_fn is None:
+            return HcState(hc_merge(out, streams, mapping, kernels))
+        return HcState(*hc_merge_premix(out, streams, mapping, next_fn, kernels))
 
 
 class MTPBlock(Block):
@@ -291,18 +302,19 @@ class DeepseekV4Model(nn.Module):
         one token, reading and writing the engine's storage directly; no host sync, graph-capturable. It is
         `decode_embed`, `decode_layers` over every layer, then `logits`, which run apart when the step is
         captured as several graphs."""
-        streams = self.decode_layers(self.decode_embed(step), step, storage, range(len(self.layers)))
-        return self.logits(streams).float()
+        state = self.decode_layers(self.decode_embed(step), step, storage, range(len(self.layers)))
+        return self.logits(state.streams, state.mix).float()
 
-    def decode_embed(self, step: DecodeStep) -> torch.Tensor:
+    def decode_embed(self, step: DecodeStep) -> HcState:
         """The step's tokens as the first layer's input streams `[B, hc, dim]` (float32)."""
         x = self.embed(step.token_ids)
-        return x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
+        return HcState(x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous())
 
     def decode_layers(
-        self, streams: torch.Tensor, step: DecodeStep, storage: Sequence[LayerStorage], layers: range
-    ) -> torch.Tensor:
-        """Streams after the decode step's `layers` (consecutive layer indices) have run on `streams`."""
+        self, state: HcState, step: DecodeStep, storage: Sequence[LayerStorage], layers: range
+    ) -> HcState:
+        """Streams after the decode step's `layers` (consecutive layer indices) have run on `state`'s, with
+        their premix by the next layer's mixing weight (the hyper-head's after the last layer)."""
         compress_rope = self.rope_spec(LayerKind.CSA)
         for i in layers:
             layer = cast(Block, self.layers[i])
@@ -316,12 +328,17 @@ class DeepseekV4Model(nn.Module):
                 rope=table,
                 compress_rope=compress_rope,
             )
-            streams = layer.run(streams, step.token_ids, attend, step.kernels, self.dtype, step.mix_stream)
-        return streams
+            last = i + 1 == len(self.layers)
+            next_fn = self.hc_head_fn if last else cast(Block, self.layers[i + 1]).hc_attn_fn
+            state = layer.run(
+                state, step.token_ids, attend, step.kernels, self.dtype, step.mix_stream, next_fn
+            )
+        return state
 
-    def logits(self, streams: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits from final streams `[n, hc, dim]` (hyper-head, norm, head)."""
-        return self._head_logits(self, streams)
+    def logits(self, streams: torch.Tensor, mix: MixLogits | None = None) -> torch.Tensor:
+        """Vocabulary logits from final streams `[n, hc, dim]` (hyper-head, norm, head); `mix`: their premix
+        by the hyper-head's weight, when the last merge computed it."""
+        return self._head_logits(self, streams, mix)
 
     def forward_mtp(
         self,
@@ -348,7 +365,9 @@ class DeepseekV4Model(nn.Module):
         x = block(x, next_ids, batch, self.dtype)
         return self._head_logits(block, x)
 
-    def _head_logits(self, owner: DeepseekV4Model | MTPBlock, streams: torch.Tensor) -> torch.Tensor:
+    def _head_logits(
+        self, owner: DeepseekV4Model | MTPBlock, streams: torch.Tensor, mix: MixLogits | None = None
+    ) -> torch.Tensor:
         """Logits through `owner`'s hyper-head and final norm (the model's own, or an MTP block's)."""
         x = hc_head(
             streams,
@@ -359,6 +378,7 @@ class DeepseekV4Model(nn.Module):
             self._hc,
             self.head.weight.dtype,
             self.kernels,
+            mix,
         )
         share = self.vocab_parallelism
         if share is None:
