@@ -150,6 +150,7 @@ def _collapse_kernel(
     hc_eps,
     eps,
     HC: tl.constexpr,
+    HCP: tl.constexpr,
     SPLITS: tl.constexpr,  # a power of two covering n_splits
     MIXP: tl.constexpr,
     BD: tl.constexpr,
@@ -157,23 +158,28 @@ def _collapse_kernel(
 ):
     enter_pdl(PDL)
     row = tl.program_id(0).to(tl.int64)
-    splits = tl.arange(0, SPLITS)
-    split_live = splits < n_splits
-    i = tl.arange(0, HC)
-    slot = splits.to(tl.int64) * n_tokens + row
-    part = tl.load(PART + slot[:, None] * MIXP + i[None, :], mask=split_live[:, None], other=0.0)
-    sumsq = tl.sum(tl.load(SUMSQ + slot, mask=split_live, other=0.0), axis=0)
-    logits = tl.sum(part, axis=0) * tl.rsqrt(sumsq / k_total + mix_norm_eps)
-    pre = tl.sigmoid(logits * tl.load(SCALE) + tl.load(BASE + i)) + hc_eps
     cols = tl.arange(0, BD)
     live = cols < dim
-    acc = tl.zeros([BD], tl.float32)
-    for h in tl.static_range(HC):
-        weight = tl.sum(tl.where(i == h, pre, 0.0), axis=0)
-        stream = tl.load(S + row * stride_st + h * stride_sh + cols, mask=live, other=0.0)
-        acc += weight * stream.to(tl.float32)
+    i = tl.arange(0, HCP)
+    stream_ok = i < HC
+    # the streams and the norm weight are loaded first, so their round trip overlaps the logits' and the
+    # reduction over the slices that the pre weights need
+    at = row * stride_st + i[:, None] * stride_sh + cols[None, :]
+    streams = tl.load(S + at, mask=stream_ok[:, None] & live[None, :], other=0.0).to(tl.float32)
+    norm_weight = tl.load(W + cols, mask=live, other=0.0).to(tl.float32)
+    splits = tl.arange(0, SPLITS)
+    split_live = splits < n_splits
+    slot = splits.to(tl.int64) * n_tokens + row
+    part = tl.load(
+        PART + slot[:, None] * MIXP + i[None, :], mask=split_live[:, None] & stream_ok[None, :], other=0.0
+    )
+    sumsq = tl.sum(tl.load(SUMSQ + slot, mask=split_live, other=0.0), axis=0)
+    logits = tl.sum(part, axis=0) * tl.rsqrt(sumsq / k_total + mix_norm_eps)
+    base = tl.load(BASE + i, mask=stream_ok, other=0.0)
+    pre = tl.where(stream_ok, tl.sigmoid(logits * tl.load(SCALE) + base) + hc_eps, 0.0)
+    acc = tl.sum(pre[:, None] * streams, axis=0)
     inv = tl.rsqrt(tl.sum(acc * acc, axis=0) / dim + eps)
-    normed = tl.load(W + cols, mask=live, other=0.0).to(tl.float32) * (acc * inv)
+    normed = norm_weight * (acc * inv)
     tl.store(OUT + row * stride_ot + cols, normed.to(OUT.dtype.element_ty), mask=live)
 
 
@@ -213,6 +219,7 @@ def hc_collapse_triton(
         hc_eps,
         eps,
         HC=hc,
+        HCP=triton.next_power_of_2(hc),
         SPLITS=triton.next_power_of_2(logits.splits),
         MIXP=logits.part.shape[2],
         BD=block,
