@@ -122,22 +122,13 @@ def test_bad_shapes_raise_one_line_errors() -> None:
     t = _streams(3, 16, torch.device("cpu"), seed=0)
     with pytest.raises(ValueError, match="weight must be"):
         hc_premix(t["streams"], t["fn"][:, :-1], impl="triton")
-    logits = hc_premix(t["streams"][:2], t["fn"], impl="reference")
+    checks = {"mix_norm_eps": EPS, "hc_eps": EPS, "eps": EPS, "out_dtype": torch.float32, "impl": "triton"}
+    few = hc_premix(t["streams"][:2], t["fn"], impl="reference")
     with pytest.raises(ValueError, match="logits of 3 tokens"):
-        hc_collapse(
-            t["streams"],
-            logits,
-            t["scale"],
-            t["base"],
-            torch.ones(16),
-            mix_norm_eps=EPS,
-            hc_eps=EPS,
-            eps=EPS,
-            out_dtype=torch.float32,
-            impl="triton",
-        )
+        hc_collapse(t["streams"], few, t["scale"], t["base"], torch.ones(16), **checks)
+    logits = hc_premix(t["streams"], t["fn"], impl="reference")
     with pytest.raises(ValueError, match="norm weights"):
-        _collapse(t, t["fn"], torch.ones(15), out_dtype=torch.float32, impl="triton")
+        hc_collapse(t["streams"], logits, t["scale"], t["base"], torch.ones(15), **checks)
     with pytest.raises(ValueError, match="block output"):
         hc_merge(t["block_out"][:, :8], t["streams"], t["post"], t["comb"], impl="triton")
 
