@@ -90,13 +90,13 @@ def _premix_kernel(
 
 def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor) -> MixLogits:
     n = streams.shape[0]
-    x = _rows_contiguous(streams.reshape(n, -1))
+    x = _rows_contiguous(streams.flatten(1))
     fn = fn.float().contiguous()
     n_mix, k_total = fn.shape
     block_t = 16 if n <= 16 else 32  # tl.dot needs at least 16 rows
     mix_pad = max(16, triton.next_power_of_2(n_mix))
     token_blocks = triton.cdiv(n, block_t)
-    k_split = _premix_split(k_total, token_blocks)
+    k_split = _premix_split(k_total, max(token_blocks, 1))  # (no program runs for no tokens)
     splits = triton.cdiv(k_total, k_split)
     part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
     sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)

@@ -11,9 +11,10 @@ The stream passes (mixing logits, collapse, merge) are `kernels/hc_streams.py`, 
 Only the merge needs the post and mix mappings, so on CUDA they may be computed on a side stream
 (`hc_split(..., side=)`) while the collapse and the sub-block run: the 20-round Sinkhorn chain, a few
 microseconds of one warp, leaves the critical path. The side stream waits for the logits; the merge waits
-for the mappings (`HcMapping.ready`). Every tensor the side stream touches is made on the current stream
-and held by the `HcMapping` until the merge, so the caching allocator never hands it out while the side
-stream may still use it. Captured in a CUDA graph, the fork and join become the graph's edges.
+for the mappings (`HcMapping.ready`). The logits the side stream reads are made on the current stream and
+held by the `HcMapping` until the merge; the mappings it writes are recorded as used by the current stream
+(`record_stream`): the caching allocator hands neither out while a stream may still use it. Captured in a
+CUDA graph, the fork and join become the graph's edges.
 """
 
 from __future__ import annotations

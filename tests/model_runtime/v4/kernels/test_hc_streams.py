@@ -118,6 +118,18 @@ def test_merge_mixes_by_the_transposed_comb(device: torch.device) -> None:
         assert not out[:, [0, 1, 3]].any()
 
 
+def test_no_tokens_give_empty_results(device: torch.device) -> None:
+    """A step with no tokens launches nothing and returns empty tensors of the right widths."""
+    t = _streams(0, 64, device, seed=0)
+    weight = torch.ones(64, device=device)
+    for impl in ("reference", "triton"):
+        logits = hc_premix(t["streams"], t["fn"], impl=impl)
+        assert logits.logits(EPS).shape == (0, MIX)
+        assert _collapse(t, t["fn"], weight, out_dtype=torch.float32, impl=impl).shape == (0, 64)
+        out, after = hc_merge_premix(t["block_out"], t["streams"], t["post"], t["comb"], t["fn"], impl=impl)
+        assert out.shape == (0, HC, 64) and after.logits(EPS).shape == (0, MIX)
+
+
 def test_bad_shapes_raise_one_line_errors() -> None:
     t = _streams(3, 16, torch.device("cpu"), seed=0)
     with pytest.raises(ValueError, match="weight must be"):
