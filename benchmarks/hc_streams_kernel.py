@@ -28,13 +28,13 @@ import torch
 from device_rates import ceilings, timed, write_report
 
 from deepscout.model_runtime.v4.kernels.hc_streams import (
-    MixLogits,
     hc_collapse,
     hc_merge,
     hc_merge_premix,
     hc_premix,
 )
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.model import mhc
 from deepscout.model_runtime.v4.model.primitives import RMSNorm
 

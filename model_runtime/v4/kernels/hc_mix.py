@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 
 
 def hc_mix(

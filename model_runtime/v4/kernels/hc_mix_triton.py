@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits
+from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _LANES = 32

@@ -28,35 +28,12 @@ Contract (streams `[T, hc, D]`, float32 in the model; every sum in float32):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm
-
-
-@dataclass(frozen=True)
-class MixLogits:
-    """Mixing logits of T tokens in split form: `part` `[splits, T, ≥ n_mix]` the unscaled projections
-    `x · fnᵀ` of `splits` slices of the hc·D axis (`k_total` long; columns past `n_mix` are padding) and
-    `sumsq` `[splits, T]` the slices' sums of squares. The logits are `Σ part · rsqrt(Σ sumsq / k_total +
-    eps)`."""
-
-    part: torch.Tensor
-    sumsq: torch.Tensor
-    k_total: int
-    n_mix: int
-
-    @property
-    def splits(self) -> int:
-        return self.part.shape[0]
-
-    def logits(self, norm_eps: float) -> torch.Tensor:
-        """The finished logits `[T, n_mix]` (float32)."""
-        inv = torch.rsqrt(self.sumsq.sum(0) / self.k_total + norm_eps)
-        return self.part.sum(0)[:, : self.n_mix] * inv[:, None]
 
 
 def hc_premix(streams: torch.Tensor, fn: torch.Tensor, *, impl: KernelImpl) -> MixLogits:

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits
+from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _PREMIX_BLOCK_K = 128  # a decode program's whole slice in one step: one round trip to memory

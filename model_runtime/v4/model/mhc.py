@@ -26,8 +26,8 @@ from torch import nn
 
 from deepscout.model_runtime.v4.kernels import hc_streams
 from deepscout.model_runtime.v4.kernels.hc_mix import hc_mix
-from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.model.primitives import RMSNorm
 from deepscout.model_runtime.v4.model_config import ModelArgs
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepscout.model_runtime.v4.cache.protocol import SequenceCache
-from deepscout.model_runtime.v4.kernels.hc_streams import MixLogits
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
+from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.model.attention import Attention, AttentionBatch, AttnImpl
 from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage, decode_attention
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
