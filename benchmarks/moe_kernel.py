@@ -14,14 +14,15 @@ MXFP4 decode rows also time the decode path (`grouped_moe_mxfp4_gemv`, a matrix-
 which `grouped_moe` takes for at most `GEMV_MAX_PAIRS` pairs) beside the tiled kernels, both as called and
 as CUDA-graph replays (`*_graph_ms`: no Python launch overhead, as the decode step runs); the decode path
 cycles through `ROUTINGS` routings so that its weights stream from memory (`gemv_x_floor` is against their
-mean held experts' bytes), and the rows report the
+mean held experts' bytes); on a CUDA device of compute capability 9 or later the rows also time its Gluon
+kernels (`gluon_*`: what `grouped_moe` runs there for bfloat16 activations), and the rows report the
 byte floor of the expected routing: the expected distinct experts touched, `held · (1 - (1 - k/E)^N)` for
 N tokens' uniform top-k over E experts of which this rank holds `held`, times an expert's bytes, over the
 copy rate.
 `--held COUNT` keeps only the first COUNT experts' stacks, as rank 0 of an expert-parallel group sharing
 whole experts (pairs of the other experts add nothing); `--inter 1024` gives every expert a rank's share of
 V4-Flash's units when two ranks share every expert's units; `--sweep` also times the candidate GEMV tiles
-in `GEMV_SWEEP`.
+in `GEMV_SWEEP` and the Gluon tiles in `GLUON_SWEEP`.
 
 Prints a table and writes `benchmarks/results/moe_kernel.json` (or `--json PATH`).
 
@@ -49,6 +50,7 @@ from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks, q
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
 if TYPE_CHECKING:
+    from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_gluon import GluonGemvTiles
     from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import GemvTiles
     from deepscout.model_runtime.v4.kernels.grouped_moe_triton import TileConfig
 
@@ -82,6 +84,14 @@ GEMV_SWEEP = [
 ]
 """Candidate decode-path tiles (gate_up_n, down_n, block_k, num_warps, prefetch) for `--sweep` (MXFP4
 decode rows; powers of two, block_k >= 32)."""
+GLUON_SWEEP = [
+    (gate_up_per_thread * num_warps, down_per_thread * num_warps, num_warps)
+    for num_warps in (1, 2, 4)
+    for gate_up_per_thread in (2, 4)
+    for down_per_thread in (8, 16)
+]
+"""Candidate tiles of the decode path's Gluon kernels (gate_up_rows, down_rows, num_warps) for `--sweep`:
+2 or 4 gate-up rows and 8 or 16 down rows a thread (a lane a scale group of 1024 columns)."""
 ROUTINGS = 16
 """Routings each decode-path timing cycles through (different experts, so the weights stream from memory
 as in a decode step, where each layer's experts are read once, rather than replaying from L2)."""
@@ -143,19 +153,25 @@ def measure(
 
 
 def measure_gemv(
-    case: dict[str, Any], device: torch.device, tiles: GemvTiles | None, *, graphs: bool
+    case: dict[str, Any], device: torch.device, tiles: GemvTiles | GluonGemvTiles | None, *, graphs: bool
 ) -> tuple[float, torch.Tensor]:
     """The decode path's seconds per call (as called, or as CUDA-graph replays; the mean over the case's
-    `ROUTINGS` routings, run in turn) and its output for the first routing."""
+    `ROUTINGS` routings, run in turn) and its output for the first routing: its Triton kernels, or its
+    Gluon kernels with `GluonGemvTiles`."""
+    from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_gluon import (
+        GluonGemvTiles,
+        grouped_moe_mxfp4_gemv_gluon,
+    )
     from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import grouped_moe_mxfp4_gemv
 
     def call() -> torch.Tensor:
-        outs = [
-            grouped_moe_mxfp4_gemv(
-                case["x"], weights, indices, case["stacks"], 10.0, tiles=tiles, experts=case["experts"]
-            )
-            for weights, indices in case["routings"]
-        ]
+        outs = []
+        for weights, indices in case["routings"]:
+            routing = (case["x"], weights, indices, case["stacks"], 10.0)
+            if isinstance(tiles, GluonGemvTiles):
+                outs.append(grouped_moe_mxfp4_gemv_gluon(*routing, tiles=tiles, experts=case["experts"]))
+            else:
+                outs.append(grouped_moe_mxfp4_gemv(*routing, tiles=tiles, experts=case["experts"]))
         return outs[0]
 
     return timed(call, device, graphs=graphs) / len(case["routings"]), call()
@@ -198,6 +214,40 @@ def gemv_columns(
             best, best_s = (candidate, cand_s) if cand_s < best_s else (best, best_s)
         columns["gemv_best_tiles"] = asdict(best)
         columns["gemv_best_graph_ms"] = round(best_s * 1e3, 4)
+    columns.update(gluon_columns(case, device, reference, floor, gemv_graph_s, sweep))
+    return columns
+
+
+def gluon_columns(
+    case: dict[str, Any],
+    device: torch.device,
+    reference: torch.Tensor,
+    floor: float,
+    gemv_s: float,
+    sweep: bool,
+) -> dict[str, Any]:
+    """The decode path's Gluon kernels (where they run: bfloat16 on sm_90+) beside its Triton kernels'
+    graph replays (`gemv_s`), and with `sweep` the fastest of `GLUON_SWEEP`."""
+    from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_gluon import GluonGemvTiles, gluon_runs_on
+
+    if not gluon_runs_on(case["x"]):
+        return {}
+    best, (best_s, out) = GluonGemvTiles(), measure_gemv(case, device, GluonGemvTiles(), graphs=True)
+    columns = {
+        "gluon_graph_ms": round(best_s * 1e3, 4),
+        "gluon_x_floor": round(best_s / floor, 2) if floor else None,
+        "gluon_speedup": round(gemv_s / best_s, 2),
+        "gluon_max_rel_diff_vs_reference": float(
+            (out.float() - reference).abs().max() / reference.abs().max()
+        ),
+        "gluon_tiles": asdict(best),
+    }
+    if sweep:
+        for candidate in (GluonGemvTiles(*c) for c in GLUON_SWEEP):
+            cand_s, _ = measure_gemv(case, device, candidate, graphs=True)
+            best, best_s = (candidate, cand_s) if cand_s < best_s else (best, best_s)
+        columns["gluon_best_tiles"] = asdict(best)
+        columns["gluon_best_graph_ms"] = round(best_s * 1e3, 4)
     return columns
 
 
@@ -330,14 +380,16 @@ def main() -> None:
     if gemv_rows:
         print(
             f"{'weights':>7} {'E':>4} {'held':>4} {'N':>3} {'tiled graph ms':>14} {'gemv graph ms':>13} "
-            f"{'speedup':>7} {'floor ms':>9} {'exp floor ms':>12} {'gemv x floor':>12} {'rel diff':>9}"
+            f"{'speedup':>7} {'floor ms':>9} {'exp floor ms':>12} {'gemv x floor':>12} {'rel diff':>9} "
+            f"{'gluon graph ms':>14} {'gluon x floor':>13}"
         )
     for r in gemv_rows:
         print(
             f"{r['weights']:>7} {r['experts']:>4} {r['held_experts']:>4} {r['tokens']:>3} "
             f"{r['triton_graph_ms']:>14} {r['gemv_graph_ms']:>13} {r['gemv_speedup'] or '-':>7} "
             f"{r['floor_ms']:>9} {r['expected_floor_ms']:>12} {r['gemv_x_floor'] or '-':>12} "
-            f"{r['gemv_max_rel_diff_vs_reference']:>9.2e}"
+            f"{r['gemv_max_rel_diff_vs_reference']:>9.2e} {r.get('gluon_graph_ms', '-'):>14} "
+            f"{r.get('gluon_x_floor') or '-':>13}"
         )
     write_report(
         opts.json,

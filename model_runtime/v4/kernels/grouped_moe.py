@@ -19,7 +19,9 @@ stacks hold every expert and `indices` index them directly.
   are dequantised one by one as they come, only those present.
 * "triton": `grouped_moe_triton` (or `grouped_moe_mxfp4_triton`) — routing grouped on the device, two
   launches for all experts, no sync. MXFP4 experts with at most `GEMV_MAX_PAIRS` (32) pairs (decode) take
-  `grouped_moe_mxfp4_gemv` instead: two launches of a matrix-vector product per pair, no grouping.
+  `grouped_moe_mxfp4_gemv` instead: two launches of a matrix-vector product per pair, no grouping; with
+  bfloat16 activations on a CUDA device of compute capability 9 or later, its Gluon kernels
+  (`grouped_moe_mxfp4_gemv_gluon`), its Triton kernels elsewhere (the interpreter, float32 activations).
 """
 
 from __future__ import annotations
@@ -82,14 +84,22 @@ def grouped_moe(
             return grouped_moe_triton(
                 x, weights, indices, w1, w2, w3, swiglu_limit, experts=experts, add=add, out_dtype=out_dtype
             )
+        from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_gluon import (
+            gluon_runs_on,
+            grouped_moe_mxfp4_gemv_gluon,
+        )
         from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import (
             GEMV_MAX_PAIRS,
             grouped_moe_mxfp4_gemv,
         )
         from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import grouped_moe_mxfp4_triton
 
-        run = grouped_moe_mxfp4_gemv if indices.numel() <= GEMV_MAX_PAIRS else grouped_moe_mxfp4_triton
-        return run(x, weights, indices, stacks, swiglu_limit, experts=experts, add=add, out_dtype=out_dtype)
+        routing = (x, weights, indices, stacks, swiglu_limit)
+        if indices.numel() > GEMV_MAX_PAIRS:
+            return grouped_moe_mxfp4_triton(*routing, experts=experts, add=add, out_dtype=out_dtype)
+        if gluon_runs_on(x):
+            return grouped_moe_mxfp4_gemv_gluon(*routing, experts=experts, add=add, out_dtype=out_dtype)
+        return grouped_moe_mxfp4_gemv(*routing, experts=experts, add=add, out_dtype=out_dtype)
     routed = grouped_moe_reference(x, weights, indices, stacks, swiglu_limit, experts=experts)
     if add is not None:
         routed = routed + add

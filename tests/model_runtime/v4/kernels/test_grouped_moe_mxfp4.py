@@ -5,15 +5,23 @@ on a CUDA device with host syncs forbidden (and, for the decode path, replayed i
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels import grouped_moe_mxfp4_gemv_gluon as gluon_module
 from deepscout.model_runtime.v4.kernels import grouped_moe_mxfp4_gemv_triton as gemv_module
 from deepscout.model_runtime.v4.kernels import grouped_moe_mxfp4_triton as tiled_module
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
 from deepscout.model_runtime.v4.kernels.grouped_moe import grouped_moe
+from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_gluon import grouped_moe_mxfp4_gemv_gluon
 from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import (
     GEMV_MAX_PAIRS,
     GemvTiles,
@@ -386,3 +394,99 @@ def test_decode_path_replays_in_a_cuda_graph() -> None:
     assert torch.equal(captured, eager)
     oracle = grouped_moe(x.float(), weights, indices, stacks, 10.0, impl="reference", experts=held)
     assert _relative(captured, oracle) < 1e-2
+
+
+# --- the decode path's Gluon kernels (CUDA, bfloat16 activations) ------------------------------------------
+
+
+@pytest.mark.parametrize(("hidden", "inter"), [(4096, 2048), (160, 96)], ids=["flash", "ragged"])
+def test_gluon_kernels_build_for_hopper_without_shared_memory(hidden: int, inter: int) -> None:
+    """Both kernels compile for sm_90 (on any machine: Triton ships ptxas) at V4-Flash's shape and at a
+    ragged one, with no shared memory, as designed (every step's products and sums stay in their threads),
+    and with the float16-pair conversion and multiply-add in their PTX."""
+    probe = Path(__file__).with_name("gluon_build_probe.py")
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, str(probe), str(hidden), str(inter)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    reports = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    assert [r["kernel"] for r in reports] == ["gate_up", "down"]
+    assert all(r["shared"] == 0 and r["f16_pairs"] for r in reports)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "top_k", "hidden", "inter", "limit", "held"),
+    [
+        (1, 2, 256, 128, 10.0, None),  # one step each launch, lanes shared by groups and rows
+        (3, 2, 256, 128, 1.0, ExpertSlice(4, 4)),  # clamps active
+        (5, 3, 160, 96, 0.0, None),  # last row blocks and last steps half full
+        (2, 6, 2048, 1024, 10.0, ExpertSlice(3, 3)),  # two steps a launch in gate-up, one in down
+    ],
+)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gluon_kernels_match_reference(
+    tokens: int, top_k: int, hidden: int, inter: int, limit: float, held: ExpertSlice | None
+) -> None:
+    gen = torch.Generator().manual_seed(tokens * 100 + hidden + inter)
+    stacks, weights, indices = _slice_case(tokens, top_k, hidden, inter, held, gen)
+    x = torch.randn(tokens, hidden, generator=gen).bfloat16()
+    oracle = grouped_moe(x.float(), weights, indices, stacks, limit, impl="reference", experts=held)
+    reference = grouped_moe(x, weights, indices, stacks, limit, impl="reference", experts=held)
+    on = stacks.map(lambda t: t.cuda())
+    ours = grouped_moe_mxfp4_gemv_gluon(
+        x.cuda(), weights.cuda(), indices.cuda(), on, limit, experts=held
+    ).cpu()
+    assert ours.dtype == torch.bfloat16 and ours.shape == x.shape
+    assert _relative(ours, oracle) < 1e-2
+    assert _relative(ours, oracle) <= 1.5 * _relative(reference, oracle) + 1e-3
+    if held is not None:  # a token none of whose experts is held gets exactly zero
+        elsewhere = ~((indices >= held.start) & (indices < held.stop)).any(dim=1)
+        assert torch.equal(ours[elsewhere], torch.zeros_like(ours[elsewhere]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gluon_kernels_keep_activations_of_any_magnitude() -> None:
+    """Activations whose 32-column groups range from 1e-20 to 1e12 in magnitude (the SwiGLU products stay
+    finite in float32), a group all zero and one mixing magnitudes 1e6 apart: each group's float16 sums
+    are scaled to it, so the result matches the float32 reference as at ordinary magnitudes (float16
+    alone overflows at 65504)."""
+    gen = torch.Generator().manual_seed(31)
+    hidden, inter = 1024, 256
+    stacks, weights, indices = _slice_case(1, 4, hidden, inter, None, gen)
+    magnitudes = 10.0 ** torch.randint(-20, 13, (hidden // 32, 1), generator=gen).float()
+    x = torch.randn(hidden // 32, 32, generator=gen) * magnitudes
+    x[3] = 0.0
+    x[5, :16] *= 1e-6
+    x = x.reshape(1, hidden).bfloat16()
+    oracle = grouped_moe(x.float(), weights, indices, stacks, 0.0, impl="reference")
+    on = stacks.map(lambda t: t.cuda())
+    ours = grouped_moe_mxfp4_gemv_gluon(x.cuda(), weights.cuda(), indices.cuda(), on, 0.0).cpu()
+    assert torch.isfinite(oracle).all() and torch.isfinite(ours).all()
+    assert _relative(ours, oracle) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dispatch_takes_the_gluon_kernels_for_bfloat16_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(32)
+    stacks = _random_mxfp4(8, 256, 128, gen).map(lambda t: t.cuda())
+    taken: list[torch.dtype] = []
+    original = gluon_module.grouped_moe_mxfp4_gemv_gluon
+
+    def spy(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        taken.append(x.dtype)
+        return original(x, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gluon_module, "grouped_moe_mxfp4_gemv_gluon", spy)
+    weights, indices = (t.cuda() for t in _routing(2, 2, 8, gen))
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(2, 256, generator=gen).to(dtype).cuda()
+        grouped_moe(x, weights, indices, stacks, 1.0, impl="triton")
+    assert taken == [torch.bfloat16]

@@ -1,0 +1,442 @@
+"""The CUDA kernels of the MXFP4 decode path (`grouped_moe_mxfp4_gemv`), written in Gluon: the same two
+launches as the Triton kernels of `grouped_moe_mxfp4_gemv_triton` (gate-up with SwiGLU, then down times the
+routing weight, a program per (pair, block of output rows)), with the register layouts stated instead of
+inferred, so that nothing passes through shared memory inside the reduction loop.
+
+Why: the Triton kernels spend about 6.4 instructions a weight in their loop (sm_90 SASS of the gate-up
+kernel at V4-Flash's shape), with nine barrier pairs a step where Triton converts the activations' and the
+group sums' layouts through shared memory; at one token the kernels are bound by instruction issue, not
+by memory. Here every tensor of a step lives in one parent layout `[rows, groups, 32 columns]`: a thread
+holds `rows_per_thread` rows of one 32-column group (a scale group: its 16 packed bytes a row, one 16-byte
+load each) and the group's 32 activations, so the products, the group sums and their scales never leave
+the thread.
+
+The arithmetic, per step of `32 · groups` columns:
+- The activations of each group are scaled by a power of two to below 2 in magnitude (from their largest
+  magnitude's exponent) and rounded to float16; the weights are decoded to float16 (`gl.fp4_to_fp`: e2m1
+  values are exact in float16); the group's 32 products are summed in float16 (packed `HFMA2`, two
+  products an instruction); that sum, in float32, times the weight's e8m0 scale and the inverse power of
+  two, is added to the row's float32 accumulator.
+- Products of an e2m1 weight and a float16 activation are exact (at most 2 + 11 significant bits round
+  to 11: relative error 2^-11); the scaled group sums stay below 6 · 32 · 2 = 384, far from float16's
+  range; activations under 2^-24 of their group's largest lose their low bits. So the result is the exact
+  dot product up to float16 rounding inside each group of 32, against the Triton kernels' float32.
+- SASS of the gate-up loop at V4-Flash's shape: about 4 instructions a weight.
+
+The kernels need sm_90 (`fp4_to_fp`, PDL) and run only on CUDA; Triton's interpreter runs the Triton
+kernels (the reference for these in the GPU tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
+from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import stack_bytes
+from deepscout.model_runtime.v4.kernels.grouped_moe_triton import sum_pairs
+from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
+from deepscout.model_runtime.v4.kernels.pdl import pdl_launch
+
+SCALE_COLUMNS = gl.constexpr(32)
+"""Columns a scale byte covers (MXFP4's block): a thread's share of a row in one step."""
+
+
+@dataclass(frozen=True)
+class GluonGemvTiles:
+    """Output rows per program (`gate_up_rows` of inter, `down_rows` of hidden) and warps a program. A step
+    covers 32 scale groups, a lane each (fewer where the reduction is shorter, the other lanes then on
+    rows); each thread holds `rows / (threads on rows)` rows (`_plan`)."""
+
+    gate_up_rows: int = 8
+    down_rows: int = 32
+    num_warps: int = 2
+
+
+@gluon.constexpr_function
+def _words_layout(rows, groups, num_warps):
+    """The step's layout `[rows, groups, 4 words]`: a group's four words (16 bytes, 32 codes) in one thread,
+    lanes over groups then rows, warps over rows."""
+    lanes_rows = 32 // groups
+    per_thread = [rows // (lanes_rows * num_warps), 1, 4]
+    return gl.BlockedLayout(per_thread, [lanes_rows, groups, 1], [num_warps, 1, 1], [2, 1, 0])
+
+
+@gluon.jit
+def _enter_pdl(PDL: gl.constexpr):
+    """`pdl.enter_pdl` for Gluon kernels: wait for the kernel before, then release the one after."""
+    if PDL:
+        gl.inline_asm_elementwise(
+            "griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1
+        )
+        gl.inline_asm_elementwise(
+            "griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1
+        )
+
+
+@gluon.jit
+def _e8m0(byte):
+    """float32 `2^(b-127)` of e8m0 bytes (0: the subnormal 2^-127, 255: NaN), as `_e8m0` of the Triton
+    kernels."""
+    exponent = byte.to(gl.int32)
+    bits = gl.where(exponent == 0, 1 << 22, exponent << 23)
+    bits = gl.where(exponent == 255, 0x7FC00000, bits)
+    return bits.to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _f16x2(low, high):
+    """Two float32 tensors rounded to float16 and packed into one int32 (`low` in bits 0-15)."""
+    return gl.inline_asm_elementwise(
+        "cvt.rn.f16x2.f32 $0, $2, $1;", "=r,r,r", [low, high], dtype=gl.int32, is_pure=True, pack=1
+    )
+
+
+@gluon.jit
+def _bf16_pair(pair):
+    """The float32 values of the two bfloat16 in each int32 (low half first)."""
+    return (pair << 16).to(gl.float32, bitcast=True), (pair & -65536).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _scaled_columns(x_row, k0, K: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr):
+    """One step's activations for the words `[groups, 4]` of a row: four int32 tensors of float16 pairs,
+    columns (0, 2), (4, 6), (1, 3), (5, 7) of each word's eight, scaled by a power of two per group to below
+    64 in magnitude; and the factor `[groups]` (float32) that turns the word sums back into dot products."""
+    layout: gl.constexpr = gl.SliceLayout(0, WORDS)
+    groups = gl.arange(0, GROUPS, layout=gl.SliceLayout(1, layout))
+    words = gl.arange(0, 4, layout=gl.SliceLayout(0, layout))
+    pairs = k0 // 2 + groups[:, None] * (SCALE_COLUMNS // 2) + words[None, :] * 4  # int32 index: columns 0, 1
+    ok = pairs < K // 2  # whole groups: a word's four pairs are in or out together
+    p01 = gl.load(x_row + pairs, mask=ok, other=0)
+    p23 = gl.load(x_row + pairs + 1, mask=ok, other=0)
+    p45 = gl.load(x_row + pairs + 2, mask=ok, other=0)
+    p67 = gl.load(x_row + pairs + 3, mask=ok, other=0)
+    x0, x1 = _bf16_pair(p01)
+    x2, x3 = _bf16_pair(p23)
+    x4, x5 = _bf16_pair(p45)
+    x6, x7 = _bf16_pair(p67)
+    largest = gl.maximum(
+        gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))),
+        gl.maximum(gl.maximum(gl.abs(x4), gl.abs(x5)), gl.maximum(gl.abs(x6), gl.abs(x7))),
+    )
+    exponent = gl.max(largest, axis=1).to(gl.int32, bitcast=True) >> 23
+    exponent = gl.minimum(gl.maximum(exponent, 5), 253)  # below 5: zeros and the smallest; 255: inf and NaN
+    scale = ((259 - exponent) << 23).to(gl.float32, bitcast=True)[:, None]  # 2^(132 - e): |x · scale| < 64
+    factor = ((exponent + 1) << 23).to(gl.float32, bitcast=True)  # 2^(e - 126): 2^6 (the decoding) / scale
+    factor = gl.convert_layout(factor, gl.SliceLayout(0, gl.SliceLayout(2, WORDS)), assert_trivial=True)
+    x02 = _f16x2(x0 * scale, x2 * scale)
+    x46 = _f16x2(x4 * scale, x6 * scale)
+    x13 = _f16x2(x1 * scale, x3 * scale)
+    x57 = _f16x2(x5 * scale, x7 * scale)
+    return x02, x46, x13, x57, factor
+
+
+@gluon.jit
+def _word_sums(words, x02, x46, x13, x57):
+    """Σ code · activation over each int32 word's eight e2m1 codes, times 2^-6 (float32, same shape as
+    `words`): the even and the odd codes of the word's bytes become e4m3 bytes (the code's bits placed in
+    the e4m3 fields: the value times 2^-6, exactly), converted two at a time to float16 pairs, multiplied
+    with the activations' pairs and summed in float16."""
+    return gl.inline_asm_elementwise(
+        """{
+        .reg .b32 t0, t1, t2, t3, ev, od, a, b, c, d, acc;
+        .reg .b16 el, eh, ol, oh, h0, h1;
+        .reg .f32 f0, f1;
+        shl.b32 t0, $1, 2;
+        shl.b32 t1, $1, 4;
+        and.b32 t0, t0, 0x1C1C1C1C;
+        and.b32 t1, t1, 0x80808080;
+        or.b32 ev, t0, t1;
+        shr.b32 t2, $1, 2;
+        and.b32 t2, t2, 0x1C1C1C1C;
+        and.b32 t3, $1, 0x80808080;
+        or.b32 od, t2, t3;
+        mov.b32 {el, eh}, ev;
+        mov.b32 {ol, oh}, od;
+        cvt.rn.f16x2.e4m3x2 a, el;
+        cvt.rn.f16x2.e4m3x2 b, eh;
+        cvt.rn.f16x2.e4m3x2 c, ol;
+        cvt.rn.f16x2.e4m3x2 d, oh;
+        mul.rn.f16x2 acc, a, $2;
+        fma.rn.f16x2 acc, b, $3, acc;
+        fma.rn.f16x2 acc, c, $4, acc;
+        fma.rn.f16x2 acc, d, $5, acc;
+        mov.b32 {h0, h1}, acc;
+        cvt.f32.f16 f0, h0;
+        cvt.f32.f16 f1, h1;
+        add.f32 $0, f0, f1;
+        }""",
+        "=r,r,r,r,r,r",
+        [words, x02[None, :, :], x46[None, :, :], x13[None, :, :], x57[None, :, :]],
+        dtype=gl.float32,
+        is_pure=True,
+        pack=1,
+    )
+
+
+@gluon.jit
+def _load_step(W, S, w_offsets, s_offsets, w_ok, s_ok, EVEN: gl.constexpr):
+    """One step's words `[rows, groups, 4]` and scale bytes `[rows, groups]` (masked unless EVEN)."""
+    if EVEN:
+        return gl.load(W + w_offsets), gl.load(S + s_offsets)
+    return gl.load(W + w_offsets, mask=w_ok, other=0), gl.load(S + s_offsets, mask=s_ok, other=127)
+
+
+@gluon.jit
+def _group_dots(words, scales, x02, x46, x13, x57, factor):
+    """Each row's and group's Σ weight · activation (float32 `[rows, groups]`)."""
+    sums = gl.sum(_word_sums(words, x02, x46, x13, x57), axis=2)
+    return sums * (_e8m0(scales) * factor[None, :])
+
+
+@gluon.jit
+def _step_offsets(
+    row0, stride_wn, stride_sn, N: gl.constexpr, ROWS: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr
+):
+    """Offsets of the first step's words and scale bytes of rows `row0 ...` of an expert's matrix, and the
+    rows' masks."""
+    rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, gl.SliceLayout(2, WORDS)))
+    groups = gl.arange(0, GROUPS, layout=gl.SliceLayout(0, gl.SliceLayout(2, WORDS)))
+    words = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WORDS)))
+    w_offsets = (rows.to(gl.int64) * stride_wn)[:, None, None] + (groups * 4)[None, :, None]
+    w_offsets = w_offsets + words[None, None, :]
+    s_offsets = (rows.to(gl.int64) * stride_sn)[:, None] + groups[None, :]
+    return w_offsets, s_offsets, rows < N
+
+
+@gluon.jit
+def _step_masks(rows_ok, step, K: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr):
+    """The masks of a step's words and scale bytes: the rows inside the matrix, the groups inside K."""
+    groups = step * GROUPS + gl.arange(0, GROUPS, layout=gl.SliceLayout(0, gl.SliceLayout(2, WORDS)))
+    s_ok = rows_ok[:, None] & (groups < K // SCALE_COLUMNS)[None, :]
+    return s_ok[:, :, None], s_ok
+
+
+@gluon.jit
+def _next_step(
+    W,
+    S,
+    w_offsets,
+    s_offsets,
+    rows_ok,
+    words,
+    scales,
+    step,
+    K: gl.constexpr,
+    GROUPS: gl.constexpr,
+    WORDS: gl.constexpr,
+    EVEN: gl.constexpr,
+):
+    """The words and scale bytes of the step after `step` (`words`, `scales` as they are after the last)."""
+    STEP: gl.constexpr = GROUPS * SCALE_COLUMNS
+    if (step + 1) * STEP < K:
+        w_ok, s_ok = _step_masks(rows_ok, step + 1, K, GROUPS, WORDS)
+        w_next, s_next = w_offsets + (step + 1) * (STEP // 8), s_offsets + (step + 1) * GROUPS
+        words, scales = _load_step(W, S, w_next, s_next, w_ok, s_ok, EVEN)
+    return words, scales
+
+
+@gluon.jit
+def _gate_up_step(
+    x_row,
+    w1,
+    w3,
+    s1,
+    s3,
+    w_offsets,
+    s_offsets,
+    rows_ok,
+    gate_words,
+    gate_scales,
+    up_words,
+    up_scales,
+    gate,
+    up,
+    step,
+    K: gl.constexpr,
+    GROUPS: gl.constexpr,
+    WORDS: gl.constexpr,
+    EVEN: gl.constexpr,
+):
+    """One step of the gate-up reduction: the next step's weights loaded, this step's summed."""
+    x02, x46, x13, x57, factor = _scaled_columns(x_row, step * GROUPS * SCALE_COLUMNS, K, GROUPS, WORDS)
+    this_gate, this_gate_scales, this_up, this_up_scales = gate_words, gate_scales, up_words, up_scales
+    gate_words, gate_scales = _next_step(
+        w1, s1, w_offsets, s_offsets, rows_ok, gate_words, gate_scales, step, K, GROUPS, WORDS, EVEN
+    )
+    up_words, up_scales = _next_step(
+        w3, s3, w_offsets, s_offsets, rows_ok, up_words, up_scales, step, K, GROUPS, WORDS, EVEN
+    )
+    gate += _group_dots(this_gate, this_gate_scales, x02, x46, x13, x57, factor)
+    up += _group_dots(this_up, this_up_scales, x02, x46, x13, x57, factor)
+    return gate_words, gate_scales, up_words, up_scales, gate, up
+
+
+@gluon.jit
+def _down_step(
+    h_row,
+    w2,
+    s2,
+    w_offsets,
+    s_offsets,
+    rows_ok,
+    words,
+    scales,
+    acc,
+    step,
+    K: gl.constexpr,
+    GROUPS: gl.constexpr,
+    WORDS: gl.constexpr,
+    EVEN: gl.constexpr,
+):
+    """One step of the down reduction: the next step's weights loaded, this step's summed."""
+    x02, x46, x13, x57, factor = _scaled_columns(h_row, step * GROUPS * SCALE_COLUMNS, K, GROUPS, WORDS)
+    this_words, this_scales = words, scales
+    words, scales = _next_step(
+        w2, s2, w_offsets, s_offsets, rows_ok, words, scales, step, K, GROUPS, WORDS, EVEN
+    )
+    acc += _group_dots(this_words, this_scales, x02, x46, x13, x57, factor)
+    return words, scales, acc
+
+
+@gluon.jit
+def _gate_up_kernel(
+    X, W1, W3, S1, S3, H, IDS, first_expert, n_experts, top_k, limit,
+    stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_h,
+    HIDDEN: gl.constexpr, INTER: gl.constexpr, ROWS: gl.constexpr, GROUPS: gl.constexpr, CLAMP: gl.constexpr,
+    PDL: gl.constexpr,
+):  # fmt: skip
+    _enter_pdl(PDL)
+    STEPS: gl.constexpr = (HIDDEN + GROUPS * SCALE_COLUMNS - 1) // (GROUPS * SCALE_COLUMNS)
+    EVEN: gl.constexpr = (HIDDEN % (GROUPS * SCALE_COLUMNS) == 0) and (INTER % ROWS == 0)
+    WORDS: gl.constexpr = _words_layout(ROWS, GROUPS, gl.num_warps())
+    pair = gl.program_id(0)
+    expert = gl.load(IDS + pair).to(gl.int64) - first_expert
+    if (expert < 0) | (expert >= n_experts):
+        return
+    row0 = gl.program_id(1) * ROWS
+    w_offsets, s_offsets, rows_ok = _step_offsets(row0, stride_wn, stride_sn, INTER, ROWS, GROUPS, WORDS)
+    x_row = X + (pair // top_k).to(gl.int64) * stride_x
+    w1, w3 = W1 + expert * stride_we, W3 + expert * stride_we
+    s1, s3 = S1 + expert * stride_se, S3 + expert * stride_se
+    gate = gl.zeros([ROWS, GROUPS], gl.float32, gl.SliceLayout(2, WORDS))
+    up = gl.zeros([ROWS, GROUPS], gl.float32, gl.SliceLayout(2, WORDS))
+    w_ok, s_ok = _step_masks(rows_ok, 0, HIDDEN, GROUPS, WORDS)
+    gate_words, gate_scales = _load_step(w1, s1, w_offsets, s_offsets, w_ok, s_ok, EVEN)
+    up_words, up_scales = _load_step(w3, s3, w_offsets, s_offsets, w_ok, s_ok, EVEN)
+    for step in gl.static_range(STEPS):  # unrolled: ptxas issues the loads of later steps early
+        gate_words, gate_scales, up_words, up_scales, gate, up = _gate_up_step(
+            x_row, w1, w3, s1, s3, w_offsets, s_offsets, rows_ok, gate_words, gate_scales, up_words,
+            up_scales, gate, up, step, HIDDEN, GROUPS, WORDS, EVEN,
+        )  # fmt: skip
+    gate_rows, up_rows = gl.sum(gate, axis=1), gl.sum(up, axis=1)
+    if CLAMP:
+        gate_rows = gl.minimum(gate_rows, limit)
+        up_rows = gl.minimum(gl.maximum(up_rows, -limit), limit)
+    h = gate_rows / (1.0 + gl.exp(-gate_rows)) * up_rows
+    rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, gl.SliceLayout(2, WORDS)))
+    gl.store(H + pair.to(gl.int64) * stride_h + rows, h.to(H.dtype.element_ty), mask=rows < INTER)
+
+
+@gluon.jit
+def _down_kernel(
+    H, W2, S2, OUT, IDS, ROUTE, first_expert, n_experts,
+    stride_h, stride_we, stride_wn, stride_se, stride_sn, stride_out,
+    HIDDEN: gl.constexpr, INTER: gl.constexpr, ROWS: gl.constexpr, GROUPS: gl.constexpr, PDL: gl.constexpr,
+):  # fmt: skip
+    _enter_pdl(PDL)
+    STEPS: gl.constexpr = (INTER + GROUPS * SCALE_COLUMNS - 1) // (GROUPS * SCALE_COLUMNS)
+    EVEN: gl.constexpr = (INTER % (GROUPS * SCALE_COLUMNS) == 0) and (HIDDEN % ROWS == 0)
+    WORDS: gl.constexpr = _words_layout(ROWS, GROUPS, gl.num_warps())
+    pair = gl.program_id(0)
+    expert = gl.load(IDS + pair).to(gl.int64) - first_expert
+    held = (expert >= 0) & (expert < n_experts)
+    row0 = gl.program_id(1) * ROWS
+    acc = gl.zeros([ROWS, GROUPS], gl.float32, gl.SliceLayout(2, WORDS))
+    if held:
+        w_offsets, s_offsets, rows_ok = _step_offsets(row0, stride_wn, stride_sn, HIDDEN, ROWS, GROUPS, WORDS)
+        h_row = H + pair.to(gl.int64) * stride_h
+        w2, s2 = W2 + expert * stride_we, S2 + expert * stride_se
+        w_ok, s_ok = _step_masks(rows_ok, 0, INTER, GROUPS, WORDS)
+        words, scales = _load_step(w2, s2, w_offsets, s_offsets, w_ok, s_ok, EVEN)
+        for step in gl.static_range(STEPS):
+            words, scales, acc = _down_step(
+                h_row, w2, s2, w_offsets, s_offsets, rows_ok, words, scales, acc, step, INTER, GROUPS, WORDS,
+                EVEN,
+            )  # fmt: skip
+    route = gl.where(held, gl.load(ROUTE + pair), 0.0)
+    out = gl.sum(acc, axis=1) * route
+    rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, gl.SliceLayout(2, WORDS)))
+    gl.store(OUT + pair.to(gl.int64) * stride_out + rows, out.to(OUT.dtype.element_ty), mask=rows < HIDDEN)
+
+
+def gluon_runs_on(x: torch.Tensor) -> bool:
+    """Whether the Gluon kernels take activations `x`: bfloat16 on a CUDA device of compute capability 9
+    or later (`cvt.*.e4m3x2`, PDL), outside Triton's interpreter."""
+    if x.dtype != torch.bfloat16 or x.device.type != "cuda" or triton.knobs.runtime.interpret:
+        return False
+    return torch.cuda.get_device_capability(x.device)[0] >= 9
+
+
+def _plan(rows: int, k: int, num_warps: int) -> tuple[int, int]:
+    """A launch's output rows a program and scale groups a step for a reduction of `k` columns: a lane a
+    group (fewer than 32 groups for short reductions, the other lanes on rows); `rows` at least one a
+    thread."""
+    groups = min(32, triton.next_power_of_2(triton.cdiv(k, SCALE_COLUMNS)))
+    return max(rows, 32 // groups * num_warps), groups
+
+
+def grouped_moe_mxfp4_gemv_gluon(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    stacks: Mxfp4ExpertStacks,
+    swiglu_limit: float,
+    *,
+    tiles: GluonGemvTiles | None = None,
+    experts: ExpertSlice | None = None,
+    add: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """`grouped_moe_mxfp4_gemv` on a CUDA device with bfloat16 activations, in the Gluon kernels above."""
+    tiles = tiles or GluonGemvTiles()
+    n_tokens, hidden = x.shape
+    top_k = indices.shape[1]
+    n_pairs = n_tokens * top_k
+    n_experts, inter, _ = stacks.w1.shape
+    if stacks.w1.shape[2] * 2 != hidden:
+        raise ValueError(f"the MXFP4 stacks are for hidden {stacks.w1.shape[2] * 2}, x has {hidden}")
+    if not gluon_runs_on(x):
+        raise ValueError(
+            f"the Gluon kernels take bfloat16 activations on sm_90+, got {x.dtype} on {x.device}"
+        )
+    if n_pairs == 0:
+        return sum_pairs(x.new_empty(0, hidden), x, add=add, out_dtype=out_dtype)
+    x = x.contiguous()
+    w1, w2, w3, s1, s2, s3 = stack_bytes(stacks)
+    w1, w2, w3 = (w.view(torch.int32) for w in (w1, w2, w3))  # eight codes a word
+    ids = indices.reshape(-1).contiguous()
+    first = 0 if experts is None else experts.start
+    route = weights.reshape(-1).float().contiguous()
+    h = torch.empty(n_pairs, inter, dtype=x.dtype, device=x.device)
+    pair_out = torch.empty(n_pairs, hidden, dtype=x.dtype, device=x.device)
+    gate_up_rows, gate_up_groups = _plan(tiles.gate_up_rows, hidden, tiles.num_warps)
+    down_rows, down_groups = _plan(tiles.down_rows, inter, tiles.num_warps)
+    pdl = pdl_launch(x.device)
+    _gate_up_kernel[(n_pairs, triton.cdiv(inter, gate_up_rows))](
+        x.view(torch.int32), w1, w3, s1, s3, h, ids, first, n_experts, top_k, float(swiglu_limit),
+        x.stride(0) // 2, w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
+        HIDDEN=hidden, INTER=inter, ROWS=gate_up_rows, GROUPS=gate_up_groups, CLAMP=swiglu_limit > 0,
+        num_warps=tiles.num_warps, **pdl,
+    )  # fmt: skip
+    _down_kernel[(n_pairs, triton.cdiv(hidden, down_rows))](
+        h.view(torch.int32), w2, s2, pair_out, ids, route, first, n_experts,
+        h.stride(0) // 2, w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), pair_out.stride(0),
+        HIDDEN=hidden, INTER=inter, ROWS=down_rows, GROUPS=down_groups, num_warps=tiles.num_warps, **pdl,
+    )  # fmt: skip
+    return sum_pairs(pair_out, x, add=add, out_dtype=out_dtype)
