@@ -1,30 +1,47 @@
 """The CUDA kernels of the MXFP4 decode path (`grouped_moe_mxfp4_gemv`), written in Gluon: the same two
 launches as the Triton kernels of `grouped_moe_mxfp4_gemv_triton` (gate-up with SwiGLU, then down times the
-routing weight, a program per (pair, block of output rows)), with the register layouts stated instead of
-inferred, so that nothing passes through shared memory inside the reduction loop.
+routing weight, a program per (pair, block of output rows)) and the same contract, with the register
+layouts stated instead of inferred. `grouped_moe` takes them for bfloat16 activations on sm_90 and later
+(`gluon_runs_on`); Triton's interpreter, which cannot run Gluon, runs the Triton kernels, the reference
+these are tested against on the GPU.
 
-Why: the Triton kernels spend about 6.4 instructions a weight in their loop (sm_90 SASS of the gate-up
-kernel at V4-Flash's shape), with nine barrier pairs a step where Triton converts the activations' and the
-group sums' layouts through shared memory; at one token the kernels are bound by instruction issue, not
-by memory. Here every tensor of a step lives in one parent layout `[rows, groups, 32 columns]`: a thread
-holds `rows_per_thread` rows of one 32-column group (a scale group: its 16 packed bytes a row, one 16-byte
-load each) and the group's 32 activations, so the products, the group sums and their scales never leave
-the thread.
+Why: the Triton kernels' loop costs 6.4 instructions a weight (sm_90 SASS of the gate-up kernel at
+V4-Flash's shape), nine barrier pairs a step among them, where Triton moves the activations and the group
+sums between layouts through shared memory. Here every tensor of a step lives in one parent layout
+`[rows, groups, 4 words]`: a lane owns one 32-column scale group (its 16 packed bytes a row: one 16-byte
+load) of `rows / (threads on rows)` rows, and that group's activations (one 16-byte load a word), so the
+products, the group sums and their scales never leave the thread and the kernels use no shared memory.
 
-The arithmetic, per step of `32 · groups` columns:
-- The activations of each group are scaled by a power of two to below 2 in magnitude (from their largest
-  magnitude's exponent) and rounded to float16; the weights are decoded to float16 (`gl.fp4_to_fp`: e2m1
-  values are exact in float16); the group's 32 products are summed in float16 (packed `HFMA2`, two
-  products an instruction); that sum, in float32, times the weight's e8m0 scale and the inverse power of
-  two, is added to the row's float32 accumulator.
-- Products of an e2m1 weight and a float16 activation are exact (at most 2 + 11 significant bits round
-  to 11: relative error 2^-11); the scaled group sums stay below 6 · 32 · 2 = 384, far from float16's
-  range; activations under 2^-24 of their group's largest lose their low bits. So the result is the exact
-  dot product up to float16 rounding inside each group of 32, against the Triton kernels' float32.
-- SASS of the gate-up loop at V4-Flash's shape: about 4 instructions a weight.
+The arithmetic, per int32 word (eight e2m1 codes, `_word_sums` in PTX):
+- The even and the odd codes of the word's four bytes become e4m3 bytes by placing the code's bits in the
+  e4m3 fields (`((w << 2) & 0x1C1C1C1C) | ((w << 4) & 0x80808080)`, `((w >> 2) & 0x1C1C1C1C) | (w &
+  0x80808080)`: the e2m1 value times 2^-6, exactly, subnormals included), converted two at a time to
+  float16 pairs (`cvt.rn.f16x2.e4m3x2`), multiplied by the activations' float16 pairs and summed in
+  float16 (`fma.rn.f16x2`, two products an instruction), then the two halves added in float32.
+- The activations of each group are scaled by a power of two to below 64 in magnitude (from their largest
+  magnitude's exponent) and rounded to float16 in the pairs the decoding yields: columns (0, 2), (4, 6),
+  (1, 3), (5, 7) of each word. A group's word sums, times the weight's e8m0 scale and the factor undoing
+  both powers of two, are added to the row's float32 accumulator.
+- Precision: the products are exact in float16 (at most 2 + 8 significant bits; a bfloat16 activation is
+  exact in float16 after the scaling), the four-product half-sums round to float16 (relative 2^-11) and
+  stay below 4 · 6 · 64 · 2^-6 = 24; activations under about 2^-19 of their group's largest become
+  float16 subnormals after the scaling and keep fewer bits (an absolute error under 2^-30 of the largest).
+  The result is the exact dot product up to float16 rounding inside each word, against the Triton kernels'
+  float32; the GPU tests hold it to the same bound against the float32 reference.
+- SASS of the whole gate-up kernel at V4-Flash's shape: 3.4 instructions a weight.
 
-The kernels need sm_90 (`fp4_to_fp`, PDL) and run only on CUDA; Triton's interpreter runs the Triton
-kernels (the reference for these in the GPU tests).
+Measured on an H200 (CUDA-graph replays cycling 16 routings, one token, hidden 4096, top-6; gate-up, down
+and the pair sum): all 256 experts (inter 2048) 51.5 µs for the Triton kernels, 30.1 µs here (1.58× the
+19.1 µs byte floor); a rank's half of every expert's units (inter 1024, the default two-GPU sharing) 29.4
+and 18.3 µs; a rank of whole experts (128 of 256, 2.4 held pairs on average) 27.6 and 21.4 µs. The 43-layer
+V4-Flash stack at full width in the shipped formats on one H200 (`benchmarks/long_context.py --weights
+shipped`, 8K context, batch 1) went from 7.19 to 6.30 ms a token. Tiles (`GluonGemvTiles`): 4 gate-up rows
+and 16 down rows a thread, two warps a program, the fastest of a sweep (1–8 warps, 1–8 and 2–16 rows a
+thread); Nsight Compute on the gate-up kernel before the activations took one load a word: 40% of issue
+slots, a third of DRAM bandwidth, warps waiting on loads and the load queue (latency-bound at 16 warps a
+multiprocessor, 128 registers a thread). Tried and dropped: streaming every step's words into shared
+memory with asynchronous copies (`cp.async`) up front, which freed registers but made both kernels slower
+(39.5 → 44.8 µs), and splitting the reduction across a program's warps (no gain at these shapes).
 """
 
 from __future__ import annotations
@@ -64,6 +81,15 @@ def _words_layout(rows, groups, num_warps):
     lanes_rows = 32 // groups
     per_thread = [rows // (lanes_rows * num_warps), 1, 4]
     return gl.BlockedLayout(per_thread, [lanes_rows, groups, 1], [num_warps, 1, 1], [2, 1, 0])
+
+
+@gluon.constexpr_function
+def _pairs_layout(words):
+    """`words`' layout with a fourth dimension of four int32 in each thread: a word's activations as
+    bfloat16 pairs."""
+    return gl.BlockedLayout(
+        [*words.size_per_thread, 4], [*words.threads_per_warp, 1], [*words.warps_per_cta, 1], [3, 2, 1, 0]
+    )
 
 
 @gluon.jit
@@ -107,15 +133,24 @@ def _scaled_columns(x_row, k0, K: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.
     """One step's activations for the words `[groups, 4]` of a row: four int32 tensors of float16 pairs,
     columns (0, 2), (4, 6), (1, 3), (5, 7) of each word's eight, scaled by a power of two per group to below
     64 in magnitude; and the factor `[groups]` (float32) that turns the word sums back into dot products."""
-    layout: gl.constexpr = gl.SliceLayout(0, WORDS)
-    groups = gl.arange(0, GROUPS, layout=gl.SliceLayout(1, layout))
-    words = gl.arange(0, 4, layout=gl.SliceLayout(0, layout))
-    pairs = k0 // 2 + groups[:, None] * (SCALE_COLUMNS // 2) + words[None, :] * 4  # int32 index: columns 0, 1
-    ok = pairs < K // 2  # whole groups: a word's four pairs are in or out together
-    p01 = gl.load(x_row + pairs, mask=ok, other=0)
-    p23 = gl.load(x_row + pairs + 1, mask=ok, other=0)
-    p45 = gl.load(x_row + pairs + 2, mask=ok, other=0)
-    p67 = gl.load(x_row + pairs + 3, mask=ok, other=0)
+    layout: gl.constexpr = gl.SliceLayout(0, _pairs_layout(WORDS))  # [groups, 4 words, 4 pairs]
+    groups = gl.arange(0, GROUPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, layout)))
+    words = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, layout)))
+    pairs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, layout)))
+    index = (
+        k0 // 2
+        + (groups[:, None] * (SCALE_COLUMNS // 2) + words[None, :] * 4)[:, :, None]
+        + pairs[None, None, :]
+    )
+    tile = gl.load(x_row + index, mask=index < K // 2, other=0)  # a word's 16 bytes: one load
+    low, high = gl.split(gl.reshape(tile, [GROUPS, 4, 2, 2]))  # pairs (0, 2) and (1, 3)
+    p01, p45 = gl.split(low)
+    p23, p67 = gl.split(high)
+    word_layout: gl.constexpr = gl.SliceLayout(0, WORDS)
+    p01 = gl.convert_layout(p01, word_layout, assert_trivial=True)
+    p23 = gl.convert_layout(p23, word_layout, assert_trivial=True)
+    p45 = gl.convert_layout(p45, word_layout, assert_trivial=True)
+    p67 = gl.convert_layout(p67, word_layout, assert_trivial=True)
     x0, x1 = _bf16_pair(p01)
     x2, x3 = _bf16_pair(p23)
     x4, x5 = _bf16_pair(p45)
