@@ -9,7 +9,10 @@ expert run side by side (the pair is the grid's fastest axis), so the repeats mo
 an H200 (graph replays, hidden 4096, inter 2048, a rank holding 128 of 256 experts): 3 pairs 62.5 µs
 against the tiled kernels' 300 µs (6.6× its byte floor), about 24 pairs 361 µs against 950 µs; the whole
 decode step of the V4-Flash-shaped stack with 128 experts on one GPU went from 29.8 to 21.6 ms at one
-token, but from 30.6 to 40.9 ms at 8 tokens (48 pairs), hence the switch at 32.
+token, but from 30.6 to 40.9 ms at 8 tokens (48 pairs), hence the switch at 32. With bfloat16 activations
+on sm_90 and later the same two launches run as Gluon kernels (`grouped_moe_mxfp4_gemv_gluon`, 1.7× faster
+at one token); these Triton kernels run elsewhere: under Triton's interpreter (CPU CI) and for float32
+activations, and are the reference the Gluon kernels are tested against.
 
 Launch 1 (gate-up), a program per (pair, block of `gate_up_n` rows of inter): the expert's w1 and w3 rows
 `[gate_up_n, hidden/2]` are read in storage order, `block_k` columns a step as a `[rows, block_k/32, 4]`
