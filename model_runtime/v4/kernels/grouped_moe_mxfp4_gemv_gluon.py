@@ -54,7 +54,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from deepscout.model_runtime.v4.kernels.expert_weights import ExpertSlice
-from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_triton import stack_bytes
+from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import pair_launch
 from deepscout.model_runtime.v4.kernels.grouped_moe_triton import sum_pairs
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.kernels.pdl import pdl_launch
@@ -440,38 +440,32 @@ def grouped_moe_mxfp4_gemv_gluon(
 ) -> torch.Tensor:
     """`grouped_moe_mxfp4_gemv` on a CUDA device with bfloat16 activations, in the Gluon kernels above."""
     tiles = tiles or GluonGemvTiles()
-    n_tokens, hidden = x.shape
-    top_k = indices.shape[1]
-    n_pairs = n_tokens * top_k
-    n_experts, inter, _ = stacks.w1.shape
-    if stacks.w1.shape[2] * 2 != hidden:
-        raise ValueError(f"the MXFP4 stacks are for hidden {stacks.w1.shape[2] * 2}, x has {hidden}")
     if not gluon_runs_on(x):
         raise ValueError(
             f"the Gluon kernels take bfloat16 activations on sm_90+, got {x.dtype} on {x.device}"
         )
-    if n_pairs == 0:
-        return sum_pairs(x.new_empty(0, hidden), x, add=add, out_dtype=out_dtype)
+    n_tokens, hidden = x.shape
+    top_k = indices.shape[1]
+    n_pairs = n_tokens * top_k
     x = x.contiguous()
-    w1, w2, w3, s1, s2, s3 = stack_bytes(stacks)
-    w1, w2, w3 = (w.view(torch.int32) for w in (w1, w2, w3))  # eight codes a word
-    ids = indices.reshape(-1).contiguous()
-    first = 0 if experts is None else experts.start
-    route = weights.reshape(-1).float().contiguous()
-    h = torch.empty(n_pairs, inter, dtype=x.dtype, device=x.device)
-    pair_out = torch.empty(n_pairs, hidden, dtype=x.dtype, device=x.device)
+    run = pair_launch(x, weights, indices, stacks, experts, x.dtype)
+    if n_pairs == 0:
+        return sum_pairs(run.pair_out, x, add=add, out_dtype=out_dtype)
+    inter, h, pair_out = run.h.shape[1], run.h, run.pair_out
     gate_up_rows, gate_up_groups = _plan(tiles.gate_up_rows, hidden, tiles.num_warps)
     down_rows, down_groups = _plan(tiles.down_rows, inter, tiles.num_warps)
     pdl = pdl_launch(x.device)
     _gate_up_kernel[(n_pairs, triton.cdiv(inter, gate_up_rows))](
-        x.view(torch.int32), w1, w3, s1, s3, h, ids, first, n_experts, top_k, float(swiglu_limit),
-        x.stride(0) // 2, w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
+        x.view(torch.int32), run.w1, run.w3, run.s1, run.s3, h, run.ids, run.first, run.n_experts, top_k,
+        float(swiglu_limit), x.stride(0) // 2, run.w1.stride(0), run.w1.stride(1), run.s1.stride(0),
+        run.s1.stride(1), h.stride(0),
         HIDDEN=hidden, INTER=inter, ROWS=gate_up_rows, GROUPS=gate_up_groups, CLAMP=swiglu_limit > 0,
         num_warps=tiles.num_warps, **pdl,
     )  # fmt: skip
     _down_kernel[(n_pairs, triton.cdiv(hidden, down_rows))](
-        h.view(torch.int32), w2, s2, pair_out, ids, route, first, n_experts,
-        h.stride(0) // 2, w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), pair_out.stride(0),
+        h.view(torch.int32), run.w2, run.s2, pair_out, run.ids, run.route, run.first, run.n_experts,
+        h.stride(0) // 2, run.w2.stride(0), run.w2.stride(1), run.s2.stride(0), run.s2.stride(1),
+        pair_out.stride(0),
         HIDDEN=hidden, INTER=inter, ROWS=down_rows, GROUPS=down_groups, num_warps=tiles.num_warps, **pdl,
     )  # fmt: skip
     return sum_pairs(pair_out, x, add=add, out_dtype=out_dtype)

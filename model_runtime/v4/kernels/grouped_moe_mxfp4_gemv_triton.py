@@ -274,6 +274,54 @@ def _block_k(tiles: GemvTiles, k: int) -> int:
     return min(tiles.block_k, triton.next_power_of_2(k))
 
 
+@dataclass(frozen=True)
+class PairLaunch:
+    """What a decode path's two launches take (its Triton or its Gluon kernels): the stacks as int32 words
+    (eight codes each) and scale bytes, the pairs' global expert ids and float32 routing weights, the held
+    slice's first expert, and the work buffers `h` `[pairs, inter]` and `pair_out` `[pairs, hidden]`."""
+
+    w1: torch.Tensor
+    w2: torch.Tensor
+    w3: torch.Tensor
+    s1: torch.Tensor
+    s2: torch.Tensor
+    s3: torch.Tensor
+    ids: torch.Tensor
+    route: torch.Tensor
+    first: int
+    h: torch.Tensor
+    pair_out: torch.Tensor
+
+    @property
+    def n_experts(self) -> int:
+        return self.w1.shape[0]
+
+
+def pair_launch(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    stacks: Mxfp4ExpertStacks,
+    experts: ExpertSlice | None,
+    work_dtype: torch.dtype,
+) -> PairLaunch:
+    """The launches' operands for `x` `[N, hidden]` routed by `weights`/`indices` `[N, k]` to `stacks`
+    (ValueError when the stacks are for another hidden size); work buffers in `work_dtype`."""
+    n_pairs, hidden = indices.numel(), x.shape[1]
+    if stacks.w1.shape[2] * 2 != hidden:
+        raise ValueError(f"the MXFP4 stacks are for hidden {stacks.w1.shape[2] * 2}, x has {hidden}")
+    w1, w2, w3, s1, s2, s3 = stack_bytes(stacks)
+    w1, w2, w3 = (w.view(torch.int32) for w in (w1, w2, w3))
+    return PairLaunch(
+        w1, w2, w3, s1, s2, s3,
+        ids=indices.reshape(-1).contiguous(),
+        route=weights.reshape(-1).float().contiguous(),
+        first=0 if experts is None else experts.start,
+        h=torch.empty(n_pairs, stacks.w1.shape[1], dtype=work_dtype, device=x.device),
+        pair_out=torch.empty(n_pairs, hidden, dtype=work_dtype, device=x.device),
+    )  # fmt: skip
+
+
 def grouped_moe_mxfp4_gemv(
     x: torch.Tensor,
     weights: torch.Tensor,
@@ -293,72 +341,26 @@ def grouped_moe_mxfp4_gemv(
     n_tokens, hidden = x.shape
     top_k = indices.shape[1]
     n_pairs = n_tokens * top_k
-    n_experts, inter, _ = stacks.w1.shape
-    if stacks.w1.shape[2] * 2 != hidden:
-        raise ValueError(f"the MXFP4 stacks are for hidden {stacks.w1.shape[2] * 2}, x has {hidden}")
     sizes = (tiles.gate_up_n, tiles.down_n, tiles.block_k)
     if any(s & (s - 1) for s in sizes) or tiles.block_k < FP4_BLOCK:
         raise ValueError(f"GEMV tiles need powers of two and block_k >= {FP4_BLOCK}, got {tiles}")
-    if n_pairs == 0:
-        return sum_pairs(x.new_empty(0, hidden), x, add=add, out_dtype=out_dtype)
-    x = x.contiguous()
-    w1, w2, w3, s1, s2, s3 = stack_bytes(stacks)
-    w1, w2, w3 = (w.view(torch.int32) for w in (w1, w2, w3))  # eight codes a word
-    ids = indices.reshape(-1).contiguous()
-    first = 0 if experts is None else experts.start
-    route = weights.reshape(-1).float().contiguous()
     # as the tiled path: Triton's interpreter truncates what it stores as bf16, so there the work is float32
     work_dtype = torch.float32 if triton.knobs.runtime.interpret else x.dtype
-    h = torch.empty(n_pairs, inter, dtype=work_dtype, device=x.device)
-    pair_out = torch.empty(n_pairs, hidden, dtype=work_dtype, device=x.device)
+    x = x.contiguous()
+    run = pair_launch(x, weights, indices, stacks, experts, work_dtype)
+    if n_pairs == 0:
+        return sum_pairs(run.pair_out, x, add=add, out_dtype=out_dtype)
+    inter, h, pair_out = run.h.shape[1], run.h, run.pair_out
     _gemv_gate_up_kernel[(n_pairs, triton.cdiv(inter, tiles.gate_up_n))](
-        x,
-        w1,
-        w3,
-        s1,
-        s3,
-        h,
-        ids,
-        first,
-        n_experts,
-        top_k,
-        float(swiglu_limit),
-        x.stride(0),
-        w1.stride(0),
-        w1.stride(1),
-        s1.stride(0),
-        s1.stride(1),
-        h.stride(0),
-        HIDDEN=hidden,
-        INTER=inter,
-        BLOCK_N=tiles.gate_up_n,
-        BLOCK_K=_block_k(tiles, hidden),
-        CLAMP=swiglu_limit > 0,
-        PREFETCH=tiles.prefetch,
-        num_warps=tiles.num_warps,
-        **pdl_launch(x.device),
-    )
+        x, run.w1, run.w3, run.s1, run.s3, h, run.ids, run.first, run.n_experts, top_k, float(swiglu_limit),
+        x.stride(0), run.w1.stride(0), run.w1.stride(1), run.s1.stride(0), run.s1.stride(1), h.stride(0),
+        HIDDEN=hidden, INTER=inter, BLOCK_N=tiles.gate_up_n, BLOCK_K=_block_k(tiles, hidden),
+        CLAMP=swiglu_limit > 0, PREFETCH=tiles.prefetch, num_warps=tiles.num_warps, **pdl_launch(x.device),
+    )  # fmt: skip
     _gemv_down_kernel[(n_pairs, triton.cdiv(hidden, tiles.down_n))](
-        h,
-        w2,
-        s2,
-        pair_out,
-        ids,
-        route,
-        first,
-        n_experts,
-        h.stride(0),
-        w2.stride(0),
-        w2.stride(1),
-        s2.stride(0),
-        s2.stride(1),
-        pair_out.stride(0),
-        HIDDEN=hidden,
-        INTER=inter,
-        BLOCK_N=tiles.down_n,
-        BLOCK_K=_block_k(tiles, inter),
-        PREFETCH=tiles.prefetch,
-        num_warps=tiles.num_warps,
-        **pdl_launch(h.device),
-    )
+        h, run.w2, run.s2, pair_out, run.ids, run.route, run.first, run.n_experts,
+        h.stride(0), run.w2.stride(0), run.w2.stride(1), run.s2.stride(0), run.s2.stride(1),
+        pair_out.stride(0), HIDDEN=hidden, INTER=inter, BLOCK_N=tiles.down_n, BLOCK_K=_block_k(tiles, inter),
+        PREFETCH=tiles.prefetch, num_warps=tiles.num_warps, **pdl_launch(h.device),
+    )  # fmt: skip
     return sum_pairs(pair_out, x, add=add, out_dtype=out_dtype)
