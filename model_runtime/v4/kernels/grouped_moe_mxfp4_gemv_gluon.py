@@ -59,9 +59,10 @@ from deepscout.model_runtime.v4.kernels.grouped_moe_mxfp4_gemv_triton import pai
 from deepscout.model_runtime.v4.kernels.grouped_moe_triton import sum_pairs
 from deepscout.model_runtime.v4.kernels.mxfp4_stacks import Mxfp4ExpertStacks
 from deepscout.model_runtime.v4.kernels.pdl import pdl_launch
+from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
-SCALE_COLUMNS = gl.constexpr(32)
-"""Columns a scale byte covers (MXFP4's block): a thread's share of a row in one step."""
+SCALE_COLUMNS = gl.constexpr(FP4_BLOCK)
+"""Columns a scale byte covers (MXFP4's block, 32): a thread's share of a row in one step."""
 
 
 @dataclass(frozen=True)
