@@ -1,9 +1,10 @@
 """Lightning-indexer scores and top-k over paged compressed keys read as stored (paper eqs. 13-17).
 
-For a packed batch of queries `q` `[M, heads, dim]` with head weights `w` `[M, heads]` (float32, already
-holding `heads^-0.5`), the score of query `m` against key `t` of its row is
+For a packed batch of queries `q` `[M, heads, dim]` with head weights `w` `[M, heads]` (the weights
+projection's output as it comes, float32 or bfloat16: the scores are taken in float32), the score of
+query `m` against key `t` of its row is
 
-    sum_h w[m, h] * dim^-0.5 * ReLU(q[m, h] . K[t])        (-inf where t >= limit[m])
+    sum_h w[m, h] * (heads * dim)^-0.5 * ReLU(q[m, h] . K[t])        (-inf where t >= limit[m])
 
 Keys live in a paged pool as stored (`PagedKeys`: plain, FP8 or MXFP4) and each row of the batch reads them
 through its block table (`PagedRows`, both in `paged_keys.py`); dense keys `[T, dim]` are one row of one
@@ -32,8 +33,13 @@ from deepscout.model_runtime.v4.kernels.topk_select import masked_topk
 def dense_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Scores `[n, T]` (float32) of queries `[n, heads, dim]` against keys `[T, dim]`, in float32."""
     logits = torch.matmul(q.float(), keys.float().t()).relu_()  # [n, heads, T]
-    head_weights = (weights * q.shape[-1] ** -0.5).unsqueeze(1)  # [n, 1, heads]
+    head_weights = (weights.float() * score_scale(q)).unsqueeze(1)  # [n, 1, heads]
     return torch.bmm(head_weights, logits).squeeze(1)
+
+
+def score_scale(q: torch.Tensor) -> float:
+    """The constant factor of every head weight, `(heads * dim)^-0.5`, for queries `[n, heads, dim]`."""
+    return float(q.shape[1] * q.shape[2]) ** -0.5
 
 
 def causal_entry_mask(n_entries: int, limit: torch.Tensor) -> torch.Tensor:
@@ -104,9 +110,10 @@ def _check(
         raise IndexerInputError("'fp8_rope' entries are main attention entries, not indexer keys")
     if q.dim() != 3 or q.shape[-1] != keys.dim:
         raise IndexerInputError(f"queries must be [M, heads, {keys.dim}], got {list(q.shape)}")
-    if tuple(weights.shape) != tuple(q.shape[:2]) or weights.dtype != torch.float32:
+    if tuple(weights.shape) != tuple(q.shape[:2]) or weights.dtype not in (torch.float32, torch.bfloat16):
         raise IndexerInputError(
-            f"head weights must be float32 {list(q.shape[:2])}, got {weights.dtype} {list(weights.shape)}"
+            f"head weights must be float32 or bfloat16 {list(q.shape[:2])}, "
+            f"got {weights.dtype} {list(weights.shape)}"
         )
     if tuple(limit.shape) != (q.shape[0],):
         raise IndexerInputError(f"limit must be [{q.shape[0]}], got {list(limit.shape)}")

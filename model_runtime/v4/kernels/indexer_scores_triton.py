@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels.indexer_scores import score_scale
 from deepscout.model_runtime.v4.kernels.paged_keys import (
     IndexerInputError,
     PagedKeys,
@@ -135,7 +136,8 @@ def _indexer_scores_kernel(
                     mask=ok[:, None] & d_ok[None, :],
                     other=0.0,
                 )
-                w = tl.load(W + pair_query * stride_wm + head, mask=ok, other=0.0) * score_scale
+                w = tl.load(W + pair_query * stride_wm + head, mask=ok, other=0.0)
+                w = w.to(tl.float32) * score_scale
                 if DOT_F32:
                     logits = tl.dot(a.to(tl.float32), keys_t, input_precision="ieee")
                 else:
@@ -202,7 +204,7 @@ def indexer_scores_triton(
         dim,
         keys.per_block,
         t_cap,
-        dim**-0.5,
+        score_scale(q),
         N_HEADS=n_heads,
         FORMAT=_FORMAT_CODE[keys.format],
         BM=tiles.block_m,

@@ -36,7 +36,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class IndexQueries:
-    """Indexer queries `[n, heads, dim]` (RoPE'd) and their head weights `[n, heads]` (float32), per token."""
+    """Indexer queries `[n, heads, dim]` (RoPE'd) and their head weights `[n, heads]` (the weights
+    projection's output, in its dtype; the scores scale them, `indexer_scores`), per token."""
 
     q: torch.Tensor
     weights: torch.Tensor
@@ -69,7 +70,7 @@ class Indexer(nn.Module):
         """`queries` given `weights_proj`'s output `head_logits` `[n, heads]` (computed with other projections
         of the same input)."""
         q = self.wq_b(q_residual).view(q_residual.shape[0], self.n_heads, self.head_dim)
-        return IndexQueries(apply_rope(q, rope), head_logits.float() * self.n_heads**-0.5)
+        return IndexQueries(apply_rope(q, rope), head_logits)
 
     def scores(self, queries: IndexQueries, keys: torch.Tensor) -> torch.Tensor:
         """Index scores `[n, T]` (float32) of queries against keys `[T, dim]`."""

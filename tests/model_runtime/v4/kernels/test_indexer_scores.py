@@ -142,6 +142,26 @@ def test_kernel_matches_reference_on_paged_rows(
         assert_same_selection(reference, limit, k, chosen, 2 * tol)
 
 
+def test_bfloat16_head_weights_score_as_their_float32_values(device: torch.device) -> None:
+    """The weights projection's bfloat16 output goes in as it is (no cast or scaling launch before the
+    scores): both paths give exactly what its float32 values give."""
+    q, w, keys, rows, limit = paged_case(
+        fmt="plain",
+        dtype=torch.bfloat16,
+        queries_per_row=[1, 1],
+        n_heads=8,
+        dim=64,
+        per_block=8,
+        max_blocks=3,
+        device=device,
+        seed=5,
+    )
+    half = w.bfloat16()
+    for impl in ("reference", "triton"):
+        ours = indexer_scores(q, half, keys, rows, limit, impl=impl)
+        assert torch.equal(ours, indexer_scores(q, half.float(), keys, rows, limit, impl=impl))
+
+
 def test_reference_reads_keys_as_the_pool_decodes_them() -> None:
     """Dense reference keys: FP8 and MXFP4 decode exactly to bfloat16, then the float32 formula."""
     q, w, keys, rows, limit = paged_case(
@@ -159,7 +179,7 @@ def test_reference_reads_keys_as_the_pool_decodes_them() -> None:
     decoded = keys.dequantize()
     assert decoded.dtype == torch.bfloat16
     logical = decoded[rows.block_table[0].long()].reshape(16, 64).float()
-    expected = torch.einsum("mhd,td->mht", q.float(), logical).relu() * w[:, :, None] * 64**-0.5
+    expected = torch.einsum("mhd,td->mht", q.float(), logical).relu() * w[:, :, None] * (4 * 64) ** -0.5
     expected = expected.sum(1).masked_fill(torch.arange(16)[None, :] >= limit[:, None], float("-inf"))
     torch.testing.assert_close(indexer_scores(q, w, keys, rows, limit, impl="reference"), expected)
 
