@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from device_rates import Ceilings, ceilings, timed
 
-from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_scores
+from deepscout.model_runtime.v4.kernels.indexer_scores import indexer_scores, score_scale
 from deepscout.model_runtime.v4.kernels.paged_keys import KeyFormat, PagedKeys, PagedRows
 from deepscout.model_runtime.v4.kernels.topk_select import masked_topk
 from deepscout.model_runtime.v4.weights.quant import quantize_mxfp4
@@ -101,12 +101,14 @@ def run_case(
     q, w, stored, layout, limit = make_case(fmt, rows, queries, keys, opts.heads, opts.dim, device)
     best: tuple[float, Any] | None = None
     for tiles in tile_candidates(queries, opts.heads, opts.sweep):
-        seconds = timed(partial(indexer_scores_triton, q, w, stored, layout, limit, tiles), device)
+        seconds = timed(
+            partial(indexer_scores_triton, q, w, stored, layout, limit, score_scale(q), tiles), device
+        )
         if best is None or seconds < best[0]:
             best = (seconds, tiles)
     assert best is not None
     scores_s, tiles = best
-    scores = indexer_scores_triton(q, w, stored, layout, limit, tiles)
+    scores = indexer_scores_triton(q, w, stored, layout, limit, score_scale(q), tiles)
     topk_s = timed(lambda: masked_topk(scores, limit, TOPK, impl="reference"), device)
     chunked = {c: timed(partial(chunked_topk, scores, limit, TOPK, c), device) for c in TOPK_CHUNKS}
     assert_same_selection(

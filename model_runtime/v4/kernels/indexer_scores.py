@@ -67,7 +67,7 @@ def indexer_scores(
     if impl == "triton":
         from deepscout.model_runtime.v4.kernels.indexer_scores_triton import indexer_scores_triton
 
-        return indexer_scores_triton(q, weights, keys, rows, limit)
+        return indexer_scores_triton(q, weights, keys, rows, limit, score_scale(q))
     return indexer_scores_reference(q, weights, keys, rows, limit)
 
 

@@ -20,7 +20,6 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.indexer_scores import score_scale
 from deepscout.model_runtime.v4.kernels.paged_keys import (
     IndexerInputError,
     PagedKeys,
@@ -160,9 +159,11 @@ def indexer_scores_triton(
     keys: PagedKeys,
     rows: PagedRows,
     limit: torch.Tensor,
+    score_scale: float,
     tiles: IndexerTiles | None = None,
 ) -> torch.Tensor:
-    """Scores `[M, T_cap]` float32 (inputs already checked by `indexer_scores`)."""
+    """Scores `[M, T_cap]` float32 (inputs already checked by `indexer_scores`, which gives the head
+    weights' factor `score_scale`)."""
     n_queries, n_heads, dim = q.shape
     t_cap = key_capacity(keys, rows)
     out = torch.empty(n_queries, t_cap, dtype=torch.float32, device=q.device)
@@ -204,7 +205,7 @@ def indexer_scores_triton(
         dim,
         keys.per_block,
         t_cap,
-        score_scale(q),
+        score_scale,
         N_HEADS=n_heads,
         FORMAT=_FORMAT_CODE[keys.format],
         BM=tiles.block_m,
