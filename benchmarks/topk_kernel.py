@@ -1,14 +1,16 @@
-"""Speed of the indexer's top-k select (`kernels/topk_select.py`): the Triton radix select against
+"""Speed of the indexer's top-k select (`kernels/topk_select.py`): the Triton select against
 `torch.topk(sorted=False)`, k = 512, on float32 scores already -inf past each row's limit.
 
-Cases: decode (R = 1 and 8 rows, N = 2,048 / 32,768 / 262,144 scores per row, every entry visible: 8K,
-128K and 1M tokens of context at ratio 4) and prefill (R = 2,048 queries at the end of N = 2,048 / 65,536
-/ 262,144 entries, limits N-511..N as consecutive tokens at ratio 4). Times are CUDA-graph replays
-(`device_rates.timed(graphs=True)`: the decode step runs in a graph). Reported per case: both times, the
-speedup, the Triton layout (one program per row in registers, or the row split into chunks over passes)
-and its read rate (visible scores x 4 bytes per pass over the time) against a device-to-device copy's.
-Every case also checks that both pick the same multiset of scores. `--sweep` times a few `TopkTiles`
-alternatives per case, keeping the fastest.
+Cases: decode (R = 1 and 8 rows, N = 2,048 / 4,096 / 8,192 / 32,768 / 262,144 scores per row, every entry
+visible: 8K, 16K, 32K, 128K and 1M tokens of context at ratio 4) and prefill (R = 2,048 queries at the end
+of N = 2,048 / 65,536 / 262,144 entries, limits N-511..N as consecutive tokens at ratio 4). Times are
+CUDA-graph replays (`device_rates.timed(graphs=True)`: the decode step runs in a graph). Reported per case:
+both times, the speedup, the Triton layout (each entry ranked by its program's count, one program per row in
+registers, or the row split into chunks over passes) and its read rate (visible scores x 4 bytes per pass
+over the time; the rank layout reads the row once a program, mostly from L2) against a device-to-device
+copy's. Every case also checks that both pick the same multiset of scores. `--sweep` times a few `TopkTiles`
+alternatives per case, keeping the fastest (each one's time in the JSON's `sweep`; the table also shows the
+default tiles' time).
 
 Prints a table and writes `benchmarks/results/topk_kernel.json` (or `--json PATH`). CUDA only.
 
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
     from deepscout.model_runtime.v4.kernels.topk_select_triton import TopkTiles
 
 TOPK, RATIO = 512, 4
-CASES = [("decode", 1, n) for n in (2048, 32768, 262144)] + [
-    ("decode", 8, n) for n in (2048, 32768, 262144)
+CASES = [("decode", 1, n) for n in (2048, 4096, 8192, 32768, 262144)] + [
+    ("decode", 8, n) for n in (2048, 4096, 8192, 32768, 262144)
 ] + [("prefill", 2048, n) for n in (2048, 65536, 262144)]  # fmt: skip
 
 
@@ -58,6 +60,11 @@ def tile_candidates(sweep: bool) -> list[TopkTiles]:
     tiles = [TopkTiles()]
     if sweep:
         tiles += [
+            TopkTiles(rank_max_pairs=0),
+            TopkTiles(rank_max_pairs=1 << 27),
+            TopkTiles(rank_max_pairs=1 << 27, rank_rows=32, rank_block=128),
+            TopkTiles(rank_max_pairs=1 << 27, rank_rows=8, rank_block=512),
+            TopkTiles(rank_max_pairs=1 << 27, rank_rows=64, rank_block=64),
             TopkTiles(block=1024, num_warps=4),
             TopkTiles(block=4096, num_warps=8),
             TopkTiles(block=4096, num_warps=16),
@@ -70,10 +77,11 @@ def tile_candidates(sweep: bool) -> list[TopkTiles]:
 
 
 def layout(tiles: TopkTiles, rows: int, n: int) -> str:
-    """Which Triton layout the case takes (mirrors `topk_select_triton`'s choice)."""
-    from deepscout.model_runtime.v4.kernels.topk_select_triton import split_chunks
+    """Which Triton layout the case takes (with the split layout's chunks a row)."""
+    from deepscout.model_runtime.v4.kernels.topk_select_triton import choose_layout, split_chunks
 
-    return "resident" if n <= tiles.resident_max else f"split x{split_chunks(tiles, rows, n)[0]}"
+    chosen = choose_layout(tiles, rows, n)
+    return f"split x{split_chunks(tiles, rows, n)[0]}" if chosen == "split" else chosen
 
 
 def same_selection(scores: torch.Tensor, one: torch.Tensor, other: torch.Tensor) -> bool:
@@ -88,16 +96,14 @@ def run_case(
 
     scores, limit = make_case(kind, rows, n, device)
     ref_s = timed(lambda: masked_topk(scores, limit, TOPK, impl="reference"), device, graphs=True)
-    best: tuple[float, TopkTiles] | None = None
-    for tiles in tile_candidates(sweep):
-        seconds = timed(partial(topk_select_triton, scores, limit, TOPK, tiles), device, graphs=True)
-        if best is None or seconds < best[0]:
-            best = (seconds, tiles)
-    assert best is not None
-    triton_s, tiles = best
+    candidates = [
+        (timed(partial(topk_select_triton, scores, limit, TOPK, tiles), device, graphs=True), tiles)
+        for tiles in tile_candidates(sweep)
+    ]
+    triton_s, tiles = min(candidates, key=lambda candidate: candidate[0])
     chosen = topk_select_triton(scores, limit, TOPK, tiles)[0]
     reference = masked_topk(scores, limit, TOPK, impl="reference")[0]
-    passes = 1 if layout(tiles, rows, n) == "resident" else 5
+    passes = {"rank": -(-n // tiles.rank_rows), "resident": 1}.get(layout(tiles, rows, n), 5)
     read_bytes = float(limit.clamp(max=n).sum()) * 4 * passes
     return {
         "case": kind,
@@ -105,12 +111,17 @@ def run_case(
         "n": n,
         "reference_ms": round(ref_s * 1e3, 4),
         "triton_ms": round(triton_s * 1e3, 4),
+        "default_ms": round(candidates[0][0] * 1e3, 4),
         "speedup": round(ref_s / triton_s, 2),
         "layout": layout(tiles, rows, n),
         "tiles": asdict(tiles),
         "read_gb_per_s": round(read_bytes / triton_s / 1e9, 1),
         "of_copy": round(2 * read_bytes / triton_s / copy_rate, 3) if copy_rate else None,
         "same_selection": same_selection(scores, chosen, reference),
+        "sweep": [
+            {"layout": layout(t, rows, n), "tiles": asdict(t), "ms": round(sec * 1e3, 4)}
+            for sec, t in candidates
+        ],
     }
 
 
@@ -132,13 +143,14 @@ def main() -> None:
         print(row, flush=True)
         torch.cuda.empty_cache()
     print(
-        f"{'case':8} {'R':>5} {'N':>7} {'torch ms':>9} {'triton ms':>10} {'speedup':>8} {'layout':>10} "
-        f"{'GB/s':>7} {'same':>5}"
+        f"{'case':8} {'R':>5} {'N':>7} {'torch ms':>9} {'default ms':>11} {'triton ms':>10} {'speedup':>8} "
+        f"{'layout':>10} {'GB/s':>7} {'same':>5}"
     )
     for r in rows:
         print(
-            f"{r['case']:8} {r['rows']:>5} {r['n']:>7} {r['reference_ms']:>9.4f} {r['triton_ms']:>10.4f} "
-            f"{r['speedup']:>8} {r['layout']:>10} {r['read_gb_per_s']:>7} {r['same_selection']!s:>5}"
+            f"{r['case']:8} {r['rows']:>5} {r['n']:>7} {r['reference_ms']:>9.4f} {r['default_ms']:>11.4f} "
+            f"{r['triton_ms']:>10.4f} {r['speedup']:>8} {r['layout']:>10} {r['read_gb_per_s']:>7} "
+            f"{r['same_selection']!s:>5}"
         )
     write_report(
         opts.json, benchmark="topk_kernel", device=device, rates=rates, results=rows, shape={"k": TOPK}

@@ -8,14 +8,15 @@ its limit gets all of them plus entries past the limit, which `valid` marks fals
 
 * "reference": `torch.topk(sorted=False)`; which of several entries tied at the k-th value it keeps is
   unspecified.
-* "triton" (`topk_select_triton.py`): an exact radix select with a fixed tie rule: every entry above the
-  k-th value, then the lowest-index entries equal to it (-0.0 equals 0.0, NaN ranks above +inf as in
-  torch.topk); the fill past a short row's limit is the lowest indices past it. Entries at and past the
-  limit are never read. No host sync (it runs inside the decode step's CUDA graph). Used where it is the
-  faster of the two (`topk_select_triton.prefers_triton`): rows held in registers (up to 8,192 scores:
-  2x torch.topk on an H200), and longer rows only up to `SPLIT_MAX_ROWS` of them (decode: 2.4x at 1 x
-  262,144 scores, 1.9x at 8 x 32,768, even at 8 x 262,144); many long rows (prefill) take torch.topk,
-  which selects them 2.2x faster than the split radix passes.
+* "triton" (`topk_select_triton.py`): an exact select (radix passes, or for one short decode row each entry
+  ranked among the row) with a fixed tie rule: every entry above the k-th value, then the lowest-index
+  entries equal to it (-0.0 equals 0.0, NaN ranks above +inf as in torch.topk); the fill past a short row's
+  limit is the lowest indices past it. Entries at and past the limit are never read. No host sync (it runs
+  inside the decode step's CUDA graph). Used where it is the faster of the two
+  (`topk_select_triton.prefers_triton`): rows held in registers (up to 8,192 scores: 2x torch.topk on an
+  H200; 3.5-4.7x for one decode row of up to 4,096 ranked), and longer rows only up to `SPLIT_MAX_ROWS` of
+  them (decode: 2.4x at 1 x 262,144 scores, 1.9x at 8 x 32,768, even at 8 x 262,144); many long rows
+  (prefill) take torch.topk, which selects them 2.2x faster than the split radix passes.
 """
 
 from __future__ import annotations

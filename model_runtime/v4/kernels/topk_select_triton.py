@@ -10,8 +10,17 @@ the first `rem` keys equal to it (lowest index first) to their slots from one pr
 `T` fill slots `[0, need - rem)`, the ties the rest. A row with `L < k` selects all `L` entries and fills
 the remaining slots with the indices `L, L+1, ...` (past the limit: invalid).
 
-Two layouts, chosen on host-known sizes only (no host sync, fixed launches, CUDA-graph safe):
+Three layouts, chosen on host-known sizes only (no host sync, fixed launches, CUDA-graph safe):
 
+* rank (rows x N^2 <= `TopkTiles.rank_max_pairs`: one sequence's decode at up to 16K tokens of context
+  at ratio 4): no radix passes. The row is cut into blocks of `rank_rows` entries, one program each; a
+  program counts, for each of its entries, the visible keys that beat it (a larger key, or an equal key
+  at a lower index: the tie rule as one order, one 64-bit comparison a pair), and an entry whose count
+  is below `need` takes that count as its slot. The work is quadratic in the row but spread over the
+  device, against the resident layout's four dependent passes in one program; one launch. (Measured on
+  an H200, `benchmarks/topk_kernel.py`: one row of 2,048 scores 3.9 µs against the resident layout's
+  9.0, of 4,096 7.6 against 14.6; past the bound it loses: one row of 8,192 28.1 against 23.7, 8 rows of
+  2,048 10.8 against 9.0.)
 * resident (N <= `TopkTiles.resident_max`, decode up to 32K tokens of context at ratio 4): one program per
   row holds the row's keys in registers, runs the four passes and the compaction: one launch.
 * split (longer rows): each row is cut into chunks of whole tiles so that rows x chunks reach about
@@ -26,6 +35,7 @@ Two layouts, chosen on host-known sizes only (no host sync, fixed launches, CUDA
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import triton
@@ -40,10 +50,15 @@ _PASSES = 4
 
 @dataclass(frozen=True)
 class TopkTiles:
-    """Layout knobs: the longest row held in registers, the split path's tile (a power of two) and program
-    target, and its warps (the resident path takes one warp per 256 scores, 4 to 16). Tiles and resident
-    rows stay below 65,536 scores: the compaction packs two counts per score into one int32 scan."""
+    """Layout knobs: the most comparisons (rows x N^2) the rank layout takes (0: never), its entries a program
+    and keys a step (powers of two); the longest row held in registers, the split path's tile (a power of
+    two) and program target, and its warps (the resident path takes one warp per 256 scores, 4 to 16).
+    Tiles and resident rows stay below 65,536 scores: the compaction packs two counts per score into one
+    int32 scan."""
 
+    rank_max_pairs: int = 1 << 24
+    rank_rows: int = 16
+    rank_block: int = 256
     resident_max: int = 8192
     block: int = 2048
     target_programs: int = 512
@@ -146,6 +161,40 @@ def _resident_kernel(SCORES, stride_r, LIMIT, OUT, VALID, n, k_out, BLOCK: tl.co
 
 
 @triton.jit
+def _ranked_keys(x, t):
+    """uint64 keys in the selection order of scores `x` at indices `t`: the order key above, the lower index
+    first among equal keys (so no two entries of a row tie)."""
+    return (_order_keys(x).to(tl.uint64) << 32) | (~t).to(tl.uint32, bitcast=True).to(tl.uint64)
+
+
+@triton.jit
+def _rank_kernel(
+    SCORES, stride_r, LIMIT, OUT, VALID, n, k_out, ROWS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
+):  # fmt: skip
+    enter_pdl(PDL)
+    row = tl.program_id(0)
+    scores_row, out_row, valid_row, lim, length, need = _row_start(
+        SCORES, stride_r, LIMIT, OUT, VALID, row, n, k_out
+    )
+    t = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    mine = t < length
+    own = _ranked_keys(tl.load(scores_row + t, mask=mine, other=0.0), t)
+    beaten = tl.zeros([ROWS, BLOCK], dtype=tl.int32)  # per lane; summed once after the loop
+    end = tl.where(tl.program_id(1) * ROWS < length, length, 0)  # blocks past the row skip the loop
+    for j0 in range(0, end, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        other = _ranked_keys(tl.load(scores_row + j, mask=j < length, other=0.0), j)
+        other = tl.where(j < length, other, 0)  # past the row: below every key, beats nothing
+        beaten += (other[None, :] > own[:, None]).to(tl.int32)
+    slot = tl.sum(beaten, axis=1)
+    take = mine & (slot < need)
+    tl.store(out_row + slot, t.to(tl.int64), mask=take)
+    tl.store(valid_row + slot, (t < lim).to(tl.uint8), mask=take)
+    if tl.program_id(1) == 0:
+        _fill_past_limit(out_row, valid_row, need, k_out, lim, BLOCK)
+
+
+@triton.jit
 def _radix_pass_kernel(
     SCORES,
     stride_r,
@@ -240,6 +289,13 @@ def prefers_triton(rows: int, n: int) -> bool:
     return n <= TopkTiles().resident_max or rows <= SPLIT_MAX_ROWS
 
 
+def choose_layout(tiles: TopkTiles, rows: int, n: int) -> Literal["rank", "resident", "split"]:
+    """The layout `topk_select_triton` runs for `rows` rows of `n` scores (see the module docstring)."""
+    if rows * n * n <= tiles.rank_max_pairs:
+        return "rank"
+    return "resident" if n <= tiles.resident_max else "split"
+
+
 def split_chunks(tiles: TopkTiles, rows: int, n: int) -> tuple[int, int]:
     """The split layout's chunks per row and their length (whole tiles): about `target_programs` in all."""
     n_chunks = max(1, min(triton.cdiv(n, tiles.block), triton.cdiv(tiles.target_programs, rows)))
@@ -260,12 +316,20 @@ def topk_select_triton(
         return indices, valid
     if scores.dtype != torch.float32:
         raise IndexerInputError(f"top-k scores must be float32, got {scores.dtype}")
-    if max(tiles.block, tiles.resident_max) >= 1 << 16 or tiles.block & (tiles.block - 1):
-        raise IndexerInputError(f"top-k tiles must be a power of two below 65536 scores, got {tiles}")
+    powers = (tiles.block, tiles.rank_rows, tiles.rank_block)
+    if max(tiles.block, tiles.resident_max) >= 1 << 16 or any(v < 1 or v & (v - 1) for v in powers):
+        raise IndexerInputError(f"top-k tiles must be powers of two below 65536 scores, got {tiles}")
     scores = scores if scores.stride(-1) == 1 else scores.contiguous()
     limit = limit.contiguous()
     flags = valid.view(torch.uint8)
-    if n <= tiles.resident_max:
+    chosen = choose_layout(tiles, rows, n)
+    if chosen == "rank":
+        _rank_kernel[(rows, triton.cdiv(n, tiles.rank_rows))](
+            scores, scores.stride(0), limit, indices, flags, n, k_out, ROWS=tiles.rank_rows,
+            BLOCK=tiles.rank_block, num_warps=4, **pdl_launch(scores.device),
+        )  # fmt: skip
+        return indices, valid
+    if chosen == "resident":
         block = max(triton.next_power_of_2(n), 128)
         _resident_kernel[(rows,)](
             scores, scores.stride(0), limit, indices, flags, n, k_out, BLOCK=block,

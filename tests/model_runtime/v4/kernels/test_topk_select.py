@@ -1,6 +1,7 @@
 """The Triton top-k select against torch.topk (tie-aware) and against its own tie rule exactly (every entry
-above the k-th value, then the lowest-index ties): both layouts (a row in registers; rows split over
-chunks and passes), ragged limits, rows shorter than k, deliberate ties, and the float corner cases."""
+above the k-th value, then the lowest-index ties): the three layouts (each entry ranked among its row; a
+row in registers; rows split over chunks and passes), ragged limits, rows shorter than k, deliberate ties,
+and the float corner cases."""
 
 from __future__ import annotations
 
@@ -11,12 +12,18 @@ from deepscout.model_runtime.v4.kernels.paged_keys import IndexerInputError
 from deepscout.model_runtime.v4.kernels.topk_select import masked_topk
 from deepscout.model_runtime.v4.kernels.topk_select_triton import (
     TopkTiles,
+    choose_layout,
     prefers_triton,
     topk_select_triton,
 )
 
+#: the default layouts past the rank layout: a row in registers
+RESIDENT = TopkTiles(rank_max_pairs=0)
 #: the split layout at small sizes: rows past 64 scores cut into chunks of 128-score tiles
-SPLIT = TopkTiles(resident_max=64, block=128, target_programs=12, num_warps=4)
+SPLIT = TopkTiles(rank_max_pairs=0, resident_max=64, block=128, target_programs=12, num_warps=4)
+#: the rank layout at every test size, blocks of keys wider than the blocks of entries
+RANK = TopkTiles(rank_max_pairs=1 << 30, rank_rows=64, rank_block=128)
+LAYOUTS = pytest.mark.parametrize("tiles", [RANK, RESIDENT, SPLIT], ids=["rank", "resident", "split"])
 
 
 def masked_case(
@@ -60,9 +67,9 @@ def assert_same_as_reference(
     [(3, 64, 16, False), (5, 700, 512, True), (2, 3000, 512, False), (4, 300, 1, True), (2, 40, 512, False)],
     ids=["small", "ties-short-rows", "long", "k1-ties", "k-past-n"],
 )
-@pytest.mark.parametrize("tiles", [None, SPLIT], ids=["resident", "split"])
+@LAYOUTS
 def test_triton_select_matches_reference(
-    rows: int, n: int, k: int, ties: bool, tiles: TopkTiles | None, device: torch.device
+    rows: int, n: int, k: int, ties: bool, tiles: TopkTiles, device: torch.device
 ) -> None:
     scores, limit = masked_case(rows, n, ties=ties, device=device, seed=n + k)
     assert_same_as_reference(scores, limit, k, topk_select_triton(scores, limit, k, tiles))
@@ -73,8 +80,8 @@ def test_dispatch_runs_the_triton_path(device: torch.device) -> None:
     assert_same_as_reference(scores, limit, 512, masked_topk(scores, limit, 512, impl="triton"))
 
 
-@pytest.mark.parametrize("tiles", [None, SPLIT], ids=["resident", "split"])
-def test_float_corner_cases_follow_the_tie_rule(tiles: TopkTiles | None, device: torch.device) -> None:
+@LAYOUTS
+def test_float_corner_cases_follow_the_tie_rule(tiles: TopkTiles, device: torch.device) -> None:
     """-0.0 ties with 0.0, NaN ranks above +inf, subnormals and infinities keep their order."""
     g = torch.Generator().manual_seed(7)
     scores = torch.randn(3, 200, generator=g)
@@ -102,8 +109,9 @@ def test_empty_selections_and_bad_inputs(device: torch.device) -> None:
         masked_topk(scores, limit[:1], 4, impl="triton")
     with pytest.raises(IndexerInputError, match="k >= 0"):
         masked_topk(scores, limit, -1, impl="reference")
-    with pytest.raises(IndexerInputError, match="power of two"):
-        topk_select_triton(scores, limit, 4, TopkTiles(block=3000))
+    for bad in (TopkTiles(block=3000), TopkTiles(rank_rows=12)):
+        with pytest.raises(IndexerInputError, match="powers of two"):
+            topk_select_triton(scores, limit, 4, bad)
 
 
 @pytest.mark.gpu
@@ -131,12 +139,14 @@ def test_real_sizes_without_host_sync(rows: int, n: int) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("n", [2048, 131072], ids=["resident", "split"])
-def test_selection_replays_in_a_cuda_graph(n: int) -> None:
-    """8 decode rows captured once, replayed on new scores: the same indices as an eager call."""
+@pytest.mark.parametrize(
+    ("rows", "n"), [(1, 2048), (8, 2048), (8, 131072)], ids=["rank", "resident", "split"]
+)
+def test_selection_replays_in_a_cuda_graph(rows: int, n: int) -> None:
+    """Decode rows captured once, replayed on new scores: the same indices as an eager call."""
     device = torch.device("cuda")
-    scores = torch.randn(8, n, device=device)
-    limit = torch.full((8,), n, device=device, dtype=torch.int32)
+    scores = torch.randn(rows, n, device=device)
+    limit = torch.full((rows,), n, device=device, dtype=torch.int32)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -145,7 +155,7 @@ def test_selection_replays_in_a_cuda_graph(n: int) -> None:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured, captured_valid = masked_topk(scores, limit, 512, impl="triton")
-    scores.copy_(torch.randn(8, n, device=device))
+    scores.copy_(torch.randn(rows, n, device=device))
     graph.replay()
     eager, eager_valid = masked_topk(scores, limit, 512, impl="triton")
     assert torch.equal(captured, eager)
@@ -157,3 +167,12 @@ def test_the_faster_path_is_chosen_by_shape() -> None:
     take torch.topk."""
     assert prefers_triton(2048, 2048) and prefers_triton(1, 262_144) and prefers_triton(8, 32_768)
     assert not prefers_triton(9, 262_144) and not prefers_triton(2048, 65_536)
+
+
+def test_one_short_decode_row_is_ranked() -> None:
+    """Up to 2^24 comparisons (one row of 4,096 scores) the rank layout; past it registers, then splits."""
+    tiles = TopkTiles()
+    assert choose_layout(tiles, 1, 4096) == choose_layout(tiles, 4, 2048) == "rank"
+    assert choose_layout(tiles, 1, 4097) == choose_layout(tiles, 8, 2048) == "resident"
+    assert choose_layout(tiles, 1, 8193) == "split"
+    assert choose_layout(TopkTiles(rank_max_pairs=0), 1, 16) == "resident"
