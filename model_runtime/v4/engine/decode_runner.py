@@ -20,8 +20,9 @@ when profiles showed a launch costing the host time in proportion to its kernels
 profiler, a launch of a part costs the host 4-10 µs whatever its size (the profiler traces every node), so
 the parts cost nothing and only let the GPU start on the first layer while the host launches the rest.
 
-The layers' mHC mappings run on a side stream of the runner's (`DecodeStep.mix_stream`, `model/mhc.py`),
-so a captured step is a graph with short branches beside its chain.
+The layers' mHC mappings, compressors and indexers run on side streams of the runner's
+(`DecodeStep.side_streams`, `model/side_streams.py`), so a captured step is a graph with short branches
+beside its chain.
 
 Every graph of the runner, of every shape, shares one memory pool: they never run at the same time, and a
 step's logits are copied out right after its replay, so the pool holds one step's scratch, not one per shape.
@@ -39,6 +40,7 @@ from deepscout.model_runtime.v4.engine.paged_cache import PagedSequenceCache
 from deepscout.model_runtime.v4.engine.scheduler import Chunk
 from deepscout.model_runtime.v4.engine.state_cache import StatePool
 from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage
+from deepscout.model_runtime.v4.model.side_streams import SideStreams
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind
 
@@ -72,8 +74,7 @@ class DecodeRunner:
         self.device = model.embed.weight.device
         self.storage = _layer_storage(model, kv, states)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        # the mHC mappings' side stream; high priority, so it is never the pool stream a capture runs on
-        self.mix_stream = torch.cuda.Stream(self.device, priority=-1) if self.device.type == "cuda" else None
+        self.side_streams = SideStreams.on(self.device)
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool: torch.cuda._POOL_HANDLE | None = None  # every graph's memory (made at the first capture)
         self.graph_replays = 0
@@ -147,7 +148,7 @@ class DecodeRunner:
         for row, cache in enumerate(caches):
             table = cache.device_block_table(self.device)
             tables[row, : table.shape[0]] = table
-        return DecodeStep(token_ids, positions, slots, tables, self.model.kernels, self.mix_stream)
+        return DecodeStep(token_ids, positions, slots, tables, self.model.kernels, self.side_streams)
 
     def _capture(self, key: tuple[int, int], step: DecodeStep, storage: list[LayerStorage]) -> None:
         """Record the step for this shape, in parts (capture runs nothing, so the caches are not touched).
@@ -159,7 +160,7 @@ class DecodeRunner:
             step.slots.clone(),
             step.block_tables.clone(),
             step.kernels,
-            step.mix_stream,
+            step.side_streams,
         )
         torch.cuda.synchronize(self.device)
         if self._pool is None:

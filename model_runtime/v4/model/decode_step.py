@@ -54,6 +54,7 @@ from deepscout.model_runtime.v4.model.primitives import (
     apply_rope,
     apply_rope_into,
 )
+from deepscout.model_runtime.v4.model.side_streams import SideStreams, side_chain, wait_for
 from deepscout.model_runtime.v4.model_config import LayerKind
 
 _T = TypeVar("_T")
@@ -78,15 +79,15 @@ class DecodeStep:
 
     What the layers derive from them (ring rows, entry limits, the compressors' RoPE tables, ...) depends
     only on the window or the ratio, so it is computed once per step (`derived`), not once per layer: in a
-    captured graph that is a few dozen kernels instead of hundreds. `mix_stream`: the CUDA stream the
-    layers' mHC mappings run on beside the sub-blocks (`model/mhc.py`), or None (in line)."""
+    captured graph that is a few dozen kernels instead of hundreds. `side_streams`: the CUDA streams the
+    layers' independent chains run on (`side_streams.py`), or None (in line)."""
 
     token_ids: torch.Tensor
     positions: torch.Tensor
     slots: torch.Tensor
     block_tables: torch.Tensor
     kernels: KernelImpl
-    mix_stream: torch.cuda.Stream | None = None
+    side_streams: SideStreams | None = None
     _derived: dict[Hashable, object] = field(default_factory=dict, compare=False, repr=False)
 
     def derived(self, key: Hashable, make: Callable[[], _T]) -> _T:
@@ -142,29 +143,40 @@ def decode_attention(
     rope: RopeTable,
     compress_rope: RopeSpec,
 ) -> torch.Tensor:
-    """The layer's attention output `[B, hidden]` for normed inputs `x` `[B, hidden]`."""
+    """The layer's attention output `[B, hidden]` for normed inputs `x` `[B, hidden]`.
+
+    With side streams (`side_streams.py`) the token's keys (the indexer's compressor step, the window-ring
+    row, the main compressor step) and the indexer's queries and top-k run beside the query projection;
+    the indexer's chain waits for its compressor's entry before it scores, the attention for both chains."""
     projected = _project_input(attn, x, step.kernels)
+    streams = step.side_streams
+    index_entries: torch.cuda.Event | None = None
+    with side_chain(streams.keys if streams is not None else None) as keys_written:
+        if attn.indexer is not None:
+            _compress(attn.indexer.compressor, projected, storage, "indexer", step, compress_rope)
+            index_entries = keys_written.mark()
+        apply_rope_into(  # the token's KV row and its position, into the window ring
+            projected[attn.wkv],
+            rope,
+            storage.window_kv.view(-1, attn.head_dim),
+            step.ring_rows(attn.window),
+            norm=attn.kv_norm.before_rope(),
+            positions=RowPositions(step.positions, storage.window_pos.view(-1)),
+        )
+        if attn.compressor is not None:
+            _compress(attn.compressor, projected, storage, "main", step, compress_rope)
     q_residual = attn.q_norm(projected[attn.wq_a])
+    index_stream = streams.index if streams is not None and attn.indexer is not None else None
+    with side_chain(index_stream) as indexed:
+        entries = _entry_keys(attn, projected, q_residual, rope, storage, step, index_entries)
     q = apply_rope(attn.queries(q_residual), rope, norm=attn.q_head_norm())
-    ring = step.ring_rows(attn.window)  # the token's KV row and its position, into the window ring
-    ring_pos = RowPositions(step.positions, storage.window_pos.view(-1))
-    kv_norm = attn.kv_norm.before_rope()
-    apply_rope_into(
-        projected[attn.wkv],
-        rope,
-        storage.window_kv.view(-1, attn.head_dim),
-        ring,
-        norm=kv_norm,
-        positions=ring_pos,
-    )
-    if attn.compressor is not None:
-        _compress(attn.compressor, projected, storage, "main", step, compress_rope)
-    if attn.indexer is not None:
-        _compress(attn.indexer.compressor, projected, storage, "indexer", step, compress_rope)
+    band = step.band(storage.window_kv, storage.window_pos)
+    keys_written.join()
+    indexed.join()
     out = sparse_attention(
         q.to(storage.window_kv.dtype),
-        step.band(storage.window_kv, storage.window_pos),
-        _entry_keys(attn, projected, q_residual, rope, storage, step),
+        band,
+        entries,
         attn.sinks(),
         step.positions,
         scale=attn.scale,
@@ -216,8 +228,11 @@ def _entry_keys(
     rope: RopeTable,
     storage: LayerStorage,
     step: DecodeStep,
+    index_entries: torch.cuda.Event | None,
 ) -> EntryKeys | None:
-    """Every complete entry (HCA) or the indexer's top-k of them (CSA); None on sliding layers."""
+    """Every complete entry (HCA) or the indexer's top-k of them (CSA); None on sliding layers.
+    `index_entries`: where the indexer's compressor has written this step's entry, when another stream
+    does (the queries are projected before waiting for it)."""
     if attn.kind is LayerKind.SLIDING:
         return None
     main = storage.entries["main"]
@@ -228,6 +243,7 @@ def _entry_keys(
     if attn.kind is LayerKind.CSA:
         assert attn.indexer is not None
         index = attn.indexer.queries_from(projected[attn.indexer.weights_proj], q_residual, rope)
+        wait_for(index_entries)
         paged_rows = step.derived(
             "paged_rows",
             lambda: PagedRows(

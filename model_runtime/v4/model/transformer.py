@@ -316,6 +316,7 @@ class DeepseekV4Model(nn.Module):
         """Streams after the decode step's `layers` (consecutive layer indices) have run on `state`'s, with
         their premix by the next layer's mixing weight (the hyper-head's after the last layer)."""
         compress_rope = self.rope_spec(LayerKind.CSA)
+        mix_stream = step.side_streams.mix if step.side_streams is not None else None
         for i in layers:
             layer = cast(Block, self.layers[i])
             kind = LayerKind.SLIDING if layer.attn.kind is LayerKind.SLIDING else LayerKind.CSA
@@ -330,9 +331,7 @@ class DeepseekV4Model(nn.Module):
             )
             last = i + 1 == len(self.layers)
             next_fn = self.hc_head_fn if last else cast(Block, self.layers[i + 1]).hc_attn_fn
-            state = layer.run(
-                state, step.token_ids, attend, step.kernels, self.dtype, step.mix_stream, next_fn
-            )
+            state = layer.run(state, step.token_ids, attend, step.kernels, self.dtype, mix_stream, next_fn)
         return state
 
     def logits(self, streams: torch.Tensor, mix: MixLogits | None = None) -> torch.Tensor:
