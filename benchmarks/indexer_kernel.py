@@ -79,7 +79,12 @@ def tile_candidates(queries: int, heads: int, sweep: bool) -> list[Any]:
 
     tiles = [default_tiles(queries, heads)]
     if sweep and queries == 1:
-        tiles += [IndexerTiles(1, 64, 64), IndexerTiles(1, 64, 256, num_warps=8), IndexerTiles(1, 32, 128)]
+        tiles += [
+            IndexerTiles(1, 64, 32),  # short rows (8K context: 2,048 keys): more programs than 128-key tiles
+            IndexerTiles(1, 64, 64),
+            IndexerTiles(1, 64, 256, num_warps=8),
+            IndexerTiles(1, 32, 128),
+        ]
     elif sweep:
         tiles += [
             IndexerTiles(64, 1, 64, num_warps=4),
@@ -192,7 +197,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--formats", default="plain,fp8,mxfp4")
-    parser.add_argument("--keys", default=None, help="keys per row, comma-separated (default 32768,262144)")
+    parser.add_argument(
+        "--keys", default=None, help="keys per row, comma-separated (default 32768,262144; 8K context: 2048)"
+    )
     parser.add_argument("--sweep", action="store_true", help="also time alternative tile shapes")
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "indexer_kernel.json"
