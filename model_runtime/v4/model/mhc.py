@@ -10,11 +10,9 @@ The stream passes (mixing logits, collapse, merge) are `kernels/hc_streams.py`, 
 
 Only the merge needs the post and mix mappings, so on CUDA they may be computed on a side stream
 (`hc_split(..., side=)`) while the collapse and the sub-block run: the 20-round Sinkhorn chain, a few
-microseconds of one warp, leaves the critical path. The side stream waits for the logits; the merge waits
-for the mappings (`HcMapping.ready`). The logits the side stream reads are made on the current stream and
-held by the `HcMapping` until the merge; the mappings it writes are recorded as used by the current stream
-(`record_stream`): the caching allocator hands neither out while a stream may still use it. Captured in a
-CUDA graph, the fork and join become the graph's edges.
+microseconds of one warp, leaves the critical path. The mappings are a `side_chain` (`side_streams.py`,
+whose memory rule they follow): forked after the logits, joined by the merge (`HcMapping.chain`), which
+comes before the layer returns; the `HcMapping` holds the logits the chain reads until then.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from deepscout.model_runtime.v4.kernels.hc_mix import hc_mix
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.model.primitives import RMSNorm
+from deepscout.model_runtime.v4.model.side_streams import SideChain, side_chain
 from deepscout.model_runtime.v4.model_config import ModelArgs
 
 
@@ -57,13 +56,13 @@ class HcState:
 @dataclass(frozen=True)
 class HcMapping:
     """What a sub-block's merge needs: `post` `[n, hc]` and the residual mix `comb` `[n, hc, hc]` (float32),
-    and when they were computed on a side stream, the event recorded after them (`ready`) and the logits
-    they were computed from (held until the merge)."""
+    the side chain that computed them (the merge joins it), and the logits that chain reads (held until the
+    join)."""
 
     post: torch.Tensor
     comb: torch.Tensor
-    ready: torch.cuda.Event | None = None
-    logits: MixLogits | None = None
+    chain: SideChain
+    logits: MixLogits
 
 
 def hc_split(
@@ -120,8 +119,8 @@ def _mapping(
     kernels: KernelImpl,
     side: torch.cuda.Stream | None,
 ) -> HcMapping:
-    def compute() -> tuple[torch.Tensor, torch.Tensor]:
-        return hc_mix(
+    with side_chain(side) as chain:
+        post, comb = hc_mix(
             logits,
             scale,
             base,
@@ -131,26 +130,15 @@ def _mapping(
             eps=hc.eps,
             impl=kernels,
         )
-
-    if side is None:
-        return HcMapping(*compute())
-    current = torch.cuda.current_stream(side.device)
-    side.wait_stream(current)
-    with torch.cuda.stream(side):
-        post, comb = compute()
-        ready = torch.cuda.Event()
-        ready.record(side)
-    post.record_stream(current)
-    comb.record_stream(current)
-    return HcMapping(post, comb, ready, logits)
+    return HcMapping(post, comb, chain, logits)
 
 
 def hc_merge(
     block_out: torch.Tensor, streams: torch.Tensor, mapping: HcMapping, kernels: KernelImpl = "reference"
 ) -> torch.Tensor:
     """New streams: post-weighted block output plus the residual streams mixed by comb^T (after the
-    mappings are ready)."""
-    _wait_for(mapping, block_out.device)
+    chain that computed the mappings is joined)."""
+    mapping.chain.join()
     return hc_streams.hc_merge(block_out, streams, mapping.post, mapping.comb, impl=kernels)
 
 
@@ -163,14 +151,8 @@ def hc_merge_premix(
 ) -> tuple[torch.Tensor, MixLogits]:
     """`hc_merge`'s new streams and their premix by the next sub-block's `fn` (for its `hc_split`), in one
     pass at decode sizes."""
-    _wait_for(mapping, block_out.device)
+    mapping.chain.join()
     return hc_streams.hc_merge_premix(block_out, streams, mapping.post, mapping.comb, fn, impl=kernels)
-
-
-def _wait_for(mapping: HcMapping, device: torch.device) -> None:
-    """Make the current stream wait for the mappings when a side stream computes them."""
-    if mapping.ready is not None:
-        torch.cuda.current_stream(device).wait_event(mapping.ready)
 
 
 def hc_head_parameters(args: ModelArgs) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
