@@ -10,6 +10,9 @@ Reported per case: the Triton kernel's scores, torch.topk on them, their total, 
 top-k (per chunk of 4K / 16K keys, then over the candidates; same selected scores) as a candidate
 replacement, the achieved rate and the fraction of the floor; the float32 reference's time where it fits in
 memory (decode, and prefill at 32K). `--sweep` also times a few tile shapes per case, keeping the fastest.
+Decode cases are timed as CUDA-graph replays (`device_rates.timed(graphs=True)`), as the decode step runs
+them: launched from Python one at a time, a short row's call measures the launch (about 22 µs at 2,048
+keys), not the kernel.
 
 Prints a table and writes `benchmarks/results/indexer_kernel.json` (or `--json PATH`).
 
@@ -104,18 +107,23 @@ def run_case(
     device = torch.device(opts.device)
     queries = opts.prefill_queries if kind == "prefill" else 1
     q, w, stored, layout, limit = make_case(fmt, rows, queries, keys, opts.heads, opts.dim, device)
+    graphs = kind == "decode"
     best: tuple[float, Any] | None = None
     for tiles in tile_candidates(queries, opts.heads, opts.sweep):
         seconds = timed(
-            partial(indexer_scores_triton, q, w, stored, layout, limit, score_scale(q), tiles), device
+            partial(indexer_scores_triton, q, w, stored, layout, limit, score_scale(q), tiles),
+            device,
+            graphs=graphs,
         )
         if best is None or seconds < best[0]:
             best = (seconds, tiles)
     assert best is not None
     scores_s, tiles = best
     scores = indexer_scores_triton(q, w, stored, layout, limit, score_scale(q), tiles)
-    topk_s = timed(lambda: masked_topk(scores, limit, TOPK, impl="reference"), device)
-    chunked = {c: timed(partial(chunked_topk, scores, limit, TOPK, c), device) for c in TOPK_CHUNKS}
+    topk_s = timed(lambda: masked_topk(scores, limit, TOPK, impl="reference"), device, graphs=graphs)
+    chunked = {
+        c: timed(partial(chunked_topk, scores, limit, TOPK, c), device, graphs=graphs) for c in TOPK_CHUNKS
+    }
     assert_same_selection(
         scores, masked_topk(scores, limit, TOPK, impl="reference"), chunked_topk(scores, limit, TOPK, 4096)
     )
