@@ -12,7 +12,7 @@ replacement, the achieved rate and the fraction of the floor; the float32 refere
 memory (decode, and prefill at 32K). `--sweep` also times a few tile shapes per case, keeping the fastest.
 Decode cases are timed as CUDA-graph replays (`device_rates.timed(graphs=True)`), as the decode step runs
 them: launched from Python one at a time, a short row's call measures the launch (about 22 µs at 2,048
-keys), not the kernel.
+keys), not the kernel. The float32 reference is timed as launched (its speedup column compares the two).
 
 Prints a table and writes `benchmarks/results/indexer_kernel.json` (or `--json PATH`).
 
