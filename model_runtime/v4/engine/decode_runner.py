@@ -14,13 +14,14 @@ the graph's static buffers and replay it. Block tables are padded to one of eigh
 sized by the width (indexer scoring, top-k, the HCA splits) do at most 12.5% more work than the context needs
 (a power-of-two width cost up to 2x just past each doubling: 1M tokens + 1 padded to 2M).
 
-A step is captured as several graphs (`graph_parts`: the embedding and the first layer, then
-`LAYERS_PER_GRAPH` layers each, the last also computing the logits), replayed in order. The split was made
-when profiles showed a launch costing the host time in proportion to its kernels; measured without the
-profiler, a launch of a part costs the host 4-10 µs whatever its size (the profiler traces every node), so
-the parts cost nothing and only let the GPU start on the first layer while the host launches the rest.
+A step is captured as one graph, from the embedding to the logits. It was once captured in parts (the
+first layer, then four layers a part) so that the GPU could start while the host launched the rest; with
+the layers' side streams every boundary between parts drains all of them and drops the programmatic
+launch overlap of the kernels across it, and one graph replays 0.2 ms a step faster (about 16 µs a
+boundary; `benchmarks/v4_speed_notes.md`, eighteenth session), while a graph's launch costs the host a few
+microseconds whatever its size.
 
-The layers' mHC mappings, compressors and indexers run on side streams of the runner's
+The layers' mHC mappings, compressors, indexers and routers run on side streams of the runner's
 (`DecodeStep.side_streams`, `model/side_streams.py`), so a captured step is a graph with short branches
 beside its chain.
 
@@ -44,9 +45,6 @@ from deepscout.model_runtime.v4.model.side_streams import SideStreams
 from deepscout.model_runtime.v4.model.transformer import DeepseekV4Model
 from deepscout.model_runtime.v4.model_config import LayerKind
 
-LAYERS_PER_GRAPH = 4
-"""Layers per captured graph of a decode step (see the module docstring)."""
-
 
 @dataclass(frozen=True)
 class CarriedTokens:
@@ -59,9 +57,9 @@ class CarriedTokens:
 
 @dataclass
 class _Graph:
-    """A captured step (its graphs, replayed in order) and the static tensors it reads and writes."""
+    """A captured step and the static tensors it reads and writes."""
 
-    parts: tuple[torch.cuda.CUDAGraph, ...]
+    graph: torch.cuda.CUDAGraph
     step: DecodeStep
     logits: torch.Tensor
 
@@ -102,8 +100,7 @@ class DecodeRunner:
         graph = self._graphs.get(key)
         if graph is not None:
             _copy_inputs(graph.step, step)
-            for part in graph.parts:
-                part.replay()
+            graph.graph.replay()
             self.graph_replays += 1
             logits = graph.logits.clone()
         else:
@@ -119,8 +116,7 @@ class DecodeRunner:
         Under expert parallelism this must come before the process group is destroyed: a live graph holding
         NCCL collectives makes NCCL's communicator teardown wait forever (pytorch/pytorch#115388)."""
         for graph in self._graphs.values():
-            for part in graph.parts:
-                part.reset()
+            graph.graph.reset()
         self._graphs.clear()
         self._pool = None
 
@@ -151,9 +147,9 @@ class DecodeRunner:
         return DecodeStep(token_ids, positions, slots, tables, self.model.kernels, self.side_streams)
 
     def _capture(self, key: tuple[int, int], step: DecodeStep, storage: list[LayerStorage]) -> None:
-        """Record the step for this shape, in parts (capture runs nothing, so the caches are not touched).
-        Capture errors are this thread's only: under expert parallelism NCCL's watchdog thread polls its
-        events during the capture, which the default (global) mode would turn into a failed capture."""
+        """Record the step for this shape (capture runs nothing, so the caches are not touched). Capture
+        errors are this thread's only: under expert parallelism NCCL's watchdog thread polls its events
+        during the capture, which the default (global) mode would turn into a failed capture."""
         static = DecodeStep(
             step.token_ids.clone(),
             step.positions.clone(),
@@ -165,21 +161,10 @@ class DecodeRunner:
         torch.cuda.synchronize(self.device)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        pool = self._pool
-        n_layers = len(self.model.layers)
-        parts = []
-        state = logits = None
-        for layers in graph_parts(n_layers):
-            part = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(part, pool=pool, capture_error_mode="thread_local"):
-                if state is None:
-                    state = self.model.decode_embed(static)
-                state = self.model.decode_layers(state, static, storage, layers)
-                if layers.stop == n_layers:
-                    logits = self.model.logits(state.streams, state.mix).float()
-            parts.append(part)
-        assert logits is not None
-        self._graphs[key] = _Graph(tuple(parts), static, logits)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            logits = self.model.decode(static, storage)
+        self._graphs[key] = _Graph(graph, static, logits)
 
 
 def _copy_inputs(static: DecodeStep, step: DecodeStep) -> None:
@@ -193,13 +178,6 @@ def _cache(chunk: Chunk) -> PagedSequenceCache:
     cache = chunk.seq.cache
     assert isinstance(cache, PagedSequenceCache) and cache.num_tokens == chunk.start
     return cache
-
-
-def graph_parts(n_layers: int) -> list[range]:
-    """The layers of each captured part of a step, in order: the first alone, then `LAYERS_PER_GRAPH` at a
-    time (see the module docstring)."""
-    starts = [0, *range(1, n_layers, LAYERS_PER_GRAPH)]
-    return [range(a, min(b, n_layers)) for a, b in zip(starts, [*starts[1:], n_layers], strict=True)]
 
 
 def bucket_width(blocks: int) -> int:

@@ -39,6 +39,7 @@ from deepscout.model_runtime.v4.model.projections import (
     project_rows,
     projection,
 )
+from deepscout.model_runtime.v4.model.side_streams import side_chain
 from deepscout.model_runtime.v4.model_config import ModelArgs, WeightFormat
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK
 
@@ -385,15 +386,24 @@ class MoE(nn.Module):
             self.shared_units = slice(0, shared.w1.weight.shape[0]) if parallelism.rank == 0 else None
 
     def forward(
-        self, x: torch.Tensor, token_ids: torch.Tensor, kernels: KernelImpl = "reference"
+        self,
+        x: torch.Tensor,
+        token_ids: torch.Tensor,
+        kernels: KernelImpl = "reference",
+        route_stream: torch.cuda.Stream | None = None,
     ) -> torch.Tensor:
-        weights, indices = self.gate(x, token_ids, kernels)
+        """The layer's output for `x`; the routing on `route_stream` when given (`side_streams.py`), beside
+        the shared expert."""
+        with side_chain(route_stream) as routed:
+            weights, indices = self.gate(x, token_ids, kernels)
         experts, limit, ep = self.experts, self.experts.limit, self.parallelism
         if ep is None:
             shared = self.shared_experts(x, kernels)
+            routed.join()
             return grouped_moe(x, weights, indices, experts.stacks, limit, impl=kernels, add=shared)
         units = self.shared_units
         shared = None if units is None else self.shared_experts(x, kernels, units)
+        routed.join()
         # this rank's part in float32: one rounding to x's dtype after the ranks' sum, not one per part
         part = grouped_moe(
             x,

@@ -4,8 +4,8 @@ A decode step at batch 1 is a chain of small kernels, most of them too short to 
 layer's work splits into chains with no data between them, each runs on its own stream (`SideStreams`):
 the layers' mHC mappings (`mhc.py`), the token's keys (its window-ring row and the compressors' step),
 and the indexer's queries and top-k (`decode_step.decode_attention`), beside the query projection on the
-current stream. Captured in a CUDA graph, the forks and joins become the graph's edges, so the chains'
-kernels overlap on the device.
+current stream; the MoE's routing (`moe.py`) beside its shared expert. Captured in a CUDA graph, the forks
+and joins become the graph's edges, so the chains' kernels overlap on the device.
 
 `side_chain` is the fork and the join: its body is queued on the side stream after everything queued so
 far on the current stream, and `SideChain.join` makes the current stream wait for the body's end
@@ -36,13 +36,14 @@ class SideStreams:
     mix: torch.cuda.Stream
     keys: torch.cuda.Stream
     index: torch.cuda.Stream
+    route: torch.cuda.Stream
 
     @classmethod
     def on(cls, device: torch.device) -> SideStreams | None:
         """Fresh side streams on a CUDA `device`; None elsewhere (the chains run in line)."""
         if device.type != "cuda":
             return None
-        return cls(*(torch.cuda.Stream(device, priority=-1) for _ in range(3)))
+        return cls(*(torch.cuda.Stream(device, priority=-1) for _ in range(4)))
 
 
 class SideChain:

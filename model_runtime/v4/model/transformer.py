@@ -39,6 +39,7 @@ from deepscout.model_runtime.v4.model.packing import RowSegment, pack_rows, pack
 from deepscout.model_runtime.v4.model.primitives import RMSNorm, RopeSpec, rope_inv_freq
 from deepscout.model_runtime.v4.model.projections import projection
 from deepscout.model_runtime.v4.model.random_weights import fill_random_
+from deepscout.model_runtime.v4.model.side_streams import SideStreams
 from deepscout.model_runtime.v4.model_config import LayerKind, ModelArgs, ModelConfigError, WeightFormat
 from deepscout.model_runtime.v4.weights.quant import FP4_BLOCK, FP8_BLOCK
 
@@ -86,14 +87,16 @@ class Block(nn.Module):
         attend: Callable[[torch.Tensor], torch.Tensor],
         kernels: KernelImpl,
         dtype: torch.dtype,
-        mix_stream: torch.cuda.Stream | None = None,
+        side: SideStreams | None = None,
         next_fn: torch.Tensor | None = None,
     ) -> HcState:
         """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
-        the device decode step's), its branches fed in the model's `dtype`; the mHC mappings on
-        `mix_stream` when given (`mhc.py`). With `next_fn` (the next layer's or the hyper-head's mixing
-        weight) the last merge also computes the new streams' premix by it."""
+        the device decode step's), its branches fed in the model's `dtype`; with `side` (a device decode
+        step's streams, `side_streams.py`) the mHC mappings run on its `mix` stream (`mhc.py`) and the MoE's
+        routing on its `route` stream. With `next_fn` (the next layer's or the hyper-head's mixing weight)
+        the last merge also computes the new streams' premix by it."""
         hc = HcSettings.of(self.args)
+        mix_stream = side.mix if side is not None else None
         streams = state.streams
         x, mapping = hc_split(
             streams,
@@ -120,7 +123,7 @@ class Block(nn.Module):
             mix_stream,
             logits,
         )
-        out = self.ffn(x, token_ids, kernels)
+        out = self.ffn(x, token_ids, kernels, side.route if side is not None else None)
         if next_fn is None:
             return HcState(hc_merge(out, streams, mapping, kernels))
         return HcState(*hc_merge_premix(out, streams, mapping, next_fn, kernels))
@@ -299,26 +302,12 @@ class DeepseekV4Model(nn.Module):
 
     def decode(self, step: DecodeStep, storage: Sequence[LayerStorage]) -> torch.Tensor:
         """Float32 next-token logits `[B, vocab]` of one device decode step (`decode_step.py`): every row adds
-        one token, reading and writing the engine's storage directly; no host sync, graph-capturable. It is
-        `decode_embed`, `decode_layers` over every layer, then `logits`, which run apart when the step is
-        captured as several graphs."""
-        state = self.decode_layers(self.decode_embed(step), step, storage, range(len(self.layers)))
-        return self.logits(state.streams, state.mix).float()
-
-    def decode_embed(self, step: DecodeStep) -> HcState:
-        """The step's tokens as the first layer's input streams `[B, hc, dim]` (float32)."""
+        one token, reading and writing the engine's storage directly; no host sync, graph-capturable."""
         x = self.embed(step.token_ids)
-        return HcState(x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous())
-
-    def decode_layers(
-        self, state: HcState, step: DecodeStep, storage: Sequence[LayerStorage], layers: range
-    ) -> HcState:
-        """Streams after the decode step's `layers` (consecutive layer indices) have run on `state`'s, with
-        their premix by the next layer's mixing weight (the hyper-head's after the last layer)."""
+        state = HcState(x.float().unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous())
         compress_rope = self.rope_spec(LayerKind.CSA)
-        mix_stream = step.side_streams.mix if step.side_streams is not None else None
-        for i in layers:
-            layer = cast(Block, self.layers[i])
+        for i, module in enumerate(self.layers):
+            layer = cast(Block, module)
             kind = LayerKind.SLIDING if layer.attn.kind is LayerKind.SLIDING else LayerKind.CSA
             table = step.derived(("rope", kind), partial(self.rope_spec(kind).at, step.positions))
             attend = partial(
@@ -331,8 +320,10 @@ class DeepseekV4Model(nn.Module):
             )
             last = i + 1 == len(self.layers)
             next_fn = self.hc_head_fn if last else cast(Block, self.layers[i + 1]).hc_attn_fn
-            state = layer.run(state, step.token_ids, attend, step.kernels, self.dtype, mix_stream, next_fn)
-        return state
+            state = layer.run(
+                state, step.token_ids, attend, step.kernels, self.dtype, step.side_streams, next_fn
+            )
+        return self.logits(state.streams, state.mix).float()
 
     def logits(self, streams: torch.Tensor, mix: MixLogits | None = None) -> torch.Tensor:
         """Vocabulary logits from final streams `[n, hc, dim]` (hyper-head, norm, head); `mix`: their premix

@@ -1,9 +1,8 @@
-"""The decode graphs' block-table widths (few shapes per doubling of the context, little padding) and their
-parts (every layer once, in order, the first alone)."""
+"""The decode graphs' block-table widths: few shapes per doubling of the context, little padding."""
 
 from __future__ import annotations
 
-from deepscout.model_runtime.v4.engine.decode_runner import LAYERS_PER_GRAPH, bucket_width, graph_parts
+from deepscout.model_runtime.v4.engine.decode_runner import bucket_width
 
 
 def test_widths_cover_the_blocks_with_at_most_an_eighth_of_an_octave_of_padding() -> None:
@@ -19,10 +18,3 @@ def test_eight_widths_per_doubling() -> None:
         assert len(widths) == 8
     assert bucket_width(8193) == 9216  # 1M tokens + 1 (128-token blocks): not 16,384
 
-
-def test_parts_cover_the_layers_in_order_the_first_alone() -> None:
-    for n_layers in range(1, 50):
-        parts = graph_parts(n_layers)
-        assert [layer for part in parts for layer in part] == list(range(n_layers))
-        assert len(parts[0]) == 1
-        assert all(1 <= len(part) <= LAYERS_PER_GRAPH for part in parts)
