@@ -17,4 +17,3 @@ def test_eight_widths_per_doubling() -> None:
         widths = {bucket_width(b) for b in range((1 << octave) + 1, (1 << (octave + 1)) + 1)}
         assert len(widths) == 8
     assert bucket_width(8193) == 9216  # 1M tokens + 1 (128-token blocks): not 16,384
-
