@@ -1,7 +1,8 @@
 """The Triton kernels behind `rms_norm` and `rope` with impl="triton" (contracts in `norm_rope.py`).
 
 RMS norm: one program per row, the whole row in registers. RoPE: one program per (token, block of
-heads), blocks of up to 16 heads, fewer when the tokens are few (`_rope_head_block`); the pass-through
+heads), blocks of up to 16 heads, fewer when the tokens are too few to give every multiprocessor a program
+(`_rope_head_block`); the pass-through
 channels are copied, the rotated pairs read as (even, odd) halves; the output rows are a new tensor's, or
 (`rope_into_rows`) rows of another tensor named per token, with the token's position stored beside it when
 asked (the window ring's positions). With a `RowNorm` the program first RMS-normalises each of its heads'
@@ -15,11 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels.fp8_linear_triton import multiprocessors
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm, RowPositions
-
-_ROPE_PROGRAMS = 128
-"""Programs a RoPE launch aims for (about one per multiprocessor of an H200)."""
 
 
 @triton.jit
@@ -184,7 +183,7 @@ def rope_triton(
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     if n:
         nope = dim - 2 * half
-        head_block = _rope_head_block(n, heads)
+        head_block = rope_head_block(n, heads, programs=multiprocessors(x3.device))
         _rope_kernel[(n, triton.cdiv(heads, head_block))](
             x3,
             cos,
@@ -218,10 +217,11 @@ def rope_triton(
     return out3 if x.dim() == 3 else out3.squeeze(1)
 
 
-def _rope_head_block(n: int, heads: int) -> int:
-    """Heads per program: up to 16, fewer while the programs would not reach `_ROPE_PROGRAMS` (a decode
-    step's 64 query heads as 4 programs left the step's largest RoPE launch on 4 multiprocessors)."""
+def rope_head_block(n: int, heads: int, *, programs: int) -> int:
+    """Heads per program for `n` tokens of `heads` heads: up to 16, fewer while the launch would have
+    fewer than `programs` programs (a decode step's 64 query heads as 4 programs left the step's largest
+    RoPE launch on 4 multiprocessors; under the interpreter, one program a token is fastest)."""
     block = min(16, triton.next_power_of_2(heads))
-    while block > 1 and n * triton.cdiv(heads, block) < _ROPE_PROGRAMS:
+    while block > 1 and n * triton.cdiv(heads, block) < programs:
         block //= 2
     return block

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm, rope, rope_into_rows
+from deepscout.model_runtime.v4.kernels.norm_rope_triton import rope_head_block
 from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm, RowPositions
 
 
@@ -100,3 +101,11 @@ def test_rope_into_rows_writes_the_positions_beside_the_rows(device: torch.devic
         want = torch.full((16,), -1, dtype=torch.long, device=device)
         want[rows] = values
         assert torch.equal(ring_pos, want)
+
+
+def test_rope_head_blocks_shrink_until_the_launch_fills_the_multiprocessors() -> None:
+    assert rope_head_block(2048, 64, programs=132) == 16  # prefill: blocks of 16 heads fill the GPU
+    assert rope_head_block(8, 64, programs=132) == 2  # 256 programs; 4 heads a program would be 128
+    assert rope_head_block(1, 64, programs=132) == 1  # a decode row: one program a head
+    assert rope_head_block(30, 8, programs=1) == 8  # the interpreter (one multiprocessor): a token a program
+    assert rope_head_block(5, 20, programs=1) == 16  # two blocks, the second masked past head 20
