@@ -17,7 +17,7 @@ sized by the width (indexer scoring, top-k, the HCA splits) do at most 12.5% mor
 A step is captured as one graph, from the embedding to the logits. It was once captured in parts (the
 first layer, then four layers a part) so that the GPU could start while the host launched the rest; with
 the layers' side streams every boundary between parts drains all of them and drops the programmatic
-launch overlap of the kernels across it, and one graph replays 0.2 ms a step faster (about 16 µs a
+launch overlap of the kernels across it, and one graph replays 0.2 ms a step faster (about 18 µs a
 boundary; `benchmarks/v4_speed_notes.md`, eighteenth session). The host needs no head start: the engine
 launches a step while the GPU still runs the one before, and was found ahead of the GPU at 93 of 97
 replays.
