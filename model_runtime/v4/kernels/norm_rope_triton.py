@@ -2,12 +2,11 @@
 
 RMS norm: one program per row, the whole row in registers. RoPE: one program per (token, block of
 heads), blocks of up to 16 heads, fewer when the tokens are too few to give every multiprocessor a program
-(`_rope_head_block`); the pass-through
-channels are copied, the rotated pairs read as (even, odd) halves; the output rows are a new tensor's, or
-(`rope_into_rows`) rows of another tensor named per token, with the token's position stored beside it when
-asked (the window ring's positions). With a `RowNorm` the program first RMS-normalises each of its heads'
-rows (all of a head's channels are its own), rounding the normed values to x's dtype as the unfused norm
-stores them, so the rotation sees the same inputs.
+(`rope_head_block`); the pass-through channels are copied, the rotated pairs read as (even, odd) halves;
+the output rows are a new tensor's, or (`rope_into_rows`) rows of another tensor named per token, with the
+token's position stored beside it when asked (the window ring's positions). With a `RowNorm` the program
+first RMS-normalises each of its heads' rows (all of a head's channels are its own), rounding the normed
+values to x's dtype as the unfused norm stores them, so the rotation sees the same inputs.
 """
 
 from __future__ import annotations
