@@ -40,11 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.fp8_linear_triton import (
-    _decode_scales,
-    multiprocessors,
-    stored_scales,
-)
+from deepscout.model_runtime.v4.kernels.fp8_linear_triton import _decode_scales, stored_scales
+from deepscout.model_runtime.v4.kernels.multiprocessors import multiprocessors
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.kernels.swiglu_triton import swiglu_values
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK

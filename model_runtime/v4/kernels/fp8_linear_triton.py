@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deepscout.model_runtime.v4.kernels.multiprocessors import multiprocessors
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
 
@@ -172,12 +173,6 @@ def stored_scales(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tens
         raise ValueError("the FP8 weight and its scales must be row-major")
     e8m0 = scale.dtype in (torch.float8_e8m0fnu, torch.uint8)
     return (scale.view(torch.uint8) if e8m0 else scale.to(torch.float32)), e8m0
-
-
-def multiprocessors(device: torch.device) -> int:
-    """The device's multiprocessors, which the decode kernels size their grids by (off CUDA one: the
-    interpreter gains nothing from many programs)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def device_tiles(m: int, n: int, k: int, *, groups: int, device: torch.device) -> TileConfig:

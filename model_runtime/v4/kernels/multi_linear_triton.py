@@ -58,7 +58,8 @@ from deepscout.model_runtime.v4.kernels.fp8_linear_gemv_triton import (
     gemv_activations,
     gemv_block_n,
 )
-from deepscout.model_runtime.v4.kernels.fp8_linear_triton import multiprocessors, stored_scales
+from deepscout.model_runtime.v4.kernels.fp8_linear_triton import stored_scales
+from deepscout.model_runtime.v4.kernels.multiprocessors import multiprocessors
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.weights.quant import FP8_BLOCK
 

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.fp8_linear_triton import multiprocessors
+from deepscout.model_runtime.v4.kernels.multiprocessors import multiprocessors
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 from deepscout.model_runtime.v4.kernels.rope_rows import RowNorm, RowPositions
 
