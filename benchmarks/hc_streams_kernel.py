@@ -3,12 +3,12 @@ reference, at V4 widths (hc 4, hidden 4096, 24 mixing logits, float32 streams, b
 
 Per token count in `--tokens` (decode steps and a prefill chunk): `premix` (the RMS-normed projection to
 the mixing logits, left in slices), `collapse` (the pre weights and the pre-weighted sum to the sub-block
-input, RMS-normed, in bfloat16),
-`merge` (the new streams), `merge+premix` (the new streams and the next sub-block's logits), and
-`sub-block` (all the mHC work around one attention or MoE call:
-`model/mhc.py`'s `hc_split` with the Sinkhorn mapping, then `hc_merge`). Times are CUDA-graph replays
-(`device_rates.timed(graphs=True)`), as the decode path runs; the floor is each pass's bytes read + written
-over a device-to-device copy's rate.
+input, RMS-normed, in bfloat16), `merge` (the new streams), `merge+premix` (the new streams and the next
+sub-block's logits), `merge+collapse` (those and the next sub-block's input: one launch on a GPU, where
+`merge+premix` and `collapse` are two), and `sub-block` (all the mHC work around one attention or MoE
+call: `model/mhc.py`'s `hc_split` with the Sinkhorn mapping, then `hc_merge_into`, which collapses for
+the next one). Times are CUDA-graph replays (`device_rates.timed(graphs=True)`), as the decode path runs;
+the floor is each pass's bytes read + written over a device-to-device copy's rate.
 
 Prints a table and writes `benchmarks/results/hc_streams_kernel.json` (or `--json PATH`).
 
@@ -28,8 +28,10 @@ import torch
 from device_rates import ceilings, timed, write_report
 
 from deepscout.model_runtime.v4.kernels.hc_streams import (
+    MERGE_COLLAPSE_MAX_ROWS,
     hc_collapse,
     hc_merge,
+    hc_merge_collapse,
     hc_merge_premix,
     hc_premix,
 )
@@ -61,29 +63,23 @@ def passes(case: dict[str, torch.Tensor], kernels: KernelImpl) -> dict[str, Call
     settings = mhc.HcSettings(SINKHORN_ITERS, EPS, EPS)
     norm = RMSNorm(s.shape[2], EPS).to(s.device)
     fn, scale, base = case["fn"], case["scale"], case["base"]
+    inp = mhc.HcInput(fn, scale, base, norm)
     logits = hc_premix(s, fn, impl=kernels)
+    arrivals = torch.zeros(MERGE_COLLAPSE_MAX_ROWS, dtype=torch.int64, device=s.device)
+    norms = {"mix_norm_eps": EPS, "hc_eps": EPS, "eps": EPS, "out_dtype": torch.bfloat16, "impl": kernels}
 
-    def sub_block() -> torch.Tensor:
-        x, mapping = mhc.hc_split(s, fn, scale, base, norm, settings, torch.bfloat16, kernels)
-        return mhc.hc_merge(x, s, mapping, kernels)
+    def sub_block() -> mhc.HcState:
+        x, mapping = mhc.hc_split(mhc.HcState(s), inp, settings, torch.bfloat16, kernels)
+        return mhc.hc_merge_into(x, s, mapping, inp, settings, torch.bfloat16, kernels, arrivals)
 
+    merge_args = (case["block_out"], s, case["post"], case["comb"], fn)
     return {
         "premix": lambda: hc_premix(s, fn, impl=kernels),
-        "collapse": lambda: hc_collapse(
-            s,
-            logits,
-            scale,
-            base,
-            norm.weight,
-            mix_norm_eps=EPS,
-            hc_eps=EPS,
-            eps=EPS,
-            out_dtype=torch.bfloat16,
-            impl=kernels,
-        ),
-        "merge": lambda: hc_merge(case["block_out"], s, case["post"], case["comb"], impl=kernels),
-        "merge+premix": lambda: hc_merge_premix(
-            case["block_out"], s, case["post"], case["comb"], fn, impl=kernels
+        "collapse": lambda: hc_collapse(s, logits, scale, base, norm.weight, **norms),
+        "merge": lambda: hc_merge(*merge_args[:4], impl=kernels),
+        "merge+premix": lambda: hc_merge_premix(*merge_args, impl=kernels),
+        "merge+collapse": lambda: hc_merge_collapse(
+            *merge_args, scale, base, norm.weight, arrivals=arrivals, **norms
         ),
         "sub-block": sub_block,
     }
@@ -94,6 +90,8 @@ def _values(result: object) -> torch.Tensor:
     streams and the logits side by side)."""
     if isinstance(result, MixLogits):
         return result.logits(EPS)
+    if isinstance(result, mhc.HcState):
+        return _values((result.streams, result.mix, result.collapsed))
     if isinstance(result, tuple):
         return torch.cat([_values(part).flatten() for part in result])
     assert isinstance(result, torch.Tensor)
@@ -111,7 +109,8 @@ def pass_bytes(tokens: int, dim: int) -> dict[str, int]:
         "collapse": collapse,
         "merge": merge,
         "merge+premix": merge + premix - streams,
-        "sub-block": premix + collapse + merge,
+        "merge+collapse": merge + premix - streams + row * 2,
+        "sub-block": premix + collapse + merge + premix - streams + row * 2,
     }
 
 

@@ -17,13 +17,18 @@ Contract (streams `[T, hc, D]`, float32 in the model; every sum in float32):
   `[T, hc]`, `comb` `[T, hc, hc]`), i.e. `comb[t]ᵀ @ streams[t]` plus the post-weighted block output.
 * `hc_merge_premix(block_out, streams, post, comb, fn)` -> the merge's new streams and their `hc_premix`
   by the next sub-block's `fn`.
+* `hc_merge_collapse(block_out, streams, post, comb, fn, scale, base, weight, ...)` -> `hc_merge_premix`'s
+  results and the next sub-block's input, `hc_collapse` of the new streams by those logits.
 
 * "reference": the PyTorch ops (the projection an SIMT sgemm over the whole axis, one slice; the merge a
   batched matmul);
 * "triton": `hc_premix` reads the streams once, accumulating the projection and the sum of squares
   together (decode-sized T splits the hc·D axis over programs; fixed shapes, no host sync); `hc_collapse`
   (with the pre weights and its norm) and `hc_merge` are one memory-bound pass each; at decode sizes
-  `hc_merge_premix` is one pass too, the premix's slices computed from the new streams in registers.
+  `hc_merge_premix` is one pass too, the premix's slices computed from the new streams in registers;
+  on a GPU `hc_merge_collapse` is one launch as well: its programs meet at a barrier (`arrivals`) between
+  the merge and the collapse (`hc_streams_triton.py`). Under Triton's interpreter, which runs programs
+  one after another, it is the merge-premix launch and the collapse's.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ import torch.nn.functional as F
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
 from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm
+
+MERGE_COLLAPSE_MAX_ROWS = 16
+"""The most tokens (a decode batch) `hc_merge_collapse` may take as one launch; its `arrivals` counter needs
+an element a token up to it."""
 
 
 def hc_premix(streams: torch.Tensor, fn: torch.Tensor, *, impl: KernelImpl) -> MixLogits:
@@ -114,6 +123,54 @@ def hc_merge_premix(
         return hc_merge_premix_triton(block_out, streams, post, comb, fn)
     out = hc_merge(block_out, streams, post, comb, impl=impl)
     return out, hc_premix(out, fn, impl=impl)
+
+
+def hc_merge_collapse(
+    block_out: torch.Tensor,
+    streams: torch.Tensor,
+    post: torch.Tensor,
+    comb: torch.Tensor,
+    fn: torch.Tensor,
+    scale: torch.Tensor,
+    base: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    arrivals: torch.Tensor,
+    mix_norm_eps: float,
+    hc_eps: float,
+    eps: float,
+    out_dtype: torch.dtype,
+    impl: KernelImpl,
+) -> tuple[torch.Tensor, MixLogits, torch.Tensor]:
+    """`hc_merge_premix`'s new streams and logits, and `hc_collapse` of the new streams by those logits (the
+    next sub-block's normed input; `scale`, `base`, `weight` and the epsilons as there). `arrivals` (int64,
+    one element a token or more, on the streams' device, zero at first) counts the one-launch path's
+    programs (see the module docstring): one launch at a time may use it, every launch on it of the same
+    width D."""
+    if impl == "triton":
+        _check_merge(block_out, streams, post, comb)
+        _check_premix(streams, fn)
+        _check_weights("norm", weight, streams.shape[2:])
+        from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_merge_collapse_triton
+
+        return hc_merge_collapse_triton(
+            block_out, streams, post, comb, fn, scale, base, weight, arrivals, mix_norm_eps, hc_eps, eps,
+            out_dtype,
+        )  # fmt: skip
+    out, logits = hc_merge_premix(block_out, streams, post, comb, fn, impl=impl)
+    collapsed = hc_collapse(
+        out,
+        logits,
+        scale,
+        base,
+        weight,
+        mix_norm_eps=mix_norm_eps,
+        hc_eps=hc_eps,
+        eps=eps,
+        out_dtype=out_dtype,
+        impl=impl,
+    )
+    return out, logits, collapsed
 
 
 def hc_premix_reference(streams: torch.Tensor, fn: torch.Tensor) -> MixLogits:

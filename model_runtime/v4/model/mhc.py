@@ -13,6 +13,9 @@ Only the merge needs the post and mix mappings, so on CUDA they may be computed 
 microseconds of one warp, leaves the critical path. The mappings are a `side_chain` (`side_streams.py`,
 whose memory rule they follow): forked after the logits, joined by the merge (`HcMapping.chain`), which
 comes before the layer returns; the `HcMapping` holds the logits the chain reads until then.
+
+A merge with a sub-block (or the hyper-head) after it also computes that one's input (`hc_merge_into`):
+the new streams, their premix and the collapse, one launch at decode sizes on a GPU.
 """
 
 from __future__ import annotations
@@ -45,12 +48,26 @@ class HcSettings:
 
 
 @dataclass(frozen=True)
+class HcInput:
+    """What collapses the streams into a sub-block's (or the hyper-head's) input: the mixing weight `fn`
+    `[mix, hc·dim]` (the pre weights' logits first), its `scale` and `base`, and the RMS norm after the
+    collapse."""
+
+    fn: torch.Tensor
+    scale: torch.Tensor
+    base: torch.Tensor
+    norm: RMSNorm
+
+
+@dataclass(frozen=True)
 class HcState:
-    """Residual streams `[n, hc, dim]` between sub-blocks and, when the merge that made them computed it,
-    their premix by the next sub-block's (or the hyper-head's) mixing weight (`hc_merge_premix`)."""
+    """Residual streams `[n, hc, dim]` between sub-blocks and, when the merge that made them computed them
+    (`hc_merge_into`), their premix by the next sub-block's (or the hyper-head's) mixing weight and that
+    sub-block's input, the streams collapsed and normed."""
 
     streams: torch.Tensor
     mix: MixLogits | None = None
+    collapsed: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -66,32 +83,28 @@ class HcMapping:
 
 
 def hc_split(
-    streams: torch.Tensor,
-    fn: torch.Tensor,
-    scale: torch.Tensor,
-    base: torch.Tensor,
-    norm: RMSNorm,
+    state: HcState,
+    inp: HcInput,
     hc: HcSettings,
     dtype: torch.dtype,
     kernels: KernelImpl = "reference",
     side: torch.cuda.Stream | None = None,
-    logits: MixLogits | None = None,
 ) -> tuple[torch.Tensor, HcMapping]:
-    """The sub-block's input `[n, dim]` from streams `[n, hc, dim]` (the collapse, normed by `norm`, in
-    `dtype`) and its merge's mappings, computed on `side` when given (see the module docstring). `logits`:
-    the streams' premix by `fn` when the merge that made them computed it (`hc_merge_premix`)."""
-    if logits is None:
-        logits = hc_streams.hc_premix(streams, fn, impl=kernels)
-    mapping = _mapping(logits, scale, base, hc, streams.shape[1], kernels, side)
-    return _collapse(streams, logits, scale, base, norm, hc, dtype, kernels), mapping
+    """The sub-block's input `[n, dim]` from the streams `[n, hc, dim]` (the collapse, normed by `inp.norm`,
+    in `dtype`: the state's own when its merge computed it) and its merge's mappings, computed on `side`
+    when given (see the module docstring)."""
+    streams = state.streams
+    logits = state.mix if state.mix is not None else hc_streams.hc_premix(streams, inp.fn, impl=kernels)
+    mapping = _mapping(logits, inp.scale, inp.base, hc, streams.shape[1], kernels, side)
+    if state.collapsed is not None:
+        return state.collapsed, mapping
+    return _collapse(streams, logits, inp, hc, dtype, kernels), mapping
 
 
 def _collapse(
     streams: torch.Tensor,
     logits: MixLogits,
-    scale: torch.Tensor,
-    base: torch.Tensor,
-    norm: RMSNorm,
+    inp: HcInput,
     hc: HcSettings,
     dtype: torch.dtype,
     kernels: KernelImpl,
@@ -99,12 +112,12 @@ def _collapse(
     return hc_streams.hc_collapse(
         streams,
         logits,
-        scale,
-        base,
-        norm.weight,
+        inp.scale,
+        inp.base,
+        inp.norm.weight,
         mix_norm_eps=hc.norm_eps,
         hc_eps=hc.eps,
-        eps=norm.eps,
+        eps=inp.norm.eps,
         out_dtype=dtype,
         impl=kernels,
     )
@@ -142,17 +155,37 @@ def hc_merge(
     return hc_streams.hc_merge(block_out, streams, mapping.post, mapping.comb, impl=kernels)
 
 
-def hc_merge_premix(
+def hc_merge_into(
     block_out: torch.Tensor,
     streams: torch.Tensor,
     mapping: HcMapping,
-    fn: torch.Tensor,
-    kernels: KernelImpl = "reference",
-) -> tuple[torch.Tensor, MixLogits]:
-    """`hc_merge`'s new streams and their premix by the next sub-block's `fn` (for its `hc_split`), in one
-    pass at decode sizes."""
+    inp: HcInput,
+    hc: HcSettings,
+    dtype: torch.dtype,
+    kernels: KernelImpl,
+    arrivals: torch.Tensor,
+) -> HcState:
+    """`hc_merge`'s new streams with their premix by the next sub-block's (or the hyper-head's) `inp` and
+    that input, collapsed and normed in `dtype` (one launch at decode sizes on a GPU; `arrivals` is the
+    counter its programs meet by, `hc_streams.hc_merge_collapse`)."""
     mapping.chain.join()
-    return hc_streams.hc_merge_premix(block_out, streams, mapping.post, mapping.comb, fn, impl=kernels)
+    streams, logits, collapsed = hc_streams.hc_merge_collapse(
+        block_out,
+        streams,
+        mapping.post,
+        mapping.comb,
+        inp.fn,
+        inp.scale,
+        inp.base,
+        inp.norm.weight,
+        arrivals=arrivals,
+        mix_norm_eps=hc.norm_eps,
+        hc_eps=hc.eps,
+        eps=inp.norm.eps,
+        out_dtype=dtype,
+        impl=kernels,
+    )
+    return HcState(streams, logits, collapsed)
 
 
 def hc_head_parameters(args: ModelArgs) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
@@ -166,18 +199,11 @@ def hc_head_parameters(args: ModelArgs) -> tuple[nn.Parameter, nn.Parameter, nn.
 
 
 def hc_head(
-    streams: torch.Tensor,
-    fn: torch.Tensor,
-    scale: torch.Tensor,
-    base: torch.Tensor,
-    norm: RMSNorm,
-    hc: HcSettings,
-    dtype: torch.dtype,
-    kernels: KernelImpl = "reference",
-    logits: MixLogits | None = None,
+    state: HcState, inp: HcInput, hc: HcSettings, dtype: torch.dtype, kernels: KernelImpl = "reference"
 ) -> torch.Tensor:
-    """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`, normed by `norm`, in `dtype`
-    (`logits`: the streams' premix by `fn`, when the last merge computed it)."""
-    if logits is None:
-        logits = hc_streams.hc_premix(streams, fn, impl=kernels)
-    return _collapse(streams, logits, scale, base, norm, hc, dtype, kernels)
+    """Final collapse of the hc streams `[n, hc, dim]` to `[n, dim]`, normed by `inp.norm`, in `dtype` (the
+    state's own when the last merge computed it)."""
+    if state.collapsed is not None:
+        return state.collapsed
+    logits = state.mix if state.mix is not None else hc_streams.hc_premix(state.streams, inp.fn, impl=kernels)
+    return _collapse(state.streams, logits, inp, hc, dtype, kernels)

@@ -20,18 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepscout.model_runtime.v4.cache.protocol import SequenceCache
+from deepscout.model_runtime.v4.kernels.hc_streams import MERGE_COLLAPSE_MAX_ROWS
 from deepscout.model_runtime.v4.kernels.impl import KernelImpl
-from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.model.attention import Attention, AttentionBatch, AttnImpl
 from deepscout.model_runtime.v4.model.decode_step import DecodeStep, LayerStorage, decode_attention
 from deepscout.model_runtime.v4.model.fp8_linear_module import Fp8BlockLinear
 from deepscout.model_runtime.v4.model.mhc import (
+    HcInput,
     HcSettings,
     HcState,
     hc_head,
     hc_head_parameters,
     hc_merge,
-    hc_merge_premix,
+    hc_merge_into,
     hc_split,
 )
 from deepscout.model_runtime.v4.model.moe import MoE, RoutedExperts
@@ -51,7 +52,14 @@ _FLOAT32_MARKERS = ("hc_attn_", "hc_ffn_", "hc_head_")
 
 
 class Block(nn.Module):
-    """One layer: mHC-wrapped attention, then mHC-wrapped MoE (projections and experts in `weights`)."""
+    """One layer: mHC-wrapped attention, then mHC-wrapped MoE (projections and experts in `weights`).
+
+    `hc_arrivals` is the counter the merges' one-launch collapse meets by (`mhc.hc_merge_into`), an element
+    a token: not saved, a multiple of the launch's program count between launches. Whatever (re)places it
+    leaves it zero: `_apply` zeroes it (`to_empty`, `.to(device)`), and the loader allocates unsaved buffers
+    zeroed."""
+
+    hc_arrivals: torch.Tensor
 
     def __init__(
         self, args: ModelArgs, kind: LayerKind, hash_routed: bool, weights: WeightFormat = "dense"
@@ -70,6 +78,21 @@ class Block(nn.Module):
         self.hc_ffn_base = nn.Parameter(torch.zeros(mix, dtype=torch.float32))
         self.hc_attn_scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
         self.hc_ffn_scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
+        self.register_buffer("hc_arrivals", torch.zeros(MERGE_COLLAPSE_MAX_ROWS, dtype=torch.int64), False)
+
+    @property
+    def hc_attn_input(self) -> HcInput:
+        return HcInput(self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, self.attn_norm)
+
+    @property
+    def hc_ffn_input(self) -> HcInput:
+        return HcInput(self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base, self.ffn_norm)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Block:
+        super()._apply(fn, recurse)
+        with torch.no_grad():
+            self.hc_arrivals.zero_()
+        return self
 
     def forward(
         self, streams: torch.Tensor, token_ids: torch.Tensor, batch: AttentionBatch, dtype: torch.dtype
@@ -88,45 +111,24 @@ class Block(nn.Module):
         kernels: KernelImpl,
         dtype: torch.dtype,
         side: SideStreams | None = None,
-        next_fn: torch.Tensor | None = None,
+        after: HcInput | None = None,
     ) -> HcState:
         """The block around an attention call `attend(normed inputs) -> outputs` (the protocol path's or
         the device decode step's), its branches fed in the model's `dtype`; with `side` (a device decode
         step's streams, `side_streams.py`) the mHC mappings run on its `mix` stream (`mhc.py`) and the MoE's
-        routing on its `route` stream. With `next_fn` (the next layer's or the hyper-head's mixing weight)
-        the last merge also computes the new streams' premix by it."""
+        routing on its `route` stream. With `after` (the next layer's or the hyper-head's input) the last
+        merge also computes the new streams' premix by it and its input."""
         hc = HcSettings.of(self.args)
         mix_stream = side.mix if side is not None else None
-        streams = state.streams
-        x, mapping = hc_split(
-            streams,
-            self.hc_attn_fn,
-            self.hc_attn_scale,
-            self.hc_attn_base,
-            self.attn_norm,
-            hc,
-            dtype,
-            kernels,
-            mix_stream,
-            state.mix,
-        )
-        streams, logits = hc_merge_premix(attend(x), streams, mapping, self.hc_ffn_fn, kernels)
-        x, mapping = hc_split(
-            streams,
-            self.hc_ffn_fn,
-            self.hc_ffn_scale,
-            self.hc_ffn_base,
-            self.ffn_norm,
-            hc,
-            dtype,
-            kernels,
-            mix_stream,
-            logits,
-        )
+        arrivals = self.hc_arrivals
+        x, mapping = hc_split(state, self.hc_attn_input, hc, dtype, kernels, mix_stream)
+        ffn_input = self.hc_ffn_input
+        state = hc_merge_into(attend(x), state.streams, mapping, ffn_input, hc, dtype, kernels, arrivals)
+        x, mapping = hc_split(state, ffn_input, hc, dtype, kernels, mix_stream)
         out = self.ffn(x, token_ids, kernels, side.route if side is not None else None)
-        if next_fn is None:
-            return HcState(hc_merge(out, streams, mapping, kernels))
-        return HcState(*hc_merge_premix(out, streams, mapping, next_fn, kernels))
+        if after is None:
+            return HcState(hc_merge(out, state.streams, mapping, kernels))
+        return hc_merge_into(out, state.streams, mapping, after, hc, dtype, kernels, arrivals)
 
 
 class MTPBlock(Block):
@@ -319,16 +321,15 @@ class DeepseekV4Model(nn.Module):
                 compress_rope=compress_rope,
             )
             last = i + 1 == len(self.layers)
-            next_fn = self.hc_head_fn if last else cast(Block, self.layers[i + 1]).hc_attn_fn
+            after = _head_input(self) if last else cast(Block, self.layers[i + 1]).hc_attn_input
             state = layer.run(
-                state, step.token_ids, attend, step.kernels, self.dtype, step.side_streams, next_fn
+                state, step.token_ids, attend, step.kernels, self.dtype, step.side_streams, after
             )
-        return self.logits(state.streams, state.mix).float()
+        return self._head_logits(self, state).float()
 
-    def logits(self, streams: torch.Tensor, mix: MixLogits | None = None) -> torch.Tensor:
-        """Vocabulary logits from final streams `[n, hc, dim]` (hyper-head, norm, head); `mix`: their premix
-        by the hyper-head's weight, when the last merge computed it."""
-        return self._head_logits(self, streams, mix)
+    def logits(self, streams: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits from final streams `[n, hc, dim]` (hyper-head, norm, head)."""
+        return self._head_logits(self, HcState(streams))
 
     def forward_mtp(
         self,
@@ -353,27 +354,21 @@ class DeepseekV4Model(nn.Module):
         compress_rope = self.rope_spec(LayerKind.CSA)
         batch = AttentionBatch(segments, layer_caches, positions, table, compress_rope, impl, self.kernels)
         x = block(x, next_ids, batch, self.dtype)
-        return self._head_logits(block, x)
+        return self._head_logits(block, HcState(x))
 
-    def _head_logits(
-        self, owner: DeepseekV4Model | MTPBlock, streams: torch.Tensor, mix: MixLogits | None = None
-    ) -> torch.Tensor:
-        """Logits through `owner`'s hyper-head and final norm (the model's own, or an MTP block's)."""
-        x = hc_head(
-            streams,
-            owner.hc_head_fn,
-            owner.hc_head_scale,
-            owner.hc_head_base,
-            owner.norm,
-            self._hc,
-            self.head.weight.dtype,
-            self.kernels,
-            mix,
-        )
+    def _head_logits(self, owner: DeepseekV4Model | MTPBlock, state: HcState) -> torch.Tensor:
+        """Logits through `owner`'s hyper-head and final norm (the model's own, or an MTP block's), from the
+        state's premix and collapse when the last merge computed them."""
+        x = hc_head(state, _head_input(owner), self._hc, self.head.weight.dtype, self.kernels)
         share = self.vocab_parallelism
         if share is None:
             return self.head(x)
         return share.gather(F.linear(x, self.head.weight[share.rows]))
+
+
+def _head_input(owner: DeepseekV4Model | MTPBlock) -> HcInput:
+    """The hyper-head's collapse: `owner`'s head mixing parameters and its final norm."""
+    return HcInput(owner.hc_head_fn, owner.hc_head_scale, owner.hc_head_base, owner.norm)
 
 
 @dataclass(frozen=True)

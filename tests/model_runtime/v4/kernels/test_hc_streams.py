@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import torch
 
-from deepscout.model_runtime.v4.kernels.hc_streams import hc_collapse, hc_merge, hc_merge_premix, hc_premix
+from deepscout.model_runtime.v4.kernels.hc_streams import (
+    MERGE_COLLAPSE_MAX_ROWS,
+    hc_collapse,
+    hc_merge,
+    hc_merge_collapse,
+    hc_merge_premix,
+    hc_premix,
+)
+from deepscout.model_runtime.v4.kernels.hc_streams_triton import merge_collapse_fuses
 
 HC, MIX, EPS = 4, 24, 1e-6
 
@@ -106,6 +114,52 @@ def test_merge_premix_matches_merge_then_premix(device: torch.device, n_tokens: 
             _close(logits.logits(EPS), logits_want, 1e-5)
 
 
+def _merge_collapse_case(
+    t: dict[str, torch.Tensor], weight: torch.Tensor, arrivals: torch.Tensor, impl: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(new streams, their finished logits, the collapse) of `hc_merge_collapse` on `t`."""
+    out, logits, collapsed = hc_merge_collapse(
+        t["block_out"],
+        t["streams"],
+        t["post"],
+        t["comb"],
+        t["fn"],
+        t["scale"],
+        t["base"],
+        weight,
+        arrivals=arrivals,
+        mix_norm_eps=EPS,
+        hc_eps=EPS,
+        eps=EPS,
+        out_dtype=torch.bfloat16,
+        impl=impl,  # type: ignore[arg-type]
+    )
+    return out, logits.logits(EPS), collapsed
+
+
+# 1 and 3 tokens: one launch on a GPU (D 96: a ragged last block); 20: past the row limit, two launches
+@pytest.mark.parametrize("dim", [64, 96])
+@pytest.mark.parametrize("n_tokens", [1, 3, 20])
+def test_merge_collapse_matches_merge_premix_then_collapse(
+    device: torch.device, n_tokens: int, dim: int
+) -> None:
+    """The new streams, their logits, and the next sub-block's normed input, against the reference merge,
+    premix and collapse; three calls on one counter (its programs meet at a barrier on a GPU)."""
+    t = _streams(n_tokens, dim, device, seed=n_tokens + dim)
+    weight = torch.rand(dim, generator=torch.Generator().manual_seed(dim)).to(device) + 0.5
+    arrivals = torch.zeros(MERGE_COLLAPSE_MAX_ROWS, dtype=torch.int64, device=device)
+    want = _merge_collapse_case(t, weight, arrivals, "reference")
+    for _ in range(3):
+        got = _merge_collapse_case(t, weight, arrivals, "triton")
+        for g, w, rel in zip(got, want, (1e-6, 1e-5, 2**-7), strict=True):
+            _close(g, w, rel)
+    fused = merge_collapse_fuses(n_tokens, dim, device)
+    assert fused == (device.type == "cuda" and n_tokens <= MERGE_COLLAPSE_MAX_ROWS)
+    blocks = -(-dim // 32) if fused else 0
+    # every program of a token arrived, once a call
+    assert arrivals.tolist() == [3 * blocks if i < n_tokens else 0 for i in range(MERGE_COLLAPSE_MAX_ROWS)]
+
+
 def test_merge_mixes_by_the_transposed_comb(device: torch.device) -> None:
     """Stream j receives Σ_i comb[i, j] · stream i: a one-hot comb moves stream 0 into stream 2."""
     t = _streams(2, 64, device, seed=0)
@@ -164,3 +218,38 @@ def test_real_width_matches_reference(n_tokens: int) -> None:
     out, logits = hc_merge_premix(*args, t["fn"], impl="triton")
     _close(out, want, 1e-6)
     _close(logits.logits(EPS), hc_premix(want, t["fn"], impl="reference").logits(EPS), 1e-5)
+    if n_tokens <= MERGE_COLLAPSE_MAX_ROWS:
+        arrivals = torch.zeros(MERGE_COLLAPSE_MAX_ROWS, dtype=torch.int64, device=device)
+        t["block_out"] = t["block_out"].to(torch.bfloat16)
+        expected = _merge_collapse_case(t, weight, arrivals, "reference")
+        got = _merge_collapse_case(t, weight, arrivals, "triton")
+        for g, w, rel in zip(got, expected, (1e-6, 1e-5, 2**-7), strict=True):
+            _close(g, w, rel)
+        fused = merge_collapse_fuses(n_tokens, 4096, device)
+        assert fused == (n_tokens == 1)  # one launch while its programs are one wave (132 SMs: one token)
+        assert arrivals[:n_tokens].tolist() == [4096 // 32 if fused else 0] * n_tokens
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_merge_collapse_replays_from_a_cuda_graph() -> None:
+    """Captured once and replayed: each replay's programs meet at the same counter as eager calls between
+    the replays, which then stands at the launches' program count, and every result stays the
+    reference's."""
+    device = torch.device("cuda")
+    t, other = (_streams(1, 4096, device, seed=seed) for seed in (5, 6))
+    weight = torch.rand(4096, device=device) + 0.5
+    arrivals = torch.zeros(MERGE_COLLAPSE_MAX_ROWS, dtype=torch.int64, device=device)
+    want = _merge_collapse_case(t, weight, arrivals, "reference")
+    other_want = _merge_collapse_case(other, weight, arrivals, "reference")
+    _merge_collapse_case(t, weight, arrivals, "triton")  # compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = _merge_collapse_case(t, weight, arrivals, "triton")
+    for _ in range(5):
+        graph.replay()
+        other_got = _merge_collapse_case(other, weight, arrivals, "triton")
+    torch.cuda.synchronize()
+    for g, w, rel in zip((*got, *other_got), (*want, *other_want), (1e-6, 1e-5, 2**-7) * 2, strict=True):
+        _close(g, w, rel)
+    assert arrivals.tolist() == [11 * 128] + [0] * (MERGE_COLLAPSE_MAX_ROWS - 1)
