@@ -329,6 +329,40 @@ def hc_merge_triton(
 
 
 @triton.jit
+def _merge_premix_block(
+    B, S, POST, COMB, FN, OUT, PART, SUMSQ, token, split, n_tokens, n_mix, dim, stride_bt, stride_st,
+    stride_sh, stride_ot, stride_oh, stride_fn, HC: tl.constexpr, HCP: tl.constexpr, MIXP: tl.constexpr,
+    BD: tl.constexpr,
+):  # fmt: skip
+    """One (token, D block) program's merge and premix partials (stored); returns the block of the new
+    streams as stored, in float32 `[HCP, BD]`, zero past the streams and the row."""
+    cols = split * BD + tl.arange(0, BD)
+    live = cols < dim
+    lanes = tl.arange(0, HCP)  # the output stream j
+    lane_ok = lanes < HC
+    mask = lane_ok[:, None] & live[None, :]
+    post = tl.load(POST + token * HC + lanes, mask=lane_ok, other=0.0)
+    block = tl.load(B + token * stride_bt + cols, mask=live, other=0.0).to(tl.float32)
+    acc = post[:, None] * block[None, :]
+    for i in tl.static_range(HC):
+        comb = tl.load(COMB + token * (HC * HC) + i * HC + lanes, mask=lane_ok, other=0.0)
+        stream = tl.load(S + token * stride_st + i * stride_sh + cols, mask=live, other=0.0)
+        acc += comb[:, None] * stream.to(tl.float32)[None, :]
+    stored = acc.to(OUT.dtype.element_ty)
+    tl.store(OUT + token * stride_ot + lanes[:, None] * stride_oh + cols[None, :], stored, mask=mask)
+    # the next premix's slice: these columns of every new stream (hc·D axis index j·D + column)
+    x = tl.where(mask, stored.to(tl.float32), 0.0)
+    mixes = tl.arange(0, MIXP)
+    at = mixes[:, None, None] * stride_fn + lanes[None, :, None] * dim + cols[None, None, :]
+    fn = tl.load(FN + at, mask=(mixes < n_mix)[:, None, None] & mask[None, :, :], other=0.0)
+    part = tl.sum(tl.sum(fn * x[None, :, :], axis=2), axis=1)
+    slot = split.to(tl.int64) * n_tokens + token
+    tl.store(PART + slot * MIXP + mixes, part)
+    tl.store(SUMSQ + slot, tl.sum(tl.sum(x * x, axis=1), axis=0))
+    return x
+
+
+@triton.jit
 def _merge_premix_kernel(
     B,
     S,
@@ -356,29 +390,10 @@ def _merge_premix_kernel(
     enter_pdl(PDL)
     token = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
-    cols = split * BD + tl.arange(0, BD)
-    live = cols < dim
-    lanes = tl.arange(0, HCP)  # the output stream j
-    lane_ok = lanes < HC
-    mask = lane_ok[:, None] & live[None, :]
-    post = tl.load(POST + token * HC + lanes, mask=lane_ok, other=0.0)
-    block = tl.load(B + token * stride_bt + cols, mask=live, other=0.0).to(tl.float32)
-    acc = post[:, None] * block[None, :]
-    for i in tl.static_range(HC):
-        comb = tl.load(COMB + token * (HC * HC) + i * HC + lanes, mask=lane_ok, other=0.0)
-        stream = tl.load(S + token * stride_st + i * stride_sh + cols, mask=live, other=0.0)
-        acc += comb[:, None] * stream.to(tl.float32)[None, :]
-    stored = acc.to(OUT.dtype.element_ty)
-    tl.store(OUT + token * stride_ot + lanes[:, None] * stride_oh + cols[None, :], stored, mask=mask)
-    # the next premix's slice: these columns of every new stream (hc·D axis index j·D + column)
-    x = tl.where(mask, stored.to(tl.float32), 0.0)
-    mixes = tl.arange(0, MIXP)
-    at = mixes[:, None, None] * stride_fn + lanes[None, :, None] * dim + cols[None, None, :]
-    fn = tl.load(FN + at, mask=(mixes < n_mix)[:, None, None] & mask[None, :, :], other=0.0)
-    part = tl.sum(tl.sum(fn * x[None, :, :], axis=2), axis=1)
-    slot = split.to(tl.int64) * n_tokens + token
-    tl.store(PART + slot * MIXP + mixes, part)
-    tl.store(SUMSQ + slot, tl.sum(tl.sum(x * x, axis=1), axis=0))
+    _merge_premix_block(
+        B, S, POST, COMB, FN, OUT, PART, SUMSQ, token, split, n_tokens, n_mix, dim, stride_bt, stride_st,
+        stride_sh, stride_ot, stride_oh, stride_fn, HC, HCP, MIXP, BD,
+    )  # fmt: skip
 
 
 def hc_merge_premix_triton(
@@ -467,27 +482,15 @@ def _merge_collapse_kernel(
     token = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
+    x = _merge_premix_block(
+        B, S, POST, COMB, FN, OUT, PART, SUMSQ, token, split, n_tokens, n_mix, dim, stride_bt, stride_st,
+        stride_sh, stride_ot, stride_oh, stride_fn, HC, HCP, MIXP, BD,
+    )  # fmt: skip
     cols = split * BD + tl.arange(0, BD)
     live = cols < dim
-    lanes = tl.arange(0, HCP)  # the output stream j
+    lanes = tl.arange(0, HCP)
     lane_ok = lanes < HC
-    mask = lane_ok[:, None] & live[None, :]
-    post = tl.load(POST + token * HC + lanes, mask=lane_ok, other=0.0)
-    block = tl.load(B + token * stride_bt + cols, mask=live, other=0.0).to(tl.float32)
-    acc = post[:, None] * block[None, :]
-    for i in tl.static_range(HC):
-        comb = tl.load(COMB + token * (HC * HC) + i * HC + lanes, mask=lane_ok, other=0.0)
-        stream = tl.load(S + token * stride_st + i * stride_sh + cols, mask=live, other=0.0)
-        acc += comb[:, None] * stream.to(tl.float32)[None, :]
-    stored = acc.to(OUT.dtype.element_ty)
-    tl.store(OUT + token * stride_ot + lanes[:, None] * stride_oh + cols[None, :], stored, mask=mask)
-    x = tl.where(mask, stored.to(tl.float32), 0.0)
-    mixes = tl.arange(0, MIXP)
-    at = mixes[:, None, None] * stride_fn + lanes[None, :, None] * dim + cols[None, None, :]
-    fn = tl.load(FN + at, mask=(mixes < n_mix)[:, None, None] & mask[None, :, :], other=0.0)
     slot = split.to(tl.int64) * n_tokens + token
-    tl.store(PART + slot * MIXP + mixes, tl.sum(tl.sum(fn * x[None, :, :], axis=2), axis=1))
-    tl.store(SUMSQ + slot, tl.sum(tl.sum(x * x, axis=1), axis=0))
     gram = tl.sum(x[:, None, :] * x[None, :, :], axis=2)  # this block's <stream i, stream j>
     tl.store(GRAM + slot * (HCP * HCP) + lanes[:, None] * HCP + lanes[None, :], gram)
     # the token's barrier: every D block's partials are published before any block reads them back
