@@ -35,6 +35,8 @@ programs one after another), take the merge-premix and the collapse launches.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -399,47 +401,74 @@ def _merge_premix_kernel(
 def hc_merge_premix_triton(
     block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor, fn: torch.Tensor
 ) -> tuple[torch.Tensor, MixLogits]:
-    n, hc, dim = streams.shape
+    n = streams.shape[0]
     if n > MERGE_PREMIX_MAX_ROWS:
         out = hc_merge_triton(block_out, streams, post, comb)
         return out, hc_premix_triton(out, fn)
-    streams = _rows_contiguous(streams)
-    block_out = _rows_contiguous(block_out)
-    fn = fn.float().contiguous()
-    n_mix = fn.shape[0]
-    mix_pad = max(16, triton.next_power_of_2(n_mix))
-    splits = triton.cdiv(dim, _MERGE_PREMIX_BLOCK_D)
-    out = torch.empty(n, hc, dim, dtype=streams.dtype, device=streams.device)
-    part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
-    sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)
-    if n == 0:
-        return out, MixLogits(part, sumsq, hc * dim, n_mix)
-    _merge_premix_kernel[(n, splits)](
-        block_out,
-        streams,
-        post.float().contiguous(),
-        comb.float().contiguous(),
-        fn,
-        out,
-        part,
-        sumsq,
-        n,
-        n_mix,
-        dim,
-        block_out.stride(0),
-        streams.stride(0),
-        streams.stride(1),
-        out.stride(0),
-        out.stride(1),
-        fn.stride(0),
-        HC=hc,
-        HCP=triton.next_power_of_2(hc),
-        MIXP=mix_pad,
-        BD=_MERGE_PREMIX_BLOCK_D,
-        num_warps=1,
-        **pdl_launch(block_out.device),
-    )
-    return out, MixLogits(part, sumsq, hc * dim, n_mix)
+    launch = _MergePremixLaunch.of(block_out, streams, post, comb, fn)
+    if n:
+        _merge_premix_kernel[launch.grid](
+            *launch.args, **launch.constants, num_warps=1, **pdl_launch(streams.device)
+        )
+    return launch.out, launch.logits
+
+
+@dataclass(frozen=True)
+class _MergePremixLaunch:
+    """What the merge-premix and merge-collapse kernels share: their outputs (the new streams `out`, the
+    premix's partials `logits`), their grid (token, D block), and their leading arguments and constants."""
+
+    out: torch.Tensor
+    logits: MixLogits
+    grid: tuple[int, int]
+    args: tuple[object, ...]
+    constants: dict[str, int]
+
+    @classmethod
+    def of(
+        cls,
+        block_out: torch.Tensor,
+        streams: torch.Tensor,
+        post: torch.Tensor,
+        comb: torch.Tensor,
+        fn: torch.Tensor,
+    ) -> _MergePremixLaunch:
+        n, hc, dim = streams.shape
+        streams = _rows_contiguous(streams)
+        block_out = _rows_contiguous(block_out)
+        fn = fn.float().contiguous()
+        n_mix = fn.shape[0]
+        mix_pad = max(16, triton.next_power_of_2(n_mix))
+        splits = triton.cdiv(dim, _MERGE_PREMIX_BLOCK_D)
+        out = torch.empty(n, hc, dim, dtype=streams.dtype, device=streams.device)
+        part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
+        sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)
+        args = (
+            block_out,
+            streams,
+            post.float().contiguous(),
+            comb.float().contiguous(),
+            fn,
+            out,
+            part,
+            sumsq,
+            n,
+            n_mix,
+            dim,
+            block_out.stride(0),
+            streams.stride(0),
+            streams.stride(1),
+            out.stride(0),
+            out.stride(1),
+            fn.stride(0),
+        )
+        constants = {
+            "HC": hc,
+            "HCP": triton.next_power_of_2(hc),
+            "MIXP": mix_pad,
+            "BD": _MERGE_PREMIX_BLOCK_D,
+        }
+        return cls(out, MixLogits(part, sumsq, hc * dim, n_mix), (n, splits), args, constants)
 
 
 @triton.jit
@@ -449,15 +478,9 @@ def _merge_collapse_kernel(
     POST,
     COMB,
     FN,
-    SCALE,
-    BASE,
-    W,
     OUT,
     PART,
     SUMSQ,
-    GRAM,
-    X,
-    ARRIVALS,
     n_tokens,
     n_mix,
     dim,
@@ -467,6 +490,12 @@ def _merge_collapse_kernel(
     stride_ot,
     stride_oh,
     stride_fn,
+    SCALE,
+    BASE,
+    W,
+    GRAM,
+    X,
+    ARRIVALS,
     stride_xt,
     mix_norm_eps,
     hc_eps,
@@ -549,8 +578,7 @@ def hc_merge_collapse_triton(
     eps: float,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, MixLogits, torch.Tensor]:
-    n, hc, dim = streams.shape
-    splits = triton.cdiv(dim, _MERGE_PREMIX_BLOCK_D)
+    n, _, dim = streams.shape
     if not merge_collapse_fuses(n, dim, streams.device):
         out, logits = hc_merge_premix_triton(block_out, streams, post, comb, fn)
         collapsed = hc_collapse_triton(out, logits, scale, base, weight, mix_norm_eps, hc_eps, eps, out_dtype)
@@ -560,55 +588,28 @@ def hc_merge_collapse_triton(
             f"hc_merge_collapse needs int64 arrivals of at least {n} elements on {streams.device}, got "
             f"{arrivals.dtype} [{arrivals.numel()}] on {arrivals.device}"
         )
-    streams = _rows_contiguous(streams)
-    block_out = _rows_contiguous(block_out)
-    fn = fn.float().contiguous()
-    n_mix = fn.shape[0]
-    mix_pad = max(16, triton.next_power_of_2(n_mix))
-    hc_pad = triton.next_power_of_2(hc)
-    device = streams.device
-    out = torch.empty(n, hc, dim, dtype=streams.dtype, device=device)
-    part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=device)
-    sumsq = torch.empty(splits, n, dtype=torch.float32, device=device)
-    gram = torch.empty(splits, n, hc_pad * hc_pad, dtype=torch.float32, device=device)
-    collapsed = torch.empty(n, dim, dtype=out_dtype, device=device)
-    _merge_collapse_kernel[(n, splits)](
-        block_out,
-        streams,
-        post.float().contiguous(),
-        comb.float().contiguous(),
-        fn,
+    launch = _MergePremixLaunch.of(block_out, streams, post, comb, fn)
+    splits, hc_pad = launch.grid[1], launch.constants["HCP"]
+    gram = torch.empty(splits, n, hc_pad * hc_pad, dtype=torch.float32, device=streams.device)
+    collapsed = torch.empty(n, dim, dtype=out_dtype, device=streams.device)
+    _merge_collapse_kernel[launch.grid](
+        *launch.args,
         scale.float().contiguous(),
         base.float().contiguous(),
         weight.float().contiguous(),
-        out,
-        part,
-        sumsq,
         gram,
         collapsed,
         arrivals,
-        n,
-        n_mix,
-        dim,
-        block_out.stride(0),
-        streams.stride(0),
-        streams.stride(1),
-        out.stride(0),
-        out.stride(1),
-        fn.stride(0),
         collapsed.stride(0),
         mix_norm_eps,
         hc_eps,
         eps,
-        HC=hc,
-        HCP=hc_pad,
-        MIXP=mix_pad,
-        BD=_MERGE_PREMIX_BLOCK_D,
+        **launch.constants,
         SPLITS=triton.next_power_of_2(splits),
         num_warps=1,
-        **pdl_launch(device),
+        **pdl_launch(streams.device),
     )
-    return out, MixLogits(part, sumsq, hc * dim, n_mix), collapsed
+    return launch.out, launch.logits, collapsed
 
 
 def merge_collapse_fuses(n_tokens: int, dim: int, device: torch.device) -> bool:
