@@ -27,7 +27,7 @@ Contract (streams `[T, hc, D]`, float32 in the model; every sum in float32):
   (with the pre weights and its norm) and `hc_merge` are one memory-bound pass each; at decode sizes
   `hc_merge_premix` is one pass too, the premix's slices computed from the new streams in registers;
   on a GPU `hc_merge_collapse` is one launch as well: its programs meet at a barrier (`arrivals`) between
-  the merge and the collapse (`hc_streams_triton.py`). Under Triton's interpreter, which runs programs
+  the merge and the collapse (`hc_merge_collapse_triton.py`). Under Triton's interpreter, which runs programs
   one after another, it is the merge-premix launch and the collapse's.
 """
 
@@ -41,8 +41,7 @@ from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
 from deepscout.model_runtime.v4.kernels.norm_rope import rms_norm
 
 MERGE_COLLAPSE_MAX_ROWS = 16
-"""The most tokens (a decode batch) `hc_merge_collapse` may take as one launch; its `arrivals` counter needs
-an element a token up to it."""
+"""The `arrivals` elements a caller of `hc_merge_collapse` keeps: the most tokens it takes as one launch."""
 
 
 def hc_premix(streams: torch.Tensor, fn: torch.Tensor, *, impl: KernelImpl) -> MixLogits:
@@ -144,14 +143,14 @@ def hc_merge_collapse(
 ) -> tuple[torch.Tensor, MixLogits, torch.Tensor]:
     """`hc_merge_premix`'s new streams and logits, and `hc_collapse` of the new streams by those logits (the
     next sub-block's normed input; `scale`, `base`, `weight` and the epsilons as there). `arrivals` (int64,
-    one element a token or more, on the streams' device, zero at first) counts the one-launch path's
-    programs (see the module docstring): one launch at a time may use it, every launch on it of the same
-    width D."""
+    on the streams' device, zero at first; one element a token, and no more tokens than it has elements
+    take the one launch) counts the one-launch path's programs (see the module docstring): one launch at a
+    time may use it, every launch on it of the same width D."""
     if impl == "triton":
         _check_merge(block_out, streams, post, comb)
         _check_premix(streams, fn)
         _check_weights("norm", weight, streams.shape[2:])
-        from deepscout.model_runtime.v4.kernels.hc_streams_triton import hc_merge_collapse_triton
+        from deepscout.model_runtime.v4.kernels.hc_merge_collapse_triton import hc_merge_collapse_triton
 
         return hc_merge_collapse_triton(
             block_out, streams, post, comb, fn, scale, base, weight, arrivals, mix_norm_eps, hc_eps, eps,

@@ -18,19 +18,6 @@ Merge and premix (`hc_merge_premix`, up to `MERGE_PREMIX_MAX_ROWS` tokens): a pr
 D) merges as above and, from the new streams as stored, projects its `hc × block` slice of the hc·D axis
 on the next sub-block's mixing weight and sums its squares: the premix's partials, one slice per D block,
 without reading the streams again or a launch of its own.
-
-Merge and collapse (`hc_merge_collapse`, one token on a GPU): the merge-premix program also stores its
-block's Gram matrix of the new streams (`<stream i, stream j>` over its columns), then waits at its token's
-barrier: a release ticket from the `arrivals` counter (after a barrier of the program's threads, so its
-stores are published first), then acquire loads of the counter until every D block of the token has
-arrived. The counter is never reset: a launch's programs wait for the next multiple of the block count
-(int64, so it never wraps), so eager calls and graph replays share it; one launch at a time may use it.
-Past the barrier each program reads the token's partials through L2 (`.cg`), finishes the pre weights,
-collapses its own columns from the registers it merged them in, and norms them: the row's sum of squares
-is `preᵀ G pre` with `G` the blocks' Gram matrices summed, so no second barrier is needed. A waiting
-program holds its multiprocessor's slot, so the programs must all run at once: the one launch is taken
-only when they are one wave (`merge_collapse_fuses`); more tokens, and Triton's interpreter (which runs
-programs one after another), take the merge-premix and the collapse launches.
 """
 
 from __future__ import annotations
@@ -41,9 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deepscout.model_runtime.v4.kernels.hc_streams import MERGE_COLLAPSE_MAX_ROWS
 from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
-from deepscout.model_runtime.v4.kernels.multiprocessors import multiprocessors
 from deepscout.model_runtime.v4.kernels.pdl import enter_pdl, pdl_launch
 
 _PREMIX_BLOCK_K = 128  # a decode program's whole slice in one step: one round trip to memory
@@ -54,13 +39,7 @@ _MERGE_MIN_BLOCK_D = 64
 _MERGE_TOKENS = 2
 MERGE_PREMIX_MAX_ROWS = 16
 """The most tokens the merge and the next premix share a launch for (decode steps); more run apart."""
-_MERGE_COLLAPSE_PROGRAMS_PER_SM = 1
-"""The most programs of the merge and collapse's one launch (whose programs wait for each other) a
-multiprocessor runs: one, so a launch is one wave (one token at hidden 4096: 128 programs on an H200's 132
-multiprocessors). Measured on an H200, the launch took 4.2 µs at one token (the merge-premix and collapse
-launches 1.8 + 2.4) and 17.4 µs at eight (1,024 programs, 167 registers a thread; the two launches 3.3 +
-2.4): eight tokens a step made batch-8 decode 0.85 ms slower (22.37 against 21.52 ms a step)."""
-_MERGE_PREMIX_BLOCK_D = 32
+MERGE_PREMIX_BLOCK_D = 32
 """128 one-warp programs a token at hidden 4096, each reading 12 KB of the premix weight. Measured on an H200
 (one token, the weight streaming): 2.2 µs, against 2.6-3.9 µs for blocks of 16-128 on two to eight warps and
 4.7 µs for the merge and the premix apart."""
@@ -113,7 +92,7 @@ def _premix_kernel(
 
 def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor) -> MixLogits:
     n = streams.shape[0]
-    x = _rows_contiguous(streams.flatten(1))
+    x = rows_contiguous(streams.flatten(1))
     fn = fn.float().contiguous()
     n_mix, k_total = fn.shape
     block_t = 16 if n <= 16 else 32  # tl.dot needs at least 16 rows
@@ -218,7 +197,7 @@ def hc_collapse_triton(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     n, hc, dim = streams.shape
-    streams = _rows_contiguous(streams)
+    streams = rows_contiguous(streams)
     out = torch.empty(n, dim, dtype=out_dtype, device=streams.device)
     if n == 0:
         return out
@@ -297,8 +276,8 @@ def hc_merge_triton(
     block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
 ) -> torch.Tensor:
     n, hc, dim = streams.shape
-    streams = _rows_contiguous(streams)
-    block_out = _rows_contiguous(block_out)
+    streams = rows_contiguous(streams)
+    block_out = rows_contiguous(block_out)
     out = torch.empty(n, hc, dim, dtype=streams.dtype, device=streams.device)
     if n == 0:
         return out
@@ -331,7 +310,7 @@ def hc_merge_triton(
 
 
 @triton.jit
-def _merge_premix_block(
+def merge_premix_block(
     B, S, POST, COMB, FN, OUT, PART, SUMSQ, token, split, n_tokens, n_mix, dim, stride_bt, stride_st,
     stride_sh, stride_ot, stride_oh, stride_fn, HC: tl.constexpr, HCP: tl.constexpr, MIXP: tl.constexpr,
     BD: tl.constexpr,
@@ -392,7 +371,7 @@ def _merge_premix_kernel(
     enter_pdl(PDL)
     token = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
-    _merge_premix_block(
+    merge_premix_block(
         B, S, POST, COMB, FN, OUT, PART, SUMSQ, token, split, n_tokens, n_mix, dim, stride_bt, stride_st,
         stride_sh, stride_ot, stride_oh, stride_fn, HC, HCP, MIXP, BD,
     )  # fmt: skip
@@ -405,7 +384,7 @@ def hc_merge_premix_triton(
     if n > MERGE_PREMIX_MAX_ROWS:
         out = hc_merge_triton(block_out, streams, post, comb)
         return out, hc_premix_triton(out, fn)
-    launch = _MergePremixLaunch.of(block_out, streams, post, comb, fn)
+    launch = MergePremixLaunch.of(block_out, streams, post, comb, fn)
     if n:
         _merge_premix_kernel[launch.grid](
             *launch.args, **launch.constants, num_warps=1, **pdl_launch(streams.device)
@@ -414,7 +393,7 @@ def hc_merge_premix_triton(
 
 
 @dataclass(frozen=True)
-class _MergePremixLaunch:
+class MergePremixLaunch:
     """What the merge-premix and merge-collapse kernels share: their outputs (the new streams `out`, the
     premix's partials `logits`), their grid (token, D block), and their leading arguments and constants."""
 
@@ -432,14 +411,14 @@ class _MergePremixLaunch:
         post: torch.Tensor,
         comb: torch.Tensor,
         fn: torch.Tensor,
-    ) -> _MergePremixLaunch:
+    ) -> MergePremixLaunch:
         n, hc, dim = streams.shape
-        streams = _rows_contiguous(streams)
-        block_out = _rows_contiguous(block_out)
+        streams = rows_contiguous(streams)
+        block_out = rows_contiguous(block_out)
         fn = fn.float().contiguous()
         n_mix = fn.shape[0]
         mix_pad = max(16, triton.next_power_of_2(n_mix))
-        splits = triton.cdiv(dim, _MERGE_PREMIX_BLOCK_D)
+        splits = triton.cdiv(dim, MERGE_PREMIX_BLOCK_D)
         out = torch.empty(n, hc, dim, dtype=streams.dtype, device=streams.device)
         part = torch.empty(splits, n, mix_pad, dtype=torch.float32, device=streams.device)
         sumsq = torch.empty(splits, n, dtype=torch.float32, device=streams.device)
@@ -466,162 +445,11 @@ class _MergePremixLaunch:
             "HC": hc,
             "HCP": triton.next_power_of_2(hc),
             "MIXP": mix_pad,
-            "BD": _MERGE_PREMIX_BLOCK_D,
+            "BD": MERGE_PREMIX_BLOCK_D,
         }
         return cls(out, MixLogits(part, sumsq, hc * dim, n_mix), (n, splits), args, constants)
 
 
-@triton.jit
-def _merge_collapse_kernel(
-    B,
-    S,
-    POST,
-    COMB,
-    FN,
-    OUT,
-    PART,
-    SUMSQ,
-    n_tokens,
-    n_mix,
-    dim,
-    stride_bt,
-    stride_st,
-    stride_sh,
-    stride_ot,
-    stride_oh,
-    stride_fn,
-    SCALE,
-    BASE,
-    W,
-    GRAM,
-    X,
-    ARRIVALS,
-    stride_xt,
-    mix_norm_eps,
-    hc_eps,
-    eps,
-    HC: tl.constexpr,
-    HCP: tl.constexpr,
-    MIXP: tl.constexpr,
-    BD: tl.constexpr,
-    SPLITS: tl.constexpr,  # a power of two covering the launch's D blocks
-    PDL: tl.constexpr,
-):
-    enter_pdl(PDL)
-    token = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
-    x = _merge_premix_block(
-        B, S, POST, COMB, FN, OUT, PART, SUMSQ, token, split, n_tokens, n_mix, dim, stride_bt, stride_st,
-        stride_sh, stride_ot, stride_oh, stride_fn, HC, HCP, MIXP, BD,
-    )  # fmt: skip
-    cols = split * BD + tl.arange(0, BD)
-    live = cols < dim
-    lanes = tl.arange(0, HCP)
-    lane_ok = lanes < HC
-    slot = split.to(tl.int64) * n_tokens + token
-    gram = tl.sum(x[:, None, :] * x[None, :, :], axis=2)  # this block's <stream i, stream j>
-    tl.store(GRAM + slot * (HCP * HCP) + lanes[:, None] * HCP + lanes[None, :], gram)
-    # the token's barrier: every D block's partials are published before any block reads them back
-    tl.debug_barrier()
-    ticket = tl.atomic_add(ARRIVALS + token, 1, sem="release")
-    target = (ticket // n_splits + 1) * n_splits
-    seen = ticket + 1
-    while seen < target:
-        seen = _load_acquire(ARRIVALS + token)
-    tl.debug_barrier()
-    blocks = tl.arange(0, SPLITS)
-    slots = blocks.to(tl.int64) * n_tokens + token
-    block_ok = blocks < n_splits
-    part = tl.load(
-        PART + slots[:, None] * MIXP + lanes[None, :],
-        mask=block_ok[:, None] & lane_ok[None, :],
-        other=0.0,
-        cache_modifier=".cg",
-    )
-    sumsq = tl.sum(tl.load(SUMSQ + slots, mask=block_ok, other=0.0, cache_modifier=".cg"), axis=0)
-    logits = tl.sum(part, axis=0) * tl.rsqrt(sumsq / (HC * dim) + mix_norm_eps)
-    base = tl.load(BASE + lanes, mask=lane_ok, other=0.0)
-    pre = tl.where(lane_ok, tl.sigmoid(logits * tl.load(SCALE) + base) + hc_eps, 0.0)
-    pairs = slots[:, None, None] * (HCP * HCP) + lanes[None, :, None] * HCP + lanes[None, None, :]
-    grams = tl.load(GRAM + pairs, mask=block_ok[:, None, None], other=0.0, cache_modifier=".cg")
-    grams = tl.sum(grams, axis=0)
-    # |Σ_i pre_i · stream_i|² over the whole row, from the blocks' Gram matrices
-    norm_sq = tl.sum(tl.sum(pre[:, None] * grams * pre[None, :], axis=1), axis=0)
-    collapsed = tl.sum(pre[:, None] * x, axis=0)
-    weight = tl.load(W + cols, mask=live, other=0.0).to(tl.float32)
-    normed = weight * (collapsed * tl.rsqrt(norm_sq / dim + eps))
-    tl.store(X + token * stride_xt + cols, normed.to(X.dtype.element_ty), mask=live)
-
-
-@triton.jit
-def _load_acquire(pointer):
-    """An int64 read with acquire semantics at GPU scope (a plain load, not an atomic: the waiting programs
-    poll the counter without serialising on its address)."""
-    return tl.inline_asm_elementwise(
-        "ld.acquire.gpu.global.b64 $0, [$1];", "=l,l", [pointer], dtype=tl.int64, is_pure=False, pack=1
-    )
-
-
-def hc_merge_collapse_triton(
-    block_out: torch.Tensor,
-    streams: torch.Tensor,
-    post: torch.Tensor,
-    comb: torch.Tensor,
-    fn: torch.Tensor,
-    scale: torch.Tensor,
-    base: torch.Tensor,
-    weight: torch.Tensor,
-    arrivals: torch.Tensor,
-    mix_norm_eps: float,
-    hc_eps: float,
-    eps: float,
-    out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, MixLogits, torch.Tensor]:
-    n, _, dim = streams.shape
-    if not merge_collapse_fuses(n, dim, streams.device):
-        out, logits = hc_merge_premix_triton(block_out, streams, post, comb, fn)
-        collapsed = hc_collapse_triton(out, logits, scale, base, weight, mix_norm_eps, hc_eps, eps, out_dtype)
-        return out, logits, collapsed
-    if arrivals.dtype != torch.int64 or arrivals.numel() < n or arrivals.device != streams.device:
-        raise ValueError(
-            f"hc_merge_collapse needs int64 arrivals of at least {n} elements on {streams.device}, got "
-            f"{arrivals.dtype} [{arrivals.numel()}] on {arrivals.device}"
-        )
-    launch = _MergePremixLaunch.of(block_out, streams, post, comb, fn)
-    splits, hc_pad = launch.grid[1], launch.constants["HCP"]
-    gram = torch.empty(splits, n, hc_pad * hc_pad, dtype=torch.float32, device=streams.device)
-    collapsed = torch.empty(n, dim, dtype=out_dtype, device=streams.device)
-    _merge_collapse_kernel[launch.grid](
-        *launch.args,
-        scale.float().contiguous(),
-        base.float().contiguous(),
-        weight.float().contiguous(),
-        gram,
-        collapsed,
-        arrivals,
-        collapsed.stride(0),
-        mix_norm_eps,
-        hc_eps,
-        eps,
-        **launch.constants,
-        SPLITS=triton.next_power_of_2(splits),
-        num_warps=1,
-        **pdl_launch(streams.device),
-    )
-    return launch.out, launch.logits, collapsed
-
-
-def merge_collapse_fuses(n_tokens: int, dim: int, device: torch.device) -> bool:
-    """Whether `hc_merge_collapse_triton` runs as one launch: on a GPU (its programs wait for each other, so
-    they must run side by side: not under the interpreter, which runs them one after another), for a
-    decode batch whose programs are one wave (`_MERGE_COLLAPSE_PROGRAMS_PER_SM`)."""
-    if device.type != "cuda" or triton.knobs.runtime.interpret or not 0 < n_tokens <= MERGE_COLLAPSE_MAX_ROWS:
-        return False
-    programs = n_tokens * triton.cdiv(dim, _MERGE_PREMIX_BLOCK_D)
-    return programs <= _MERGE_COLLAPSE_PROGRAMS_PER_SM * multiprocessors(device)
-
-
-def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+def rows_contiguous(x: torch.Tensor) -> torch.Tensor:
     """`x` with a unit stride in its last dimension (a copy only when it has none)."""
     return x if x.stride(-1) == 1 else x.contiguous()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from deepscout.model_runtime.v4.kernels.hc_merge_collapse_triton import merge_collapse_fuses
 from deepscout.model_runtime.v4.kernels.hc_streams import (
     MERGE_COLLAPSE_MAX_ROWS,
     hc_collapse,
@@ -21,7 +22,6 @@ from deepscout.model_runtime.v4.kernels.hc_streams import (
     hc_merge_premix,
     hc_premix,
 )
-from deepscout.model_runtime.v4.kernels.hc_streams_triton import merge_collapse_fuses
 
 HC, MIX, EPS = 4, 24, 1e-6
 
@@ -153,7 +153,7 @@ def test_merge_collapse_matches_merge_premix_then_collapse(
         got = _merge_collapse_case(t, weight, arrivals, "triton")
         for g, w, rel in zip(got, want, (1e-6, 1e-5, 2**-7), strict=True):
             _close(g, w, rel)
-    fused = merge_collapse_fuses(n_tokens, dim, device)
+    fused = merge_collapse_fuses(n_tokens, dim, device, MERGE_COLLAPSE_MAX_ROWS)
     assert fused == (device.type == "cuda" and n_tokens <= MERGE_COLLAPSE_MAX_ROWS)
     blocks = -(-dim // 32) if fused else 0
     # every program of a token arrived, once a call
@@ -225,7 +225,7 @@ def test_real_width_matches_reference(n_tokens: int) -> None:
         got = _merge_collapse_case(t, weight, arrivals, "triton")
         for g, w, rel in zip(got, expected, (1e-6, 1e-5, 2**-7), strict=True):
             _close(g, w, rel)
-        fused = merge_collapse_fuses(n_tokens, 4096, device)
+        fused = merge_collapse_fuses(n_tokens, 4096, device, MERGE_COLLAPSE_MAX_ROWS)
         assert fused == (n_tokens == 1)  # one launch while its programs are one wave (132 SMs: one token)
         assert arrivals[:n_tokens].tolist() == [4096 // 32 if fused else 0] * n_tokens
 
