@@ -92,7 +92,7 @@ def _premix_kernel(
 
 def hc_premix_triton(streams: torch.Tensor, fn: torch.Tensor) -> MixLogits:
     n = streams.shape[0]
-    x = rows_contiguous(streams.flatten(1))
+    x = _rows_contiguous(streams.flatten(1))
     fn = fn.float().contiguous()
     n_mix, k_total = fn.shape
     block_t = 16 if n <= 16 else 32  # tl.dot needs at least 16 rows
@@ -197,7 +197,7 @@ def hc_collapse_triton(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     n, hc, dim = streams.shape
-    streams = rows_contiguous(streams)
+    streams = _rows_contiguous(streams)
     out = torch.empty(n, dim, dtype=out_dtype, device=streams.device)
     if n == 0:
         return out
@@ -276,8 +276,8 @@ def hc_merge_triton(
     block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
 ) -> torch.Tensor:
     n, hc, dim = streams.shape
-    streams = rows_contiguous(streams)
-    block_out = rows_contiguous(block_out)
+    streams = _rows_contiguous(streams)
+    block_out = _rows_contiguous(block_out)
     out = torch.empty(n, hc, dim, dtype=streams.dtype, device=streams.device)
     if n == 0:
         return out
@@ -413,8 +413,8 @@ class MergePremixLaunch:
         fn: torch.Tensor,
     ) -> MergePremixLaunch:
         n, hc, dim = streams.shape
-        streams = rows_contiguous(streams)
-        block_out = rows_contiguous(block_out)
+        streams = _rows_contiguous(streams)
+        block_out = _rows_contiguous(block_out)
         fn = fn.float().contiguous()
         n_mix = fn.shape[0]
         mix_pad = max(16, triton.next_power_of_2(n_mix))
@@ -450,6 +450,6 @@ class MergePremixLaunch:
         return cls(out, MixLogits(part, sumsq, hc * dim, n_mix), (n, splits), args, constants)
 
 
-def rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
     """`x` with a unit stride in its last dimension (a copy only when it has none)."""
     return x if x.stride(-1) == 1 else x.contiguous()
