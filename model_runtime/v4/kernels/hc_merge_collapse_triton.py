@@ -23,8 +23,6 @@ import triton.language as tl
 from deepscout.model_runtime.v4.kernels.hc_streams_triton import (
     MERGE_PREMIX_BLOCK_D,
     MergePremixLaunch,
-    hc_collapse_triton,
-    hc_merge_premix_triton,
     merge_premix_block,
 )
 from deepscout.model_runtime.v4.kernels.mix_logits import MixLogits
@@ -146,11 +144,8 @@ def hc_merge_collapse_triton(
     eps: float,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, MixLogits, torch.Tensor]:
+    """The one launch, for inputs where `merge_collapse_fuses` holds (the caller's choice)."""
     n, _, dim = streams.shape
-    if not merge_collapse_fuses(n, dim, streams.device, arrivals.numel()):
-        out, logits = hc_merge_premix_triton(block_out, streams, post, comb, fn)
-        collapsed = hc_collapse_triton(out, logits, scale, base, weight, mix_norm_eps, hc_eps, eps, out_dtype)
-        return out, logits, collapsed
     if arrivals.dtype != torch.int64 or arrivals.device != streams.device:
         raise ValueError(
             f"hc_merge_collapse needs int64 arrivals on {streams.device}, got {arrivals.dtype} on "

@@ -147,15 +147,20 @@ def hc_merge_collapse(
     take the one launch) counts the one-launch path's programs (see the module docstring): one launch at a
     time may use it, every launch on it of the same width D."""
     if impl == "triton":
+        from deepscout.model_runtime.v4.kernels.hc_merge_collapse_triton import (
+            hc_merge_collapse_triton,
+            merge_collapse_fuses,
+        )
+
         _check_merge(block_out, streams, post, comb)
         _check_premix(streams, fn)
         _check_weights("norm", weight, streams.shape[2:])
-        from deepscout.model_runtime.v4.kernels.hc_merge_collapse_triton import hc_merge_collapse_triton
-
-        return hc_merge_collapse_triton(
-            block_out, streams, post, comb, fn, scale, base, weight, arrivals, mix_norm_eps, hc_eps, eps,
-            out_dtype,
-        )  # fmt: skip
+        n, _, dim = streams.shape
+        if merge_collapse_fuses(n, dim, streams.device, arrivals.numel()):
+            return hc_merge_collapse_triton(
+                block_out, streams, post, comb, fn, scale, base, weight, arrivals, mix_norm_eps, hc_eps, eps,
+                out_dtype,
+            )  # fmt: skip
     out, logits = hc_merge_premix(block_out, streams, post, comb, fn, impl=impl)
     collapsed = hc_collapse(
         out,
